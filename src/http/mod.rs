@@ -1,0 +1,160 @@
+//! The HTTP/1.1 front: a `may` coroutine per connection, request parsing with `httparse` under
+//! configurable limits, Content-Length and chunked bodies, pipelining answered in order with one
+//! batched write, keep-alive, timeouts, and OpenAI-style JSON errors for every protocol fault.
+
+use std::time::{Duration, Instant};
+
+mod server;
+
+pub use server::{serve, FrontStats, ServerHandle};
+
+/// Protocol limits and timeouts of one listener. Defaults are the documented constants below.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Most header lines in one request (431 past it).
+    pub header_lines_max: usize,
+    /// Most bytes in the request line plus headers (431 past it).
+    pub header_bytes_max: usize,
+    /// Most bytes in a request body, after chunked decoding (413 past it).
+    pub body_bytes_max: usize,
+    /// From the first byte of a request to the end of its headers.
+    pub header_read_timeout: Duration,
+    /// A keep-alive connection with no request in progress is closed after this.
+    pub idle_timeout: Duration,
+    /// Longest gap while reading a request body.
+    pub body_read_timeout: Duration,
+    /// Longest time one write to the client may block.
+    pub write_timeout: Duration,
+    /// Stack of each connection coroutine, in bytes.
+    pub coroutine_stack_bytes: usize,
+}
+
+pub const HEADER_LINES_MAX_DEFAULT: usize = 100;
+pub const HEADER_BYTES_MAX_DEFAULT: usize = 32 * 1024;
+pub const BODY_BYTES_MAX_DEFAULT: usize = 16 * 1024 * 1024;
+pub const HEADER_READ_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+pub const IDLE_TIMEOUT_MS_DEFAULT: u64 = 60_000;
+pub const BODY_READ_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+pub const WRITE_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+pub const COROUTINE_STACK_KB_DEFAULT: usize = 256;
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_lines_max: HEADER_LINES_MAX_DEFAULT,
+            header_bytes_max: HEADER_BYTES_MAX_DEFAULT,
+            body_bytes_max: BODY_BYTES_MAX_DEFAULT,
+            header_read_timeout: Duration::from_millis(HEADER_READ_TIMEOUT_MS_DEFAULT),
+            idle_timeout: Duration::from_millis(IDLE_TIMEOUT_MS_DEFAULT),
+            body_read_timeout: Duration::from_millis(BODY_READ_TIMEOUT_MS_DEFAULT),
+            write_timeout: Duration::from_millis(WRITE_TIMEOUT_MS_DEFAULT),
+            coroutine_stack_bytes: COROUTINE_STACK_KB_DEFAULT * 1024,
+        }
+    }
+}
+
+/// HTTP methods the gateway distinguishes; anything else is `Other`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Head,
+    Post,
+    Put,
+    Delete,
+    Options,
+    Patch,
+    Other,
+}
+
+/// One parsed request, handed to the [`Handler`] inside the connection coroutine.
+#[derive(Debug)]
+pub struct Request {
+    /// `x-request-id`: the client's when it sent a sane one (<= 128 visible ASCII chars), else
+    /// generated. Echoed on the response by the server.
+    pub id: String,
+    pub method: Method,
+    /// Path without the query string, e.g. `/v1/chat/completions`.
+    pub path: String,
+    /// The query string without `?`, empty when none.
+    pub query: String,
+    /// Header names lower-cased; values as sent.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The decoded body (Content-Length or chunked).
+    pub body: Vec<u8>,
+    /// When the request's headers were fully read.
+    pub received_at: Instant,
+}
+
+impl Request {
+    /// First header of that name (ASCII case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_slice())
+    }
+}
+
+/// What a handler answers. The server adds `content-length`, `x-request-id`, `connection` and
+/// `date`-free framing; handlers never set those.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub content_type: &'static str,
+    /// Extra headers, e.g. `retry-after`.
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn json(status: u16, body: Vec<u8>) -> Self {
+        Response {
+            status,
+            content_type: "application/json",
+            headers: Vec::new(),
+            body,
+        }
+    }
+
+    /// The one way an [`crate::error::ApiError`] becomes a response.
+    pub fn error(err: &crate::error::ApiError) -> Self {
+        let mut r = Response::json(err.status(), err.body());
+        if let Some(s) = err.retry_after_s {
+            r.headers.push(("retry-after", s.to_string()));
+        }
+        r
+    }
+}
+
+/// The application behind a listener. `handle` runs inside the connection's coroutine: it may wait
+/// on `may`-aware primitives only (never a crossbeam `recv` or `std::thread::sleep`).
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, req: &mut Request) -> Response;
+}
+
+/// Standard reason phrases for the statuses the gateway emits.
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        201 => "Created",
+        204 => "No Content",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Payload Too Large",
+        422 => "Unprocessable Entity",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        _ => "Unknown",
+    }
+}
