@@ -1,1 +1,220 @@
-//! (in progress)
+//! The gateway application behind the two listeners: the API (`/v1/chat/completions`,
+//! `/v1/models`) and the admin listener (`/stats`, `/health`).
+
+use serde_json::json;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::api::openai::{ModelList, ModelObject};
+use crate::api::ChatRequest;
+use crate::error::{ApiError, ErrorKind};
+use crate::http::{FrontStats, Handler, Method, Request, Response};
+use crate::objpool::{ObjPool, ObjPoolStats};
+use crate::pool::{Job, ProviderPool, ReplyChannel};
+use crate::route::Router;
+
+/// How long past its deadline a waiting request gives a worker to answer before giving up.
+pub const REPLY_GRACE: Duration = Duration::from_millis(500);
+/// Response header naming the provider that served a request.
+pub const PROVIDER_HEADER: &str = "x-deepintshield-provider";
+
+/// Everything the handlers share. Built once at start-up.
+pub struct Gateway {
+    pub router: Router,
+    pub pools: Vec<Arc<ProviderPool>>,
+    pub json_depth_max: usize,
+    pub replies: Arc<ObjPool<ReplyChannel>>,
+    pub objpools: Vec<Arc<dyn ObjPoolStats>>,
+    pub started: Instant,
+    /// Set when shutdown begins (health turns 503).
+    pub draining: AtomicBool,
+    /// The API listener's counters, set once it is serving.
+    pub front: OnceLock<Arc<FrontStats>>,
+}
+
+impl Gateway {
+    fn chat(&self, req: &mut Request) -> Result<Response, ApiError> {
+        self.router.authorize(req)?;
+        let chat = ChatRequest::parse(&req.body, self.json_depth_max)?;
+        if chat.stream {
+            return Err(ApiError::bad_request(
+                "stream_unsupported",
+                "`stream: true` is not supported by this gateway version; send the request without streaming",
+            ));
+        }
+        let route = self.router.resolve(&chat.model)?;
+        let pool = self.pools.get(route.pool).ok_or_else(ApiError::internal)?;
+        let mut body = Vec::with_capacity(req.body.len() + 16);
+        chat.write_with_model(&route.upstream_model, &mut body);
+        let deadline = req.received_at + pool.config().request_timeout;
+        let mut channel = self.replies.get();
+        let job = Job {
+            request_id: req.id.clone(),
+            body,
+            upstream_model: route.upstream_model,
+            received_at: req.received_at,
+            enqueued_at: Instant::now(),
+            deadline,
+            reply: channel.tx.clone(),
+        };
+        pool.submit(job)?;
+        let wait = deadline.saturating_duration_since(Instant::now()) + REPLY_GRACE;
+        let reply = match channel.rx.recv_timeout(wait) {
+            Ok(reply) => reply,
+            Err(_) => {
+                // The worker is stuck past the deadline: answer now, never reuse this channel.
+                channel.mark_single_use();
+                pool.stats()
+                    .counters
+                    .reply_timeouts
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(ApiError::new(
+                    ErrorKind::RequestTimeout,
+                    "request_timeout",
+                    "the provider did not answer within the request timeout",
+                ));
+            }
+        };
+        let up = reply?;
+        let mut resp = Response {
+            status: up.status,
+            content_type: up.content_type,
+            headers: vec![(PROVIDER_HEADER, pool.name().to_string())],
+            body: up.body,
+        };
+        if let (Some(ra), 429 | 503) = (up.retry_after, up.status) {
+            resp.headers.push(("retry-after", ra));
+        }
+        Ok(resp)
+    }
+
+    fn models(&self, req: &Request) -> Result<Response, ApiError> {
+        self.router.authorize(req)?;
+        let created = self.created_s();
+        let list = ModelList {
+            object: "list",
+            data: self
+                .router
+                .listed_models()
+                .iter()
+                .map(|(id, owner)| ModelObject {
+                    id,
+                    object: "model",
+                    created,
+                    owned_by: owner,
+                })
+                .collect(),
+        };
+        let body = serde_json::to_vec(&list).map_err(|_| ApiError::internal())?;
+        Ok(Response::json(200, body))
+    }
+
+    fn model(&self, req: &Request, id: &str) -> Result<Response, ApiError> {
+        self.router.authorize(req)?;
+        let Some((id, owner)) = self.router.listed_models().iter().find(|(m, _)| m == id) else {
+            self.router.resolve(id)?;
+            // Routable but not listed (a provider that accepts any model): describe it anyway.
+            let owner = id.split_once('/').map_or(id, |(p, _)| p);
+            return self.model_object(id, owner);
+        };
+        self.model_object(id, owner)
+    }
+
+    fn model_object(&self, id: &str, owner: &str) -> Result<Response, ApiError> {
+        let obj = ModelObject {
+            id,
+            object: "model",
+            created: self.created_s(),
+            owned_by: owner,
+        };
+        let body = serde_json::to_vec(&obj).map_err(|_| ApiError::internal())?;
+        Ok(Response::json(200, body))
+    }
+
+    fn created_s(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+            .saturating_sub(self.started.elapsed().as_secs())
+    }
+
+    /// The `/stats` document.
+    pub fn stats_json(&self) -> serde_json::Value {
+        let mut pools = serde_json::Map::new();
+        for p in &self.pools {
+            pools.insert(p.name().to_string(), p.to_json());
+        }
+        let objpools: Vec<_> = self.objpools.iter().map(|p| p.snapshot()).collect();
+        json!({
+            "uptime_s": self.started.elapsed().as_secs(),
+            "version": env!("CARGO_PKG_VERSION"),
+            "draining": self.draining.load(Ordering::Relaxed),
+            "front": self.front.get().map(|f| f.to_json()),
+            "pools": pools,
+            "objpools": objpools,
+        })
+    }
+}
+
+/// The API listener's handler.
+pub struct ApiHandler(pub Arc<Gateway>);
+
+impl Handler for ApiHandler {
+    fn handle(&self, req: &mut Request) -> Response {
+        let g = &self.0;
+        let path = req.path.clone();
+        let result = match (req.method, path.as_str()) {
+            (Method::Post, "/v1/chat/completions") => g.chat(req),
+            (Method::Get | Method::Head, "/v1/models") => g.models(req),
+            (Method::Get | Method::Head, p) if p.starts_with("/v1/models/") => {
+                g.model(req, &p["/v1/models/".len()..])
+            }
+            (_, "/v1/chat/completions" | "/v1/models") => Err(method_not_allowed(req.method)),
+            _ => Err(not_found(&path)),
+        };
+        result.unwrap_or_else(|e| Response::error(&e))
+    }
+}
+
+/// The admin listener's handler.
+pub struct AdminHandler(pub Arc<Gateway>);
+
+impl Handler for AdminHandler {
+    fn handle(&self, req: &mut Request) -> Response {
+        let g = &self.0;
+        match (req.method, req.path.as_str()) {
+            (Method::Get | Method::Head, "/health") => {
+                if g.draining.load(Ordering::Relaxed) {
+                    Response::json(503, br#"{"status":"draining"}"#.to_vec())
+                } else {
+                    Response::json(200, br#"{"status":"ok"}"#.to_vec())
+                }
+            }
+            (Method::Get | Method::Head, "/stats") => {
+                let body = serde_json::to_vec_pretty(&g.stats_json()).unwrap_or_default();
+                Response::json(200, body)
+            }
+            (_, "/health" | "/stats") => Response::error(&method_not_allowed(req.method)),
+            (_, path) => Response::error(&not_found(path)),
+        }
+    }
+}
+
+fn method_not_allowed(m: Method) -> ApiError {
+    ApiError::new(
+        ErrorKind::MethodNotAllowed,
+        "method_not_allowed",
+        format!("method {m:?} is not allowed on this path"),
+    )
+}
+
+fn not_found(path: &str) -> ApiError {
+    let shown: String = path.chars().take(200).collect();
+    ApiError::new(
+        ErrorKind::NotFound,
+        "not_found",
+        format!("no route for {shown}"),
+    )
+}

@@ -1,13 +1,195 @@
 //! TOML config -> validated [`Config`]: file structs with every field optional and unknown keys
 //! denied, defaults as documented constants, secrets only as `env:VAR` or `file:PATH` references.
+//!
+//! Flow: [`Config::load`] reads the file, `toml` fills the all-`Option` file structs (unknown keys
+//! are errors with line and column), then a checker turns them into [`Config`], filling defaults
+//! and collecting every error, each named by its key path (`providers.openai.pool.workers: ...`).
+//! No error message ever holds a secret value: secrets are resolved here and only their reference
+//! (`env:VAR`, `file:PATH`) is ever named.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsString;
 use std::fmt;
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::http::Limits;
+use serde::Deserialize;
+
+use crate::http::{
+    Limits, BODY_BYTES_MAX_DEFAULT, BODY_READ_TIMEOUT_MS_DEFAULT, COROUTINE_STACK_KB_DEFAULT,
+    HEADER_BYTES_MAX_DEFAULT, HEADER_LINES_MAX_DEFAULT, HEADER_READ_TIMEOUT_MS_DEFAULT,
+    IDLE_TIMEOUT_MS_DEFAULT, WRITE_TIMEOUT_MS_DEFAULT,
+};
+
+// ---------------------------------------------------------------------------------------------
+// Defaults and bounds. Each `*_DEFAULT` is what an absent key means; each `*_RANGE` is the
+// inclusive range a present key must fall in (the front's own defaults live in `crate::http`).
+// ---------------------------------------------------------------------------------------------
+
+/// `server.listen`: the API listener.
+pub const LISTEN_DEFAULT: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8080));
+/// `server.admin_listen`: `/stats` and `/health`.
+pub const ADMIN_LISTEN_DEFAULT: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9090));
+/// `server.threads`: 0 = one may scheduler thread per core (per listed `server.cores` if any,
+/// else per core from `std::thread::available_parallelism`).
+pub const THREADS_DEFAULT: u64 = 0;
+pub const THREADS_RANGE: RangeInclusive<u64> = 0..=1024;
+/// `server.coroutine_stack_kb`, KiB per connection coroutine (default
+/// `crate::http::COROUTINE_STACK_KB_DEFAULT`). 64 KiB floor: 32 KiB overflowed on 100-deep JSON.
+pub const COROUTINE_STACK_KB_RANGE: RangeInclusive<u64> = 64..=65_536;
+/// `server.header_lines_max` (default `crate::http::HEADER_LINES_MAX_DEFAULT`).
+pub const HEADER_LINES_MAX_RANGE: RangeInclusive<u64> = 1..=4096;
+/// `server.header_bytes_max`, bytes (default `crate::http::HEADER_BYTES_MAX_DEFAULT`).
+pub const HEADER_BYTES_MAX_RANGE: RangeInclusive<u64> = 1024..=1024 * 1024;
+/// `server.body_bytes_max`, bytes (default `crate::http::BODY_BYTES_MAX_DEFAULT`).
+pub const BODY_BYTES_MAX_RANGE: RangeInclusive<u64> = 1..=1024 * 1024 * 1024;
+/// `server.json_depth_max`: nesting depth of request JSON.
+pub const JSON_DEPTH_MAX_DEFAULT: u64 = 64;
+pub const JSON_DEPTH_MAX_RANGE: RangeInclusive<u64> = 1..=128; // serde_json recurses at most 128 levels
+/// Every `*_timeout_ms` key: at least 1 ms (0 would mean "no timeout" to some callees), at most
+/// one hour.
+pub const TIMEOUT_MS_RANGE: RangeInclusive<u64> = 1..=3_600_000;
+/// `server.shutdown_timeout_ms`: time to finish queued and in-flight jobs on SIGTERM.
+pub const SHUTDOWN_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+/// Most entries in `server.client_keys`.
+pub const CLIENT_KEYS_MAX: usize = 1024;
+
+/// `stats.stdout_interval_ms`: period of the stdout stats line; 0 = off.
+pub const STATS_STDOUT_INTERVAL_MS_DEFAULT: u64 = 10_000;
+/// Non-zero `stats.stdout_interval_ms` range: a faster line would flood the journal.
+pub const STATS_STDOUT_INTERVAL_MS_RANGE: RangeInclusive<u64> = 100..=86_400_000;
+/// `stats.objpool_hit_ratio_warn`: warn when an object pool's hit ratio stays below (0.0..=1.0).
+pub const STATS_OBJPOOL_HIT_RATIO_WARN_DEFAULT: f64 = 0.9;
+
+/// `objpools.buffers`: buffers held by the connection-buffer pool.
+pub const OBJPOOL_BUFFERS_DEFAULT: u64 = 1024;
+pub const OBJPOOL_BUFFERS_RANGE: RangeInclusive<u64> = 1..=1_048_576;
+/// `objpools.buffers_prefill`: buffers made at start-up (at most `objpools.buffers`).
+pub const OBJPOOL_BUFFERS_PREFILL_DEFAULT: u64 = 256;
+/// `objpools.buffer_retain_bytes_max`, bytes: larger buffers are dropped, not returned.
+pub const OBJPOOL_BUFFER_RETAIN_BYTES_MAX_DEFAULT: u64 = 1024 * 1024;
+pub const OBJPOOL_BUFFER_RETAIN_BYTES_MAX_RANGE: RangeInclusive<u64> = 1024..=1024 * 1024 * 1024;
+
+/// Most providers in one config.
+pub const PROVIDERS_MAX: usize = 256;
+/// Longest provider name, bytes (names are `[a-z0-9_-]+`).
+pub const PROVIDER_NAME_BYTES_MAX: usize = 64;
+/// `providers.<name>.connect_timeout_ms`: TCP + TLS connect to the upstream.
+pub const CONNECT_TIMEOUT_MS_DEFAULT: u64 = 5_000;
+/// Most entries in `providers.<name>.keys`.
+pub const KEYS_MAX: usize = 1024;
+/// `providers.<name>.keys[i].weight`: relative weight of the key in the weighted choice.
+pub const KEY_WEIGHT_DEFAULT: u64 = 1;
+pub const KEY_WEIGHT_RANGE: RangeInclusive<u64> = 1..=1_000_000;
+/// Most entries in one `models` list (provider or key).
+pub const MODELS_MAX: usize = 10_000;
+/// Longest model or alias name, bytes.
+pub const MODEL_NAME_BYTES_MAX: usize = 256;
+/// Most extra upstream headers per provider.
+pub const HEADERS_MAX: usize = 64;
+/// Most entries in `[aliases]`.
+pub const ALIASES_MAX: usize = 10_000;
+/// Largest secret file, bytes.
+pub const SECRET_FILE_BYTES_MAX: u64 = 64 * 1024;
+/// Largest config file, bytes.
+pub const CONFIG_FILE_BYTES_MAX: u64 = 4 * 1024 * 1024;
+
+/// `providers.<name>.mock.latency_ms`: fixed latency of each mock answer.
+pub const MOCK_LATENCY_MS_DEFAULT: u64 = 0;
+pub const MOCK_LATENCY_MS_RANGE: RangeInclusive<u64> = 0..=3_600_000;
+
+/// `providers.<name>.pool.workers`: pinned worker threads, i.e. the most concurrent upstream
+/// requests of the provider. One default for every provider type; raise it for real upstreams,
+/// where each request holds a worker for its whole duration.
+pub const POOL_WORKERS_DEFAULT: u64 = 8;
+pub const POOL_WORKERS_RANGE: RangeInclusive<u64> = 1..=16_384;
+/// `providers.<name>.pool.queue_capacity`: jobs waiting for a worker.
+pub const POOL_QUEUE_CAPACITY_DEFAULT: u64 = 1024;
+pub const POOL_QUEUE_CAPACITY_RANGE: RangeInclusive<u64> = 1..=1_000_000;
+/// `providers.<name>.pool.queue_policy`: what a full queue does.
+pub const POOL_QUEUE_POLICY_DEFAULT: QueuePolicy = QueuePolicy::Drop;
+/// `providers.<name>.pool.queue_wait_ms_max`: longest wait for queue space under `block`.
+pub const POOL_QUEUE_WAIT_MS_MAX_DEFAULT: u64 = 1_000;
+pub const POOL_QUEUE_WAIT_MS_MAX_RANGE: RangeInclusive<u64> = 0..=3_600_000;
+/// `providers.<name>.pool.request_timeout_ms`: whole upstream request, queue wait included.
+pub const POOL_REQUEST_TIMEOUT_MS_DEFAULT: u64 = 60_000;
+/// `providers.<name>.pool.worker_stack_kb`, KiB per worker thread. Small floor so that pools of
+/// thousands of threads stay affordable.
+pub const POOL_WORKER_STACK_KB_DEFAULT: u64 = 256;
+pub const POOL_WORKER_STACK_KB_RANGE: RangeInclusive<u64> = 32..=65_536;
+
+/// Most validation errors listed in one [`ConfigError`]; the rest are counted.
+const ERRORS_SHOWN_MAX: usize = 50;
+
+const fn within(value: u64, range: &RangeInclusive<u64>) -> bool {
+    value >= *range.start() && value <= *range.end()
+}
+
+const _: () = assert!(within(THREADS_DEFAULT, &THREADS_RANGE));
+const _: () = assert!(within(
+    COROUTINE_STACK_KB_DEFAULT as u64,
+    &COROUTINE_STACK_KB_RANGE
+));
+const _: () = assert!(within(
+    HEADER_LINES_MAX_DEFAULT as u64,
+    &HEADER_LINES_MAX_RANGE
+));
+const _: () = assert!(within(
+    HEADER_BYTES_MAX_DEFAULT as u64,
+    &HEADER_BYTES_MAX_RANGE
+));
+const _: () = assert!(within(BODY_BYTES_MAX_DEFAULT as u64, &BODY_BYTES_MAX_RANGE));
+const _: () = assert!(within(JSON_DEPTH_MAX_DEFAULT, &JSON_DEPTH_MAX_RANGE));
+const _: () = assert!(within(HEADER_READ_TIMEOUT_MS_DEFAULT, &TIMEOUT_MS_RANGE));
+const _: () = assert!(within(IDLE_TIMEOUT_MS_DEFAULT, &TIMEOUT_MS_RANGE));
+const _: () = assert!(within(BODY_READ_TIMEOUT_MS_DEFAULT, &TIMEOUT_MS_RANGE));
+const _: () = assert!(within(WRITE_TIMEOUT_MS_DEFAULT, &TIMEOUT_MS_RANGE));
+const _: () = assert!(within(SHUTDOWN_TIMEOUT_MS_DEFAULT, &TIMEOUT_MS_RANGE));
+const _: () = assert!(within(
+    STATS_STDOUT_INTERVAL_MS_DEFAULT,
+    &STATS_STDOUT_INTERVAL_MS_RANGE
+));
+const _: () = assert!(
+    STATS_OBJPOOL_HIT_RATIO_WARN_DEFAULT >= 0.0 && STATS_OBJPOOL_HIT_RATIO_WARN_DEFAULT <= 1.0
+);
+const _: () = assert!(within(OBJPOOL_BUFFERS_DEFAULT, &OBJPOOL_BUFFERS_RANGE));
+const _: () = assert!(OBJPOOL_BUFFERS_PREFILL_DEFAULT <= OBJPOOL_BUFFERS_DEFAULT);
+const _: () = assert!(within(
+    OBJPOOL_BUFFER_RETAIN_BYTES_MAX_DEFAULT,
+    &OBJPOOL_BUFFER_RETAIN_BYTES_MAX_RANGE
+));
+// A buffer that held a maximal request head is worth keeping.
+const _: () = assert!(OBJPOOL_BUFFER_RETAIN_BYTES_MAX_DEFAULT >= HEADER_BYTES_MAX_DEFAULT as u64);
+const _: () = assert!(within(CONNECT_TIMEOUT_MS_DEFAULT, &TIMEOUT_MS_RANGE));
+const _: () = assert!(within(KEY_WEIGHT_DEFAULT, &KEY_WEIGHT_RANGE));
+// The sum of all key weights of a provider fits the `u32` the weighted choice uses.
+const _: () = assert!(KEYS_MAX as u64 * *KEY_WEIGHT_RANGE.end() <= u32::MAX as u64);
+const _: () = assert!(within(MOCK_LATENCY_MS_DEFAULT, &MOCK_LATENCY_MS_RANGE));
+const _: () = assert!(within(POOL_WORKERS_DEFAULT, &POOL_WORKERS_RANGE));
+const _: () = assert!(within(
+    POOL_QUEUE_CAPACITY_DEFAULT,
+    &POOL_QUEUE_CAPACITY_RANGE
+));
+const _: () = assert!(within(
+    POOL_QUEUE_WAIT_MS_MAX_DEFAULT,
+    &POOL_QUEUE_WAIT_MS_MAX_RANGE
+));
+const _: () = assert!(within(POOL_REQUEST_TIMEOUT_MS_DEFAULT, &TIMEOUT_MS_RANGE));
+// Waiting for queue space must leave time for the request itself.
+const _: () = assert!(POOL_QUEUE_WAIT_MS_MAX_DEFAULT < POOL_REQUEST_TIMEOUT_MS_DEFAULT);
+const _: () = assert!(within(
+    POOL_WORKER_STACK_KB_DEFAULT,
+    &POOL_WORKER_STACK_KB_RANGE
+));
+const _: () = assert!(*POOL_QUEUE_WAIT_MS_MAX_RANGE.end() <= *TIMEOUT_MS_RANGE.end());
+
+// ---------------------------------------------------------------------------------------------
+// Validated types.
+// ---------------------------------------------------------------------------------------------
 
 /// A resolved secret (provider key, client key). Never printed: `Debug`/`Display` show `***`.
 #[derive(Clone, PartialEq, Eq)]
@@ -23,6 +205,12 @@ impl Secret {
 }
 
 impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("***")
     }
@@ -63,14 +251,19 @@ pub struct Config {
 
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
+    /// API listener; default [`LISTEN_DEFAULT`].
     pub listen: SocketAddr,
+    /// `/stats` and `/health` listener; default [`ADMIN_LISTEN_DEFAULT`].
     pub admin_listen: SocketAddr,
     /// may scheduler threads; resolved (never 0: 0 in the file means one per available core).
     pub threads: usize,
     /// Cores for the scheduler threads; empty = may's default placement.
     pub cores: Vec<usize>,
+    /// Front limits and timeouts; defaults are `crate::http`'s constants.
     pub limits: Limits,
+    /// Nesting depth of request JSON; default [`JSON_DEPTH_MAX_DEFAULT`].
     pub json_depth_max: usize,
+    /// Default [`SHUTDOWN_TIMEOUT_MS_DEFAULT`].
     pub shutdown_timeout: Duration,
     /// Accepted client keys (`Authorization: Bearer` or `x-api-key`); empty = no client auth.
     pub client_keys: Vec<Secret>,
@@ -111,13 +304,19 @@ pub struct MockConfig {
 
 #[derive(Clone, Debug)]
 pub struct PoolConfig {
+    /// Worker threads; default [`POOL_WORKERS_DEFAULT`].
     pub workers: usize,
+    /// Default [`POOL_QUEUE_CAPACITY_DEFAULT`].
     pub queue_capacity: usize,
+    /// Default [`POOL_QUEUE_POLICY_DEFAULT`].
     pub queue_policy: QueuePolicy,
+    /// Default [`POOL_QUEUE_WAIT_MS_MAX_DEFAULT`]; never above `request_timeout`.
     pub queue_wait_max: Duration,
+    /// Default [`POOL_REQUEST_TIMEOUT_MS_DEFAULT`].
     pub request_timeout: Duration,
     /// Cores the workers are pinned to round-robin; empty = all available cores.
     pub cores: Vec<usize>,
+    /// Default [`POOL_WORKER_STACK_KB_DEFAULT`] KiB.
     pub worker_stack_bytes: usize,
 }
 
@@ -125,16 +324,1828 @@ pub struct PoolConfig {
 pub struct ProviderConfig {
     pub name: String,
     pub kind: ProviderType,
-    /// Required for `openai`; e.g. `https://api.openai.com/v1` (no trailing slash).
+    /// Required for `openai`; e.g. `https://api.openai.com/v1` (no trailing slash). Empty or
+    /// unchecked for `mock`.
     pub base_url: String,
     pub keys: Vec<KeyConfig>,
     /// Models listed by `GET /v1/models`; empty = none listed, any model accepted.
     pub models: Vec<String>,
     /// Extra headers sent upstream on every request.
     pub headers: Vec<(String, String)>,
+    /// Default [`CONNECT_TIMEOUT_MS_DEFAULT`].
     pub connect_timeout: Duration,
-    /// Extra root certificates (PEM) trusted for this provider, besides the webpki roots.
+    /// Root certificates (PEM) trusted for this provider instead of the built-in webpki roots.
     pub ca_file: Option<PathBuf>,
     pub mock: MockConfig,
     pub pool: PoolConfig,
+}
+
+/// Why a config could not be loaded: one line per problem, each naming the file and the key path.
+/// Never holds a secret value.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Read, parse and validate the config file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = read_config_file(path)?;
+        Config::from_toml_str(&text, path)
+    }
+
+    /// Parse and validate `text` as if read from `path` (used in messages and to resolve relative
+    /// `file:` and `ca_file` paths). Reads the process environment and this machine's cores.
+    pub fn from_toml_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let cores: Option<Vec<usize>> =
+            core_affinity::get_core_ids().map(|ids| ids.into_iter().map(|c| c.id).collect());
+        parse(text, path, &|name| std::env::var_os(name), cores.as_deref())
+    }
+}
+
+fn read_config_file(path: &Path) -> Result<String, ConfigError> {
+    let fail = |e: &dyn fmt::Display| ConfigError(format!("{}: cannot read: {e}", path.display()));
+    let file = std::fs::File::open(path).map_err(|e| fail(&e))?;
+    let mut text = String::new();
+    file.take(CONFIG_FILE_BYTES_MAX + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| fail(&e))?;
+    if text.len() as u64 > CONFIG_FILE_BYTES_MAX {
+        return Err(fail(&format!("larger than {CONFIG_FILE_BYTES_MAX} bytes")));
+    }
+    Ok(text)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Defaults for tests and for code that builds a config by hand.
+// ---------------------------------------------------------------------------------------------
+
+/// One scheduler thread per core available to this process (1 if that cannot be known).
+fn threads_available() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: LISTEN_DEFAULT,
+            admin_listen: ADMIN_LISTEN_DEFAULT,
+            threads: threads_available(),
+            cores: Vec::new(),
+            limits: Limits::default(),
+            json_depth_max: JSON_DEPTH_MAX_DEFAULT as usize,
+            shutdown_timeout: Duration::from_millis(SHUTDOWN_TIMEOUT_MS_DEFAULT),
+            client_keys: Vec::new(),
+        }
+    }
+}
+
+impl Default for StatsConfig {
+    fn default() -> Self {
+        StatsConfig {
+            stdout_interval: Some(Duration::from_millis(STATS_STDOUT_INTERVAL_MS_DEFAULT)),
+            objpool_hit_ratio_warn: STATS_OBJPOOL_HIT_RATIO_WARN_DEFAULT,
+        }
+    }
+}
+
+impl Default for ObjPoolsConfig {
+    fn default() -> Self {
+        ObjPoolsConfig {
+            buffers: OBJPOOL_BUFFERS_DEFAULT as usize,
+            buffers_prefill: OBJPOOL_BUFFERS_PREFILL_DEFAULT as usize,
+            buffer_retain_bytes_max: OBJPOOL_BUFFER_RETAIN_BYTES_MAX_DEFAULT as usize,
+        }
+    }
+}
+
+impl Default for MockConfig {
+    fn default() -> Self {
+        MockConfig {
+            latency: Duration::from_millis(MOCK_LATENCY_MS_DEFAULT),
+        }
+    }
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            workers: POOL_WORKERS_DEFAULT as usize,
+            queue_capacity: POOL_QUEUE_CAPACITY_DEFAULT as usize,
+            queue_policy: POOL_QUEUE_POLICY_DEFAULT,
+            queue_wait_max: Duration::from_millis(POOL_QUEUE_WAIT_MS_MAX_DEFAULT),
+            request_timeout: Duration::from_millis(POOL_REQUEST_TIMEOUT_MS_DEFAULT),
+            cores: Vec::new(),
+            worker_stack_bytes: POOL_WORKER_STACK_KB_DEFAULT as usize * 1024,
+        }
+    }
+}
+
+impl ProviderConfig {
+    /// A `mock` provider named `name` with every default: what `[providers.<name>]` with only
+    /// `type = "mock"` gives.
+    pub fn mock(name: &str) -> ProviderConfig {
+        ProviderConfig {
+            name: name.to_string(),
+            kind: ProviderType::Mock,
+            base_url: String::new(),
+            keys: Vec::new(),
+            models: Vec::new(),
+            headers: Vec::new(),
+            connect_timeout: Duration::from_millis(CONNECT_TIMEOUT_MS_DEFAULT),
+            ca_file: None,
+            mock: MockConfig::default(),
+            pool: PoolConfig::default(),
+        }
+    }
+}
+
+impl Default for Config {
+    /// A valid config: every default, one `mock` provider named `mock`, no aliases, empty path.
+    fn default() -> Self {
+        let mut providers = BTreeMap::new();
+        providers.insert("mock".to_string(), ProviderConfig::mock("mock"));
+        Config {
+            path: PathBuf::new(),
+            server: ServerConfig::default(),
+            stats: StatsConfig::default(),
+            objpools: ObjPoolsConfig::default(),
+            providers,
+            aliases: BTreeMap::new(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// File structs: the TOML as written, every field optional, unknown keys denied.
+// Integers are u64 so that out-of-range values get our own message naming the key.
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    server: Option<ServerFile>,
+    stats: Option<StatsFile>,
+    objpools: Option<ObjPoolsFile>,
+    providers: Option<BTreeMap<String, ProviderFile>>,
+    aliases: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ServerFile {
+    listen: Option<String>,
+    admin_listen: Option<String>,
+    threads: Option<u64>,
+    cores: Option<Vec<u64>>,
+    coroutine_stack_kb: Option<u64>,
+    header_lines_max: Option<u64>,
+    header_bytes_max: Option<u64>,
+    body_bytes_max: Option<u64>,
+    json_depth_max: Option<u64>,
+    header_read_timeout_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
+    body_read_timeout_ms: Option<u64>,
+    write_timeout_ms: Option<u64>,
+    shutdown_timeout_ms: Option<u64>,
+    client_keys: Option<Vec<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct StatsFile {
+    stdout_interval_ms: Option<u64>,
+    objpool_hit_ratio_warn: Option<f64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ObjPoolsFile {
+    buffers: Option<u64>,
+    buffers_prefill: Option<u64>,
+    buffer_retain_bytes_max: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ProviderFile {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    base_url: Option<String>,
+    models: Option<Vec<String>>,
+    headers: Option<BTreeMap<String, String>>,
+    connect_timeout_ms: Option<u64>,
+    ca_file: Option<String>,
+    keys: Option<Vec<KeyFile>>,
+    mock: Option<MockFile>,
+    pool: Option<PoolFile>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a key table like { key = \"env:VAR\" }"
+)]
+struct KeyFile {
+    key: Option<String>,
+    weight: Option<u64>,
+    models: Option<Vec<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct MockFile {
+    latency_ms: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PoolFile {
+    workers: Option<u64>,
+    queue_capacity: Option<u64>,
+    queue_policy: Option<String>,
+    queue_wait_ms_max: Option<u64>,
+    request_timeout_ms: Option<u64>,
+    cores: Option<Vec<u64>>,
+    worker_stack_kb: Option<u64>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parsing and validation.
+// ---------------------------------------------------------------------------------------------
+
+/// Looks up an environment variable (injected so tests need not touch the process environment).
+type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<OsString>;
+
+/// `cores`: the core ids this process may run on; `None` when they cannot be listed.
+fn parse(
+    text: &str,
+    path: &Path,
+    env: EnvLookup<'_>,
+    cores: Option<&[usize]>,
+) -> Result<Config, ConfigError> {
+    let file: ConfigFile = toml::from_str(text).map_err(|e| toml_error(path, text, &e))?;
+    let mut checker = Checker {
+        file: path,
+        dir: path.parent().map_or_else(PathBuf::new, Path::to_path_buf),
+        env,
+        cores,
+        errors: Vec::new(),
+    };
+    let config = checker.config(file);
+    checker.finish(config)
+}
+
+/// `path:line:column: message`, with string values hidden: a literal secret in the wrong place
+/// (`keys = ["sk-..."]`) would otherwise be echoed by serde's "invalid type: string ..." text.
+fn toml_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
+    let message = hide_strings(e.message().trim()).replace('\n', "; ");
+    let Some(span) = e.span() else {
+        return ConfigError(format!("{}: {message}", path.display()));
+    };
+    let before = &text[..span.start.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    ConfigError(format!("{}:{line}:{column}: {message}", path.display()))
+}
+
+/// Replaces each `string "<debug-escaped>"` of a serde message with `a string (value hidden)`.
+fn hide_strings(message: &str) -> String {
+    const MARK: &str = "string \"";
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find(MARK) {
+        out.push_str(&rest[..at]);
+        out.push_str("string (value hidden)");
+        let mut chars = rest[at + MARK.len()..].char_indices();
+        let mut end = rest.len() - at - MARK.len();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => {
+                    chars.next();
+                }
+                '"' => {
+                    end = i + 1;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        rest = &rest[at + MARK.len() + end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Turns file structs into validated config, filling defaults and collecting every error.
+struct Checker<'a> {
+    /// The config file, named in every message.
+    file: &'a Path,
+    /// Directory relative `file:` and `ca_file` paths are resolved against.
+    dir: PathBuf,
+    env: EnvLookup<'a>,
+    cores: Option<&'a [usize]>,
+    errors: Vec<String>,
+}
+
+impl Checker<'_> {
+    fn error(&mut self, key: &str, message: impl fmt::Display) {
+        self.errors
+            .push(format!("{}: {key}: {message}", self.file.display()));
+    }
+
+    fn finish(self, config: Config) -> Result<Config, ConfigError> {
+        if self.errors.is_empty() {
+            return Ok(config);
+        }
+        let hidden = self.errors.len().saturating_sub(ERRORS_SHOWN_MAX);
+        let mut lines: Vec<String> = self.errors.into_iter().take(ERRORS_SHOWN_MAX).collect();
+        if hidden > 0 {
+            lines.push(format!("... and {hidden} more errors"));
+        }
+        Err(ConfigError(lines.join("\n")))
+    }
+
+    fn config(&mut self, f: ConfigFile) -> Config {
+        let server = self.server(f.server.unwrap_or_default());
+        let stats = self.stats(f.stats.unwrap_or_default());
+        let objpools = self.objpools(f.objpools.unwrap_or_default());
+        let providers = self.providers(f.providers.unwrap_or_default());
+        let aliases = self.aliases(f.aliases.unwrap_or_default(), &providers);
+        Config {
+            path: self.file.to_path_buf(),
+            server,
+            stats,
+            objpools,
+            providers,
+            aliases,
+        }
+    }
+
+    // --- scalars ---
+
+    /// `value` if within `range`, else an error and `default`.
+    fn int(
+        &mut self,
+        key: &str,
+        value: Option<u64>,
+        default: u64,
+        range: &RangeInclusive<u64>,
+    ) -> u64 {
+        debug_assert!(range.contains(&default));
+        match value {
+            None => default,
+            Some(v) if range.contains(&v) => v,
+            Some(v) => {
+                let (lo, hi) = (range.start(), range.end());
+                self.error(key, format!("{v} is out of range {lo}..={hi}"));
+                default
+            }
+        }
+    }
+
+    /// Like [`Checker::int`] for a `usize` field (every range fits a `usize`).
+    fn size(
+        &mut self,
+        key: &str,
+        value: Option<u64>,
+        default: u64,
+        range: &RangeInclusive<u64>,
+    ) -> usize {
+        let v = self.int(key, value, default, range);
+        usize::try_from(v).unwrap_or(usize::MAX)
+    }
+
+    /// A timeout in milliseconds within [`TIMEOUT_MS_RANGE`].
+    fn timeout(&mut self, key: &str, value: Option<u64>, default: u64) -> Duration {
+        Duration::from_millis(self.int(key, value, default, &TIMEOUT_MS_RANGE))
+    }
+
+    fn addr(&mut self, key: &str, value: Option<String>, default: SocketAddr) -> SocketAddr {
+        let Some(text) = value else { return default };
+        text.parse().unwrap_or_else(|_| {
+            let hint = "expected an IP address and port, e.g. \"127.0.0.1:8080\"";
+            self.error(key, format!("invalid socket address {text:?} ({hint})"));
+            default
+        })
+    }
+
+    /// Core ids, each one this process may run on, none twice.
+    fn cores(&mut self, key: &str, value: Option<Vec<u64>>) -> Vec<usize> {
+        let listed = value.unwrap_or_default();
+        if listed.is_empty() {
+            return Vec::new();
+        }
+        let Some(available) = self.cores else {
+            self.error(key, "this machine's cores cannot be listed; leave it empty");
+            return Vec::new();
+        };
+        let mut out: Vec<usize> = Vec::with_capacity(listed.len());
+        for (i, &core) in listed.iter().enumerate() {
+            let id = usize::try_from(core).unwrap_or(usize::MAX);
+            if !available.contains(&id) {
+                let have = core_ranges(available);
+                let message = format!("core {core} does not exist on this machine (cores: {have})");
+                self.error(&format!("{key}[{i}]"), message);
+            } else if out.contains(&id) {
+                self.error(
+                    &format!("{key}[{i}]"),
+                    format!("core {core} is listed twice"),
+                );
+            } else {
+                out.push(id);
+            }
+        }
+        out
+    }
+
+    // --- secrets ---
+
+    /// Resolves an `env:VAR` or `file:PATH` reference. Messages name the reference, never the
+    /// value.
+    fn secret(&mut self, key: &str, reference: &str) -> Option<Secret> {
+        let resolved = if let Some(var) = reference.strip_prefix("env:") {
+            self.secret_env(var)
+        } else if let Some(path) = reference.strip_prefix("file:") {
+            self.secret_file(path)
+        } else {
+            Err(
+                "literal secrets are not allowed; write \"env:VAR\" (an environment variable) \
+                 or \"file:PATH\" (a file holding the secret)"
+                    .to_string(),
+            )
+        };
+        let checked = resolved.and_then(|value| {
+            if value.bytes().all(|b| b.is_ascii_graphic()) {
+                Ok(Secret::new(value))
+            } else {
+                Err(format!(
+                    "the secret from {} holds spaces, control or non-ASCII characters, \
+                     which an HTTP header cannot carry (value hidden)",
+                    describe_reference(reference)
+                ))
+            }
+        });
+        checked.map_err(|message| self.error(key, message)).ok()
+    }
+
+    fn secret_env(&self, var: &str) -> Result<String, String> {
+        if !is_env_name(var) {
+            return Err(
+                "\"env:\" must be followed by a variable name ([A-Za-z_][A-Za-z0-9_]*)".into(),
+            );
+        }
+        match (self.env)(var).map(OsString::into_string) {
+            None => Err(format!("environment variable {var} is not set")),
+            Some(Err(_)) => Err(format!("environment variable {var} is not valid UTF-8")),
+            Some(Ok(v)) if v.is_empty() => Err(format!("environment variable {var} is empty")),
+            Some(Ok(v)) => Ok(v),
+        }
+    }
+
+    fn secret_file(&self, path: &str) -> Result<String, String> {
+        if path.is_empty() {
+            return Err("\"file:\" must be followed by a path".into());
+        }
+        let full = self.dir.join(path);
+        let shown = full.display();
+        let file = std::fs::File::open(&full)
+            .map_err(|e| format!("cannot read secret file \"{shown}\": {e}"))?;
+        let mut text = String::new();
+        file.take(SECRET_FILE_BYTES_MAX + 1)
+            .read_to_string(&mut text)
+            .map_err(|e| format!("cannot read secret file \"{shown}\": {e}"))?;
+        if text.len() as u64 > SECRET_FILE_BYTES_MAX {
+            return Err(format!(
+                "secret file \"{shown}\" is larger than {SECRET_FILE_BYTES_MAX} bytes"
+            ));
+        }
+        let value = text.trim_end_matches(['\n', '\r']);
+        if value.is_empty() {
+            return Err(format!("secret file \"{shown}\" is empty"));
+        }
+        Ok(value.to_string())
+    }
+
+    // --- sections ---
+
+    fn server(&mut self, f: ServerFile) -> ServerConfig {
+        let listen = self.addr("server.listen", f.listen.clone(), LISTEN_DEFAULT);
+        let admin_listen = self.addr(
+            "server.admin_listen",
+            f.admin_listen.clone(),
+            ADMIN_LISTEN_DEFAULT,
+        );
+        if listen == admin_listen && listen.port() != 0 {
+            self.error(
+                "server.admin_listen",
+                format!("same address as server.listen ({listen})"),
+            );
+        }
+        let cores = self.cores("server.cores", f.cores.clone());
+        let threads = self.size("server.threads", f.threads, THREADS_DEFAULT, &THREADS_RANGE);
+        let threads = match (threads, cores.len()) {
+            (0, 0) => threads_available(),
+            (0, listed) => listed,
+            (n, _) => n,
+        };
+        let json_depth_max = self.size(
+            "server.json_depth_max",
+            f.json_depth_max,
+            JSON_DEPTH_MAX_DEFAULT,
+            &JSON_DEPTH_MAX_RANGE,
+        );
+        ServerConfig {
+            listen,
+            admin_listen,
+            threads,
+            cores,
+            limits: self.limits(&f),
+            json_depth_max,
+            shutdown_timeout: self.timeout(
+                "server.shutdown_timeout_ms",
+                f.shutdown_timeout_ms,
+                SHUTDOWN_TIMEOUT_MS_DEFAULT,
+            ),
+            client_keys: self.client_keys(f.client_keys.unwrap_or_default()),
+        }
+    }
+
+    fn limits(&mut self, f: &ServerFile) -> Limits {
+        let stack_kb = self.size(
+            "server.coroutine_stack_kb",
+            f.coroutine_stack_kb,
+            COROUTINE_STACK_KB_DEFAULT as u64,
+            &COROUTINE_STACK_KB_RANGE,
+        );
+        Limits {
+            header_lines_max: self.size(
+                "server.header_lines_max",
+                f.header_lines_max,
+                HEADER_LINES_MAX_DEFAULT as u64,
+                &HEADER_LINES_MAX_RANGE,
+            ),
+            header_bytes_max: self.size(
+                "server.header_bytes_max",
+                f.header_bytes_max,
+                HEADER_BYTES_MAX_DEFAULT as u64,
+                &HEADER_BYTES_MAX_RANGE,
+            ),
+            body_bytes_max: self.size(
+                "server.body_bytes_max",
+                f.body_bytes_max,
+                BODY_BYTES_MAX_DEFAULT as u64,
+                &BODY_BYTES_MAX_RANGE,
+            ),
+            header_read_timeout: self.timeout(
+                "server.header_read_timeout_ms",
+                f.header_read_timeout_ms,
+                HEADER_READ_TIMEOUT_MS_DEFAULT,
+            ),
+            idle_timeout: self.timeout(
+                "server.idle_timeout_ms",
+                f.idle_timeout_ms,
+                IDLE_TIMEOUT_MS_DEFAULT,
+            ),
+            body_read_timeout: self.timeout(
+                "server.body_read_timeout_ms",
+                f.body_read_timeout_ms,
+                BODY_READ_TIMEOUT_MS_DEFAULT,
+            ),
+            write_timeout: self.timeout(
+                "server.write_timeout_ms",
+                f.write_timeout_ms,
+                WRITE_TIMEOUT_MS_DEFAULT,
+            ),
+            coroutine_stack_bytes: stack_kb * 1024,
+        }
+    }
+
+    fn client_keys(&mut self, references: Vec<String>) -> Vec<Secret> {
+        if references.len() > CLIENT_KEYS_MAX {
+            self.error(
+                "server.client_keys",
+                format!("more than {CLIENT_KEYS_MAX} keys"),
+            );
+        }
+        let mut keys = Vec::with_capacity(references.len());
+        for (i, reference) in references.iter().enumerate() {
+            keys.extend(self.secret(&format!("server.client_keys[{i}]"), reference));
+        }
+        keys
+    }
+
+    fn stats(&mut self, f: StatsFile) -> StatsConfig {
+        let key = "stats.stdout_interval_ms";
+        let stdout_interval = match f
+            .stdout_interval_ms
+            .unwrap_or(STATS_STDOUT_INTERVAL_MS_DEFAULT)
+        {
+            0 => None,
+            ms => Some(Duration::from_millis(self.int(
+                key,
+                Some(ms),
+                STATS_STDOUT_INTERVAL_MS_DEFAULT,
+                &STATS_STDOUT_INTERVAL_MS_RANGE,
+            ))),
+        };
+        let key = "stats.objpool_hit_ratio_warn";
+        let ratio = f
+            .objpool_hit_ratio_warn
+            .unwrap_or(STATS_OBJPOOL_HIT_RATIO_WARN_DEFAULT);
+        let objpool_hit_ratio_warn = if (0.0..=1.0).contains(&ratio) {
+            ratio
+        } else {
+            self.error(key, format!("{ratio} is out of range 0.0..=1.0"));
+            STATS_OBJPOOL_HIT_RATIO_WARN_DEFAULT
+        };
+        StatsConfig {
+            stdout_interval,
+            objpool_hit_ratio_warn,
+        }
+    }
+
+    fn objpools(&mut self, f: ObjPoolsFile) -> ObjPoolsConfig {
+        let buffers = self.size(
+            "objpools.buffers",
+            f.buffers,
+            OBJPOOL_BUFFERS_DEFAULT,
+            &OBJPOOL_BUFFERS_RANGE,
+        );
+        let buffers_prefill = self.size(
+            "objpools.buffers_prefill",
+            f.buffers_prefill,
+            OBJPOOL_BUFFERS_PREFILL_DEFAULT.min(buffers as u64),
+            &(0..=*OBJPOOL_BUFFERS_RANGE.end()),
+        );
+        if buffers_prefill > buffers {
+            let message = format!("{buffers_prefill} is more than objpools.buffers ({buffers})");
+            self.error("objpools.buffers_prefill", message);
+        }
+        let buffer_retain_bytes_max = self.size(
+            "objpools.buffer_retain_bytes_max",
+            f.buffer_retain_bytes_max,
+            OBJPOOL_BUFFER_RETAIN_BYTES_MAX_DEFAULT,
+            &OBJPOOL_BUFFER_RETAIN_BYTES_MAX_RANGE,
+        );
+        ObjPoolsConfig {
+            buffers,
+            buffers_prefill: buffers_prefill.min(buffers),
+            buffer_retain_bytes_max,
+        }
+    }
+
+    // --- providers ---
+
+    fn providers(
+        &mut self,
+        files: BTreeMap<String, ProviderFile>,
+    ) -> BTreeMap<String, ProviderConfig> {
+        if files.is_empty() {
+            let example = "e.g. [providers.mock] with type = \"mock\"";
+            self.error(
+                "providers",
+                format!("at least one provider is required ({example})"),
+            );
+        }
+        if files.len() > PROVIDERS_MAX {
+            self.error("providers", format!("more than {PROVIDERS_MAX} providers"));
+        }
+        files
+            .into_iter()
+            .map(|(name, f)| {
+                let provider = self.provider(&name, f);
+                (name, provider)
+            })
+            .collect()
+    }
+
+    fn provider(&mut self, name: &str, f: ProviderFile) -> ProviderConfig {
+        let at = provider_key(name);
+        if !is_provider_name(name) {
+            let rule = format!("1..={PROVIDER_NAME_BYTES_MAX} characters of a-z, 0-9, _ and -");
+            self.error(&at, format!("provider names are {rule}"));
+        }
+        let kind = self.provider_type(&format!("{at}.type"), f.kind.as_deref());
+        let base_url = self.base_url(&at, kind, f.base_url);
+        let keys = self.keys(&at, kind, f.keys.unwrap_or_default());
+        let ca_file = f
+            .ca_file
+            .and_then(|p| self.ca_file(&format!("{at}.ca_file"), &p));
+        let latency_ms = f.mock.unwrap_or_default().latency_ms;
+        ProviderConfig {
+            name: name.to_string(),
+            kind: kind.unwrap_or(ProviderType::Mock),
+            base_url,
+            keys,
+            models: self.models(&format!("{at}.models"), f.models.unwrap_or_default()),
+            headers: self.headers(&format!("{at}.headers"), f.headers.unwrap_or_default()),
+            connect_timeout: self.timeout(
+                &format!("{at}.connect_timeout_ms"),
+                f.connect_timeout_ms,
+                CONNECT_TIMEOUT_MS_DEFAULT,
+            ),
+            ca_file,
+            mock: MockConfig {
+                latency: Duration::from_millis(self.int(
+                    &format!("{at}.mock.latency_ms"),
+                    latency_ms,
+                    MOCK_LATENCY_MS_DEFAULT,
+                    &MOCK_LATENCY_MS_RANGE,
+                )),
+            },
+            pool: self.pool(&format!("{at}.pool"), f.pool.unwrap_or_default()),
+        }
+    }
+
+    fn provider_type(&mut self, key: &str, value: Option<&str>) -> Option<ProviderType> {
+        match value {
+            Some("mock") => Some(ProviderType::Mock),
+            Some("openai") => Some(ProviderType::OpenAi),
+            other => {
+                let found = other.map_or("missing".to_string(), |v| format!("found {v:?}"));
+                self.error(
+                    key,
+                    format!("expected one of \"mock\", \"openai\" ({found})"),
+                );
+                None
+            }
+        }
+    }
+
+    /// Required and checked for `openai`; kept as written (trailing `/` stripped) for `mock`.
+    fn base_url(&mut self, at: &str, kind: Option<ProviderType>, value: Option<String>) -> String {
+        let key = format!("{at}.base_url");
+        let url = value
+            .as_deref()
+            .unwrap_or("")
+            .trim_end_matches('/')
+            .to_string();
+        if kind != Some(ProviderType::OpenAi) {
+            return url;
+        }
+        if value.is_none() {
+            let example = "e.g. \"https://api.openai.com/v1\"";
+            self.error(&key, format!("required for type \"openai\" ({example})"));
+        } else if let Err(problem) = check_base_url(value.as_deref().unwrap_or("")) {
+            self.error(&key, problem);
+        }
+        url
+    }
+
+    fn keys(
+        &mut self,
+        at: &str,
+        kind: Option<ProviderType>,
+        files: Vec<KeyFile>,
+    ) -> Vec<KeyConfig> {
+        let key = format!("{at}.keys");
+        if files.is_empty() && kind == Some(ProviderType::OpenAi) {
+            let example = "e.g. keys = [{ key = \"env:OPENAI_API_KEY\" }]";
+            self.error(
+                &key,
+                format!("required for type \"openai\": at least one key ({example})"),
+            );
+        }
+        if files.len() > KEYS_MAX {
+            self.error(&key, format!("more than {KEYS_MAX} keys"));
+        }
+        let mut keys = Vec::with_capacity(files.len());
+        for (i, f) in files.into_iter().enumerate() {
+            keys.extend(self.key(&format!("{key}[{i}]"), f));
+        }
+        keys
+    }
+
+    fn key(&mut self, at: &str, f: KeyFile) -> Option<KeyConfig> {
+        let weight = self.int(
+            &format!("{at}.weight"),
+            f.weight,
+            KEY_WEIGHT_DEFAULT,
+            &KEY_WEIGHT_RANGE,
+        );
+        let models = self.models(&format!("{at}.models"), f.models.unwrap_or_default());
+        let Some(reference) = f.key else {
+            self.error(
+                &format!("{at}.key"),
+                "missing (e.g. key = \"env:OPENAI_API_KEY\")",
+            );
+            return None;
+        };
+        let secret = self.secret(&format!("{at}.key"), &reference)?;
+        Some(KeyConfig {
+            secret,
+            weight: u32::try_from(weight).unwrap_or(u32::MAX),
+            models,
+        })
+    }
+
+    fn models(&mut self, key: &str, models: Vec<String>) -> Vec<String> {
+        if models.len() > MODELS_MAX {
+            self.error(key, format!("more than {MODELS_MAX} models"));
+        }
+        let mut seen = BTreeSet::new();
+        for (i, model) in models.iter().enumerate() {
+            if !is_model_name(model) {
+                let rule = format!("1..={MODEL_NAME_BYTES_MAX} visible ASCII characters");
+                self.error(&format!("{key}[{i}]"), format!("model names are {rule}"));
+            } else if !seen.insert(model.as_str()) {
+                self.error(
+                    &format!("{key}[{i}]"),
+                    format!("model {model:?} is listed twice"),
+                );
+            }
+        }
+        models
+    }
+
+    fn headers(&mut self, key: &str, headers: BTreeMap<String, String>) -> Vec<(String, String)> {
+        if headers.len() > HEADERS_MAX {
+            self.error(key, format!("more than {HEADERS_MAX} headers"));
+        }
+        let mut seen = BTreeSet::new();
+        for (name, value) in &headers {
+            let at = format!("{key}.{name:?}");
+            let lower = name.to_ascii_lowercase();
+            if let Err(problem) = check_header(&lower, value) {
+                self.error(&at, problem);
+            } else if !seen.insert(lower) {
+                self.error(&at, "listed twice (header names ignore case)");
+            }
+        }
+        headers.into_iter().collect()
+    }
+
+    fn ca_file(&mut self, key: &str, path: &str) -> Option<PathBuf> {
+        if path.is_empty() {
+            self.error(key, "empty path");
+            return None;
+        }
+        let full = self.dir.join(path);
+        match std::fs::metadata(&full) {
+            Ok(meta) if meta.is_file() => Some(full),
+            Ok(_) => {
+                self.error(key, format!("\"{}\" is not a file", full.display()));
+                None
+            }
+            Err(e) => {
+                self.error(key, format!("cannot read \"{}\": {e}", full.display()));
+                None
+            }
+        }
+    }
+
+    fn pool(&mut self, at: &str, f: PoolFile) -> PoolConfig {
+        let key = |leaf: &str| format!("{at}.{leaf}");
+        let queue_wait_max = Duration::from_millis(self.int(
+            &key("queue_wait_ms_max"),
+            f.queue_wait_ms_max,
+            POOL_QUEUE_WAIT_MS_MAX_DEFAULT,
+            &POOL_QUEUE_WAIT_MS_MAX_RANGE,
+        ));
+        let request_timeout = self.timeout(
+            &key("request_timeout_ms"),
+            f.request_timeout_ms,
+            POOL_REQUEST_TIMEOUT_MS_DEFAULT,
+        );
+        if queue_wait_max > request_timeout {
+            let (wait, total) = (queue_wait_max.as_millis(), request_timeout.as_millis());
+            let message = format!("{wait} ms is more than request_timeout_ms ({total} ms)");
+            self.error(&key("queue_wait_ms_max"), message);
+        }
+        let stack_kb = self.size(
+            &key("worker_stack_kb"),
+            f.worker_stack_kb,
+            POOL_WORKER_STACK_KB_DEFAULT,
+            &POOL_WORKER_STACK_KB_RANGE,
+        );
+        PoolConfig {
+            workers: self.size(
+                &key("workers"),
+                f.workers,
+                POOL_WORKERS_DEFAULT,
+                &POOL_WORKERS_RANGE,
+            ),
+            queue_capacity: self.size(
+                &key("queue_capacity"),
+                f.queue_capacity,
+                POOL_QUEUE_CAPACITY_DEFAULT,
+                &POOL_QUEUE_CAPACITY_RANGE,
+            ),
+            queue_policy: self.queue_policy(&key("queue_policy"), f.queue_policy.as_deref()),
+            queue_wait_max,
+            request_timeout,
+            cores: self.cores(&key("cores"), f.cores),
+            worker_stack_bytes: stack_kb * 1024,
+        }
+    }
+
+    fn queue_policy(&mut self, key: &str, value: Option<&str>) -> QueuePolicy {
+        match value {
+            None => POOL_QUEUE_POLICY_DEFAULT,
+            Some("drop") => QueuePolicy::Drop,
+            Some("error") => QueuePolicy::Error,
+            Some("block") => QueuePolicy::Block,
+            Some(other) => {
+                let message =
+                    format!("expected one of \"drop\", \"error\", \"block\" (found {other:?})");
+                self.error(key, message);
+                POOL_QUEUE_POLICY_DEFAULT
+            }
+        }
+    }
+
+    // --- aliases ---
+
+    fn aliases(
+        &mut self,
+        aliases: BTreeMap<String, String>,
+        providers: &BTreeMap<String, ProviderConfig>,
+    ) -> BTreeMap<String, String> {
+        if aliases.len() > ALIASES_MAX {
+            self.error("aliases", format!("more than {ALIASES_MAX} aliases"));
+        }
+        for (alias, target) in &aliases {
+            let at = format!("aliases.{alias:?}");
+            if !is_model_name(alias) {
+                let rule = format!("1..={MODEL_NAME_BYTES_MAX} visible ASCII characters");
+                self.error(&at, format!("alias names are {rule}"));
+            }
+            if let Err(problem) = check_alias_target(target, providers) {
+                self.error(&at, problem);
+            }
+        }
+        aliases
+    }
+}
+
+/// `provider/model` where the provider is configured and, if it lists models, lists this one.
+fn check_alias_target(
+    target: &str,
+    providers: &BTreeMap<String, ProviderConfig>,
+) -> Result<(), String> {
+    let Some((provider, model)) = target
+        .split_once('/')
+        .filter(|(p, m)| !p.is_empty() && !m.is_empty())
+    else {
+        return Err(format!("expected \"provider/model\" (found {target:?})"));
+    };
+    let Some(config) = providers.get(provider) else {
+        return Err(format!("provider {provider:?} is not configured"));
+    };
+    if !config.models.is_empty() && !config.models.iter().any(|m| m == model) {
+        let list = provider_key(provider);
+        return Err(format!("model {model:?} is not in {list}.models"));
+    }
+    Ok(())
+}
+
+/// `http://` or `https://`, a host, no user info (credentials belong in `keys`), no query or
+/// fragment. Messages do not repeat the URL.
+fn check_base_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or("must start with \"http://\" or \"https://\"")?;
+    let authority = rest.split('/').next().unwrap_or("");
+    if authority.is_empty() {
+        return Err("has no host".into());
+    }
+    if authority.contains('@') {
+        return Err("must not hold credentials (user@host); put keys in keys".into());
+    }
+    if !url.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("must be visible ASCII with no spaces".into());
+    }
+    if url.contains(['?', '#']) {
+        return Err("must not have a query or fragment".into());
+    }
+    Ok(())
+}
+
+/// Header names set by the gateway itself or carrying credentials (which belong in `keys`).
+const HEADERS_FORBIDDEN: [&str; 6] = [
+    "authorization",
+    "proxy-authorization",
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+];
+
+/// `lower_name` is the lowercased name. Messages never repeat the value.
+fn check_header(lower_name: &str, value: &str) -> Result<(), String> {
+    let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if lower_name.is_empty() || !lower_name.bytes().all(tchar) {
+        return Err("not a valid header name (RFC 9110 token characters only)".into());
+    }
+    if HEADERS_FORBIDDEN.contains(&lower_name) {
+        let why = if lower_name.contains("authorization") {
+            "credentials belong in keys"
+        } else {
+            "the gateway sets it"
+        };
+        return Err(format!("this header may not be set here ({why})"));
+    }
+    if !value
+        .bytes()
+        .all(|b| b == b' ' || b == b'\t' || b.is_ascii_graphic())
+    {
+        return Err("value must be visible ASCII, spaces or tabs (value hidden)".into());
+    }
+    Ok(())
+}
+
+fn is_provider_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= PROVIDER_NAME_BYTES_MAX
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+fn is_model_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MODEL_NAME_BYTES_MAX
+        && name.bytes().all(|b| b.is_ascii_graphic())
+}
+
+fn is_env_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// `providers.<name>`, the name quoted when it is not a bare TOML key.
+fn provider_key(name: &str) -> String {
+    if is_provider_name(name) {
+        format!("providers.{name}")
+    } else {
+        format!("providers.{name:?}")
+    }
+}
+
+/// Names a secret reference for messages: `environment variable X` or `file "P"`.
+fn describe_reference(reference: &str) -> String {
+    match reference.split_once(':') {
+        Some(("env", var)) => format!("environment variable {var}"),
+        Some(("file", path)) => format!("file {path:?}"),
+        _ => "a literal".to_string(),
+    }
+}
+
+/// `0-3,6,8-9` from a sorted list of core ids.
+fn core_ranges(cores: &[usize]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < cores.len() {
+        let start = cores[i];
+        while i + 1 < cores.len() && cores[i + 1] == cores[i] + 1 {
+            i += 1;
+        }
+        parts.push(if cores[i] == start {
+            start.to_string()
+        } else {
+            format!("{start}-{}", cores[i])
+        });
+        i += 1;
+    }
+    if parts.is_empty() {
+        "none".to_string()
+    } else {
+        parts.join(",")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MOCK: &str = "[providers.mock]\ntype = \"mock\"\n";
+    const CORES: &[usize] = &[0, 1, 2, 3];
+
+    fn check_with(
+        text: &str,
+        env: &[(&str, &str)],
+        cores: Option<&[usize]>,
+    ) -> Result<Config, ConfigError> {
+        let lookup = |name: &str| {
+            env.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| OsString::from(v))
+        };
+        parse(text, Path::new("test.toml"), &lookup, cores)
+    }
+
+    fn check(text: &str) -> Result<Config, ConfigError> {
+        check_with(text, &[], Some(CORES))
+    }
+
+    fn err(text: &str) -> String {
+        match check(text) {
+            Ok(_) => panic!("expected an error for:\n{text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    fn err_with(text: &str, env: &[(&str, &str)]) -> String {
+        match check_with(text, env, Some(CORES)) {
+            Ok(_) => panic!("expected an error for:\n{text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// A file under the temp dir, unique to this process and `name`.
+    fn temp_file(name: &str, contents: &str) -> PathBuf {
+        let path = std::env::temp_dir().join(format!(
+            "deepintshield-config-{}-{name}",
+            std::process::id()
+        ));
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+
+    #[test]
+    fn defaults_from_a_single_mock_provider() {
+        let c = check(MOCK).unwrap();
+        assert_eq!(c.path, Path::new("test.toml"));
+        let s = &c.server;
+        assert_eq!(s.listen, "127.0.0.1:8080".parse::<SocketAddr>().unwrap());
+        assert_eq!(
+            s.admin_listen,
+            "127.0.0.1:9090".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(
+            s.threads,
+            std::thread::available_parallelism().unwrap().get()
+        );
+        assert!(s.cores.is_empty() && s.client_keys.is_empty());
+        assert_eq!(s.limits.header_lines_max, HEADER_LINES_MAX_DEFAULT);
+        assert_eq!(s.limits.header_bytes_max, HEADER_BYTES_MAX_DEFAULT);
+        assert_eq!(s.limits.body_bytes_max, BODY_BYTES_MAX_DEFAULT);
+        assert_eq!(
+            s.limits.header_read_timeout,
+            Duration::from_millis(HEADER_READ_TIMEOUT_MS_DEFAULT)
+        );
+        assert_eq!(
+            s.limits.idle_timeout,
+            Duration::from_millis(IDLE_TIMEOUT_MS_DEFAULT)
+        );
+        assert_eq!(
+            s.limits.body_read_timeout,
+            Duration::from_millis(BODY_READ_TIMEOUT_MS_DEFAULT)
+        );
+        assert_eq!(
+            s.limits.write_timeout,
+            Duration::from_millis(WRITE_TIMEOUT_MS_DEFAULT)
+        );
+        assert_eq!(s.limits.coroutine_stack_bytes, 256 * 1024);
+        assert_eq!(s.json_depth_max, 64);
+        assert_eq!(s.shutdown_timeout, Duration::from_secs(10));
+        assert_eq!(c.stats.stdout_interval, Some(Duration::from_secs(10)));
+        assert_eq!(c.stats.objpool_hit_ratio_warn, 0.9);
+        assert_eq!(c.objpools.buffers, 1024);
+        assert_eq!(c.objpools.buffers_prefill, 256);
+        assert_eq!(c.objpools.buffer_retain_bytes_max, 1024 * 1024);
+        assert!(c.aliases.is_empty());
+        let p = &c.providers["mock"];
+        assert_eq!((p.name.as_str(), p.kind), ("mock", ProviderType::Mock));
+        assert!(p.base_url.is_empty() && p.keys.is_empty() && p.models.is_empty());
+        assert!(p.headers.is_empty() && p.ca_file.is_none());
+        assert_eq!(p.connect_timeout, Duration::from_secs(5));
+        assert_eq!(p.mock.latency, Duration::ZERO);
+        let pool = &p.pool;
+        assert_eq!((pool.workers, pool.queue_capacity), (8, 1024));
+        assert_eq!(pool.queue_policy, QueuePolicy::Drop);
+        assert_eq!(pool.queue_wait_max, Duration::from_secs(1));
+        assert_eq!(pool.request_timeout, Duration::from_secs(60));
+        assert!(pool.cores.is_empty());
+        assert_eq!(pool.worker_stack_bytes, 256 * 1024);
+    }
+
+    #[test]
+    fn hand_built_defaults_match_the_file_defaults() {
+        let file = check(MOCK).unwrap();
+        let built = Config::default();
+        assert_eq!(format!("{:?}", file.server), format!("{:?}", built.server));
+        assert_eq!(format!("{:?}", file.stats), format!("{:?}", built.stats));
+        assert_eq!(
+            format!("{:?}", file.objpools),
+            format!("{:?}", built.objpools)
+        );
+        assert_eq!(
+            format!("{:?}", file.providers),
+            format!("{:?}", built.providers)
+        );
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let ca = temp_file("ca.pem", "-----BEGIN CERTIFICATE-----\n");
+        let text = format!(
+            r#"
+[server]
+listen = "0.0.0.0:8081"
+admin_listen = "[::1]:9091"
+threads = 0
+cores = [1, 2]
+coroutine_stack_kb = 128
+header_lines_max = 50
+header_bytes_max = 16384
+body_bytes_max = 1048576
+json_depth_max = 32
+header_read_timeout_ms = 1000
+idle_timeout_ms = 2000
+body_read_timeout_ms = 3000
+write_timeout_ms = 4000
+shutdown_timeout_ms = 5000
+client_keys = ["env:DEEPINTSHIELD_CLIENT_KEY"]
+
+[stats]
+stdout_interval_ms = 0
+objpool_hit_ratio_warn = 0.5
+
+[objpools]
+buffers = 64
+buffers_prefill = 64
+buffer_retain_bytes_max = 65536
+
+[providers.mock]
+type = "mock"
+models = ["gpt-4o-mini"]
+[providers.mock.mock]
+latency_ms = 7
+
+[providers.openai]
+type = "openai"
+base_url = "https://api.openai.com/v1/"
+models = ["gpt-4o", "gpt-4o-mini"]
+headers = {{ "OpenAI-Organization" = "org-x" }}
+connect_timeout_ms = 2500
+ca_file = {ca:?}
+keys = [ {{ key = "env:OPENAI_API_KEY", weight = 3, models = ["gpt-4o"] }}, {{ key = "env:OPENAI_API_KEY_2" }} ]
+[providers.openai.pool]
+workers = 4
+queue_capacity = 10
+queue_policy = "block"
+queue_wait_ms_max = 500
+request_timeout_ms = 30000
+cores = [3]
+worker_stack_kb = 64
+
+[aliases]
+"gpt-4o-mini" = "mock/gpt-4o-mini"
+"best" = "openai/gpt-4o"
+"#
+        );
+        let env = [
+            ("DEEPINTSHIELD_CLIENT_KEY", "client-1"),
+            ("OPENAI_API_KEY", "sk-one"),
+            ("OPENAI_API_KEY_2", "sk-two"),
+        ];
+        let c = check_with(&text, &env, Some(CORES)).unwrap();
+        std::fs::remove_file(&ca).unwrap();
+        let s = &c.server;
+        assert_eq!(s.listen.to_string(), "0.0.0.0:8081");
+        assert_eq!(s.admin_listen.to_string(), "[::1]:9091");
+        assert_eq!(
+            (s.threads, s.cores.clone()),
+            (2, vec![1, 2]),
+            "threads 0 = one per listed core"
+        );
+        assert_eq!(s.limits.coroutine_stack_bytes, 128 * 1024);
+        assert_eq!(
+            (s.limits.header_lines_max, s.limits.header_bytes_max),
+            (50, 16384)
+        );
+        assert_eq!(s.limits.body_bytes_max, 1048576);
+        assert_eq!(s.limits.header_read_timeout, Duration::from_millis(1000));
+        assert_eq!(s.limits.idle_timeout, Duration::from_millis(2000));
+        assert_eq!(s.limits.body_read_timeout, Duration::from_millis(3000));
+        assert_eq!(s.limits.write_timeout, Duration::from_millis(4000));
+        assert_eq!(s.shutdown_timeout, Duration::from_millis(5000));
+        assert_eq!(s.json_depth_max, 32);
+        assert_eq!(s.client_keys[0].expose(), "client-1");
+        assert_eq!(c.stats.stdout_interval, None);
+        assert_eq!(c.stats.objpool_hit_ratio_warn, 0.5);
+        assert_eq!((c.objpools.buffers, c.objpools.buffers_prefill), (64, 64));
+        assert_eq!(c.objpools.buffer_retain_bytes_max, 65536);
+        assert_eq!(c.providers["mock"].mock.latency, Duration::from_millis(7));
+        let p = &c.providers["openai"];
+        assert_eq!(p.kind, ProviderType::OpenAi);
+        assert_eq!(p.base_url, "https://api.openai.com/v1");
+        assert_eq!(p.models, ["gpt-4o", "gpt-4o-mini"]);
+        assert_eq!(
+            p.headers,
+            [("OpenAI-Organization".to_string(), "org-x".to_string())]
+        );
+        assert_eq!(p.connect_timeout, Duration::from_millis(2500));
+        assert_eq!(p.ca_file.as_deref(), Some(ca.as_path()));
+        assert_eq!(p.keys.len(), 2);
+        assert_eq!((p.keys[0].secret.expose(), p.keys[0].weight), ("sk-one", 3));
+        assert_eq!(p.keys[0].models, ["gpt-4o"]);
+        assert_eq!((p.keys[1].secret.expose(), p.keys[1].weight), ("sk-two", 1));
+        let pool = &p.pool;
+        assert_eq!((pool.workers, pool.queue_capacity), (4, 10));
+        assert_eq!(pool.queue_policy, QueuePolicy::Block);
+        assert_eq!(pool.queue_wait_max, Duration::from_millis(500));
+        assert_eq!(pool.request_timeout, Duration::from_secs(30));
+        assert_eq!(
+            (pool.cores.clone(), pool.worker_stack_bytes),
+            (vec![3], 64 * 1024)
+        );
+        assert_eq!(c.aliases["best"], "openai/gpt-4o");
+        assert_eq!(c.aliases["gpt-4o-mini"], "mock/gpt-4o-mini");
+    }
+
+    #[test]
+    fn shipped_config_validates() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/deepintshield.toml");
+        let c = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        let mock = &c.providers["mock"];
+        assert_eq!(mock.kind, ProviderType::Mock);
+        assert_eq!(c.aliases["gpt-4o-mini"], "mock/gpt-4o-mini");
+        assert_eq!(c.aliases["gpt-4o"], "mock/gpt-4o");
+        assert_eq!(
+            c.providers.len(),
+            1,
+            "only the mock runs without an API key"
+        );
+    }
+
+    #[test]
+    fn shipped_config_examples_validate_when_uncommented() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/deepintshield.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let is_setting = |rest: &str| {
+            let key = rest.split(" = ").next().unwrap_or("");
+            rest.starts_with("[providers.")
+                || (rest.contains(" = ")
+                    && key != "ca_file"
+                    && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+        };
+        let uncommented: String = text
+            .lines()
+            .map(|line| match line.strip_prefix("# ") {
+                Some(rest) if is_setting(rest) => rest,
+                _ => line,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(
+            uncommented.contains("\n[providers.ollama]\n"),
+            "{uncommented}"
+        );
+        let env = [("OPENAI_API_KEY", "sk-o"), ("OLLAMA_API_KEY", "ollama")];
+        let c = check_with(&uncommented, &env, Some(CORES)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.providers["openai"].base_url, "https://api.openai.com/v1");
+        assert_eq!(c.providers["ollama"].base_url, "http://127.0.0.1:11434/v1");
+        assert_eq!(c.providers["openai"].pool.queue_policy, QueuePolicy::Block);
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_line_and_column() {
+        let e = err(&format!("{MOCK}bogus = 1\n"));
+        assert!(e.contains("unknown field `bogus`"), "{e}");
+        assert!(e.starts_with("test.toml:"), "{e}");
+        let e = err("[sever]\nlisten = \"x\"\n");
+        assert!(
+            e.starts_with("test.toml:1:") && e.contains("unknown field `sever`"),
+            "{e}"
+        );
+        let e = err(&format!("{MOCK}[providers.mock.pool]\nworkrs = 4\n"));
+        assert!(
+            e.starts_with("test.toml:4:1: ") && e.contains("unknown field `workrs`"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{MOCK}keys = [{{ key = \"env:X\", wieght = 2 }}]\n"
+        ));
+        assert!(
+            e.starts_with("test.toml:3:") && e.contains("unknown field `wieght`"),
+            "{e}"
+        );
+        let e = err("[server]\nthreads = \"four\"\n");
+        assert!(
+            e.starts_with("test.toml:2:11: ") && e.contains("invalid type"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_values_are_named_by_key_path() {
+        let cases = [
+            (
+                "[server]\nlisten = \"x\"\n",
+                "test.toml: server.listen: invalid socket address \"x\"",
+            ),
+            (
+                "[providers.mock.pool]\nqueue_policy = \"dorp\"\n",
+                "providers.mock.pool.queue_policy: expected one of \"drop\", \"error\", \"block\"",
+            ),
+            (
+                "[providers.mock.pool]\nworkers = 0\n",
+                "providers.mock.pool.workers: 0 is out of range 1..=16384",
+            ),
+            (
+                "[providers.mock.pool]\nworker_stack_kb = 16\n",
+                "providers.mock.pool.worker_stack_kb: 16 is out of range",
+            ),
+            (
+                "[providers.mock.pool]\nqueue_capacity = 0\n",
+                "providers.mock.pool.queue_capacity: 0 is out",
+            ),
+            (
+                "[providers.mock.pool]\nqueue_wait_ms_max = 5000\nrequest_timeout_ms = 1000\n",
+                "providers.mock.pool.queue_wait_ms_max: 5000 ms is more than request_timeout_ms",
+            ),
+            (
+                "[server]\ncoroutine_stack_kb = 32\n",
+                "server.coroutine_stack_kb: 32 is out of range 64..=",
+            ),
+            (
+                "[server]\njson_depth_max = 129\n",
+                "server.json_depth_max: 129 is out of range 1..=128",
+            ),
+            (
+                "[server]\nidle_timeout_ms = 0\n",
+                "server.idle_timeout_ms: 0 is out of range",
+            ),
+            (
+                "[server]\nadmin_listen = \"127.0.0.1:8080\"\n",
+                "server.admin_listen: same address",
+            ),
+            (
+                "[stats]\nstdout_interval_ms = 5\n",
+                "stats.stdout_interval_ms: 5 is out of range 100..=",
+            ),
+            (
+                "[stats]\nobjpool_hit_ratio_warn = 1.5\n",
+                "stats.objpool_hit_ratio_warn: 1.5 is out",
+            ),
+            (
+                "[objpools]\nbuffers = 8\nbuffers_prefill = 9\n",
+                "objpools.buffers_prefill: 9 is more than",
+            ),
+            (
+                "[providers.mock]\ntype = \"mock\"\nmodels = [\"a\", \"a\"]\n",
+                "providers.mock.models[1]: model \"a\" is listed twice",
+            ),
+            (
+                "[providers.mock]\ntype = \"mock\"\nmodels = [\"a b\"]\n",
+                "providers.mock.models[0]: model names are",
+            ),
+            (
+                "[providers.Mock]\ntype = \"mock\"\n",
+                "providers.\"Mock\": provider names are",
+            ),
+            (
+                "[providers.x]\ntype = \"anthropic\"\n",
+                "providers.x.type: expected one of \"mock\", \"openai\" (found \"anthropic\")",
+            ),
+            (
+                "[providers.x]\n",
+                "providers.x.type: expected one of \"mock\", \"openai\" (missing)",
+            ),
+        ];
+        for (text, expected) in cases {
+            let text = if text.contains("[providers.") && !text.contains("pool]") {
+                text.to_string()
+            } else {
+                format!("{MOCK}{text}")
+            };
+            let e = err(&text);
+            assert!(e.contains(expected), "expected {expected:?} in {e:?}");
+            assert_eq!(e.lines().count(), 1, "one problem, one line: {e}");
+        }
+    }
+
+    #[test]
+    fn all_errors_are_reported_at_once() {
+        let text = "[server]\nlisten = \"x\"\n[providers.mock]\ntype = \"mock\"\n[providers.mock.pool]\nworkers = 0\n";
+        let e = err(text);
+        assert!(
+            e.contains("server.listen") && e.contains("providers.mock.pool.workers"),
+            "{e}"
+        );
+        assert_eq!(e.lines().count(), 2);
+    }
+
+    #[test]
+    fn at_least_one_provider() {
+        assert!(err("").contains("test.toml: providers: at least one provider is required"));
+        assert!(err("[providers]\n").contains("providers: at least one provider is required"));
+    }
+
+    #[test]
+    fn openai_needs_base_url_and_keys() {
+        let e = err("[providers.openai]\ntype = \"openai\"\n");
+        assert!(
+            e.contains("providers.openai.base_url: required for type \"openai\""),
+            "{e}"
+        );
+        assert!(
+            e.contains("providers.openai.keys: required for type \"openai\""),
+            "{e}"
+        );
+        let env = [("K", "sk-k")];
+        let base = "[providers.o]\ntype = \"openai\"\nkeys = [{ key = \"env:K\" }]\n";
+        for (url, problem) in [
+            ("ftp://x", "must start with"),
+            ("https://", "has no host"),
+            ("https://u:p@host/v1", "must not hold credentials"),
+            ("https://host/v1?x=1", "query or fragment"),
+            ("https://host /v1", "visible ASCII"),
+        ] {
+            let e = err_with(&format!("{base}base_url = {url:?}\n"), &env);
+            assert!(
+                e.contains("providers.o.base_url: ") && e.contains(problem),
+                "{url}: {e}"
+            );
+            assert!(
+                !e.contains(url) && !e.contains("u:p"),
+                "the URL is not repeated: {e}"
+            );
+        }
+        let ok = format!("{base}base_url = \"http://127.0.0.1:11434/v1//\"\n");
+        let c = check_with(&ok, &env, Some(CORES)).unwrap();
+        assert_eq!(c.providers["o"].base_url, "http://127.0.0.1:11434/v1");
+        let text = "[providers.o]\ntype = \"openai\"\nbase_url = \"http://h\"\nkeys = []\n";
+        assert!(err(text).contains("providers.o.keys: required for type \"openai\""));
+    }
+
+    #[test]
+    fn mock_allows_but_ignores_base_url_and_takes_optional_keys() {
+        let text =
+            format!("{MOCK}base_url = \"not a url\"\nkeys = [{{ key = \"env:K\", weight = 2 }}]\n");
+        let c = check_with(&text, &[("K", "sk-mock")], Some(CORES)).unwrap();
+        let p = &c.providers["mock"];
+        assert_eq!(p.keys[0].secret.expose(), "sk-mock");
+        assert_eq!(p.keys[0].weight, 2);
+        let e = err(&format!("{MOCK}keys = [{{ weight = 2 }}]\n"));
+        assert!(e.contains("providers.mock.keys[0].key: missing"), "{e}");
+        let e = err(&format!(
+            "{MOCK}keys = [{{ key = \"env:K\", weight = 0 }}]\n"
+        ));
+        assert!(
+            e.contains("providers.mock.keys[0].weight: 0 is out of range"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn literal_secrets_are_rejected() {
+        let e = err("[server]\nclient_keys = [\"sk-literal-4711\"]\n");
+        assert!(
+            e.contains("server.client_keys[0]: literal secrets are not allowed"),
+            "{e}"
+        );
+        assert!(e.contains("env:VAR") && e.contains("file:PATH"), "{e}");
+        assert!(!e.contains("sk-literal-4711"), "{e}");
+    }
+
+    #[test]
+    fn env_secrets_must_be_set_and_non_empty() {
+        let text = format!("{MOCK}keys = [{{ key = \"env:DIS_UNSET_4711\" }}]\n");
+        let e = err(&text);
+        assert!(
+            e.contains(
+                "providers.mock.keys[0].key: environment variable DIS_UNSET_4711 is not set"
+            ),
+            "{e}"
+        );
+        let e = err_with(&text, &[("DIS_UNSET_4711", "")]);
+        assert!(
+            e.contains("environment variable DIS_UNSET_4711 is empty"),
+            "{e}"
+        );
+        let e = err(&format!("{MOCK}keys = [{{ key = \"env:\" }}]\n"));
+        assert!(
+            e.contains("\"env:\" must be followed by a variable name"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn file_secrets_are_read_and_trimmed() {
+        let good = temp_file("secret-good", "sk-from-file\r\n");
+        let empty = temp_file("secret-empty", "\n");
+        let text = |p: &Path| format!("[server]\nclient_keys = [\"file:{}\"]\n{MOCK}", p.display());
+        let c = check(&text(&good)).unwrap();
+        assert_eq!(c.server.client_keys[0].expose(), "sk-from-file");
+        let e = err(&text(&empty));
+        assert!(
+            e.contains("server.client_keys[0]: secret file") && e.contains("is empty"),
+            "{e}"
+        );
+        let missing = std::env::temp_dir().join("deepintshield-config-no-such-file");
+        let e = err(&text(&missing));
+        assert!(
+            e.contains("server.client_keys[0]: cannot read secret file"),
+            "{e}"
+        );
+        assert!(e.contains("deepintshield-config-no-such-file"), "{e}");
+        std::fs::remove_file(good).unwrap();
+        std::fs::remove_file(empty).unwrap();
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_directory() {
+        let secret = temp_file("secret-relative", "sk-relative\n");
+        let name = secret.file_name().unwrap().to_str().unwrap();
+        let text = format!("[server]\nclient_keys = [\"file:{name}\"]\n{MOCK}");
+        let at = std::env::temp_dir().join("deepintshield.toml");
+        let c = parse(&text, &at, &|_| None, Some(CORES)).unwrap();
+        assert_eq!(c.server.client_keys[0].expose(), "sk-relative");
+        std::fs::remove_file(secret).unwrap();
+    }
+
+    #[test]
+    fn missing_ca_file_is_an_error() {
+        let e = err(&format!(
+            "{MOCK}ca_file = \"/nonexistent/deepintshield/roots.pem\"\n"
+        ));
+        assert!(
+            e.contains(
+                "providers.mock.ca_file: cannot read \"/nonexistent/deepintshield/roots.pem\""
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn cores_must_exist() {
+        let e = err(&format!("[server]\ncores = [0, 7]\n{MOCK}"));
+        assert!(
+            e.contains("server.cores[1]: core 7 does not exist on this machine (cores: 0-3)"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{MOCK}[providers.mock.pool]\ncores = [2, 2, 99]\n"
+        ));
+        assert!(
+            e.contains("providers.mock.pool.cores[1]: core 2 is listed twice"),
+            "{e}"
+        );
+        assert!(
+            e.contains("providers.mock.pool.cores[2]: core 99 does not exist"),
+            "{e}"
+        );
+        let e = check_with(&format!("[server]\ncores = [0]\n{MOCK}"), &[], None).unwrap_err();
+        assert!(
+            e.0.contains("server.cores: this machine's cores cannot be listed"),
+            "{e}"
+        );
+        // Against the real machine: no machine has a core 1_000_000.
+        let real = Config::from_toml_str(
+            &format!("[server]\ncores = [1000000]\n{MOCK}"),
+            Path::new("t.toml"),
+        );
+        assert!(real
+            .unwrap_err()
+            .0
+            .contains("server.cores[0]: core 1000000 does not exist"));
+        assert_eq!(core_ranges(&[0, 1, 2, 5, 7, 8]), "0-2,5,7-8");
+    }
+
+    #[test]
+    fn aliases_point_at_configured_providers_and_models() {
+        let e = err(&format!("{MOCK}[aliases]\n\"gpt-4o\" = \"nope/gpt-4o\"\n"));
+        assert!(
+            e.contains("test.toml: aliases.\"gpt-4o\": provider \"nope\" is not configured"),
+            "{e}"
+        );
+        let e = err(&format!("{MOCK}[aliases]\n\"x\" = \"gpt-4o\"\n"));
+        assert!(
+            e.contains("aliases.\"x\": expected \"provider/model\""),
+            "{e}"
+        );
+        let text =
+            "[providers.mock]\ntype = \"mock\"\nmodels = [\"a\"]\n[aliases]\nb = \"mock/b\"\n";
+        let e = err(text);
+        assert!(
+            e.contains("aliases.\"b\": model \"b\" is not in providers.mock.models"),
+            "{e}"
+        );
+        let c = check(&format!("{MOCK}[aliases]\nbig = \"mock/org/model-x\"\n")).unwrap();
+        assert_eq!(c.aliases["big"], "mock/org/model-x");
+    }
+
+    #[test]
+    fn headers_are_checked() {
+        let c = check(&format!("{MOCK}headers = {{ \"X-Team\" = \"a b\" }}\n")).unwrap();
+        assert_eq!(
+            c.providers["mock"].headers,
+            [("X-Team".to_string(), "a b".to_string())]
+        );
+        for (header, problem) in [
+            ("Authorization", "credentials belong in keys"),
+            ("host", "the gateway sets it"),
+            ("Content-Length", "the gateway sets it"),
+            ("Bad Name", "not a valid header name"),
+        ] {
+            let e = err(&format!("{MOCK}headers = {{ {header:?} = \"v\" }}\n"));
+            let at = format!("providers.mock.headers.{header:?}: ");
+            assert!(e.contains(&at) && e.contains(problem), "{header}: {e}");
+        }
+        let e = err(&format!(
+            "{MOCK}headers = {{ \"X-A\" = \"secret\\u0001value\" }}\n"
+        ));
+        assert!(e.contains("value hidden") && !e.contains("secret"), "{e}");
+        let e = err(&format!(
+            "{MOCK}headers = {{ \"X-A\" = \"1\", \"x-a\" = \"2\" }}\n"
+        ));
+        assert!(e.contains("listed twice"), "{e}");
+    }
+
+    #[test]
+    fn no_error_message_holds_a_secret() {
+        // Real environment: unique names, so no other test reads or writes them.
+        let value = "sk-DISTINCTIVE-7c1f0e9a";
+        std::env::set_var("DEEPINTSHIELD_TEST_SECRET_7C1F", value);
+        std::env::set_var(
+            "DEEPINTSHIELD_TEST_SPACED_7C1F",
+            "sk-DISTINCTIVE with space",
+        );
+        let around = format!(
+            "[server]\nlisten = \"x\"\nclient_keys = [\"env:DEEPINTSHIELD_TEST_SECRET_7C1F\", \
+             \"env:DEEPINTSHIELD_TEST_SPACED_7C1F\"]\n\
+             [providers.openai]\ntype = \"openai\"\nbase_url = \"https://{value}@h\"\n\
+             keys = [{{ key = \"env:DEEPINTSHIELD_TEST_SECRET_7C1F\", weight = 0 }}]\n\
+             headers = {{ \"Authorization\" = \"Bearer {value}\", \"X-Key\" = \"{value}\\n\" }}\n\
+             [providers.openai.pool]\nworkers = 0\n\
+             [aliases]\nx = \"nope/y\"\n"
+        );
+        let from_env = Config::from_toml_str(&around, Path::new("t.toml"))
+            .unwrap_err()
+            .0;
+        assert!(
+            from_env.contains("DEEPINTSHIELD_TEST_SPACED_7C1F holds spaces"),
+            "{from_env}"
+        );
+        assert!(from_env.lines().count() >= 7, "{from_env}");
+        let bad_file = temp_file("secret-bad", "sk-DISTINCTIVE\nsecond line\n");
+        let literal = "sk-DISTINCTIVE-literal";
+        let texts = [
+            format!("{MOCK}keys = [\"{literal}\"]\n"),
+            format!("{MOCK}keys = \"{literal}\"\n"),
+            format!("{MOCK}keys = [{{ key = \"{literal}\", wieght = 1 }}]\n"),
+            format!("{MOCK}keys = [{{ key = \"{literal}\" }}]\n"),
+            format!("[server]\nclient_keys = \"{literal}\"\n"),
+            format!("[server]\nclient_keys = [\"{literal}\", 5]\n"),
+            format!(
+                "[server]\nclient_keys = [\"file:{}\"]\n{MOCK}",
+                bad_file.display()
+            ),
+        ];
+        let mut messages = vec![from_env];
+        messages.extend(texts.iter().map(|t| {
+            Config::from_toml_str(t, Path::new("t.toml"))
+                .expect_err(t)
+                .0
+        }));
+        std::fs::remove_file(bad_file).unwrap();
+        for m in &messages {
+            assert!(!m.contains("DISTINCTIVE"), "secret leaked: {m}");
+        }
+        // A valid config with secrets prints none of them.
+        let ok = format!("{MOCK}keys = [{{ key = \"env:DEEPINTSHIELD_TEST_SECRET_7C1F\" }}]\n");
+        let c = Config::from_toml_str(&ok, Path::new("t.toml")).unwrap();
+        assert_eq!(c.providers["mock"].keys[0].secret.expose(), value);
+        assert!(!format!("{c:?}").contains(value));
+        let secret = &c.providers["mock"].keys[0].secret;
+        assert_eq!(
+            (secret.to_string(), format!("{secret:?}")),
+            ("***".to_string(), "***".to_string())
+        );
+    }
+
+    #[test]
+    fn hide_strings_hides_each_string_value() {
+        let m = r#"invalid type: string "a\"b", expected x; string "c" end"#;
+        assert_eq!(
+            hide_strings(m),
+            "invalid type: string (value hidden), expected x; string (value hidden) end"
+        );
+        assert_eq!(
+            hide_strings("string \"unterminated"),
+            "string (value hidden)"
+        );
+        assert_eq!(hide_strings("no strings"), "no strings");
+    }
+
+    #[test]
+    fn load_names_an_unreadable_file() {
+        let e = Config::load(Path::new("/nonexistent/deepintshield.toml")).unwrap_err();
+        assert!(
+            e.0.starts_with("/nonexistent/deepintshield.toml: cannot read: "),
+            "{e}"
+        );
+    }
 }

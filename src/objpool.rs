@@ -139,7 +139,11 @@ impl<T: Recycle> ObjPool<T> {
             misses: c.misses.load(Ordering::Relaxed),
             returns,
             discards: c.discards.load(Ordering::Relaxed),
-            hit_ratio: if gets == 0 { 1.0 } else { hits as f64 / gets as f64 },
+            hit_ratio: if gets == 0 {
+                1.0
+            } else {
+                hits as f64 / gets as f64
+            },
             get_ns_avg: c.get_ns_total.load(Ordering::Relaxed) / gets.max(1),
             reset_ns_avg: c.reset_ns_total.load(Ordering::Relaxed) / returns.max(1),
         }

@@ -1,1 +1,168 @@
-//! (in progress)
+//! Model -> provider pool resolution (`provider/model` names and aliases) and client-key checks.
+
+use std::collections::HashMap;
+
+use crate::config::{Config, Secret};
+use crate::error::{ApiError, ErrorKind};
+use crate::http::Request;
+
+/// Where a request goes.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Route {
+    /// Index into the gateway's pools (config order of providers).
+    pub pool: usize,
+    /// The model name sent upstream.
+    pub upstream_model: String,
+}
+
+struct ProviderEntry {
+    pool: usize,
+    /// Models the provider serves; empty = any.
+    models: Vec<String>,
+}
+
+pub struct Router {
+    providers: HashMap<String, ProviderEntry>,
+    aliases: HashMap<String, String>,
+    client_keys: Vec<Secret>,
+    /// Ids listed by `GET /v1/models` with their owner, in a stable order.
+    listed: Vec<(String, String)>,
+}
+
+impl Router {
+    /// Pools are numbered in the order of `config.providers` (sorted by name).
+    pub fn new(config: &Config) -> Self {
+        let mut providers = HashMap::new();
+        let mut listed = Vec::new();
+        for (i, (name, p)) in config.providers.iter().enumerate() {
+            providers.insert(
+                name.clone(),
+                ProviderEntry {
+                    pool: i,
+                    models: p.models.clone(),
+                },
+            );
+            for m in &p.models {
+                listed.push((format!("{name}/{m}"), name.clone()));
+            }
+        }
+        for (alias, target) in &config.aliases {
+            let owner = target.split_once('/').map(|(p, _)| p).unwrap_or(target);
+            listed.push((alias.clone(), owner.to_string()));
+        }
+        listed.sort();
+        listed.dedup();
+        Router {
+            providers,
+            aliases: config.aliases.clone().into_iter().collect(),
+            client_keys: config.server.client_keys.clone(),
+            listed,
+        }
+    }
+
+    /// Resolve a client's `model`: an alias, or `<provider>/<model>`.
+    pub fn resolve(&self, model: &str) -> Result<Route, ApiError> {
+        let target = self.aliases.get(model).map(String::as_str).unwrap_or(model);
+        let not_found = || {
+            ApiError::new(
+                ErrorKind::NotFound,
+                "model_not_found",
+                format!(
+                    "The model `{}` does not exist: use <provider>/<model> with a configured provider, or an alias (GET /v1/models lists them)",
+                    truncate(model, 200)
+                ),
+            )
+        };
+        let (provider, upstream_model) = target.split_once('/').ok_or_else(not_found)?;
+        let entry = self.providers.get(provider).ok_or_else(not_found)?;
+        if upstream_model.is_empty()
+            || (!entry.models.is_empty() && !entry.models.iter().any(|m| m == upstream_model))
+        {
+            return Err(not_found());
+        }
+        Ok(Route {
+            pool: entry.pool,
+            upstream_model: upstream_model.to_string(),
+        })
+    }
+
+    /// Check the client key (`Authorization: Bearer <key>` or `x-api-key: <key>`) when keys are set.
+    pub fn authorize(&self, req: &Request) -> Result<(), ApiError> {
+        if self.client_keys.is_empty() {
+            return Ok(());
+        }
+        let presented = req
+            .header("authorization")
+            .and_then(|v| {
+                v.strip_prefix(b"Bearer ")
+                    .or_else(|| v.strip_prefix(b"bearer "))
+            })
+            .or_else(|| req.header("x-api-key"));
+        let Some(presented) = presented else {
+            return Err(ApiError::new(
+                ErrorKind::Unauthorized,
+                "missing_api_key",
+                "no API key provided: send Authorization: Bearer <key>",
+            ));
+        };
+        let presented = trim_ascii(presented);
+        if self
+            .client_keys
+            .iter()
+            .any(|k| constant_time_eq(k.expose().as_bytes(), presented))
+        {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                ErrorKind::Unauthorized,
+                "invalid_api_key",
+                "incorrect API key provided",
+            ))
+        }
+    }
+
+    /// `(id, owned_by)` of every model `GET /v1/models` lists.
+    pub fn listed_models(&self) -> &[(String, String)] {
+        &self.listed
+    }
+}
+
+fn trim_ascii(v: &[u8]) -> &[u8] {
+    let start = v
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &v[start..end]
+}
+
+/// Compare without an early exit on the first differing byte (timing does not reveal the prefix).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ct_eq() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+        assert_eq!(trim_ascii(b"  k \r"), b"k");
+    }
+}

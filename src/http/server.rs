@@ -1,13 +1,55 @@
 //! Connection loop: accept, read, parse, dispatch to the handler, write.
-//! (Interface fixed; implementation in progress.)
+//!
+//! One `may` coroutine accepts; each connection gets its own coroutine that reads into a pooled
+//! buffer, parses request heads with `httparse` (header slots sized from [`Limits`]), decodes
+//! Content-Length or chunked bodies, calls the [`Handler`] under `catch_unwind`, and appends the
+//! responses of pipelined requests to one pooled write buffer that is written in a single call.
+//! Every protocol fault is answered with the gateway's JSON error body and, where the framing can no
+//! longer be trusted, the connection is closed (no request smuggling).
 
-use std::io;
-use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::io::{self, Read, Write};
+use std::mem::MaybeUninit;
+use std::net::{Shutdown, SocketAddr};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
-use super::{Handler, Limits};
-use crate::objpool::ObjPool;
+use may::net::{TcpListener, TcpStream};
+
+use super::{reason_phrase, Handler, Limits, Method, Request, Response};
+use crate::error::{ApiError, ErrorKind};
+use crate::objpool::{ObjPool, Pooled};
+
+/// Initial size of a connection's read buffer; it grows up to `header_bytes_max` for large heads.
+const READ_BUF_BYTES_INITIAL: usize = 8 * 1024;
+/// Pending pipelined responses are written once the write buffer holds this much.
+const WRITE_BUF_FLUSH_BYTES: usize = 64 * 1024;
+/// Longest chunk-size line (with extensions) or trailer line of a chunked body.
+const CHUNK_LINE_BYTES_MAX: usize = 4 * 1024;
+/// Most bytes of trailer fields after the last chunk.
+const CHUNK_TRAILER_BYTES_MAX: usize = 16 * 1024;
+/// A request body buffer larger than this is not kept for the connection's next request.
+const BODY_BUF_KEEP_BYTES_MAX: usize = 64 * 1024;
+/// How often an idle keep-alive connection looks at the stop flag.
+const IDLE_POLL_MS: u64 = 500;
+/// After an error response: how long and how much unread input is drained before closing, so the
+/// client sees the response rather than a reset.
+const LINGER_MS: u64 = 1_000;
+const LINGER_BYTES_MAX: usize = 1024 * 1024;
+/// Accept errors (e.g. out of file descriptors) back off this long instead of spinning.
+const ACCEPT_ERROR_BACKOFF_MS: u64 = 20;
+/// Stack of the accept coroutine: it only accepts and spawns.
+const ACCEPT_STACK_BYTES: usize = 64 * 1024;
+/// Longest client-supplied `x-request-id` that is echoed.
+const REQUEST_ID_BYTES_MAX: usize = 128;
+/// Smallest read timeout handed to the socket (a zero timeout means "none" to the OS).
+const READ_TIMEOUT_MIN: Duration = Duration::from_millis(1);
+
+const CONTINUE_100: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+const _: () = assert!(CHUNK_LINE_BYTES_MAX < READ_BUF_BYTES_INITIAL);
+const _: () = assert!(REQUEST_ID_BYTES_MAX <= 128);
 
 /// Counters of one listener (relaxed atomics).
 #[derive(Default)]
@@ -20,20 +62,50 @@ pub struct FrontStats {
     pub bad_requests: AtomicU64,
     pub headers_too_large: AtomicU64,
     pub bodies_too_large: AtomicU64,
+    /// Header, body and write timeouts (the connection is closed).
     pub timeouts: AtomicU64,
     pub handler_panics: AtomicU64,
+    /// Keep-alive connections closed after `idle_timeout` without a request (not an error).
+    pub idle_timeouts: AtomicU64,
 }
 
 impl FrontStats {
     pub fn to_json(&self) -> serde_json::Value {
-        todo!()
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        serde_json::json!({
+            "connections_accepted": get(&self.connections_accepted),
+            "connections_active": get(&self.connections_active),
+            "requests": get(&self.requests),
+            "requests_in_flight": get(&self.requests_in_flight),
+            "bad_requests": get(&self.bad_requests),
+            "headers_too_large": get(&self.headers_too_large),
+            "bodies_too_large": get(&self.bodies_too_large),
+            "timeouts": get(&self.timeouts),
+            "handler_panics": get(&self.handler_panics),
+            "idle_timeouts": get(&self.idle_timeouts),
+        })
     }
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// What every coroutine of one listener shares.
+struct Shared {
+    limits: Limits,
+    handler: Arc<dyn Handler>,
+    buffers: Arc<ObjPool<Vec<u8>>>,
+    stats: Arc<FrontStats>,
+    stopping: AtomicBool,
 }
 
 /// A running listener.
 pub struct ServerHandle {
     local_addr: SocketAddr,
     stats: Arc<FrontStats>,
+    shared: Arc<Shared>,
+    accept: may::coroutine::Coroutine,
 }
 
 impl ServerHandle {
@@ -44,8 +116,15 @@ impl ServerHandle {
         &self.stats
     }
     /// Stop accepting new connections; open connections finish their current request, then close.
+    /// The listening socket is closed promptly, so new connects are refused. Idempotent.
     pub fn stop_accepting(&self) {
-        todo!()
+        if self.shared.stopping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        // SAFETY: cancelling makes the accept coroutine unwind at its current (or next) yield
+        // point. It only owns the listener and an `Arc<Shared>`, both released by unwinding, and it
+        // holds no lock or half-done state: between yields it either accepts or spawns.
+        unsafe { self.accept.cancel() };
     }
 }
 
@@ -57,6 +136,1336 @@ pub fn serve(
     handler: Arc<dyn Handler>,
     buffers: Arc<ObjPool<Vec<u8>>>,
 ) -> io::Result<ServerHandle> {
-    let _ = (listener, limits, handler, buffers);
-    todo!()
+    use std::os::unix::io::{FromRawFd, IntoRawFd};
+
+    let local_addr = listener.local_addr()?;
+    let fd = listener.into_raw_fd();
+    // SAFETY: `fd` was just released by an owned, bound std listener, so ownership moves to the
+    // may listener exactly once. may's `from_raw_fd` panics if it cannot register the socket with
+    // its event loop; that start-up failure becomes an error here (the fd is then leaked, once).
+    let listener = catch_unwind(|| unsafe { TcpListener::from_raw_fd(fd) })
+        .map_err(|_| io::Error::other("cannot register the listener with the may event loop"))?;
+
+    let stats = Arc::new(FrontStats::default());
+    let shared = Arc::new(Shared {
+        limits,
+        handler,
+        buffers,
+        stats: Arc::clone(&stats),
+        stopping: AtomicBool::new(false),
+    });
+    let accept_shared = Arc::clone(&shared);
+    // SAFETY: `spawn` is unsafe because a coroutine may move between OS threads at yield points, so
+    // thread-local state must not be relied upon across them, and its stack is fixed. The accept
+    // loop touches no thread-locals and needs little stack (it only accepts and spawns).
+    let join = unsafe {
+        may::coroutine::Builder::new()
+            .stack_size(ACCEPT_STACK_BYTES)
+            .spawn(move || accept_loop(listener, accept_shared))
+    }?;
+    Ok(ServerHandle {
+        local_addr,
+        stats,
+        shared,
+        accept: join.coroutine().clone(),
+    })
+}
+
+fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    let stack_bytes = shared.limits.coroutine_stack_bytes;
+    while !shared.stopping.load(Ordering::Acquire) {
+        let stream = match listener.accept() {
+            Ok((stream, _peer)) => stream,
+            Err(_) => {
+                // EMFILE, ECONNABORTED, ...: nothing to answer; back off instead of spinning.
+                may::coroutine::sleep(Duration::from_millis(ACCEPT_ERROR_BACKOFF_MS));
+                continue;
+            }
+        };
+        if shared.stopping.load(Ordering::Acquire) {
+            break; // dropping the stream closes it unserved
+        }
+        bump(&shared.stats.connections_accepted);
+        // Small responses must not wait for Nagle; failure only costs latency.
+        let _ = stream.set_nodelay(true);
+        let conn_shared = Arc::clone(&shared);
+        // SAFETY: the connection coroutine keeps no reference to thread-local state across a yield
+        // (all its state lives on its own stack or behind `Arc`s), and handlers are documented to
+        // wait only on may-aware primitives. Its stack size comes from the validated limits.
+        let spawned = unsafe {
+            may::coroutine::Builder::new()
+                .stack_size(stack_bytes)
+                .spawn(move || serve_connection(stream, conn_shared))
+        };
+        // A failed spawn drops the stream (closing it); the JoinHandle of a good one is detached.
+        drop(spawned);
+    }
+}
+
+/// Keeps `connections_active` right even if the connection coroutine unwinds.
+struct ActiveGuard(Arc<FrontStats>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.connections_active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
+    shared
+        .stats
+        .connections_active
+        .fetch_add(1, Ordering::Relaxed);
+    let _active = ActiveGuard(Arc::clone(&shared.stats));
+    let _ = stream.set_write_timeout(Some(shared.limits.write_timeout));
+    let mut conn = Conn::new(stream, &shared);
+    let end = loop {
+        if let Err(end) = conn.serve_one() {
+            break end;
+        }
+    };
+    if end == End::Linger {
+        conn.linger_close();
+    }
+}
+
+/// Why a connection ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum End {
+    /// EOF, idle timeout, I/O error: just close.
+    Quiet,
+    /// A final response was produced: write it, half-close, drain briefly, close.
+    Linger,
+}
+
+/// A protocol fault answered with a JSON error, after which the connection closes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    BadRequest(&'static str, &'static str),
+    HeadersTooLarge(&'static str),
+    PayloadTooLarge,
+    Timeout(&'static str),
+}
+
+impl Fault {
+    fn count(self, stats: &FrontStats) {
+        match self {
+            Fault::BadRequest(..) => bump(&stats.bad_requests),
+            Fault::HeadersTooLarge(_) => bump(&stats.headers_too_large),
+            Fault::PayloadTooLarge => bump(&stats.bodies_too_large),
+            Fault::Timeout(_) => bump(&stats.timeouts),
+        }
+    }
+
+    fn response(self) -> Response {
+        match self {
+            Fault::BadRequest(code, message) => {
+                Response::error(&ApiError::new(ErrorKind::BadRequest, code, message))
+            }
+            Fault::HeadersTooLarge(message) => Response::error(&ApiError::new(
+                ErrorKind::HeadersTooLarge,
+                "headers_too_large",
+                message,
+            )),
+            Fault::PayloadTooLarge => Response::error(&ApiError::new(
+                ErrorKind::PayloadTooLarge,
+                "payload_too_large",
+                "the request body exceeds the size limit",
+            )),
+            Fault::Timeout(message) => {
+                // `ErrorKind` has no client-side timeout kind (its timeouts are upstream 504s), so
+                // the 400-shaped body gets the 408 status that tells clients to retry.
+                let mut r = Response::error(&ApiError::new(
+                    ErrorKind::BadRequest,
+                    "request_timeout",
+                    message,
+                ));
+                r.status = 408;
+                r
+            }
+        }
+    }
+}
+
+/// How a request's body is framed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BodyKind {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// What the connection loop needs from a parsed request head (the rest went into `Request`).
+#[derive(Debug)]
+struct Head {
+    /// Bytes of the request line and header block.
+    len: usize,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    minor_version: u8,
+    keep_alive: bool,
+    expect_continue: bool,
+    is_head: bool,
+    /// A framing fault is reported after the request id is known, so its error echoes it.
+    body: Result<BodyKind, Fault>,
+}
+
+struct Conn<'s> {
+    stream: TcpStream,
+    shared: &'s Shared,
+    /// Always fully initialised (`len` is the usable size); bytes `rpos..rend` are unconsumed.
+    rbuf: Pooled<Vec<u8>>,
+    rpos: usize,
+    rend: usize,
+    /// Responses not yet written.
+    wbuf: Pooled<Vec<u8>>,
+    /// Responses in `wbuf` counted in `requests_in_flight`.
+    wpending: u64,
+    /// httparse header slots, `header_lines_max` of them, reused for every request.
+    slots: Vec<MaybeUninit<httparse::Header<'static>>>,
+    req: Request,
+    /// The read timeout last given to the socket (setting it is a system call).
+    read_timeout: Option<Duration>,
+}
+
+impl Drop for Conn<'_> {
+    fn drop(&mut self) {
+        if self.wpending > 0 {
+            let in_flight = &self.shared.stats.requests_in_flight;
+            in_flight.fetch_sub(self.wpending, Ordering::Relaxed);
+        }
+    }
+}
+
+impl<'s> Conn<'s> {
+    fn new(stream: TcpStream, shared: &'s Shared) -> Self {
+        let mut rbuf = shared.buffers.get();
+        let size = rbuf.capacity().max(READ_BUF_BYTES_INITIAL);
+        rbuf.resize(size, 0);
+        let slots = (0..shared.limits.header_lines_max.max(1))
+            .map(|_| MaybeUninit::uninit())
+            .collect();
+        Conn {
+            stream,
+            shared,
+            rbuf,
+            rpos: 0,
+            rend: 0,
+            wbuf: shared.buffers.get(),
+            wpending: 0,
+            slots,
+            req: Request {
+                id: String::new(),
+                method: Method::Other,
+                path: String::new(),
+                query: String::new(),
+                headers: Vec::new(),
+                body: Vec::new(),
+                received_at: Instant::now(),
+            },
+            read_timeout: None,
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        self.shared.stopping.load(Ordering::Acquire)
+    }
+
+    /// Read, handle and answer one request. `Err` ends the connection.
+    fn serve_one(&mut self) -> Result<(), End> {
+        if self.rpos == self.rend {
+            // Nothing buffered: pending pipelined responses go out before waiting.
+            self.flush()?;
+            self.wait_idle()?;
+        }
+        let head = self.read_head()?;
+        let body = match head.body {
+            Ok(kind) => kind,
+            Err(fault) => return self.fail(fault),
+        };
+        match body {
+            BodyKind::None => {}
+            BodyKind::Length(n) => self.read_sized_body(n, &head)?,
+            BodyKind::Chunked => self.read_chunked_body(&head)?,
+        }
+        self.dispatch(&head)
+    }
+
+    /// Wait for the first bytes of the next request, up to `idle_timeout`, closing early when the
+    /// server stops.
+    fn wait_idle(&mut self) -> Result<(), End> {
+        let deadline = Instant::now() + self.shared.limits.idle_timeout;
+        loop {
+            if self.stopping() {
+                return Err(End::Quiet);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bump(&self.shared.stats.idle_timeouts);
+                return Err(End::Quiet);
+            }
+            let cap = self.rbuf.len();
+            match self.fill(left.min(Duration::from_millis(IDLE_POLL_MS)), cap) {
+                Ok(0) => return Err(End::Quiet),
+                Ok(_) => return Ok(()),
+                Err(e) if is_timeout(&e) => continue,
+                Err(_) => return Err(End::Quiet),
+            }
+        }
+    }
+
+    /// Parse the request head, reading more under the header deadline while it is incomplete.
+    fn read_head(&mut self) -> Result<Head, End> {
+        // Errors before the head is parsed get a fresh id, not the previous request's.
+        self.req.id.clear();
+        let shared = self.shared;
+        let limits = &shared.limits;
+        let deadline = Instant::now() + limits.header_read_timeout;
+        let cap = limits.header_bytes_max.max(READ_BUF_BYTES_INITIAL);
+        loop {
+            let buf = &self.rbuf[self.rpos..self.rend];
+            match parse_head(buf, &mut self.slots, &mut self.req) {
+                Ok(Some(head)) => {
+                    if head.len > limits.header_bytes_max {
+                        return self.fail(Fault::HeadersTooLarge("the request head is too large"));
+                    }
+                    self.consume(head.len);
+                    return Ok(head);
+                }
+                Ok(None) => {}
+                Err(fault) => return self.fail(fault),
+            }
+            if self.rend - self.rpos >= limits.header_bytes_max {
+                return self.fail(Fault::HeadersTooLarge("the request head is too large"));
+            }
+            self.flush()?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return self.fail(Fault::Timeout("the request head was not received in time"));
+            }
+            match self.fill(left, cap) {
+                Ok(0) => return Err(End::Quiet),
+                Ok(_) => {}
+                Err(e) if is_timeout(&e) => {
+                    return self.fail(Fault::Timeout("the request head was not received in time"))
+                }
+                Err(_) => return Err(End::Quiet),
+            }
+        }
+    }
+
+    fn read_sized_body(&mut self, len: u64, head: &Head) -> Result<(), End> {
+        let shared = self.shared;
+        let limits = &shared.limits;
+        let len = match usize::try_from(len) {
+            Ok(n) if n <= limits.body_bytes_max => n,
+            _ => return self.fail(Fault::PayloadTooLarge),
+        };
+        let have = (self.rend - self.rpos).min(len);
+        let body = &mut self.req.body;
+        body.reserve_exact(len);
+        body.extend_from_slice(&self.rbuf[self.rpos..self.rpos + have]);
+        self.consume(have);
+        if have == len {
+            return Ok(());
+        }
+        if head.expect_continue && have == 0 && head.minor_version == 1 {
+            self.wbuf.extend_from_slice(CONTINUE_100);
+        }
+        self.flush()?;
+        // The rest is read straight into the body, never past it (the next pipelined request
+        // stays in the socket).
+        self.req.body.resize(len, 0);
+        let mut filled = have;
+        let timeout = self.shared.limits.body_read_timeout;
+        while filled < len {
+            if self.set_read_timeout(timeout).is_err() {
+                return Err(End::Quiet);
+            }
+            match self.stream.read(&mut self.req.body[filled..]) {
+                Ok(0) => return Err(End::Quiet),
+                Ok(n) => filled += n,
+                Err(e) if is_timeout(&e) => {
+                    return self.fail(Fault::Timeout("the request body was not received in time"))
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Err(End::Quiet),
+            }
+        }
+        Ok(())
+    }
+
+    fn read_chunked_body(&mut self, head: &Head) -> Result<(), End> {
+        let body_max = self.shared.limits.body_bytes_max;
+        let timeout = self.shared.limits.body_read_timeout;
+        let mut decoder = ChunkedDecoder::new();
+        let mut asked_continue = !head.expect_continue || head.minor_version == 0;
+        if self.rend > self.rpos {
+            asked_continue = true; // the client did not wait for a 100
+        }
+        loop {
+            let input = &self.rbuf[self.rpos..self.rend];
+            let step = decoder.decode(input, &mut self.req.body, body_max);
+            let (used, done) = match step {
+                Ok(step) => step,
+                Err(ChunkError::TooLarge) => return self.fail(Fault::PayloadTooLarge),
+                Err(ChunkError::Invalid(message)) => {
+                    return self.fail(Fault::BadRequest("invalid_chunk", message))
+                }
+            };
+            self.consume(used);
+            if done {
+                return Ok(());
+            }
+            if !asked_continue {
+                self.wbuf.extend_from_slice(CONTINUE_100);
+                asked_continue = true;
+            }
+            self.flush()?;
+            let cap = self.rbuf.len();
+            match self.fill(timeout, cap) {
+                Ok(0) => return Err(End::Quiet),
+                Ok(_) => {}
+                Err(e) if is_timeout(&e) => {
+                    return self.fail(Fault::Timeout("the request body was not received in time"))
+                }
+                Err(_) => return Err(End::Quiet),
+            }
+        }
+    }
+
+    /// Call the handler and queue its response.
+    fn dispatch(&mut self, head: &Head) -> Result<(), End> {
+        let stats = &self.shared.stats;
+        bump(&stats.requests);
+        stats.requests_in_flight.fetch_add(1, Ordering::Relaxed);
+        self.wpending += 1;
+        let handler = &self.shared.handler;
+        let req = &mut self.req;
+        let response =
+            catch_unwind(AssertUnwindSafe(|| handler.handle(req))).unwrap_or_else(|_| {
+                bump(&stats.handler_panics);
+                Response::error(&ApiError::internal())
+            });
+        let keep_alive = head.keep_alive && !self.stopping();
+        let conn_header = match (keep_alive, head.minor_version) {
+            (false, _) => ConnHeader::Close,
+            (true, 0) => ConnHeader::KeepAlive,
+            (true, _) => ConnHeader::None,
+        };
+        self.queue_response(&response, conn_header, head.is_head)?;
+        if !keep_alive {
+            return Err(End::Linger);
+        }
+        if self.wbuf.len() >= WRITE_BUF_FLUSH_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Append a response to the write buffer; a large body is written straight from the response.
+    fn queue_response(
+        &mut self,
+        response: &Response,
+        conn_header: ConnHeader,
+        head_only: bool,
+    ) -> Result<(), End> {
+        let fresh_id;
+        let id = if is_valid_request_id(self.req.id.as_bytes()) {
+            self.req.id.as_str()
+        } else {
+            fresh_id = generate_request_id();
+            fresh_id.as_str()
+        };
+        let body = write_response_head(&mut self.wbuf, response, id, conn_header);
+        if head_only || body.is_empty() {
+            return Ok(());
+        }
+        if self.wbuf.len() + body.len() <= WRITE_BUF_FLUSH_BYTES {
+            self.wbuf.extend_from_slice(body);
+            return Ok(());
+        }
+        // Large body: write what is queued, then the body itself, without copying it.
+        let pending = std::mem::take(&mut self.wpending);
+        let result = self
+            .write_all_counted(None)
+            .and_then(|()| self.write_all_counted(Some(body)));
+        self.shared
+            .stats
+            .requests_in_flight
+            .fetch_sub(pending, Ordering::Relaxed);
+        result
+    }
+
+    /// Answer a protocol fault and end the connection.
+    fn fail<T>(&mut self, fault: Fault) -> Result<T, End> {
+        fault.count(&self.shared.stats);
+        if !is_valid_request_id(self.req.id.as_bytes()) {
+            self.req.id = generate_request_id();
+        }
+        let response = fault.response();
+        self.queue_response(&response, ConnHeader::Close, false)?;
+        Err(End::Linger)
+    }
+
+    /// Write every queued response.
+    fn flush(&mut self) -> Result<(), End> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        let result = self.write_all_counted(None);
+        let pending = std::mem::take(&mut self.wpending);
+        if pending > 0 {
+            let in_flight = &self.shared.stats.requests_in_flight;
+            in_flight.fetch_sub(pending, Ordering::Relaxed);
+        }
+        result
+    }
+
+    /// Write `extra`, or the write buffer (then cleared) when `None`; a timeout is counted.
+    fn write_all_counted(&mut self, extra: Option<&[u8]>) -> Result<(), End> {
+        let result = match extra {
+            Some(bytes) => self.stream.write_all(bytes),
+            None => {
+                let r = self.stream.write_all(&self.wbuf);
+                self.wbuf.clear();
+                r
+            }
+        };
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                if is_timeout(&e) {
+                    bump(&self.shared.stats.timeouts);
+                }
+                Err(End::Quiet)
+            }
+        }
+    }
+
+    /// Half-close after a final response and drain what the client still sends, briefly, so the
+    /// response is not destroyed by a reset.
+    fn linger_close(&mut self) {
+        if self.flush().is_err() {
+            return;
+        }
+        let _ = self.stream.shutdown(Shutdown::Write);
+        let deadline = Instant::now() + Duration::from_millis(LINGER_MS);
+        let mut drained = 0usize;
+        while drained < LINGER_BYTES_MAX {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || self.set_read_timeout(left).is_err() {
+                return;
+            }
+            match self.stream.read(&mut self.rbuf[..]) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => drained += n,
+            }
+        }
+    }
+
+    fn consume(&mut self, n: usize) {
+        debug_assert!(self.rpos + n <= self.rend);
+        self.rpos += n;
+        if self.rpos == self.rend {
+            self.rpos = 0;
+            self.rend = 0;
+        }
+    }
+
+    /// Read more input after `rend`, making room by compacting or growing up to `cap` bytes.
+    fn fill(&mut self, timeout: Duration, cap: usize) -> io::Result<usize> {
+        if self.rend == self.rbuf.len() {
+            if self.rpos > 0 {
+                self.rbuf.copy_within(self.rpos..self.rend, 0);
+                self.rend -= self.rpos;
+                self.rpos = 0;
+            } else if self.rbuf.len() < cap {
+                let size = self.rbuf.len().saturating_mul(2).clamp(1, cap);
+                self.rbuf.resize(size, 0);
+            } else {
+                return Err(io::Error::other("read buffer full"));
+            }
+        }
+        self.set_read_timeout(timeout)?;
+        loop {
+            match self.stream.read(&mut self.rbuf[self.rend..]) {
+                Ok(n) => {
+                    self.rend += n;
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn set_read_timeout(&mut self, timeout: Duration) -> io::Result<()> {
+        let timeout = Some(timeout.max(READ_TIMEOUT_MIN));
+        if self.read_timeout != timeout {
+            self.stream.set_read_timeout(timeout)?;
+            self.read_timeout = timeout;
+        }
+        Ok(())
+    }
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Request heads
+// ---------------------------------------------------------------------------------------------
+
+/// Run `f` with the connection's header slots retyped to borrow `'b`. The slots hold no values
+/// between requests, so mapping each to a fresh `uninit` is free; collecting a `vec::IntoIter`
+/// through `map` into a same-layout element type reuses the allocation (std's in-place collect),
+/// which keeps this safe and allocation-free.
+fn with_header_slots<'b, R>(
+    slots: &mut Vec<MaybeUninit<httparse::Header<'static>>>,
+    f: impl FnOnce(&mut [MaybeUninit<httparse::Header<'b>>]) -> R,
+) -> R {
+    let mut borrowed: Vec<MaybeUninit<httparse::Header<'b>>> = std::mem::take(slots)
+        .into_iter()
+        .map(|_| MaybeUninit::uninit())
+        .collect();
+    let result = f(&mut borrowed);
+    *slots = borrowed
+        .into_iter()
+        .map(|_| MaybeUninit::uninit())
+        .collect();
+    result
+}
+
+/// Parse a request head at the start of `buf` into `req`. `Ok(None)`: incomplete, read more.
+/// `req` is only touched once the head is complete.
+fn parse_head(
+    buf: &[u8],
+    slots: &mut Vec<MaybeUninit<httparse::Header<'static>>>,
+    req: &mut Request,
+) -> Result<Option<Head>, Fault> {
+    with_header_slots(slots, |slots| {
+        let mut parsed = httparse::Request::new(&mut []);
+        match parsed.parse_with_uninit_headers(buf, slots) {
+            Ok(httparse::Status::Complete(len)) => fill_request(&parsed, len, req).map(Some),
+            Ok(httparse::Status::Partial) => Ok(None),
+            Err(httparse::Error::TooManyHeaders) => Err(Fault::HeadersTooLarge(
+                "the request has too many header lines",
+            )),
+            Err(httparse::Error::Version) => Err(Fault::BadRequest(
+                "unsupported_http_version",
+                "only HTTP/1.0 and HTTP/1.1 are supported",
+            )),
+            Err(_) => Err(Fault::BadRequest(
+                "malformed_request",
+                "the request line or headers are malformed",
+            )),
+        }
+    })
+}
+
+/// Copy a complete head into `req` and work out its framing.
+fn fill_request(
+    parsed: &httparse::Request<'_, '_>,
+    len: usize,
+    req: &mut Request,
+) -> Result<Head, Fault> {
+    let malformed = Fault::BadRequest("malformed_request", "the request line is malformed");
+    let (Some(method), Some(target), Some(minor_version)) =
+        (parsed.method, parsed.path, parsed.version)
+    else {
+        return Err(malformed);
+    };
+    // Origin-form only: absolute-form and `*` targets are not for a gateway endpoint.
+    if !target.starts_with('/') {
+        return Err(Fault::BadRequest(
+            "malformed_request",
+            "the request target must be an absolute path",
+        ));
+    }
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    req.method = parse_method(method);
+    req.path.clear();
+    req.path.push_str(path);
+    req.query.clear();
+    req.query.push_str(query);
+    req.headers.clear();
+    if req.body.capacity() > BODY_BUF_KEEP_BYTES_MAX {
+        req.body = Vec::new();
+    } else {
+        req.body.clear();
+    }
+    req.id.clear();
+
+    let mut framing = Framing::default();
+    for h in parsed.headers.iter() {
+        framing.observe(h.name, h.value);
+        if h.name.eq_ignore_ascii_case("x-request-id") && req.id.is_empty() {
+            if let Ok(id) = std::str::from_utf8(h.value) {
+                if is_valid_request_id(id.as_bytes()) {
+                    req.id.push_str(id);
+                }
+            }
+        }
+        req.headers
+            .push((h.name.to_ascii_lowercase(), h.value.to_vec()));
+    }
+    if req.id.is_empty() {
+        req.id = generate_request_id();
+    }
+    req.received_at = Instant::now();
+
+    let keep_alive = match minor_version {
+        0 => framing.conn_keep_alive && !framing.conn_close,
+        _ => !framing.conn_close,
+    };
+    Ok(Head {
+        len,
+        minor_version,
+        keep_alive,
+        expect_continue: framing.expect_continue,
+        is_head: req.method == Method::Head,
+        body: framing.body_kind(minor_version),
+    })
+}
+
+fn parse_method(m: &str) -> Method {
+    match m {
+        "GET" => Method::Get,
+        "HEAD" => Method::Head,
+        "POST" => Method::Post,
+        "PUT" => Method::Put,
+        "DELETE" => Method::Delete,
+        "OPTIONS" => Method::Options,
+        "PATCH" => Method::Patch,
+        _ => Method::Other,
+    }
+}
+
+/// The headers that decide how a request is framed and whether the connection stays open.
+#[derive(Default, Debug)]
+struct Framing {
+    content_length: Option<Result<u64, ()>>,
+    content_length_count: u32,
+    transfer_encoding_count: u32,
+    transfer_encoding_chunked: bool,
+    conn_close: bool,
+    conn_keep_alive: bool,
+    expect_continue: bool,
+}
+
+impl Framing {
+    fn observe(&mut self, name: &str, value: &[u8]) {
+        if name.eq_ignore_ascii_case("content-length") {
+            self.content_length_count += 1;
+            self.content_length = Some(parse_content_length(value).ok_or(()));
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            self.transfer_encoding_count += 1;
+            self.transfer_encoding_chunked = value.eq_ignore_ascii_case(b"chunked");
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in value.split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    self.conn_close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    self.conn_keep_alive = true;
+                }
+            }
+        } else if name.eq_ignore_ascii_case("expect") {
+            self.expect_continue = value.eq_ignore_ascii_case(b"100-continue");
+        }
+    }
+
+    /// Strict framing: any ambiguity that a proxy in front could read differently is refused.
+    fn body_kind(&self, minor_version: u8) -> Result<BodyKind, Fault> {
+        let smuggling = |message| Fault::BadRequest("request_smuggling", message);
+        if self.transfer_encoding_count > 0 {
+            if self.content_length_count > 0 {
+                return Err(smuggling(
+                    "Content-Length and Transfer-Encoding must not both be present",
+                ));
+            }
+            if minor_version == 0 {
+                return Err(smuggling("Transfer-Encoding is not allowed in HTTP/1.0"));
+            }
+            if self.transfer_encoding_count > 1 || !self.transfer_encoding_chunked {
+                return Err(Fault::BadRequest(
+                    "unsupported_transfer_encoding",
+                    "only Transfer-Encoding: chunked is supported",
+                ));
+            }
+            return Ok(BodyKind::Chunked);
+        }
+        match (self.content_length_count, self.content_length) {
+            (0, _) => Ok(BodyKind::None),
+            (1, Some(Ok(0))) => Ok(BodyKind::None),
+            (1, Some(Ok(n))) => Ok(BodyKind::Length(n)),
+            (1, _) => Err(Fault::BadRequest(
+                "invalid_content_length",
+                "Content-Length must be a decimal number of bytes",
+            )),
+            _ => Err(smuggling("only one Content-Length header is allowed")),
+        }
+    }
+}
+
+/// A Content-Length value: 1 to 19 ASCII digits, nothing else (no sign, space, or list).
+fn parse_content_length(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 19 {
+        return None;
+    }
+    let mut n: u64 = 0;
+    for &b in value {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+    }
+    Some(n)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Request ids
+// ---------------------------------------------------------------------------------------------
+
+/// 1..=128 bytes of visible ASCII (0x21..=0x7e): safe to echo in a header and a log line.
+fn is_valid_request_id(id: &[u8]) -> bool {
+    !id.is_empty()
+        && id.len() <= REQUEST_ID_BYTES_MAX
+        && id.iter().all(|&b| (0x21..=0x7e).contains(&b))
+}
+
+/// `req_` + 8 hex digits fixed per process (start time and pid) + 12 hex digits of a counter.
+fn generate_request_id() -> String {
+    static PREFIX: OnceLock<u32> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let mixed = now ^ (u64::from(std::process::id()) << 40);
+        (mixed ^ (mixed >> 32)) as u32
+    });
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff_ffff;
+    let mut id = String::with_capacity(24);
+    id.push_str("req_");
+    push_hex(&mut id, u64::from(prefix), 8);
+    push_hex(&mut id, n, 12);
+    id
+}
+
+fn push_hex(out: &mut String, value: u64, digits: u32) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for i in (0..digits).rev() {
+        out.push(char::from(HEX[((value >> (i * 4)) & 0xf) as usize]));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Responses
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ConnHeader {
+    None,
+    KeepAlive,
+    Close,
+}
+
+/// Headers the server owns; a handler's copy of them is dropped.
+fn is_server_owned(name: &str) -> bool {
+    [
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "x-request-id",
+    ]
+    .iter()
+    .any(|owned| owned.eq_ignore_ascii_case(name))
+}
+
+fn is_valid_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn is_valid_header_value(value: &str) -> bool {
+    value
+        .bytes()
+        .all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+}
+
+/// Append the status line and headers; returns the body bytes that belong on the wire (empty for
+/// statuses without a body).
+fn write_response_head<'r>(
+    out: &mut Vec<u8>,
+    response: &'r Response,
+    id: &str,
+    conn_header: ConnHeader,
+) -> &'r [u8] {
+    // A handler may only produce final statuses; anything else is a bug answered as 500.
+    let status = if (200..=599).contains(&response.status) {
+        response.status
+    } else {
+        500
+    };
+    let bodyless = status == 204 || status == 304;
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_decimal(out, u64::from(status));
+    out.push(b' ');
+    out.extend_from_slice(reason_phrase(status).as_bytes());
+    if !response.content_type.is_empty() && !bodyless {
+        out.extend_from_slice(b"\r\ncontent-type: ");
+        out.extend_from_slice(response.content_type.as_bytes());
+    }
+    if !bodyless {
+        out.extend_from_slice(b"\r\ncontent-length: ");
+        push_decimal(out, response.body.len() as u64);
+    }
+    out.extend_from_slice(b"\r\nx-request-id: ");
+    out.extend_from_slice(id.as_bytes());
+    for (name, value) in &response.headers {
+        if is_server_owned(name) || !is_valid_header_name(name) || !is_valid_header_value(value) {
+            continue;
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+    }
+    match conn_header {
+        ConnHeader::None => {}
+        ConnHeader::KeepAlive => out.extend_from_slice(b"\r\nconnection: keep-alive"),
+        ConnHeader::Close => out.extend_from_slice(b"\r\nconnection: close"),
+    }
+    out.extend_from_slice(b"\r\n\r\n");
+    if bodyless {
+        &[]
+    } else {
+        &response.body
+    }
+}
+
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Chunked request bodies
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ChunkError {
+    /// The decoded body would exceed the limit.
+    TooLarge,
+    /// Broken framing; the message is safe to show.
+    Invalid(&'static str),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ChunkState {
+    /// Expecting `HEX[;ext]\r\n`.
+    Size,
+    /// Inside chunk data, this many bytes left.
+    Data(u64),
+    /// Expecting the `\r\n` after chunk data.
+    DataEnd,
+    /// After the last chunk: trailer lines up to an empty line.
+    Trailer,
+    Done,
+}
+
+/// Incremental decoder of a chunked body (RFC 9112 section 7.1). Lines must end in CRLF; chunk
+/// extensions and trailer fields are tolerated and discarded.
+#[derive(Debug)]
+struct ChunkedDecoder {
+    state: ChunkState,
+    trailer_bytes: usize,
+}
+
+impl ChunkedDecoder {
+    fn new() -> Self {
+        ChunkedDecoder {
+            state: ChunkState::Size,
+            trailer_bytes: 0,
+        }
+    }
+
+    /// Decode from `input` into `out`. Returns the bytes consumed and whether the body is
+    /// complete; unconsumed input (a partial line) must be offered again with more after it.
+    fn decode(
+        &mut self,
+        input: &[u8],
+        out: &mut Vec<u8>,
+        body_max: usize,
+    ) -> Result<(usize, bool), ChunkError> {
+        let mut pos = 0;
+        loop {
+            let rest = &input[pos..];
+            match self.state {
+                ChunkState::Done => return Ok((pos, true)),
+                ChunkState::Size => {
+                    let Some(line) = take_line(rest)? else {
+                        return Ok((pos, false));
+                    };
+                    let size = parse_chunk_size(&rest[..line])?;
+                    pos += line + 2;
+                    if size == 0 {
+                        self.state = ChunkState::Trailer;
+                    } else {
+                        let room = body_max.saturating_sub(out.len()) as u64;
+                        if size > room {
+                            return Err(ChunkError::TooLarge);
+                        }
+                        self.state = ChunkState::Data(size);
+                    }
+                }
+                ChunkState::Data(left) => {
+                    if rest.is_empty() {
+                        return Ok((pos, false));
+                    }
+                    let take = rest.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                    out.extend_from_slice(&rest[..take]);
+                    pos += take;
+                    let left = left - take as u64;
+                    self.state = if left == 0 {
+                        ChunkState::DataEnd
+                    } else {
+                        ChunkState::Data(left)
+                    };
+                }
+                ChunkState::DataEnd => match rest {
+                    [b'\r', b'\n', ..] => {
+                        pos += 2;
+                        self.state = ChunkState::Size;
+                    }
+                    [] | [b'\r'] => return Ok((pos, false)),
+                    _ => return Err(ChunkError::Invalid("chunk data is not followed by CRLF")),
+                },
+                ChunkState::Trailer => {
+                    let Some(line) = take_line(rest)? else {
+                        return Ok((pos, false));
+                    };
+                    pos += line + 2;
+                    if line == 0 {
+                        self.state = ChunkState::Done;
+                        continue;
+                    }
+                    self.trailer_bytes += line + 2;
+                    if self.trailer_bytes > CHUNK_TRAILER_BYTES_MAX {
+                        return Err(ChunkError::Invalid("the chunked trailer is too large"));
+                    }
+                    if !rest[..line]
+                        .iter()
+                        .all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+                    {
+                        return Err(ChunkError::Invalid("invalid chunked trailer field"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The length of the CRLF-terminated line at the start of `input` (without the CRLF), `None`
+/// when incomplete. A bare LF, or a line longer than the limit, is invalid.
+fn take_line(input: &[u8]) -> Result<Option<usize>, ChunkError> {
+    let window = &input[..input.len().min(CHUNK_LINE_BYTES_MAX + 2)];
+    match window.iter().position(|&b| b == b'\n') {
+        Some(lf) if lf > 0 && window[lf - 1] == b'\r' => Ok(Some(lf - 1)),
+        Some(_) => Err(ChunkError::Invalid("chunk lines must end with CRLF")),
+        None if input.len() > CHUNK_LINE_BYTES_MAX + 1 => {
+            Err(ChunkError::Invalid("chunk line too long"))
+        }
+        None => Ok(None),
+    }
+}
+
+/// `HEX [BWS ; extensions]`: at least one hex digit, no overflow, no control characters.
+fn parse_chunk_size(line: &[u8]) -> Result<u64, ChunkError> {
+    let invalid = ChunkError::Invalid("invalid chunk size");
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 {
+        return Err(invalid);
+    }
+    let mut size: u64 = 0;
+    for &b in &line[..digits] {
+        let d = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            _ => b - b'A' + 10,
+        };
+        size = size
+            .checked_mul(16)
+            .and_then(|s| s.checked_add(u64::from(d)))
+            .ok_or(invalid)?;
+    }
+    let rest = &line[digits..];
+    let ws = rest
+        .iter()
+        .take_while(|&&b| b == b' ' || b == b'\t')
+        .count();
+    match &rest[ws..] {
+        [] => Ok(size),
+        [b';', ext @ ..] if ext.iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f)) => Ok(size),
+        _ => Err(invalid),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(input: &[u8], body_max: usize) -> Result<(Vec<u8>, usize), ChunkError> {
+        let mut d = ChunkedDecoder::new();
+        let mut out = Vec::new();
+        let (used, done) = d.decode(input, &mut out, body_max)?;
+        assert!(done, "incomplete: {:?}", d.state);
+        Ok((out, used))
+    }
+
+    #[test]
+    fn chunked_basic_extensions_trailers() {
+        let (body, used) =
+            decode_all(b"5\r\nhello\r\n6;name=val\r\n world\r\n0\r\n\r\nNEXT", 100).unwrap();
+        assert_eq!(body, b"hello world");
+        assert_eq!(used, 35);
+        let input = b"A ; ext\r\n0123456789\r\n0\r\nx-trailer: 1\r\nother: 2\r\n\r\n";
+        let (body, used) = decode_all(input, 100).unwrap();
+        assert_eq!(body, b"0123456789");
+        assert_eq!(used, input.len());
+    }
+
+    #[test]
+    fn chunked_byte_by_byte() {
+        let input = b"3\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\nt: v\r\n\r\n";
+        let mut d = ChunkedDecoder::new();
+        let mut out = Vec::new();
+        let mut buf = Vec::new();
+        let mut done = false;
+        for &b in input.iter() {
+            buf.push(b);
+            let (used, finished) = d.decode(&buf, &mut out, 1000).unwrap();
+            buf.drain(..used);
+            done = finished;
+        }
+        assert!(done);
+        assert!(buf.is_empty());
+        assert_eq!(out, b"abc0123456789abcdef");
+    }
+
+    #[test]
+    fn chunked_rejects_bad_framing() {
+        let bad: &[&[u8]] = &[
+            b"x\r\n",
+            b"-1\r\n",
+            b"\r\n",
+            b" 5\r\nhello\r\n0\r\n\r\n",
+            b"5\nhello\r\n0\r\n\r\n",
+            b"5\r\nhelloXX0\r\n\r\n",
+            b"5\r\nhello\n0\r\n\r\n",
+            b"5x\r\nhello\r\n0\r\n\r\n",
+            b"11111111111111111\r\n",
+            b"5;\x01\r\nhello\r\n0\r\n\r\n",
+            b"0\r\nbad\x01trailer\r\n\r\n",
+        ];
+        for input in bad {
+            let mut d = ChunkedDecoder::new();
+            let r = d.decode(input, &mut Vec::new(), 1 << 20);
+            assert!(
+                matches!(r, Err(ChunkError::Invalid(_))),
+                "{:?} -> {r:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+        let long = vec![b'1'; CHUNK_LINE_BYTES_MAX + 10];
+        let r = ChunkedDecoder::new().decode(&long, &mut Vec::new(), 1 << 20);
+        assert!(matches!(r, Err(ChunkError::Invalid(_))));
+    }
+
+    #[test]
+    fn chunked_enforces_body_limit() {
+        let r = decode_all(b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n", 10);
+        assert_eq!(r, Err(ChunkError::TooLarge));
+        assert!(decode_all(b"5\r\nhello\r\n5\r\nworld\r\n0\r\n\r\n", 10).is_ok());
+        let r = ChunkedDecoder::new().decode(b"ffffffffffffffff\r\n", &mut Vec::new(), 10);
+        assert_eq!(r, Err(ChunkError::TooLarge));
+    }
+
+    #[test]
+    fn content_length_validation() {
+        assert_eq!(parse_content_length(b"0"), Some(0));
+        assert_eq!(parse_content_length(b"0012"), Some(12));
+        assert_eq!(
+            parse_content_length(b"9999999999999999999"),
+            Some(9_999_999_999_999_999_999)
+        );
+        for bad in [
+            &b""[..],
+            b"+5",
+            b"-5",
+            b"5,5",
+            b"5 5",
+            b" 5",
+            b"0x10",
+            b"1e3",
+            b"18446744073709551616",
+            b"99999999999999999999",
+        ] {
+            assert_eq!(parse_content_length(bad), None, "{:?}", bad);
+        }
+    }
+
+    #[test]
+    fn request_id_sanity() {
+        assert!(is_valid_request_id(b"abc-123_XYZ"));
+        assert!(is_valid_request_id(&[b'a'; 128]));
+        assert!(!is_valid_request_id(&[b'a'; 129]));
+        assert!(!is_valid_request_id(b""));
+        assert!(!is_valid_request_id(b"has space"));
+        assert!(!is_valid_request_id(b"crlf\r\nx: y"));
+        assert!(!is_valid_request_id("é".as_bytes()));
+        let a = generate_request_id();
+        let b = generate_request_id();
+        assert_ne!(a, b);
+        assert!(a.starts_with("req_") && a.len() == 24, "{a}");
+        assert!(is_valid_request_id(a.as_bytes()));
+    }
+
+    fn parse(buf: &[u8]) -> (Result<Option<Head>, Fault>, Request) {
+        let mut slots = (0..100).map(|_| MaybeUninit::uninit()).collect();
+        let mut req = Request {
+            id: String::new(),
+            method: Method::Other,
+            path: String::new(),
+            query: String::new(),
+            headers: Vec::new(),
+            body: Vec::new(),
+            received_at: Instant::now(),
+        };
+        let r = parse_head(buf, &mut slots, &mut req);
+        (r, req)
+    }
+
+    #[test]
+    fn head_parsing_and_framing() {
+        let buf: &[u8] = b"POST /v1/chat?x=1&y HTTP/1.1\r\nHost: a\r\nX-Request-ID: abc\r\n\
+                           Content-Length: 5\r\n\r\nhello";
+        let (r, req) = parse(buf);
+        let head = r.unwrap().unwrap();
+        assert_eq!(head.body, Ok(BodyKind::Length(5)));
+        assert_eq!(head.len, buf.len() - 5);
+        assert!(head.keep_alive);
+        assert_eq!(req.method, Method::Post);
+        assert_eq!(
+            (req.path.as_str(), req.query.as_str()),
+            ("/v1/chat", "x=1&y")
+        );
+        assert_eq!(req.id, "abc");
+        assert_eq!(req.header("x-request-id"), Some(&b"abc"[..]));
+        assert_eq!(req.headers[2].0, "content-length");
+
+        let (r, req) = parse(b"GET / HTTP/1.0\r\n\r\n");
+        let head = r.unwrap().unwrap();
+        assert!(!head.keep_alive);
+        assert!(req.id.starts_with("req_"));
+        let (r, _) = parse(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n");
+        assert!(r.unwrap().unwrap().keep_alive);
+        let (r, _) = parse(b"GET / HTTP/1.1\r\nConnection: foo, close\r\n\r\n");
+        assert!(!r.unwrap().unwrap().keep_alive);
+        let (r, _) = parse(b"GET / HTTP/1.1\r\nHost: a\r\n");
+        assert!(r.unwrap().is_none());
+        let (r, _) = parse(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!(r.unwrap().unwrap().body, Ok(BodyKind::Chunked));
+    }
+
+    #[test]
+    fn head_rejections() {
+        let bad_request = |buf: &[u8]| {
+            let (r, _) = parse(buf);
+            match r {
+                Ok(Some(head)) => match head.body {
+                    Err(Fault::BadRequest(code, _)) => code,
+                    other => panic!("{other:?}"),
+                },
+                Err(Fault::BadRequest(code, _)) => code,
+                other => panic!("{other:?}"),
+            }
+        };
+        let cases: &[(&[u8], &str)] = &[
+            (b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n", "request_smuggling"),
+            (b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", "request_smuggling"),
+            (b"POST / HTTP/1.1\r\nContent-Length: -5\r\n\r\n", "invalid_content_length"),
+            (b"POST / HTTP/1.1\r\nContent-Length: 5,5\r\n\r\n", "invalid_content_length"),
+            (b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", "unsupported_transfer_encoding"),
+            (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", "unsupported_transfer_encoding"),
+            (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", "request_smuggling"),
+            (b"GET http://a/ HTTP/1.1\r\n\r\n", "malformed_request"),
+            (b"GET / HTTP/2.0\r\n\r\n", "unsupported_http_version"),
+            (b"GET / HTTP/1.1\r\nbad header\r\n\r\n", "malformed_request"),
+            (b"GET / HTTP/1.1\r\nName : v\r\n\r\n", "malformed_request"),
+        ];
+        for (buf, code) in cases {
+            assert_eq!(bad_request(buf), *code, "{}", String::from_utf8_lossy(buf));
+        }
+        let mut many = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..101 {
+            many.extend_from_slice(format!("h{i}: v\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        assert!(matches!(parse(&many).0, Err(Fault::HeadersTooLarge(_))));
+    }
+
+    #[test]
+    fn header_slots_are_reused_in_place() {
+        let mut slots: Vec<MaybeUninit<httparse::Header<'static>>> =
+            (0..100).map(|_| MaybeUninit::uninit()).collect();
+        let before = slots.as_ptr() as usize;
+        let n = with_header_slots(&mut slots, |s| s.len());
+        assert_eq!(n, 100);
+        assert_eq!(slots.len(), 100);
+        assert_eq!(
+            slots.as_ptr() as usize,
+            before,
+            "in-place collect reallocated"
+        );
+    }
+
+    #[test]
+    fn response_head_format() {
+        let mut r = Response::json(429, b"{}".to_vec());
+        r.headers.push(("retry-after", "2".into()));
+        r.headers.push(("content-length", "99".into()));
+        r.headers.push(("x-bad", "a\r\nb".into()));
+        let mut out = Vec::new();
+        let body = write_response_head(&mut out, &r, "req_1", ConnHeader::Close);
+        assert_eq!(body, b"{}");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n\
+             content-length: 2\r\nx-request-id: req_1\r\nretry-after: 2\r\n\
+             connection: close\r\n\r\n"
+        );
+        let mut out = Vec::new();
+        push_decimal(&mut out, 0);
+        out.push(b' ');
+        push_decimal(&mut out, u64::MAX);
+        assert_eq!(out, b"0 18446744073709551615");
+    }
 }

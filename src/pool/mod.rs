@@ -1,1 +1,286 @@
-//! (in progress)
+//! A provider pool: a bounded crossbeam queue of [`Job`]s with its full-queue policy, and `workers`
+//! OS threads pinned round-robin to the pool's cores that call the upstream, each job under
+//! `catch_unwind`. Replies go back over `may` channels so waiting coroutines never block a
+//! scheduler thread.
+
+mod worker;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::config::{PoolConfig, ProviderConfig, QueuePolicy};
+use crate::error::{ApiError, ErrorKind};
+use crate::objpool::Recycle;
+use crate::providers::{Provider, UpstreamReply};
+use crate::stats::PoolStats;
+
+/// What a worker answers for a job.
+pub type Reply = Result<UpstreamReply, ApiError>;
+
+/// `Retry-After` (seconds) sent with a `drop`-policy 429.
+pub const DROP_RETRY_AFTER_S: u32 = 1;
+/// Longest single sleep of a coroutine waiting for queue space under `block`.
+const BLOCK_POLL_MAX: Duration = Duration::from_millis(2);
+/// How often idle workers look at the shutdown flags.
+const WORKER_POLL: Duration = Duration::from_millis(50);
+
+/// One request on its way to an upstream.
+pub struct Job {
+    pub request_id: String,
+    /// The request body, already in the upstream's format.
+    pub body: Vec<u8>,
+    pub upstream_model: String,
+    /// When the front finished reading the request.
+    pub received_at: Instant,
+    pub enqueued_at: Instant,
+    /// The request must be answered by then.
+    pub deadline: Instant,
+    pub reply: may::sync::mpsc::Sender<Reply>,
+}
+
+/// A reusable reply channel. Reused only when the previous job's reply was received; a channel whose
+/// waiter gave up is marked single-use so that a late reply can never reach another request.
+pub struct ReplyChannel {
+    pub tx: may::sync::mpsc::Sender<Reply>,
+    pub rx: may::sync::mpsc::Receiver<Reply>,
+}
+
+impl ReplyChannel {
+    pub fn new() -> Self {
+        let (tx, rx) = may::sync::mpsc::channel();
+        ReplyChannel { tx, rx }
+    }
+}
+
+impl Default for ReplyChannel {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Recycle for ReplyChannel {
+    fn reset(&mut self) {
+        while self.rx.try_recv().is_ok() {}
+    }
+    fn retained_bytes(&self) -> usize {
+        0
+    }
+}
+
+/// State shared by the pool handle and its workers.
+pub(crate) struct Shared {
+    pub name: String,
+    pub provider: Provider,
+    pub cfg: PoolConfig,
+    pub stats: Arc<PoolStats>,
+    /// Set when shutdown begins: no new jobs are accepted.
+    pub closed: AtomicBool,
+    /// Set when the shutdown deadline passed: queued jobs are answered 503 without an upstream call.
+    pub abandon: AtomicBool,
+    pub workers_alive: AtomicU64,
+}
+
+pub struct ProviderPool {
+    shared: Arc<Shared>,
+    tx: Sender<Job>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl ProviderPool {
+    /// Build the provider, the queue and start the pinned workers. `core_ids` are the machine's cores.
+    pub fn start(cfg: &ProviderConfig, core_ids: &[core_affinity::CoreId]) -> Result<Self, String> {
+        let provider = Provider::from_config(cfg)?;
+        let cores: Vec<core_affinity::CoreId> = if cfg.pool.cores.is_empty() {
+            core_ids.to_vec()
+        } else {
+            let mut v = Vec::new();
+            for &c in &cfg.pool.cores {
+                let id = core_ids
+                    .iter()
+                    .find(|id| id.id == c)
+                    .copied()
+                    .ok_or_else(|| {
+                        format!(
+                            "providers.{}.pool.cores: core {c} does not exist on this machine",
+                            cfg.name
+                        )
+                    })?;
+                v.push(id);
+            }
+            v
+        };
+        let stats = Arc::new(PoolStats::new(&cfg.name, cores.len().max(1)));
+        let (tx, rx) = crossbeam_channel::bounded(cfg.pool.queue_capacity);
+        let shared = Arc::new(Shared {
+            name: cfg.name.clone(),
+            provider,
+            cfg: cfg.pool.clone(),
+            stats,
+            closed: AtomicBool::new(false),
+            abandon: AtomicBool::new(false),
+            workers_alive: AtomicU64::new(0),
+        });
+        let mut handles = Vec::with_capacity(cfg.pool.workers);
+        for n in 0..cfg.pool.workers {
+            let core = cores.get(n % cores.len().max(1)).copied();
+            let shard = n % cores.len().max(1);
+            handles.push(worker::spawn(&shared, rx.clone(), n, core, shard)?);
+        }
+        Ok(ProviderPool {
+            shared,
+            tx,
+            workers: Mutex::new(handles),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    pub fn stats(&self) -> &Arc<PoolStats> {
+        &self.shared.stats
+    }
+
+    pub fn config(&self) -> &PoolConfig {
+        &self.shared.cfg
+    }
+
+    pub fn queue_depth(&self) -> usize {
+        self.tx.len()
+    }
+
+    /// Put a job on the queue under the pool's full-queue policy. Never blocks an OS thread: the
+    /// `block` policy waits with coroutine sleeps.
+    pub fn submit(&self, job: Job) -> Result<(), ApiError> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(shutting_down());
+        }
+        let counters = &self.shared.stats.counters;
+        let job = match self.tx.try_send(job) {
+            Ok(()) => {
+                counters.accepted.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+            Err(TrySendError::Disconnected(_)) => return Err(shutting_down()),
+            Err(TrySendError::Full(job)) => job,
+        };
+        match self.shared.cfg.queue_policy {
+            QueuePolicy::Drop => {
+                counters.dropped.fetch_add(1, Ordering::Relaxed);
+                Err(ApiError::new(
+                    ErrorKind::QueueFull,
+                    "queue_full",
+                    format!("provider {} is at capacity; retry later", self.shared.name),
+                )
+                .with_retry_after(DROP_RETRY_AFTER_S))
+            }
+            QueuePolicy::Error => {
+                counters.rejected.fetch_add(1, Ordering::Relaxed);
+                Err(self.overloaded())
+            }
+            QueuePolicy::Block => self.submit_blocking(job),
+        }
+    }
+
+    fn submit_blocking(&self, mut job: Job) -> Result<(), ApiError> {
+        let counters = &self.shared.stats.counters;
+        let give_up = job.enqueued_at + self.shared.cfg.queue_wait_max;
+        let mut pause = Duration::from_micros(50);
+        loop {
+            let now = Instant::now();
+            if now >= give_up || self.shared.closed.load(Ordering::Acquire) {
+                counters.rejected.fetch_add(1, Ordering::Relaxed);
+                return Err(self.overloaded());
+            }
+            may::coroutine::sleep(pause.min(give_up - now));
+            pause = (pause * 2).min(BLOCK_POLL_MAX);
+            job = match self.tx.try_send(job) {
+                Ok(()) => {
+                    counters.accepted.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Err(TrySendError::Disconnected(_)) => return Err(shutting_down()),
+                Err(TrySendError::Full(job)) => job,
+            };
+        }
+    }
+
+    fn overloaded(&self) -> ApiError {
+        ApiError::new(
+            ErrorKind::Unavailable,
+            "provider_overloaded",
+            format!("provider {} is overloaded; retry later", self.shared.name),
+        )
+        .with_retry_after(DROP_RETRY_AFTER_S)
+    }
+
+    /// Stop taking new jobs (answered 503 from now on).
+    pub fn close(&self) {
+        self.shared.closed.store(true, Ordering::Release);
+    }
+
+    /// Stop taking jobs; workers finish what is queued and in flight until `deadline`, then answer
+    /// what remains 503 and exit. Returns once every worker has exited or `deadline` plus `grace`.
+    pub fn shutdown(&self, deadline: Instant, grace: Duration) {
+        self.shared.closed.store(true, Ordering::Release);
+        let handles: Vec<JoinHandle<()>> = match self.workers.lock() {
+            Ok(mut w) => w.drain(..).collect(),
+            Err(p) => p.into_inner().drain(..).collect(),
+        };
+        loop {
+            if self.shared.workers_alive.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                self.shared.abandon.store(true, Ordering::Release);
+            }
+            if now >= deadline + grace {
+                eprintln!(
+                    "warn: pool {}: {} workers still busy at shutdown",
+                    self.shared.name,
+                    self.shared.workers_alive.load(Ordering::Acquire)
+                );
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for h in handles {
+            let _ = h.join();
+        }
+    }
+
+    /// `/stats` JSON of this pool.
+    pub fn to_json(&self) -> serde_json::Value {
+        let cfg = &self.shared.cfg;
+        let mut v = self.shared.stats.to_json();
+        v["queue_depth"] = self.queue_depth().into();
+        v["queue_capacity"] = cfg.queue_capacity.into();
+        v["queue_policy"] = format!("{:?}", cfg.queue_policy).to_lowercase().into();
+        v["workers"] = cfg.workers.into();
+        v["workers_alive"] = self.shared.workers_alive.load(Ordering::Relaxed).into();
+        v
+    }
+
+    /// The periodic stdout line of this pool.
+    pub fn stats_line(&self) -> String {
+        let cfg = &self.shared.cfg;
+        self.shared
+            .stats
+            .interval_line(self.queue_depth(), cfg.queue_capacity, cfg.workers)
+    }
+}
+
+pub(crate) fn shutting_down() -> ApiError {
+    ApiError::new(
+        ErrorKind::Unavailable,
+        "shutting_down",
+        "the gateway is shutting down; retry on another instance",
+    )
+}
+
+/// Receiving end type of a pool queue (for the worker module).
+pub(crate) type JobReceiver = Receiver<Job>;

@@ -1,1 +1,151 @@
-//! (in progress)
+//! Upstream formats, one file each. A [`Provider`] is shared by the workers of its pool; each
+//! worker owns a [`WorkerCtx`] (its HTTP agent with keep-alive, its random state).
+
+pub mod mock;
+pub mod openai;
+
+use std::time::Instant;
+
+use crate::config::{KeyConfig, ProviderConfig, ProviderType};
+use crate::error::{ApiError, ErrorKind};
+
+/// What a worker hands to a provider: the body already in the upstream's format, the upstream model.
+pub struct Call<'a> {
+    pub body: &'a [u8],
+    pub upstream_model: &'a str,
+    pub deadline: Instant,
+}
+
+/// An upstream's answer, passed to the client faithfully (status, body, content type).
+#[derive(Debug)]
+pub struct UpstreamReply {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+    /// The upstream's `Retry-After`, passed on with 429/503.
+    pub retry_after: Option<String>,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+/// Per-worker state, built inside the worker thread after pinning.
+pub struct WorkerCtx {
+    pub agent: Option<ureq::Agent>,
+    rng: u64,
+}
+
+impl WorkerCtx {
+    /// xorshift64*: cheap per-worker randomness for weighted key choice.
+    pub fn next_random(&mut self) -> u64 {
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+pub enum Provider {
+    Mock(mock::MockProvider),
+    OpenAi(openai::OpenAiProvider),
+}
+
+impl Provider {
+    /// Build from validated config. Fails on a `ca_file` that does not parse.
+    pub fn from_config(cfg: &ProviderConfig) -> Result<Provider, String> {
+        Ok(match cfg.kind {
+            ProviderType::Mock => Provider::Mock(mock::MockProvider::new(cfg)),
+            ProviderType::OpenAi => Provider::OpenAi(openai::OpenAiProvider::new(cfg)?),
+        })
+    }
+
+    /// Per-worker state; `seed` differs per worker.
+    pub fn worker_ctx(&self, seed: u64) -> WorkerCtx {
+        WorkerCtx {
+            agent: match self {
+                Provider::Mock(_) => None,
+                Provider::OpenAi(p) => Some(p.agent()),
+            },
+            rng: seed | 1,
+        }
+    }
+
+    pub fn call(&self, ctx: &mut WorkerCtx, call: &Call<'_>) -> Result<UpstreamReply, ApiError> {
+        match self {
+            Provider::Mock(p) => p.call(call),
+            Provider::OpenAi(p) => p.call(ctx, call),
+        }
+    }
+}
+
+/// Weighted random choice among the keys allowed for `model`.
+pub fn pick_key<'a>(
+    keys: &'a [KeyConfig],
+    model: &str,
+    ctx: &mut WorkerCtx,
+) -> Result<&'a KeyConfig, ApiError> {
+    let allowed = |k: &&KeyConfig| k.models.is_empty() || k.models.iter().any(|m| m == model);
+    let total: u64 = keys
+        .iter()
+        .filter(allowed)
+        .map(|k| u64::from(k.weight))
+        .sum();
+    if total == 0 {
+        return Err(ApiError::new(
+            ErrorKind::Unavailable,
+            "no_key_for_model",
+            format!("no provider key is configured for model {model}"),
+        ));
+    }
+    let mut ticket = ctx.next_random() % total;
+    for k in keys.iter().filter(allowed) {
+        let w = u64::from(k.weight);
+        if ticket < w {
+            return Ok(k);
+        }
+        ticket -= w;
+    }
+    Err(ApiError::internal())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    fn key(v: &str, weight: u32, models: &[&str]) -> KeyConfig {
+        KeyConfig {
+            secret: Secret::new(v.into()),
+            weight,
+            models: models.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn weighted_choice_respects_weights_and_models() {
+        let keys = [key("a", 3, &[]), key("b", 1, &[]), key("c", 5, &["other"])];
+        let mut ctx = WorkerCtx {
+            agent: None,
+            rng: 42,
+        };
+        let mut counts = [0u32; 3];
+        for _ in 0..4000 {
+            let k = pick_key(&keys, "m", &mut ctx).unwrap();
+            counts[["a", "b", "c"]
+                .iter()
+                .position(|n| *n == k.secret.expose())
+                .unwrap()] += 1;
+        }
+        assert_eq!(counts[2], 0);
+        assert!((2700..3300).contains(&counts[0]), "{counts:?}");
+        assert!(pick_key(&keys[2..], "m", &mut ctx).is_err());
+        assert_eq!(
+            pick_key(&keys[2..], "other", &mut ctx)
+                .unwrap()
+                .secret
+                .expose(),
+            "c"
+        );
+    }
+}

@@ -1,0 +1,347 @@
+//! Shared end-to-end test harness: start the real `deepintshield` and `deepintshield-mock` binaries
+//! on free loopback ports, talk HTTP to them, and stop every process on drop.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Every socket read in tests gives up after this.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn gateway_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_deepintshield"))
+}
+
+/// The mock upstream binary, built next to the gateway by `cargo build --workspace --bins`.
+pub fn mock_bin() -> PathBuf {
+    let p = gateway_bin().with_file_name("deepintshield-mock");
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (tests/run does)",
+        p.display()
+    );
+    p
+}
+
+/// A child process killed on drop, whose stdout lines after the first are drained in a thread.
+pub struct Proc {
+    pub child: Child,
+    pub first_line: String,
+    pub stdout_lines: mpsc::Receiver<String>,
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command, ready_prefix: &str) -> Proc {
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null());
+        let mut child = cmd.spawn().expect("spawn");
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    // Keep draining so the child never blocks on a full pipe.
+                }
+            }
+        });
+        let (etx, erx) = mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("[child stderr] {line}");
+                let _ = etx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.contains(ready_prefix) => {
+                    drop(erx);
+                    return Proc {
+                        child,
+                        first_line: line,
+                        stdout_lines: rx,
+                    };
+                }
+                Ok(_) => continue,
+                Err(_) => {
+                    let _ = child.kill();
+                    let status = child.wait().ok();
+                    let err: Vec<String> = erx.try_iter().collect();
+                    panic!(
+                        "process did not print {ready_prefix:?} (exit {status:?}); stderr: {err:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    /// Wait for exit up to `timeout`; the exit code, or None on timeout.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status.code().unwrap_or(-1));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The bench mock upstream.
+pub struct Mock {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+}
+
+impl Mock {
+    pub fn start(args: &[&str]) -> Mock {
+        let mut cmd = Command::new(mock_bin());
+        cmd.args(["--listen", "127.0.0.1:0", "--threads", "1"])
+            .args(args);
+        let proc = Proc::spawn(cmd, "listening on");
+        let addr = proc
+            .first_line
+            .rsplit(' ')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .expect("mock address");
+        Mock { proc, addr }
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    pub fn stats(&self) -> serde_json::Value {
+        let r = request(self.addr, "GET", "/mock/stats", &[], b"");
+        assert_eq!(r.status, 200);
+        r.json()
+    }
+}
+
+/// A running gateway.
+pub struct Gateway {
+    pub proc: Proc,
+    pub api: SocketAddr,
+    pub admin: SocketAddr,
+    pub config_path: PathBuf,
+}
+
+/// Write `toml` to a fresh file in the test temp dir.
+pub fn write_config(toml: &str) -> PathBuf {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let path = dir.join(format!("gw-{}-{n}.toml", std::process::id()));
+    std::fs::write(&path, toml).expect("write config");
+    path
+}
+
+/// A minimal config header with both listeners on free ports and quiet stdout stats.
+pub fn base_config() -> String {
+    "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nthreads = 2\nshutdown_timeout_ms = 3000\n\n[stats]\nstdout_interval_ms = 0\n\n".to_string()
+}
+
+impl Gateway {
+    pub fn start(toml: &str) -> Gateway {
+        Self::start_with_env(toml, &[])
+    }
+
+    pub fn start_with_env(toml: &str, env: &[(&str, &str)]) -> Gateway {
+        let config_path = write_config(toml);
+        let mut cmd = Command::new(gateway_bin());
+        cmd.arg("--config").arg(&config_path);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let proc = Proc::spawn(cmd, "listening on");
+        // "deepintshield X listening on http://A (api), http://B (admin)"
+        let addrs: Vec<SocketAddr> = proc
+            .first_line
+            .split("http://")
+            .skip(1)
+            .filter_map(|s| s.split(' ').next()?.parse().ok())
+            .collect();
+        assert_eq!(addrs.len(), 2, "{}", proc.first_line);
+        Gateway {
+            proc,
+            api: addrs[0],
+            admin: addrs[1],
+            config_path,
+        }
+    }
+
+    pub fn chat(&self, model: &str, content: &str) -> Response {
+        let body = serde_json::json!({
+            "model": model,
+            "messages": [{"role": "user", "content": content}],
+        });
+        request(
+            self.api,
+            "POST",
+            "/v1/chat/completions",
+            &[("content-type", "application/json")],
+            body.to_string().as_bytes(),
+        )
+    }
+
+    pub fn stats(&self) -> serde_json::Value {
+        let r = request(self.admin, "GET", "/stats", &[], b"");
+        assert_eq!(r.status, 200);
+        r.json()
+    }
+}
+
+/// A parsed HTTP response.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn error_code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).expect("connect");
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    s
+}
+
+/// One request on a fresh connection with `Connection: close`.
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
+    let mut s = connect(addr);
+    let mut req = format!("{method} {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() || method == "POST" {
+        req.push_str(&format!("content-length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    s.write_all(&bytes).expect("write");
+    read_response(&mut s).expect("a response")
+}
+
+/// Send raw bytes on a fresh connection and read one response.
+pub fn raw(addr: SocketAddr, bytes: &[u8]) -> Option<Response> {
+    let mut s = connect(addr);
+    let _ = s.write_all(bytes);
+    read_response(&mut s)
+}
+
+/// Read one response (Content-Length framed, or until close). None if the peer closed first.
+pub fn read_response(s: &mut TcpStream) -> Option<Response> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let head_end = loop {
+        if let Some(i) = find(&buf, b"\r\n\r\n") {
+            break i + 4;
+        }
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut body = buf[head_end..].to_vec();
+    let cl = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse::<usize>().ok());
+    match cl {
+        Some(n) => {
+            while body.len() < n {
+                match s.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(k) => body.extend_from_slice(&chunk[..k]),
+                }
+            }
+            body.truncate(n);
+        }
+        None => {
+            let _ = s.read_to_end(&mut body);
+        }
+    }
+    Some(Response {
+        status,
+        headers,
+        body,
+    })
+}
+
+pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Poll `f` until it returns true or `timeout` passes.
+pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}

@@ -1,0 +1,729 @@
+//! End-to-end tests of the HTTP/1.1 front (`deepintshield::http::serve`): a real listener on
+//! loopback, raw HTTP over std sockets, every read under a timeout.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deepintshield::http::{serve, Handler, Limits, Method, Request, Response, ServerHandle};
+use deepintshield::objpool::ObjPool;
+
+/// Every client read gives up after this: a test fails instead of hanging.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+struct EchoHandler;
+
+impl Handler for EchoHandler {
+    fn handle(&self, req: &mut Request) -> Response {
+        match req.path.as_str() {
+            "/panic" => panic!("test handler panic"),
+            "/sleep" => {
+                let ms = req
+                    .query
+                    .strip_prefix("ms=")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(100);
+                may::coroutine::sleep(Duration::from_millis(ms));
+            }
+            "/big" => {
+                let mut r = Response::json(200, vec![b'x'; 200 * 1024]);
+                r.content_type = "text/plain";
+                return r;
+            }
+            _ => {}
+        }
+        let method = match req.method {
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Delete => "DELETE",
+            Method::Options => "OPTIONS",
+            Method::Patch => "PATCH",
+            Method::Other => "OTHER",
+        };
+        let body = serde_json::json!({
+            "method": method,
+            "path": req.path,
+            "query": req.query,
+            "body_len": req.body.len(),
+            "body": String::from_utf8_lossy(&req.body),
+            "id": req.id,
+            "header_count": req.headers.len(),
+            "user_agent": req.header("user-agent").map(|v| String::from_utf8_lossy(v).into_owned()),
+        });
+        let mut r = Response::json(200, serde_json::to_vec(&body).unwrap_or_default());
+        r.headers.push(("x-echo", "1".to_string()));
+        r
+    }
+}
+
+fn test_limits() -> Limits {
+    Limits {
+        body_bytes_max: 64 * 1024,
+        header_read_timeout: Duration::from_secs(3),
+        idle_timeout: Duration::from_secs(3),
+        body_read_timeout: Duration::from_secs(3),
+        write_timeout: Duration::from_secs(3),
+        ..Limits::default()
+    }
+}
+
+fn start(limits: Limits) -> ServerHandle {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let buffers = ObjPool::new("buffers", 64, 8, 1 << 20, Vec::new);
+    serve(listener, limits, Arc::new(EchoHandler), buffers).expect("serve")
+}
+
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("json body")
+    }
+    fn closes(&self) -> bool {
+        self.header("connection") == Some("close")
+    }
+}
+
+struct Client {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+        stream.set_write_timeout(Some(READ_TIMEOUT)).unwrap();
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write");
+    }
+
+    fn read_more(&mut self) -> io::Result<usize> {
+        let mut chunk = [0u8; 16 * 1024];
+        let n = self.stream.read(&mut chunk)?;
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(n)
+    }
+
+    /// Read one response; `head_only` for answers to HEAD (content-length without body).
+    fn response_with(&mut self, head_only: bool) -> Resp {
+        let head_end = loop {
+            if let Some(p) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break p + 4;
+            }
+            match self.read_more() {
+                Ok(0) => panic!(
+                    "connection closed before a response; got {:?}",
+                    String::from_utf8_lossy(&self.buf)
+                ),
+                Ok(_) => {}
+                Err(e) => panic!("reading response head: {e}"),
+            }
+        };
+        let head = String::from_utf8(self.buf[..head_end].to_vec()).expect("ascii head");
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().unwrap();
+        assert!(status_line.starts_with("HTTP/1.1 "), "{status_line}");
+        let status: u16 = status_line[9..12].parse().unwrap();
+        let headers: Vec<(String, String)> = lines
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let (n, v) = l.split_once(": ").expect("header line");
+                (n.to_string(), v.to_string())
+            })
+            .collect();
+        let mut resp = Resp {
+            status,
+            headers,
+            body: Vec::new(),
+        };
+        let len = if status == 100 || head_only {
+            0
+        } else {
+            resp.header("content-length")
+                .expect("content-length")
+                .parse::<usize>()
+                .unwrap()
+        };
+        while self.buf.len() < head_end + len {
+            match self.read_more() {
+                Ok(0) => panic!("connection closed inside a body"),
+                Ok(_) => {}
+                Err(e) => panic!("reading body: {e}"),
+            }
+        }
+        resp.body = self.buf[head_end..head_end + len].to_vec();
+        self.buf.drain(..head_end + len);
+        resp
+    }
+
+    fn response(&mut self) -> Resp {
+        self.response_with(false)
+    }
+
+    fn request(&mut self, bytes: &[u8]) -> Resp {
+        self.send(bytes);
+        self.response()
+    }
+
+    /// The server closed (EOF or reset) with nothing more to read, within `within`.
+    fn assert_closed(&mut self, within: Duration) {
+        self.stream.set_read_timeout(Some(within)).unwrap();
+        let mut chunk = [0u8; 1024];
+        match self.stream.read(&mut chunk) {
+            Ok(0) => {}
+            Ok(n) => panic!(
+                "expected close, got {:?}",
+                String::from_utf8_lossy(&chunk[..n])
+            ),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("expected close, got {e}"),
+        }
+        assert!(self.buf.is_empty(), "unread bytes: {:?}", self.buf);
+    }
+}
+
+fn get(path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").into_bytes()
+}
+
+/// A fresh connection still gets a 200: the server survived whatever came before.
+fn assert_healthy(server: &ServerHandle) {
+    let mut c = Client::connect(server.local_addr());
+    let r = c.request(&get("/health"));
+    assert_eq!(r.status, 200);
+}
+
+/// Send a bad request; expect an error status with a JSON error body, then the close.
+fn assert_rejected(server: &ServerHandle, request: &[u8], status: u16, code: &str) {
+    let mut c = Client::connect(server.local_addr());
+    c.send(request);
+    let r = c.response();
+    assert_eq!(
+        r.status,
+        status,
+        "{} -> {:?}",
+        String::from_utf8_lossy(request),
+        String::from_utf8_lossy(&r.body)
+    );
+    assert!(r.closes(), "no connection: close on {:?}", r.headers);
+    assert_eq!(r.json()["error"]["code"], code);
+    assert!(r.header("x-request-id").is_some());
+    c.assert_closed(Duration::from_secs(3));
+    assert_healthy(server);
+}
+
+fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn simple_get_and_post() {
+    let server = start(test_limits());
+    let mut c = Client::connect(server.local_addr());
+    let r = c.request(b"GET /v1/models?limit=2 HTTP/1.1\r\nHost: t\r\nUser-Agent: raw\r\n\r\n");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(r.header("x-echo"), Some("1"));
+    assert!(!r.closes());
+    let v = r.json();
+    assert_eq!(v["method"], "GET");
+    assert_eq!(v["path"], "/v1/models");
+    assert_eq!(v["query"], "limit=2");
+    assert_eq!(v["user_agent"], "raw");
+
+    let r = c.request(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
+          Content-Length: 13\r\n\r\n{\"model\":\"m\"}",
+    );
+    assert_eq!(r.status, 200);
+    let v = r.json();
+    assert_eq!(v["method"], "POST");
+    assert_eq!(v["body_len"], 13);
+    assert_eq!(v["body"], "{\"model\":\"m\"}");
+    let stats = server.stats().to_json();
+    assert_eq!(stats["requests"], 2);
+    assert_eq!(stats["connections_accepted"], 1);
+}
+
+#[test]
+fn keep_alive_serves_several_requests_on_one_connection() {
+    let server = start(test_limits());
+    let mut c = Client::connect(server.local_addr());
+    for i in 0..3 {
+        let r = c.request(&get(&format!("/n{i}")));
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json()["path"], format!("/n{i}"));
+        assert!(!r.closes());
+    }
+    assert_eq!(
+        server.stats().connections_accepted.load(Ordering::Relaxed),
+        1
+    );
+}
+
+#[test]
+fn connection_close_is_honoured() {
+    let server = start(test_limits());
+    let mut c = Client::connect(server.local_addr());
+    let r = c.request(b"GET /x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    assert_eq!(r.status, 200);
+    assert!(r.closes());
+    c.assert_closed(Duration::from_secs(3));
+}
+
+#[test]
+fn http10_closes_unless_keep_alive() {
+    let server = start(test_limits());
+    let mut c = Client::connect(server.local_addr());
+    let r = c.request(b"GET /old HTTP/1.0\r\n\r\n");
+    assert_eq!(r.status, 200);
+    assert!(r.closes());
+    c.assert_closed(Duration::from_secs(3));
+
+    let mut c = Client::connect(server.local_addr());
+    let r = c.request(b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("connection"), Some("keep-alive"));
+    let r = c.request(b"GET /b HTTP/1.0\r\n\r\n");
+    assert_eq!(r.json()["path"], "/b");
+    assert!(r.closes());
+    c.assert_closed(Duration::from_secs(3));
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let server = start(test_limits());
+    let mut c = Client::connect(server.local_addr());
+    c.send(
+        b"GET /first HTTP/1.1\r\nHost: t\r\n\r\n\
+          POST /second HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello\
+          POST /third HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    );
+    let a = c.response();
+    let b = c.response();
+    let d = c.response();
+    assert_eq!(a.json()["path"], "/first");
+    assert_eq!(b.json()["path"], "/second");
+    assert_eq!(b.json()["body"], "hello");
+    assert_eq!(d.json()["path"], "/third");
+    assert_eq!(d.json()["body"], "abc");
+    // The connection is still usable afterwards.
+    let r = c.request(&get("/fourth"));
+    assert_eq!(r.json()["path"], "/fourth");
+    wait_until("in-flight back to 0", Duration::from_secs(2), || {
+        server.stats().requests_in_flight.load(Ordering::Relaxed) == 0
+    });
+}
+
+#[test]
+fn pipelined_large_responses_keep_framing() {
+    let server = start(test_limits());
+    let mut c = Client::connect(server.local_addr());
+    c.send(b"GET /big HTTP/1.1\r\n\r\nGET /big HTTP/1.1\r\n\r\nGET /after HTTP/1.1\r\n\r\n");
+    assert_eq!(c.response().body.len(), 200 * 1024);
+    assert_eq!(c.response().body.len(), 200 * 1024);
+    assert_eq!(c.response().json()["path"], "/after");
+}
+
+#[test]
+fn expect_100_continue() {
+    let server = start(test_limits());
+    let mut c = Client::connect(server.local_addr());
+    c.send(
+        b"POST /upload HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+    );
+    let interim = c.response();
+    assert_eq!(interim.status, 100);
+    assert!(interim.headers.is_empty());
+    c.send(b"hello");
+    let r = c.response();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["body"], "hello");
+
+    // Chunked, too.
+    c.send(
+        b"POST /up2 HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\n\
+          Transfer-Encoding: chunked\r\n\r\n",
+    );
+    assert_eq!(c.response().status, 100);
+    c.send(b"2\r\nok\r\n0\r\n\r\n");
+    assert_eq!(c.response().json()["body"], "ok");
+
+    // Body already sent with the head: no 100.
+    let r = c.request(
+        b"POST /eager HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nhi",
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["body"], "hi");
+
+    // Too large: 413 at once, no 100.
+    let mut c = Client::connect(server.local_addr());
+    c.send(
+        b"POST /huge HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 10000000\r\n\r\n",
+    );
+    let r = c.response();
+    assert_eq!(r.status, 413);
+    assert!(r.closes());
+    c.assert_closed(Duration::from_secs(3));
+}
+
+#[test]
+fn chunked_body_with_extensions_and_trailer() {
+    let server = start(test_limits());
+    let mut c = Client::connect(server.local_addr());
+    c.send(b"POST /c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhel");
+    std::thread::sleep(Duration::from_millis(50));
+    c.send(b"lo\r\n6 ; name=\"v\"\r\n world\r\n0\r\nx-trailer: yes\r\n\r\n");
+    let r = c.response();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["body"], "hello world");
+    assert!(!r.closes());
+    assert_eq!(c.request(&get("/next")).json()["path"], "/next");
+}
+
+#[test]
+fn many_headers_like_the_openai_sdk_are_fine() {
+    let server = start(test_limits());
+    let mut req = b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n".to_vec();
+    for i in 0..97 {
+        req.extend_from_slice(format!("X-Stainless-H{i}: v{i}\r\n").as_bytes());
+    }
+    req.extend_from_slice(b"\r\n{}");
+    let mut c = Client::connect(server.local_addr());
+    let r = c.request(&req);
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["header_count"], 99);
+}
+
+#[test]
+fn too_many_header_lines_is_431() {
+    let server = start(test_limits());
+    let mut req = b"GET / HTTP/1.1\r\n".to_vec();
+    for i in 0..101 {
+        req.extend_from_slice(format!("h{i}: v\r\n").as_bytes());
+    }
+    req.extend_from_slice(b"\r\n");
+    assert_rejected(&server, &req, 431, "headers_too_large");
+    assert_eq!(
+        server.stats().headers_too_large.load(Ordering::Relaxed),
+        1
+    );
+}
+
+#[test]
+fn oversized_header_block_is_431() {
+    let server = start(test_limits());
+    let mut req = b"GET / HTTP/1.1\r\nX-Big: ".to_vec();
+    req.extend(std::iter::repeat_n(b'a', 40 * 1024));
+    req.extend_from_slice(b"\r\n\r\n");
+    assert_rejected(&server, &req, 431, "headers_too_large");
+}
+
+#[test]
+fn body_over_limit_is_413() {
+    let server = start(Limits {
+        body_bytes_max: 1024,
+        ..test_limits()
+    });
+    let mut req = b"POST / HTTP/1.1\r\nContent-Length: 2048\r\n\r\n".to_vec();
+    req.extend(std::iter::repeat_n(b'b', 2048));
+    assert_rejected(&server, &req, 413, "payload_too_large");
+
+    let mut req = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..3 {
+        req.extend_from_slice(b"200\r\n");
+        req.extend(std::iter::repeat_n(b'c', 0x200));
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    assert_rejected(&server, &req, 413, "payload_too_large");
+
+    // Exactly at the limit is fine.
+    let mut req = b"POST / HTTP/1.1\r\nContent-Length: 1024\r\n\r\n".to_vec();
+    req.extend(std::iter::repeat_n(b'd', 1024));
+    let mut c = Client::connect(server.local_addr());
+    assert_eq!(c.request(&req).json()["body_len"], 1024);
+    assert_eq!(server.stats().bodies_too_large.load(Ordering::Relaxed), 2);
+}
+
+#[test]
+fn ambiguous_framing_is_400_and_closes() {
+    let server = start(test_limits());
+    let cases: &[(&[u8], &str)] = &[
+        (
+            b"POST / HTTP/1.1\r\nContent-Length: abc\r\n\r\n",
+            "invalid_content_length",
+        ),
+        (
+            b"POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\nhello",
+            "invalid_content_length",
+        ),
+        (
+            b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+            "invalid_content_length",
+        ),
+        (
+            b"POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\nhello",
+            "invalid_content_length",
+        ),
+        (
+            b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
+            "request_smuggling",
+        ),
+        (
+            b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "request_smuggling",
+        ),
+        (
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+            "unsupported_transfer_encoding",
+        ),
+        (
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+            "invalid_chunk",
+        ),
+        (
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXY0\r\n\r\n",
+            "invalid_chunk",
+        ),
+        (b"GARBAGE\r\n\r\n", "malformed_request"),
+        (b"GET http://evil/ HTTP/1.1\r\n\r\n", "malformed_request"),
+        (b"GET / HTTP/3.0\r\n\r\n", "unsupported_http_version"),
+    ];
+    for (req, code) in cases {
+        assert_rejected(&server, req, 400, code);
+    }
+    assert_eq!(
+        server.stats().bad_requests.load(Ordering::Relaxed),
+        cases.len() as u64
+    );
+}
+
+#[test]
+fn slowloris_is_cut_off_at_the_header_deadline() {
+    let server = start(Limits {
+        header_read_timeout: Duration::from_millis(500),
+        ..test_limits()
+    });
+    let mut c = Client::connect(server.local_addr());
+    let mut writer = c.stream.try_clone().unwrap();
+    let started = Instant::now();
+    let trickle = std::thread::spawn(move || {
+        // One byte every 50 ms, never finishing the head; stops when the server closes.
+        for &b in b"GET / HTTP/1.1\r\nX-Slow: ".iter().chain([b'a'; 200].iter()) {
+            if writer.write_all(&[b]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let r = c.response();
+    let elapsed = started.elapsed();
+    assert_eq!(r.status, 408);
+    assert!(r.closes());
+    assert!(
+        elapsed >= Duration::from_millis(450) && elapsed < Duration::from_millis(1500),
+        "{elapsed:?}"
+    );
+    c.assert_closed(Duration::from_secs(3));
+    let _ = trickle.join();
+    assert!(server.stats().timeouts.load(Ordering::Relaxed) >= 1);
+    assert_healthy(&server);
+}
+
+#[test]
+fn slow_body_is_cut_off() {
+    let server = start(Limits {
+        body_read_timeout: Duration::from_millis(300),
+        ..test_limits()
+    });
+    let mut c = Client::connect(server.local_addr());
+    let started = Instant::now();
+    c.send(b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nhalf!");
+    let r = c.response();
+    assert_eq!(r.status, 408);
+    assert!(started.elapsed() < Duration::from_millis(1500));
+    c.assert_closed(Duration::from_secs(3));
+    assert_healthy(&server);
+}
+
+#[test]
+fn idle_connection_is_closed_after_idle_timeout() {
+    let server = start(Limits {
+        idle_timeout: Duration::from_millis(300),
+        ..test_limits()
+    });
+    let mut c = Client::connect(server.local_addr());
+    assert_eq!(c.request(&get("/once")).status, 200);
+    let started = Instant::now();
+    c.assert_closed(Duration::from_secs(3));
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(250) && elapsed < Duration::from_millis(1500),
+        "{elapsed:?}"
+    );
+    // A connection that never sends anything is closed too.
+    let mut silent = Client::connect(server.local_addr());
+    silent.assert_closed(Duration::from_secs(3));
+    wait_until("idle timeouts counted", Duration::from_secs(2), || {
+        server.stats().idle_timeouts.load(Ordering::Relaxed) == 2
+    });
+}
+
+#[test]
+fn handler_panic_is_a_500_and_the_server_lives_on() {
+    let server = start(test_limits());
+    let mut c = Client::connect(server.local_addr());
+    let r = c.request(&get("/panic"));
+    assert_eq!(r.status, 500);
+    assert_eq!(r.json()["error"]["type"], "server_error");
+    assert!(!r.closes());
+    // Same connection keeps working, and a new one too.
+    assert_eq!(c.request(&get("/after")).status, 200);
+    assert_healthy(&server);
+    assert_eq!(server.stats().handler_panics.load(Ordering::Relaxed), 1);
+    // Decremented once the write returned, which may be just after the client read it.
+    wait_until("in-flight back to 0", Duration::from_secs(2), || {
+        server.stats().requests_in_flight.load(Ordering::Relaxed) == 0
+    });
+}
+
+#[test]
+fn request_id_is_echoed_or_generated() {
+    let server = start(test_limits());
+    let mut c = Client::connect(server.local_addr());
+    let r = c.request(b"GET / HTTP/1.1\r\nX-Request-Id: client-id-42\r\n\r\n");
+    assert_eq!(r.header("x-request-id"), Some("client-id-42"));
+    assert_eq!(r.json()["id"], "client-id-42");
+
+    let a = c.request(&get("/"));
+    let b = c.request(&get("/"));
+    let (a, b) = (a.header("x-request-id").unwrap(), b.header("x-request-id").unwrap());
+    assert!(a.starts_with("req_"), "{a}");
+    assert_ne!(a, b);
+
+    // Not sane (too long, or with a space): replaced.
+    let long = "x".repeat(129);
+    let r = c.request(format!("GET / HTTP/1.1\r\nX-Request-Id: {long}\r\n\r\n").as_bytes());
+    assert!(r.header("x-request-id").unwrap().starts_with("req_"));
+    let r = c.request(b"GET / HTTP/1.1\r\nX-Request-Id: a b\r\n\r\n");
+    assert!(r.header("x-request-id").unwrap().starts_with("req_"));
+
+    // Errors carry one as well.
+    let mut c = Client::connect(server.local_addr());
+    let r = c.request(b"NOT HTTP\r\n\r\n");
+    assert_eq!(r.status, 400);
+    assert!(r.header("x-request-id").unwrap().starts_with("req_"));
+}
+
+#[test]
+fn head_requests_get_no_body() {
+    let server = start(test_limits());
+    let mut c = Client::connect(server.local_addr());
+    c.send(b"HEAD /h HTTP/1.1\r\nHost: t\r\n\r\n");
+    let r = c.response_with(true);
+    assert_eq!(r.status, 200);
+    let len: usize = r.header("content-length").unwrap().parse().unwrap();
+    assert!(len > 0);
+    // The next response starts right away: no body bytes were sent for HEAD.
+    let r = c.request(&get("/after-head"));
+    assert_eq!(r.json()["path"], "/after-head");
+}
+
+#[test]
+fn stop_accepting_refuses_new_connections_and_finishes_in_flight() {
+    let server = start(test_limits());
+    let addr = server.local_addr();
+
+    let mut idle = Client::connect(addr);
+    assert_eq!(idle.request(&get("/warm")).status, 200);
+
+    let mut busy = Client::connect(addr);
+    busy.send(&get("/sleep?ms=700"));
+    // `requests` counts handler calls: the second one is the slow request, now sleeping.
+    wait_until("the slow request in the handler", Duration::from_secs(2), || {
+        server.stats().requests.load(Ordering::Relaxed) == 2
+    });
+
+    let stopped_at = Instant::now();
+    server.stop_accepting();
+    server.stop_accepting(); // idempotent
+
+    // New connections are refused (listener closed) or closed unserved; never answered.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut refused = false;
+    while Instant::now() < deadline {
+        match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            Err(_) => {
+                refused = true;
+                break;
+            }
+            Ok(mut s) => {
+                s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+                let _ = s.write_all(&get("/should-not-be-served"));
+                let mut buf = [0u8; 64];
+                match s.read(&mut buf) {
+                    Ok(n) => assert_eq!(n, 0, "a connection made after stop was served"),
+                    Err(e) => assert!(
+                        e.kind() == io::ErrorKind::ConnectionReset
+                            || e.kind() == io::ErrorKind::WouldBlock
+                            || e.kind() == io::ErrorKind::TimedOut,
+                        "{e}"
+                    ),
+                }
+            }
+        }
+    }
+    assert!(refused, "the listener was not closed");
+
+    // The request in progress still gets its answer, then the connection closes.
+    let r = busy.response();
+    assert_eq!(r.status, 200);
+    assert!(r.closes());
+    busy.assert_closed(Duration::from_secs(3));
+
+    // The idle keep-alive connection is closed at its next idle check.
+    idle.assert_closed(Duration::from_secs(3));
+    assert!(stopped_at.elapsed() < Duration::from_secs(3));
+
+    wait_until("all connections gone", Duration::from_secs(3), || {
+        server.stats().connections_active.load(Ordering::Relaxed) == 0
+    });
+    assert_eq!(
+        server.stats().requests_in_flight.load(Ordering::Relaxed),
+        0
+    );
+    let _ = busy.stream.shutdown(Shutdown::Both);
+}
+
+#[test]
+fn server_handle_is_shareable() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<ServerHandle>();
+}

@@ -1,0 +1,60 @@
+"""The official `openai` Python SDK, unchanged, against the gateway."""
+
+import json
+import urllib.request
+
+import openai
+import pytest
+
+from conftest import UPSTREAM_KEY
+
+
+@pytest.fixture()
+def client(gateway):
+    return openai.OpenAI(base_url=f"http://{gateway['api']}/v1", api_key="client-key", max_retries=0, timeout=10)
+
+
+def test_chat_completion_through_builtin_mock(client):
+    resp = client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "Hello SDK"}],
+    )
+    assert isinstance(resp, openai.types.chat.ChatCompletion)
+    assert resp.object == "chat.completion"
+    assert resp.choices[0].message.role == "assistant"
+    assert resp.choices[0].message.content == "mock: Hello SDK"
+    assert resp.choices[0].finish_reason == "stop"
+    assert resp.usage.prompt_tokens > 0
+    assert resp.usage.total_tokens == resp.usage.prompt_tokens + resp.usage.completion_tokens
+
+
+def test_chat_completion_through_openai_provider(client, gateway):
+    raw = client.chat.completions.with_raw_response.create(
+        model="up/gpt-upstream",
+        messages=[{"role": "user", "content": "via upstream"}],
+        temperature=0.1,
+    )
+    resp = raw.parse()
+    assert resp.choices[0].message.content == "mock: via upstream"
+    assert raw.headers["x-deepintshield-provider"] == "up"
+    assert raw.headers["x-request-id"]
+    with urllib.request.urlopen(f"http://{gateway['mock']}/mock/stats", timeout=5) as r:
+        stats = json.load(r)
+    assert stats["last_authorization"] == f"Bearer {UPSTREAM_KEY}"
+    assert stats["last_model"] == "gpt-upstream"
+
+
+def test_models_list(client):
+    ids = {m.id for m in client.models.list()}
+    assert {"gpt-4o-mini", "mock/gpt-4o-mini", "mock/echo"} <= ids
+
+
+def test_unknown_model_is_not_found(client):
+    with pytest.raises(openai.NotFoundError) as e:
+        client.chat.completions.create(model="nope/x", messages=[{"role": "user", "content": "x"}])
+    assert e.value.code == "model_not_found"
+
+
+def test_upstream_error_status_reaches_the_sdk(client):
+    with pytest.raises(openai.RateLimitError):
+        client.chat.completions.create(model="up/status-429", messages=[{"role": "user", "content": "x"}])
