@@ -15,6 +15,8 @@ pub enum ErrorKind {
     NotFound,
     /// Known path, wrong method: 405.
     MethodNotAllowed,
+    /// The client was too slow sending its request (header or body read timeout): 408.
+    ClientTimeout,
     /// Body over `body_bytes_max`: 413.
     PayloadTooLarge,
     /// Header block over `header_bytes_max` or `header_lines_max`: 431.
@@ -43,6 +45,7 @@ impl ErrorKind {
             ErrorKind::Unauthorized => 401,
             ErrorKind::NotFound => 404,
             ErrorKind::MethodNotAllowed => 405,
+            ErrorKind::ClientTimeout => 408,
             ErrorKind::PayloadTooLarge => 413,
             ErrorKind::HeadersTooLarge => 431,
             ErrorKind::QueueFull => 429,
@@ -59,6 +62,7 @@ impl ErrorKind {
             ErrorKind::BadRequest
             | ErrorKind::NotFound
             | ErrorKind::MethodNotAllowed
+            | ErrorKind::ClientTimeout
             | ErrorKind::PayloadTooLarge
             | ErrorKind::HeadersTooLarge => "invalid_request_error",
             ErrorKind::Unauthorized => "authentication_error",

@@ -352,6 +352,28 @@ fn pipelined_large_responses_keep_framing() {
 }
 
 #[test]
+fn large_body_arriving_in_pieces() {
+    let server = start(Limits {
+        body_bytes_max: 1 << 20,
+        ..test_limits()
+    });
+    let mut c = Client::connect(server.local_addr());
+    let len = 300 * 1024;
+    c.send(format!("POST /big-in HTTP/1.1\r\nContent-Length: {len}\r\n\r\n").as_bytes());
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(20));
+        c.send(&vec![b'z'; len / 3]);
+    }
+    let r = c.response();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["body_len"], len);
+    // Stray CRLFs between requests are skipped.
+    c.send(b"\r\n\r\n");
+    let r = c.request(b"\r\nGET /after HTTP/1.1\r\n\r\n");
+    assert_eq!(r.json()["path"], "/after");
+}
+
+#[test]
 fn expect_100_continue() {
     let server = start(test_limits());
     let mut c = Client::connect(server.local_addr());
@@ -410,7 +432,8 @@ fn chunked_body_with_extensions_and_trailer() {
 #[test]
 fn many_headers_like_the_openai_sdk_are_fine() {
     let server = start(test_limits());
-    let mut req = b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n".to_vec();
+    let mut req =
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n".to_vec();
     for i in 0..97 {
         req.extend_from_slice(format!("X-Stainless-H{i}: v{i}\r\n").as_bytes());
     }
@@ -430,10 +453,7 @@ fn too_many_header_lines_is_431() {
     }
     req.extend_from_slice(b"\r\n");
     assert_rejected(&server, &req, 431, "headers_too_large");
-    assert_eq!(
-        server.stats().headers_too_large.load(Ordering::Relaxed),
-        1
-    );
+    assert_eq!(server.stats().headers_too_large.load(Ordering::Relaxed), 1);
 }
 
 #[test]
@@ -536,7 +556,10 @@ fn slowloris_is_cut_off_at_the_header_deadline() {
     let started = Instant::now();
     let trickle = std::thread::spawn(move || {
         // One byte every 50 ms, never finishing the head; stops when the server closes.
-        for &b in b"GET / HTTP/1.1\r\nX-Slow: ".iter().chain([b'a'; 200].iter()) {
+        for &b in b"GET / HTTP/1.1\r\nX-Slow: "
+            .iter()
+            .chain([b'a'; 200].iter())
+        {
             if writer.write_all(&[b]).is_err() {
                 return;
             }
@@ -624,7 +647,10 @@ fn request_id_is_echoed_or_generated() {
 
     let a = c.request(&get("/"));
     let b = c.request(&get("/"));
-    let (a, b) = (a.header("x-request-id").unwrap(), b.header("x-request-id").unwrap());
+    let (a, b) = (
+        a.header("x-request-id").unwrap(),
+        b.header("x-request-id").unwrap(),
+    );
     assert!(a.starts_with("req_"), "{a}");
     assert_ne!(a, b);
 
@@ -667,9 +693,11 @@ fn stop_accepting_refuses_new_connections_and_finishes_in_flight() {
     let mut busy = Client::connect(addr);
     busy.send(&get("/sleep?ms=700"));
     // `requests` counts handler calls: the second one is the slow request, now sleeping.
-    wait_until("the slow request in the handler", Duration::from_secs(2), || {
-        server.stats().requests.load(Ordering::Relaxed) == 2
-    });
+    wait_until(
+        "the slow request in the handler",
+        Duration::from_secs(2),
+        || server.stats().requests.load(Ordering::Relaxed) == 2,
+    );
 
     let stopped_at = Instant::now();
     server.stop_accepting();
@@ -685,7 +713,8 @@ fn stop_accepting_refuses_new_connections_and_finishes_in_flight() {
                 break;
             }
             Ok(mut s) => {
-                s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+                s.set_read_timeout(Some(Duration::from_millis(300)))
+                    .unwrap();
                 let _ = s.write_all(&get("/should-not-be-served"));
                 let mut buf = [0u8; 64];
                 match s.read(&mut buf) {
@@ -715,10 +744,7 @@ fn stop_accepting_refuses_new_connections_and_finishes_in_flight() {
     wait_until("all connections gone", Duration::from_secs(3), || {
         server.stats().connections_active.load(Ordering::Relaxed) == 0
     });
-    assert_eq!(
-        server.stats().requests_in_flight.load(Ordering::Relaxed),
-        0
-    );
+    assert_eq!(server.stats().requests_in_flight.load(Ordering::Relaxed), 0);
     let _ = busy.stream.shutdown(Shutdown::Both);
 }
 

@@ -31,6 +31,8 @@ const CHUNK_LINE_BYTES_MAX: usize = 4 * 1024;
 const CHUNK_TRAILER_BYTES_MAX: usize = 16 * 1024;
 /// A request body buffer larger than this is not kept for the connection's next request.
 const BODY_BUF_KEEP_BYTES_MAX: usize = 64 * 1024;
+/// First allocation step of a Content-Length body that is not yet in the read buffer.
+const BODY_READ_STEP_BYTES: usize = 64 * 1024;
 /// How often an idle keep-alive connection looks at the stop flag.
 const IDLE_POLL_MS: u64 = 500;
 /// After an error response: how long and how much unread input is drained before closing, so the
@@ -39,6 +41,8 @@ const LINGER_MS: u64 = 1_000;
 const LINGER_BYTES_MAX: usize = 1024 * 1024;
 /// Accept errors (e.g. out of file descriptors) back off this long instead of spinning.
 const ACCEPT_ERROR_BACKOFF_MS: u64 = 20;
+/// Pending connections the kernel queues for the accept loop.
+const ACCEPT_BACKLOG: libc::c_int = 4096;
 /// Stack of the accept coroutine: it only accepts and spawns.
 const ACCEPT_STACK_BYTES: usize = 64 * 1024;
 /// Longest client-supplied `x-request-id` that is echoed.
@@ -140,6 +144,11 @@ pub fn serve(
 
     let local_addr = listener.local_addr()?;
     let fd = listener.into_raw_fd();
+    // std binds with a backlog of 128, which overflows when hundreds of clients connect at once
+    // (their SYNs are dropped and retried seconds later). Listening again on a listening socket
+    // only raises the backlog (capped by net.core.somaxconn); failing to do so is harmless.
+    // SAFETY: `fd` is a valid, open listening socket owned by this function.
+    let _ = unsafe { libc::listen(fd, ACCEPT_BACKLOG) };
     // SAFETY: `fd` was just released by an owned, bound std listener, so ownership moves to the
     // may listener exactly once. may's `from_raw_fd` panics if it cannot register the socket with
     // its event loop; that start-up failure becomes an error here (the fd is then leaked, once).
@@ -272,17 +281,11 @@ impl Fault {
                 "payload_too_large",
                 "the request body exceeds the size limit",
             )),
-            Fault::Timeout(message) => {
-                // `ErrorKind` has no client-side timeout kind (its timeouts are upstream 504s), so
-                // the 400-shaped body gets the 408 status that tells clients to retry.
-                let mut r = Response::error(&ApiError::new(
-                    ErrorKind::BadRequest,
-                    "request_timeout",
-                    message,
-                ));
-                r.status = 408;
-                r
-            }
+            Fault::Timeout(message) => Response::error(&ApiError::new(
+                ErrorKind::ClientTimeout,
+                "client_timeout",
+                message,
+            )),
         }
     }
 }
@@ -372,7 +375,14 @@ impl<'s> Conn<'s> {
 
     /// Read, handle and answer one request. `Err` ends the connection.
     fn serve_one(&mut self) -> Result<(), End> {
-        if self.rpos == self.rend {
+        loop {
+            // Stray CRLFs between requests are tolerated (RFC 9112 section 2.2).
+            while self.rpos < self.rend && matches!(self.rbuf[self.rpos], b'\r' | b'\n') {
+                self.consume(1);
+            }
+            if self.rpos < self.rend {
+                break;
+            }
             // Nothing buffered: pending pipelined responses go out before waiting.
             self.flush()?;
             self.wait_idle()?;
@@ -461,9 +471,9 @@ impl<'s> Conn<'s> {
             _ => return self.fail(Fault::PayloadTooLarge),
         };
         let have = (self.rend - self.rpos).min(len);
-        let body = &mut self.req.body;
-        body.reserve_exact(len);
-        body.extend_from_slice(&self.rbuf[self.rpos..self.rpos + have]);
+        self.req
+            .body
+            .extend_from_slice(&self.rbuf[self.rpos..self.rpos + have]);
         self.consume(have);
         if have == len {
             return Ok(());
@@ -473,11 +483,15 @@ impl<'s> Conn<'s> {
         }
         self.flush()?;
         // The rest is read straight into the body, never past it (the next pipelined request
-        // stays in the socket).
-        self.req.body.resize(len, 0);
+        // stays in the socket). The body grows with what arrived, so a large Content-Length
+        // alone does not make the server allocate it.
         let mut filled = have;
         let timeout = self.shared.limits.body_read_timeout;
         while filled < len {
+            if filled == self.req.body.len() {
+                let grown = filled.saturating_mul(2).max(BODY_READ_STEP_BYTES).min(len);
+                self.req.body.resize(grown, 0);
+            }
             if self.set_read_timeout(timeout).is_err() {
                 return Err(End::Quiet);
             }
@@ -680,7 +694,7 @@ impl<'s> Conn<'s> {
                 self.rend -= self.rpos;
                 self.rpos = 0;
             } else if self.rbuf.len() < cap {
-                let size = self.rbuf.len().saturating_mul(2).clamp(1, cap);
+                let size = self.rbuf.len().saturating_mul(2).max(1).min(cap);
                 self.rbuf.resize(size, 0);
             } else {
                 return Err(io::Error::other("read buffer full"));

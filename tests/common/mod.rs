@@ -285,11 +285,39 @@ pub fn raw(addr: SocketAddr, bytes: &[u8]) -> Option<Response> {
 }
 
 /// Read one response (Content-Length framed, or until close). None if the peer closed first.
+/// Bytes after the response are lost: use [`Conn`] for pipelined responses.
 pub fn read_response(s: &mut TcpStream) -> Option<Response> {
     let mut buf = Vec::new();
+    read_response_buffered(s, &mut buf)
+}
+
+/// A client connection that keeps bytes read past one response for the next.
+pub struct Conn {
+    pub s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    pub fn new(addr: SocketAddr) -> Conn {
+        Conn {
+            s: connect(addr),
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.s.write_all(bytes).expect("write");
+    }
+
+    pub fn response(&mut self) -> Option<Response> {
+        read_response_buffered(&mut self.s, &mut self.buf)
+    }
+}
+
+fn read_response_buffered(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Response> {
     let mut chunk = [0u8; 8192];
     let head_end = loop {
-        if let Some(i) = find(&buf, b"\r\n\r\n") {
+        if let Some(i) = find(buf, b"\r\n\r\n") {
             break i + 4;
         }
         match s.read(&mut chunk) {
@@ -304,25 +332,30 @@ pub fn read_response(s: &mut TcpStream) -> Option<Response> {
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
-    let mut body = buf[head_end..].to_vec();
     let cl = headers
         .iter()
         .find(|(k, _)| k == "content-length")
         .and_then(|(_, v)| v.parse::<usize>().ok());
-    match cl {
+    let body = match cl {
         Some(n) => {
-            while body.len() < n {
+            while buf.len() < head_end + n {
                 match s.read(&mut chunk) {
                     Ok(0) | Err(_) => break,
-                    Ok(k) => body.extend_from_slice(&chunk[..k]),
+                    Ok(k) => buf.extend_from_slice(&chunk[..k]),
                 }
             }
-            body.truncate(n);
+            let end = (head_end + n).min(buf.len());
+            let body = buf[head_end..end].to_vec();
+            buf.drain(..end);
+            body
         }
         None => {
-            let _ = s.read_to_end(&mut body);
+            let _ = s.read_to_end(buf);
+            let body = buf[head_end..].to_vec();
+            buf.clear();
+            body
         }
-    }
+    };
     Some(Response {
         status,
         headers,
