@@ -76,12 +76,13 @@ impl Gateway {
                 ));
             }
         };
-        let up = reply?;
+        let up = reply.result?;
         let mut resp = Response {
             status: up.status,
             content_type: up.content_type,
             headers: vec![(PROVIDER_HEADER, pool.name().to_string())],
             body: up.body,
+            stream: None,
         };
         if let (Some(ra), 429 | 503) = (up.retry_after, up.status) {
             resp.headers.push(("retry-after", ra));

@@ -3,17 +3,54 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use deepintshield::http::{serve, Handler, Limits, Method, Request, Response, ServerHandle};
+use deepintshield::http::{
+    serve, BodyStream, Handler, Limits, Method, Request, Response, ServerHandle, StreamPoll,
+};
 use deepintshield::objpool::ObjPool;
 
 /// Every client read gives up after this: a test fails instead of hanging.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 struct EchoHandler;
+
+/// Streams cancelled by the server (the client went away), across all tests.
+static CANCELLED: AtomicUsize = AtomicUsize::new(0);
+
+/// Yields `left` chunks `tick N\n`, one every `gap`, waiting with coroutine sleeps.
+struct Ticker {
+    left: usize,
+    n: usize,
+    gap: Duration,
+    next_at: Instant,
+}
+
+impl BodyStream for Ticker {
+    fn poll(&mut self, wait: Duration) -> StreamPoll {
+        if self.left == 0 {
+            return StreamPoll::End;
+        }
+        let now = Instant::now();
+        if now < self.next_at {
+            let nap = (self.next_at - now).min(wait);
+            may::coroutine::sleep(nap);
+            if Instant::now() < self.next_at {
+                return StreamPoll::Pending;
+            }
+        }
+        self.left -= 1;
+        self.n += 1;
+        self.next_at = Instant::now() + self.gap;
+        StreamPoll::Chunk(format!("data: tick {}\n\n", self.n).into_bytes())
+    }
+
+    fn cancel(&mut self) {
+        CANCELLED.fetch_add(1, Ordering::SeqCst);
+    }
+}
 
 impl Handler for EchoHandler {
     fn handle(&self, req: &mut Request) -> Response {
@@ -26,6 +63,20 @@ impl Handler for EchoHandler {
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(100);
                 may::coroutine::sleep(Duration::from_millis(ms));
+            }
+            "/stream" => {
+                let n = req
+                    .query
+                    .strip_prefix("n=")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(3);
+                let ticker = Ticker {
+                    left: n,
+                    n: 0,
+                    gap: Duration::from_millis(100),
+                    next_at: Instant::now(),
+                };
+                return Response::stream(200, "text/event-stream", Box::new(ticker));
             }
             "/big" => {
                 let mut r = Response::json(200, vec![b'x'; 200 * 1024]);
@@ -752,4 +803,101 @@ fn stop_accepting_refuses_new_connections_and_finishes_in_flight() {
 fn server_handle_is_shareable() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<ServerHandle>();
+}
+
+/// Read one chunked body from `c`, returning each chunk's payload with its arrival time.
+fn read_chunks(c: &mut Client) -> Vec<(Vec<u8>, Instant)> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = loop {
+            if let Some(p) = c.buf.windows(2).position(|w| w == b"\r\n") {
+                break p;
+            }
+            assert!(
+                c.read_more().expect("chunk size") > 0,
+                "closed inside chunked body"
+            );
+        };
+        let size = usize::from_str_radix(std::str::from_utf8(&c.buf[..line_end]).unwrap(), 16)
+            .expect("hex chunk size");
+        while c.buf.len() < line_end + 2 + size + 2 {
+            assert!(
+                c.read_more().expect("chunk data") > 0,
+                "closed inside chunk"
+            );
+        }
+        let data = c.buf[line_end + 2..line_end + 2 + size].to_vec();
+        assert_eq!(&c.buf[line_end + 2 + size..line_end + 4 + size], b"\r\n");
+        c.buf.drain(..line_end + 4 + size);
+        if size == 0 {
+            return out;
+        }
+        out.push((data, Instant::now()));
+    }
+}
+
+#[test]
+fn streamed_response_arrives_chunk_by_chunk_and_keeps_the_connection() {
+    let server = start(test_limits());
+    let mut c = Client::connect(server.local_addr());
+    c.send(&get("/stream?n=4"));
+    let t0 = Instant::now();
+    let head_end = loop {
+        if let Some(p) = c.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+        assert!(c.read_more().unwrap() > 0);
+    };
+    let head = String::from_utf8_lossy(&c.buf[..head_end]).to_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    assert!(head.contains("content-type: text/event-stream"), "{head}");
+    assert!(!head.contains("content-length"), "{head}");
+    c.buf.drain(..head_end);
+    let chunks = read_chunks(&mut c);
+    assert_eq!(chunks.len(), 4);
+    for (i, (data, _)) in chunks.iter().enumerate() {
+        assert_eq!(data, format!("data: tick {}\n\n", i + 1).as_bytes());
+    }
+    // Spread out in time, not delivered together at the end.
+    let spread = chunks[3].1 - chunks[0].1;
+    assert!(spread >= Duration::from_millis(250), "{spread:?}");
+    assert!(chunks[0].1 - t0 < Duration::from_millis(150));
+    // Keep-alive after the stream.
+    let r = c.request(&get("/after"));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["path"], "/after");
+}
+
+#[test]
+fn client_leaving_mid_stream_cancels_it() {
+    let server = start(test_limits());
+    let before = CANCELLED.load(Ordering::SeqCst);
+    let mut c = Client::connect(server.local_addr());
+    c.send(&get("/stream?n=1000"));
+    assert!(c.read_more().unwrap() > 0);
+    drop(c);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while CANCELLED.load(Ordering::SeqCst) == before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        CANCELLED.load(Ordering::SeqCst) > before,
+        "stream not cancelled"
+    );
+    assert!(server.stats().streams_cancelled.load(Ordering::Relaxed) >= 1);
+    assert_healthy(&server);
+}
+
+#[test]
+fn http10_stream_is_close_delimited() {
+    let server = start(test_limits());
+    let mut c = Client::connect(server.local_addr());
+    c.send(b"GET /stream?n=2 HTTP/1.0\r\n\r\n");
+    let mut all = Vec::new();
+    c.stream.read_to_end(&mut all).unwrap();
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.contains("connection: close"), "{text}");
+    assert!(!text.contains("transfer-encoding"), "{text}");
+    assert!(text.ends_with("data: tick 1\n\ndata: tick 2\n\n"), "{text}");
 }

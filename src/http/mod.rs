@@ -8,6 +8,9 @@ mod server;
 
 pub use server::{serve, FrontStats, ServerHandle};
 
+/// Largest wait of one [`BodyStream::poll`]; between polls the server checks the client is there.
+pub const STREAM_POLL_WAIT: Duration = Duration::from_millis(250);
+
 /// Protocol limits and timeouts of one listener. Defaults are the documented constants below.
 #[derive(Clone, Debug)]
 pub struct Limits {
@@ -83,9 +86,17 @@ pub struct Request {
     pub body: Vec<u8>,
     /// When the request's headers were fully read.
     pub received_at: Instant,
+    /// The connection's socket, for [`Request::client_gone`]; -1 when there is none.
+    pub(crate) fd: i32,
 }
 
 impl Request {
+    /// Whether the client has closed its side of the connection (checked without blocking and
+    /// without consuming input). Lets a handler that waits long notice an abandoned request.
+    pub fn client_gone(&self) -> bool {
+        socket_closed_by_peer(self.fd)
+    }
+
     /// First header of that name (ASCII case-insensitive).
     pub fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers
@@ -95,15 +106,76 @@ impl Request {
     }
 }
 
-/// What a handler answers. The server adds `content-length`, `x-request-id`, `connection` and
-/// `date`-free framing; handlers never set those.
+/// Whether the peer of socket `fd` has closed the connection: a non-blocking `MSG_PEEK` read
+/// that returns 0 bytes, or fails with anything but "would block". Pipelined input counts as alive.
+pub fn socket_closed_by_peer(fd: i32) -> bool {
+    if fd < 0 {
+        return false;
+    }
+    let mut byte = 0u8;
+    // SAFETY: a one-byte peek into a valid local buffer; `fd` is an open socket of this process
+    // for as long as the connection (and so the request or stream holding it) lives.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match n {
+        0 => true,
+        n if n > 0 => false,
+        _ => {
+            let err = std::io::Error::last_os_error().raw_os_error();
+            !matches!(err, Some(libc::EAGAIN) | Some(libc::EINTR))
+        }
+    }
+}
+
+/// What one poll of a [`BodyStream`] yielded.
 #[derive(Debug)]
+pub enum StreamPoll {
+    /// Bytes to write (and flush) at once.
+    Chunk(Vec<u8>),
+    /// Nothing within the wait: the server checks the client is still there and polls again.
+    Pending,
+    /// The body is complete.
+    End,
+}
+
+/// A response body produced piece by piece (Server-Sent Events). The server writes every chunk as
+/// soon as it is yielded, with chunked transfer encoding, so the connection stays reusable.
+pub trait BodyStream: Send {
+    /// Wait up to `wait` for the next piece. Runs in the connection coroutine: wait only on
+    /// `may`-aware primitives.
+    fn poll(&mut self, wait: Duration) -> StreamPoll;
+    /// The client went away or a write failed: stop producing (free the upstream call).
+    fn cancel(&mut self);
+}
+
+/// What a handler answers. The server adds `content-length` (or `transfer-encoding: chunked` for a
+/// stream), `x-request-id` and `connection`; handlers never set those.
 pub struct Response {
     pub status: u16,
     pub content_type: &'static str,
     /// Extra headers, e.g. `retry-after`.
     pub headers: Vec<(&'static str, String)>,
     pub body: Vec<u8>,
+    /// When set, the body is streamed from here (and `body` is ignored).
+    pub stream: Option<Box<dyn BodyStream>>,
+}
+
+impl std::fmt::Debug for Response {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Response")
+            .field("status", &self.status)
+            .field("content_type", &self.content_type)
+            .field("headers", &self.headers)
+            .field("body_len", &self.body.len())
+            .field("stream", &self.stream.is_some())
+            .finish()
+    }
 }
 
 impl Response {
@@ -113,6 +185,18 @@ impl Response {
             content_type: "application/json",
             headers: Vec::new(),
             body,
+            stream: None,
+        }
+    }
+
+    /// A streamed `200` (or other status) response, e.g. `text/event-stream`.
+    pub fn stream(status: u16, content_type: &'static str, stream: Box<dyn BodyStream>) -> Self {
+        Response {
+            status,
+            content_type,
+            headers: Vec::new(),
+            body: Vec::new(),
+            stream: Some(stream),
         }
     }
 

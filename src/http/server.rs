@@ -10,6 +10,7 @@
 use std::io::{self, Read, Write};
 use std::mem::MaybeUninit;
 use std::net::{Shutdown, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -17,7 +18,10 @@ use std::time::{Duration, Instant};
 
 use may::net::{TcpListener, TcpStream};
 
-use super::{reason_phrase, Handler, Limits, Method, Request, Response};
+use super::{
+    reason_phrase, socket_closed_by_peer, BodyStream, Handler, Limits, Method, Request, Response,
+    StreamPoll, STREAM_POLL_WAIT,
+};
 use crate::error::{ApiError, ErrorKind};
 use crate::objpool::{ObjPool, Pooled};
 
@@ -69,6 +73,8 @@ pub struct FrontStats {
     /// Header, body and write timeouts (the connection is closed).
     pub timeouts: AtomicU64,
     pub handler_panics: AtomicU64,
+    /// Streamed responses cut short because the client went away or a write failed.
+    pub streams_cancelled: AtomicU64,
     /// Keep-alive connections closed after `idle_timeout` without a request (not an error).
     pub idle_timeouts: AtomicU64,
 }
@@ -86,6 +92,7 @@ impl FrontStats {
             "bodies_too_large": get(&self.bodies_too_large),
             "timeouts": get(&self.timeouts),
             "handler_panics": get(&self.handler_panics),
+            "streams_cancelled": get(&self.streams_cancelled),
             "idle_timeouts": get(&self.idle_timeouts),
         })
     }
@@ -341,6 +348,7 @@ impl Drop for Conn<'_> {
 
 impl<'s> Conn<'s> {
     fn new(stream: TcpStream, shared: &'s Shared) -> Self {
+        let fd = stream.as_raw_fd();
         let mut rbuf = shared.buffers.get();
         let size = rbuf.capacity().max(READ_BUF_BYTES_INITIAL);
         rbuf.resize(size, 0);
@@ -364,6 +372,7 @@ impl<'s> Conn<'s> {
                 headers: Vec::new(),
                 body: Vec::new(),
                 received_at: Instant::now(),
+                fd,
             },
             read_timeout: None,
         }
@@ -555,11 +564,14 @@ impl<'s> Conn<'s> {
         self.wpending += 1;
         let handler = &self.shared.handler;
         let req = &mut self.req;
-        let response =
+        let mut response =
             catch_unwind(AssertUnwindSafe(|| handler.handle(req))).unwrap_or_else(|_| {
                 bump(&stats.handler_panics);
                 Response::error(&ApiError::internal())
             });
+        if let Some(stream) = response.stream.take() {
+            return self.stream_response(&response, stream, head);
+        }
         let keep_alive = head.keep_alive && !self.stopping();
         let conn_header = match (keep_alive, head.minor_version) {
             (false, _) => ConnHeader::Close,
@@ -576,6 +588,99 @@ impl<'s> Conn<'s> {
         Ok(())
     }
 
+    /// Write a streamed response: the head, then every chunk as soon as the stream yields it
+    /// (chunked encoding on HTTP/1.1; close-delimited on HTTP/1.0). While the stream has nothing,
+    /// the client is checked; a client that went away cancels the stream.
+    fn stream_response(
+        &mut self,
+        response: &Response,
+        mut stream: Box<dyn BodyStream>,
+        head: &Head,
+    ) -> Result<(), End> {
+        let chunked = head.minor_version >= 1;
+        let keep_alive = chunked && head.keep_alive && !self.stopping();
+        let conn_header = if keep_alive {
+            ConnHeader::None
+        } else {
+            ConnHeader::Close
+        };
+        let id = self.response_id();
+        let framing = if chunked {
+            OutFraming::Chunked
+        } else {
+            OutFraming::UntilClose
+        };
+        write_response_head(&mut self.wbuf, response, &id, conn_header, framing);
+        if head.is_head {
+            stream.cancel();
+            return if keep_alive { Ok(()) } else { Err(End::Linger) };
+        }
+        // The head goes out at once (with any pipelined responses before it).
+        let result = self.pump(&mut *stream, chunked);
+        let pending = std::mem::take(&mut self.wpending);
+        self.shared
+            .stats
+            .requests_in_flight
+            .fetch_sub(pending, Ordering::Relaxed);
+        if result.is_err() {
+            stream.cancel();
+            bump(&self.shared.stats.streams_cancelled);
+            return Err(End::Quiet);
+        }
+        if keep_alive {
+            Ok(())
+        } else {
+            Err(End::Linger)
+        }
+    }
+
+    /// Move chunks from `stream` to the socket until the stream ends or the client is gone.
+    fn pump(&mut self, stream: &mut dyn BodyStream, chunked: bool) -> Result<(), End> {
+        self.write_all_counted(None)?;
+        loop {
+            match stream.poll(STREAM_POLL_WAIT) {
+                StreamPoll::Chunk(bytes) => {
+                    if bytes.is_empty() {
+                        continue;
+                    }
+                    if chunked {
+                        push_hex_len(&mut self.wbuf, bytes.len());
+                        self.wbuf.extend_from_slice(b"\r\n");
+                        self.wbuf.extend_from_slice(&bytes);
+                        self.wbuf.extend_from_slice(b"\r\n");
+                    } else {
+                        self.wbuf.extend_from_slice(&bytes);
+                    }
+                    self.write_all_counted(None)?;
+                    if socket_closed_by_peer(self.req.fd) {
+                        return Err(End::Quiet);
+                    }
+                }
+                StreamPoll::Pending => {
+                    if socket_closed_by_peer(self.req.fd) {
+                        return Err(End::Quiet);
+                    }
+                }
+                StreamPoll::End => {
+                    if chunked {
+                        self.wbuf.extend_from_slice(b"0\r\n\r\n");
+                        self.write_all_counted(None)?;
+                    }
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// The request id to answer with: the request's, or a fresh one when it has none yet.
+    fn response_id(&self) -> String {
+        if is_valid_request_id(self.req.id.as_bytes()) {
+            self.req.id.clone()
+        } else {
+            generate_request_id()
+        }
+    }
+
     /// Append a response to the write buffer; a large body is written straight from the response.
     fn queue_response(
         &mut self,
@@ -590,7 +695,13 @@ impl<'s> Conn<'s> {
             fresh_id = generate_request_id();
             fresh_id.as_str()
         };
-        let body = write_response_head(&mut self.wbuf, response, id, conn_header);
+        let body = write_response_head(
+            &mut self.wbuf,
+            response,
+            id,
+            conn_header,
+            OutFraming::Length,
+        );
         if head_only || body.is_empty() {
             return Ok(());
         }
@@ -1022,6 +1133,7 @@ fn write_response_head<'r>(
     response: &'r Response,
     id: &str,
     conn_header: ConnHeader,
+    framing: OutFraming,
 ) -> &'r [u8] {
     // A handler may only produce final statuses; anything else is a bug answered as 500.
     let status = if (200..=599).contains(&response.status) {
@@ -1038,9 +1150,14 @@ fn write_response_head<'r>(
         out.extend_from_slice(b"\r\ncontent-type: ");
         out.extend_from_slice(response.content_type.as_bytes());
     }
-    if !bodyless {
-        out.extend_from_slice(b"\r\ncontent-length: ");
-        push_decimal(out, response.body.len() as u64);
+    match framing {
+        _ if bodyless => {}
+        OutFraming::Length => {
+            out.extend_from_slice(b"\r\ncontent-length: ");
+            push_decimal(out, response.body.len() as u64);
+        }
+        OutFraming::Chunked => out.extend_from_slice(b"\r\ntransfer-encoding: chunked"),
+        OutFraming::UntilClose => {}
     }
     out.extend_from_slice(b"\r\nx-request-id: ");
     out.extend_from_slice(id.as_bytes());
@@ -1063,6 +1180,23 @@ fn write_response_head<'r>(
         &[]
     } else {
         &response.body
+    }
+}
+
+/// How a response body is delimited on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OutFraming {
+    Length,
+    Chunked,
+    /// HTTP/1.0 streams: the body ends when the connection closes.
+    UntilClose,
+}
+
+/// Append `n` in lower-case hex (a chunk size line).
+fn push_hex_len(out: &mut Vec<u8>, n: usize) {
+    let digits = (usize::BITS - n.leading_zeros()).div_ceil(4).max(1);
+    for i in (0..digits).rev() {
+        out.push(b"0123456789abcdef"[(n >> (i * 4)) & 0xf]);
     }
 }
 
@@ -1372,6 +1506,7 @@ mod tests {
             headers: Vec::new(),
             body: Vec::new(),
             received_at: Instant::now(),
+            fd: -1,
         };
         let r = parse_head(buf, &mut slots, &mut req);
         (r, req)
@@ -1468,7 +1603,7 @@ mod tests {
         r.headers.push(("content-length", "99".into()));
         r.headers.push(("x-bad", "a\r\nb".into()));
         let mut out = Vec::new();
-        let body = write_response_head(&mut out, &r, "req_1", ConnHeader::Close);
+        let body = write_response_head(&mut out, &r, "req_1", ConnHeader::Close, Framing::Length);
         assert_eq!(body, b"{}");
         assert_eq!(
             String::from_utf8(out).unwrap(),

@@ -17,8 +17,19 @@ use crate::objpool::Recycle;
 use crate::providers::{Provider, UpstreamReply};
 use crate::stats::PoolStats;
 
+/// Where a job's time went, for stats and the access log.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Timings {
+    pub queue_wait: Duration,
+    /// `None` when the upstream was not called.
+    pub upstream: Option<Duration>,
+}
+
 /// What a worker answers for a job.
-pub type Reply = Result<UpstreamReply, ApiError>;
+pub struct Reply {
+    pub result: Result<UpstreamReply, ApiError>,
+    pub timings: Timings,
+}
 
 /// `Retry-After` (seconds) sent with a `drop`-policy 429.
 pub const DROP_RETRY_AFTER_S: u32 = 1;

@@ -8,9 +8,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use super::{shutting_down, Job, JobReceiver, Reply, Shared, WORKER_POLL};
+use super::{shutting_down, Job, JobReceiver, Reply, Shared, Timings, WORKER_POLL};
 use crate::error::{ApiError, ErrorKind};
 use crate::providers::Call;
+use crate::providers::UpstreamReply;
 use crate::stats::PoolCounters;
 
 /// Start worker `n` of a pool, named `<pool>-<n>`.
@@ -75,7 +76,7 @@ fn handle(shared: &Shared, ctx: &mut crate::providers::WorkerCtx, job: Job, shar
     counters.busy_workers.fetch_add(1, Ordering::Relaxed);
     let mut upstream = None;
     let mut survived = true;
-    let reply: Reply = if shared.abandon.load(Ordering::Acquire) {
+    let result: Result<UpstreamReply, ApiError> = if shared.abandon.load(Ordering::Acquire) {
         Err(shutting_down())
     } else if queue_wait > shared.cfg.queue_wait_max {
         PoolCounters::inc(&counters.queue_timeouts);
@@ -136,6 +137,13 @@ fn handle(shared: &Shared, ctx: &mut crate::providers::WorkerCtx, job: Job, shar
     counters.completed.fetch_add(1, Ordering::Relaxed);
     counters.busy_workers.fetch_sub(1, Ordering::Relaxed);
     // The waiter may have given up (its own deadline); then the reply is simply dropped.
+    let reply = Reply {
+        result,
+        timings: Timings {
+            queue_wait,
+            upstream,
+        },
+    };
     let _ = job.reply.send(reply);
     survived
 }
