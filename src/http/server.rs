@@ -1603,7 +1603,8 @@ mod tests {
         r.headers.push(("content-length", "99".into()));
         r.headers.push(("x-bad", "a\r\nb".into()));
         let mut out = Vec::new();
-        let body = write_response_head(&mut out, &r, "req_1", ConnHeader::Close, Framing::Length);
+        let body =
+            write_response_head(&mut out, &r, "req_1", ConnHeader::Close, OutFraming::Length);
         assert_eq!(body, b"{}");
         assert_eq!(
             String::from_utf8(out).unwrap(),
