@@ -10,6 +10,7 @@ use crate::api::openai::{ModelList, ModelObject};
 use crate::api::ChatRequest;
 use crate::error::{ApiError, ErrorKind};
 use crate::http::{FrontStats, Handler, Method, Request, Response};
+use crate::log::{self, AccessRecord};
 use crate::objpool::{ObjPool, ObjPoolStats};
 use crate::pool::{Job, ProviderPool, ReplyChannel};
 use crate::route::Router;
@@ -34,9 +35,11 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    fn chat(&self, req: &mut Request) -> Result<Response, ApiError> {
+    fn chat(&self, req: &mut Request, rec: &mut AccessRecord) -> Result<Response, ApiError> {
         self.router.authorize(req)?;
         let chat = ChatRequest::parse(&req.body, self.json_depth_max)?;
+        rec.model.clone_from(&chat.model);
+        rec.stream = chat.stream;
         if chat.stream {
             return Err(ApiError::bad_request(
                 "stream_unsupported",
@@ -45,6 +48,7 @@ impl Gateway {
         }
         let route = self.router.resolve(&chat.model)?;
         let pool = self.pools.get(route.pool).ok_or_else(ApiError::internal)?;
+        rec.provider = pool.name().to_string();
         let mut body = Vec::with_capacity(req.body.len() + 16);
         chat.write_with_model(&route.upstream_model, &mut body);
         let deadline = req.received_at + pool.config().request_timeout;
@@ -76,7 +80,11 @@ impl Gateway {
                 ));
             }
         };
+        rec.queue_wait_us = reply.timings.queue_wait.as_micros() as u64;
+        rec.upstream_us = reply.timings.upstream.map_or(0, |d| d.as_micros() as u64);
         let up = reply.result?;
+        rec.prompt_tokens = up.prompt_tokens;
+        rec.completion_tokens = up.completion_tokens;
         let mut resp = Response {
             status: up.status,
             content_type: up.content_type,
@@ -166,8 +174,23 @@ impl Handler for ApiHandler {
     fn handle(&self, req: &mut Request) -> Response {
         let g = &self.0;
         let path = req.path.clone();
+        if let (Method::Post, "/v1/chat/completions") = (req.method, path.as_str()) {
+            let mut rec = AccessRecord {
+                request_id: req.id.clone(),
+                ..AccessRecord::default()
+            };
+            let resp = g.chat(req, &mut rec).unwrap_or_else(|e| {
+                rec.error_code = e.code;
+                Response::error(&e)
+            });
+            rec.status = resp.status;
+            rec.total_us = req.received_at.elapsed().as_micros() as u64;
+            if resp.stream.is_none() {
+                log::access(&rec);
+            }
+            return resp;
+        }
         let result = match (req.method, path.as_str()) {
-            (Method::Post, "/v1/chat/completions") => g.chat(req),
             (Method::Get | Method::Head, "/v1/models") => g.models(req),
             (Method::Get | Method::Head, p) if p.starts_with("/v1/models/") => {
                 g.model(req, &p["/v1/models/".len()..])

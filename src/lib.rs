@@ -6,6 +6,7 @@ pub mod app;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod log;
 pub mod objpool;
 pub mod pool;
 pub mod providers;

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use deepintshield::app::{AdminHandler, ApiHandler, Gateway};
 use deepintshield::config::{Config, ServerConfig};
 use deepintshield::http;
+use deepintshield::log;
 use deepintshield::objpool::{ObjPool, ObjPoolStats};
 use deepintshield::pool::{ProviderPool, ReplyChannel};
 use deepintshield::route::Router;
@@ -192,12 +193,12 @@ fn start(config: &Config) -> Result<(), String> {
 
     for signal in signals.forever() {
         if signal == signal_hook::consts::SIGHUP {
-            eprintln!("warn: SIGHUP: live reload is not supported by this version; restart to apply config changes");
+            log::warn("SIGHUP: live reload is not supported by this version; restart to apply config changes", &[]);
             continue;
         }
         break;
     }
-    eprintln!("info: shutting down: draining queued and in-flight requests");
+    log::info("shutting down: draining queued and in-flight requests", &[]);
     gateway.draining.store(true, Ordering::Relaxed);
     api.stop_accepting();
     let deadline = Instant::now() + config.server.shutdown_timeout;
@@ -213,7 +214,7 @@ fn start(config: &Config) -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(5));
     }
     admin.stop_accepting();
-    eprintln!("info: shutdown complete");
+    log::info("shutdown complete", &[]);
     Ok(())
 }
 
@@ -268,19 +269,24 @@ fn start_reporter(
                     let (gets, hits) = (s.gets - prev.0, s.hits - prev.1);
                     *prev = (s.gets, s.hits);
                     if gets >= 100 && (hits as f64) < warn_below * gets as f64 {
-                        eprintln!(
-                            "warn: object pool {} hit ratio {:.2} below {:.2} over the last interval ({} gets); raise objpools.buffers",
-                            s.name,
-                            hits as f64 / gets as f64,
-                            warn_below,
-                            gets
+                        log::warn(
+                            "object pool hit ratio below the warning threshold over the last interval; raise objpools.buffers",
+                            &[
+                                ("pool", s.name),
+                                ("hit_ratio", &format!("{:.3}", hits as f64 / gets as f64)),
+                                ("threshold", &format!("{warn_below:.3}")),
+                                ("gets", &gets.to_string()),
+                            ],
                         );
                     }
                 }
             }
         });
     if let Err(e) = spawned {
-        eprintln!("warn: cannot start the stats reporter: {e}");
+        log::warn(
+            "cannot start the stats reporter",
+            &[("error", &e.to_string())],
+        );
     }
 }
 

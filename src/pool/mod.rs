@@ -250,10 +250,19 @@ impl ProviderPool {
                 self.shared.abandon.store(true, Ordering::Release);
             }
             if now >= deadline + grace {
-                eprintln!(
-                    "warn: pool {}: {} workers still busy at shutdown",
-                    self.shared.name,
-                    self.shared.workers_alive.load(Ordering::Acquire)
+                crate::log::warn(
+                    "workers still busy at the end of shutdown",
+                    &[
+                        ("pool", &self.shared.name),
+                        (
+                            "workers",
+                            &self
+                                .shared
+                                .workers_alive
+                                .load(Ordering::Acquire)
+                                .to_string(),
+                        ),
+                    ],
                 );
                 return;
             }

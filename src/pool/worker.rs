@@ -32,9 +32,12 @@ pub(super) fn spawn(
             let shared = mine;
             if let Some(core) = core {
                 if !core_affinity::set_for_current(core) {
-                    eprintln!(
-                        "warn: worker {}-{n}: pinning to core {} failed",
-                        shared.name, core.id
+                    crate::log::warn(
+                        "pinning a worker to its core failed",
+                        &[
+                            ("worker", &format!("{}-{n}", shared.name)),
+                            ("core", &core.id.to_string()),
+                        ],
                     );
                 }
             }
