@@ -9,10 +9,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::api::openai::{ModelList, ModelObject};
 use crate::api::ChatRequest;
 use crate::error::{ApiError, ErrorKind};
-use crate::http::{FrontStats, Handler, Method, Request, Response};
+use crate::http::{
+    BodyStream, FrontStats, Handler, Method, Request, Response, StreamPoll, STREAM_POLL_WAIT,
+};
 use crate::log::{self, AccessRecord};
-use crate::objpool::{ObjPool, ObjPoolStats};
-use crate::pool::{Job, ProviderPool, ReplyChannel};
+use crate::objpool::{ObjPool, ObjPoolStats, Pooled};
+use crate::pool::{Job, ProviderPool, Reply, ReplyChannel};
+use crate::providers::sse::error_event;
 use crate::route::Router;
 
 /// How long past its deadline a waiting request gives a worker to answer before giving up.
@@ -40,16 +43,10 @@ impl Gateway {
         let chat = ChatRequest::parse(&req.body, self.json_depth_max)?;
         rec.model.clone_from(&chat.model);
         rec.stream = chat.stream;
-        if chat.stream {
-            return Err(ApiError::bad_request(
-                "stream_unsupported",
-                "`stream: true` is not supported by this gateway version; send the request without streaming",
-            ));
-        }
         let route = self.router.resolve(&chat.model)?;
         let pool = self.pools.get(route.pool).ok_or_else(ApiError::internal)?;
         rec.provider = pool.name().to_string();
-        let mut body = Vec::with_capacity(req.body.len() + 16);
+        let mut body = Vec::with_capacity(req.body.len() + 48);
         chat.write_with_model(&route.upstream_model, &mut body);
         let deadline = req.received_at + pool.config().request_timeout;
         let mut channel = self.replies.get();
@@ -60,42 +57,54 @@ impl Gateway {
             received_at: req.received_at,
             enqueued_at: Instant::now(),
             deadline,
+            stream: chat.stream,
+            client_wants_usage: chat.wants_usage(),
             reply: channel.tx.clone(),
+            ctl: Arc::clone(&channel.ctl),
         };
         pool.submit(job)?;
-        let wait = deadline.saturating_duration_since(Instant::now()) + REPLY_GRACE;
-        let reply = match channel.rx.recv_timeout(wait) {
-            Ok(reply) => reply,
-            Err(_) => {
-                // The worker is stuck past the deadline: answer now, never reuse this channel.
-                channel.mark_single_use();
-                pool.stats()
-                    .counters
-                    .reply_timeouts
-                    .fetch_add(1, Ordering::Relaxed);
-                return Err(ApiError::new(
-                    ErrorKind::RequestTimeout,
-                    "request_timeout",
-                    "the provider did not answer within the request timeout",
-                ));
+        let first = wait_first_reply(req, &mut channel, pool, deadline)?;
+        match first {
+            Reply::Full { result, timings } => {
+                rec.queue_wait_us = timings.queue_wait.as_micros() as u64;
+                rec.upstream_us = timings.upstream.map_or(0, |d| d.as_micros() as u64);
+                let up = result?;
+                rec.prompt_tokens = up.prompt_tokens;
+                rec.completion_tokens = up.completion_tokens;
+                let mut resp = Response::json(up.status, up.body);
+                resp.content_type = up.content_type;
+                resp.headers
+                    .push((PROVIDER_HEADER, pool.name().to_string()));
+                if let (Some(ra), 429 | 503) = (up.retry_after, up.status) {
+                    resp.headers.push(("retry-after", ra));
+                }
+                Ok(resp)
             }
-        };
-        rec.queue_wait_us = reply.timings.queue_wait.as_micros() as u64;
-        rec.upstream_us = reply.timings.upstream.map_or(0, |d| d.as_micros() as u64);
-        let up = reply.result?;
-        rec.prompt_tokens = up.prompt_tokens;
-        rec.completion_tokens = up.completion_tokens;
-        let mut resp = Response {
-            status: up.status,
-            content_type: up.content_type,
-            headers: vec![(PROVIDER_HEADER, pool.name().to_string())],
-            body: up.body,
-            stream: None,
-        };
-        if let (Some(ra), 429 | 503) = (up.retry_after, up.status) {
-            resp.headers.push(("retry-after", ra));
+            Reply::StreamStart { timings } => {
+                rec.queue_wait_us = timings.queue_wait.as_micros() as u64;
+                rec.upstream_us = timings.upstream.map_or(0, |d| d.as_micros() as u64);
+                rec.status = 200;
+                let stream = GatewayStream {
+                    channel,
+                    pool: Arc::clone(pool),
+                    rec: rec.clone(),
+                    received_at: req.received_at,
+                    last_message: Instant::now(),
+                    pending: None,
+                    finished: false,
+                };
+                let mut resp = Response::stream(200, "text/event-stream", Box::new(stream));
+                resp.headers.push(("cache-control", "no-cache".to_string()));
+                resp.headers
+                    .push((PROVIDER_HEADER, pool.name().to_string()));
+                Ok(resp)
+            }
+            Reply::Event(_) | Reply::StreamEnd { .. } => {
+                // A worker never sends these before StreamStart; never reuse this channel.
+                channel.mark_single_use();
+                Err(ApiError::internal())
+            }
         }
-        Ok(resp)
     }
 
     fn models(&self, req: &Request) -> Result<Response, ApiError> {
@@ -241,4 +250,142 @@ fn not_found(path: &str) -> ApiError {
         "not_found",
         format!("no route for {shown}"),
     )
+}
+
+fn client_cancelled() -> ApiError {
+    ApiError::new(
+        ErrorKind::Unavailable,
+        "client_cancelled",
+        "the client went away",
+    )
+}
+
+/// Wait for a job's first reply without blocking the scheduler thread. Gives up (and stops the
+/// job) when the client goes away, or when the worker is stuck past the deadline.
+fn wait_first_reply(
+    req: &Request,
+    channel: &mut Pooled<ReplyChannel>,
+    pool: &ProviderPool,
+    deadline: Instant,
+) -> Result<Reply, ApiError> {
+    let give_up = deadline + REPLY_GRACE;
+    loop {
+        let left = give_up.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            // The worker is stuck past the deadline: answer now, never reuse this channel.
+            channel.ctl.cancel();
+            channel.mark_single_use();
+            let counters = &pool.stats().counters;
+            counters.reply_timeouts.fetch_add(1, Ordering::Relaxed);
+            return Err(ApiError::new(
+                ErrorKind::RequestTimeout,
+                "request_timeout",
+                "the provider did not answer within the request timeout",
+            ));
+        }
+        match channel.rx.recv_timeout(left.min(STREAM_POLL_WAIT)) {
+            Ok(reply) => return Ok(reply),
+            Err(_) if req.client_gone() => {
+                channel.ctl.cancel();
+                channel.mark_single_use();
+                let counters = &pool.stats().counters;
+                counters.client_cancelled.fetch_add(1, Ordering::Relaxed);
+                return Err(client_cancelled());
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// A streamed answer on its way from a worker to the client: SSE events as the worker reads them.
+struct GatewayStream {
+    channel: Pooled<ReplyChannel>,
+    pool: Arc<ProviderPool>,
+    rec: AccessRecord,
+    received_at: Instant,
+    last_message: Instant,
+    /// An error event to write before the end.
+    pending: Option<Vec<u8>>,
+    finished: bool,
+}
+
+impl GatewayStream {
+    fn fail(&mut self, err: &ApiError) -> StreamPoll {
+        self.finished = true;
+        self.rec.error_code = err.code;
+        StreamPoll::Chunk(error_event(err))
+    }
+}
+
+impl BodyStream for GatewayStream {
+    fn poll(&mut self, wait: Duration) -> StreamPoll {
+        if let Some(event) = self.pending.take() {
+            return StreamPoll::Chunk(event);
+        }
+        if self.finished {
+            return StreamPoll::End;
+        }
+        match self.channel.rx.recv_timeout(wait) {
+            Ok(Reply::Event(bytes)) => {
+                self.channel
+                    .ctl
+                    .events_in_flight
+                    .fetch_sub(1, Ordering::AcqRel);
+                self.last_message = Instant::now();
+                StreamPoll::Chunk(bytes)
+            }
+            Ok(Reply::StreamEnd {
+                error,
+                prompt_tokens,
+                completion_tokens,
+            }) => {
+                self.rec.prompt_tokens = prompt_tokens;
+                self.rec.completion_tokens = completion_tokens;
+                match error {
+                    Some(e) => self.fail(&e),
+                    None => {
+                        self.finished = true;
+                        StreamPoll::End
+                    }
+                }
+            }
+            Ok(Reply::Full { .. } | Reply::StreamStart { .. }) => StreamPoll::Pending,
+            Err(_) => {
+                let idle = self.last_message.elapsed();
+                if idle <= self.pool.stream_idle_timeout() + REPLY_GRACE {
+                    return StreamPoll::Pending;
+                }
+                // The worker should have ended a stalled stream itself; it is stuck.
+                self.channel.ctl.cancel();
+                self.channel.mark_single_use();
+                let counters = &self.pool.stats().counters;
+                counters.reply_timeouts.fetch_add(1, Ordering::Relaxed);
+                counters.stream_errors.fetch_add(1, Ordering::Relaxed);
+                self.fail(&ApiError::new(
+                    ErrorKind::RequestTimeout,
+                    "stream_idle_timeout",
+                    "the provider stopped sending events",
+                ))
+            }
+        }
+    }
+
+    fn cancel(&mut self) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        self.channel.ctl.cancel();
+        self.channel.mark_single_use();
+        let counters = &self.pool.stats().counters;
+        counters.client_cancelled.fetch_add(1, Ordering::Relaxed);
+        self.rec.error_code = "client_cancelled";
+    }
+}
+
+impl Drop for GatewayStream {
+    fn drop(&mut self) {
+        self.rec.total_us = self.received_at.elapsed().as_micros() as u64;
+        log::access(&self.rec);
+    }
 }

@@ -18,6 +18,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::log::Level;
+
 use crate::http::{
     Limits, BODY_BYTES_MAX_DEFAULT, BODY_READ_TIMEOUT_MS_DEFAULT, COROUTINE_STACK_KB_DEFAULT,
     HEADER_BYTES_MAX_DEFAULT, HEADER_LINES_MAX_DEFAULT, HEADER_READ_TIMEOUT_MS_DEFAULT,
@@ -65,6 +67,11 @@ pub const STATS_STDOUT_INTERVAL_MS_RANGE: RangeInclusive<u64> = 100..=86_400_000
 /// `stats.objpool_hit_ratio_warn`: warn when an object pool's hit ratio stays below (0.0..=1.0).
 pub const STATS_OBJPOOL_HIT_RATIO_WARN_DEFAULT: f64 = 0.9;
 
+/// `log.level`: the most verbose level written to stderr.
+pub const LOG_LEVEL_DEFAULT: Level = Level::Info;
+/// `log.access`: one access-log line per chat request.
+pub const LOG_ACCESS_DEFAULT: bool = true;
+
 /// `objpools.buffers`: buffers held by the connection-buffer pool.
 pub const OBJPOOL_BUFFERS_DEFAULT: u64 = 1024;
 pub const OBJPOOL_BUFFERS_RANGE: RangeInclusive<u64> = 1..=1_048_576;
@@ -101,6 +108,14 @@ pub const CONFIG_FILE_BYTES_MAX: u64 = 4 * 1024 * 1024;
 /// `providers.<name>.mock.latency_ms`: fixed latency of each mock answer.
 pub const MOCK_LATENCY_MS_DEFAULT: u64 = 0;
 pub const MOCK_LATENCY_MS_RANGE: RangeInclusive<u64> = 0..=3_600_000;
+/// `providers.<name>.mock.stream_chunks`: content chunks of a streamed mock answer.
+pub const MOCK_STREAM_CHUNKS_DEFAULT: u64 = 16;
+pub const MOCK_STREAM_CHUNKS_RANGE: RangeInclusive<u64> = 1..=10_000;
+/// `providers.<name>.mock.chunk_delay_ms`: pause between streamed mock chunks.
+pub const MOCK_CHUNK_DELAY_MS_DEFAULT: u64 = 0;
+/// `providers.<name>.stream_idle_timeout_ms`: longest silence of an upstream stream before it is
+/// ended with an error event.
+pub const STREAM_IDLE_TIMEOUT_MS_DEFAULT: u64 = 30_000;
 
 /// `providers.<name>.pool.workers`: pinned worker threads, i.e. the most concurrent upstream
 /// requests of the provider. One default for every provider type; raise it for real upstreams,
@@ -242,6 +257,7 @@ pub struct Config {
     pub path: PathBuf,
     pub server: ServerConfig,
     pub stats: StatsConfig,
+    pub log: LogConfig,
     pub objpools: ObjPoolsConfig,
     /// Keyed by provider name (the `<provider>` of `<provider>/<model>`).
     pub providers: BTreeMap<String, ProviderConfig>,
@@ -278,6 +294,14 @@ pub struct StatsConfig {
 }
 
 #[derive(Clone, Debug)]
+pub struct LogConfig {
+    /// Most verbose level written; default [`LOG_LEVEL_DEFAULT`].
+    pub level: Level,
+    /// Whether each chat request writes an access line; default [`LOG_ACCESS_DEFAULT`].
+    pub access: bool,
+}
+
+#[derive(Clone, Debug)]
 pub struct ObjPoolsConfig {
     /// Buffers held by the connection-buffer pool.
     pub buffers: usize,
@@ -298,8 +322,12 @@ pub struct KeyConfig {
 
 #[derive(Clone, Debug)]
 pub struct MockConfig {
-    /// Fixed latency of each answer.
+    /// Fixed latency of each answer (time to the first chunk of a stream).
     pub latency: Duration,
+    /// Content chunks of a streamed answer.
+    pub stream_chunks: usize,
+    /// Pause between streamed chunks.
+    pub chunk_delay: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -334,6 +362,8 @@ pub struct ProviderConfig {
     pub headers: Vec<(String, String)>,
     /// Default [`CONNECT_TIMEOUT_MS_DEFAULT`].
     pub connect_timeout: Duration,
+    /// Longest silence between events of an upstream stream.
+    pub stream_idle_timeout: Duration,
     /// Root certificates (PEM) trusted for this provider instead of the built-in webpki roots.
     pub ca_file: Option<PathBuf>,
     pub mock: MockConfig,
@@ -415,6 +445,15 @@ impl Default for StatsConfig {
     }
 }
 
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: LOG_LEVEL_DEFAULT,
+            access: LOG_ACCESS_DEFAULT,
+        }
+    }
+}
+
 impl Default for ObjPoolsConfig {
     fn default() -> Self {
         ObjPoolsConfig {
@@ -429,6 +468,8 @@ impl Default for MockConfig {
     fn default() -> Self {
         MockConfig {
             latency: Duration::from_millis(MOCK_LATENCY_MS_DEFAULT),
+            stream_chunks: MOCK_STREAM_CHUNKS_DEFAULT as usize,
+            chunk_delay: Duration::from_millis(MOCK_CHUNK_DELAY_MS_DEFAULT),
         }
     }
 }
@@ -459,6 +500,7 @@ impl ProviderConfig {
             models: Vec::new(),
             headers: Vec::new(),
             connect_timeout: Duration::from_millis(CONNECT_TIMEOUT_MS_DEFAULT),
+            stream_idle_timeout: Duration::from_millis(STREAM_IDLE_TIMEOUT_MS_DEFAULT),
             ca_file: None,
             mock: MockConfig::default(),
             pool: PoolConfig::default(),
@@ -475,6 +517,7 @@ impl Default for Config {
             path: PathBuf::new(),
             server: ServerConfig::default(),
             stats: StatsConfig::default(),
+            log: LogConfig::default(),
             objpools: ObjPoolsConfig::default(),
             providers,
             aliases: BTreeMap::new(),
@@ -492,6 +535,7 @@ impl Default for Config {
 struct ConfigFile {
     server: Option<ServerFile>,
     stats: Option<StatsFile>,
+    log: Option<LogFile>,
     objpools: Option<ObjPoolsFile>,
     providers: Option<BTreeMap<String, ProviderFile>>,
     aliases: Option<BTreeMap<String, String>>,
@@ -526,6 +570,13 @@ struct StatsFile {
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+struct LogFile {
+    level: Option<String>,
+    access: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 struct ObjPoolsFile {
     buffers: Option<u64>,
     buffers_prefill: Option<u64>,
@@ -541,6 +592,7 @@ struct ProviderFile {
     models: Option<Vec<String>>,
     headers: Option<BTreeMap<String, String>>,
     connect_timeout_ms: Option<u64>,
+    stream_idle_timeout_ms: Option<u64>,
     ca_file: Option<String>,
     keys: Option<Vec<KeyFile>>,
     mock: Option<MockFile>,
@@ -562,6 +614,8 @@ struct KeyFile {
 #[serde(deny_unknown_fields)]
 struct MockFile {
     latency_ms: Option<u64>,
+    stream_chunks: Option<u64>,
+    chunk_delay_ms: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -675,6 +729,7 @@ impl Checker<'_> {
     fn config(&mut self, f: ConfigFile) -> Config {
         let server = self.server(f.server.unwrap_or_default());
         let stats = self.stats(f.stats.unwrap_or_default());
+        let log = self.log(f.log.unwrap_or_default());
         let objpools = self.objpools(f.objpools.unwrap_or_default());
         let providers = self.providers(f.providers.unwrap_or_default());
         let aliases = self.aliases(f.aliases.unwrap_or_default(), &providers);
@@ -682,6 +737,7 @@ impl Checker<'_> {
             path: self.file.to_path_buf(),
             server,
             stats,
+            log,
             objpools,
             providers,
             aliases,
@@ -971,6 +1027,21 @@ impl Checker<'_> {
         }
     }
 
+    fn log(&mut self, f: LogFile) -> LogConfig {
+        let level = match f.level.as_deref() {
+            None => LOG_LEVEL_DEFAULT,
+            Some(name) => Level::parse(name).unwrap_or_else(|| {
+                let expected = "expected one of \"error\", \"warn\", \"info\", \"debug\"";
+                self.error("log.level", format!("{expected} (found {name:?})"));
+                LOG_LEVEL_DEFAULT
+            }),
+        };
+        LogConfig {
+            level,
+            access: f.access.unwrap_or(LOG_ACCESS_DEFAULT),
+        }
+    }
+
     fn objpools(&mut self, f: ObjPoolsFile) -> ObjPoolsConfig {
         let buffers = self.size(
             "objpools.buffers",
@@ -1038,7 +1109,7 @@ impl Checker<'_> {
         let ca_file = f
             .ca_file
             .and_then(|p| self.ca_file(&format!("{at}.ca_file"), &p));
-        let latency_ms = f.mock.unwrap_or_default().latency_ms;
+        let mock = f.mock.unwrap_or_default();
         ProviderConfig {
             name: name.to_string(),
             kind: kind.unwrap_or(ProviderType::Mock),
@@ -1052,11 +1123,28 @@ impl Checker<'_> {
                 CONNECT_TIMEOUT_MS_DEFAULT,
             ),
             ca_file,
+            stream_idle_timeout: self.timeout(
+                &format!("{at}.stream_idle_timeout_ms"),
+                f.stream_idle_timeout_ms,
+                STREAM_IDLE_TIMEOUT_MS_DEFAULT,
+            ),
             mock: MockConfig {
                 latency: Duration::from_millis(self.int(
                     &format!("{at}.mock.latency_ms"),
-                    latency_ms,
+                    mock.latency_ms,
                     MOCK_LATENCY_MS_DEFAULT,
+                    &MOCK_LATENCY_MS_RANGE,
+                )),
+                stream_chunks: self.int(
+                    &format!("{at}.mock.stream_chunks"),
+                    mock.stream_chunks,
+                    MOCK_STREAM_CHUNKS_DEFAULT,
+                    &MOCK_STREAM_CHUNKS_RANGE,
+                ) as usize,
+                chunk_delay: Duration::from_millis(self.int(
+                    &format!("{at}.mock.chunk_delay_ms"),
+                    mock.chunk_delay_ms,
+                    MOCK_CHUNK_DELAY_MS_DEFAULT,
                     &MOCK_LATENCY_MS_RANGE,
                 )),
             },
@@ -2147,5 +2235,19 @@ worker_stack_kb = 64
             e.0.starts_with("/nonexistent/deepintshield.toml: cannot read: "),
             "{e}"
         );
+    }
+
+    #[test]
+    fn log_section() {
+        let c = check(MOCK).unwrap();
+        assert_eq!(c.log.level, LOG_LEVEL_DEFAULT);
+        assert_eq!(c.log.access, LOG_ACCESS_DEFAULT);
+        let c = check(&format!("[log]\nlevel = \"debug\"\naccess = false\n{MOCK}")).unwrap();
+        assert_eq!(c.log.level, Level::Debug);
+        assert!(!c.log.access);
+        let e = err(&format!("[log]\nlevel = \"loud\"\n{MOCK}"));
+        assert!(e.contains("log.level") && e.contains("\"loud\""), "{e}");
+        let e = err(&format!("[log]\nformat = \"json\"\n{MOCK}"));
+        assert!(e.contains("format"), "{e}");
     }
 }

@@ -1,6 +1,10 @@
 //! Logs to stderr (journald under systemd) as logfmt lines: `level=info msg="..." key=value`,
 //! a level filter, and the access log (one line per request) that can be switched off.
 //! Secrets never reach a log line: callers pass names and ids, never keys.
+//!
+//! When stderr is the journal (systemd sets `JOURNAL_STREAM` to its device and inode), every line
+//! starts with a syslog priority prefix (`<3>` error .. `<7>` debug) that journald strips and
+//! stores as the entry's priority, so `journalctl -p warning` filters by level.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -16,6 +20,27 @@ pub enum Level {
 }
 
 impl Level {
+    /// The level named `name` (`error`, `warn`, `info`, `debug`).
+    pub fn parse(name: &str) -> Option<Level> {
+        match name {
+            "error" => Some(Level::Error),
+            "warn" => Some(Level::Warn),
+            "info" => Some(Level::Info),
+            "debug" => Some(Level::Debug),
+            _ => None,
+        }
+    }
+
+    /// syslog priority of the level (journald's `PRIORITY`).
+    fn syslog_priority(self) -> &'static str {
+        match self {
+            Level::Error => "<3>",
+            Level::Warn => "<4>",
+            Level::Info => "<6>",
+            Level::Debug => "<7>",
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Level::Error => "error",
@@ -28,6 +53,38 @@ impl Level {
 
 static LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
 static ACCESS: AtomicBool = AtomicBool::new(true);
+/// Whether lines carry a syslog priority prefix (stderr is the journal).
+static JOURNAL: AtomicBool = AtomicBool::new(false);
+
+/// Turn on journald priority prefixes when stderr is connected to the journal: `JOURNAL_STREAM`
+/// (`<device>:<inode>`) names stderr's file. Call once at start-up.
+pub fn detect_journal() {
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return;
+    };
+    let Some((dev, ino)) = stream.to_str().and_then(|s| s.split_once(':')) else {
+        return;
+    };
+    let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
+        return;
+    };
+    // SAFETY: fstat on fd 2 into a zeroed, valid stat buffer.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; a closed fd 2 only makes fstat fail.
+    if unsafe { libc::fstat(2, &mut st) } == 0 && st.st_dev as u64 == dev && st.st_ino as u64 == ino
+    {
+        JOURNAL.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Start a line of `level`: the journal priority prefix when on, then `level=<level>`.
+fn start_line(line: &mut String, level: Level) {
+    if JOURNAL.load(Ordering::Relaxed) {
+        line.push_str(level.syslog_priority());
+    }
+    line.push_str("level=");
+    line.push_str(level.as_str());
+}
 
 /// Set the most verbose level written.
 pub fn set_level(level: Level) {
@@ -77,8 +134,7 @@ pub fn log(level: Level, msg: &str, fields: &[(&str, &str)]) {
         return;
     }
     let mut line = String::with_capacity(64 + msg.len());
-    line.push_str("level=");
-    line.push_str(level.as_str());
+    start_line(&mut line, level);
     field(&mut line, "msg", msg);
     for (k, v) in fields {
         field(&mut line, k, v);
@@ -97,6 +153,10 @@ pub fn warn(msg: &str, fields: &[(&str, &str)]) {
 
 pub fn info(msg: &str, fields: &[(&str, &str)]) {
     log(Level::Info, msg, fields);
+}
+
+pub fn debug(msg: &str, fields: &[(&str, &str)]) {
+    log(Level::Debug, msg, fields);
 }
 
 /// What the access log records about one request.
@@ -124,7 +184,8 @@ pub fn access(r: &AccessRecord) {
         return;
     }
     let mut line = String::with_capacity(256);
-    line.push_str("level=info msg=access");
+    start_line(&mut line, Level::Info);
+    line.push_str(" msg=access");
     field(&mut line, "request_id", &r.request_id);
     field(&mut line, "model", &r.model);
     field(&mut line, "provider", &r.provider);
@@ -161,6 +222,27 @@ mod tests {
         field(&mut s, "c", "q\"uote\n");
         field(&mut s, "d", "");
         assert_eq!(s, r#" a=plain b="two words" c="q\"uote\n" d="""#);
+    }
+
+    #[test]
+    fn level_names_round_trip() {
+        for l in [Level::Error, Level::Warn, Level::Info, Level::Debug] {
+            assert_eq!(Level::parse(l.as_str()), Some(l));
+        }
+        assert_eq!(Level::parse("verbose"), None);
+        assert_eq!(Level::parse("INFO"), None);
+    }
+
+    #[test]
+    fn journal_lines_carry_the_priority() {
+        let mut line = String::new();
+        start_line(&mut line, Level::Warn);
+        assert_eq!(line, "level=warn");
+        JOURNAL.store(true, Ordering::Relaxed);
+        let mut line = String::new();
+        start_line(&mut line, Level::Error);
+        JOURNAL.store(false, Ordering::Relaxed);
+        assert_eq!(line, "<3>level=error");
     }
 
     #[test]

@@ -135,17 +135,43 @@ impl<'a> ChatRequest<'a> {
         self.fields.get(name).copied()
     }
 
-    /// Write the request as JSON with `model` replaced by `upstream_model`, into `out`.
+    /// Whether a streaming client asked for the final usage chunk.
+    pub fn wants_usage(&self) -> bool {
+        #[derive(Deserialize)]
+        struct StreamOptions {
+            include_usage: Option<bool>,
+        }
+        self.field("stream_options")
+            .and_then(|raw| serde_json::from_str::<StreamOptions>(raw.get()).ok())
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false)
+    }
+
+    /// Write the request as JSON with `model` replaced by `upstream_model`, into `out`. For a
+    /// stream, `stream_options.include_usage` is set so that the gateway always learns the usage
+    /// (the usage chunk is passed on only when the client asked for it).
     pub fn write_with_model(&self, upstream_model: &str, out: &mut Vec<u8>) {
         out.push(b'{');
         write_json_str(out, "model");
         out.push(b':');
         write_json_str(out, upstream_model);
         for (k, v) in &self.fields {
+            if self.stream && k == "stream_options" {
+                continue;
+            }
             out.push(b',');
             write_json_str(out, k);
             out.push(b':');
             out.extend_from_slice(v.get().as_bytes());
+        }
+        if self.stream {
+            out.extend_from_slice(b",\"stream_options\":");
+            let mut options: serde_json::Map<String, serde_json::Value> = self
+                .field("stream_options")
+                .and_then(|raw| serde_json::from_str(raw.get()).ok())
+                .unwrap_or_default();
+            options.insert("include_usage".into(), serde_json::Value::Bool(true));
+            let _ = serde_json::to_writer(&mut *out, &options);
         }
         out.push(b'}');
     }
@@ -257,6 +283,21 @@ mod tests {
         assert_eq!(v["model"], "gpt-4o");
         assert_eq!(v["temperature"], 0.5);
         assert_eq!(v["messages"][0]["content"], "hi");
+    }
+
+    #[test]
+    fn stream_requests_always_ask_for_usage() {
+        let body = br#"{"model":"m","messages":[],"stream":true,"stream_options":{"x":1}}"#;
+        let req = ChatRequest::parse(body, 64).unwrap();
+        assert!(req.stream && !req.wants_usage());
+        let mut out = Vec::new();
+        req.write_with_model("u", &mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        assert_eq!(v["stream_options"]["x"], 1);
+        let body =
+            br#"{"model":"m","messages":[],"stream":true,"stream_options":{"include_usage":true}}"#;
+        assert!(ChatRequest::parse(body, 64).unwrap().wants_usage());
     }
 
     #[test]

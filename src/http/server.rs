@@ -102,20 +102,25 @@ fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
-/// What every coroutine of one listener shares.
+/// What every coroutine of one listener shares. Replaced as a whole by
+/// [`ServerHandle::set_limits`]: a connection keeps the `Shared` it was accepted with.
 struct Shared {
     limits: Limits,
     handler: Arc<dyn Handler>,
     buffers: Arc<ObjPool<Vec<u8>>>,
     stats: Arc<FrontStats>,
-    stopping: AtomicBool,
+    /// The same flag in every version of `Shared` of a listener.
+    stopping: Arc<AtomicBool>,
 }
 
 /// A running listener.
 pub struct ServerHandle {
     local_addr: SocketAddr,
     stats: Arc<FrontStats>,
-    shared: Arc<Shared>,
+    /// The version of `Shared` that newly accepted connections get.
+    current: Arc<arc_swap::ArcSwap<Shared>>,
+    /// True while the accept loop runs (false once it returned or unwound).
+    accepting: Arc<AtomicBool>,
     accept: may::coroutine::Coroutine,
 }
 
@@ -126,15 +131,35 @@ impl ServerHandle {
     pub fn stats(&self) -> &Arc<FrontStats> {
         &self.stats
     }
+    /// Whether the accept loop is running: false after [`ServerHandle::stop_accepting`] or if it
+    /// died (for the service watchdog).
+    pub fn accepting(&self) -> bool {
+        self.accepting.load(Ordering::Acquire)
+    }
+
+    /// New limits for connections accepted from now on (config reload); open connections keep
+    /// theirs until they close.
+    pub fn set_limits(&self, limits: Limits) {
+        let old = self.current.load_full();
+        self.current.store(Arc::new(Shared {
+            limits,
+            handler: Arc::clone(&old.handler),
+            buffers: Arc::clone(&old.buffers),
+            stats: Arc::clone(&old.stats),
+            stopping: Arc::clone(&old.stopping),
+        }));
+    }
+
     /// Stop accepting new connections; open connections finish their current request, then close.
     /// The listening socket is closed promptly, so new connects are refused. Idempotent.
     pub fn stop_accepting(&self) {
-        if self.shared.stopping.swap(true, Ordering::AcqRel) {
+        if self.current.load().stopping.swap(true, Ordering::AcqRel) {
             return;
         }
         // SAFETY: cancelling makes the accept coroutine unwind at its current (or next) yield
-        // point. It only owns the listener and an `Arc<Shared>`, both released by unwinding, and it
-        // holds no lock or half-done state: between yields it either accepts or spawns.
+        // point. It only owns the listener, an `Arc` of the current `Shared` and the `accepting`
+        // guard, all released by unwinding (the guard clears the flag), and it holds no lock or
+        // half-done state: between yields it either accepts or spawns.
         unsafe { self.accept.cancel() };
     }
 }
@@ -168,28 +193,44 @@ pub fn serve(
         handler,
         buffers,
         stats: Arc::clone(&stats),
-        stopping: AtomicBool::new(false),
+        stopping: Arc::new(AtomicBool::new(false)),
     });
-    let accept_shared = Arc::clone(&shared);
+    let current = Arc::new(arc_swap::ArcSwap::new(shared));
+    let accepting = Arc::new(AtomicBool::new(true));
+    let accept_current = Arc::clone(&current);
+    let accept_alive = AcceptingGuard(Arc::clone(&accepting));
     // SAFETY: `spawn` is unsafe because a coroutine may move between OS threads at yield points, so
     // thread-local state must not be relied upon across them, and its stack is fixed. The accept
     // loop touches no thread-locals and needs little stack (it only accepts and spawns).
     let join = unsafe {
         may::coroutine::Builder::new()
             .stack_size(ACCEPT_STACK_BYTES)
-            .spawn(move || accept_loop(listener, accept_shared))
+            .spawn(move || {
+                let _alive = accept_alive;
+                accept_loop(listener, accept_current)
+            })
     }?;
     Ok(ServerHandle {
         local_addr,
         stats,
-        shared,
+        current,
+        accepting,
         accept: join.coroutine().clone(),
     })
 }
 
-fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    let stack_bytes = shared.limits.coroutine_stack_bytes;
-    while !shared.stopping.load(Ordering::Acquire) {
+/// Clears the listener's `accepting` flag when the accept coroutine ends, even by unwinding.
+struct AcceptingGuard(Arc<AtomicBool>);
+
+impl Drop for AcceptingGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+fn accept_loop(listener: TcpListener, current: Arc<arc_swap::ArcSwap<Shared>>) {
+    let stopping = Arc::clone(&current.load().stopping);
+    while !stopping.load(Ordering::Acquire) {
         let stream = match listener.accept() {
             Ok((stream, _peer)) => stream,
             Err(_) => {
@@ -198,13 +239,15 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 continue;
             }
         };
-        if shared.stopping.load(Ordering::Acquire) {
+        if stopping.load(Ordering::Acquire) {
             break; // dropping the stream closes it unserved
         }
-        bump(&shared.stats.connections_accepted);
+        // The limits current now (a reload may have changed them while accept() waited).
+        let conn_shared = current.load_full();
+        let stack_bytes = conn_shared.limits.coroutine_stack_bytes;
+        bump(&conn_shared.stats.connections_accepted);
         // Small responses must not wait for Nagle; failure only costs latency.
         let _ = stream.set_nodelay(true);
-        let conn_shared = Arc::clone(&shared);
         // SAFETY: the connection coroutine keeps no reference to thread-local state across a yield
         // (all its state lives on its own stack or behind `Arc`s), and handlers are documented to
         // wait only on may-aware primitives. Its stack size comes from the validated limits.

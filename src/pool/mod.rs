@@ -6,7 +6,7 @@
 mod worker;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -25,10 +25,83 @@ pub struct Timings {
     pub upstream: Option<Duration>,
 }
 
-/// What a worker answers for a job.
-pub struct Reply {
-    pub result: Result<UpstreamReply, ApiError>,
-    pub timings: Timings,
+/// What a worker sends back for a job: one `Full`, or (for `stream: true` answered with an event
+/// stream) `StreamStart`, any number of `Event`s and one `StreamEnd`.
+pub enum Reply {
+    Full {
+        result: Result<UpstreamReply, ApiError>,
+        timings: Timings,
+    },
+    /// The upstream accepted the request and its events follow.
+    StreamStart { timings: Timings },
+    /// One complete Server-Sent Event (`data: ...\n\n`), to be written as it is.
+    Event(Vec<u8>),
+    /// The stream is over: cleanly, or with an error to send as a final SSE error event.
+    StreamEnd {
+        error: Option<ApiError>,
+        prompt_tokens: u64,
+        completion_tokens: u64,
+    },
+}
+
+/// Most stream events a worker may have sent that the client's coroutine has not yet taken: a
+/// slow client slows the worker's upstream reads instead of growing memory.
+pub const STREAM_EVENTS_IN_FLIGHT_MAX: usize = 64;
+
+/// Shared by a job's waiting coroutine and the worker running it.
+#[derive(Default)]
+pub struct JobCtl {
+    cancelled: AtomicBool,
+    /// The running worker's HTTP agent: shutting it down interrupts a blocked upstream read.
+    agent: Mutex<Option<ureq::Agent>>,
+    /// Stream events sent and not yet taken (bounded by [`STREAM_EVENTS_IN_FLIGHT_MAX`]).
+    pub events_in_flight: AtomicUsize,
+}
+
+impl JobCtl {
+    /// The client went away: stop the job, interrupting its upstream call at once.
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Release);
+        let agent = match self.agent.lock() {
+            Ok(mut slot) => slot.take(),
+            Err(p) => p.into_inner().take(),
+        };
+        if let Some(agent) = agent {
+            agent.shutdown();
+        }
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire)
+    }
+
+    /// The worker registers its agent for the duration of the upstream call; false when the job
+    /// was cancelled already.
+    pub fn attach(&self, agent: &ureq::Agent) -> bool {
+        let mut slot = match self.agent.lock() {
+            Ok(slot) => slot,
+            Err(p) => p.into_inner(),
+        };
+        if self.is_cancelled() {
+            return false;
+        }
+        *slot = Some(agent.clone());
+        true
+    }
+
+    /// The upstream call is over; must happen before the job's last reply is sent.
+    pub fn detach(&self) {
+        match self.agent.lock() {
+            Ok(mut slot) => slot.take(),
+            Err(p) => p.into_inner().take(),
+        };
+    }
+
+    fn reset(&self) {
+        self.cancelled.store(false, Ordering::Release);
+        self.events_in_flight.store(0, Ordering::Release);
+        self.detach();
+    }
 }
 
 /// `Retry-After` (seconds) sent with a `drop`-policy 429.
@@ -49,7 +122,12 @@ pub struct Job {
     pub enqueued_at: Instant,
     /// The request must be answered by then.
     pub deadline: Instant,
+    /// `stream: true`: answer with an event stream.
+    pub stream: bool,
+    /// The client asked for the final usage chunk (`stream_options.include_usage`).
+    pub client_wants_usage: bool,
     pub reply: may::sync::mpsc::Sender<Reply>,
+    pub ctl: Arc<JobCtl>,
 }
 
 /// A reusable reply channel. Reused only when the previous job's reply was received; a channel whose
@@ -57,12 +135,17 @@ pub struct Job {
 pub struct ReplyChannel {
     pub tx: may::sync::mpsc::Sender<Reply>,
     pub rx: may::sync::mpsc::Receiver<Reply>,
+    pub ctl: Arc<JobCtl>,
 }
 
 impl ReplyChannel {
     pub fn new() -> Self {
         let (tx, rx) = may::sync::mpsc::channel();
-        ReplyChannel { tx, rx }
+        ReplyChannel {
+            tx,
+            rx,
+            ctl: Arc::new(JobCtl::default()),
+        }
     }
 }
 
@@ -75,6 +158,7 @@ impl Default for ReplyChannel {
 impl Recycle for ReplyChannel {
     fn reset(&mut self) {
         while self.rx.try_recv().is_ok() {}
+        self.ctl.reset();
     }
     fn retained_bytes(&self) -> usize {
         0
@@ -86,6 +170,8 @@ pub(crate) struct Shared {
     pub name: String,
     pub provider: Provider,
     pub cfg: PoolConfig,
+    /// Longest silence between the events of an upstream stream.
+    pub stream_idle_timeout: Duration,
     pub stats: Arc<PoolStats>,
     /// Set when shutdown begins: no new jobs are accepted.
     pub closed: AtomicBool,
@@ -103,6 +189,16 @@ pub struct ProviderPool {
 impl ProviderPool {
     /// Build the provider, the queue and start the pinned workers. `core_ids` are the machine's cores.
     pub fn start(cfg: &ProviderConfig, core_ids: &[core_affinity::CoreId]) -> Result<Self, String> {
+        Self::start_with_stats(cfg, core_ids, None)
+    }
+
+    /// Like [`ProviderPool::start`], recording into `stats` when given: a pool that replaces one of
+    /// the same name on reload continues its counters and histograms (monotonic across reloads).
+    pub fn start_with_stats(
+        cfg: &ProviderConfig,
+        core_ids: &[core_affinity::CoreId],
+        stats: Option<Arc<PoolStats>>,
+    ) -> Result<Self, String> {
         let provider = Provider::from_config(cfg)?;
         let cores: Vec<core_affinity::CoreId> = if cfg.pool.cores.is_empty() {
             core_ids.to_vec()
@@ -123,12 +219,14 @@ impl ProviderPool {
             }
             v
         };
-        let stats = Arc::new(PoolStats::new(&cfg.name, cores.len().max(1)));
+        let stats =
+            stats.unwrap_or_else(|| Arc::new(PoolStats::new(&cfg.name, cores.len().max(1))));
         let (tx, rx) = crossbeam_channel::bounded(cfg.pool.queue_capacity);
         let shared = Arc::new(Shared {
             name: cfg.name.clone(),
             provider,
             cfg: cfg.pool.clone(),
+            stream_idle_timeout: cfg.stream_idle_timeout,
             stats,
             closed: AtomicBool::new(false),
             abandon: AtomicBool::new(false),
@@ -159,8 +257,19 @@ impl ProviderPool {
         &self.shared.cfg
     }
 
+    /// Longest silence between the events of an upstream stream.
+    pub fn stream_idle_timeout(&self) -> Duration {
+        self.shared.stream_idle_timeout
+    }
+
     pub fn queue_depth(&self) -> usize {
         self.tx.len()
+    }
+
+    /// Worker threads running (fewer than `workers` only while starting, shutting down, or when a
+    /// worker died).
+    pub fn workers_alive(&self) -> u64 {
+        self.shared.workers_alive.load(Ordering::Relaxed)
     }
 
     /// Put a job on the queue under the pool's full-queue policy. Never blocks an OS thread: the

@@ -6,13 +6,18 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use super::{shutting_down, Job, JobReceiver, Reply, Shared, Timings, WORKER_POLL};
+use super::{
+    shutting_down, Job, JobReceiver, Reply, Shared, Timings, STREAM_EVENTS_IN_FLIGHT_MAX,
+    WORKER_POLL,
+};
 use crate::error::{ApiError, ErrorKind};
-use crate::providers::Call;
-use crate::providers::UpstreamReply;
+use crate::providers::{Call, StreamResult, StreamSink, UpstreamReply, WorkerCtx};
 use crate::stats::PoolCounters;
+
+/// Pause of a worker whose stream client has too many events not yet taken.
+const BACKPRESSURE_PAUSE: Duration = Duration::from_micros(200);
 
 /// Start worker `n` of a pool, named `<pool>-<n>`.
 pub(super) fn spawn(
@@ -71,19 +76,24 @@ fn run(shared: &Shared, rx: &JobReceiver, n: usize, shard: usize) {
     }
 }
 
-/// Handle one job; false when it panicked.
-fn handle(shared: &Shared, ctx: &mut crate::providers::WorkerCtx, job: Job, shard: usize) -> bool {
+/// Handle one job; false when it panicked (the worker then rebuilds its state).
+fn handle(shared: &Shared, ctx: &mut WorkerCtx, job: Job, shard: usize) -> bool {
     let counters = &shared.stats.counters;
     let started = Instant::now();
     let queue_wait = started.saturating_duration_since(job.enqueued_at);
     counters.busy_workers.fetch_add(1, Ordering::Relaxed);
-    let mut upstream = None;
     let mut survived = true;
-    let result: Result<UpstreamReply, ApiError> = if shared.abandon.load(Ordering::Acquire) {
-        Err(shutting_down())
+    let early = if shared.abandon.load(Ordering::Acquire) {
+        Some(shutting_down())
+    } else if job.ctl.is_cancelled() {
+        Some(ApiError::new(
+            ErrorKind::Unavailable,
+            "client_cancelled",
+            "the client went away",
+        ))
     } else if queue_wait > shared.cfg.queue_wait_max {
         PoolCounters::inc(&counters.queue_timeouts);
-        Err(ApiError::new(
+        Some(ApiError::new(
             ErrorKind::QueueTimeout,
             "queue_timeout",
             format!(
@@ -93,45 +103,47 @@ fn handle(shared: &Shared, ctx: &mut crate::providers::WorkerCtx, job: Job, shar
         ))
     } else if started >= job.deadline {
         PoolCounters::inc(&counters.request_timeouts);
-        Err(ApiError::new(
+        Some(ApiError::new(
             ErrorKind::RequestTimeout,
             "request_timeout",
             "the request timed out before a worker could take it",
         ))
     } else {
-        let call = Call {
-            body: &job.body,
-            upstream_model: &job.upstream_model,
-            deadline: job.deadline,
-        };
-        let result = catch_unwind(AssertUnwindSafe(|| shared.provider.call(ctx, &call)));
-        upstream = Some(started.elapsed());
-        match result {
-            Ok(Ok(reply)) => {
-                counters.count_status(reply.status);
-                counters
-                    .prompt_tokens
-                    .fetch_add(reply.prompt_tokens, Ordering::Relaxed);
-                counters
-                    .completion_tokens
-                    .fetch_add(reply.completion_tokens, Ordering::Relaxed);
-                Ok(reply)
+        None
+    };
+    let mut upstream = None;
+    let last = match early {
+        Some(e) => Reply::Full {
+            result: Err(e),
+            timings: Timings {
+                queue_wait,
+                upstream: None,
+            },
+        },
+        None => {
+            if let Some(agent) = &ctx.agent {
+                job.ctl.attach(agent);
             }
-            Ok(Err(e)) => {
-                match e.kind {
-                    ErrorKind::RequestTimeout => PoolCounters::inc(&counters.request_timeouts),
-                    ErrorKind::UpstreamTransport | ErrorKind::UpstreamInvalid => {
-                        PoolCounters::inc(&counters.transport_errors)
-                    }
-                    _ => {}
-                }
-                Err(e)
-            }
-            Err(_panic) => {
-                PoolCounters::inc(&counters.panics);
+            let call = Call {
+                body: &job.body,
+                upstream_model: &job.upstream_model,
+                deadline: job.deadline,
+                client_wants_usage: job.client_wants_usage,
+                stream_idle_timeout: shared.stream_idle_timeout,
+                ctl: &job.ctl,
+            };
+            let reply = if job.stream {
+                stream_job(shared, ctx, &job, &call, shard, queue_wait, &mut survived)
+            } else {
+                whole_job(shared, ctx, &call, queue_wait, &mut survived)
+            };
+            job.ctl.detach();
+            if job.ctl.is_cancelled() {
+                // The agent was shut down to interrupt the call: start with a fresh one.
                 survived = false;
-                Err(ApiError::internal())
             }
+            upstream = Some(started.elapsed());
+            reply
         }
     };
     shared
@@ -140,13 +152,217 @@ fn handle(shared: &Shared, ctx: &mut crate::providers::WorkerCtx, job: Job, shar
     counters.completed.fetch_add(1, Ordering::Relaxed);
     counters.busy_workers.fetch_sub(1, Ordering::Relaxed);
     // The waiter may have given up (its own deadline); then the reply is simply dropped.
-    let reply = Reply {
+    let _ = job.reply.send(last);
+    survived
+}
+
+fn count_error(counters: &PoolCounters, e: &ApiError) {
+    match e.kind {
+        ErrorKind::RequestTimeout => PoolCounters::inc(&counters.request_timeouts),
+        ErrorKind::UpstreamTransport | ErrorKind::UpstreamInvalid => {
+            PoolCounters::inc(&counters.transport_errors)
+        }
+        _ => {}
+    }
+}
+
+fn count_reply(counters: &PoolCounters, reply: &UpstreamReply) {
+    counters.count_status(reply.status);
+    counters
+        .prompt_tokens
+        .fetch_add(reply.prompt_tokens, Ordering::Relaxed);
+    counters
+        .completion_tokens
+        .fetch_add(reply.completion_tokens, Ordering::Relaxed);
+}
+
+fn whole_job(
+    shared: &Shared,
+    ctx: &mut WorkerCtx,
+    call: &Call<'_>,
+    queue_wait: Duration,
+    survived: &mut bool,
+) -> Reply {
+    let counters = &shared.stats.counters;
+    let started = Instant::now();
+    let result = match catch_unwind(AssertUnwindSafe(|| shared.provider.call(ctx, call))) {
+        Ok(Ok(reply)) => {
+            count_reply(counters, &reply);
+            Ok(reply)
+        }
+        Ok(Err(e)) => {
+            count_error(counters, &e);
+            Err(e)
+        }
+        Err(_panic) => {
+            PoolCounters::inc(&counters.panics);
+            *survived = false;
+            Err(ApiError::internal())
+        }
+    };
+    Reply::Full {
         result,
         timings: Timings {
             queue_wait,
-            upstream,
+            upstream: Some(started.elapsed()),
         },
+    }
+}
+
+fn stream_job(
+    shared: &Shared,
+    ctx: &mut WorkerCtx,
+    job: &Job,
+    call: &Call<'_>,
+    shard: usize,
+    queue_wait: Duration,
+    survived: &mut bool,
+) -> Reply {
+    let counters = &shared.stats.counters;
+    let started = Instant::now();
+    let mut sink = Sink {
+        shared,
+        job,
+        shard,
+        queue_wait,
+        started,
+        first_event: None,
+        last_event: started,
+        began: false,
     };
-    let _ = job.reply.send(reply);
-    survived
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        shared.provider.call_stream(ctx, call, &mut sink)
+    }));
+    let began = sink.began;
+    let timings = Timings {
+        queue_wait,
+        upstream: Some(started.elapsed()),
+    };
+    match outcome {
+        Ok(Ok(StreamResult::Whole(reply))) => {
+            count_reply(counters, &reply);
+            Reply::Full {
+                result: Ok(reply),
+                timings,
+            }
+        }
+        Ok(Ok(StreamResult::Streamed {
+            error,
+            prompt_tokens,
+            completion_tokens,
+        })) => {
+            counters.count_status(200);
+            PoolCounters::inc(&counters.streams);
+            counters
+                .prompt_tokens
+                .fetch_add(prompt_tokens, Ordering::Relaxed);
+            counters
+                .completion_tokens
+                .fetch_add(completion_tokens, Ordering::Relaxed);
+            if let Some(e) = &error {
+                count_error(counters, e);
+                PoolCounters::inc(&counters.stream_errors);
+            }
+            Reply::StreamEnd {
+                error,
+                prompt_tokens,
+                completion_tokens,
+            }
+        }
+        Ok(Err(e)) => {
+            count_error(counters, &e);
+            if began {
+                PoolCounters::inc(&counters.stream_errors);
+                Reply::StreamEnd {
+                    error: Some(e),
+                    prompt_tokens: 0,
+                    completion_tokens: 0,
+                }
+            } else {
+                Reply::Full {
+                    result: Err(e),
+                    timings,
+                }
+            }
+        }
+        Err(_panic) => {
+            PoolCounters::inc(&counters.panics);
+            *survived = false;
+            if began {
+                PoolCounters::inc(&counters.stream_errors);
+                Reply::StreamEnd {
+                    error: Some(ApiError::internal()),
+                    prompt_tokens: 0,
+                    completion_tokens: 0,
+                }
+            } else {
+                Reply::Full {
+                    result: Err(ApiError::internal()),
+                    timings,
+                }
+            }
+        }
+    }
+}
+
+/// Hands a provider's stream events to the client's coroutine, one message per event, with at
+/// most [`STREAM_EVENTS_IN_FLIGHT_MAX`] not yet taken.
+struct Sink<'a> {
+    shared: &'a Shared,
+    job: &'a Job,
+    shard: usize,
+    queue_wait: Duration,
+    started: Instant,
+    first_event: Option<Instant>,
+    last_event: Instant,
+    began: bool,
+}
+
+impl StreamSink for Sink<'_> {
+    fn start(&mut self) -> bool {
+        if self.job.ctl.is_cancelled() {
+            return false;
+        }
+        self.began = true;
+        let timings = Timings {
+            queue_wait: self.queue_wait,
+            upstream: Some(self.started.elapsed()),
+        };
+        self.job.reply.send(Reply::StreamStart { timings }).is_ok()
+    }
+
+    fn event(&mut self, bytes: Vec<u8>) -> bool {
+        let ctl = &self.job.ctl;
+        let waited_since = Instant::now();
+        while ctl.events_in_flight.load(Ordering::Acquire) >= STREAM_EVENTS_IN_FLIGHT_MAX {
+            // The client reads slowly: slow the upstream reads down instead of buffering.
+            if ctl.is_cancelled() || waited_since.elapsed() > self.shared.stream_idle_timeout {
+                return false;
+            }
+            std::thread::sleep(BACKPRESSURE_PAUSE);
+        }
+        if ctl.is_cancelled() {
+            return false;
+        }
+        let now = Instant::now();
+        let stats = &self.shared.stats;
+        match self.first_event {
+            None => {
+                self.first_event = Some(now);
+                stats.record_ttft(
+                    self.shard,
+                    now.saturating_duration_since(self.job.received_at),
+                );
+            }
+            Some(_) => stats.record_gap(self.shard, now.saturating_duration_since(self.last_event)),
+        }
+        self.last_event = now;
+        let counters = &stats.counters;
+        PoolCounters::inc(&counters.stream_events);
+        counters
+            .stream_bytes
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        ctl.events_in_flight.fetch_add(1, Ordering::AcqRel);
+        self.job.reply.send(Reply::Event(bytes)).is_ok()
+    }
 }

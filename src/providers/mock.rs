@@ -6,7 +6,8 @@ use serde::Deserialize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::{Call, UpstreamReply};
+use super::sse::{data_event, DONE_EVENT};
+use super::{Call, StreamResult, StreamSink, UpstreamReply};
 use crate::api::openai::{estimate_tokens, ChatCompletion, Choice, InMessage, OutMessage, Usage};
 use crate::config::ProviderConfig;
 use crate::error::{ApiError, ErrorKind};
@@ -14,9 +15,21 @@ use crate::error::{ApiError, ErrorKind};
 /// Tokens added per message for role and framing, as OpenAI counts them.
 const TOKENS_PER_MESSAGE: u64 = 3;
 
+/// Longest single sleep while waiting, so a cancelled stream stops promptly.
+const SLEEP_SLICE: Duration = Duration::from_millis(20);
+
 pub struct MockProvider {
     latency: Duration,
+    stream_chunks: usize,
+    chunk_delay: Duration,
     next_id: AtomicU64,
+}
+
+/// What the mock answers to a request: the content and its token counts.
+struct Answer {
+    content: String,
+    prompt_tokens: u64,
+    completion_tokens: u64,
 }
 
 #[derive(Deserialize)]
@@ -28,11 +41,13 @@ impl MockProvider {
     pub fn new(cfg: &ProviderConfig) -> Self {
         MockProvider {
             latency: cfg.mock.latency,
+            stream_chunks: cfg.mock.stream_chunks.max(1),
+            chunk_delay: cfg.mock.chunk_delay,
             next_id: AtomicU64::new(1),
         }
     }
 
-    pub fn call(&self, call: &Call<'_>) -> Result<UpstreamReply, ApiError> {
+    fn answer(&self, call: &Call<'_>) -> Result<Answer, ApiError> {
         #[cfg(debug_assertions)]
         if call.upstream_model == "__panic__" {
             // Test-only trigger (compiled out of release builds): proves a panicking job is
@@ -57,11 +72,94 @@ impl MockProvider {
             .sum::<u64>()
             + TOKENS_PER_MESSAGE;
         let completion_tokens = estimate_tokens(&content).max(1);
-        self.wait(call.deadline)?;
-        let created = SystemTime::now()
+        Ok(Answer {
+            content,
+            prompt_tokens,
+            completion_tokens,
+        })
+    }
+
+    fn created_s() -> u64 {
+        SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
-            .unwrap_or(0);
+            .unwrap_or(0)
+    }
+
+    /// Stream the answer as OpenAI `chat.completion.chunk` events: a role chunk, `stream_chunks`
+    /// content chunks `chunk_delay` apart, a finish chunk, the usage chunk when asked, `[DONE]`.
+    pub fn call_stream(
+        &self,
+        call: &Call<'_>,
+        sink: &mut dyn StreamSink,
+    ) -> Result<StreamResult, ApiError> {
+        let Answer {
+            content,
+            prompt_tokens,
+            completion_tokens,
+        } = self.answer(call)?;
+        self.wait(call.deadline, call.ctl)?;
+        let done = |error| StreamResult::Streamed {
+            error,
+            prompt_tokens,
+            completion_tokens,
+        };
+        if !sink.start() {
+            return Ok(done(None));
+        }
+        let id = format!(
+            "chatcmpl-mock{:012x}",
+            self.next_id.fetch_add(1, Ordering::Relaxed)
+        );
+        let model = serde_json::to_string(call.upstream_model).unwrap_or_default();
+        let head = format!(
+            r#"{{"id":"{id}","object":"chat.completion.chunk","created":{},"model":{model},"system_fingerprint":null,"choices":"#,
+            Self::created_s()
+        );
+        let chunk = |choices: &str, usage: &str| {
+            data_event(format!(r#"{head}{choices},"usage":{usage}}}"#).as_bytes())
+        };
+        let first = r#"[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]"#;
+        if !sink.event(chunk(first, "null")) {
+            return Ok(done(None));
+        }
+        for piece in split_even(&content, self.stream_chunks) {
+            if !self.pause(self.chunk_delay, call.ctl) {
+                return Ok(done(None));
+            }
+            let text = serde_json::to_string(piece).unwrap_or_default();
+            let choices = format!(
+                r#"[{{"index":0,"delta":{{"content":{text}}},"logprobs":null,"finish_reason":null}}]"#
+            );
+            if !sink.event(chunk(&choices, "null")) {
+                return Ok(done(None));
+            }
+        }
+        let last = r#"[{"index":0,"delta":{},"logprobs":null,"finish_reason":"stop"}]"#;
+        if !sink.event(chunk(last, "null")) {
+            return Ok(done(None));
+        }
+        if call.client_wants_usage {
+            let usage = format!(
+                r#"{{"prompt_tokens":{prompt_tokens},"completion_tokens":{completion_tokens},"total_tokens":{}}}"#,
+                prompt_tokens + completion_tokens
+            );
+            if !sink.event(chunk("[]", &usage)) {
+                return Ok(done(None));
+            }
+        }
+        sink.event(DONE_EVENT.to_vec());
+        Ok(done(None))
+    }
+
+    pub fn call(&self, call: &Call<'_>) -> Result<UpstreamReply, ApiError> {
+        let Answer {
+            content,
+            prompt_tokens,
+            completion_tokens,
+        } = self.answer(call)?;
+        self.wait(call.deadline, call.ctl)?;
+        let created = Self::created_s();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let completion = ChatCompletion {
             id: format!("chatcmpl-mock{id:012x}"),
@@ -97,20 +195,74 @@ impl MockProvider {
     }
 
     /// Sleep the configured latency (this is a worker OS thread), but never past the deadline.
-    fn wait(&self, deadline: Instant) -> Result<(), ApiError> {
+    fn wait(&self, deadline: Instant, ctl: &crate::pool::JobCtl) -> Result<(), ApiError> {
         if self.latency.is_zero() {
             return Ok(());
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
         if self.latency > remaining {
-            std::thread::sleep(remaining);
+            self.pause(remaining, ctl);
             return Err(ApiError::new(
                 ErrorKind::RequestTimeout,
                 "request_timeout",
                 "the provider did not answer within the request timeout",
             ));
         }
-        std::thread::sleep(self.latency);
+        if !self.pause(self.latency, ctl) {
+            return Err(ApiError::new(
+                ErrorKind::Unavailable,
+                "client_cancelled",
+                "the client went away",
+            ));
+        }
         Ok(())
+    }
+
+    /// Sleep `d` in slices, stopping early when the job is cancelled; false when cancelled.
+    fn pause(&self, d: Duration, ctl: &crate::pool::JobCtl) -> bool {
+        let until = Instant::now() + d;
+        loop {
+            if ctl.is_cancelled() {
+                return false;
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return true;
+            }
+            std::thread::sleep(left.min(SLEEP_SLICE));
+        }
+    }
+}
+
+/// `text` cut into `n` pieces of about equal character counts (some empty when `text` is short).
+fn split_even(text: &str, n: usize) -> Vec<&str> {
+    let n = n.max(1);
+    let bounds: Vec<usize> = text
+        .char_indices()
+        .map(|(i, _)| i)
+        .chain([text.len()])
+        .collect();
+    let chars = bounds.len() - 1;
+    (0..n)
+        .map(|k| &text[bounds[k * chars / n]..bounds[(k + 1) * chars / n]])
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_even;
+
+    #[test]
+    fn split_even_keeps_all_text() {
+        for (text, n) in [
+            ("mock: hello world", 4),
+            ("ab", 5),
+            ("héllo wörld", 3),
+            ("", 2),
+        ] {
+            let parts = split_even(text, n);
+            assert_eq!(parts.len(), n);
+            assert_eq!(parts.concat(), text);
+        }
     }
 }

@@ -3,8 +3,9 @@
 
 pub mod mock;
 pub mod openai;
+pub mod sse;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::config::{KeyConfig, ProviderConfig, ProviderType};
 use crate::error::{ApiError, ErrorKind};
@@ -14,6 +15,34 @@ pub struct Call<'a> {
     pub body: &'a [u8],
     pub upstream_model: &'a str,
     pub deadline: Instant,
+    /// The client asked for the final usage chunk of a stream.
+    pub client_wants_usage: bool,
+    /// Longest silence between stream events.
+    pub stream_idle_timeout: Duration,
+    /// Cancellation shared with the client's coroutine.
+    pub ctl: &'a crate::pool::JobCtl,
+}
+
+/// Where a provider delivers a streamed answer, event by event.
+pub trait StreamSink {
+    /// The upstream accepted the request: the client's stream begins. False: stop (client gone).
+    fn start(&mut self) -> bool;
+    /// One complete SSE event (`data: ...\n\n`). False: stop reading (client gone).
+    fn event(&mut self, bytes: Vec<u8>) -> bool;
+}
+
+/// How a streamed call ended.
+#[derive(Debug)]
+pub enum StreamResult {
+    /// The upstream answered with a whole body instead (an error status, or plain JSON): it is
+    /// passed on as a normal response. Only before `StreamSink::start`.
+    Whole(UpstreamReply),
+    /// The stream ran; `error` is set when it ended badly after it started.
+    Streamed {
+        error: Option<ApiError>,
+        prompt_tokens: u64,
+        completion_tokens: u64,
+    },
 }
 
 /// An upstream's answer, passed to the client faithfully (status, body, content type).
@@ -75,6 +104,19 @@ impl Provider {
         match self {
             Provider::Mock(p) => p.call(call),
             Provider::OpenAi(p) => p.call(ctx, call),
+        }
+    }
+
+    /// A `stream: true` call. `Err` means it failed before the stream started.
+    pub fn call_stream(
+        &self,
+        ctx: &mut WorkerCtx,
+        call: &Call<'_>,
+        sink: &mut dyn StreamSink,
+    ) -> Result<StreamResult, ApiError> {
+        match self {
+            Provider::Mock(p) => p.call_stream(call, sink),
+            Provider::OpenAi(p) => p.call_stream(ctx, call, sink),
         }
     }
 }

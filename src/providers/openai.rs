@@ -2,11 +2,12 @@
 //! every compatible server (vLLM, Ollama, Groq, Together, ...). Upstream statuses and error bodies
 //! reach the client faithfully.
 
-use std::io::Read;
+use std::io::{BufReader, Read};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{pick_key, Call, UpstreamReply, WorkerCtx};
+use super::sse::{chunk_usage, data_event, is_usage_only, SseItem, SseReader, DONE_EVENT};
+use super::{pick_key, Call, StreamResult, StreamSink, UpstreamReply, WorkerCtx};
 use crate::config::{KeyConfig, ProviderConfig};
 use crate::error::{ApiError, ErrorKind};
 
@@ -14,6 +15,10 @@ use crate::error::{ApiError, ErrorKind};
 pub const UPSTREAM_BODY_BYTES_MAX: u64 = 64 * 1024 * 1024;
 /// Idle upstream connections each worker keeps for reuse.
 pub const IDLE_CONNECTIONS_PER_WORKER: usize = 4;
+/// Most bytes of one upstream event stream.
+pub const UPSTREAM_STREAM_BYTES_MAX: u64 = 1024 * 1024 * 1024;
+/// Read buffer of an upstream event stream.
+const STREAM_READ_BUF_BYTES: usize = 16 * 1024;
 /// How long an idle upstream connection is kept.
 pub const IDLE_CONNECTION_AGE: Duration = Duration::from_secs(60);
 
@@ -89,6 +94,18 @@ impl OpenAiProvider {
     }
 
     pub fn call(&self, ctx: &mut WorkerCtx, call: &Call<'_>) -> Result<UpstreamReply, ApiError> {
+        let resp = self.send(ctx, call, false)?;
+        self.whole(resp)
+    }
+
+    /// Send the request. A stream gets the request deadline for the upstream's answer head and
+    /// `stream_idle_timeout` for every read after it; a whole answer gets the request deadline.
+    fn send(
+        &self,
+        ctx: &mut WorkerCtx,
+        call: &Call<'_>,
+        stream: bool,
+    ) -> Result<ureq::http::Response<ureq::Body>, ApiError> {
         let key = pick_key(&self.keys, call.upstream_model, ctx)?;
         let remaining = call.deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
@@ -97,18 +114,141 @@ impl OpenAiProvider {
         let Some(agent) = ctx.agent.as_ref() else {
             return Err(ApiError::internal());
         };
-        let mut req = agent
-            .post(&self.url)
-            .config()
-            .timeout_global(Some(remaining))
+        let builder = agent.post(&self.url).config();
+        let builder = if stream {
+            builder
+                .timeout_global(None)
+                .timeout_recv_response(Some(remaining))
+                .timeout_per_read(Some(call.stream_idle_timeout))
+        } else {
+            builder.timeout_global(Some(remaining))
+        };
+        let mut req = builder
             .build()
             .header("authorization", format!("Bearer {}", key.secret.expose()))
             .header("content-type", "application/json")
-            .header("accept", "application/json");
+            .header(
+                "accept",
+                if stream {
+                    "text/event-stream"
+                } else {
+                    "application/json"
+                },
+            );
         for (name, value) in &self.headers {
             req = req.header(name.as_str(), value.as_str());
         }
-        let mut resp = req.send(call.body).map_err(|e| self.transport_error(e))?;
+        req.send(call.body).map_err(|e| {
+            if call.ctl.is_cancelled() {
+                cancelled_error()
+            } else {
+                self.transport_error(e)
+            }
+        })
+    }
+
+    /// A `stream: true` call: events are passed on one by one as the upstream sends them.
+    pub fn call_stream(
+        &self,
+        ctx: &mut WorkerCtx,
+        call: &Call<'_>,
+        sink: &mut dyn StreamSink,
+    ) -> Result<StreamResult, ApiError> {
+        let resp = self.send(ctx, call, true)?;
+        let is_sse = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("text/event-stream"));
+        if resp.status().as_u16() != 200 || !is_sse {
+            return self.whole(resp).map(StreamResult::Whole);
+        }
+        let (mut prompt_tokens, mut completion_tokens) = (0, 0);
+        let end = |error, prompt_tokens, completion_tokens| StreamResult::Streamed {
+            error,
+            prompt_tokens,
+            completion_tokens,
+        };
+        if !sink.start() {
+            return Ok(end(None, 0, 0));
+        }
+        let reader = resp
+            .into_body()
+            .into_with_config()
+            .limit(UPSTREAM_STREAM_BYTES_MAX)
+            .reader();
+        let mut events = SseReader::new(BufReader::with_capacity(STREAM_READ_BUF_BYTES, reader));
+        loop {
+            match events.next_item() {
+                Ok(SseItem::Data(payload)) => {
+                    if let Some((p, c)) = chunk_usage(&payload) {
+                        (prompt_tokens, completion_tokens) = (p, c);
+                        if !call.client_wants_usage && is_usage_only(&payload) {
+                            continue;
+                        }
+                    }
+                    if !sink.event(data_event(&payload)) {
+                        return Ok(end(None, prompt_tokens, completion_tokens));
+                    }
+                }
+                Ok(SseItem::Done) => {
+                    sink.event(DONE_EVENT.to_vec());
+                    return Ok(StreamResult::Streamed {
+                        error: None,
+                        prompt_tokens,
+                        completion_tokens,
+                    });
+                }
+                Ok(SseItem::Eof) => {
+                    let error = ApiError::new(
+                        ErrorKind::UpstreamInvalid,
+                        "upstream_stream_truncated",
+                        format!("provider {}: the stream ended without [DONE]", self.name),
+                    );
+                    return Ok(StreamResult::Streamed {
+                        error: Some(error),
+                        prompt_tokens,
+                        completion_tokens,
+                    });
+                }
+                Err(e) => {
+                    let error = if call.ctl.is_cancelled() {
+                        None
+                    } else {
+                        Some(self.stream_error(e))
+                    };
+                    return Ok(StreamResult::Streamed {
+                        error,
+                        prompt_tokens,
+                        completion_tokens,
+                    });
+                }
+            }
+        }
+    }
+
+    fn stream_error(&self, e: std::io::Error) -> ApiError {
+        let timed_out = e.kind() == std::io::ErrorKind::TimedOut
+            || e.get_ref()
+                .and_then(|inner| inner.downcast_ref::<ureq::Error>())
+                .is_some_and(|u| matches!(u, ureq::Error::Timeout(_)));
+        if timed_out {
+            ApiError::new(
+                ErrorKind::RequestTimeout,
+                "stream_idle_timeout",
+                format!("provider {}: the stream stalled", self.name),
+            )
+        } else {
+            ApiError::new(
+                ErrorKind::UpstreamTransport,
+                "upstream_stream_interrupted",
+                format!("provider {}: the stream was interrupted", self.name),
+            )
+        }
+    }
+
+    /// Read a whole answer (any status) to pass on as it is.
+    fn whole(&self, mut resp: ureq::http::Response<ureq::Body>) -> Result<UpstreamReply, ApiError> {
         let status = resp.status().as_u16();
         let header = |name: &str| {
             resp.headers()
@@ -188,6 +328,14 @@ impl OpenAiProvider {
             ),
         }
     }
+}
+
+fn cancelled_error() -> ApiError {
+    ApiError::new(
+        ErrorKind::Unavailable,
+        "client_cancelled",
+        "the client went away",
+    )
 }
 
 fn timeout_error() -> ApiError {

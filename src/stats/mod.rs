@@ -42,6 +42,15 @@ pub struct PoolCounters {
     /// Prompt and completion tokens reported by upstream `usage`.
     pub prompt_tokens: AtomicU64,
     pub completion_tokens: AtomicU64,
+    /// Streamed answers (`stream: true` answered with an event stream).
+    pub streams: AtomicU64,
+    /// Events and bytes passed on in streams.
+    pub stream_events: AtomicU64,
+    pub stream_bytes: AtomicU64,
+    /// Requests whose client went away before the answer was complete (the upstream call stopped).
+    pub client_cancelled: AtomicU64,
+    /// Streams ended by an error event (upstream failure, stall) after they started.
+    pub stream_errors: AtomicU64,
 }
 
 impl PoolCounters {
@@ -76,6 +85,11 @@ impl PoolCounters {
             "transport_errors": g(&self.transport_errors),
             "prompt_tokens": g(&self.prompt_tokens),
             "completion_tokens": g(&self.completion_tokens),
+            "streams": g(&self.streams),
+            "stream_events": g(&self.stream_events),
+            "stream_bytes": g(&self.stream_bytes),
+            "client_cancelled": g(&self.client_cancelled),
+            "stream_errors": g(&self.stream_errors),
         })
     }
 }
@@ -88,12 +102,16 @@ fn new_hist() -> Histogram<u64> {
 
 const _: () = assert!(LATENCY_US_MAX >= 2 && LATENCY_SIGFIG <= 5);
 
-/// The three latencies of a job, in microseconds.
+/// The latencies of jobs, in microseconds.
 #[derive(Clone)]
 struct Hists {
     queue_wait: Histogram<u64>,
     upstream: Histogram<u64>,
     total: Histogram<u64>,
+    /// Time to first token: request received -> first stream event read from the upstream.
+    ttft: Histogram<u64>,
+    /// Gaps between consecutive stream events.
+    gap: Histogram<u64>,
 }
 
 impl Hists {
@@ -102,6 +120,8 @@ impl Hists {
             queue_wait: new_hist(),
             upstream: new_hist(),
             total: new_hist(),
+            ttft: new_hist(),
+            gap: new_hist(),
         }
     }
 
@@ -110,13 +130,32 @@ impl Hists {
         let _ = self.queue_wait.add(&other.queue_wait);
         let _ = self.upstream.add(&other.upstream);
         let _ = self.total.add(&other.total);
+        let _ = self.ttft.add(&other.ttft);
+        let _ = self.gap.add(&other.gap);
     }
 
     fn reset(&mut self) {
         self.queue_wait.reset();
         self.upstream.reset();
         self.total.reset();
+        self.ttft.reset();
+        self.gap.reset();
     }
+}
+
+/// One of a pool's latency histograms (for [`PoolStats::with_histogram`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Latency {
+    /// Enqueued -> taken by a worker.
+    QueueWait,
+    /// The upstream call (not recorded when the upstream was not called).
+    Upstream,
+    /// Request received -> answered.
+    Total,
+    /// Request received -> first stream event from the upstream (streams only).
+    TimeToFirstToken,
+    /// Between consecutive stream events (streams only).
+    StreamEventGap,
 }
 
 /// A shard on its own cache lines so that workers of different cores never share one.
@@ -177,6 +216,23 @@ impl PoolStats {
         h.total.saturating_record(us(total));
     }
 
+    fn shard(&self, shard: usize) -> std::sync::MutexGuard<'_, Hists> {
+        let shard = &self.shards[shard % self.shards.len()];
+        shard.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Record a stream's time to first token.
+    pub fn record_ttft(&self, shard: usize, ttft: Duration) {
+        let us = (ttft.as_micros() as u64).clamp(1, LATENCY_US_MAX);
+        self.shard(shard).ttft.saturating_record(us);
+    }
+
+    /// Record the gap between two consecutive stream events.
+    pub fn record_gap(&self, shard: usize, gap: Duration) {
+        let us = (gap.as_micros() as u64).clamp(1, LATENCY_US_MAX);
+        self.shard(shard).gap.saturating_record(us);
+    }
+
     /// Merge every shard into the collected histograms and clear the shards.
     pub fn collect(&self) {
         let mut c = self.collected.lock().unwrap_or_else(|p| p.into_inner());
@@ -186,6 +242,21 @@ impl PoolStats {
             c.interval.add(&h);
             h.reset();
         }
+    }
+
+    /// Run `f` on the cumulative (since start) histogram of `which`, in microseconds, after merging
+    /// the shards. `f` runs under the collector's lock: keep it short (e.g. read bucket counts).
+    pub fn with_histogram<R>(&self, which: Latency, f: impl FnOnce(&Histogram<u64>) -> R) -> R {
+        self.collect();
+        let c = self.collected.lock().unwrap_or_else(|p| p.into_inner());
+        let h = &c.all;
+        f(match which {
+            Latency::QueueWait => &h.queue_wait,
+            Latency::Upstream => &h.upstream,
+            Latency::Total => &h.total,
+            Latency::TimeToFirstToken => &h.ttft,
+            Latency::StreamEventGap => &h.gap,
+        })
     }
 
     /// JSON for `/stats`: counters plus latency summaries since start.
@@ -199,6 +270,8 @@ impl PoolStats {
                 "queue_wait": summary(&c.all.queue_wait),
                 "upstream": summary(&c.all.upstream),
                 "total": summary(&c.all.total),
+                "time_to_first_token": summary(&c.all.ttft),
+                "stream_event_gap": summary(&c.all.gap),
             },
         })
     }

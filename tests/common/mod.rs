@@ -378,3 +378,147 @@ pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
     f()
 }
+
+/// A streamed (chunked) response read event by event, with arrival times.
+pub struct SseResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    /// `data:` payloads in order, each with the time it arrived.
+    pub events: Vec<(String, Instant)>,
+}
+
+impl SseResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The JSON chunks (every event but `[DONE]`).
+    pub fn chunks(&self) -> Vec<serde_json::Value> {
+        self.events
+            .iter()
+            .filter(|(e, _)| e != "[DONE]")
+            .map(|(e, _)| serde_json::from_str(e).unwrap_or_else(|_| panic!("bad chunk {e}")))
+            .collect()
+    }
+
+    /// The concatenated `delta.content` of all chunks.
+    pub fn content(&self) -> String {
+        self.chunks()
+            .iter()
+            .filter_map(|c| {
+                c["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .map(str::to_string)
+            })
+            .collect()
+    }
+}
+
+impl Conn {
+    /// Read the head of a response, then (when chunked) every chunk up to the last, splitting
+    /// the SSE events. A non-chunked response's body becomes one event.
+    pub fn sse_response(&mut self) -> Option<SseResponse> {
+        let mut chunk = [0u8; 8192];
+        let head_end = loop {
+            if let Some(i) = find(&self.buf, b"\r\n\r\n") {
+                break i + 4;
+            }
+            match self.s.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&self.buf[..head_end]).to_string();
+        self.buf.drain(..head_end);
+        let mut lines = head.split("\r\n");
+        let status: u16 = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        let chunked = headers
+            .iter()
+            .any(|(k, v)| k == "transfer-encoding" && v == "chunked");
+        let mut resp = SseResponse {
+            status,
+            headers,
+            events: Vec::new(),
+        };
+        if !chunked {
+            let n: usize = resp.header("content-length")?.parse().ok()?;
+            while self.buf.len() < n {
+                match self.s.read(&mut chunk) {
+                    Ok(0) | Err(_) => return None,
+                    Ok(k) => self.buf.extend_from_slice(&chunk[..k]),
+                }
+            }
+            let body: Vec<u8> = self.buf.drain(..n).collect();
+            resp.events
+                .push((String::from_utf8_lossy(&body).to_string(), Instant::now()));
+            return Some(resp);
+        }
+        let mut pending = String::new();
+        loop {
+            let line_end = loop {
+                if let Some(p) = find(&self.buf, b"\r\n") {
+                    break p;
+                }
+                match self.s.read(&mut chunk) {
+                    Ok(0) | Err(_) => return None,
+                    Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                }
+            };
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&self.buf[..line_end]).ok()?, 16).ok()?;
+            while self.buf.len() < line_end + 2 + size + 2 {
+                match self.s.read(&mut chunk) {
+                    Ok(0) | Err(_) => return None,
+                    Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let data =
+                String::from_utf8_lossy(&self.buf[line_end + 2..line_end + 2 + size]).to_string();
+            self.buf.drain(..line_end + 4 + size);
+            if size == 0 {
+                return Some(resp);
+            }
+            pending.push_str(&data);
+            while let Some(end) = pending.find("\n\n") {
+                let event: String = pending.drain(..end + 2).collect();
+                let payload = event
+                    .trim_end()
+                    .strip_prefix("data: ")
+                    .unwrap_or(event.trim_end());
+                resp.events.push((payload.to_string(), Instant::now()));
+            }
+        }
+    }
+}
+
+/// A chat completion request with `stream: true` (and usage when asked), as raw bytes.
+pub fn stream_request(model: &str, content: &str, include_usage: bool) -> Vec<u8> {
+    let mut body = serde_json::json!({
+        "model": model,
+        "stream": true,
+        "messages": [{"role": "user", "content": content}],
+    });
+    if include_usage {
+        body["stream_options"] = serde_json::json!({"include_usage": true});
+    }
+    let body = body.to_string();
+    format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Open file descriptors of a process.
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}

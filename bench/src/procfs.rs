@@ -1,0 +1,82 @@
+//! What the benchmark reads about another process from /proc: CPU time (user + system, all
+//! threads, from `/proc/PID/stat`) and memory (`VmRSS`, and `VmHWM`, the peak resident set).
+
+use std::time::Duration;
+
+/// User plus system CPU time of every thread of `pid`, alive or exited.
+pub fn cpu_time(pid: u32) -> Result<Duration, String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| format!("cannot read /proc/{pid}/stat: {e}"))?;
+    let ticks = parse_stat_cpu_ticks(&stat).ok_or_else(|| format!("malformed /proc/{pid}/stat"))?;
+    Ok(ticks_to_duration(ticks))
+}
+
+/// Resident memory of `pid`, KiB: (current `VmRSS`, peak `VmHWM`).
+pub fn memory_kb(pid: u32) -> Result<(u64, u64), String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("cannot read /proc/{pid}/status: {e}"))?;
+    match (
+        status_field_kb(&status, "VmRSS:"),
+        status_field_kb(&status, "VmHWM:"),
+    ) {
+        (Some(rss), Some(hwm)) => Ok((rss, hwm)),
+        _ => Err(format!("no VmRSS/VmHWM in /proc/{pid}/status")),
+    }
+}
+
+/// utime + stime (fields 14 and 15) of a `/proc/PID/stat` line. The command name (field 2) may
+/// hold spaces and parentheses, so fields are counted after its last `)`.
+fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after.split_ascii_whitespace();
+    // `after` starts at field 3 (state); utime is field 14.
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+fn status_field_kb(status: &str, name: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))?
+        .split_ascii_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn ticks_to_duration(ticks: u64) -> Duration {
+    // SAFETY: sysconf only reads a system constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = if hz > 0 { hz as u64 } else { 100 };
+    Duration::from_nanos(ticks.saturating_mul(1_000_000_000) / hz)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stat_with_awkward_command_names() {
+        let stat = "1234 (deep int) shield)) S 1 1234 1234 0 -1 4194560 500 0 0 0 \
+                    250 75 0 0 20 0 9 0 100 1000000 2000 18446744073709551615";
+        assert_eq!(parse_stat_cpu_ticks(stat), Some(325));
+        assert_eq!(parse_stat_cpu_ticks("garbage"), None);
+    }
+
+    #[test]
+    fn parses_status_fields() {
+        let status = "Name:\tx\nVmHWM:\t   20480 kB\nVmRSS:\t   10240 kB\n";
+        assert_eq!(status_field_kb(status, "VmRSS:"), Some(10240));
+        assert_eq!(status_field_kb(status, "VmHWM:"), Some(20480));
+        assert_eq!(status_field_kb(status, "VmSwap:"), None);
+    }
+
+    #[test]
+    fn reads_this_process() {
+        let me = std::process::id();
+        assert!(cpu_time(me).is_ok());
+        let (rss, hwm) = memory_kb(me).unwrap();
+        assert!(rss > 0 && hwm >= rss);
+    }
+}
