@@ -292,6 +292,11 @@ impl OpenAiProvider {
                 "upstream_unreachable",
                 format!("provider {}: host not found", self.name),
             ),
+            ureq::Error::Io(ref io) if is_tls_failure(io) => ApiError::new(
+                ErrorKind::UpstreamTransport,
+                "upstream_tls_error",
+                format!("provider {}: TLS handshake failed", self.name),
+            ),
             ureq::Error::ConnectionFailed | ureq::Error::Io(_) => ApiError::new(
                 ErrorKind::UpstreamTransport,
                 "upstream_unreachable",
@@ -328,6 +333,11 @@ impl OpenAiProvider {
             ),
         }
     }
+}
+
+/// rustls reports a failed handshake (untrusted certificate, wrong name, ...) as an I/O error.
+fn is_tls_failure(e: &std::io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>())
 }
 
 fn cancelled_error() -> ApiError {
