@@ -1,13 +1,16 @@
 //! The gateway application behind the two listeners: the API (`/v1/chat/completions`,
-//! `/v1/models`) and the admin listener (`/stats`, `/health`).
+//! `/v1/models`) and the admin listener (`/stats`, `/metrics`, `/health`).
 
 use serde_json::json;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwap;
+
 use crate::api::openai::{ModelList, ModelObject};
 use crate::api::ChatRequest;
+use crate::config::Config;
 use crate::error::{ApiError, ErrorKind};
 use crate::http::{
     BodyStream, FrontStats, Handler, Method, Request, Response, StreamPoll, STREAM_POLL_WAIT,
@@ -17,13 +20,16 @@ use crate::objpool::{ObjPool, ObjPoolStats, Pooled};
 use crate::pool::{Job, ProviderPool, Reply, ReplyChannel};
 use crate::providers::sse::error_event;
 use crate::route::Router;
+use crate::service::ServiceStats;
+use crate::stats::prometheus;
 
 /// How long past its deadline a waiting request gives a worker to answer before giving up.
 pub const REPLY_GRACE: Duration = Duration::from_millis(500);
 /// Response header naming the provider that served a request.
 pub const PROVIDER_HEADER: &str = "x-deepintshield-provider";
 
-/// Everything the handlers share. Built once at start-up.
+/// Everything the handlers share: one generation of the running config. Built at start-up and
+/// again by each reload (see `crate::service`); handlers load the current one per request.
 pub struct Gateway {
     pub router: Router,
     pub pools: Vec<Arc<ProviderPool>>,
@@ -35,6 +41,38 @@ pub struct Gateway {
     pub draining: AtomicBool,
     /// The API listener's counters, set once it is serving.
     pub front: OnceLock<Arc<FrontStats>>,
+    /// The config this generation was built from.
+    pub config: Arc<Config>,
+    /// 1 at start-up, +1 per applied reload.
+    pub generation: u64,
+}
+
+impl Gateway {
+    /// A gateway serving `config` through `pools` (one per provider, in `config.providers`
+    /// order, which is the router's numbering). The object pools and `started` are shared by
+    /// every generation.
+    pub fn new(
+        config: Arc<Config>,
+        pools: Vec<Arc<ProviderPool>>,
+        replies: Arc<ObjPool<ReplyChannel>>,
+        objpools: Vec<Arc<dyn ObjPoolStats>>,
+        started: Instant,
+        generation: u64,
+    ) -> Gateway {
+        debug_assert_eq!(pools.len(), config.providers.len());
+        Gateway {
+            router: Router::new(&config),
+            pools,
+            json_depth_max: config.server.json_depth_max,
+            replies,
+            objpools,
+            started,
+            draining: AtomicBool::new(false),
+            front: OnceLock::new(),
+            config,
+            generation,
+        }
+    }
 }
 
 impl Gateway {
@@ -176,19 +214,43 @@ impl Gateway {
     }
 }
 
-/// The API listener's handler.
-pub struct ApiHandler(pub Arc<Gateway>);
+/// The API listener's handler: serves each request on the gateway current when it arrived.
+pub struct ApiHandler(pub Arc<ArcSwap<Gateway>>);
+
+impl ApiHandler {
+    /// `g.chat`, retried once on the current gateway when `g` was swapped out by a reload and its
+    /// pool closed before the job was submitted (so a reload never fails a request). Relies on
+    /// `chat` leaving `req` as it found it when submitting fails.
+    pub(crate) fn chat_current(
+        &self,
+        g: &Arc<Gateway>,
+        req: &mut Request,
+        rec: &mut AccessRecord,
+    ) -> Result<Response, ApiError> {
+        match g.chat(req, rec) {
+            Err(e) if e.code == "shutting_down" => {
+                let current = self.0.load_full();
+                if Arc::ptr_eq(&current, g) {
+                    return Err(e);
+                }
+                current.chat(req, rec)
+            }
+            other => other,
+        }
+    }
+}
 
 impl Handler for ApiHandler {
     fn handle(&self, req: &mut Request) -> Response {
-        let g = &self.0;
+        let current = self.0.load_full();
+        let g = &current;
         let path = req.path.clone();
         if let (Method::Post, "/v1/chat/completions") = (req.method, path.as_str()) {
             let mut rec = AccessRecord {
                 request_id: req.id.clone(),
                 ..AccessRecord::default()
             };
-            let resp = g.chat(req, &mut rec).unwrap_or_else(|e| {
+            let resp = self.chat_current(g, req, &mut rec).unwrap_or_else(|e| {
                 rec.error_code = e.code;
                 Response::error(&e)
             });
@@ -212,11 +274,52 @@ impl Handler for ApiHandler {
 }
 
 /// The admin listener's handler.
-pub struct AdminHandler(pub Arc<Gateway>);
+pub struct AdminHandler {
+    pub gateway: Arc<ArcSwap<Gateway>>,
+    pub service: Arc<ServiceStats>,
+}
+
+impl AdminHandler {
+    /// `/stats`: the gateway's document plus the config generation, reload counters and each
+    /// pool's number of upstream keys (never the keys).
+    fn stats(&self, g: &Gateway) -> serde_json::Value {
+        let mut v = g.stats_json();
+        v["config"] = json!({
+            "path": g.config.path.display().to_string(),
+            "generation": g.generation,
+        });
+        v["service"] = self.service.to_json();
+        for (name, p) in &g.config.providers {
+            if let Some(pool) = v["pools"].get_mut(name) {
+                pool["keys"] = p.keys.len().into();
+            }
+        }
+        v
+    }
+
+    fn metrics(&self, g: &Gateway) -> Response {
+        let text = prometheus::render(&prometheus::Scrape {
+            pools: &g.pools,
+            front: g.front.get().map(|f| &**f),
+            objpools: &g.objpools,
+            service: &self.service,
+            generation: g.generation,
+            draining: g.draining.load(Ordering::Relaxed),
+        });
+        Response {
+            status: 200,
+            content_type: prometheus::CONTENT_TYPE,
+            headers: Vec::new(),
+            body: text.into_bytes(),
+            stream: None,
+        }
+    }
+}
 
 impl Handler for AdminHandler {
     fn handle(&self, req: &mut Request) -> Response {
-        let g = &self.0;
+        let current = self.gateway.load_full();
+        let g = &current;
         match (req.method, req.path.as_str()) {
             (Method::Get | Method::Head, "/health") => {
                 if g.draining.load(Ordering::Relaxed) {
@@ -226,10 +329,13 @@ impl Handler for AdminHandler {
                 }
             }
             (Method::Get | Method::Head, "/stats") => {
-                let body = serde_json::to_vec_pretty(&g.stats_json()).unwrap_or_default();
+                let body = serde_json::to_vec_pretty(&self.stats(g)).unwrap_or_default();
                 Response::json(200, body)
             }
-            (_, "/health" | "/stats") => Response::error(&method_not_allowed(req.method)),
+            (Method::Get | Method::Head, "/metrics") => self.metrics(g),
+            (_, "/health" | "/stats" | "/metrics") => {
+                Response::error(&method_not_allowed(req.method))
+            }
             (_, path) => Response::error(&not_found(path)),
         }
     }

@@ -11,4 +11,5 @@ pub mod objpool;
 pub mod pool;
 pub mod providers;
 pub mod route;
+pub mod service;
 pub mod stats;

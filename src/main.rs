@@ -1,28 +1,22 @@
-//! The `deepintshield` binary: command line, start-up (scheduler, pools, listeners), the stats
-//! reporter, signals and graceful shutdown. Exit codes: 0 ok, 1 runtime failure, 2 bad usage or
-//! config.
+//! The `deepintshield` binary: command line, the may scheduler, the stdout stats reporter, and
+//! the service (`deepintshield::service`: pools, listeners, systemd notify and watchdog, SIGHUP
+//! reload, SIGTERM shutdown). Exit codes: 0 ok, 1 runtime failure, 2 bad usage or config.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use deepintshield::app::{AdminHandler, ApiHandler, Gateway};
+use arc_swap::ArcSwap;
+use deepintshield::app::Gateway;
 use deepintshield::config::{Config, ServerConfig};
-use deepintshield::http;
 use deepintshield::log;
-use deepintshield::objpool::{ObjPool, ObjPoolStats};
-use deepintshield::pool::{ProviderPool, ReplyChannel};
-use deepintshield::route::Router;
+use deepintshield::objpool::ObjPoolStats;
+use deepintshield::service::{Service, SignalSet};
 
 /// Config used when no `--config` is given.
 const CONFIG_PATH_DEFAULT: &str = "config/deepintshield.toml";
-/// Extra time past `shutdown_timeout` for workers to answer what they abandoned.
-const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
-/// Initial capacity of a pooled connection buffer.
-const BUFFER_BYTES_INITIAL: usize = 8 * 1024;
 
 const USAGE: &str = "\
 usage: deepintshield [--config PATH]   run the gateway (default config: config/deepintshield.toml)
@@ -30,7 +24,9 @@ usage: deepintshield [--config PATH]   run the gateway (default config: config/d
        deepintshield --version
        deepintshield --help
 
-signals: SIGTERM/SIGINT drain and exit 0";
+signals: SIGHUP re-reads the config (applied, or the old one kept if the new one is invalid);
+         SIGTERM/SIGINT drain and exit 0
+systemd: Type=notify (READY=1, RELOADING=1, STOPPING=1) and WatchdogSec= are supported";
 
 enum Command {
     Run(PathBuf),
@@ -102,6 +98,16 @@ fn main() -> ExitCode {
 }
 
 fn run(path: &Path) -> ExitCode {
+    // Signals are registered before any thread starts, so every thread inherits the registration
+    // and SIGTERM never kills the process mid-request.
+    let mut signals = match SignalSet::install() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("deepintshield: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    log::detect_journal();
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -109,112 +115,22 @@ fn run(path: &Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match start(&config) {
+    log::set_level(config.log.level);
+    log::set_access(config.log.access);
+    match start(config, &mut signals) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("deepintshield: {e}");
+            log::error("cannot start", &[("error", &e)]);
             ExitCode::from(1)
         }
     }
 }
 
-fn start(config: &Config) -> Result<(), String> {
-    // Signals are blocked from delivery-by-default before any thread starts, so every thread
-    // inherits the registration and SIGTERM never kills the process mid-request.
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGHUP,
-    ])
-    .map_err(|e| format!("cannot install signal handlers: {e}"))?;
-
+fn start(config: Config, signals: &mut SignalSet) -> Result<(), String> {
     start_scheduler(&config.server)?;
-    let core_ids = core_affinity::get_core_ids().unwrap_or_default();
-    let mut pools = Vec::new();
-    for p in config.providers.values() {
-        pools.push(Arc::new(ProviderPool::start(p, &core_ids)?));
-    }
-    let o = &config.objpools;
-    let buffers = ObjPool::new(
-        "connection_buffers",
-        o.buffers,
-        o.buffers_prefill,
-        o.buffer_retain_bytes_max,
-        || Vec::with_capacity(BUFFER_BYTES_INITIAL),
-    );
-    let replies = ObjPool::new(
-        "reply_channels",
-        o.buffers,
-        o.buffers_prefill,
-        0,
-        ReplyChannel::new,
-    );
-    let objpools: Vec<Arc<dyn ObjPoolStats>> = vec![buffers.clone(), replies.clone()];
-    let gateway = Arc::new(Gateway {
-        router: Router::new(config),
-        pools: pools.clone(),
-        json_depth_max: config.server.json_depth_max,
-        replies,
-        objpools: objpools.clone(),
-        started: Instant::now(),
-        draining: Default::default(),
-        front: OnceLock::new(),
-    });
-
-    let bind = |addr| {
-        std::net::TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))
-    };
-    let api_listener = bind(config.server.listen)?;
-    let admin_listener = bind(config.server.admin_listen)?;
-    let limits = config.server.limits.clone();
-    let api = http::serve(
-        api_listener,
-        limits.clone(),
-        Arc::new(ApiHandler(gateway.clone())),
-        buffers.clone(),
-    )
-    .map_err(|e| format!("cannot serve the API listener: {e}"))?;
-    let admin = http::serve(
-        admin_listener,
-        limits,
-        Arc::new(AdminHandler(gateway.clone())),
-        buffers,
-    )
-    .map_err(|e| format!("cannot serve the admin listener: {e}"))?;
-    let _ = gateway.front.set(api.stats().clone());
-    println!(
-        "deepintshield {} listening on http://{} (api), http://{} (admin)",
-        env!("CARGO_PKG_VERSION"),
-        api.local_addr(),
-        admin.local_addr()
-    );
-    let _ = std::io::stdout().flush();
-    start_reporter(config, &pools, objpools);
-
-    for signal in signals.forever() {
-        if signal == signal_hook::consts::SIGHUP {
-            log::warn("SIGHUP: live reload is not supported by this version; restart to apply config changes", &[]);
-            continue;
-        }
-        break;
-    }
-    log::info("shutting down: draining queued and in-flight requests", &[]);
-    gateway.draining.store(true, Ordering::Relaxed);
-    api.stop_accepting();
-    let deadline = Instant::now() + config.server.shutdown_timeout;
-    for p in &pools {
-        p.close();
-    }
-    for p in &pools {
-        p.shutdown(deadline, SHUTDOWN_GRACE);
-    }
-    // Let coroutines write the last answers.
-    let in_flight = &api.stats().requests_in_flight;
-    while in_flight.load(Ordering::Acquire) > 0 && Instant::now() < deadline + SHUTDOWN_GRACE {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    admin.stop_accepting();
-    log::info("shutdown complete", &[]);
+    let service = Service::start(config)?;
+    start_reporter(service.gateway());
+    service.run(signals);
     Ok(())
 }
 
@@ -242,44 +158,35 @@ fn start_may() {
     let _ = h.join();
 }
 
-/// The periodic stdout line per pool and the object-pool hit-ratio warnings.
-fn start_reporter(
-    config: &Config,
-    pools: &[Arc<ProviderPool>],
-    objpools: Vec<Arc<dyn ObjPoolStats>>,
-) {
-    let Some(interval) = config.stats.stdout_interval else {
-        return;
-    };
-    let warn_below = config.stats.objpool_hit_ratio_warn;
-    let pools = pools.to_vec();
+/// How often the stdout reporter looks again while `stats.stdout_interval_ms` is 0 (a reload may
+/// switch it on).
+const REPORTER_IDLE_POLL: Duration = Duration::from_secs(1);
+
+/// The periodic stdout line per pool and the object-pool hit-ratio warnings. Reads the current
+/// gateway (pools, interval, threshold) at each line, so a reload applies to it.
+fn start_reporter(gateway: Arc<ArcSwap<Gateway>>) {
     let spawned = std::thread::Builder::new()
         .name("stats-reporter".into())
         .spawn(move || {
-            let mut last: Vec<(u64, u64)> = vec![(0, 0); objpools.len()];
+            let mut last: Vec<(u64, u64)> = Vec::new();
             loop {
+                let Some(interval) = gateway.load().config.stats.stdout_interval else {
+                    std::thread::sleep(REPORTER_IDLE_POLL);
+                    continue;
+                };
                 std::thread::sleep(interval);
+                let g = gateway.load_full();
                 let mut out = std::io::stdout().lock();
-                for p in &pools {
+                for p in &g.pools {
                     let _ = writeln!(out, "{}", p.stats_line());
                 }
                 let _ = out.flush();
-                for (p, prev) in objpools.iter().zip(last.iter_mut()) {
-                    let s = p.snapshot();
-                    let (gets, hits) = (s.gets - prev.0, s.hits - prev.1);
-                    *prev = (s.gets, s.hits);
-                    if gets >= 100 && (hits as f64) < warn_below * gets as f64 {
-                        log::warn(
-                            "object pool hit ratio below the warning threshold over the last interval; raise objpools.buffers",
-                            &[
-                                ("pool", s.name),
-                                ("hit_ratio", &format!("{:.3}", hits as f64 / gets as f64)),
-                                ("threshold", &format!("{warn_below:.3}")),
-                                ("gets", &gets.to_string()),
-                            ],
-                        );
-                    }
-                }
+                drop(out);
+                warn_objpools(
+                    &g.objpools,
+                    g.config.stats.objpool_hit_ratio_warn,
+                    &mut last,
+                );
             }
         });
     if let Err(e) = spawned {
@@ -287,6 +194,28 @@ fn start_reporter(
             "cannot start the stats reporter",
             &[("error", &e.to_string())],
         );
+    }
+}
+
+/// Warn about each object pool whose hit ratio over the interval since `last` was below
+/// `warn_below`.
+fn warn_objpools(objpools: &[Arc<dyn ObjPoolStats>], warn_below: f64, last: &mut Vec<(u64, u64)>) {
+    last.resize(objpools.len(), (0, 0));
+    for (p, prev) in objpools.iter().zip(last.iter_mut()) {
+        let s = p.snapshot();
+        let (gets, hits) = (s.gets - prev.0.min(s.gets), s.hits - prev.1.min(s.hits));
+        *prev = (s.gets, s.hits);
+        if gets >= 100 && (hits as f64) < warn_below * gets as f64 {
+            log::warn(
+                "object pool hit ratio below the warning threshold over the last interval; raise objpools.buffers",
+                &[
+                    ("pool", s.name),
+                    ("hit_ratio", &format!("{:.3}", hits as f64 / gets as f64)),
+                    ("threshold", &format!("{warn_below:.3}")),
+                    ("gets", &gets.to_string()),
+                ],
+            );
+        }
     }
 }
 

@@ -176,3 +176,122 @@ fn head_of_a_stream_is_an_error_before_it_starts() {
     assert_eq!(r.status, 404);
     assert!(r.events[0].0.contains("model_not_found"));
 }
+
+/// A gateway with an `openai` provider `up` in front of the bench mock.
+fn via_bench_mock(extra: &str) -> (Mock, Gateway) {
+    let mock = Mock::start(&[]);
+    let cfg = format!(
+        "{}[providers.up]\ntype = \"openai\"\nbase_url = \"{}\"\nkeys = [{{ key = \"env:UP_KEY\" }}]\n{extra}\n",
+        base_config(),
+        mock.base_url()
+    );
+    let gw = Gateway::start_with_env(&cfg, &[("UP_KEY", "sk-stream")]);
+    (mock, gw)
+}
+
+#[test]
+fn upstream_stream_is_relayed_event_by_event() {
+    let (mock, gw) = via_bench_mock("");
+    let mut c = Conn::new(gw.api);
+    c.send(&stream_request("up/chunks-4-chunkdelay-100", "relay me", true));
+    let r = c.sse_response().expect("stream");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.content(), "mock: relay me");
+    assert_eq!(r.events.last().map(|e| e.0.as_str()), Some("[DONE]"));
+    let usage = r.chunks().last().cloned().unwrap();
+    assert!(usage["usage"]["total_tokens"].as_u64().unwrap() > 0, "{usage}");
+    let content: Vec<_> = r
+        .chunks()
+        .iter()
+        .zip(&r.events)
+        .filter(|(c, _)| c["choices"][0]["delta"]["content"].as_str().is_some_and(|s| !s.is_empty()))
+        .map(|(_, e)| e.1)
+        .collect();
+    assert!(content.len() >= 2);
+    assert!(
+        *content.last().unwrap() - content[0] >= Duration::from_millis(150),
+        "events must not be buffered"
+    );
+    // Without include_usage the usage chunk is not passed on, but still counted.
+    c.send(&stream_request("up/chunks-2", "no usage", false));
+    let r = c.sse_response().expect("stream");
+    assert!(r.chunks().iter().all(|c| c["choices"].as_array().is_some_and(|a| !a.is_empty())));
+    let counters = &gw.stats()["pools"]["up"]["counters"];
+    assert!(counters["completion_tokens"].as_u64().unwrap() > 0, "{counters}");
+    assert_eq!(mock.stats()["streams_completed"], 2);
+}
+
+#[test]
+fn mid_stream_upstream_error_becomes_an_sse_error_event() {
+    let (_mock, gw) = via_bench_mock("");
+    let mut c = Conn::new(gw.api);
+    c.send(&stream_request("up/chunks-8-failafter-3", "x", false));
+    let r = c.sse_response().expect("stream");
+    assert_eq!(r.status, 200);
+    let last = &r.events.last().expect("events").0;
+    let v: serde_json::Value = serde_json::from_str(last).expect("json error event");
+    assert!(v["error"].is_object(), "{last}");
+    assert!(r.events.iter().all(|e| e.0 != "[DONE]"));
+    // An abrupt close of the upstream is reported, not a silent truncation.
+    let mut c = Conn::new(gw.api);
+    c.send(&stream_request("up/chunks-8-resetafter-3", "x", false));
+    let r = c.sse_response().expect("stream");
+    let last = &r.events.last().expect("events").0;
+    assert!(last.contains("\"error\""), "{last}");
+    assert!(gw.stats()["pools"]["up"]["counters"]["stream_errors"].as_u64().unwrap() >= 2);
+}
+
+#[test]
+fn stalled_upstream_stream_is_ended_with_an_error() {
+    let (_mock, gw) = via_bench_mock("stream_idle_timeout_ms = 300");
+    let mut c = Conn::new(gw.api);
+    let t0 = Instant::now();
+    c.send(&stream_request("up/chunks-3-chunkdelay-2000", "x", false));
+    let r = c.sse_response().expect("stream");
+    let last = &r.events.last().expect("events").0;
+    assert!(last.contains("stream_idle_timeout"), "{last}");
+    assert!(t0.elapsed() < Duration::from_millis(1500), "{:?}", t0.elapsed());
+}
+
+#[test]
+fn client_leaving_mid_stream_stops_the_upstream_stream() {
+    let (mock, gw) = via_bench_mock("");
+    let mut c = Conn::new(gw.api);
+    c.send(&stream_request("up/chunks-100-chunkdelay-100", "x", false));
+    let mut buf = [0u8; 512];
+    let _ = std::io::Read::read(&mut c.s, &mut buf);
+    std::thread::sleep(Duration::from_millis(250));
+    drop(c);
+    let t0 = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(3), || mock.stats()["streams_aborted"] == 1),
+        "{}",
+        mock.stats()
+    );
+    assert!(t0.elapsed() < Duration::from_millis(1200), "{:?}", t0.elapsed());
+    assert!(eventually(Duration::from_secs(2), || {
+        gw.stats()["pools"]["up"]["counters"]["client_cancelled"] == 1
+    }));
+    // 200 more cancelled streams: every upstream stream stops and no descriptor is left behind.
+    let pid = gw.proc.child.id();
+    std::thread::sleep(Duration::from_millis(200));
+    let before = fd_count(pid);
+    for _ in 0..200 {
+        let mut s = connect(gw.api);
+        s.write_all(&stream_request("up/chunks-100-chunkdelay-50", "x", false))
+            .unwrap();
+        let mut head = [0u8; 256];
+        let _ = std::io::Read::read(&mut s, &mut head);
+    }
+    assert!(
+        eventually(Duration::from_secs(30), || mock.stats()["streams_aborted"] == 201),
+        "{}",
+        mock.stats()
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || fd_count(pid) <= before + 2),
+        "fds before {before}, after {}",
+        fd_count(pid)
+    );
+    assert_eq!(gw.chat("up/after", "ok").status, 200);
+}

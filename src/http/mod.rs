@@ -97,12 +97,51 @@ impl Request {
         socket_closed_by_peer(self.fd)
     }
 
+    /// A handle that drops this request's connection abruptly, for fault injection (the bench
+    /// mock's `reset` faults). Use it only while the request is handled or its stream polled.
+    pub fn abort_handle(&self) -> AbortHandle {
+        AbortHandle { fd: self.fd }
+    }
+
     /// First header of that name (ASCII case-insensitive).
     pub fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_slice())
+    }
+}
+
+/// Drops a connection without answering: see [`Request::abort_handle`].
+#[derive(Clone, Copy, Debug)]
+pub struct AbortHandle {
+    fd: i32,
+}
+
+impl AbortHandle {
+    /// Set `SO_LINGER` to zero and shut the socket down both ways: the peer reads end-of-file at
+    /// once, the server's next write fails, and the close that follows sends a reset. Nothing
+    /// that is still queued is sent.
+    pub fn abort(&self) {
+        if self.fd < 0 {
+            return;
+        }
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: `fd` is the open socket of the connection whose request or stream holds this
+        // handle (documented on `abort_handle`); setsockopt reads `linger` for its size only.
+        unsafe {
+            libc::setsockopt(
+                self.fd,
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            );
+            libc::shutdown(self.fd, libc::SHUT_RDWR);
+        }
     }
 }
 

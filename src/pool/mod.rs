@@ -3,6 +3,7 @@
 //! `catch_unwind`. Replies go back over `may` channels so waiting coroutines never block a
 //! scheduler thread.
 
+pub mod breaker;
 mod worker;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};

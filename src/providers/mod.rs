@@ -3,6 +3,7 @@
 
 pub mod mock;
 pub mod openai;
+pub mod keys;
 pub mod sse;
 
 use std::time::{Duration, Instant};

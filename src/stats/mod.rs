@@ -2,6 +2,8 @@
 //! per worker core (a worker only ever shares a shard with workers pinned to the same core), the
 //! collector that merges shards, the `/stats` JSON pieces and the periodic stdout line.
 
+pub mod prometheus;
+
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -522,3 +522,117 @@ pub fn fd_count(pid: u32) -> usize {
         .map(|d| d.count())
         .unwrap_or(0)
 }
+
+/// Lines a child wrote to stderr, kept for assertions (see [`Gateway::start_logged`]).
+#[derive(Clone, Default)]
+pub struct StderrLog(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl StderrLog {
+    pub fn lines(&self) -> Vec<String> {
+        self.0.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// The first line (from the start) matching `pred`, waiting up to `timeout` for it.
+    pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
+        let mut found = None;
+        eventually(timeout, || {
+            found = self.lines().into_iter().find(|l| pred(l));
+            found.is_some()
+        });
+        found
+    }
+}
+
+impl Proc {
+    /// Like the harness's spawn, but every stderr line is also kept in the returned log.
+    pub fn spawn_logged(mut cmd: Command, ready_prefix: &str) -> (Proc, StderrLog) {
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null());
+        let mut child = cmd.spawn().expect("spawn");
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let log = StderrLog::default();
+        let kept = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("[child stderr] {line}");
+                if let Ok(mut l) = kept.0.lock() {
+                    l.push(line);
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.contains(ready_prefix) => {
+                    let proc = Proc {
+                        child,
+                        first_line: line,
+                        stdout_lines: rx,
+                    };
+                    return (proc, log);
+                }
+                Ok(_) => continue,
+                Err(_) => {
+                    let _ = child.kill();
+                    let status = child.wait().ok();
+                    panic!(
+                        "process did not print {ready_prefix:?} (exit {status:?}); stderr: {:?}",
+                        log.lines()
+                    );
+                }
+            }
+        }
+    }
+}
+
+impl Gateway {
+    /// Start a gateway on `toml` with extra environment, keeping its stderr (logs) for assertions.
+    pub fn start_logged(toml: &str, env: &[(&str, &str)]) -> (Gateway, StderrLog) {
+        let config_path = write_config(toml);
+        let mut cmd = Command::new(gateway_bin());
+        cmd.arg("--config").arg(&config_path);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let (proc, log) = Proc::spawn_logged(cmd, "listening on");
+        let addrs: Vec<SocketAddr> = proc
+            .first_line
+            .split("http://")
+            .skip(1)
+            .filter_map(|s| s.split(' ').next()?.parse().ok())
+            .collect();
+        assert_eq!(addrs.len(), 2, "{}", proc.first_line);
+        let gw = Gateway {
+            proc,
+            api: addrs[0],
+            admin: addrs[1],
+            config_path,
+        };
+        (gw, log)
+    }
+
+    /// Rewrite the config file with `toml` and send SIGHUP (the reload is asynchronous).
+    pub fn reload_with(&self, toml: &str) {
+        std::fs::write(&self.config_path, toml).expect("rewrite config");
+        self.proc.signal(libc::SIGHUP);
+    }
+
+    /// `GET /metrics` on the admin listener: (content type, body).
+    pub fn metrics(&self) -> (String, String) {
+        let r = request(self.admin, "GET", "/metrics", &[], b"");
+        assert_eq!(r.status, 200);
+        let ct = r.header("content-type").unwrap_or_default().to_string();
+        (ct, String::from_utf8(r.body).expect("UTF-8 metrics"))
+    }
+}

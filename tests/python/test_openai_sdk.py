@@ -58,3 +58,38 @@ def test_unknown_model_is_not_found(client):
 def test_upstream_error_status_reaches_the_sdk(client):
     with pytest.raises(openai.RateLimitError):
         client.chat.completions.create(model="up/status-429", messages=[{"role": "user", "content": "x"}])
+
+
+def test_streaming_chunks_arrive_as_they_are_generated(client):
+    import time
+
+    stream = client.chat.completions.create(
+        model="up/chunks-5-chunkdelay-200",
+        messages=[{"role": "user", "content": "count to five"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    content, usage, arrivals = "", None, []
+    for chunk in stream:
+        assert chunk.object == "chat.completion.chunk"
+        if chunk.choices and chunk.choices[0].delta.content:
+            content += chunk.choices[0].delta.content
+            arrivals.append(time.monotonic())
+        if chunk.usage:
+            usage = chunk.usage
+    assert content == "mock: count to five"
+    assert usage is not None and usage.completion_tokens > 0
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    # One chunk every 200 ms upstream: they must reach the SDK spread out, not at the end.
+    assert len(arrivals) >= 4
+    assert arrivals[-1] - arrivals[0] >= 0.5, arrivals
+    gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
+    assert min(gaps) >= 0.1, gaps
+
+
+def test_streaming_through_builtin_mock(client):
+    stream = client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text == "mock: hi"

@@ -1,0 +1,358 @@
+//! The gateway as a systemd service: start-up (pools, object pools, listeners), the notify protocol
+//! (`READY=1` once listeners are bound and pools run, `RELOADING=1`/`READY=1` around a reload,
+//! `STOPPING=1`), the watchdog, SIGHUP reload without dropping requests, and SIGTERM shutdown.
+//!
+//! Reload: handlers load the current [`Gateway`] from an [`ArcSwap`] per request. A reload builds
+//! a new gateway with new pools from the re-read config and swaps it in; requests already holding
+//! the old one finish on the old pools, which drain in the background (see [`reload::retire`]).
+
+mod notify;
+mod reload;
+mod signals;
+mod watchdog;
+
+pub use notify::{monotonic_usec, watchdog_timeout, Notifier};
+pub use reload::{restart_only_changes, RETIRE_SUBMIT_GRACE};
+pub use signals::{Event, SignalSet};
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use serde_json::json;
+
+use crate::app::{AdminHandler, ApiHandler, Gateway};
+use crate::config::Config;
+use crate::http::{self, ServerHandle};
+use crate::log;
+use crate::objpool::{ObjPool, ObjPoolStats};
+use crate::pool::ReplyChannel;
+
+/// Extra time past `shutdown_timeout` for workers to answer what they abandoned.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
+/// Initial capacity of a pooled connection buffer.
+const BUFFER_BYTES_INITIAL: usize = 8 * 1024;
+/// How often shutdown looks whether the last responses were written.
+const SHUTDOWN_POLL: Duration = Duration::from_millis(5);
+
+/// Service-level counters, shared by every gateway generation (for `/stats` and `/metrics`).
+pub struct ServiceStats {
+    /// When the service started (Unix time, seconds).
+    pub started_unix_s: f64,
+    pub reloads_ok: AtomicU64,
+    pub reloads_failed: AtomicU64,
+    /// Whether the last reload applied (true before any).
+    pub last_reload_ok: AtomicBool,
+    /// Unix time (s) of the last successful reload, or of the start.
+    pub last_reload_ok_unix_s: AtomicU64,
+    /// Pools swapped out by a reload that are still finishing their work.
+    pub pools_draining: AtomicU64,
+    /// Watchdog checks that failed (each withheld one `WATCHDOG=1`).
+    pub watchdog_failures: AtomicU64,
+}
+
+impl ServiceStats {
+    pub fn new() -> ServiceStats {
+        let now = unix_now();
+        ServiceStats {
+            started_unix_s: now.as_secs_f64(),
+            reloads_ok: AtomicU64::new(0),
+            reloads_failed: AtomicU64::new(0),
+            last_reload_ok: AtomicBool::new(true),
+            last_reload_ok_unix_s: AtomicU64::new(now.as_secs()),
+            pools_draining: AtomicU64::new(0),
+            watchdog_failures: AtomicU64::new(0),
+        }
+    }
+
+    /// The `service` part of `/stats`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        json!({
+            "reloads_ok": g(&self.reloads_ok),
+            "reloads_failed": g(&self.reloads_failed),
+            "last_reload_ok": self.last_reload_ok.load(Ordering::Relaxed),
+            "last_reload_ok_unix_s": g(&self.last_reload_ok_unix_s),
+            "pools_draining": g(&self.pools_draining),
+            "watchdog_failures": g(&self.watchdog_failures),
+        })
+    }
+}
+
+impl Default for ServiceStats {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn unix_now() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+/// A running gateway service.
+pub struct Service {
+    config_path: PathBuf,
+    gateway: Arc<ArcSwap<Gateway>>,
+    api: Arc<ServerHandle>,
+    admin: Arc<ServerHandle>,
+    core_ids: Vec<core_affinity::CoreId>,
+    notifier: Option<Arc<Notifier>>,
+    watchdog: Option<watchdog::Watchdog>,
+    stats: Arc<ServiceStats>,
+}
+
+impl Service {
+    /// Start the pools and both listeners on `config` (the may scheduler must be configured
+    /// already), print the `listening on` line, and tell systemd `READY=1`.
+    pub fn start(config: Config) -> Result<Service, String> {
+        let notifier = match Notifier::from_env() {
+            Ok(n) => n.map(Arc::new),
+            Err(e) => {
+                log::warn("not notifying systemd", &[("error", &e)]);
+                None
+            }
+        };
+        let config = Arc::new(config);
+        let core_ids = core_affinity::get_core_ids().unwrap_or_default();
+        let pools = reload::start_pools(&config, &core_ids, &[])?;
+        let o = &config.objpools;
+        let buffers = ObjPool::new(
+            "connection_buffers",
+            o.buffers,
+            o.buffers_prefill,
+            o.buffer_retain_bytes_max,
+            || Vec::with_capacity(BUFFER_BYTES_INITIAL),
+        );
+        let replies = ObjPool::new(
+            "reply_channels",
+            o.buffers,
+            o.buffers_prefill,
+            0,
+            ReplyChannel::new,
+        );
+        let objpools: Vec<Arc<dyn ObjPoolStats>> = vec![buffers.clone(), replies.clone()];
+        let gateway = Gateway::new(
+            Arc::clone(&config),
+            pools,
+            replies,
+            objpools,
+            Instant::now(),
+            1,
+        );
+        let gateway = Arc::new(ArcSwap::from_pointee(gateway));
+        let stats = Arc::new(ServiceStats::new());
+
+        let bind = |addr| {
+            std::net::TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))
+        };
+        let api_listener = bind(config.server.listen)?;
+        let admin_listener = bind(config.server.admin_listen)?;
+        let limits = config.server.limits.clone();
+        let api = http::serve(
+            api_listener,
+            limits.clone(),
+            Arc::new(ApiHandler(Arc::clone(&gateway))),
+            buffers.clone(),
+        )
+        .map_err(|e| format!("cannot serve the API listener: {e}"))?;
+        let admin_handler = AdminHandler {
+            gateway: Arc::clone(&gateway),
+            service: Arc::clone(&stats),
+        };
+        let admin = http::serve(admin_listener, limits, Arc::new(admin_handler), buffers)
+            .map_err(|e| format!("cannot serve the admin listener: {e}"))?;
+        let _ = gateway.load().front.set(api.stats().clone());
+        let (api, admin) = (Arc::new(api), Arc::new(admin));
+        // Tests and operators wait for this line: both listeners accept from here on.
+        println!(
+            "deepintshield {} listening on http://{} (api), http://{} (admin)",
+            env!("CARGO_PKG_VERSION"),
+            api.local_addr(),
+            admin.local_addr()
+        );
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+
+        let mut service = Service {
+            config_path: config.path.clone(),
+            gateway,
+            api,
+            admin,
+            core_ids,
+            notifier,
+            watchdog: None,
+            stats,
+        };
+        service.notify("READY=1", |n| n.ready(&service.status_line()));
+        service.start_watchdog();
+        Ok(service)
+    }
+
+    /// The current gateway (the stdout reporter reads it at each line).
+    pub fn gateway(&self) -> Arc<ArcSwap<Gateway>> {
+        Arc::clone(&self.gateway)
+    }
+
+    /// Answer signals until SIGTERM or SIGINT, then shut down gracefully.
+    pub fn run(mut self, signals: &mut SignalSet) {
+        loop {
+            match signals.wait() {
+                Event::Reload => self.reload(),
+                Event::Shutdown(name) => {
+                    log::info(
+                        "shutting down: draining queued and in-flight requests",
+                        &[("signal", name)],
+                    );
+                    break;
+                }
+            }
+        }
+        self.shutdown();
+    }
+
+    fn start_watchdog(&mut self) {
+        let (Some(notifier), Some(timeout)) = (&self.notifier, watchdog_timeout()) else {
+            return;
+        };
+        let listeners = vec![
+            ("api", Arc::clone(&self.api)),
+            ("admin", Arc::clone(&self.admin)),
+        ];
+        match watchdog::Watchdog::start(
+            Arc::clone(notifier),
+            timeout,
+            Arc::clone(&self.gateway),
+            listeners,
+            Arc::clone(&self.stats),
+        ) {
+            Ok(w) => self.watchdog = Some(w),
+            // No pings: systemd restarts the service after the timeout, which is what a gateway
+            // that cannot watch itself deserves.
+            Err(e) => log::error("cannot start the watchdog", &[("error", &e)]),
+        }
+    }
+
+    /// Send a state to systemd (when run by it); a failure is logged, never fatal.
+    fn notify(&self, what: &str, send: impl FnOnce(&Notifier) -> std::io::Result<()>) {
+        if let Some(n) = &self.notifier {
+            if let Err(e) = send(n) {
+                log::warn(
+                    "cannot notify systemd",
+                    &[("state", what), ("error", &e.to_string())],
+                );
+            }
+        }
+    }
+
+    fn status_line(&self) -> String {
+        let g = self.gateway.load();
+        format!(
+            "serving {} providers on {} (config generation {})",
+            g.pools.len(),
+            self.api.local_addr(),
+            g.generation
+        )
+    }
+
+    /// SIGHUP: re-read and validate the config; apply it, or keep the running one and log why.
+    fn reload(&mut self) {
+        let started = Instant::now();
+        log::info(
+            "reload: re-reading the config",
+            &[("path", &self.config_path.display().to_string())],
+        );
+        self.notify("RELOADING=1", Notifier::reloading);
+        let outcome = self.apply(&self.config_path.clone());
+        let stats = &self.stats;
+        match &outcome {
+            Ok(()) => {
+                stats.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                stats.last_reload_ok.store(true, Ordering::Relaxed);
+                let now = unix_now().as_secs();
+                stats.last_reload_ok_unix_s.store(now, Ordering::Relaxed);
+                log::info(
+                    "reload: config applied",
+                    &[
+                        ("generation", &self.gateway.load().generation.to_string()),
+                        ("ms", &started.elapsed().as_millis().to_string()),
+                    ],
+                );
+            }
+            Err(e) => {
+                stats.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                stats.last_reload_ok.store(false, Ordering::Relaxed);
+                log::error(
+                    "reload failed: still serving the previous config",
+                    &[("error", e)],
+                );
+            }
+        }
+        let status = match &outcome {
+            Ok(()) => self.status_line(),
+            Err(_) => format!("{}; last reload failed (see the log)", self.status_line()),
+        };
+        self.notify("READY=1", |n| n.ready(&status));
+    }
+
+    /// Load, validate and apply the config at `path`; on error nothing changed.
+    fn apply(&self, path: &Path) -> Result<(), String> {
+        let mut config = Config::load(path).map_err(|e| e.to_string())?;
+        let old = self.gateway.load_full();
+        for change in restart_only_changes(&old.config, &config) {
+            log::warn(
+                "reload: setting changed but only a restart applies it; keeping the running value",
+                &[("change", &change)],
+            );
+        }
+        reload::keep_restart_only(&old.config, &mut config);
+        let config = Arc::new(config);
+        let pools = reload::start_pools(&config, &self.core_ids, &old.pools)?;
+        let next = Gateway::new(
+            Arc::clone(&config),
+            pools,
+            Arc::clone(&old.replies),
+            old.objpools.clone(),
+            old.started,
+            old.generation + 1,
+        );
+        if let Some(front) = old.front.get() {
+            let _ = next.front.set(Arc::clone(front));
+        }
+        log::set_level(config.log.level);
+        log::set_access(config.log.access);
+        self.api.set_limits(config.server.limits.clone());
+        self.admin.set_limits(config.server.limits.clone());
+        self.gateway.store(Arc::new(next));
+        reload::retire(old.pools.clone(), Arc::clone(&self.stats));
+        Ok(())
+    }
+
+    /// Stop accepting, finish queued and in-flight requests up to `shutdown_timeout`, answer the
+    /// rest 503.
+    fn shutdown(mut self) {
+        self.notify("STOPPING=1", Notifier::stopping);
+        if let Some(mut w) = self.watchdog.take() {
+            w.stop();
+        }
+        let gateway = self.gateway.load_full();
+        gateway.draining.store(true, Ordering::Relaxed);
+        self.api.stop_accepting();
+        let deadline = Instant::now() + gateway.config.server.shutdown_timeout;
+        for p in &gateway.pools {
+            p.close();
+        }
+        for p in &gateway.pools {
+            p.shutdown(deadline, SHUTDOWN_GRACE);
+        }
+        // Let coroutines write the last answers (pools retired by a reload included).
+        let in_flight = &self.api.stats().requests_in_flight;
+        while in_flight.load(Ordering::Acquire) > 0 && Instant::now() < deadline + SHUTDOWN_GRACE {
+            std::thread::sleep(SHUTDOWN_POLL);
+        }
+        self.admin.stop_accepting();
+        log::info("shutdown complete", &[]);
+    }
+}

@@ -1,0 +1,259 @@
+//! Config reload (SIGHUP): what a reload can apply and what needs a restart, starting the new
+//! generation's pools (continuing the statistics of same-named pools), and retiring the old pools
+//! in the background: they keep serving what they hold while the new ones take new work.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::ServiceStats;
+use crate::app::REPLY_GRACE;
+use crate::config::Config;
+use crate::log;
+use crate::pool::ProviderPool;
+
+/// After a swap, how long retired pools still take jobs before they close: requests that loaded
+/// the old gateway just before the swap submit within this (plus the longest `block` wait).
+pub const RETIRE_SUBMIT_GRACE: Duration = Duration::from_secs(1);
+/// Extra time past the retired pools' deadline for their workers to answer what they abandoned.
+const RETIRE_WORKER_GRACE: Duration = Duration::from_millis(500);
+
+/// Start one pool per provider of `config`, in config order (the router's pool numbering). A pool
+/// replacing one of the same name in `previous` continues its statistics, so counters stay
+/// monotonic across reloads. On failure the pools already started are stopped.
+pub fn start_pools(
+    config: &Config,
+    core_ids: &[core_affinity::CoreId],
+    previous: &[Arc<ProviderPool>],
+) -> Result<Vec<Arc<ProviderPool>>, String> {
+    let mut pools: Vec<Arc<ProviderPool>> = Vec::with_capacity(config.providers.len());
+    for p in config.providers.values() {
+        let stats = previous
+            .iter()
+            .find(|old| old.name() == p.name)
+            .map(|old| Arc::clone(old.stats()));
+        match ProviderPool::start_with_stats(p, core_ids, stats) {
+            Ok(pool) => pools.push(Arc::new(pool)),
+            Err(e) => {
+                let deadline = Instant::now();
+                for started in &pools {
+                    started.shutdown(deadline, RETIRE_WORKER_GRACE);
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(pools)
+}
+
+/// Settings of `new` that differ from `old` but only a restart applies: listener addresses,
+/// scheduler threads and cores, and the object pools (sized at start-up). One message each.
+pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    let (o, n) = (&old.server, &new.server);
+    let mut differ = |key: &str, was: String, now: String| {
+        if was != now {
+            out.push(format!("{key}: {was} -> {now}"));
+        }
+    };
+    differ("server.listen", o.listen.to_string(), n.listen.to_string());
+    differ(
+        "server.admin_listen",
+        o.admin_listen.to_string(),
+        n.admin_listen.to_string(),
+    );
+    differ(
+        "server.threads",
+        o.threads.to_string(),
+        n.threads.to_string(),
+    );
+    differ(
+        "server.cores",
+        format!("{:?}", o.cores),
+        format!("{:?}", n.cores),
+    );
+    let (o, n) = (&old.objpools, &new.objpools);
+    differ(
+        "objpools.buffers",
+        o.buffers.to_string(),
+        n.buffers.to_string(),
+    );
+    differ(
+        "objpools.buffers_prefill",
+        o.buffers_prefill.to_string(),
+        n.buffers_prefill.to_string(),
+    );
+    differ(
+        "objpools.buffer_retain_bytes_max",
+        o.buffer_retain_bytes_max.to_string(),
+        n.buffer_retain_bytes_max.to_string(),
+    );
+    out
+}
+
+/// Keep the listener addresses, scheduler and object-pool settings of `running` in `new`: those
+/// are what the process really runs with (see [`restart_only_changes`]).
+pub fn keep_restart_only(running: &Config, new: &mut Config) {
+    new.server.listen = running.server.listen;
+    new.server.admin_listen = running.server.admin_listen;
+    new.server.threads = running.server.threads;
+    new.server.cores.clone_from(&running.server.cores);
+    new.objpools = running.objpools.clone();
+}
+
+/// Retire `pools` (swapped out by a reload) in a background thread: they go on taking jobs for
+/// [`RETIRE_SUBMIT_GRACE`] plus their longest `block` wait, then close; queued and in-flight jobs
+/// finish (each is bounded by its own deadline) and the workers exit.
+pub fn retire(pools: Vec<Arc<ProviderPool>>, stats: Arc<ServiceStats>) {
+    if pools.is_empty() {
+        return;
+    }
+    let count = pools.len() as u64;
+    stats.pools_draining.fetch_add(count, Ordering::Relaxed);
+    let grace = RETIRE_SUBMIT_GRACE
+        + pools
+            .iter()
+            .map(|p| p.config().queue_wait_max)
+            .max()
+            .unwrap_or_default();
+    let timeout = pools
+        .iter()
+        .map(|p| p.config().request_timeout)
+        .max()
+        .unwrap_or_default();
+    let mine = Arc::clone(&stats);
+    let drain = move || {
+        let started = Instant::now();
+        std::thread::sleep(grace);
+        for p in &pools {
+            p.close();
+        }
+        // Every job a retired pool holds was received before it closed, so it ends by then.
+        let deadline = Instant::now() + timeout + REPLY_GRACE;
+        for p in &pools {
+            p.shutdown(deadline, RETIRE_WORKER_GRACE);
+        }
+        let names: Vec<&str> = pools.iter().map(|p| p.name()).collect();
+        log::info(
+            "reload: retired pools drained",
+            &[
+                ("pools", &names.join(",")),
+                ("ms", &started.elapsed().as_millis().to_string()),
+            ],
+        );
+        mine.pools_draining.fetch_sub(count, Ordering::Relaxed);
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("retire-pools".into())
+        .spawn(drain)
+    {
+        // Without the thread the old pools stay open: their workers idle until exit.
+        stats.pools_draining.fetch_sub(count, Ordering::Relaxed);
+        log::warn(
+            "reload: cannot start the thread that drains retired pools; they stay idle until exit",
+            &[("error", &e.to_string())],
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::{ApiHandler, Gateway};
+    use crate::http::{Method, Request};
+    use crate::log::AccessRecord;
+    use crate::objpool::ObjPool;
+    use crate::pool::ReplyChannel;
+    use arc_swap::ArcSwap;
+
+    fn chat_request() -> Request {
+        Request {
+            id: "req-test".into(),
+            method: Method::Post,
+            path: "/v1/chat/completions".into(),
+            query: String::new(),
+            headers: Vec::new(),
+            body: br#"{"model":"mock/m","messages":[{"role":"user","content":"hi"}]}"#.to_vec(),
+            received_at: Instant::now(),
+            fd: -1,
+        }
+    }
+
+    #[test]
+    fn a_request_holding_a_retired_gateway_is_served_by_the_current_one() {
+        let mut config = Config::default();
+        for p in config.providers.values_mut() {
+            p.pool.workers = 1;
+        }
+        let config = Arc::new(config);
+        let replies = ObjPool::new("reply_channels", 4, 0, 0, ReplyChannel::new);
+        let generation = |n: u64, previous: &[Arc<ProviderPool>]| {
+            let pools = start_pools(&config, &[], previous).unwrap();
+            let objpools = Vec::new();
+            let g = Gateway::new(
+                Arc::clone(&config),
+                pools,
+                Arc::clone(&replies),
+                objpools,
+                Instant::now(),
+                n,
+            );
+            Arc::new(g)
+        };
+        let old = generation(1, &[]);
+        let current = Arc::new(ArcSwap::new(Arc::clone(&old)));
+        let handler = ApiHandler(Arc::clone(&current));
+        // The reload swapped in generation 2 and the old pool closed before this request, which
+        // had loaded generation 1, submitted.
+        current.store(generation(2, &old.pools));
+        for p in &old.pools {
+            p.close();
+        }
+        let mut rec = AccessRecord::default();
+        let resp = handler.chat_current(&old, &mut chat_request(), &mut rec);
+        assert_eq!(resp.map(|r| r.status).map_err(|e| e.code), Ok(200));
+        // Statistics continue in the same counters across generations.
+        let g2 = current.load_full();
+        assert!(Arc::ptr_eq(g2.pools[0].stats(), old.pools[0].stats()));
+        assert_eq!(
+            g2.pools[0]
+                .stats()
+                .counters
+                .completed
+                .load(Ordering::Relaxed),
+            1
+        );
+
+        // Without a newer generation, a closed pool's error stands (shutdown).
+        for p in &g2.pools {
+            p.close();
+        }
+        let resp = handler.chat_current(&g2, &mut chat_request(), &mut AccessRecord::default());
+        assert_eq!(
+            resp.map(|r| r.status).map_err(|e| e.code),
+            Err("shutting_down")
+        );
+        for g in [&old, &g2] {
+            for p in &g.pools {
+                p.shutdown(Instant::now(), RETIRE_WORKER_GRACE);
+            }
+        }
+    }
+
+    #[test]
+    fn restart_only_changes_are_named_and_kept() {
+        let old = Config::default();
+        let mut new = Config::default();
+        assert!(restart_only_changes(&old, &new).is_empty());
+        new.server.listen = "127.0.0.1:1234".parse().unwrap();
+        new.server.threads = old.server.threads + 1;
+        new.objpools.buffers += 1;
+        new.server.json_depth_max += 1; // reloadable: not reported
+        let changes = restart_only_changes(&old, &new);
+        assert_eq!(changes.len(), 3, "{changes:?}");
+        assert!(changes[0].starts_with("server.listen: 127.0.0.1:8080 -> 127.0.0.1:1234"));
+        keep_restart_only(&old, &mut new);
+        assert!(restart_only_changes(&old, &new).is_empty());
+        assert_eq!(new.server.json_depth_max, old.server.json_depth_max + 1);
+    }
+}
