@@ -76,22 +76,80 @@ impl Gateway {
 }
 
 impl Gateway {
+    /// A chat completion: the primary route, then the model's configured fallbacks, then the
+    /// request's own `fallbacks`, each tried when the one before failed in a way another provider
+    /// may not (breaker open, queue full, transport failure, 5xx or 429 after its retries). When
+    /// all fail, the primary's answer is returned.
     fn chat(&self, req: &mut Request, rec: &mut AccessRecord) -> Result<Response, ApiError> {
         self.router.authorize(req)?;
         let chat = ChatRequest::parse(&req.body, self.json_depth_max)?;
         rec.model.clone_from(&chat.model);
         rec.stream = chat.stream;
-        let route = self.router.resolve(&chat.model)?;
-        let pool = self.pools.get(route.pool).ok_or_else(ApiError::internal)?;
-        rec.provider = pool.name().to_string();
-        let mut body = Vec::with_capacity(req.body.len() + 48);
-        chat.write_with_model(&route.upstream_model, &mut body);
+        let mut routes = vec![self.router.resolve(&chat.model)?];
+        for target in self.router.fallbacks_for(&chat.model) {
+            routes.push(self.router.resolve(target)?);
+        }
+        for target in &chat.fallbacks {
+            routes.push(self.router.resolve(target).map_err(|_| {
+                ApiError::bad_request(
+                    "invalid_fallbacks",
+                    format!("fallback model `{target}` cannot be routed"),
+                )
+            })?);
+        }
+        let mut primary: Option<(Result<Response, ApiError>, String)> = None;
+        for route in routes {
+            let pool = self.pools.get(route.pool).ok_or_else(ApiError::internal)?;
+            rec.provider = pool.name().to_string();
+            match self.attempt(req, rec, &chat, pool, route.upstream_model) {
+                Attempt::Done(result) => return result,
+                Attempt::TryNext(result) => {
+                    if primary.is_none() {
+                        primary = Some((result, pool.name().to_string()));
+                    }
+                }
+            }
+        }
+        let (result, provider) = primary.ok_or_else(ApiError::internal)?;
+        rec.provider = provider;
+        result
+    }
+
+    /// Send the request to one provider's pool and wait for its first reply.
+    fn attempt(
+        &self,
+        req: &Request,
+        rec: &mut AccessRecord,
+        chat: &ChatRequest<'_>,
+        pool: &Arc<ProviderPool>,
+        upstream_model: String,
+    ) -> Attempt {
         let deadline = req.received_at + pool.config().request_timeout;
+        if Instant::now() >= deadline {
+            return Attempt::TryNext(Err(ApiError::new(
+                ErrorKind::RequestTimeout,
+                "request_timeout",
+                "the request timed out before a provider could take it",
+            )));
+        }
+        if !pool.breaker().allow() {
+            return Attempt::TryNext(Err(ApiError::new(
+                ErrorKind::Unavailable,
+                "circuit_open",
+                format!(
+                    "provider {} is failing and temporarily not used; retry later",
+                    pool.name()
+                ),
+            )
+            .with_retry_after(1)));
+        }
+        let mut body = Vec::with_capacity(req.body.len() + 48);
+        chat.write_with_model(&upstream_model, &mut body);
         let mut channel = self.replies.get();
         let job = Job {
             request_id: req.id.clone(),
             body,
-            upstream_model: route.upstream_model,
+            upstream_model,
             received_at: req.received_at,
             enqueued_at: Instant::now(),
             deadline,
@@ -100,23 +158,37 @@ impl Gateway {
             reply: channel.tx.clone(),
             ctl: Arc::clone(&channel.ctl),
         };
-        pool.submit(job)?;
-        let first = wait_first_reply(req, &mut channel, pool, deadline)?;
+        if let Err(e) = pool.submit(job) {
+            return Attempt::fail(e);
+        }
+        let first = match wait_first_reply(req, &mut channel, pool, deadline) {
+            Ok(first) => first,
+            Err(e) if e.code == "client_cancelled" => return Attempt::Done(Err(e)),
+            Err(e) => return Attempt::fail(e),
+        };
         match first {
             Reply::Full { result, timings } => {
                 rec.queue_wait_us = timings.queue_wait.as_micros() as u64;
                 rec.upstream_us = timings.upstream.map_or(0, |d| d.as_micros() as u64);
-                let up = result?;
+                let up = match result {
+                    Ok(up) => up,
+                    Err(e) => return Attempt::fail(e),
+                };
                 rec.prompt_tokens = up.prompt_tokens;
                 rec.completion_tokens = up.completion_tokens;
-                let mut resp = Response::json(up.status, up.body);
+                let status = up.status;
+                let mut resp = Response::json(status, up.body);
                 resp.content_type = up.content_type;
                 resp.headers
                     .push((PROVIDER_HEADER, pool.name().to_string()));
-                if let (Some(ra), 429 | 503) = (up.retry_after, up.status) {
+                if let (Some(ra), 429 | 503) = (up.retry_after, status) {
                     resp.headers.push(("retry-after", ra));
                 }
-                Ok(resp)
+                if status == 429 || status >= 500 {
+                    Attempt::TryNext(Ok(resp))
+                } else {
+                    Attempt::Done(Ok(resp))
+                }
             }
             Reply::StreamStart { timings } => {
                 rec.queue_wait_us = timings.queue_wait.as_micros() as u64;
@@ -135,12 +207,12 @@ impl Gateway {
                 resp.headers.push(("cache-control", "no-cache".to_string()));
                 resp.headers
                     .push((PROVIDER_HEADER, pool.name().to_string()));
-                Ok(resp)
+                Attempt::Done(Ok(resp))
             }
             Reply::Event(_) | Reply::StreamEnd { .. } => {
                 // A worker never sends these before StreamStart; never reuse this channel.
                 channel.mark_single_use();
-                Err(ApiError::internal())
+                Attempt::Done(Err(ApiError::internal()))
             }
         }
     }
@@ -356,6 +428,24 @@ fn not_found(path: &str) -> ApiError {
         "not_found",
         format!("no route for {shown}"),
     )
+}
+
+/// How one provider attempt of a request ended.
+enum Attempt {
+    /// The answer for the client (success, or a failure another provider would not fix).
+    Done(Result<Response, ApiError>),
+    /// A failure another provider may not have: try the next one (keep this if it is the primary).
+    TryNext(Result<Response, ApiError>),
+}
+
+impl Attempt {
+    fn fail(e: ApiError) -> Attempt {
+        if e.kind.retryable() || e.kind == ErrorKind::RequestTimeout {
+            Attempt::TryNext(Err(e))
+        } else {
+            Attempt::Done(Err(e))
+        }
+    }
 }
 
 fn client_cancelled() -> ApiError {

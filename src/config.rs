@@ -19,6 +19,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::log::Level;
+pub use crate::pool::breaker::BreakerConfig;
 
 use crate::http::{
     Limits, BODY_BYTES_MAX_DEFAULT, BODY_READ_TIMEOUT_MS_DEFAULT, COROUTINE_STACK_KB_DEFAULT,
@@ -100,6 +101,8 @@ pub const MODEL_NAME_BYTES_MAX: usize = 256;
 pub const HEADERS_MAX: usize = 64;
 /// Most entries in `[aliases]`.
 pub const ALIASES_MAX: usize = 10_000;
+/// Most fallbacks of one model.
+pub const FALLBACKS_MAX: usize = 8;
 /// Largest secret file, bytes.
 pub const SECRET_FILE_BYTES_MAX: u64 = 64 * 1024;
 /// Largest config file, bytes.
@@ -116,6 +119,39 @@ pub const MOCK_CHUNK_DELAY_MS_DEFAULT: u64 = 0;
 /// `providers.<name>.stream_idle_timeout_ms`: longest silence of an upstream stream before it is
 /// ended with an error event.
 pub const STREAM_IDLE_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+
+/// `providers.<name>.max_retries`: retries of a failed upstream attempt (transport errors, 5xx, 429).
+pub const MAX_RETRIES_DEFAULT: u64 = 2;
+pub const MAX_RETRIES_RANGE: RangeInclusive<u64> = 0..=10;
+/// `providers.<name>.retry_backoff_ms_initial` / `_max`: exponential backoff with jitter.
+pub const RETRY_BACKOFF_MS_INITIAL_DEFAULT: u64 = 100;
+pub const RETRY_BACKOFF_MS_MAX_DEFAULT: u64 = 2_000;
+/// `providers.<name>.rate_limit_cooldown_ms_default`: how long a key answered 429 without
+/// `Retry-After` is skipped.
+pub const RATE_LIMIT_COOLDOWN_MS_DEFAULT: u64 = 1_000;
+/// `providers.<name>.breaker.*`: the circuit breaker.
+pub const BREAKER_FAILURE_RATIO_DEFAULT: f64 = 0.5;
+pub const BREAKER_MIN_REQUESTS_DEFAULT: u64 = 20;
+pub const BREAKER_MIN_REQUESTS_RANGE: RangeInclusive<u64> = 1..=1_000_000;
+pub const BREAKER_WINDOW_MS_DEFAULT: u64 = 10_000;
+pub const BREAKER_CONSECUTIVE_FAILURES_DEFAULT: u64 = 5;
+pub const BREAKER_CONSECUTIVE_FAILURES_RANGE: RangeInclusive<u64> = 0..=1_000_000;
+pub const BREAKER_OPEN_MS_DEFAULT: u64 = 5_000;
+pub const BREAKER_HALF_OPEN_PROBES_DEFAULT: u64 = 3;
+pub const BREAKER_HALF_OPEN_PROBES_RANGE: RangeInclusive<u64> = 1..=1_000;
+/// `providers.<name>.health.*`: optional cheap probe at start-up and while the breaker is open.
+pub const HEALTH_INTERVAL_MS_DEFAULT: u64 = 2_000;
+pub const HEALTH_TIMEOUT_MS_DEFAULT: u64 = 2_000;
+pub const HEALTH_PATH_DEFAULT: &str = "/models";
+/// `providers.<name>.pool.scale_*`: adaptive worker scaling between workers_min and workers_max.
+pub const SCALE_INTERVAL_MS_DEFAULT: u64 = 1_000;
+pub const SCALE_UP_UTILIZATION_DEFAULT: f64 = 0.5;
+pub const SCALE_UP_FACTOR_DEFAULT: f64 = 2.0;
+pub const SCALE_DOWN_UTILIZATION_DEFAULT: f64 = 0.1;
+pub const SCALE_QUEUE_WAIT_MS_P99_MAX_DEFAULT: u64 = 50;
+pub const SCALE_MIN_INTERVAL_MS_DEFAULT: u64 = 3_000;
+/// `providers.<name>.pool.stall_grace_ms`: a job running this long past its deadline is stalled.
+pub const STALL_GRACE_MS_DEFAULT: u64 = 2_000;
 
 /// `providers.<name>.pool.workers`: pinned worker threads, i.e. the most concurrent upstream
 /// requests of the provider. One default for every provider type; raise it for real upstreams,
@@ -263,6 +299,8 @@ pub struct Config {
     pub providers: BTreeMap<String, ProviderConfig>,
     /// Alias model name -> `provider/model`.
     pub aliases: BTreeMap<String, String>,
+    /// Model name as clients send it -> `provider/model`s tried in order when it fails.
+    pub fallbacks: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Clone, Debug)]
@@ -346,6 +384,84 @@ pub struct PoolConfig {
     pub cores: Vec<usize>,
     /// Default [`POOL_WORKER_STACK_KB_DEFAULT`] KiB.
     pub worker_stack_bytes: usize,
+    /// Adaptive scaling bounds; both default to `workers` (a fixed pool).
+    pub workers_min: usize,
+    pub workers_max: usize,
+    pub scale_interval: Duration,
+    /// Scale up when busy workers / workers reaches this...
+    pub scale_up_utilization: f64,
+    /// ...or the p99 queue wait over the last interval passes this; multiply workers by the factor.
+    pub scale_queue_wait_p99_max: Duration,
+    pub scale_up_factor: f64,
+    /// Scale down (one step) when utilisation stays below this for a whole interval.
+    pub scale_down_utilization: f64,
+    /// Least time between two scaling changes.
+    pub scale_min_interval: Duration,
+    /// A job still running this long past its deadline is a stall: its worker is replaced.
+    pub stall_grace: Duration,
+    /// The upstream's rate limit in requests per second, for the suggested pool size; 0 = unknown.
+    pub upstream_rps_max: f64,
+}
+
+/// Retries of one upstream call, inside the worker.
+#[derive(Clone, Debug)]
+pub struct RetryConfig {
+    pub max_retries: u32,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// Cool-down of a key answered 429 without `Retry-After`.
+    pub rate_limit_cooldown_default: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            max_retries: MAX_RETRIES_DEFAULT as u32,
+            backoff_initial: Duration::from_millis(RETRY_BACKOFF_MS_INITIAL_DEFAULT),
+            backoff_max: Duration::from_millis(RETRY_BACKOFF_MS_MAX_DEFAULT),
+            rate_limit_cooldown_default: Duration::from_millis(RATE_LIMIT_COOLDOWN_MS_DEFAULT),
+        }
+    }
+}
+
+/// The optional cheap probe of a provider (never a paid completion).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HealthCheck {
+    None,
+    /// TCP connect to the base URL's host and port.
+    Connect,
+    /// `GET <base_url><path>` with a provider key; any answer below 500 is healthy.
+    Get(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct HealthConfig {
+    pub check: HealthCheck,
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            check: HealthCheck::None,
+            interval: Duration::from_millis(HEALTH_INTERVAL_MS_DEFAULT),
+            timeout: Duration::from_millis(HEALTH_TIMEOUT_MS_DEFAULT),
+        }
+    }
+}
+
+/// The breaker settings every provider starts with.
+pub fn breaker_default() -> BreakerConfig {
+    BreakerConfig {
+        enabled: true,
+        failure_ratio: BREAKER_FAILURE_RATIO_DEFAULT,
+        min_requests: BREAKER_MIN_REQUESTS_DEFAULT as u32,
+        window: Duration::from_millis(BREAKER_WINDOW_MS_DEFAULT),
+        consecutive_failures: BREAKER_CONSECUTIVE_FAILURES_DEFAULT as u32,
+        open_for: Duration::from_millis(BREAKER_OPEN_MS_DEFAULT),
+        half_open_probes: BREAKER_HALF_OPEN_PROBES_DEFAULT as u32,
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -368,6 +484,9 @@ pub struct ProviderConfig {
     pub ca_file: Option<PathBuf>,
     pub mock: MockConfig,
     pub pool: PoolConfig,
+    pub retry: RetryConfig,
+    pub breaker: BreakerConfig,
+    pub health: HealthConfig,
 }
 
 /// Why a config could not be loaded: one line per problem, each naming the file and the key path.
@@ -484,6 +603,16 @@ impl Default for PoolConfig {
             request_timeout: Duration::from_millis(POOL_REQUEST_TIMEOUT_MS_DEFAULT),
             cores: Vec::new(),
             worker_stack_bytes: POOL_WORKER_STACK_KB_DEFAULT as usize * 1024,
+            workers_min: POOL_WORKERS_DEFAULT as usize,
+            workers_max: POOL_WORKERS_DEFAULT as usize,
+            scale_interval: Duration::from_millis(SCALE_INTERVAL_MS_DEFAULT),
+            scale_up_utilization: SCALE_UP_UTILIZATION_DEFAULT,
+            scale_queue_wait_p99_max: Duration::from_millis(SCALE_QUEUE_WAIT_MS_P99_MAX_DEFAULT),
+            scale_up_factor: SCALE_UP_FACTOR_DEFAULT,
+            scale_down_utilization: SCALE_DOWN_UTILIZATION_DEFAULT,
+            scale_min_interval: Duration::from_millis(SCALE_MIN_INTERVAL_MS_DEFAULT),
+            stall_grace: Duration::from_millis(STALL_GRACE_MS_DEFAULT),
+            upstream_rps_max: 0.0,
         }
     }
 }
@@ -504,6 +633,9 @@ impl ProviderConfig {
             ca_file: None,
             mock: MockConfig::default(),
             pool: PoolConfig::default(),
+            retry: RetryConfig::default(),
+            breaker: breaker_default(),
+            health: HealthConfig::default(),
         }
     }
 }
@@ -521,6 +653,7 @@ impl Default for Config {
             objpools: ObjPoolsConfig::default(),
             providers,
             aliases: BTreeMap::new(),
+            fallbacks: BTreeMap::new(),
         }
     }
 }
@@ -539,6 +672,7 @@ struct ConfigFile {
     objpools: Option<ObjPoolsFile>,
     providers: Option<BTreeMap<String, ProviderFile>>,
     aliases: Option<BTreeMap<String, String>>,
+    fallbacks: Option<BTreeMap<String, Vec<String>>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -597,6 +731,12 @@ struct ProviderFile {
     keys: Option<Vec<KeyFile>>,
     mock: Option<MockFile>,
     pool: Option<PoolFile>,
+    max_retries: Option<u64>,
+    retry_backoff_ms_initial: Option<u64>,
+    retry_backoff_ms_max: Option<u64>,
+    rate_limit_cooldown_ms_default: Option<u64>,
+    breaker: Option<BreakerFile>,
+    health: Option<HealthFile>,
 }
 
 #[derive(Deserialize, Default)]
@@ -628,6 +768,37 @@ struct PoolFile {
     request_timeout_ms: Option<u64>,
     cores: Option<Vec<u64>>,
     worker_stack_kb: Option<u64>,
+    workers_min: Option<u64>,
+    workers_max: Option<u64>,
+    scale_interval_ms: Option<u64>,
+    scale_up_utilization: Option<f64>,
+    scale_queue_wait_ms_p99_max: Option<u64>,
+    scale_up_factor: Option<f64>,
+    scale_down_utilization: Option<f64>,
+    scale_min_interval_ms: Option<u64>,
+    stall_grace_ms: Option<u64>,
+    upstream_rps_max: Option<f64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct BreakerFile {
+    enabled: Option<bool>,
+    failure_ratio: Option<f64>,
+    min_requests: Option<u64>,
+    window_ms: Option<u64>,
+    consecutive_failures: Option<u64>,
+    open_ms: Option<u64>,
+    half_open_probes: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct HealthFile {
+    check: Option<String>,
+    path: Option<String>,
+    interval_ms: Option<u64>,
+    timeout_ms: Option<u64>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -733,6 +904,7 @@ impl Checker<'_> {
         let objpools = self.objpools(f.objpools.unwrap_or_default());
         let providers = self.providers(f.providers.unwrap_or_default());
         let aliases = self.aliases(f.aliases.unwrap_or_default(), &providers);
+        let fallbacks = self.fallbacks(f.fallbacks.unwrap_or_default(), &providers);
         Config {
             path: self.file.to_path_buf(),
             server,
@@ -741,6 +913,7 @@ impl Checker<'_> {
             objpools,
             providers,
             aliases,
+            fallbacks,
         }
     }
 
@@ -1149,6 +1322,133 @@ impl Checker<'_> {
                 )),
             },
             pool: self.pool(&format!("{at}.pool"), f.pool.unwrap_or_default()),
+            retry: self.retry(
+                &at,
+                [
+                    f.max_retries,
+                    f.retry_backoff_ms_initial,
+                    f.retry_backoff_ms_max,
+                    f.rate_limit_cooldown_ms_default,
+                ],
+            ),
+            breaker: self.breaker(&format!("{at}.breaker"), f.breaker.unwrap_or_default()),
+            health: self.health(&format!("{at}.health"), f.health.unwrap_or_default()),
+        }
+    }
+
+    /// `[max_retries, retry_backoff_ms_initial, retry_backoff_ms_max, rate_limit_cooldown_ms_default]`.
+    fn retry(&mut self, at: &str, values: [Option<u64>; 4]) -> RetryConfig {
+        let [max_retries, initial_ms, max_ms, cooldown_ms] = values;
+        let key = |leaf: &str| format!("{at}.{leaf}");
+        let backoff_initial = self.timeout(
+            &key("retry_backoff_ms_initial"),
+            initial_ms,
+            RETRY_BACKOFF_MS_INITIAL_DEFAULT,
+        );
+        let backoff_max = self.timeout(
+            &key("retry_backoff_ms_max"),
+            max_ms,
+            RETRY_BACKOFF_MS_MAX_DEFAULT,
+        );
+        if backoff_max < backoff_initial {
+            self.error(
+                &key("retry_backoff_ms_max"),
+                "must be at least retry_backoff_ms_initial",
+            );
+        }
+        RetryConfig {
+            max_retries: self.int(
+                &key("max_retries"),
+                max_retries,
+                MAX_RETRIES_DEFAULT,
+                &MAX_RETRIES_RANGE,
+            ) as u32,
+            backoff_initial,
+            backoff_max,
+            rate_limit_cooldown_default: self.timeout(
+                &key("rate_limit_cooldown_ms_default"),
+                cooldown_ms,
+                RATE_LIMIT_COOLDOWN_MS_DEFAULT,
+            ),
+        }
+    }
+
+    /// A number within `range`, else an error and `default`.
+    fn fraction(
+        &mut self,
+        key: &str,
+        value: Option<f64>,
+        default: f64,
+        range: RangeInclusive<f64>,
+    ) -> f64 {
+        match value {
+            None => default,
+            Some(v) if range.contains(&v) => v,
+            Some(v) => {
+                let (lo, hi) = (range.start(), range.end());
+                self.error(key, format!("{v} is out of range {lo}..={hi}"));
+                default
+            }
+        }
+    }
+
+    fn breaker(&mut self, at: &str, f: BreakerFile) -> BreakerConfig {
+        let key = |leaf: &str| format!("{at}.{leaf}");
+        BreakerConfig {
+            enabled: f.enabled.unwrap_or(true),
+            failure_ratio: self.fraction(
+                &key("failure_ratio"),
+                f.failure_ratio,
+                BREAKER_FAILURE_RATIO_DEFAULT,
+                0.0..=1.0,
+            ),
+            min_requests: self.int(
+                &key("min_requests"),
+                f.min_requests,
+                BREAKER_MIN_REQUESTS_DEFAULT,
+                &BREAKER_MIN_REQUESTS_RANGE,
+            ) as u32,
+            window: self.timeout(&key("window_ms"), f.window_ms, BREAKER_WINDOW_MS_DEFAULT),
+            consecutive_failures: self.int(
+                &key("consecutive_failures"),
+                f.consecutive_failures,
+                BREAKER_CONSECUTIVE_FAILURES_DEFAULT,
+                &BREAKER_CONSECUTIVE_FAILURES_RANGE,
+            ) as u32,
+            open_for: self.timeout(&key("open_ms"), f.open_ms, BREAKER_OPEN_MS_DEFAULT),
+            half_open_probes: self.int(
+                &key("half_open_probes"),
+                f.half_open_probes,
+                BREAKER_HALF_OPEN_PROBES_DEFAULT,
+                &BREAKER_HALF_OPEN_PROBES_RANGE,
+            ) as u32,
+        }
+    }
+
+    fn health(&mut self, at: &str, f: HealthFile) -> HealthConfig {
+        let key = |leaf: &str| format!("{at}.{leaf}");
+        let path = f.path.unwrap_or_else(|| HEALTH_PATH_DEFAULT.to_string());
+        if !path.starts_with('/') || !path.bytes().all(|b| b.is_ascii_graphic()) {
+            self.error(&key("path"), "must start with \"/\" and be visible ASCII");
+        }
+        let check = match f.check.as_deref() {
+            None | Some("none") => HealthCheck::None,
+            Some("connect") => HealthCheck::Connect,
+            Some("get") => HealthCheck::Get(path),
+            Some(other) => {
+                let expected = "expected one of \"none\", \"connect\", \"get\"";
+                self.error(&key("check"), format!("{expected} (found {other:?})"));
+                HealthCheck::None
+            }
+        };
+        HealthConfig {
+            check,
+            interval: self.timeout(
+                &key("interval_ms"),
+                f.interval_ms,
+                HEALTH_INTERVAL_MS_DEFAULT,
+            ),
+            timeout: self.timeout(&key("timeout_ms"), f.timeout_ms, HEALTH_TIMEOUT_MS_DEFAULT),
         }
     }
 
@@ -1313,13 +1613,75 @@ impl Checker<'_> {
             POOL_WORKER_STACK_KB_DEFAULT,
             &POOL_WORKER_STACK_KB_RANGE,
         );
+        let workers = self.size(
+            &key("workers"),
+            f.workers,
+            POOL_WORKERS_DEFAULT,
+            &POOL_WORKERS_RANGE,
+        );
+        let workers_min = self.size(
+            &key("workers_min"),
+            f.workers_min,
+            workers as u64,
+            &POOL_WORKERS_RANGE,
+        );
+        let workers_max = self.size(
+            &key("workers_max"),
+            f.workers_max,
+            workers as u64,
+            &POOL_WORKERS_RANGE,
+        );
+        if !(workers_min <= workers && workers <= workers_max) {
+            let message = format!(
+                "workers_min ({workers_min}) <= workers ({workers}) <= workers_max ({workers_max}) does not hold"
+            );
+            self.error(&key("workers"), message);
+        }
+        let upstream_rps_max =
+            self.fraction(&key("upstream_rps_max"), f.upstream_rps_max, 0.0, 0.0..=1e9);
         PoolConfig {
-            workers: self.size(
-                &key("workers"),
-                f.workers,
-                POOL_WORKERS_DEFAULT,
-                &POOL_WORKERS_RANGE,
+            workers,
+            workers_min,
+            workers_max,
+            scale_interval: self.timeout(
+                &key("scale_interval_ms"),
+                f.scale_interval_ms,
+                SCALE_INTERVAL_MS_DEFAULT,
             ),
+            scale_up_utilization: self.fraction(
+                &key("scale_up_utilization"),
+                f.scale_up_utilization,
+                SCALE_UP_UTILIZATION_DEFAULT,
+                0.0..=1.0,
+            ),
+            scale_queue_wait_p99_max: self.timeout(
+                &key("scale_queue_wait_ms_p99_max"),
+                f.scale_queue_wait_ms_p99_max,
+                SCALE_QUEUE_WAIT_MS_P99_MAX_DEFAULT,
+            ),
+            scale_up_factor: self.fraction(
+                &key("scale_up_factor"),
+                f.scale_up_factor,
+                SCALE_UP_FACTOR_DEFAULT,
+                1.1..=16.0,
+            ),
+            scale_down_utilization: self.fraction(
+                &key("scale_down_utilization"),
+                f.scale_down_utilization,
+                SCALE_DOWN_UTILIZATION_DEFAULT,
+                0.0..=1.0,
+            ),
+            scale_min_interval: self.timeout(
+                &key("scale_min_interval_ms"),
+                f.scale_min_interval_ms,
+                SCALE_MIN_INTERVAL_MS_DEFAULT,
+            ),
+            stall_grace: self.timeout(
+                &key("stall_grace_ms"),
+                f.stall_grace_ms,
+                STALL_GRACE_MS_DEFAULT,
+            ),
+            upstream_rps_max,
             queue_capacity: self.size(
                 &key("queue_capacity"),
                 f.queue_capacity,
@@ -1370,6 +1732,30 @@ impl Checker<'_> {
             }
         }
         aliases
+    }
+
+    fn fallbacks(
+        &mut self,
+        fallbacks: BTreeMap<String, Vec<String>>,
+        providers: &BTreeMap<String, ProviderConfig>,
+    ) -> BTreeMap<String, Vec<String>> {
+        for (model, targets) in &fallbacks {
+            let at = format!("fallbacks.{model:?}");
+            if !is_model_name(model) {
+                let rule = format!("1..={MODEL_NAME_BYTES_MAX} visible ASCII characters");
+                self.error(&at, format!("model names are {rule}"));
+            }
+            if targets.is_empty() || targets.len() > FALLBACKS_MAX {
+                let expected = format!("expected 1..={FALLBACKS_MAX} \"provider/model\" entries");
+                self.error(&at, expected);
+            }
+            for target in targets {
+                if let Err(problem) = check_alias_target(target, providers) {
+                    self.error(&at, problem);
+                }
+            }
+        }
+        fallbacks
     }
 }
 

@@ -24,6 +24,7 @@ struct ProviderEntry {
 pub struct Router {
     providers: HashMap<String, ProviderEntry>,
     aliases: HashMap<String, String>,
+    fallbacks: HashMap<String, Vec<String>>,
     client_keys: Vec<Secret>,
     /// Ids listed by `GET /v1/models` with their owner, in a stable order.
     listed: Vec<(String, String)>,
@@ -55,6 +56,7 @@ impl Router {
         Router {
             providers,
             aliases: config.aliases.clone().into_iter().collect(),
+            fallbacks: config.fallbacks.clone().into_iter().collect(),
             client_keys: config.server.client_keys.clone(),
             listed,
         }
@@ -84,6 +86,11 @@ impl Router {
             pool: entry.pool,
             upstream_model: upstream_model.to_string(),
         })
+    }
+
+    /// The configured fallbacks of a model name as clients send it, in order.
+    pub fn fallbacks_for(&self, model: &str) -> &[String] {
+        self.fallbacks.get(model).map_or(&[], Vec::as_slice)
     }
 
     /// Check the client key (`Authorization: Bearer <key>` or `x-api-key: <key>`) when keys are set.

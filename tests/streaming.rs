@@ -193,18 +193,29 @@ fn via_bench_mock(extra: &str) -> (Mock, Gateway) {
 fn upstream_stream_is_relayed_event_by_event() {
     let (mock, gw) = via_bench_mock("");
     let mut c = Conn::new(gw.api);
-    c.send(&stream_request("up/chunks-4-chunkdelay-100", "relay me", true));
+    c.send(&stream_request(
+        "up/chunks-4-chunkdelay-100",
+        "relay me",
+        true,
+    ));
     let r = c.sse_response().expect("stream");
     assert_eq!(r.status, 200);
     assert_eq!(r.content(), "mock: relay me");
     assert_eq!(r.events.last().map(|e| e.0.as_str()), Some("[DONE]"));
     let usage = r.chunks().last().cloned().unwrap();
-    assert!(usage["usage"]["total_tokens"].as_u64().unwrap() > 0, "{usage}");
+    assert!(
+        usage["usage"]["total_tokens"].as_u64().unwrap() > 0,
+        "{usage}"
+    );
     let content: Vec<_> = r
         .chunks()
         .iter()
         .zip(&r.events)
-        .filter(|(c, _)| c["choices"][0]["delta"]["content"].as_str().is_some_and(|s| !s.is_empty()))
+        .filter(|(c, _)| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .is_some_and(|s| !s.is_empty())
+        })
         .map(|(_, e)| e.1)
         .collect();
     assert!(content.len() >= 2);
@@ -215,9 +226,15 @@ fn upstream_stream_is_relayed_event_by_event() {
     // Without include_usage the usage chunk is not passed on, but still counted.
     c.send(&stream_request("up/chunks-2", "no usage", false));
     let r = c.sse_response().expect("stream");
-    assert!(r.chunks().iter().all(|c| c["choices"].as_array().is_some_and(|a| !a.is_empty())));
+    assert!(r
+        .chunks()
+        .iter()
+        .all(|c| c["choices"].as_array().is_some_and(|a| !a.is_empty())));
     let counters = &gw.stats()["pools"]["up"]["counters"];
-    assert!(counters["completion_tokens"].as_u64().unwrap() > 0, "{counters}");
+    assert!(
+        counters["completion_tokens"].as_u64().unwrap() > 0,
+        "{counters}"
+    );
     assert_eq!(mock.stats()["streams_completed"], 2);
 }
 
@@ -238,7 +255,12 @@ fn mid_stream_upstream_error_becomes_an_sse_error_event() {
     let r = c.sse_response().expect("stream");
     let last = &r.events.last().expect("events").0;
     assert!(last.contains("\"error\""), "{last}");
-    assert!(gw.stats()["pools"]["up"]["counters"]["stream_errors"].as_u64().unwrap() >= 2);
+    assert!(
+        gw.stats()["pools"]["up"]["counters"]["stream_errors"]
+            .as_u64()
+            .unwrap()
+            >= 2
+    );
 }
 
 #[test]
@@ -250,7 +272,11 @@ fn stalled_upstream_stream_is_ended_with_an_error() {
     let r = c.sse_response().expect("stream");
     let last = &r.events.last().expect("events").0;
     assert!(last.contains("stream_idle_timeout"), "{last}");
-    assert!(t0.elapsed() < Duration::from_millis(1500), "{:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t0.elapsed()
+    );
 }
 
 #[test]
@@ -264,11 +290,16 @@ fn client_leaving_mid_stream_stops_the_upstream_stream() {
     drop(c);
     let t0 = Instant::now();
     assert!(
-        eventually(Duration::from_secs(3), || mock.stats()["streams_aborted"] == 1),
+        eventually(Duration::from_secs(3), || mock.stats()["streams_aborted"]
+            == 1),
         "{}",
         mock.stats()
     );
-    assert!(t0.elapsed() < Duration::from_millis(1200), "{:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_millis(1200),
+        "{:?}",
+        t0.elapsed()
+    );
     assert!(eventually(Duration::from_secs(2), || {
         gw.stats()["pools"]["up"]["counters"]["client_cancelled"] == 1
     }));
@@ -284,7 +315,8 @@ fn client_leaving_mid_stream_stops_the_upstream_stream() {
         let _ = std::io::Read::read(&mut s, &mut head);
     }
     assert!(
-        eventually(Duration::from_secs(30), || mock.stats()["streams_aborted"] == 201),
+        eventually(Duration::from_secs(30), || mock.stats()["streams_aborted"]
+            == 201),
         "{}",
         mock.stats()
     );

@@ -7,6 +7,9 @@ use std::collections::BTreeMap;
 
 use crate::error::ApiError;
 
+/// Most entries of a request's own `fallbacks` list.
+pub const REQUEST_FALLBACKS_MAX: usize = 8;
+
 /// The JSON nesting depth of `body` exceeds `max` (or the body is not balanced JSON).
 #[derive(Debug, PartialEq, Eq)]
 pub struct JsonDepthError;
@@ -49,6 +52,8 @@ pub fn check_json_depth(body: &[u8], max: usize) -> Result<(), JsonDepthError> {
 pub struct ChatRequest<'a> {
     pub model: String,
     pub stream: bool,
+    /// The gateway's own `fallbacks: ["provider/model", ...]` (not sent upstream).
+    pub fallbacks: Vec<String>,
     /// Top-level fields except `model`, in a stable order.
     fields: BTreeMap<String, &'a RawValue>,
 }
@@ -110,6 +115,20 @@ impl<'a> ChatRequest<'a> {
                 ))
             }
         }
+        let fallbacks = match fields.remove("fallbacks") {
+            None => Vec::new(),
+            Some(raw) => match serde_json::from_str::<Vec<String>>(raw.get()) {
+                Ok(list) if list.len() <= REQUEST_FALLBACKS_MAX => list,
+                _ => {
+                    return Err(ApiError::bad_request(
+                        "invalid_fallbacks",
+                        format!(
+                            "`fallbacks` must be an array of at most {REQUEST_FALLBACKS_MAX} \"provider/model\" strings"
+                        ),
+                    ))
+                }
+            },
+        };
         let stream = match fields.get("stream") {
             None => false,
             Some(raw) => match raw.get() {
@@ -126,6 +145,7 @@ impl<'a> ChatRequest<'a> {
         Ok(ChatRequest {
             model,
             stream,
+            fallbacks,
             fields,
         })
     }
@@ -298,6 +318,21 @@ mod tests {
         let body =
             br#"{"model":"m","messages":[],"stream":true,"stream_options":{"include_usage":true}}"#;
         assert!(ChatRequest::parse(body, 64).unwrap().wants_usage());
+    }
+
+    #[test]
+    fn fallbacks_are_read_and_not_forwarded() {
+        let body = br#"{"model":"a/b","messages":[],"fallbacks":["c/d","e/f"]}"#;
+        let req = ChatRequest::parse(body, 64).unwrap();
+        assert_eq!(req.fallbacks, ["c/d", "e/f"]);
+        let mut out = Vec::new();
+        req.write_with_model("b", &mut out);
+        assert!(!String::from_utf8_lossy(&out).contains("fallbacks"));
+        let bad = br#"{"model":"a/b","messages":[],"fallbacks":"c/d"}"#;
+        assert_eq!(
+            ChatRequest::parse(bad, 64).unwrap_err().code,
+            "invalid_fallbacks"
+        );
     }
 
     #[test]

@@ -146,6 +146,23 @@ impl Breaker {
     }
 
     fn allow_probe(&self) -> bool {
+        // Probes that never reported (rejected by a full queue, cancelled by their client) must
+        // not hold the breaker half-open forever: after another cool-down, admit new probes.
+        let now = self.now_ms();
+        let since = self.opened_at_ms.load(Ordering::Acquire);
+        if now >= since + 2 * self.cfg.open_for.as_millis() as u64
+            && self
+                .opened_at_ms
+                .compare_exchange(
+                    since,
+                    now.saturating_sub(self.cfg.open_for.as_millis() as u64),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok()
+        {
+            self.probes_started.store(0, Ordering::Release);
+        }
         let n = self.probes_started.fetch_add(1, Ordering::AcqRel);
         if n < self.cfg.half_open_probes {
             return true;
@@ -230,7 +247,11 @@ impl Breaker {
         let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
         let b = &mut w[(slot % WINDOW_BUCKETS as u64) as usize];
         if b.slot != slot {
-            *b = Bucket { slot, ok: 0, failed: 0 };
+            *b = Bucket {
+                slot,
+                ok: 0,
+                failed: 0,
+            };
         }
         if ok {
             b.ok += 1;

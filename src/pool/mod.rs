@@ -4,6 +4,7 @@
 //! scheduler thread.
 
 pub mod breaker;
+mod supervisor;
 mod worker;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -173,18 +174,68 @@ pub(crate) struct Shared {
     pub cfg: PoolConfig,
     /// Longest silence between the events of an upstream stream.
     pub stream_idle_timeout: Duration,
+    pub breaker: breaker::Breaker,
     pub stats: Arc<PoolStats>,
     /// Set when shutdown begins: no new jobs are accepted.
     pub closed: AtomicBool,
     /// Set when the shutdown deadline passed: queued jobs are answered 503 without an upstream call.
     pub abandon: AtomicBool,
     pub workers_alive: AtomicU64,
+    /// The pool's queue, for workers started later (scaling, stall replacement).
+    pub rx: JobReceiver,
+    /// Cores the workers are pinned to, round-robin.
+    pub cores: Vec<core_affinity::CoreId>,
+    pub next_worker: AtomicUsize,
+    /// Workers the pool should have (adaptive scaling moves it within workers_min..=workers_max).
+    pub workers_target: AtomicUsize,
+    /// Workers marked stalled and not yet exited.
+    pub stalled_now: AtomicUsize,
+    pub slots: Mutex<Vec<Arc<worker::WorkerSlot>>>,
+    pub handles: Mutex<Vec<JoinHandle<()>>>,
+    /// Reference point of the millisecond timestamps in worker slots.
+    pub epoch: Instant,
+    pub supervisor: supervisor::State,
+}
+
+impl Shared {
+    pub(crate) fn ms_since_epoch(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.epoch).as_millis() as u64
+    }
+
+    pub(crate) fn lock_slots(&self) -> std::sync::MutexGuard<'_, Vec<Arc<worker::WorkerSlot>>> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn lock_handles(&self) -> std::sync::MutexGuard<'_, Vec<JoinHandle<()>>> {
+        self.handles.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn forget_slot(&self, slot: &Arc<worker::WorkerSlot>) {
+        self.lock_slots().retain(|s| !Arc::ptr_eq(s, slot));
+    }
+
+    /// Workers that take jobs: alive minus those stuck and already replaced.
+    pub(crate) fn workers_effective(&self) -> usize {
+        let alive = self.workers_alive.load(Ordering::Acquire) as usize;
+        alive.saturating_sub(self.stalled_now.load(Ordering::Acquire))
+    }
+
+    /// Called by an idle worker: leave the pool when it has more workers than its target.
+    pub(crate) fn try_retire(&self) -> bool {
+        let target = self.workers_target.load(Ordering::Acquire);
+        let stalled = self.stalled_now.load(Ordering::Acquire) as u64;
+        let alive = self.workers_alive.load(Ordering::Acquire);
+        alive.saturating_sub(stalled) > target as u64
+            && self
+                .workers_alive
+                .compare_exchange(alive, alive - 1, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+    }
 }
 
 pub struct ProviderPool {
     shared: Arc<Shared>,
     tx: Sender<Job>,
-    workers: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl ProviderPool {
@@ -223,27 +274,32 @@ impl ProviderPool {
         let stats =
             stats.unwrap_or_else(|| Arc::new(PoolStats::new(&cfg.name, cores.len().max(1))));
         let (tx, rx) = crossbeam_channel::bounded(cfg.pool.queue_capacity);
+        let workers = cfg.pool.workers;
         let shared = Arc::new(Shared {
             name: cfg.name.clone(),
             provider,
             cfg: cfg.pool.clone(),
             stream_idle_timeout: cfg.stream_idle_timeout,
+            breaker: breaker::Breaker::new(cfg.breaker.clone()),
             stats,
             closed: AtomicBool::new(false),
             abandon: AtomicBool::new(false),
             workers_alive: AtomicU64::new(0),
+            rx,
+            cores,
+            next_worker: AtomicUsize::new(0),
+            workers_target: AtomicUsize::new(workers),
+            stalled_now: AtomicUsize::new(0),
+            slots: Mutex::new(Vec::with_capacity(workers)),
+            handles: Mutex::new(Vec::with_capacity(workers)),
+            epoch: Instant::now(),
+            supervisor: supervisor::State::new(&cfg.health),
         });
-        let mut handles = Vec::with_capacity(cfg.pool.workers);
-        for n in 0..cfg.pool.workers {
-            let core = cores.get(n % cores.len().max(1)).copied();
-            let shard = n % cores.len().max(1);
-            handles.push(worker::spawn(&shared, rx.clone(), n, core, shard)?);
+        for _ in 0..workers {
+            worker::spawn(&shared)?;
         }
-        Ok(ProviderPool {
-            shared,
-            tx,
-            workers: Mutex::new(handles),
-        })
+        supervisor::spawn(&shared, cfg)?;
+        Ok(ProviderPool { shared, tx })
     }
 
     pub fn name(&self) -> &str {
@@ -256,6 +312,11 @@ impl ProviderPool {
 
     pub fn config(&self) -> &PoolConfig {
         &self.shared.cfg
+    }
+
+    /// The provider's circuit breaker.
+    pub fn breaker(&self) -> &breaker::Breaker {
+        &self.shared.breaker
     }
 
     /// Longest silence between the events of an upstream stream.
@@ -347,10 +408,6 @@ impl ProviderPool {
     /// what remains 503 and exit. Returns once every worker has exited or `deadline` plus `grace`.
     pub fn shutdown(&self, deadline: Instant, grace: Duration) {
         self.shared.closed.store(true, Ordering::Release);
-        let handles: Vec<JoinHandle<()>> = match self.workers.lock() {
-            Ok(mut w) => w.drain(..).collect(),
-            Err(p) => p.into_inner().drain(..).collect(),
-        };
         loop {
             if self.shared.workers_alive.load(Ordering::Acquire) == 0 {
                 break;
@@ -378,8 +435,16 @@ impl ProviderPool {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+        let handles = std::mem::take(&mut *self.shared.lock_handles());
         for h in handles {
             let _ = h.join();
+        }
+        // A job that slipped in as the last worker left is answered, never lost.
+        while let Ok(job) = self.shared.rx.try_recv() {
+            let _ = job.reply.send(Reply::Full {
+                result: Err(shutting_down()),
+                timings: Timings::default(),
+            });
         }
     }
 
@@ -392,6 +457,13 @@ impl ProviderPool {
         v["queue_policy"] = format!("{:?}", cfg.queue_policy).to_lowercase().into();
         v["workers"] = cfg.workers.into();
         v["workers_alive"] = self.shared.workers_alive.load(Ordering::Relaxed).into();
+        v["workers_target"] = self.shared.workers_target.load(Ordering::Relaxed).into();
+        v["workers_min"] = cfg.workers_min.into();
+        v["workers_max"] = cfg.workers_max.into();
+        v["workers_stalled"] = self.shared.stalled_now.load(Ordering::Relaxed).into();
+        v["supervisor"] = self.shared.supervisor.to_json();
+        v["breaker"] = self.shared.breaker.to_json();
+        v["key_pool"] = self.shared.provider.keys_json();
         v
     }
 

@@ -3,14 +3,12 @@
 //! latencies into its core's stats shard and replies.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{
-    shutting_down, Job, JobReceiver, Reply, Shared, Timings, STREAM_EVENTS_IN_FLIGHT_MAX,
-    WORKER_POLL,
+    shutting_down, Job, JobCtl, Reply, Shared, Timings, STREAM_EVENTS_IN_FLIGHT_MAX, WORKER_POLL,
 };
 use crate::error::{ApiError, ErrorKind};
 use crate::providers::{Call, StreamResult, StreamSink, UpstreamReply, WorkerCtx};
@@ -19,17 +17,31 @@ use crate::stats::PoolCounters;
 /// Pause of a worker whose stream client has too many events not yet taken.
 const BACKPRESSURE_PAUSE: Duration = Duration::from_micros(200);
 
-/// Start worker `n` of a pool, named `<pool>-<n>`.
-pub(super) fn spawn(
-    shared: &Arc<Shared>,
-    rx: JobReceiver,
-    n: usize,
-    core: Option<core_affinity::CoreId>,
-    shard: usize,
-) -> Result<JoinHandle<()>, String> {
-    shared.workers_alive.fetch_add(1, Ordering::AcqRel);
+/// What the supervisor sees of a worker: the deadline of the job it runs, to detect stalls.
+#[derive(Default)]
+pub struct WorkerSlot {
+    /// Deadline of the current job, milliseconds since the pool's epoch; 0 when idle.
+    pub job_deadline_ms: AtomicU64,
+    /// The current job's control, so a stall can interrupt its upstream call.
+    pub ctl: Mutex<Option<Arc<JobCtl>>>,
+    /// Set by the supervisor: a replacement runs; exit as soon as the stuck call returns.
+    pub stalled: AtomicBool,
+    pub name: String,
+}
+
+/// Start one more worker of the pool, named `<pool>-<n>` and pinned to the next core in turn.
+pub(super) fn spawn(shared: &Arc<Shared>) -> Result<(), String> {
+    let n = shared.next_worker.fetch_add(1, Ordering::Relaxed);
+    let cores = &shared.cores;
+    let core = (!cores.is_empty()).then(|| cores[n % cores.len()]);
+    let shard = n % cores.len().max(1);
     let name = format!("{}-{n}", shared.name);
-    let mine = Arc::clone(shared);
+    let slot = Arc::new(WorkerSlot {
+        name: name.clone(),
+        ..WorkerSlot::default()
+    });
+    shared.workers_alive.fetch_add(1, Ordering::AcqRel);
+    let (mine, my_slot) = (Arc::clone(shared), Arc::clone(&slot));
     let spawned = std::thread::Builder::new()
         .name(name.clone())
         .stack_size(shared.cfg.worker_stack_bytes)
@@ -39,41 +51,73 @@ pub(super) fn spawn(
                 if !core_affinity::set_for_current(core) {
                     crate::log::warn(
                         "pinning a worker to its core failed",
-                        &[
-                            ("worker", &format!("{}-{n}", shared.name)),
-                            ("core", &core.id.to_string()),
-                        ],
+                        &[("worker", &my_slot.name), ("core", &core.id.to_string())],
                     );
                 }
             }
-            run(&shared, &rx, n, shard);
-            shared.workers_alive.fetch_sub(1, Ordering::AcqRel);
+            let retired = run(&shared, &my_slot, n, shard);
+            if !retired {
+                shared.workers_alive.fetch_sub(1, Ordering::AcqRel);
+            }
+            if my_slot.stalled.load(Ordering::Acquire) {
+                shared.stalled_now.fetch_sub(1, Ordering::AcqRel);
+            }
+            shared.forget_slot(&my_slot);
         });
-    spawned.map_err(|e| {
-        shared.workers_alive.fetch_sub(1, Ordering::AcqRel);
-        format!("cannot start worker thread {name}: {e}")
-    })
+    match spawned {
+        Ok(handle) => {
+            shared.lock_slots().push(slot);
+            let mut handles = shared.lock_handles();
+            handles.retain(|h| !h.is_finished());
+            handles.push(handle);
+            Ok(())
+        }
+        Err(e) => {
+            shared.workers_alive.fetch_sub(1, Ordering::AcqRel);
+            Err(format!("cannot start worker thread {name}: {e}"))
+        }
+    }
 }
 
-fn run(shared: &Shared, rx: &JobReceiver, n: usize, shard: usize) {
+/// The worker loop; true when the worker retired itself (scaled down, already uncounted).
+fn run(shared: &Shared, slot: &WorkerSlot, n: usize, shard: usize) -> bool {
     let seed = (n as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ std::process::id() as u64;
     let mut ctx = shared.provider.worker_ctx(seed);
+    let rx = &shared.rx;
     loop {
         match rx.recv_timeout(WORKER_POLL) {
             Ok(job) => {
-                if !handle(shared, &mut ctx, job, shard) {
-                    // A panic may have left the agent mid-request: start afresh.
+                let deadline_ms = shared.ms_since_epoch(job.deadline);
+                slot.job_deadline_ms
+                    .store(deadline_ms.max(1), Ordering::Release);
+                *lock(&slot.ctl) = Some(Arc::clone(&job.ctl));
+                let survived = handle(shared, &mut ctx, job, shard);
+                *lock(&slot.ctl) = None;
+                slot.job_deadline_ms.store(0, Ordering::Release);
+                if slot.stalled.load(Ordering::Acquire) {
+                    // A replacement took this worker's place while it was stuck.
+                    return false;
+                }
+                if !survived {
+                    // A panic or an interrupted call may have left the agent mid-request.
                     ctx = shared.provider.worker_ctx(seed.rotate_left(7));
                 }
             }
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
                 if shared.closed.load(Ordering::Acquire) && rx.is_empty() {
-                    return;
+                    return false;
                 }
             }
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return false,
+        }
+        if shared.try_retire() {
+            return true;
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Handle one job; false when it panicked (the worker then rebuilds its state).
@@ -131,6 +175,7 @@ fn handle(shared: &Shared, ctx: &mut WorkerCtx, job: Job, shard: usize) -> bool 
                 client_wants_usage: job.client_wants_usage,
                 stream_idle_timeout: shared.stream_idle_timeout,
                 ctl: &job.ctl,
+                breaker: &shared.breaker,
             };
             let reply = if job.stream {
                 stream_job(shared, ctx, &job, &call, shard, queue_wait, &mut survived)

@@ -31,7 +31,9 @@ impl NoKey {
             NoKey::CoolingDown(wait) => ApiError::new(
                 ErrorKind::QueueFull,
                 "provider_rate_limited",
-                format!("every key of provider {provider} is rate limited by the upstream; retry later"),
+                format!(
+                    "every key of provider {provider} is rate limited by the upstream; retry later"
+                ),
             )
             .with_retry_after(wait.as_secs_f64().ceil().max(1.0) as u32),
             NoKey::Disabled => ApiError::new(
@@ -88,11 +90,19 @@ impl KeyPool {
     /// Pick a usable key for `model` by weight; `random` is any uniformly random number.
     pub fn pick(&self, model: &str, random: u64) -> Result<usize, NoKey> {
         let now = self.now_ms();
-        let for_model = |k: &KeyState| k.cfg.models.is_empty() || k.cfg.models.iter().any(|m| m == model);
+        let for_model =
+            |k: &KeyState| k.cfg.models.is_empty() || k.cfg.models.iter().any(|m| m == model);
         let usable = |k: &KeyState| {
-            for_model(k) && !k.disabled.load(Ordering::Relaxed) && k.cool_until_ms.load(Ordering::Relaxed) <= now
+            for_model(k)
+                && !k.disabled.load(Ordering::Relaxed)
+                && k.cool_until_ms.load(Ordering::Relaxed) <= now
         };
-        let total: u64 = self.keys.iter().filter(|k| usable(k)).map(|k| u64::from(k.cfg.weight)).sum();
+        let total: u64 = self
+            .keys
+            .iter()
+            .filter(|k| usable(k))
+            .map(|k| u64::from(k.cfg.weight))
+            .sum();
         if total == 0 {
             let mut any = false;
             let mut soonest = u64::MAX;
@@ -105,7 +115,9 @@ impl KeyPool {
             return Err(match (any, soonest) {
                 (false, _) => NoKey::NotForModel,
                 (true, u64::MAX) => NoKey::Disabled,
-                (true, until) => NoKey::CoolingDown(Duration::from_millis(until.saturating_sub(now))),
+                (true, until) => {
+                    NoKey::CoolingDown(Duration::from_millis(until.saturating_sub(now)))
+                }
             });
         }
         let mut ticket = random % total;
@@ -118,6 +130,14 @@ impl KeyPool {
             ticket -= w;
         }
         Err(NoKey::NotForModel)
+    }
+
+    /// Any key that is not disabled (for health probes, whatever the model lists say).
+    pub fn pick_any(&self) -> Result<usize, NoKey> {
+        self.keys
+            .iter()
+            .position(|k| !k.disabled.load(Ordering::Relaxed))
+            .ok_or(NoKey::Disabled)
     }
 
     /// The upstream answered 429 with this key: skip it for `wait`.
@@ -197,7 +217,10 @@ mod tests {
         }
         assert_eq!(counts[2], 0);
         assert!((2700..3300).contains(&counts[0]), "{counts:?}");
-        assert_eq!(pool.pick("other", 7).map(|i| pool.secret(i).to_string()), Ok("c".to_string()));
+        assert_eq!(
+            pool.pick("other", 7).map(|i| pool.secret(i).to_string()),
+            Ok("c".to_string())
+        );
         let only_c = KeyPool::new(&[key("c", 1, &["other"])]);
         assert_eq!(only_c.pick("m", 1), Err(NoKey::NotForModel));
     }
@@ -219,6 +242,9 @@ mod tests {
         pool.disable(0);
         assert_eq!(pool.pick("m", 1), Err(NoKey::Disabled));
         let json = pool.to_json().to_string();
-        assert!(json.contains("disabled") && !json.contains("\"a\""), "{json}");
+        assert!(
+            json.contains("disabled") && !json.contains("\"a\""),
+            "{json}"
+        );
     }
 }

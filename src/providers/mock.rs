@@ -54,6 +54,12 @@ impl MockProvider {
             // answered 500 and the worker lives on.
             panic!("mock provider asked to panic");
         }
+        #[cfg(debug_assertions)]
+        if call.upstream_model == "__stall__" {
+            // Test-only trigger: a call that ignores its deadline and cancellation, as a worker
+            // stuck in a library call would; the supervisor must replace this worker.
+            std::thread::sleep(Duration::from_secs(10));
+        }
         let req: MockRequest = serde_json::from_slice(call.body).map_err(|e| {
             ApiError::bad_request("invalid_messages", format!("invalid messages: {e}"))
         })?;

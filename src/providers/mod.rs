@@ -1,15 +1,16 @@
 //! Upstream formats, one file each. A [`Provider`] is shared by the workers of its pool; each
 //! worker owns a [`WorkerCtx`] (its HTTP agent with keep-alive, its random state).
 
+pub mod keys;
 pub mod mock;
 pub mod openai;
-pub mod keys;
+pub mod retry;
 pub mod sse;
 
 use std::time::{Duration, Instant};
 
-use crate::config::{KeyConfig, ProviderConfig, ProviderType};
-use crate::error::{ApiError, ErrorKind};
+use crate::config::{ProviderConfig, ProviderType};
+use crate::error::ApiError;
 
 /// What a worker hands to a provider: the body already in the upstream's format, the upstream model.
 pub struct Call<'a> {
@@ -22,6 +23,8 @@ pub struct Call<'a> {
     pub stream_idle_timeout: Duration,
     /// Cancellation shared with the client's coroutine.
     pub ctl: &'a crate::pool::JobCtl,
+    /// Every upstream attempt's outcome is recorded here.
+    pub breaker: &'a crate::pool::breaker::Breaker,
 }
 
 /// Where a provider delivers a streamed answer, event by event.
@@ -109,6 +112,26 @@ impl Provider {
     }
 
     /// A `stream: true` call. `Err` means it failed before the stream started.
+    /// The provider's cheap health probe (never a paid completion); the mock is always healthy.
+    pub fn health_probe(
+        &self,
+        check: &crate::config::HealthCheck,
+        timeout: std::time::Duration,
+    ) -> Result<(), String> {
+        match self {
+            Provider::Mock(_) => Ok(()),
+            Provider::OpenAi(p) => p.health_probe(check, timeout),
+        }
+    }
+
+    /// Per-key state for `/stats` (empty for providers without keys).
+    pub fn keys_json(&self) -> serde_json::Value {
+        match self {
+            Provider::Mock(_) => serde_json::json!([]),
+            Provider::OpenAi(p) => p.keys_json(),
+        }
+    }
+
     pub fn call_stream(
         &self,
         ctx: &mut WorkerCtx,
@@ -119,76 +142,5 @@ impl Provider {
             Provider::Mock(p) => p.call_stream(call, sink),
             Provider::OpenAi(p) => p.call_stream(ctx, call, sink),
         }
-    }
-}
-
-/// Weighted random choice among the keys allowed for `model`.
-pub fn pick_key<'a>(
-    keys: &'a [KeyConfig],
-    model: &str,
-    ctx: &mut WorkerCtx,
-) -> Result<&'a KeyConfig, ApiError> {
-    let allowed = |k: &&KeyConfig| k.models.is_empty() || k.models.iter().any(|m| m == model);
-    let total: u64 = keys
-        .iter()
-        .filter(allowed)
-        .map(|k| u64::from(k.weight))
-        .sum();
-    if total == 0 {
-        return Err(ApiError::new(
-            ErrorKind::Unavailable,
-            "no_key_for_model",
-            format!("no provider key is configured for model {model}"),
-        ));
-    }
-    let mut ticket = ctx.next_random() % total;
-    for k in keys.iter().filter(allowed) {
-        let w = u64::from(k.weight);
-        if ticket < w {
-            return Ok(k);
-        }
-        ticket -= w;
-    }
-    Err(ApiError::internal())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::Secret;
-
-    fn key(v: &str, weight: u32, models: &[&str]) -> KeyConfig {
-        KeyConfig {
-            secret: Secret::new(v.into()),
-            weight,
-            models: models.iter().map(|s| s.to_string()).collect(),
-        }
-    }
-
-    #[test]
-    fn weighted_choice_respects_weights_and_models() {
-        let keys = [key("a", 3, &[]), key("b", 1, &[]), key("c", 5, &["other"])];
-        let mut ctx = WorkerCtx {
-            agent: None,
-            rng: 42,
-        };
-        let mut counts = [0u32; 3];
-        for _ in 0..4000 {
-            let k = pick_key(&keys, "m", &mut ctx).unwrap();
-            counts[["a", "b", "c"]
-                .iter()
-                .position(|n| *n == k.secret.expose())
-                .unwrap()] += 1;
-        }
-        assert_eq!(counts[2], 0);
-        assert!((2700..3300).contains(&counts[0]), "{counts:?}");
-        assert!(pick_key(&keys[2..], "m", &mut ctx).is_err());
-        assert_eq!(
-            pick_key(&keys[2..], "other", &mut ctx)
-                .unwrap()
-                .secret
-                .expose(),
-            "c"
-        );
     }
 }

@@ -6,9 +6,11 @@ use std::io::{BufReader, Read};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::keys::{KeyPool, NoKey};
+use super::retry::{backoff, parse_retry_after};
 use super::sse::{chunk_usage, data_event, is_usage_only, SseItem, SseReader, DONE_EVENT};
-use super::{pick_key, Call, StreamResult, StreamSink, UpstreamReply, WorkerCtx};
-use crate::config::{KeyConfig, ProviderConfig};
+use super::{Call, StreamResult, StreamSink, UpstreamReply, WorkerCtx};
+use crate::config::{HealthCheck, ProviderConfig, RetryConfig};
 use crate::error::{ApiError, ErrorKind};
 
 /// Largest upstream response body accepted, in bytes.
@@ -25,7 +27,9 @@ pub const IDLE_CONNECTION_AGE: Duration = Duration::from_secs(60);
 pub struct OpenAiProvider {
     name: String,
     url: String,
-    keys: Vec<KeyConfig>,
+    base_url: String,
+    keys: KeyPool,
+    retry: RetryConfig,
     headers: Vec<(String, String)>,
     connect_timeout: Duration,
     tls: ureq::tls::TlsConfig,
@@ -66,7 +70,9 @@ impl OpenAiProvider {
         Ok(OpenAiProvider {
             name: cfg.name.clone(),
             url: format!("{}/chat/completions", cfg.base_url.trim_end_matches('/')),
-            keys: cfg.keys.clone(),
+            base_url: cfg.base_url.trim_end_matches('/').to_string(),
+            keys: KeyPool::new(&cfg.keys),
+            retry: cfg.retry.clone(),
             headers: cfg.headers.clone(),
             connect_timeout: cfg.connect_timeout,
             tls,
@@ -98,15 +104,169 @@ impl OpenAiProvider {
         self.whole(resp)
     }
 
-    /// Send the request. A stream gets the request deadline for the upstream's answer head and
-    /// `stream_idle_timeout` for every read after it; a whole answer gets the request deadline.
+    /// `connect`: a TCP connection to the upstream's host and port. `get`: `GET <base_url><path>`
+    /// with a usable key; any status below 500 is healthy.
+    pub fn health_probe(&self, check: &HealthCheck, timeout: Duration) -> Result<(), String> {
+        match check {
+            HealthCheck::None => Ok(()),
+            HealthCheck::Connect => {
+                let rest = self
+                    .base_url
+                    .strip_prefix("https://")
+                    .map(|r| (r, 443))
+                    .or_else(|| self.base_url.strip_prefix("http://").map(|r| (r, 80)));
+                let Some((rest, default_port)) = rest else {
+                    return Err("unsupported base_url scheme".into());
+                };
+                let authority = rest.split('/').next().unwrap_or(rest);
+                let target = if authority
+                    .rsplit_once(':')
+                    .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+                    && !authority.ends_with(']')
+                {
+                    authority.to_string()
+                } else {
+                    format!("{authority}:{default_port}")
+                };
+                let addr = std::net::ToSocketAddrs::to_socket_addrs(&target)
+                    .map_err(|_| "host not found".to_string())?
+                    .next()
+                    .ok_or("host not found")?;
+                std::net::TcpStream::connect_timeout(&addr, timeout)
+                    .map(|_| ())
+                    .map_err(|e| format!("connect failed: {}", e.kind()))
+            }
+            HealthCheck::Get(path) => {
+                let key = self
+                    .keys
+                    .pick("", 0)
+                    .or_else(|_| self.keys.pick_any())
+                    .map_err(|_| "no usable key".to_string())?;
+                let agent = ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .tls_config(self.tls.clone())
+                    .timeout_global(Some(timeout))
+                    .max_redirects(0)
+                    .build()
+                    .new_agent();
+                let mut req = agent
+                    .get(format!("{}{path}", self.base_url))
+                    .header("authorization", format!("Bearer {}", self.keys.secret(key)));
+                for (name, value) in &self.headers {
+                    req = req.header(name.as_str(), value.as_str());
+                }
+                match req.call() {
+                    Ok(resp) if resp.status().as_u16() < 500 => Ok(()),
+                    Ok(resp) => Err(format!("status {}", resp.status().as_u16())),
+                    Err(e) => Err(self.transport_error(e).code.to_string()),
+                }
+            }
+        }
+    }
+
+    /// Per-key state for `/stats`.
+    pub fn keys_json(&self) -> serde_json::Value {
+        self.keys.to_json()
+    }
+
+    /// Send the request with retries: transport errors and 500/502/503/504 are retried after an
+    /// exponential backoff with jitter; a 429 cools its key down for the upstream's `Retry-After`
+    /// and is retried on another key at once, or after the wait when no other key is free; 401/403
+    /// disable the key. Never past the deadline, never after the client left. The last answer
+    /// (whatever its status) is returned for the client.
     fn send(
         &self,
         ctx: &mut WorkerCtx,
         call: &Call<'_>,
         stream: bool,
     ) -> Result<ureq::http::Response<ureq::Body>, ApiError> {
-        let key = pick_key(&self.keys, call.upstream_model, ctx)?;
+        let mut attempt = 0u32;
+        loop {
+            if call.ctl.is_cancelled() {
+                return Err(cancelled_error());
+            }
+            let retries_left = attempt < self.retry.max_retries;
+            let key = match self.keys.pick(call.upstream_model, ctx.next_random()) {
+                Ok(key) => key,
+                Err(NoKey::CoolingDown(wait)) if retries_left && self.fits(call, wait) => {
+                    self.pause(call, wait);
+                    attempt += 1;
+                    continue;
+                }
+                Err(no_key) => return Err(no_key.error(&self.name, call.upstream_model)),
+            };
+            let outcome = self.attempt(ctx, call, key, stream);
+            let status = outcome.as_ref().map(|r| r.status().as_u16());
+            let transport_failure =
+                matches!(&outcome, Err(e) if e.kind == ErrorKind::UpstreamTransport);
+            let timed_out = matches!(&outcome, Err(e) if e.kind == ErrorKind::RequestTimeout);
+            call.breaker
+                .record(!(transport_failure || timed_out || matches!(status, Ok(500..))));
+            match status {
+                Ok(429) => {
+                    let resp = outcome?;
+                    let wait = resp
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()))
+                        .unwrap_or(self.retry.rate_limit_cooldown_default);
+                    self.keys.cool_down(key, wait);
+                    // Retried at once on another free key; else after the wait if the deadline
+                    // allows (handled by `pick` above); else the 429 goes to the client as it is.
+                    let other_key_free = self.keys.pick(call.upstream_model, 0).is_ok();
+                    if !retries_left || (!other_key_free && !self.fits(call, wait)) {
+                        return Ok(resp);
+                    }
+                }
+                Ok(401 | 403) => {
+                    self.keys.disable(key);
+                    return outcome;
+                }
+                Ok(500 | 502 | 503 | 504) | Err(_) if transport_failure || status.is_ok() => {
+                    let pause = backoff(
+                        attempt,
+                        self.retry.backoff_initial,
+                        self.retry.backoff_max,
+                        ctx.next_random(),
+                    );
+                    if !retries_left || !self.fits(call, pause) {
+                        return outcome;
+                    }
+                    self.pause(call, pause);
+                }
+                _ => return outcome,
+            }
+            attempt += 1;
+        }
+    }
+
+    /// Whether waiting `wait` still leaves time before the deadline for another attempt.
+    fn fits(&self, call: &Call<'_>, wait: Duration) -> bool {
+        Instant::now() + wait < call.deadline
+    }
+
+    /// Sleep (this is a worker thread) in slices, returning early when the client leaves.
+    fn pause(&self, call: &Call<'_>, wait: Duration) {
+        let until = Instant::now() + wait;
+        while !call.ctl.is_cancelled() {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            std::thread::sleep(left.min(Duration::from_millis(20)));
+        }
+    }
+
+    /// One attempt with key `key`. A stream gets the request deadline for the upstream's answer
+    /// head and `stream_idle_timeout` for every read after it; a whole answer gets the deadline.
+    fn attempt(
+        &self,
+        ctx: &mut WorkerCtx,
+        call: &Call<'_>,
+        key: usize,
+        stream: bool,
+    ) -> Result<ureq::http::Response<ureq::Body>, ApiError> {
         let remaining = call.deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             return Err(timeout_error());
@@ -125,7 +285,7 @@ impl OpenAiProvider {
         };
         let mut req = builder
             .build()
-            .header("authorization", format!("Bearer {}", key.secret.expose()))
+            .header("authorization", format!("Bearer {}", self.keys.secret(key)))
             .header("content-type", "application/json")
             .header(
                 "accept",

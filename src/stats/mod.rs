@@ -53,6 +53,11 @@ pub struct PoolCounters {
     pub client_cancelled: AtomicU64,
     /// Streams ended by an error event (upstream failure, stall) after they started.
     pub stream_errors: AtomicU64,
+    /// Workers found stuck past their job's deadline and replaced.
+    pub stalled_workers: AtomicU64,
+    /// Adaptive scaling decisions.
+    pub scale_ups: AtomicU64,
+    pub scale_downs: AtomicU64,
 }
 
 impl PoolCounters {
@@ -92,6 +97,9 @@ impl PoolCounters {
             "stream_bytes": g(&self.stream_bytes),
             "client_cancelled": g(&self.client_cancelled),
             "stream_errors": g(&self.stream_errors),
+            "stalled_workers": g(&self.stalled_workers),
+            "scale_ups": g(&self.scale_ups),
+            "scale_downs": g(&self.scale_downs),
         })
     }
 }
@@ -168,6 +176,8 @@ struct Shard(Mutex<Hists>);
 struct Collected {
     all: Hists,
     interval: Hists,
+    /// Since the scaler last looked.
+    scale: Hists,
     interval_started: Instant,
     interval_completed_start: u64,
 }
@@ -193,6 +203,7 @@ impl PoolStats {
             collected: Mutex::new(Collected {
                 all: Hists::new(),
                 interval: Hists::new(),
+                scale: Hists::new(),
                 interval_started: Instant::now(),
                 interval_completed_start: 0,
             }),
@@ -242,6 +253,7 @@ impl PoolStats {
             let mut h = shard.0.lock().unwrap_or_else(|p| p.into_inner());
             c.all.add(&h);
             c.interval.add(&h);
+            c.scale.add(&h);
             h.reset();
         }
     }
@@ -259,6 +271,18 @@ impl PoolStats {
             Latency::TimeToFirstToken => &h.ttft,
             Latency::StreamEventGap => &h.gap,
         })
+    }
+
+    /// For the scaler: p99 queue wait and mean upstream time (microseconds) since its last call.
+    pub fn take_scale_window(&self) -> (u64, f64) {
+        self.collect();
+        let mut c = self.collected.lock().unwrap_or_else(|p| p.into_inner());
+        let out = (
+            c.scale.queue_wait.value_at_quantile(0.99),
+            c.scale.upstream.mean(),
+        );
+        c.scale.reset();
+        out
     }
 
     /// JSON for `/stats`: counters plus latency summaries since start.

@@ -1,0 +1,264 @@
+//! The pool supervisor: one thread per pool that replaces workers stuck past their job's deadline
+//! (stall detection), scales the pool between `workers_min` and `workers_max`, suggests a pool
+//! size from Little's law, and runs the provider's optional health probe at start-up and while
+//! its breaker is open. Every decision is logged and kept for `/stats`.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::{worker, Shared};
+use crate::config::{HealthCheck, HealthConfig, ProviderConfig};
+use crate::log;
+use crate::stats::PoolCounters;
+
+/// How often the supervisor looks at its pool.
+const TICK: Duration = Duration::from_millis(100);
+/// Scaling decisions kept for `/stats`.
+const EVENTS_MAX: usize = 16;
+
+/// What `/stats` shows of the supervisor.
+pub struct State {
+    health: Mutex<serde_json::Value>,
+    events: Mutex<VecDeque<serde_json::Value>>,
+    /// Little's law: observed throughput x mean upstream time.
+    pub suggested_workers: AtomicU64,
+    /// Workers that the configured upstream rate limit can keep busy (0 = no limit configured).
+    pub workers_for_rate_limit: AtomicU64,
+}
+
+impl State {
+    pub fn new(health: &HealthConfig) -> Self {
+        let status = if health.check == HealthCheck::None {
+            "off"
+        } else {
+            "unknown"
+        };
+        State {
+            health: Mutex::new(serde_json::json!({ "status": status })),
+            events: Mutex::new(VecDeque::new()),
+            suggested_workers: AtomicU64::new(0),
+            workers_for_rate_limit: AtomicU64::new(0),
+        }
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        let events: Vec<_> = lock(&self.events).iter().cloned().collect();
+        serde_json::json!({
+            "health": lock(&self.health).clone(),
+            "scaling_events": events,
+            "suggested_workers": self.suggested_workers.load(Ordering::Relaxed),
+            "workers_for_rate_limit": self.workers_for_rate_limit.load(Ordering::Relaxed),
+        })
+    }
+
+    fn event(&self, event: serde_json::Value) {
+        let mut events = lock(&self.events);
+        if events.len() == EVENTS_MAX {
+            events.pop_front();
+        }
+        events.push_back(event);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Start the supervisor of a pool; it ends when the pool is closed and its workers are gone.
+pub(super) fn spawn(shared: &Arc<Shared>, cfg: &ProviderConfig) -> Result<(), String> {
+    let shared = Arc::clone(shared);
+    let health = cfg.health.clone();
+    let name = format!("{}-supervisor", shared.name);
+    std::thread::Builder::new()
+        .name(name.clone())
+        .stack_size(256 * 1024)
+        .spawn(move || run(&shared, &health))
+        .map(|_| ())
+        .map_err(|e| format!("cannot start thread {name}: {e}"))
+}
+
+fn run(shared: &Arc<Shared>, health: &HealthConfig) {
+    let started = Instant::now();
+    let mut next_scale = started + shared.cfg.scale_interval;
+    let mut last_change = started;
+    let mut last_completed = 0u64;
+    let mut last_scale_at = started;
+    let mut next_health = started;
+    loop {
+        std::thread::sleep(TICK);
+        let closed = shared.closed.load(Ordering::Acquire);
+        if closed && shared.workers_alive.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        check_stalls(shared);
+        if closed {
+            continue;
+        }
+        let now = Instant::now();
+        if now >= next_scale {
+            next_scale = now + shared.cfg.scale_interval;
+            let completed = shared.stats.counters.completed.load(Ordering::Relaxed);
+            let window = now.saturating_duration_since(last_scale_at);
+            last_scale_at = now;
+            let rate = completed.saturating_sub(last_completed) as f64 / window.as_secs_f64();
+            last_completed = completed;
+            scale(shared, rate, &mut last_change);
+        }
+        if health.check != HealthCheck::None
+            && now >= next_health
+            && (now == started || shared.breaker.is_open() || next_health == started)
+        {
+            next_health = now + health.interval;
+            probe(shared, health);
+        }
+    }
+}
+
+/// Replace every worker whose job is past its deadline plus `stall_grace`.
+fn check_stalls(shared: &Arc<Shared>) {
+    let now_ms = shared.ms_since_epoch(Instant::now());
+    let grace_ms = shared.cfg.stall_grace.as_millis() as u64;
+    let stuck: Vec<_> = shared
+        .lock_slots()
+        .iter()
+        .filter(|s| {
+            let deadline = s.job_deadline_ms.load(Ordering::Acquire);
+            deadline != 0 && now_ms > deadline + grace_ms && !s.stalled.load(Ordering::Acquire)
+        })
+        .cloned()
+        .collect();
+    for slot in stuck {
+        slot.stalled.store(true, Ordering::Release);
+        shared.stalled_now.fetch_add(1, Ordering::AcqRel);
+        PoolCounters::inc(&shared.stats.counters.stalled_workers);
+        if let Some(ctl) = lock(&slot.ctl).clone() {
+            // Interrupt its upstream call if it is blocked on one; its client was answered
+            // already when the request's own deadline passed.
+            ctl.cancel();
+        }
+        log::warn(
+            "worker stalled past its job's deadline; starting a replacement",
+            &[("pool", &shared.name), ("worker", &slot.name)],
+        );
+        if let Err(e) = worker::spawn(shared) {
+            log::error(
+                "cannot replace a stalled worker",
+                &[("pool", &shared.name), ("error", &e)],
+            );
+        }
+    }
+}
+
+/// One scaling decision from the last interval: utilisation and p99 queue wait up, idleness down.
+fn scale(shared: &Arc<Shared>, rate: f64, last_change: &mut Instant) {
+    let cfg = &shared.cfg;
+    let (queue_wait_p99_us, upstream_mean_us) = shared.stats.take_scale_window();
+    let upstream_s = upstream_mean_us / 1e6;
+    let suggested = (rate * upstream_s).ceil() as u64;
+    let sup = &shared.supervisor;
+    sup.suggested_workers.store(suggested, Ordering::Relaxed);
+    if cfg.upstream_rps_max > 0.0 {
+        let by_limit = (cfg.upstream_rps_max * upstream_s).ceil() as u64;
+        sup.workers_for_rate_limit
+            .store(by_limit, Ordering::Relaxed);
+    }
+    if cfg.workers_min >= cfg.workers_max || last_change.elapsed() < cfg.scale_min_interval {
+        return;
+    }
+    let target = shared.workers_target.load(Ordering::Acquire);
+    let busy = shared.stats.counters.busy_workers.load(Ordering::Relaxed) as f64;
+    let utilization = busy / target.max(1) as f64;
+    let depth = shared.rx.len();
+    let queue_wait_hot = queue_wait_p99_us > cfg.scale_queue_wait_p99_max.as_micros() as u64;
+    let new = if (utilization >= cfg.scale_up_utilization || queue_wait_hot)
+        && target < cfg.workers_max
+    {
+        ((target as f64 * cfg.scale_up_factor).ceil() as usize).clamp(target + 1, cfg.workers_max)
+    } else if utilization < cfg.scale_down_utilization && depth == 0 && target > cfg.workers_min {
+        ((target as f64 / cfg.scale_up_factor).floor() as usize).clamp(cfg.workers_min, target - 1)
+    } else {
+        return;
+    };
+    shared.workers_target.store(new, Ordering::Release);
+    *last_change = Instant::now();
+    let up = new > target;
+    let counters = &shared.stats.counters;
+    PoolCounters::inc(if up {
+        &counters.scale_ups
+    } else {
+        &counters.scale_downs
+    });
+    if up {
+        for _ in shared.workers_effective()..new {
+            if let Err(e) = worker::spawn(shared) {
+                log::error(
+                    "cannot start a worker",
+                    &[("pool", &shared.name), ("error", &e)],
+                );
+                break;
+            }
+        }
+    }
+    // Scaling down: idle workers above the target retire themselves after their current job.
+    let reason = if up {
+        if queue_wait_hot {
+            "queue_wait_p99"
+        } else {
+            "utilization"
+        }
+    } else {
+        "idle"
+    };
+    let (from, to) = (target.to_string(), new.to_string());
+    let (util, qw) = (format!("{utilization:.2}"), queue_wait_p99_us.to_string());
+    log::info(
+        "pool scaled",
+        &[
+            ("pool", &shared.name),
+            ("from", &from),
+            ("to", &to),
+            ("reason", reason),
+            ("utilization", &util),
+            ("queue_wait_us_p99", &qw),
+        ],
+    );
+    sup.event(serde_json::json!({
+        "at_s": shared.epoch.elapsed().as_secs_f64(),
+        "from": target,
+        "to": new,
+        "reason": reason,
+        "utilization": utilization,
+        "queue_wait_us_p99": queue_wait_p99_us,
+        "queue_depth": depth,
+    }));
+}
+
+fn probe(shared: &Arc<Shared>, health: &HealthConfig) {
+    let result = shared.provider.health_probe(&health.check, health.timeout);
+    let at_s = shared.epoch.elapsed().as_secs_f64();
+    let value = match &result {
+        Ok(()) => serde_json::json!({ "status": "ok", "checked_at_s": at_s }),
+        Err(e) => serde_json::json!({ "status": "failed", "error": e, "checked_at_s": at_s }),
+    };
+    let changed = lock(&shared.supervisor.health).get("status") != value.get("status");
+    *lock(&shared.supervisor.health) = value;
+    match result {
+        Ok(()) => {
+            shared.breaker.health_probe_ok();
+            if changed {
+                log::info("health check passed", &[("pool", &shared.name)]);
+            }
+        }
+        Err(e) => {
+            let e: &str = &e;
+            if changed {
+                log::warn(
+                    "health check failed",
+                    &[("pool", &shared.name), ("error", e)],
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! Resilience end to end: stall detection, circuit breaker with fallbacks, per-request fallbacks,
+//! adaptive scaling, provider isolation, retries and key cool-downs (with the bench mock's fault
+//! injection).
+
+mod common;
+
+use common::*;
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn a_stalled_worker_is_replaced_and_its_client_answered() {
+    let cfg = format!(
+        "{}[providers.mock]\ntype = \"mock\"\n[providers.mock.pool]\nworkers = 1\nrequest_timeout_ms = 500\nqueue_wait_ms_max = 400\nstall_grace_ms = 300\n",
+        base_config()
+    );
+    let gw = Gateway::start(&cfg);
+    let t0 = Instant::now();
+    let r = gw.chat("mock/__stall__", "x");
+    assert_eq!(r.status, 504, "{}", String::from_utf8_lossy(&r.body));
+    assert!(
+        t0.elapsed() < Duration::from_millis(2000),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert!(eventually(Duration::from_secs(3), || {
+        gw.stats()["pools"]["mock"]["counters"]["stalled_workers"] == 1
+    }));
+    // The replacement serves at once although the stuck worker sleeps for 10 s.
+    let t1 = Instant::now();
+    assert_eq!(gw.chat("mock/ok", "x").status, 200);
+    assert!(t1.elapsed() < Duration::from_millis(500));
+    let pool = &gw.stats()["pools"]["mock"];
+    assert_eq!(pool["workers_stalled"], 1);
+    assert_eq!(pool["counters"]["reply_timeouts"], 1);
+}
+
+#[test]
+fn breaker_opens_falls_back_then_closes_after_recovery() {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let primary = Mock::start(&["--listen", &listen]);
+    let cfg = format!(
+        "{}[providers.a]\ntype = \"openai\"\nbase_url = \"http://{listen}/v1\"\nkeys = [{{ key = \"env:A_KEY\" }}]\nmax_retries = 0\n\
+         [providers.a.breaker]\nconsecutive_failures = 3\nopen_ms = 700\nhalf_open_probes = 1\n\
+         [providers.b]\ntype = \"mock\"\n\n[aliases]\n\"m\" = \"a/m\"\n\n[fallbacks]\n\"m\" = [\"b/m\"]\n",
+        base_config().replace("[server]\n", "[server]\nclient_keys = []\n")
+    );
+    let gw = Gateway::start_with_env(&cfg, &[("A_KEY", "sk-a")]);
+    let r = gw.chat("m", "x");
+    assert_eq!(r.header("x-deepintshield-provider"), Some("a"));
+    drop(primary); // the primary goes down: connection refused
+    for _ in 0..6 {
+        let r = gw.chat("m", "x");
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.header("x-deepintshield-provider"), Some("b"));
+    }
+    let breaker = gw.stats()["pools"]["a"]["breaker"].clone();
+    assert_eq!(breaker["state"], "open", "{breaker}");
+    assert!(breaker["rejected"].as_u64().unwrap() >= 1, "{breaker}");
+    // The primary recovers on the same address; after the cool-down a probe closes the breaker.
+    let _primary = Mock::start(&["--listen", &listen]);
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(eventually(Duration::from_secs(5), || {
+        gw.chat("m", "x").header("x-deepintshield-provider") == Some("a")
+    }));
+    let breaker = gw.stats()["pools"]["a"]["breaker"].clone();
+    assert_eq!(breaker["state"], "closed", "{breaker}");
+    let states: Vec<&str> = breaker["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["open", "half_open", "closed"], "{breaker}");
+}
+
+#[test]
+fn per_request_fallbacks_are_honoured() {
+    let port = free_port();
+    let cfg = format!(
+        "{}[providers.dead]\ntype = \"openai\"\nbase_url = \"http://127.0.0.1:{port}/v1\"\nkeys = [{{ key = \"env:A_KEY\" }}]\nmax_retries = 0\n[providers.mock]\ntype = \"mock\"\n",
+        base_config()
+    );
+    let gw = Gateway::start_with_env(&cfg, &[("A_KEY", "sk-a")]);
+    let body =
+        r#"{"model":"dead/x","messages":[{"role":"user","content":"hi"}],"fallbacks":["mock/y"]}"#;
+    let r = request(gw.api, "POST", "/v1/chat/completions", &[], body.as_bytes());
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("x-deepintshield-provider"), Some("mock"));
+    assert_eq!(r.json()["model"], "y");
+    // Without fallbacks the primary's error is the answer.
+    let r = gw.chat("dead/x", "hi");
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (502, "upstream_unreachable")
+    );
+    // A fallback that cannot be routed is the client's mistake.
+    let body = r#"{"model":"dead/x","messages":[],"fallbacks":["nope/y"]}"#;
+    let r = request(gw.api, "POST", "/v1/chat/completions", &[], body.as_bytes());
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (400, "invalid_fallbacks")
+    );
+}
+
+#[test]
+fn pool_scales_up_under_a_burst_and_back_down_when_idle() {
+    let cfg = format!(
+        "{}[providers.mock]\ntype = \"mock\"\n[providers.mock.mock]\nlatency_ms = 300\n[providers.mock.pool]\nworkers = 1\nworkers_min = 1\nworkers_max = 8\nqueue_capacity = 100\nqueue_wait_ms_max = 10000\nrequest_timeout_ms = 20000\nscale_interval_ms = 200\nscale_min_interval_ms = 200\n",
+        base_config()
+    );
+    let gw = Gateway::start(&cfg);
+    let addr = gw.api;
+    let burst: Vec<_> = (0..40)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let body = r#"{"model":"mock/m","messages":[{"role":"user","content":"b"}]}"#;
+                request(addr, "POST", "/v1/chat/completions", &[], body.as_bytes()).status
+            })
+        })
+        .collect();
+    let mut peak = 0;
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(4) {
+        let alive = gw.stats()["pools"]["mock"]["workers_alive"]
+            .as_u64()
+            .unwrap();
+        peak = peak.max(alive);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(burst.into_iter().all(|h| h.join().unwrap() == 200));
+    assert_eq!(peak, 8, "the burst grows the pool to workers_max");
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            gw.stats()["pools"]["mock"]["workers_alive"] == 1
+        }),
+        "idle shrinks it to workers_min: {}",
+        gw.stats()["pools"]["mock"]
+    );
+    let pool = &gw.stats()["pools"]["mock"];
+    assert!(pool["counters"]["scale_ups"].as_u64().unwrap() >= 1);
+    assert!(pool["counters"]["scale_downs"].as_u64().unwrap() >= 1);
+    assert!(!pool["supervisor"]["scaling_events"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+}
