@@ -314,6 +314,19 @@ impl ProviderPool {
         &self.shared.cfg
     }
 
+    /// Workers the pool aims at (moved by adaptive scaling).
+    pub fn workers_target(&self) -> u64 {
+        self.shared.workers_target.load(Ordering::Relaxed) as u64
+    }
+
+    /// Pool size suggested by Little's law over the last scaling interval.
+    pub fn workers_suggested(&self) -> u64 {
+        self.shared
+            .supervisor
+            .suggested_workers
+            .load(Ordering::Relaxed)
+    }
+
     /// The provider's circuit breaker.
     pub fn breaker(&self) -> &breaker::Breaker {
         &self.shared.breaker

@@ -13,6 +13,7 @@ use hdrhistogram::Histogram;
 use super::{Latency, LATENCY_US_MAX};
 use crate::http::FrontStats;
 use crate::objpool::{ObjPoolSnapshot, ObjPoolStats};
+use crate::pool::breaker::State;
 use crate::pool::ProviderPool;
 use crate::service::ServiceStats;
 
@@ -62,6 +63,12 @@ pub const POOL_STREAM_EVENTS: &str = "deepintshield_pool_stream_events_total";
 pub const POOL_STREAM_BYTES: &str = "deepintshield_pool_stream_bytes_total";
 pub const POOL_STREAM_ERRORS: &str = "deepintshield_pool_stream_errors_total";
 pub const POOL_CLIENT_CANCELLED: &str = "deepintshield_pool_client_cancelled_total";
+pub const POOL_STALLED_WORKERS: &str = "deepintshield_pool_stalled_workers_total";
+pub const POOL_SCALE_EVENTS: &str = "deepintshield_pool_scale_events_total";
+pub const POOL_BREAKER_STATE: &str = "deepintshield_pool_breaker_state";
+pub const POOL_BREAKER_REJECTED: &str = "deepintshield_pool_breaker_rejected_total";
+pub const POOL_WORKERS_TARGET: &str = "deepintshield_pool_workers_target";
+pub const POOL_WORKERS_SUGGESTED: &str = "deepintshield_pool_workers_suggested";
 pub const POOL_QUEUE_DEPTH: &str = "deepintshield_pool_queue_depth";
 pub const POOL_QUEUE_CAPACITY: &str = "deepintshield_pool_queue_capacity";
 pub const POOL_WORKERS: &str = "deepintshield_pool_workers";
@@ -251,7 +258,7 @@ fn load(c: &AtomicU64) -> u64 {
 
 fn pools(w: &mut Writer, pools: &[Arc<ProviderPool>]) {
     type Counter = fn(&crate::stats::PoolCounters) -> &AtomicU64;
-    let counters: [(&str, &str, Counter); 13] = [
+    let counters: [(&str, &str, Counter); 14] = [
         (
             POOL_ACCEPTED,
             "Requests that entered the pool's queue.",
@@ -317,6 +324,11 @@ fn pools(w: &mut Writer, pools: &[Arc<ProviderPool>]) {
             "Streams ended by an error event after they started.",
             |c| &c.stream_errors,
         ),
+        (
+            POOL_STALLED_WORKERS,
+            "Workers found stuck past their job's deadline and replaced.",
+            |c| &c.stalled_workers,
+        ),
     ];
     for (name, help, get) in counters {
         w.family(name, Kind::Counter, help, pools, |w, p| {
@@ -372,6 +384,48 @@ fn pools(w: &mut Writer, pools: &[Arc<ProviderPool>]) {
             }
         },
     );
+    w.family(
+        POOL_SCALE_EVENTS,
+        Kind::Counter,
+        "Adaptive scaling decisions, by direction.",
+        pools,
+        |w, p| {
+            let c = &p.stats().counters;
+            for (dir, v) in [("up", &c.scale_ups), ("down", &c.scale_downs)] {
+                w.sample(
+                    POOL_SCALE_EVENTS,
+                    &[("pool", p.name()), ("direction", dir)],
+                    load(v),
+                );
+            }
+        },
+    );
+    w.family(
+        POOL_BREAKER_REJECTED,
+        Kind::Counter,
+        "Requests not sent because the circuit breaker was open.",
+        pools,
+        |w, p| {
+            let v = load(&p.breaker().rejected);
+            w.sample(POOL_BREAKER_REJECTED, &[("pool", p.name())], v);
+        },
+    );
+    w.family(
+        POOL_BREAKER_STATE,
+        Kind::Gauge,
+        "Circuit breaker state: 1 for the current state, 0 for the others.",
+        pools,
+        |w, p| {
+            let now = p.breaker().state();
+            for state in [State::Closed, State::Open, State::HalfOpen] {
+                w.sample(
+                    POOL_BREAKER_STATE,
+                    &[("pool", p.name()), ("state", state.as_str())],
+                    u64::from(now == state),
+                );
+            }
+        },
+    );
     pool_gauges(w, pools);
     let hists = [
         (
@@ -411,7 +465,17 @@ fn pools(w: &mut Writer, pools: &[Arc<ProviderPool>]) {
 fn pool_gauges(w: &mut Writer, pools: &[Arc<ProviderPool>]) {
     type Gauge = fn(&ProviderPool) -> u64;
     let busy: Gauge = |p| load(&p.stats().counters.busy_workers);
-    let gauges: [(&str, &str, Gauge); 6] = [
+    let gauges: [(&str, &str, Gauge); 8] = [
+        (
+            POOL_WORKERS_TARGET,
+            "Workers the pool aims at (adaptive scaling).",
+            ProviderPool::workers_target,
+        ),
+        (
+            POOL_WORKERS_SUGGESTED,
+            "Pool size suggested by Little's law (throughput x upstream time).",
+            ProviderPool::workers_suggested,
+        ),
         (POOL_QUEUE_DEPTH, "Requests waiting in the queue.", |p| {
             p.queue_depth() as u64
         }),
