@@ -35,7 +35,11 @@ fn workers_and_scheduler_threads_are_pinned_and_named() {
     let gw = Gateway::start(&cfg);
     assert_eq!(gw.chat("mock/m", "x").status, 200);
     let t = threads(gw.proc.child.id());
-    let workers: Vec<_> = t.iter().filter(|(n, _)| n.starts_with("mock-")).collect();
+    let is_worker = |n: &str| {
+        n.strip_prefix("mock-")
+            .is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()))
+    };
+    let workers: Vec<_> = t.iter().filter(|(n, _)| is_worker(n)).collect();
     let mut names: Vec<_> = workers.iter().map(|(n, _)| n.as_str()).collect();
     names.sort();
     assert_eq!(names, ["mock-0", "mock-1", "mock-2"], "{t:?}");
