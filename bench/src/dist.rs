@@ -57,9 +57,15 @@ impl SharedRng {
 pub enum Latency {
     Fixed(Duration),
     /// Uniform between the bounds (inclusive of `lo`).
-    Uniform { lo: Duration, hi: Duration },
+    Uniform {
+        lo: Duration,
+        hi: Duration,
+    },
     /// exp(N(ln(median), sigma)): the usual shape of service latency, with a long right tail.
-    LogNormal { median: Duration, sigma: f64 },
+    LogNormal {
+        median: Duration,
+        sigma: f64,
+    },
 }
 
 impl Latency {
@@ -200,7 +206,10 @@ mod tests {
         assert!((median - 0.010).abs() < 0.0004, "{median}");
         // P(Z > 1.2816) = 10%: the 90th percentile is median * e^(0.5 * 1.2816).
         let p90 = l[n * 9 / 10];
-        assert!((p90 / 0.010 - (0.5f64 * 1.2816).exp()).abs() < 0.05, "{p90}");
+        assert!(
+            (p90 / 0.010 - (0.5f64 * 1.2816).exp()).abs() < 0.05,
+            "{p90}"
+        );
     }
 
     #[test]

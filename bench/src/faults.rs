@@ -108,7 +108,10 @@ mod tests {
         assert_eq!(r.faults().count(), 5);
         assert_eq!(Fault::Status(429).name(), "status_429");
         assert!(ErrorRates::parse("").unwrap().is_empty());
-        assert_eq!(ErrorRates::parse("reset:1").unwrap().pick(0.999), Some(Fault::Reset));
+        assert_eq!(
+            ErrorRates::parse("reset:1").unwrap().pick(0.999),
+            Some(Fault::Reset)
+        );
     }
 
     #[test]

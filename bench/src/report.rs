@@ -67,10 +67,10 @@ impl Summary {
     /// `p50 p90 p99 p99.9 max` as right-aligned table cells.
     pub fn cells(&self) -> String {
         if self.count == 0 {
-            return format!("{:>9}{:>9}{:>9}{:>9}{:>9}", "-", "-", "-", "-", "-");
+            return format!("{:>10}{:>10}{:>10}{:>10}{:>10}", "-", "-", "-", "-", "-");
         }
         format!(
-            "{:>9}{:>9}{:>9}{:>9}{:>9}",
+            "{:>10}{:>10}{:>10}{:>10}{:>10}",
             self.p50, self.p90, self.p99, self.p999, self.max
         )
     }

@@ -187,7 +187,9 @@ impl ResponseParser {
                 self.state = State::Done;
                 Ok(Step::Complete)
             }
-            _ => Err(ParseError("connection closed before the response was complete")),
+            _ => Err(ParseError(
+                "connection closed before the response was complete",
+            )),
         }
     }
 
@@ -322,9 +324,11 @@ mod tests {
 
     #[test]
     fn content_length() {
-        let r = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-type: application/json\r\n\r\nhello";
+        let r =
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-type: application/json\r\n\r\nhello";
         assert_eq!(parse_every_split(r), Ok((200, b"hello".to_vec(), false)));
-        let r = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+        let r =
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
         assert_eq!(parse_every_split(r), Ok((503, Vec::new(), true)));
     }
 
@@ -350,7 +354,10 @@ mod tests {
     #[test]
     fn close_delimited_body_and_http10() {
         let r = b"HTTP/1.0 200 OK\r\n\r\nuntil close";
-        assert_eq!(parse_every_split(r), Ok((200, b"until close".to_vec(), true)));
+        assert_eq!(
+            parse_every_split(r),
+            Ok((200, b"until close".to_vec(), true))
+        );
         let r = b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 1\r\n\r\nx";
         assert_eq!(parse_every_split(r), Ok((200, b"x".to_vec(), false)));
     }
@@ -366,7 +373,11 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",
         ];
         for r in cases {
-            assert!(parse_split(r, r.len()).is_err(), "{:?}", String::from_utf8_lossy(r));
+            assert!(
+                parse_split(r, r.len()).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(r)
+            );
         }
         let huge = vec![b'a'; HEAD_BYTES_MAX + 1];
         let mut p = ResponseParser::new();

@@ -39,8 +39,7 @@ impl SseScanner {
             let segment = &bytes[..nl.unwrap_or(bytes.len())];
             if self.line_len < LINE_PREFIX_BYTES {
                 let take = segment.len().min(LINE_PREFIX_BYTES - self.line_len);
-                self.prefix[self.line_len..self.line_len + take]
-                    .copy_from_slice(&segment[..take]);
+                self.prefix[self.line_len..self.line_len + take].copy_from_slice(&segment[..take]);
             }
             self.line_len += segment.len();
             let Some(nl) = nl else {

@@ -27,7 +27,8 @@ pub fn mock_bin() -> PathBuf {
     p
 }
 
-/// A child process killed on drop, whose stdout lines after the first are drained in a thread.
+/// A child process killed on drop; its stdout lines after the first are drained in a thread and
+/// its stderr is echoed to the test's output.
 pub struct Proc {
     pub child: Child,
     pub first_line: String,
@@ -35,53 +36,8 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn spawn(mut cmd: Command, ready_prefix: &str) -> Proc {
-        cmd.stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .stdin(Stdio::null());
-        let mut child = cmd.spawn().expect("spawn");
-        let stdout = child.stdout.take().expect("stdout");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    // Keep draining so the child never blocks on a full pipe.
-                }
-            }
-        });
-        let (etx, erx) = mpsc::channel::<String>();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                eprintln!("[child stderr] {line}");
-                let _ = etx.send(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) if line.contains(ready_prefix) => {
-                    drop(erx);
-                    return Proc {
-                        child,
-                        first_line: line,
-                        stdout_lines: rx,
-                    };
-                }
-                Ok(_) => continue,
-                Err(_) => {
-                    let _ = child.kill();
-                    let status = child.wait().ok();
-                    let err: Vec<String> = erx.try_iter().collect();
-                    panic!(
-                        "process did not print {ready_prefix:?} (exit {status:?}); stderr: {err:?}"
-                    );
-                }
-            }
-        }
+    fn spawn(cmd: Command, ready_prefix: &str) -> Proc {
+        Self::spawn_logged(cmd, ready_prefix).0
     }
 
     pub fn pid(&self) -> i32 {
@@ -544,7 +500,7 @@ impl StderrLog {
 }
 
 impl Proc {
-    /// Like the harness's spawn, but every stderr line is also kept in the returned log.
+    /// Start `cmd` and wait for its ready line; every stderr line is echoed and kept in the log.
     pub fn spawn_logged(mut cmd: Command, ready_prefix: &str) -> (Proc, StderrLog) {
         cmd.stdout(Stdio::piped())
             .stderr(Stdio::piped())

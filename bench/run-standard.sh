@@ -1,0 +1,183 @@
+#!/usr/bin/env bash
+# The standard DeepIntShield benchmark suite (method, bar and recorded results: bench/README.md).
+#
+#   bench/run-standard.sh [OUT_DIR]        # about 8 minutes on a 2-core machine
+#   QUICK=1 bench/run-standard.sh          # the same steps, shortened (a smoke test, ~2 minutes)
+#
+# Builds the release binaries, then starts and stops every process it needs, on 127.0.0.1 only,
+# each step bounded by `timeout`. Raw outputs (tables, JSON) go to OUT_DIR (default
+# target/bench/<UTC time>); the last step prints the bar and what was measured against it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+OUT=${1:-target/bench/$(date -u +%Y%m%dT%H%M%SZ)}
+QUICK=${QUICK:-0}
+mkdir -p "$OUT"
+BIN=target/release
+CONFIGS=bench/config
+
+if [ "$QUICK" = 1 ]; then
+  ROUNDS=1 ROUND=2s WARM=1s SWEEP_STEP_S=2s BIFROST_S=10 TOOL_S=2s
+else
+  ROUNDS=3 ROUND=5s WARM=1s SWEEP_STEP_S=4s BIFROST_S=60 TOOL_S=5s
+fi
+
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+say() { printf '\n== %s\n' "$*" | tee -a "$OUT/run.log"; }
+# Echo a command, run it, keep its output in the log; a failed step is reported, not fatal.
+run() {
+  echo "+ $*" | tee -a "$OUT/run.log"
+  "$@" 2>&1 | tee -a "$OUT/run.log" || echo "(step failed: exit $?)" | tee -a "$OUT/run.log"
+}
+
+# wait_line FILE REGEX: the first match in FILE within 30 s (the process prints it on start).
+wait_line() {
+  local i
+  for i in $(seq 300); do
+    if grep -m1 -oE "$2" "$1" 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "no '$2' in $1 after 30 s" >&2
+  cat "$1" >&2
+  return 1
+}
+
+# start_mock NAME [ARGS...]: sets MOCK_ADDR and MOCK_PID.
+start_mock() {
+  local name=$1; shift
+  echo "+ deepintshield-mock $*" >> "$OUT/run.log"
+  "$BIN/deepintshield-mock" "$@" > "$OUT/$name.mock.out" 2>&1 &
+  MOCK_PID=$!; PIDS+=("$MOCK_PID")
+  MOCK_ADDR=$(wait_line "$OUT/$name.mock.out" '127\.0\.0\.1:[0-9]+')
+}
+
+# start_gateway NAME CONFIG_TEMPLATE: sets GW_URL (API) and GW_PID.
+start_gateway() {
+  local name=$1 template=$2
+  sed "s/@MOCK_ADDR@/$MOCK_ADDR/" "$template" > "$OUT/$name.toml"
+  echo "+ deepintshield --config $OUT/$name.toml   (from $template)" >> "$OUT/run.log"
+  BENCH_KEY=sk-bench "$BIN/deepintshield" --config "$OUT/$name.toml" \
+    > "$OUT/$name.gw.out" 2> "$OUT/$name.gw.err" &
+  GW_PID=$!; PIDS+=("$GW_PID")
+  GW_URL=$(wait_line "$OUT/$name.gw.out" 'http://127\.0\.0\.1:[0-9]+' | head -1)
+}
+
+# stop PID...: end processes this script started, and forget them (a PID is not reused by
+# mistake: the gateway creates thousands of threads, which wraps PIDs quickly).
+stop() {
+  local p q keep
+  for p in "$@"; do
+    kill "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+    keep=()
+    for q in "${PIDS[@]}"; do [ "$q" = "$p" ] || keep+=("$q"); done
+    PIDS=("${keep[@]}")
+  done
+}
+
+# memory PID: "rss_kb peak_rss_kb" from /proc.
+memory() { awk '/^VmRSS:/{r=$2} /^VmHWM:/{h=$2} END{print r, h}' "/proc/$1/status"; }
+
+say "build"
+run cargo build --release -p deepintshield-bench --bins
+run cargo build --release --bin deepintshield
+
+say "machine"
+{
+  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src Cargo.toml 2>/dev/null || echo ' (gateway sources modified)')"
+  echo "kernel: $(uname -sr)"
+  lscpu | grep -E '^(Model name|CPU\(s\)|Thread|Core|Socket|Hypervisor|L3)' || true
+  echo "memory: $(awk '/MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
+  echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "rustc: $(rustc --version)"
+} | tee "$OUT/machine.txt" | tee -a "$OUT/run.log"
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+say "1. the load tool: 50,000 requests/s from one core (tool on core 0, mock on core 1, zero delay)"
+start_mock tool --threads 1
+echo "+ taskset -a -cp 1 $MOCK_PID   (every thread of the mock on core 1)" >> "$OUT/run.log"
+taskset -a -cp 1 "$MOCK_PID" > /dev/null
+run timeout 60 taskset -c 0 "$BIN/deepintshield-load" run \
+  --url "http://$MOCK_ADDR/v1/chat/completions" --rate 50000 --duration "$TOOL_S" --warmup 1s \
+  --connections 64 --json "$OUT/tool-50k.json"
+curl -s "http://$MOCK_ADDR/mock/stats" > "$OUT/tool-50k.mock-stats.json" || true
+stop "$MOCK_PID"
+
+say "2. idle RSS of the gateway with the default config (listen ports set to 0)"
+MOCK_ADDR=unused
+sed -E 's/^(listen|admin_listen) = .*/\1 = "127.0.0.1:0"/' config/deepintshield.toml > "$OUT/default.template.toml"
+start_gateway default "$OUT/default.template.toml"
+sleep 3
+read -r RSS HWM <<< "$(memory "$GW_PID")"
+echo "idle gateway, default config: rss_kb=$RSS peak_rss_kb=$HWM threads=$(awk '/^Threads:/{print $2}' "/proc/$GW_PID/status")" \
+  | tee -a "$OUT/run.log" | tee "$OUT/idle-rss.txt"
+stop "$GW_PID"
+
+say "3. added latency at 1,000 and 5,000 requests/s (mock delay 10 ms, gateway -> mock over HTTP)"
+# mock-again is the mock itself a second time: its "added latency" is the noise floor of the
+# measurement (what an ideal, zero-cost proxy would show on this machine).
+start_mock overhead --threads 1 --delay-ms 10
+start_gateway overhead "$CONFIGS/overhead.toml"
+for RATE in 1000 5000; do
+  run timeout 300 "$BIN/deepintshield-load" compare \
+    --target "mock=http://$MOCK_ADDR/v1/chat/completions" \
+    --target "mock-again=http://$MOCK_ADDR/v1/chat/completions" \
+    --target "gateway=$GW_URL/v1/chat/completions" \
+    --rate "$RATE" --rounds "$ROUNDS" --duration "$ROUND" --warmup "$WARM" --connections 128 \
+    --pid "gateway=$GW_PID" --json "$OUT/overhead-$RATE.json"
+done
+stop "$GW_PID"
+
+say "4. highest rate with p99 added under 1 ms (sweep, mock delay 10 ms)"
+start_gateway throughput "$CONFIGS/throughput.toml"
+run timeout 600 "$BIN/deepintshield-load" sweep \
+  --target "mock=http://$MOCK_ADDR/v1/chat/completions" \
+  --target "gateway=$GW_URL/v1/chat/completions" \
+  --from 2500 --to 40000 --step 2500 --p99-max-us 1000 \
+  --duration "$SWEEP_STEP_S" --warmup "$WARM" --connections 1024 --timeout 10s \
+  --gateway-pid "$GW_PID" --json "$OUT/sweep.json"
+stop "$GW_PID" "$MOCK_PID"
+
+say "5. streaming: 1,000 streams/s of 16 chunks (mock: 10 ms to first token, 5 ms between chunks)"
+start_mock stream --threads 1 --delay-ms 10 --stream-chunks 16 --chunk-delay-ms 5
+start_gateway stream "$CONFIGS/overhead.toml"
+run timeout 300 "$BIN/deepintshield-load" compare --stream \
+  --target "mock=http://$MOCK_ADDR/v1/chat/completions" \
+  --target "gateway=$GW_URL/v1/chat/completions" \
+  --rate 1000 --rounds "$ROUNDS" --duration "$ROUND" --warmup "$WARM" --connections 256 \
+  --gateway-pid "$GW_PID" --json "$OUT/stream-1000.json"
+stop "$GW_PID" "$MOCK_PID"
+
+say "6. Bifrost's shape: 5,000 requests/s for ${BIFROST_S} s, upstream latency 1.5 s (~7,500 in flight)"
+start_mock bifrost --threads 1 --delay-ms 1500
+start_gateway bifrost "$CONFIGS/bifrost.toml"
+sleep 1
+read -r RSS HWM <<< "$(memory "$GW_PID")"
+echo "gateway before the run: rss_kb=$RSS peak_rss_kb=$HWM" | tee -a "$OUT/run.log"
+# The peak resident set, sampled every second (it survives the gateway if the gateway dies).
+( while kill -0 "$GW_PID" 2>/dev/null; do
+    awk '/^VmHWM:/{print $2}' "/proc/$GW_PID/status" 2>/dev/null || true
+    sleep 1
+  done ) > "$OUT/bifrost-hwm.samples" &
+SAMPLER=$!; PIDS+=("$SAMPLER")
+run timeout $((BIFROST_S + 90)) "$BIN/deepintshield-load" run \
+  --url "$GW_URL/v1/chat/completions" --rate 5000 --duration "${BIFROST_S}s" --warmup 0s \
+  --connections 8500 --timeout 20s --json "$OUT/bifrost.json"
+ALIVE=0; kill -0 "$GW_PID" 2>/dev/null && ALIVE=1
+[ "$ALIVE" = 1 ] && awk '/^VmHWM:/{print $2}' "/proc/$GW_PID/status" >> "$OUT/bifrost-hwm.samples"
+PEAK=$(sort -n "$OUT/bifrost-hwm.samples" | tail -1)
+echo "gateway after the run: alive=$ALIVE peak_rss_kb=${PEAK:-0}" | tee -a "$OUT/run.log" | tee "$OUT/bifrost-rss.txt"
+[ "$ALIVE" = 1 ] || grep -m3 -E 'panicked|fatal|error' "$OUT/bifrost.gw.err" | tee -a "$OUT/run.log" || true
+stop "$GW_PID" "$MOCK_PID" "$SAMPLER"
+
+say "summary (the bar: bench/README.md)"
+python3 bench/summary.py "$OUT" | tee "$OUT/summary.txt"
+echo "raw results: $OUT"

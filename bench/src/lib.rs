@@ -1,0 +1,14 @@
+//! DeepIntShield's bench kit: the pieces of the open-loop load tool (`deepintshield-load`) and of
+//! the mock upstream (`deepintshield-mock`) that are worth testing on their own.
+
+pub mod completion;
+pub mod dist;
+pub mod engine;
+pub mod faults;
+pub mod flags;
+pub mod procfs;
+pub mod report;
+pub mod request;
+pub mod response;
+pub mod schedule;
+pub mod sse;

@@ -1,0 +1,143 @@
+//! End-to-end: the load engine against the real mock binary on loopback. Checks behaviour (every
+//! request accounted for, faults classified, stream events timed), not speed.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use deepintshield_bench::engine::{self, Load, Target};
+use deepintshield_bench::report::Summary;
+use deepintshield_bench::request::{build_request, Url, DEFAULT_CHAT_BODY, DEFAULT_STREAM_BODY};
+use serde_json::Value;
+
+/// The mock, killed when dropped.
+struct Mock {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Mock {
+    fn start(args: &[&str]) -> Mock {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_deepintshield-mock"))
+            .args(["--listen", "127.0.0.1:0", "--threads", "1"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the mock");
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("mock stdout");
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("mock's first line");
+        let addr = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        Mock { child, addr }
+    }
+
+    fn target(&self, body: &str) -> Target {
+        let url = Url::parse(&format!("http://{}/v1/chat/completions", self.addr)).unwrap();
+        Target {
+            name: "mock".into(),
+            addr: self.addr,
+            request: Arc::new(build_request("POST", &url, &[], body.as_bytes())),
+            head_request: false,
+        }
+    }
+
+    fn stats(&self) -> Value {
+        let url = Url::parse(&format!("http://{}/mock/stats", self.addr)).unwrap();
+        let request = build_request("GET", &url, &["Connection: close".into()], b"");
+        let mut s = std::net::TcpStream::connect(self.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        std::io::Write::write_all(&mut s, &request).unwrap();
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut s, &mut text).unwrap();
+        let body = text.split("\r\n\r\n").nth(1).expect("a body");
+        serde_json::from_str(body).expect("stats JSON")
+    }
+}
+
+impl Drop for Mock {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn load(rate: f64, duration_ms: u64, stream: bool) -> Load {
+    Load {
+        rate,
+        warmup: Duration::ZERO,
+        duration: Duration::from_millis(duration_ms),
+        connections: 8,
+        threads: 1,
+        timeout: Duration::from_secs(5),
+        stream,
+    }
+}
+
+#[test]
+fn every_request_is_accounted_for_and_faults_are_classified() {
+    let mock = Mock::start(&["--error-rate", "429:0.3,reset:0.1", "--seed", "7"]);
+    let r = engine::run(&mock.target(DEFAULT_CHAT_BODY), &load(400.0, 500, false)).unwrap();
+    assert_eq!(r.measured, 200);
+    let errors = |k: &str| r.errors.get(k).copied().unwrap_or(0);
+    assert_eq!(
+        r.ok + errors("status_429") + errors("closed"),
+        200,
+        "{:?}",
+        r.errors
+    );
+    assert_eq!(r.latency.len(), r.ok);
+    let stats = mock.stats();
+    assert_eq!(stats["requests"], 200);
+    assert_eq!(stats["injected"]["status_429"], errors("status_429"));
+    assert_eq!(stats["injected"]["reset"], errors("closed"));
+    assert!(
+        errors("status_429") > 20 && errors("closed") > 0 && r.ok > 80,
+        "{:?}",
+        r.errors
+    );
+}
+
+#[test]
+fn stream_mode_times_the_first_event_and_the_gaps() {
+    let mock = Mock::start(&[
+        "--delay-ms",
+        "20",
+        "--stream-chunks",
+        "4",
+        "--chunk-delay-ms",
+        "10",
+    ]);
+    let r = engine::run(&mock.target(DEFAULT_STREAM_BODY), &load(50.0, 400, true)).unwrap();
+    assert_eq!((r.measured, r.ok), (20, 20), "{:?}", r.errors);
+    // role + 4 content + finish + usage events per stream
+    assert_eq!(r.stream_events, 20 * 7);
+    let (ttft, gaps, total) = (
+        Summary::of(&r.ttft),
+        Summary::of(&r.gaps),
+        Summary::of(&r.latency),
+    );
+    assert!(
+        ttft.p50 >= 20_000,
+        "first event after the 20 ms latency: {ttft:?}"
+    );
+    assert!(gaps.max >= 10_000, "content chunks 10 ms apart: {gaps:?}");
+    assert!(total.p50 >= 50_000, "20 ms + 3 pauses of 10 ms: {total:?}");
+    assert_eq!(mock.stats()["streams_completed"], 20);
+}
+
+#[test]
+fn a_dead_target_is_a_setup_error() {
+    let mock = Mock::start(&[]);
+    let target = mock.target(DEFAULT_CHAT_BODY);
+    drop(mock);
+    assert!(engine::run(&target, &load(10.0, 100, false)).is_err());
+}
