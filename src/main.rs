@@ -15,6 +15,8 @@ use deepintshield::log;
 use deepintshield::objpool::ObjPoolStats;
 use deepintshield::service::{Service, SignalSet};
 
+/// Finished coroutines may keeps for reuse.
+const COROUTINE_POOL_CAPACITY: usize = 64;
 /// Config used when no `--config` is given.
 const CONFIG_PATH_DEFAULT: &str = "config/deepintshield.toml";
 
@@ -138,7 +140,12 @@ fn start(config: Config, signals: &mut SignalSet) -> Result<(), String> {
 fn start_scheduler(server: &ServerConfig) -> Result<(), String> {
     let cfg = may::config();
     cfg.set_workers(server.threads);
-    cfg.set_stack_size(server.limits.coroutine_stack_bytes);
+    cfg.set_stack_size(deepintshield::http::stack_words(
+        server.limits.coroutine_stack_bytes,
+    ));
+    // may keeps this many finished coroutines for reuse (default 1000, each with its stack):
+    // enough for bursts of new connections without holding megabytes while idle.
+    cfg.set_pool_capacity(COROUTINE_POOL_CAPACITY);
     if server.cores.is_empty() {
         // may pins scheduler thread i to core i.
         start_may();

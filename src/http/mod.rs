@@ -56,6 +56,12 @@ impl Default for Limits {
     }
 }
 
+/// may takes coroutine stack sizes in machine words, not bytes: the value to pass for `bytes`
+/// (kept even, since an odd size makes may track stack usage on every coroutine).
+pub fn stack_words(bytes: usize) -> usize {
+    (bytes / std::mem::size_of::<usize>()) & !1
+}
+
 /// HTTP methods the gateway distinguishes; anything else is `Other`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {

@@ -204,7 +204,7 @@ pub fn serve(
     // loop touches no thread-locals and needs little stack (it only accepts and spawns).
     let join = unsafe {
         may::coroutine::Builder::new()
-            .stack_size(ACCEPT_STACK_BYTES)
+            .stack_size(super::stack_words(ACCEPT_STACK_BYTES))
             .spawn(move || {
                 let _alive = accept_alive;
                 accept_loop(listener, accept_current)
@@ -253,7 +253,7 @@ fn accept_loop(listener: TcpListener, current: Arc<arc_swap::ArcSwap<Shared>>) {
         // wait only on may-aware primitives. Its stack size comes from the validated limits.
         let spawned = unsafe {
             may::coroutine::Builder::new()
-                .stack_size(stack_bytes)
+                .stack_size(super::stack_words(stack_bytes))
                 .spawn(move || serve_connection(stream, conn_shared))
         };
         // A failed spawn drops the stream (closing it); the JoinHandle of a good one is detached.

@@ -110,8 +110,9 @@ impl JobCtl {
 pub const DROP_RETRY_AFTER_S: u32 = 1;
 /// Longest single sleep of a coroutine waiting for queue space under `block`.
 const BLOCK_POLL_MAX: Duration = Duration::from_millis(2);
-/// How often idle workers look at the shutdown flags.
-const WORKER_POLL: Duration = Duration::from_millis(50);
+/// How often an idle worker wakes to see whether it should retire (scaling down). Closing the
+/// pool wakes workers at once through the stop channel.
+const WORKER_POLL: Duration = Duration::from_secs(1);
 
 /// One request on its way to an upstream.
 pub struct Job {
@@ -195,6 +196,8 @@ pub(crate) struct Shared {
     /// Reference point of the millisecond timestamps in worker slots.
     pub epoch: Instant,
     pub supervisor: supervisor::State,
+    /// Never carries a message: it disconnects when the pool closes, waking every idle worker.
+    pub stop: Receiver<()>,
 }
 
 impl Shared {
@@ -236,6 +239,8 @@ impl Shared {
 pub struct ProviderPool {
     shared: Arc<Shared>,
     tx: Sender<Job>,
+    /// Dropped by `close` to wake idle workers.
+    stop: Mutex<Option<Sender<()>>>,
 }
 
 impl ProviderPool {
@@ -275,6 +280,7 @@ impl ProviderPool {
             stats.unwrap_or_else(|| Arc::new(PoolStats::new(&cfg.name, cores.len().max(1))));
         let (tx, rx) = crossbeam_channel::bounded(cfg.pool.queue_capacity);
         let workers = cfg.pool.workers;
+        let (stop_tx, stop) = crossbeam_channel::bounded(0);
         let shared = Arc::new(Shared {
             name: cfg.name.clone(),
             provider,
@@ -294,12 +300,17 @@ impl ProviderPool {
             handles: Mutex::new(Vec::with_capacity(workers)),
             epoch: Instant::now(),
             supervisor: supervisor::State::new(&cfg.health),
+            stop,
         });
         for _ in 0..workers {
             worker::spawn(&shared)?;
         }
         supervisor::spawn(&shared, cfg)?;
-        Ok(ProviderPool { shared, tx })
+        Ok(ProviderPool {
+            shared,
+            tx,
+            stop: Mutex::new(Some(stop_tx)),
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -415,12 +426,17 @@ impl ProviderPool {
     /// Stop taking new jobs (answered 503 from now on).
     pub fn close(&self) {
         self.shared.closed.store(true, Ordering::Release);
+        let stop = match self.stop.lock() {
+            Ok(mut s) => s.take(),
+            Err(p) => p.into_inner().take(),
+        };
+        drop(stop);
     }
 
     /// Stop taking jobs; workers finish what is queued and in flight until `deadline`, then answer
     /// what remains 503 and exit. Returns once every worker has exited or `deadline` plus `grace`.
     pub fn shutdown(&self, deadline: Instant, grace: Duration) {
-        self.shared.closed.store(true, Ordering::Release);
+        self.close();
         loop {
             if self.shared.workers_alive.load(Ordering::Acquire) == 0 {
                 break;

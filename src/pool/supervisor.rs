@@ -142,6 +142,18 @@ fn check_stalls(shared: &Arc<Shared>) {
             "worker stalled past its job's deadline; starting a replacement",
             &[("pool", &shared.name), ("worker", &slot.name)],
         );
+        // Bounded: stuck threads plus replacements never pass twice the pool's maximum.
+        let alive = shared.workers_alive.load(Ordering::Acquire) as usize;
+        if alive >= 2 * shared.cfg.workers_max {
+            log::error(
+                "too many stalled workers; not replacing more",
+                &[
+                    ("pool", &shared.name),
+                    ("workers_alive", &alive.to_string()),
+                ],
+            );
+            continue;
+        }
         if let Err(e) = worker::spawn(shared) {
             log::error(
                 "cannot replace a stalled worker",

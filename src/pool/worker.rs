@@ -85,8 +85,15 @@ fn run(shared: &Shared, slot: &WorkerSlot, n: usize, shard: usize) -> bool {
     let mut ctx = shared.provider.worker_ctx(seed);
     let rx = &shared.rx;
     loop {
-        match rx.recv_timeout(WORKER_POLL) {
-            Ok(job) => {
+        // Idle workers sleep until a job comes, the pool closes (the stop channel disconnects),
+        // or a long poll passes (to retire when scaled down): no busy polling by idle thousands.
+        let next = crossbeam_channel::select! {
+            recv(rx) -> job => job.ok(),
+            recv(shared.stop) -> _ => rx.try_recv().ok(),
+            default(WORKER_POLL) => None,
+        };
+        match next {
+            Some(job) => {
                 let deadline_ms = shared.ms_since_epoch(job.deadline);
                 slot.job_deadline_ms
                     .store(deadline_ms.max(1), Ordering::Release);
@@ -103,12 +110,11 @@ fn run(shared: &Shared, slot: &WorkerSlot, n: usize, shard: usize) -> bool {
                     ctx = shared.provider.worker_ctx(seed.rotate_left(7));
                 }
             }
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+            None => {
                 if shared.closed.load(Ordering::Acquire) && rx.is_empty() {
                     return false;
                 }
             }
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return false,
         }
         if shared.try_retire() {
             return true;

@@ -4,6 +4,7 @@
 pub mod keys;
 pub mod mock;
 pub mod openai;
+pub mod resolve;
 pub mod retry;
 pub mod sse;
 

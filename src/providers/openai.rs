@@ -17,6 +17,8 @@ use crate::error::{ApiError, ErrorKind};
 pub const UPSTREAM_BODY_BYTES_MAX: u64 = 64 * 1024 * 1024;
 /// Idle upstream connections each worker keeps for reuse.
 pub const IDLE_CONNECTIONS_PER_WORKER: usize = 4;
+/// Read and write buffers of each upstream connection, bytes.
+pub const UPSTREAM_BUFFER_BYTES: usize = 16 * 1024;
 /// Most bytes of one upstream event stream.
 pub const UPSTREAM_STREAM_BYTES_MAX: u64 = 1024 * 1024 * 1024;
 /// Read buffer of an upstream event stream.
@@ -95,8 +97,17 @@ impl OpenAiProvider {
             .no_delay(true)
             .user_agent("deepintshield")
             .accept_encoding("gzip")
+            // ureq's default is 128 KiB each way per connection, zero-filled: 256 KiB per worker
+            // connection is most of the memory of a large pool. Requests and answers stream
+            // through these; they need not hold a whole body.
+            .input_buffer_size(UPSTREAM_BUFFER_BYTES)
+            .output_buffer_size(UPSTREAM_BUFFER_BYTES)
             .build();
-        ureq::Agent::new_with_config(config)
+        ureq::Agent::with_parts(
+            config,
+            ureq::unversioned::transport::DefaultConnector::new(),
+            super::resolve::ThreadResolver,
+        )
     }
 
     pub fn call(&self, ctx: &mut WorkerCtx, call: &Call<'_>) -> Result<UpstreamReply, ApiError> {
@@ -353,6 +364,9 @@ impl OpenAiProvider {
                 }
                 Ok(SseItem::Done) => {
                     sink.event(DONE_EVENT.to_vec());
+                    // Read the body's end (the final chunk) so the connection goes back to the
+                    // worker's pool instead of being closed.
+                    while let Ok(SseItem::Data(_)) = events.next_item() {}
                     return Ok(StreamResult::Streamed {
                         error: None,
                         prompt_tokens,

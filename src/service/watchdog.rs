@@ -258,7 +258,7 @@ fn start_heartbeat(
     let spawned = unsafe {
         may::coroutine::Builder::new()
             .name("heartbeat".into())
-            .stack_size(HEARTBEAT_STACK_BYTES)
+            .stack_size(crate::http::stack_words(HEARTBEAT_STACK_BYTES))
             .spawn(tick)
     };
     spawned
