@@ -153,3 +153,28 @@ fn pool_scales_up_under_a_burst_and_back_down_when_idle() {
         .unwrap()
         .is_empty());
 }
+
+#[test]
+fn health_probes_run_at_start_up_and_report_in_stats() {
+    let mock = Mock::start(&[]);
+    let dead = free_port();
+    let cfg = format!(
+        "{}[providers.live]\ntype = \"openai\"\nbase_url = \"{}\"\nkeys = [{{ key = \"env:K\" }}]\n[providers.live.health]\ncheck = \"get\"\npath = \"/models\"\n\
+         [providers.dead]\ntype = \"openai\"\nbase_url = \"http://127.0.0.1:{dead}/v1\"\nkeys = [{{ key = \"env:K\" }}]\n[providers.dead.health]\ncheck = \"connect\"\n\
+         [providers.quiet]\ntype = \"mock\"\n",
+        base_config(),
+        mock.base_url()
+    );
+    let gw = Gateway::start_with_env(&cfg, &[("K", "sk-health")]);
+    let status = |pool: &str| {
+        gw.stats()["pools"][pool]["supervisor"]["health"]["status"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(eventually(Duration::from_secs(3), || status("live") == "ok"));
+    assert!(eventually(Duration::from_secs(3), || status("dead") == "failed"));
+    assert_eq!(status("quiet"), "off");
+    // The probe is a GET of the models list, never a (paid) completion.
+    assert_eq!(mock.stats()["requests"], 0);
+}
