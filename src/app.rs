@@ -147,7 +147,6 @@ impl Gateway {
         chat.write_with_model(&upstream_model, &mut body);
         let mut channel = self.replies.get();
         let job = Job {
-            request_id: req.id.clone(),
             body,
             upstream_model,
             received_at: req.received_at,
@@ -316,8 +315,7 @@ impl Handler for ApiHandler {
     fn handle(&self, req: &mut Request) -> Response {
         let current = self.0.load_full();
         let g = &current;
-        let path = req.path.clone();
-        if let (Method::Post, "/v1/chat/completions") = (req.method, path.as_str()) {
+        if req.method == Method::Post && req.path == "/v1/chat/completions" {
             let mut rec = AccessRecord {
                 request_id: req.id.clone(),
                 ..AccessRecord::default()
@@ -333,13 +331,14 @@ impl Handler for ApiHandler {
             }
             return resp;
         }
-        let result = match (req.method, path.as_str()) {
+        let req: &Request = req;
+        let result = match (req.method, req.path.as_str()) {
             (Method::Get | Method::Head, "/v1/models") => g.models(req),
             (Method::Get | Method::Head, p) if p.starts_with("/v1/models/") => {
                 g.model(req, &p["/v1/models/".len()..])
             }
             (_, "/v1/chat/completions" | "/v1/models") => Err(method_not_allowed(req.method)),
-            _ => Err(not_found(&path)),
+            (_, p) => Err(not_found(p)),
         };
         result.unwrap_or_else(|e| Response::error(&e))
     }

@@ -97,6 +97,21 @@ pub struct Request {
 }
 
 impl Request {
+    /// A request with nothing read yet, for the connection on socket `fd` (-1: none). The
+    /// connection loop refills one `Request` for each request it reads.
+    pub(crate) fn empty(fd: i32) -> Request {
+        Request {
+            id: String::new(),
+            method: Method::Other,
+            path: String::new(),
+            query: String::new(),
+            headers: Vec::new(),
+            body: Vec::new(),
+            received_at: Instant::now(),
+            fd,
+        }
+    }
+
     /// Whether the client has closed its side of the connection (checked without blocking and
     /// without consuming input). Lets a handler that waits long notice an abandoned request.
     pub fn client_gone(&self) -> bool {

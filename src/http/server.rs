@@ -407,16 +407,7 @@ impl<'s> Conn<'s> {
             wbuf: shared.buffers.get(),
             wpending: 0,
             slots,
-            req: Request {
-                id: String::new(),
-                method: Method::Other,
-                path: String::new(),
-                query: String::new(),
-                headers: Vec::new(),
-                body: Vec::new(),
-                received_at: Instant::now(),
-                fd,
-            },
+            req: Request::empty(fd),
             read_timeout: None,
         }
     }
@@ -1541,16 +1532,7 @@ mod tests {
 
     fn parse(buf: &[u8]) -> (Result<Option<Head>, Fault>, Request) {
         let mut slots = (0..100).map(|_| MaybeUninit::uninit()).collect();
-        let mut req = Request {
-            id: String::new(),
-            method: Method::Other,
-            path: String::new(),
-            query: String::new(),
-            headers: Vec::new(),
-            body: Vec::new(),
-            received_at: Instant::now(),
-            fd: -1,
-        };
+        let mut req = Request::empty(-1);
         let r = parse_head(buf, &mut slots, &mut req);
         (r, req)
     }

@@ -116,7 +116,6 @@ const WORKER_POLL: Duration = Duration::from_secs(1);
 
 /// One request on its way to an upstream.
 pub struct Job {
-    pub request_id: String,
     /// The request body, already in the upstream's format.
     pub body: Vec<u8>,
     pub upstream_model: String,

@@ -47,6 +47,8 @@ impl MockProvider {
         }
     }
 
+    /// Read the request, compute the answer, then wait the configured latency (time to the first
+    /// token of a stream).
     fn answer(&self, call: &Call<'_>) -> Result<Answer, ApiError> {
         #[cfg(debug_assertions)]
         if call.upstream_model == "__panic__" {
@@ -78,6 +80,7 @@ impl MockProvider {
             .sum::<u64>()
             + TOKENS_PER_MESSAGE;
         let completion_tokens = estimate_tokens(&content).max(1);
+        self.wait(call.deadline, call.ctl)?;
         Ok(Answer {
             content,
             prompt_tokens,
@@ -104,7 +107,6 @@ impl MockProvider {
             prompt_tokens,
             completion_tokens,
         } = self.answer(call)?;
-        self.wait(call.deadline, call.ctl)?;
         let done = |error| StreamResult::Streamed {
             error,
             prompt_tokens,
@@ -164,7 +166,6 @@ impl MockProvider {
             prompt_tokens,
             completion_tokens,
         } = self.answer(call)?;
-        self.wait(call.deadline, call.ctl)?;
         let created = Self::created_s();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let completion = ChatCompletion {

@@ -270,7 +270,11 @@ impl Conn {
     }
 }
 
-fn read_response_buffered(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Response> {
+/// Header names (lower-cased) and values of a response.
+pub type Headers = Vec<(String, String)>;
+
+/// Read up to the end of a response head into `buf`: (head length, status, headers).
+fn read_head(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(usize, u16, Headers)> {
     let mut chunk = [0u8; 8192];
     let head_end = loop {
         if let Some(i) = find(buf, b"\r\n\r\n") {
@@ -284,10 +288,16 @@ fn read_response_buffered(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Respon
     let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
     let mut lines = head.split("\r\n");
     let status: u16 = lines.next()?.split(' ').nth(1)?.parse().ok()?;
-    let headers: Vec<(String, String)> = lines
+    let headers = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
+    Some((head_end, status, headers))
+}
+
+fn read_response_buffered(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Response> {
+    let mut chunk = [0u8; 8192];
+    let (head_end, status, headers) = read_head(s, buf)?;
     let cl = headers
         .iter()
         .find(|(k, _)| k == "content-length")
@@ -378,23 +388,8 @@ impl Conn {
     /// the SSE events. A non-chunked response's body becomes one event.
     pub fn sse_response(&mut self) -> Option<SseResponse> {
         let mut chunk = [0u8; 8192];
-        let head_end = loop {
-            if let Some(i) = find(&self.buf, b"\r\n\r\n") {
-                break i + 4;
-            }
-            match self.s.read(&mut chunk) {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-            }
-        };
-        let head = String::from_utf8_lossy(&self.buf[..head_end]).to_string();
+        let (head_end, status, headers) = read_head(&mut self.s, &mut self.buf)?;
         self.buf.drain(..head_end);
-        let mut lines = head.split("\r\n");
-        let status: u16 = lines.next()?.split(' ').nth(1)?.parse().ok()?;
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-            .collect();
         let chunked = headers
             .iter()
             .any(|(k, v)| k == "transfer-encoding" && v == "chunked");
