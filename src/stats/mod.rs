@@ -135,21 +135,43 @@ impl Hists {
         }
     }
 
+    fn each_mut(&mut self) -> [&mut Histogram<u64>; 5] {
+        [
+            &mut self.queue_wait,
+            &mut self.upstream,
+            &mut self.total,
+            &mut self.ttft,
+            &mut self.gap,
+        ]
+    }
+
+    fn each(&self) -> [&Histogram<u64>; 5] {
+        [
+            &self.queue_wait,
+            &self.upstream,
+            &self.total,
+            &self.ttft,
+            &self.gap,
+        ]
+    }
+
+    /// Add `other`. An empty histogram is skipped: adding walks every bucket (tens of thousands),
+    /// and most shards of a quiet pool, and the stream histograms of a non-streaming one, are empty.
     fn add(&mut self, other: &Hists) {
-        // Same bounds everywhere: adding cannot fail.
-        let _ = self.queue_wait.add(&other.queue_wait);
-        let _ = self.upstream.add(&other.upstream);
-        let _ = self.total.add(&other.total);
-        let _ = self.ttft.add(&other.ttft);
-        let _ = self.gap.add(&other.gap);
+        for (mine, theirs) in self.each_mut().into_iter().zip(other.each()) {
+            if !theirs.is_empty() {
+                // Same bounds everywhere: adding cannot fail.
+                let _ = mine.add(theirs);
+            }
+        }
     }
 
     fn reset(&mut self) {
-        self.queue_wait.reset();
-        self.upstream.reset();
-        self.total.reset();
-        self.ttft.reset();
-        self.gap.reset();
+        for h in self.each_mut() {
+            if !h.is_empty() {
+                h.reset();
+            }
+        }
     }
 }
 
