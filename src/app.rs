@@ -12,12 +12,10 @@ use crate::api::openai::{ModelList, ModelObject};
 use crate::api::ChatRequest;
 use crate::config::Config;
 use crate::error::{ApiError, ErrorKind};
-use crate::http::{
-    BodyStream, FrontStats, Handler, Method, Request, Response, StreamPoll, STREAM_POLL_WAIT,
-};
+use crate::http::{BodyStream, FrontStats, Handler, Method, Request, Response, StreamPoll};
 use crate::log::{self, AccessRecord};
 use crate::objpool::{ObjPool, ObjPoolStats, Pooled};
-use crate::pool::{Job, ProviderPool, Reply, ReplyChannel};
+use crate::pool::{waiters, Job, ProviderPool, Reply, ReplyChannel};
 use crate::providers::sse::error_event;
 use crate::route::Router;
 use crate::service::ServiceStats;
@@ -146,6 +144,14 @@ impl Gateway {
         let mut body = Vec::with_capacity(req.body.len() + 48);
         chat.write_with_model(&upstream_model, &mut body);
         let mut channel = self.replies.get();
+        // Declared after `channel`, so it leaves the registry before the channel is recycled.
+        let watch = match waiters::watch(&channel.tx) {
+            Ok(watch) => watch,
+            Err(e) => {
+                log::error("cannot wait for replies", &[("error", &e)]);
+                return Attempt::Done(Err(ApiError::internal()));
+            }
+        };
         let job = Job {
             body,
             upstream_model,
@@ -194,6 +200,7 @@ impl Gateway {
                 rec.upstream_us = timings.upstream.map_or(0, |d| d.as_micros() as u64);
                 rec.status = 200;
                 let stream = GatewayStream {
+                    _watch: watch,
                     channel,
                     pool: Arc::clone(pool),
                     rec: rec.clone(),
@@ -208,8 +215,9 @@ impl Gateway {
                     .push((PROVIDER_HEADER, pool.name().to_string()));
                 Attempt::Done(Ok(resp))
             }
-            Reply::Event(_) | Reply::StreamEnd { .. } => {
-                // A worker never sends these before StreamStart; never reuse this channel.
+            Reply::Event(_) | Reply::StreamEnd { .. } | Reply::Nudge => {
+                // A worker never sends these before StreamStart (and nudges are consumed by
+                // `wait_first_reply`); never reuse this channel.
                 channel.mark_single_use();
                 Attempt::Done(Err(ApiError::internal()))
             }
@@ -455,8 +463,9 @@ fn client_cancelled() -> ApiError {
     )
 }
 
-/// Wait for a job's first reply without blocking the scheduler thread. Gives up (and stops the
-/// job) when the client goes away, or when the worker is stuck past the deadline.
+/// Wait for a job's first reply without blocking the scheduler thread (and without a `may` timer:
+/// see [`waiters`]; the channel must be registered there). Gives up (and stops the job) when the
+/// client goes away, or when the worker is stuck past the deadline; both are checked at each nudge.
 fn wait_first_reply(
     req: &Request,
     channel: &mut Pooled<ReplyChannel>,
@@ -465,8 +474,16 @@ fn wait_first_reply(
 ) -> Result<Reply, ApiError> {
     let give_up = deadline + REPLY_GRACE;
     loop {
-        let left = give_up.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        match channel.rx.recv() {
+            Ok(Reply::Nudge) => {}
+            Ok(reply) => return Ok(reply),
+            // The channel holds a sender of its own: it cannot disconnect.
+            Err(_) => {
+                channel.mark_single_use();
+                return Err(ApiError::internal());
+            }
+        }
+        if Instant::now() >= give_up {
             // The worker is stuck past the deadline: answer now, never reuse this channel.
             channel.ctl.cancel();
             channel.mark_single_use();
@@ -478,22 +495,20 @@ fn wait_first_reply(
                 "the provider did not answer within the request timeout",
             ));
         }
-        match channel.rx.recv_timeout(left.min(STREAM_POLL_WAIT)) {
-            Ok(reply) => return Ok(reply),
-            Err(_) if req.client_gone() => {
-                channel.ctl.cancel();
-                channel.mark_single_use();
-                let counters = &pool.stats().counters;
-                counters.client_cancelled.fetch_add(1, Ordering::Relaxed);
-                return Err(client_cancelled());
-            }
-            Err(_) => {}
+        if req.client_gone() {
+            channel.ctl.cancel();
+            channel.mark_single_use();
+            let counters = &pool.stats().counters;
+            counters.client_cancelled.fetch_add(1, Ordering::Relaxed);
+            return Err(client_cancelled());
         }
     }
 }
 
 /// A streamed answer on its way from a worker to the client: SSE events as the worker reads them.
 struct GatewayStream {
+    /// Before `channel`: leaves the nudge registry before the channel is recycled.
+    _watch: waiters::Watch,
     channel: Pooled<ReplyChannel>,
     pool: Arc<ProviderPool>,
     rec: AccessRecord,
@@ -513,14 +528,16 @@ impl GatewayStream {
 }
 
 impl BodyStream for GatewayStream {
-    fn poll(&mut self, wait: Duration) -> StreamPoll {
+    /// Waits for the next event without a timer; the nudges of [`waiters`] (every
+    /// `STREAM_POLL_WAIT`, the server's `wait`) bound the wait.
+    fn poll(&mut self, _wait: Duration) -> StreamPoll {
         if let Some(event) = self.pending.take() {
             return StreamPoll::Chunk(event);
         }
         if self.finished {
             return StreamPoll::End;
         }
-        match self.channel.rx.recv_timeout(wait) {
+        match self.channel.rx.recv() {
             Ok(Reply::Event(bytes)) => {
                 self.channel
                     .ctl
@@ -545,7 +562,12 @@ impl BodyStream for GatewayStream {
                 }
             }
             Ok(Reply::Full { .. } | Reply::StreamStart { .. }) => StreamPoll::Pending,
+            // The channel holds a sender of its own: it cannot disconnect.
             Err(_) => {
+                self.channel.mark_single_use();
+                self.fail(&ApiError::internal())
+            }
+            Ok(Reply::Nudge) => {
                 let idle = self.last_message.elapsed();
                 if idle <= self.pool.stream_idle_timeout() + REPLY_GRACE {
                     return StreamPoll::Pending;

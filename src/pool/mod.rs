@@ -5,6 +5,7 @@
 
 pub mod breaker;
 mod supervisor;
+pub mod waiters;
 mod worker;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -44,6 +45,9 @@ pub enum Reply {
         prompt_tokens: u64,
         completion_tokens: u64,
     },
+    /// Not from a worker: the periodic wake-up of a waiting coroutine ([`waiters`]), at which it
+    /// checks its client and its deadline.
+    Nudge,
 }
 
 /// Most stream events a worker may have sent that the client's coroutine has not yet taken: a

@@ -119,6 +119,7 @@ impl Service {
         let config = Arc::new(config);
         let core_ids = core_affinity::get_core_ids().unwrap_or_default();
         let pools = reload::start_pools(&config, &core_ids, &[])?;
+        crate::pool::waiters::start()?;
         let o = &config.objpools;
         let buffers = ObjPool::new(
             "connection_buffers",
