@@ -4,6 +4,7 @@
 //! scheduler thread.
 
 pub mod breaker;
+mod idle;
 mod supervisor;
 pub mod waiters;
 mod worker;
@@ -115,7 +116,7 @@ pub const DROP_RETRY_AFTER_S: u32 = 1;
 /// Longest single sleep of a coroutine waiting for queue space under `block`.
 const BLOCK_POLL_MAX: Duration = Duration::from_millis(2);
 /// How often an idle worker wakes to see whether it should retire (scaling down). Closing the
-/// pool wakes workers at once through the stop channel.
+/// pool wakes idle workers at once.
 const WORKER_POLL: Duration = Duration::from_secs(1);
 
 /// One request on its way to an upstream.
@@ -199,8 +200,8 @@ pub(crate) struct Shared {
     /// Reference point of the millisecond timestamps in worker slots.
     pub epoch: Instant,
     pub supervisor: supervisor::State,
-    /// Never carries a message: it disconnects when the pool closes, waking every idle worker.
-    pub stop: Receiver<()>,
+    /// Idle workers, parked until a job is queued or the pool closes.
+    pub idle: idle::IdleWorkers,
 }
 
 impl Shared {
@@ -242,8 +243,6 @@ impl Shared {
 pub struct ProviderPool {
     shared: Arc<Shared>,
     tx: Sender<Job>,
-    /// Dropped by `close` to wake idle workers.
-    stop: Mutex<Option<Sender<()>>>,
 }
 
 impl ProviderPool {
@@ -283,7 +282,6 @@ impl ProviderPool {
             stats.unwrap_or_else(|| Arc::new(PoolStats::new(&cfg.name, cores.len().max(1))));
         let (tx, rx) = crossbeam_channel::bounded(cfg.pool.queue_capacity);
         let workers = cfg.pool.workers;
-        let (stop_tx, stop) = crossbeam_channel::bounded(0);
         let shared = Arc::new(Shared {
             name: cfg.name.clone(),
             provider,
@@ -303,17 +301,13 @@ impl ProviderPool {
             handles: Mutex::new(Vec::with_capacity(workers)),
             epoch: Instant::now(),
             supervisor: supervisor::State::new(&cfg.health),
-            stop,
+            idle: idle::IdleWorkers::default(),
         });
         for _ in 0..workers {
             worker::spawn(&shared)?;
         }
         supervisor::spawn(&shared, cfg)?;
-        Ok(ProviderPool {
-            shared,
-            tx,
-            stop: Mutex::new(Some(stop_tx)),
-        })
+        Ok(ProviderPool { shared, tx })
     }
 
     pub fn name(&self) -> &str {
@@ -371,6 +365,7 @@ impl ProviderPool {
         let job = match self.tx.try_send(job) {
             Ok(()) => {
                 counters.accepted.fetch_add(1, Ordering::Relaxed);
+                self.shared.idle.wake_one();
                 return Ok(());
             }
             Err(TrySendError::Disconnected(_)) => return Err(shutting_down()),
@@ -409,6 +404,7 @@ impl ProviderPool {
             job = match self.tx.try_send(job) {
                 Ok(()) => {
                     counters.accepted.fetch_add(1, Ordering::Relaxed);
+                    self.shared.idle.wake_one();
                     return Ok(());
                 }
                 Err(TrySendError::Disconnected(_)) => return Err(shutting_down()),
@@ -428,12 +424,8 @@ impl ProviderPool {
 
     /// Stop taking new jobs (answered 503 from now on).
     pub fn close(&self) {
-        self.shared.closed.store(true, Ordering::Release);
-        let stop = match self.stop.lock() {
-            Ok(mut s) => s.take(),
-            Err(p) => p.into_inner().take(),
-        };
-        drop(stop);
+        self.shared.closed.store(true, Ordering::SeqCst);
+        self.shared.idle.wake_all();
     }
 
     /// Stop taking jobs; workers finish what is queued and in flight until `deadline`, then answer

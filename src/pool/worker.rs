@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::idle::Parker;
 use super::{
     shutting_down, Job, JobCtl, Reply, Shared, Timings, STREAM_EVENTS_IN_FLIGHT_MAX, WORKER_POLL,
 };
@@ -84,13 +85,13 @@ fn run(shared: &Shared, slot: &WorkerSlot, n: usize, shard: usize) -> bool {
     let seed = (n as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ std::process::id() as u64;
     let mut ctx = shared.provider.worker_ctx(seed);
     let rx = &shared.rx;
-    loop {
-        // Idle workers sleep until a job comes, the pool closes (the stop channel disconnects),
-        // or a long poll passes (to retire when scaled down): no busy polling by idle thousands.
-        let next = crossbeam_channel::select! {
-            recv(rx) -> job => job.ok(),
-            recv(shared.stop) -> _ => rx.try_recv().ok(),
-            default(WORKER_POLL) => None,
+    let me = Parker::current();
+    let retired = loop {
+        // Idle workers sleep until a job comes, the pool closes, or a long poll passes (to
+        // retire when scaled down): no busy polling by idle thousands.
+        let next = match rx.try_recv() {
+            Ok(job) => Some(job),
+            Err(_) => shared.idle.wait(&me, WORKER_POLL, rx, &shared.closed),
         };
         match next {
             Some(job) => {
@@ -103,7 +104,7 @@ fn run(shared: &Shared, slot: &WorkerSlot, n: usize, shard: usize) -> bool {
                 slot.job_deadline_ms.store(0, Ordering::Release);
                 if slot.stalled.load(Ordering::Acquire) {
                     // A replacement took this worker's place while it was stuck.
-                    return false;
+                    break false;
                 }
                 if !survived {
                     // A panic or an interrupted call may have left the agent mid-request.
@@ -112,14 +113,16 @@ fn run(shared: &Shared, slot: &WorkerSlot, n: usize, shard: usize) -> bool {
             }
             None => {
                 if shared.closed.load(Ordering::Acquire) && rx.is_empty() {
-                    return false;
+                    break false;
                 }
             }
         }
         if shared.try_retire() {
-            return true;
+            break true;
         }
-    }
+    };
+    shared.idle.forget(&me);
+    retired
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
