@@ -7,6 +7,7 @@ pub mod openai;
 pub mod resolve;
 pub mod retry;
 pub mod sse;
+pub mod transport;
 
 use std::time::{Duration, Instant};
 

@@ -103,11 +103,13 @@ impl OpenAiProvider {
             .input_buffer_size(UPSTREAM_BUFFER_BYTES)
             .output_buffer_size(UPSTREAM_BUFFER_BYTES)
             .build();
-        ureq::Agent::with_parts(
-            config,
-            ureq::unversioned::transport::DefaultConnector::new(),
-            super::resolve::ThreadResolver,
-        )
+        use ureq::unversioned::transport::{ConnectProxyConnector, Connector, RustlsConnector};
+        // ureq's default chain (proxy tunnel, TCP, rustls) with our leaner TCP transport.
+        let connector =
+            ().chain(ConnectProxyConnector::default())
+                .chain(super::transport::LeanTcpConnector)
+                .chain(RustlsConnector::default());
+        ureq::Agent::with_parts(config, connector, super::resolve::ThreadResolver)
     }
 
     pub fn call(&self, ctx: &mut WorkerCtx, call: &Call<'_>) -> Result<UpstreamReply, ApiError> {

@@ -1,0 +1,376 @@
+//! The TCP transport under each worker's `ureq` agent: ureq's own behaviour with fewer system
+//! calls per upstream request (ureq's TLS and proxy layers sit on top of it unchanged).
+//!
+//! * Checking that a pooled connection is still open takes one `recv(MSG_PEEK | MSG_DONTWAIT)`
+//!   (ureq: switch to non-blocking, read, switch back: three calls, before and after each call).
+//! * The first write of a request (its head) is held back and goes out with the body in one
+//!   `writev`, so the upstream reads one segment instead of being woken twice; anything held is
+//!   written before the first read.
+//! * Socket timeouts are set only when the time left differs from the one already set by more than
+//!   [`TIMEOUT_SLACK`] (ureq sets them whenever they differ, which a per-request deadline makes
+//!   every time): a read or write may end up to that much off its deadline.
+
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use ureq::unversioned::transport::{
+    Buffers, ConnectionDetails, Connector, Either, LazyBuffers, NextTimeout, ShutdownHandle,
+    Transport,
+};
+
+/// How far an already-set socket timeout may be from the time actually left.
+pub const TIMEOUT_SLACK: Duration = Duration::from_millis(20);
+/// Most bytes of a first write held back to go out with the next one.
+const HOLD_BYTES_MAX: usize = 8 * 1024;
+
+/// Opens plain TCP connections (see the module docs); passes on a connection an earlier
+/// connector in the chain made (a proxy tunnel).
+#[derive(Debug, Default)]
+pub struct LeanTcpConnector;
+
+impl<In: Transport> Connector<In> for LeanTcpConnector {
+    type Out = Either<In, LeanTcpTransport>;
+
+    fn connect(
+        &self,
+        details: &ConnectionDetails,
+        chained: Option<In>,
+    ) -> Result<Option<Self::Out>, ureq::Error> {
+        if let Some(chained) = chained {
+            return Ok(Some(Either::A(chained)));
+        }
+        let config = details.config;
+        let timeout = details.timeout;
+        let started = std::time::Instant::now();
+        let mut last_err = None;
+        let addrs: Vec<SocketAddr> = details.addrs.iter().copied().collect();
+        for (i, addr) in addrs.iter().enumerate() {
+            // The time left is shared among the addresses still to try.
+            let left = timeout.not_zero().map(|t| {
+                let left = t.saturating_sub(started.elapsed());
+                (left / (addrs.len() - i) as u32).max(Duration::from_millis(10))
+            });
+            let attempt = match left {
+                Some(t) => TcpStream::connect_timeout(addr, t),
+                None => TcpStream::connect(addr),
+            };
+            match attempt {
+                Ok(stream) => {
+                    if config.no_delay() {
+                        stream.set_nodelay(true)?;
+                    }
+                    let transport = LeanTcpTransport::new(
+                        stream,
+                        LazyBuffers::new(config.input_buffer_size(), config.output_buffer_size()),
+                    );
+                    (details.register_shutdown)(
+                        Arc::downgrade(&transport.stream) as Weak<dyn ShutdownHandle>
+                    )?;
+                    return Ok(Some(Either::B(transport)));
+                }
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                    last_err = Some(ureq::Error::Timeout(timeout.reason));
+                }
+                Err(e) => last_err = Some(e.into()),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| {
+            io::Error::new(io::ErrorKind::ConnectionRefused, "connection refused").into()
+        }))
+    }
+}
+
+pub struct LeanTcpTransport {
+    stream: Arc<TcpStream>,
+    buffers: LazyBuffers,
+    read_timeout: Option<Duration>,
+    write_timeout: Option<Duration>,
+    /// A first write held back to go out with the next.
+    held: Vec<u8>,
+    /// The next write starts a request (nothing written since the last read).
+    first_write: bool,
+}
+
+impl std::fmt::Debug for LeanTcpTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeanTcpTransport")
+            .field("peer", &self.stream.peer_addr().ok())
+            .finish()
+    }
+}
+
+/// Whether a socket timeout of `set` may stand in for `wanted`.
+fn close_enough(set: Option<Duration>, wanted: Option<Duration>) -> bool {
+    match (set, wanted) {
+        (None, None) => true,
+        (Some(s), Some(w)) => s.abs_diff(w) <= TIMEOUT_SLACK,
+        _ => false,
+    }
+}
+
+fn update(
+    current: &mut Option<Duration>,
+    timeout: &NextTimeout,
+    set: impl FnOnce(Option<Duration>) -> io::Result<()>,
+) -> io::Result<()> {
+    let wanted = timeout.not_zero().map(|t| *t);
+    if !close_enough(*current, wanted) {
+        set(wanted)?;
+        *current = wanted;
+    }
+    Ok(())
+}
+
+fn map_io(e: io::Error, timeout: &NextTimeout) -> ureq::Error {
+    match e.kind() {
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => ureq::Error::Timeout(timeout.reason),
+        _ => e.into(),
+    }
+}
+
+impl LeanTcpTransport {
+    pub fn new(stream: TcpStream, buffers: LazyBuffers) -> Self {
+        LeanTcpTransport {
+            stream: Arc::new(stream),
+            buffers,
+            read_timeout: None,
+            write_timeout: None,
+            held: Vec::new(),
+            first_write: true,
+        }
+    }
+
+    fn set_write_timeout(&mut self, timeout: &NextTimeout) -> Result<(), ureq::Error> {
+        if timeout.after.is_zero() {
+            return Err(ureq::Error::Timeout(timeout.reason));
+        }
+        let stream = &self.stream;
+        update(&mut self.write_timeout, timeout, |t| {
+            stream.set_write_timeout(t)
+        })?;
+        Ok(())
+    }
+
+    /// Write what is held, then `rest`, in as few calls as the socket takes.
+    fn write_with_held(&mut self, rest_len: usize) -> io::Result<()> {
+        let mut stream = &*self.stream;
+        let held = std::mem::take(&mut self.held);
+        let rest = &self.buffers.output()[..rest_len];
+        let (mut a, mut b) = (&held[..], rest);
+        while !a.is_empty() || !b.is_empty() {
+            let n = match stream.write_vectored(&[IoSlice::new(a), IoSlice::new(b)]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            let from_a = n.min(a.len());
+            a = &a[from_a..];
+            b = &b[n - from_a..];
+        }
+        self.held = held;
+        self.held.clear();
+        Ok(())
+    }
+}
+
+impl Transport for LeanTcpTransport {
+    fn buffers(&mut self) -> &mut dyn Buffers {
+        &mut self.buffers
+    }
+
+    fn transmit_output(&mut self, amount: usize, timeout: NextTimeout) -> Result<(), ureq::Error> {
+        let timeout = timeout.for_write();
+        if self.first_write && amount <= HOLD_BYTES_MAX {
+            self.first_write = false;
+            self.held.clear();
+            self.held
+                .extend_from_slice(&self.buffers.output()[..amount]);
+            return Ok(());
+        }
+        self.first_write = false;
+        self.set_write_timeout(&timeout)?;
+        self.write_with_held(amount)
+            .map_err(|e| map_io(e, &timeout))
+    }
+
+    fn await_input(&mut self, timeout: NextTimeout) -> Result<bool, ureq::Error> {
+        if !self.held.is_empty() {
+            let write_timeout = timeout.for_write();
+            self.set_write_timeout(&write_timeout)?;
+            self.write_with_held(0)
+                .map_err(|e| map_io(e, &write_timeout))?;
+        }
+        self.first_write = true;
+        let timeout = timeout.for_read();
+        if timeout.after.is_zero() {
+            return Err(ureq::Error::Timeout(timeout.reason));
+        }
+        let stream = Arc::clone(&self.stream);
+        update(&mut self.read_timeout, &timeout, |t| {
+            stream.set_read_timeout(t)
+        })?;
+        let started = std::time::Instant::now();
+        let input = self.buffers.input_append_buf();
+        let amount = loop {
+            match (&*stream).read(input) {
+                Ok(n) => break n,
+                // Linux does not restart a socket read with a timeout after a signal: go on with
+                // the time left.
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                    let Some(t) = timeout.not_zero() else {
+                        return Err(e.into());
+                    };
+                    let left = t.saturating_sub(started.elapsed());
+                    if left.is_zero() {
+                        return Err(ureq::Error::Timeout(timeout.reason));
+                    }
+                    stream.set_read_timeout(Some(left))?;
+                    self.read_timeout = Some(left);
+                }
+                Err(e) => return Err(map_io(e, &timeout)),
+            }
+        };
+        self.buffers.input_appended(amount);
+        Ok(amount > 0)
+    }
+
+    fn is_open(&mut self) -> bool {
+        if !self.held.is_empty() {
+            return false;
+        }
+        let mut byte = 0u8;
+        // SAFETY: a one-byte peek into a local through the socket this transport owns.
+        let n = unsafe {
+            libc::recv(
+                self.stream.as_raw_fd(),
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        // Nothing to read is the only healthy answer: bytes nobody asked for, end of stream or
+        // an error all mean the connection must not be reused.
+        n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    #[test]
+    fn timeouts_within_the_slack_are_kept() {
+        let s = |ms| Some(Duration::from_millis(ms));
+        assert!(close_enough(None, None));
+        assert!(close_enough(s(30_000), s(29_990)));
+        assert!(close_enough(s(29_990), s(30_000)));
+        assert!(!close_enough(s(30_000), s(29_000)));
+        assert!(!close_enough(None, s(1)));
+        assert!(!close_enough(s(1), None));
+    }
+
+    fn pair() -> (LeanTcpTransport, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        (
+            LeanTcpTransport::new(client, LazyBuffers::new(4096, 4096)),
+            server,
+        )
+    }
+
+    fn send(t: &mut LeanTcpTransport, bytes: &[u8]) {
+        t.buffers().output()[..bytes.len()].copy_from_slice(bytes);
+        t.transmit_output(bytes.len(), NextTimeout::default())
+            .unwrap();
+    }
+
+    fn read_exactly(server: &mut TcpStream, n: usize) -> Vec<u8> {
+        let mut got = vec![0u8; n];
+        server.read_exact(&mut got).unwrap();
+        got
+    }
+
+    fn nothing_to_read(server: &TcpStream) -> bool {
+        server.set_nonblocking(true).unwrap();
+        let r = (&*server).read(&mut [0u8; 64]);
+        server.set_nonblocking(false).unwrap();
+        matches!(r, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    #[test]
+    fn a_request_head_waits_for_its_body_and_both_leave_together() {
+        let (mut t, mut server) = pair();
+        let head = b"POST /v1/chat/completions HTTP/1.1\r\ncontent-length: 2\r\n\r\n";
+        send(&mut t, head);
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(nothing_to_read(&server), "the head is held back");
+        send(&mut t, b"{}");
+        let got = read_exactly(&mut server, head.len() + 2);
+        assert!(got.starts_with(b"POST ") && got.ends_with(b"{}"));
+        // A later write of the same request goes out at once.
+        send(&mut t, b"more");
+        assert_eq!(read_exactly(&mut server, 4), b"more");
+    }
+
+    #[test]
+    fn a_held_head_goes_out_before_the_answer_is_awaited() {
+        let (mut t, mut server) = pair();
+        let head = b"GET /v1/models HTTP/1.1\r\n\r\n";
+        send(&mut t, head);
+        let answer = std::thread::spawn(move || {
+            let got = read_exactly(&mut server, head.len());
+            (&server)
+                .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+                .unwrap();
+            (got, server)
+        });
+        assert!(t.await_input(NextTimeout::default()).unwrap());
+        let (got, server) = answer.join().unwrap();
+        assert_eq!(got, head);
+        assert!(t.buffers().input().starts_with(b"HTTP/1.1 204"));
+        // The next request's head is held again.
+        let len = t.buffers().input().len();
+        t.buffers().input_consume(len);
+        send(&mut t, head);
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(nothing_to_read(&server));
+    }
+
+    #[test]
+    fn is_open_until_the_peer_closes_or_sends_unasked() {
+        let (mut t, server) = pair();
+        assert!(t.is_open());
+        (&server).write_all(b"x").unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!t.is_open(), "bytes nobody asked for");
+        let (mut t, server) = pair();
+        drop(server);
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!t.is_open(), "closed by the peer");
+        let (mut t, _server) = pair();
+        send(&mut t, b"GET / HTTP/1.1\r\n\r\n");
+        assert!(!t.is_open(), "a request half sent is never reused");
+    }
+
+    #[test]
+    fn a_read_times_out() {
+        let (mut t, _server) = pair();
+        let timeout = NextTimeout {
+            after: ureq::unversioned::transport::time::Duration::from(Duration::from_millis(50)),
+            ..NextTimeout::default()
+        };
+        let t0 = std::time::Instant::now();
+        let err = t.await_input(timeout).unwrap_err();
+        assert!(matches!(err, ureq::Error::Timeout(_)), "{err:?}");
+        assert!(t0.elapsed() >= Duration::from_millis(40));
+    }
+}
