@@ -15,7 +15,7 @@ use crate::error::{ApiError, ErrorKind};
 use crate::http::{BodyStream, FrontStats, Handler, Method, Request, Response, StreamPoll};
 use crate::log::{self, AccessRecord};
 use crate::objpool::{ObjPool, ObjPoolStats, Pooled};
-use crate::pool::{waiters, Job, ProviderPool, Reply, ReplyChannel};
+use crate::pool::{waiters, FullReply, Job, ProviderPool, Reply, ReplyChannel};
 use crate::providers::sse::error_event;
 use crate::route::Router;
 use crate::service::ServiceStats;
@@ -172,7 +172,8 @@ impl Gateway {
             Err(e) => return Attempt::fail(e),
         };
         match first {
-            Reply::Full { result, timings } => {
+            Reply::Full(full) => {
+                let FullReply { result, timings } = *full;
                 rec.queue_wait_us = timings.queue_wait.as_micros() as u64;
                 rec.upstream_us = timings.upstream.map_or(0, |d| d.as_micros() as u64);
                 let up = match result {
@@ -195,7 +196,7 @@ impl Gateway {
                     Attempt::Done(Ok(resp))
                 }
             }
-            Reply::StreamStart { timings } => {
+            Reply::StreamStart(timings) => {
                 rec.queue_wait_us = timings.queue_wait.as_micros() as u64;
                 rec.upstream_us = timings.upstream.map_or(0, |d| d.as_micros() as u64);
                 rec.status = 200;
@@ -561,7 +562,7 @@ impl BodyStream for GatewayStream {
                     }
                 }
             }
-            Ok(Reply::Full { .. } | Reply::StreamStart { .. }) => StreamPoll::Pending,
+            Ok(Reply::Full(_) | Reply::StreamStart(_)) => StreamPoll::Pending,
             // The channel holds a sender of its own: it cannot disconnect.
             Err(_) => {
                 self.channel.mark_single_use();

@@ -166,13 +166,13 @@ fn handle(shared: &Shared, ctx: &mut WorkerCtx, job: Job, shard: usize) -> bool 
     };
     let mut upstream = None;
     let last = match early {
-        Some(e) => Reply::Full {
-            result: Err(e),
-            timings: Timings {
+        Some(e) => Reply::full(
+            Err(e),
+            Timings {
                 queue_wait,
                 upstream: None,
             },
-        },
+        ),
         None => {
             if let Some(agent) = &ctx.agent {
                 job.ctl.attach(agent);
@@ -254,13 +254,13 @@ fn whole_job(
             Err(ApiError::internal())
         }
     };
-    Reply::Full {
+    Reply::full(
         result,
-        timings: Timings {
+        Timings {
             queue_wait,
             upstream: Some(started.elapsed()),
         },
-    }
+    )
 }
 
 fn stream_job(
@@ -295,10 +295,7 @@ fn stream_job(
     match outcome {
         Ok(Ok(StreamResult::Whole(reply))) => {
             count_reply(counters, &reply);
-            Reply::Full {
-                result: Ok(reply),
-                timings,
-            }
+            Reply::full(Ok(reply), timings)
         }
         Ok(Ok(StreamResult::Streamed {
             error,
@@ -318,7 +315,7 @@ fn stream_job(
                 PoolCounters::inc(&counters.stream_errors);
             }
             Reply::StreamEnd {
-                error,
+                error: error.map(Box::new),
                 prompt_tokens,
                 completion_tokens,
             }
@@ -328,15 +325,12 @@ fn stream_job(
             if began {
                 PoolCounters::inc(&counters.stream_errors);
                 Reply::StreamEnd {
-                    error: Some(e),
+                    error: Some(Box::new(e)),
                     prompt_tokens: 0,
                     completion_tokens: 0,
                 }
             } else {
-                Reply::Full {
-                    result: Err(e),
-                    timings,
-                }
+                Reply::full(Err(e), timings)
             }
         }
         Err(_panic) => {
@@ -345,15 +339,12 @@ fn stream_job(
             if began {
                 PoolCounters::inc(&counters.stream_errors);
                 Reply::StreamEnd {
-                    error: Some(ApiError::internal()),
+                    error: Some(Box::new(ApiError::internal())),
                     prompt_tokens: 0,
                     completion_tokens: 0,
                 }
             } else {
-                Reply::Full {
-                    result: Err(ApiError::internal()),
-                    timings,
-                }
+                Reply::full(Err(ApiError::internal()), timings)
             }
         }
     }
@@ -382,7 +373,10 @@ impl StreamSink for Sink<'_> {
             queue_wait: self.queue_wait,
             upstream: Some(self.started.elapsed()),
         };
-        self.job.reply.send(Reply::StreamStart { timings }).is_ok()
+        self.job
+            .reply
+            .send(Reply::StreamStart(Box::new(timings)))
+            .is_ok()
     }
 
     fn event(&mut self, bytes: Vec<u8>) -> bool {
