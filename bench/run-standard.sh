@@ -82,6 +82,28 @@ stop() {
   done
 }
 
+# start_nginx: nginx as a bare reverse proxy to MOCK_ADDR (the reference hop), when nginx is
+# installed; sets NGINX_TARGET to a --target argument (empty without nginx) and NGINX_PID.
+start_nginx() {
+  NGINX_TARGET=() NGINX_PID=
+  command -v nginx > /dev/null || { echo "(nginx not installed: no reference hop)" | tee -a "$OUT/run.log"; return 0; }
+  local prefix port
+  prefix=$(realpath "$OUT")/nginx
+  mkdir -p "$prefix"
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  sed -e "s|@PREFIX@|$prefix|g" -e "s/@PORT@/$port/" -e "s/@MOCK_ADDR@/$MOCK_ADDR/" \
+    "$CONFIGS/nginx.conf.template" > "$prefix/nginx.conf"
+  echo "+ nginx -c $prefix/nginx.conf   ($(nginx -v 2>&1))" >> "$OUT/run.log"
+  nginx -e "$prefix/error.log" -c "$prefix/nginx.conf" -p "$prefix" > "$prefix/out" 2>&1 &
+  NGINX_PID=$!; PIDS+=("$NGINX_PID")
+  local i
+  for i in $(seq 50); do
+    curl -s -o /dev/null "http://127.0.0.1:$port/" && break
+    sleep 0.1
+  done
+  NGINX_TARGET=(--target "nginx=http://127.0.0.1:$port/v1/chat/completions")
+}
+
 # memory PID: "rss_kb peak_rss_kb" from /proc.
 memory() { awk '/^VmRSS:/{r=$2} /^VmHWM:/{h=$2} END{print r, h}' "/proc/$1/status"; }
 
@@ -123,18 +145,21 @@ stop "$GW_PID"
 
 say "3. added latency at 1,000 and 5,000 requests/s (mock delay 10 ms, gateway -> mock over HTTP)"
 # mock-again is the mock itself a second time: its "added latency" is the noise floor of the
-# measurement (what an ideal, zero-cost proxy would show on this machine).
+# measurement (what an ideal, zero-cost proxy would show on this machine); nginx, when installed,
+# is the reference of a bare event-loop proxy hop.
 start_mock overhead --threads 1 --delay-ms 10
 start_gateway overhead "$CONFIGS/overhead.toml"
+start_nginx
 for RATE in 1000 5000; do
   run timeout 300 "$BIN/deepintshield-load" compare \
     --target "mock=http://$MOCK_ADDR/v1/chat/completions" \
     --target "mock-again=http://$MOCK_ADDR/v1/chat/completions" \
+    "${NGINX_TARGET[@]}" \
     --target "gateway=$GW_URL/v1/chat/completions" \
     --rate "$RATE" --rounds "$ROUNDS" --duration "$ROUND" --warmup "$WARM" --connections 128 \
     --pid "gateway=$GW_PID" --json "$OUT/overhead-$RATE.json"
 done
-stop "$GW_PID"
+stop "$GW_PID" ${NGINX_PID:+"$NGINX_PID"}
 
 say "4. highest rate with p99 added under 1 ms (sweep, mock delay 10 ms)"
 start_gateway throughput "$CONFIGS/throughput.toml"

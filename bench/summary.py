@@ -59,7 +59,7 @@ def main(out):
         by_name = {t["name"]: t for t in c["targets"]}
         gw = by_name["gateway"]
         a, cpu = gw["added"], gw.get("process", {}).get("cpu_us_per_request")
-        errs = sum(errors(t) for t in c["targets"])
+        errs = sum(errors(t) for t in c["targets"] if t["name"] != "nginx")
         row(f"added latency at {rate:,}/s, p50 / p99 / p99.9",
             f"{a['p50_us']:+} / {a['p99_us']:+} / {a['p999_us']:+} us, {errs} errors, {cpu} us CPU/req",
             "p50 <= 30, p99 <= 150 us", a["p50_us"] <= 30 and a["p99_us"] <= 150 and errs == 0)
@@ -67,6 +67,11 @@ def main(out):
             n = by_name["mock-again"]["added"]
             row(f"  noise floor at {rate:,}/s (mock vs itself)",
                 f"{n['p50_us']:+} / {n['p99_us']:+} / {n['p999_us']:+} us", "(resolution)", None)
+        if "nginx" in by_name:
+            n = by_name["nginx"]["added"]
+            row(f"  reference: nginx as a bare proxy at {rate:,}/s",
+                f"{n['p50_us']:+} / {n['p99_us']:+} / {n['p999_us']:+} us, {errors(by_name['nginx'])} errors",
+                "(reference)", None)
 
     s = load(out, "sweep.json")
     if s:
