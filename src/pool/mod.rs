@@ -374,14 +374,9 @@ impl ProviderPool {
             return Err(shutting_down());
         }
         let counters = &self.shared.stats.counters;
-        let job = match self.tx.try_send(job) {
-            Ok(()) => {
-                counters.accepted.fetch_add(1, Ordering::Relaxed);
-                self.shared.idle.wake_one();
-                return Ok(());
-            }
-            Err(TrySendError::Disconnected(_)) => return Err(shutting_down()),
-            Err(TrySendError::Full(job)) => job,
+        let job = match self.try_queue(job) {
+            Ok(done) => return done,
+            Err(job) => job,
         };
         match self.shared.cfg.queue_policy {
             QueuePolicy::Drop => {
@@ -413,15 +408,24 @@ impl ProviderPool {
             }
             may::coroutine::sleep(pause.min(give_up - now));
             pause = (pause * 2).min(BLOCK_POLL_MAX);
-            job = match self.tx.try_send(job) {
-                Ok(()) => {
-                    counters.accepted.fetch_add(1, Ordering::Relaxed);
-                    self.shared.idle.wake_one();
-                    return Ok(());
-                }
-                Err(TrySendError::Disconnected(_)) => return Err(shutting_down()),
-                Err(TrySendError::Full(job)) => job,
+            job = match self.try_queue(job) {
+                Ok(done) => return done,
+                Err(job) => job,
             };
+        }
+    }
+
+    /// Queue `job` and wake an idle worker for it; the job back when the queue is full.
+    fn try_queue(&self, job: Job) -> Result<Result<(), ApiError>, Job> {
+        match self.tx.try_send(job) {
+            Ok(()) => {
+                let counters = &self.shared.stats.counters;
+                counters.accepted.fetch_add(1, Ordering::Relaxed);
+                self.shared.idle.wake_one();
+                Ok(Ok(()))
+            }
+            Err(TrySendError::Disconnected(_)) => Ok(Err(shutting_down())),
+            Err(TrySendError::Full(job)) => Err(job),
         }
     }
 
