@@ -137,14 +137,7 @@ impl Gateway {
             cmd.env(k, v);
         }
         let proc = Proc::spawn(cmd, "listening on");
-        // "deepintshield X listening on http://A (api), http://B (admin)"
-        let addrs: Vec<SocketAddr> = proc
-            .first_line
-            .split("http://")
-            .skip(1)
-            .filter_map(|s| s.split(' ').next()?.parse().ok())
-            .collect();
-        assert_eq!(addrs.len(), 2, "{}", proc.first_line);
+        let addrs = listen_addrs(&proc.first_line);
         Gateway {
             proc,
             api: addrs[0],
@@ -557,13 +550,7 @@ impl Gateway {
             cmd.env(k, v);
         }
         let (proc, log) = Proc::spawn_logged(cmd, "listening on");
-        let addrs: Vec<SocketAddr> = proc
-            .first_line
-            .split("http://")
-            .skip(1)
-            .filter_map(|s| s.split(' ').next()?.parse().ok())
-            .collect();
-        assert_eq!(addrs.len(), 2, "{}", proc.first_line);
+        let addrs = listen_addrs(&proc.first_line);
         let gw = Gateway {
             proc,
             api: addrs[0],
@@ -586,4 +573,17 @@ impl Gateway {
         let ct = r.header("content-type").unwrap_or_default().to_string();
         (ct, String::from_utf8(r.body).expect("UTF-8 metrics"))
     }
+}
+
+/// The API and admin addresses of the gateway's start line:
+/// "deepintshield X listening on http://A (api), http://B (admin)".
+fn listen_addrs(line: &str) -> [SocketAddr; 2] {
+    let addrs: Vec<SocketAddr> = line
+        .split("http://")
+        .skip(1)
+        .filter_map(|s| s.split(' ').next()?.parse().ok())
+        .collect();
+    addrs
+        .try_into()
+        .unwrap_or_else(|_| panic!("two addresses in: {line}"))
 }
