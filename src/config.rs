@@ -119,6 +119,17 @@ pub const MOCK_CHUNK_DELAY_MS_DEFAULT: u64 = 0;
 /// `providers.<name>.stream_idle_timeout_ms`: longest silence of an upstream stream before it is
 /// ended with an error event.
 pub const STREAM_IDLE_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+/// `providers.<name>.base_url` of type `anthropic` when absent.
+pub const ANTHROPIC_BASE_URL_DEFAULT: &str = "https://api.anthropic.com";
+/// `providers.<name>.anthropic_version`: the API version sent to an `anthropic` provider when
+/// the client did not send its own.
+pub const ANTHROPIC_VERSION_DEFAULT: &str = "2023-06-01";
+/// Longest `anthropic_version` value, bytes.
+pub const ANTHROPIC_VERSION_BYTES_MAX: usize = 64;
+/// `providers.<name>.max_tokens_default`: `max_tokens` sent to a provider that requires it
+/// (Anthropic) when a translated request has none.
+pub const MAX_TOKENS_DEFAULT: u64 = 4096;
+pub const MAX_TOKENS_RANGE: RangeInclusive<u64> = 1..=1_000_000;
 
 /// `providers.<name>.max_retries`: retries of a failed upstream attempt (transport errors, 5xx, 429).
 pub const MAX_RETRIES_DEFAULT: u64 = 2;
@@ -220,6 +231,7 @@ const _: () = assert!(within(KEY_WEIGHT_DEFAULT, &KEY_WEIGHT_RANGE));
 // The sum of all key weights of a provider fits the `u32` the weighted choice uses.
 const _: () = assert!(KEYS_MAX as u64 * *KEY_WEIGHT_RANGE.end() <= u32::MAX as u64);
 const _: () = assert!(within(MOCK_LATENCY_MS_DEFAULT, &MOCK_LATENCY_MS_RANGE));
+const _: () = assert!(within(MAX_TOKENS_DEFAULT, &MAX_TOKENS_RANGE));
 const _: () = assert!(within(POOL_WORKERS_DEFAULT, &POOL_WORKERS_RANGE));
 const _: () = assert!(within(
     POOL_QUEUE_CAPACITY_DEFAULT,
@@ -274,6 +286,24 @@ pub enum ProviderType {
     Mock,
     /// OpenAI Chat Completions and any compatible server (vLLM, Ollama, Groq, Together, ...).
     OpenAi,
+    /// Anthropic Messages (`x-api-key`, `anthropic-version`).
+    Anthropic,
+}
+
+impl ProviderType {
+    /// Types that call a network upstream (and so need `base_url` and `keys`).
+    pub fn is_network(self) -> bool {
+        !matches!(self, ProviderType::Mock)
+    }
+
+    /// The name used in the config's `type`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProviderType::Mock => "mock",
+            ProviderType::OpenAi => "openai",
+            ProviderType::Anthropic => "anthropic",
+        }
+    }
 }
 
 /// What a pool does when its queue is full.
@@ -482,6 +512,10 @@ pub struct ProviderConfig {
     pub stream_idle_timeout: Duration,
     /// Root certificates (PEM) trusted for this provider instead of the built-in webpki roots.
     pub ca_file: Option<PathBuf>,
+    /// `anthropic-version` sent to an `anthropic` upstream when the client sent none.
+    pub anthropic_version: String,
+    /// `max_tokens` of a translated request without one, for providers that require it.
+    pub max_tokens_default: u32,
     pub mock: MockConfig,
     pub pool: PoolConfig,
     pub retry: RetryConfig,
@@ -625,6 +659,8 @@ impl ProviderConfig {
             name: name.to_string(),
             kind: ProviderType::Mock,
             base_url: String::new(),
+            anthropic_version: ANTHROPIC_VERSION_DEFAULT.to_string(),
+            max_tokens_default: MAX_TOKENS_DEFAULT as u32,
             keys: Vec::new(),
             models: Vec::new(),
             headers: Vec::new(),
@@ -728,6 +764,8 @@ struct ProviderFile {
     connect_timeout_ms: Option<u64>,
     stream_idle_timeout_ms: Option<u64>,
     ca_file: Option<String>,
+    anthropic_version: Option<String>,
+    max_tokens_default: Option<u64>,
     keys: Option<Vec<KeyFile>>,
     mock: Option<MockFile>,
     pool: Option<PoolFile>,
@@ -1296,6 +1334,14 @@ impl Checker<'_> {
                 CONNECT_TIMEOUT_MS_DEFAULT,
             ),
             ca_file,
+            anthropic_version: self
+                .anthropic_version(&format!("{at}.anthropic_version"), f.anthropic_version),
+            max_tokens_default: self.int(
+                &format!("{at}.max_tokens_default"),
+                f.max_tokens_default,
+                MAX_TOKENS_DEFAULT,
+                &MAX_TOKENS_RANGE,
+            ) as u32,
             stream_idle_timeout: self.timeout(
                 &format!("{at}.stream_idle_timeout_ms"),
                 f.stream_idle_timeout_ms,
@@ -1452,30 +1498,55 @@ impl Checker<'_> {
         }
     }
 
+    /// A visible-ASCII header value, at most [`ANTHROPIC_VERSION_BYTES_MAX`] bytes.
+    fn anthropic_version(&mut self, key: &str, value: Option<String>) -> String {
+        let Some(value) = value else {
+            return ANTHROPIC_VERSION_DEFAULT.to_string();
+        };
+        if value.is_empty()
+            || value.len() > ANTHROPIC_VERSION_BYTES_MAX
+            || !value.bytes().all(|b| b.is_ascii_graphic())
+        {
+            self.error(
+                key,
+                format!(
+                    "expected 1..={ANTHROPIC_VERSION_BYTES_MAX} visible ASCII characters, e.g. \"{ANTHROPIC_VERSION_DEFAULT}\""
+                ),
+            );
+        }
+        value
+    }
+
     fn provider_type(&mut self, key: &str, value: Option<&str>) -> Option<ProviderType> {
         match value {
             Some("mock") => Some(ProviderType::Mock),
             Some("openai") => Some(ProviderType::OpenAi),
+            Some("anthropic") => Some(ProviderType::Anthropic),
             other => {
                 let found = other.map_or("missing".to_string(), |v| format!("found {v:?}"));
                 self.error(
                     key,
-                    format!("expected one of \"mock\", \"openai\" ({found})"),
+                    format!("expected one of \"mock\", \"openai\", \"anthropic\" ({found})"),
                 );
                 None
             }
         }
     }
 
-    /// Required and checked for `openai`; kept as written (trailing `/` stripped) for `mock`.
+    /// Required and checked for `openai`, defaulted for `anthropic`; kept as written (trailing
+    /// `/` stripped) for `mock`.
     fn base_url(&mut self, at: &str, kind: Option<ProviderType>, value: Option<String>) -> String {
         let key = format!("{at}.base_url");
+        let value = match (kind, value) {
+            (Some(ProviderType::Anthropic), None) => Some(ANTHROPIC_BASE_URL_DEFAULT.to_string()),
+            (_, value) => value,
+        };
         let url = value
             .as_deref()
             .unwrap_or("")
             .trim_end_matches('/')
             .to_string();
-        if kind != Some(ProviderType::OpenAi) {
+        if !kind.is_some_and(ProviderType::is_network) {
             return url;
         }
         if value.is_none() {
@@ -1494,11 +1565,12 @@ impl Checker<'_> {
         files: Vec<KeyFile>,
     ) -> Vec<KeyConfig> {
         let key = format!("{at}.keys");
-        if files.is_empty() && kind == Some(ProviderType::OpenAi) {
+        if let Some(kind) = kind.filter(|k| files.is_empty() && k.is_network()) {
             let example = "e.g. keys = [{ key = \"env:OPENAI_API_KEY\" }]";
+            let name = kind.name();
             self.error(
                 &key,
-                format!("required for type \"openai\": at least one key ({example})"),
+                format!("required for type \"{name}\": at least one key ({example})"),
             );
         }
         if files.len() > KEYS_MAX {
@@ -2280,12 +2352,12 @@ worker_stack_kb = 64
                 "providers.\"Mock\": provider names are",
             ),
             (
-                "[providers.x]\ntype = \"anthropic\"\n",
-                "providers.x.type: expected one of \"mock\", \"openai\" (found \"anthropic\")",
+                "[providers.x]\ntype = \"bedrock2\"\n",
+                "providers.x.type: expected one of \"mock\", \"openai\", \"anthropic\" (found \"bedrock2\")",
             ),
             (
                 "[providers.x]\n",
-                "providers.x.type: expected one of \"mock\", \"openai\" (missing)",
+                "providers.x.type: expected one of \"mock\", \"openai\", \"anthropic\" (missing)",
             ),
         ];
         for (text, expected) in cases {

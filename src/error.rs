@@ -11,6 +11,8 @@ pub enum ErrorKind {
     BadRequest,
     /// Missing or wrong client key: 401.
     Unauthorized,
+    /// A valid client may not do this (a model or provider it is not allowed): 403.
+    Forbidden,
     /// Unknown path or unknown model: 404.
     NotFound,
     /// Known path, wrong method: 405.
@@ -35,6 +37,10 @@ pub enum ErrorKind {
     UpstreamInvalid,
     /// A fault inside the gateway (a caught panic): 500, never with detail.
     Internal,
+    /// The gateway is draining (SIGTERM) or the pool was swapped out by a reload: 503.
+    ShuttingDown,
+    /// The client went away; nothing is sent. 499 in logs and stats (nginx's convention).
+    ClientCancelled,
 }
 
 impl ErrorKind {
@@ -43,16 +49,18 @@ impl ErrorKind {
         match self {
             ErrorKind::BadRequest => 400,
             ErrorKind::Unauthorized => 401,
+            ErrorKind::Forbidden => 403,
             ErrorKind::NotFound => 404,
             ErrorKind::MethodNotAllowed => 405,
             ErrorKind::ClientTimeout => 408,
             ErrorKind::PayloadTooLarge => 413,
             ErrorKind::HeadersTooLarge => 431,
             ErrorKind::QueueFull => 429,
-            ErrorKind::Unavailable => 503,
+            ErrorKind::Unavailable | ErrorKind::ShuttingDown => 503,
             ErrorKind::QueueTimeout | ErrorKind::RequestTimeout => 504,
             ErrorKind::UpstreamTransport | ErrorKind::UpstreamInvalid => 502,
             ErrorKind::Internal => 500,
+            ErrorKind::ClientCancelled => 499,
         }
     }
 
@@ -66,8 +74,11 @@ impl ErrorKind {
             | ErrorKind::PayloadTooLarge
             | ErrorKind::HeadersTooLarge => "invalid_request_error",
             ErrorKind::Unauthorized => "authentication_error",
+            ErrorKind::Forbidden => "permission_error",
             ErrorKind::QueueFull => "rate_limit_error",
             ErrorKind::Unavailable
+            | ErrorKind::ShuttingDown
+            | ErrorKind::ClientCancelled
             | ErrorKind::QueueTimeout
             | ErrorKind::RequestTimeout
             | ErrorKind::UpstreamTransport
@@ -82,6 +93,7 @@ impl ErrorKind {
             self,
             ErrorKind::QueueFull
                 | ErrorKind::Unavailable
+                | ErrorKind::ShuttingDown
                 | ErrorKind::QueueTimeout
                 | ErrorKind::UpstreamTransport
         )
@@ -98,6 +110,9 @@ pub struct ApiError {
     pub code: &'static str,
     /// Sent as `Retry-After` (seconds) when set.
     pub retry_after_s: Option<u32>,
+    /// The client already got an event describing this error (an upstream's own error event,
+    /// passed on): count it, write nothing more.
+    pub delivered: bool,
 }
 
 impl ApiError {
@@ -107,7 +122,41 @@ impl ApiError {
             message: message.into(),
             code,
             retry_after_s: None,
+            delivered: false,
         }
+    }
+
+    /// Marks an error whose event the client already received.
+    pub fn already_sent(mut self) -> Self {
+        self.delivered = true;
+        self
+    }
+
+    /// The client went away before its answer.
+    pub fn client_cancelled() -> Self {
+        Self::new(
+            ErrorKind::ClientCancelled,
+            "client_cancelled",
+            "the client went away",
+        )
+    }
+
+    /// The request ran out of time waiting for the provider.
+    pub fn request_timeout() -> Self {
+        Self::new(
+            ErrorKind::RequestTimeout,
+            "request_timeout",
+            "the provider did not answer within the request timeout",
+        )
+    }
+
+    /// The gateway is draining and takes no new work.
+    pub fn shutting_down() -> Self {
+        Self::new(
+            ErrorKind::ShuttingDown,
+            "shutting_down",
+            "the gateway is shutting down; retry on another instance",
+        )
     }
 
     pub fn with_retry_after(mut self, seconds: u32) -> Self {

@@ -1,11 +1,13 @@
 //! DeepIntShield: an LLM API gateway with a thread-per-core HTTP front on `may` and pinned,
 //! bounded per-provider worker pools. The binary (`src/main.rs`) wires these modules together.
 
+pub mod admin;
 pub mod api;
 pub mod app;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod job;
 pub mod log;
 pub mod objpool;
 pub mod pool;

@@ -4,7 +4,6 @@ use std::collections::HashMap;
 
 use crate::config::{Config, Secret};
 use crate::error::{ApiError, ErrorKind};
-use crate::http::Request;
 
 /// Where a request goes.
 #[derive(Debug, PartialEq, Eq)]
@@ -93,18 +92,11 @@ impl Router {
         self.fallbacks.get(model).map_or(&[], Vec::as_slice)
     }
 
-    /// Check the client key (`Authorization: Bearer <key>` or `x-api-key: <key>`) when keys are set.
-    pub fn authorize(&self, req: &Request) -> Result<(), ApiError> {
+    /// Check the client key a request presents when keys are set.
+    pub fn authorize(&self, presented: Option<&[u8]>) -> Result<(), ApiError> {
         if self.client_keys.is_empty() {
             return Ok(());
         }
-        let presented = req
-            .header("authorization")
-            .and_then(|v| {
-                v.strip_prefix(b"Bearer ")
-                    .or_else(|| v.strip_prefix(b"bearer "))
-            })
-            .or_else(|| req.header("x-api-key"));
         let Some(presented) = presented else {
             return Err(ApiError::new(
                 ErrorKind::Unauthorized,

@@ -274,6 +274,12 @@ impl Response {
 /// on `may`-aware primitives only (never a crossbeam `recv` or `std::thread::sleep`).
 pub trait Handler: Send + Sync + 'static {
     fn handle(&self, req: &mut Request) -> Response;
+
+    /// The response for a protocol fault of a request whose head was read (so its path and
+    /// headers are known): the handler renders it in the shape of the API the request speaks.
+    fn error_response(&self, _req: &Request, err: &crate::error::ApiError) -> Response {
+        Response::error(err)
+    }
 }
 
 /// Standard reason phrases for the statuses the gateway emits.

@@ -17,111 +17,9 @@ use std::time::{Duration, Instant};
 
 use crate::config::{PoolConfig, ProviderConfig, QueuePolicy};
 use crate::error::{ApiError, ErrorKind};
-use crate::objpool::Recycle;
-use crate::providers::{Provider, UpstreamReply};
+use crate::job::{Job, Reply, Timings};
+use crate::providers::Provider;
 use crate::stats::PoolStats;
-
-/// Where a job's time went, for stats and the access log.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Timings {
-    pub queue_wait: Duration,
-    /// `None` when the upstream was not called.
-    pub upstream: Option<Duration>,
-}
-
-/// What a worker sends back for a job: one `Full`, or (for `stream: true` answered with an event
-/// stream) `StreamStart`, any number of `Event`s and one `StreamEnd`.
-///
-/// Large payloads are boxed: every reply channel's queue allocates room for 64 replies at a time,
-/// so the size of `Reply` is paid per channel (32 bytes instead of 120: 2.5 KiB instead of 8 KiB).
-pub enum Reply {
-    Full(Box<FullReply>),
-    /// The upstream accepted the request and its events follow.
-    StreamStart(Box<Timings>),
-    /// One complete Server-Sent Event (`data: ...\n\n`), to be written as it is.
-    Event(Vec<u8>),
-    /// The stream is over: cleanly, or with an error to send as a final SSE error event.
-    StreamEnd {
-        error: Option<Box<ApiError>>,
-        prompt_tokens: u64,
-        completion_tokens: u64,
-    },
-    /// Not from a worker: the periodic wake-up of a waiting coroutine ([`waiters`]), at which it
-    /// checks its client and its deadline.
-    Nudge,
-}
-
-/// A whole answer (or an error before any event).
-pub struct FullReply {
-    pub result: Result<UpstreamReply, ApiError>,
-    pub timings: Timings,
-}
-
-impl Reply {
-    pub fn full(result: Result<UpstreamReply, ApiError>, timings: Timings) -> Reply {
-        Reply::Full(Box::new(FullReply { result, timings }))
-    }
-}
-
-/// Most stream events a worker may have sent that the client's coroutine has not yet taken: a
-/// slow client slows the worker's upstream reads instead of growing memory.
-pub const STREAM_EVENTS_IN_FLIGHT_MAX: usize = 64;
-
-/// Shared by a job's waiting coroutine and the worker running it.
-#[derive(Default)]
-pub struct JobCtl {
-    cancelled: AtomicBool,
-    /// The running worker's HTTP agent: shutting it down interrupts a blocked upstream read.
-    agent: Mutex<Option<ureq::Agent>>,
-    /// Stream events sent and not yet taken (bounded by [`STREAM_EVENTS_IN_FLIGHT_MAX`]).
-    pub events_in_flight: AtomicUsize,
-}
-
-impl JobCtl {
-    /// The client went away: stop the job, interrupting its upstream call at once.
-    pub fn cancel(&self) {
-        self.cancelled.store(true, Ordering::Release);
-        let agent = match self.agent.lock() {
-            Ok(mut slot) => slot.take(),
-            Err(p) => p.into_inner().take(),
-        };
-        if let Some(agent) = agent {
-            agent.shutdown();
-        }
-    }
-
-    pub fn is_cancelled(&self) -> bool {
-        self.cancelled.load(Ordering::Acquire)
-    }
-
-    /// The worker registers its agent for the duration of the upstream call; false when the job
-    /// was cancelled already.
-    pub fn attach(&self, agent: &ureq::Agent) -> bool {
-        let mut slot = match self.agent.lock() {
-            Ok(slot) => slot,
-            Err(p) => p.into_inner(),
-        };
-        if self.is_cancelled() {
-            return false;
-        }
-        *slot = Some(agent.clone());
-        true
-    }
-
-    /// The upstream call is over; must happen before the job's last reply is sent.
-    pub fn detach(&self) {
-        match self.agent.lock() {
-            Ok(mut slot) => slot.take(),
-            Err(p) => p.into_inner().take(),
-        };
-    }
-
-    fn reset(&self) {
-        self.cancelled.store(false, Ordering::Release);
-        self.events_in_flight.store(0, Ordering::Release);
-        self.detach();
-    }
-}
 
 /// `Retry-After` (seconds) sent with a `drop`-policy 429.
 pub const DROP_RETRY_AFTER_S: u32 = 1;
@@ -130,59 +28,6 @@ const BLOCK_POLL_MAX: Duration = Duration::from_millis(2);
 /// How often an idle worker wakes to see whether it should retire (scaling down). Closing the
 /// pool wakes idle workers at once.
 const WORKER_POLL: Duration = Duration::from_secs(1);
-
-/// One request on its way to an upstream.
-pub struct Job {
-    /// The request body, already in the upstream's format.
-    pub body: Vec<u8>,
-    pub upstream_model: String,
-    /// When the front finished reading the request.
-    pub received_at: Instant,
-    pub enqueued_at: Instant,
-    /// The request must be answered by then.
-    pub deadline: Instant,
-    /// `stream: true`: answer with an event stream.
-    pub stream: bool,
-    /// The client asked for the final usage chunk (`stream_options.include_usage`).
-    pub client_wants_usage: bool,
-    pub reply: may::sync::mpsc::Sender<Reply>,
-    pub ctl: Arc<JobCtl>,
-}
-
-/// A reusable reply channel. Reused only when the previous job's reply was received; a channel whose
-/// waiter gave up is marked single-use so that a late reply can never reach another request.
-pub struct ReplyChannel {
-    pub tx: may::sync::mpsc::Sender<Reply>,
-    pub rx: may::sync::mpsc::Receiver<Reply>,
-    pub ctl: Arc<JobCtl>,
-}
-
-impl ReplyChannel {
-    pub fn new() -> Self {
-        let (tx, rx) = may::sync::mpsc::channel();
-        ReplyChannel {
-            tx,
-            rx,
-            ctl: Arc::new(JobCtl::default()),
-        }
-    }
-}
-
-impl Default for ReplyChannel {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Recycle for ReplyChannel {
-    fn reset(&mut self) {
-        while self.rx.try_recv().is_ok() {}
-        self.ctl.reset();
-    }
-    fn retained_bytes(&self) -> usize {
-        0
-    }
-}
 
 /// State shared by the pool handle and its workers.
 pub(crate) struct Shared {
@@ -516,21 +361,8 @@ impl ProviderPool {
 }
 
 pub(crate) fn shutting_down() -> ApiError {
-    ApiError::new(
-        ErrorKind::Unavailable,
-        "shutting_down",
-        "the gateway is shutting down; retry on another instance",
-    )
+    ApiError::shutting_down()
 }
 
 /// Receiving end type of a pool queue (for the worker module).
 pub(crate) type JobReceiver = Receiver<Job>;
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn replies_stay_small() {
-        // Each reply channel's queue holds 64 of them per block (see `Reply`).
-        assert!(std::mem::size_of::<super::Reply>() <= 32);
-    }
-}

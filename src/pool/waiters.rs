@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::Reply;
+use crate::job::Reply;
 
 /// How often a waiting coroutine is woken to check its client and deadline.
 pub const NUDGE_EVERY: Duration = crate::http::STREAM_POLL_WAIT;

@@ -8,11 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::idle::Parker;
-use super::{
-    shutting_down, Job, JobCtl, Reply, Shared, Timings, STREAM_EVENTS_IN_FLIGHT_MAX, WORKER_POLL,
-};
+use super::{shutting_down, Shared, WORKER_POLL};
 use crate::error::{ApiError, ErrorKind};
-use crate::providers::{Call, StreamResult, StreamSink, UpstreamReply, WorkerCtx};
+use crate::job::{Answer, Job, JobCtl, Reply, Timings, Usage, STREAM_EVENTS_IN_FLIGHT_MAX};
+use crate::providers::{Call, StreamResult, StreamSink, WorkerCtx};
 use crate::stats::PoolCounters;
 
 /// Pause of a worker whose stream client has too many events not yet taken.
@@ -139,11 +138,7 @@ fn handle(shared: &Shared, ctx: &mut WorkerCtx, job: Job, shard: usize) -> bool 
     let early = if shared.abandon.load(Ordering::Acquire) {
         Some(shutting_down())
     } else if job.ctl.is_cancelled() {
-        Some(ApiError::new(
-            ErrorKind::Unavailable,
-            "client_cancelled",
-            "the client went away",
-        ))
+        Some(ApiError::client_cancelled())
     } else if queue_wait > shared.cfg.queue_wait_max {
         PoolCounters::inc(&counters.queue_timeouts);
         Some(ApiError::new(
@@ -177,16 +172,13 @@ fn handle(shared: &Shared, ctx: &mut WorkerCtx, job: Job, shard: usize) -> bool 
             if let Some(agent) = &ctx.agent {
                 job.ctl.attach(agent);
             }
+            let record_attempt = |ok: bool| shared.breaker.record(ok);
             let call = Call {
-                body: &job.body,
-                upstream_model: &job.upstream_model,
-                deadline: job.deadline,
-                client_wants_usage: job.client_wants_usage,
+                job: &job,
                 stream_idle_timeout: shared.stream_idle_timeout,
-                ctl: &job.ctl,
-                breaker: &shared.breaker,
+                record_attempt: &record_attempt,
             };
-            let reply = if job.stream {
+            let reply = if job.stream() {
                 stream_job(shared, ctx, &job, &call, shard, queue_wait, &mut survived)
             } else {
                 whole_job(shared, ctx, &call, queue_wait, &mut survived)
@@ -220,14 +212,18 @@ fn count_error(counters: &PoolCounters, e: &ApiError) {
     }
 }
 
-fn count_reply(counters: &PoolCounters, reply: &UpstreamReply) {
+fn count_reply(counters: &PoolCounters, reply: &Answer) {
     counters.count_status(reply.status);
+    count_usage(counters, &reply.usage);
+}
+
+fn count_usage(counters: &PoolCounters, usage: &Usage) {
     counters
         .prompt_tokens
-        .fetch_add(reply.prompt_tokens, Ordering::Relaxed);
+        .fetch_add(usage.input_tokens, Ordering::Relaxed);
     counters
         .completion_tokens
-        .fetch_add(reply.completion_tokens, Ordering::Relaxed);
+        .fetch_add(usage.output_tokens, Ordering::Relaxed);
 }
 
 fn whole_job(
@@ -297,38 +293,21 @@ fn stream_job(
             count_reply(counters, &reply);
             Reply::full(Ok(reply), timings)
         }
-        Ok(Ok(StreamResult::Streamed {
-            error,
-            prompt_tokens,
-            completion_tokens,
-        })) => {
+        Ok(Ok(StreamResult::Streamed { error, usage })) => {
             counters.count_status(200);
             PoolCounters::inc(&counters.streams);
-            counters
-                .prompt_tokens
-                .fetch_add(prompt_tokens, Ordering::Relaxed);
-            counters
-                .completion_tokens
-                .fetch_add(completion_tokens, Ordering::Relaxed);
+            count_usage(counters, &usage);
             if let Some(e) = &error {
                 count_error(counters, e);
                 PoolCounters::inc(&counters.stream_errors);
             }
-            Reply::StreamEnd {
-                error: error.map(Box::new),
-                prompt_tokens,
-                completion_tokens,
-            }
+            Reply::stream_end(error, usage)
         }
         Ok(Err(e)) => {
             count_error(counters, &e);
             if began {
                 PoolCounters::inc(&counters.stream_errors);
-                Reply::StreamEnd {
-                    error: Some(Box::new(e)),
-                    prompt_tokens: 0,
-                    completion_tokens: 0,
-                }
+                Reply::stream_end(Some(e), Usage::default())
             } else {
                 Reply::full(Err(e), timings)
             }
@@ -338,11 +317,7 @@ fn stream_job(
             *survived = false;
             if began {
                 PoolCounters::inc(&counters.stream_errors);
-                Reply::StreamEnd {
-                    error: Some(Box::new(ApiError::internal())),
-                    prompt_tokens: 0,
-                    completion_tokens: 0,
-                }
+                Reply::stream_end(Some(ApiError::internal()), Usage::default())
             } else {
                 Reply::full(Err(ApiError::internal()), timings)
             }

@@ -6,11 +6,14 @@ use serde::Deserialize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::sse::{data_event, DONE_EVENT};
-use super::{Call, StreamResult, StreamSink, UpstreamReply};
-use crate::api::openai::{estimate_tokens, ChatCompletion, Choice, InMessage, OutMessage, Usage};
+use super::sse::push_event;
+use super::{Call, StreamResult, StreamSink};
+use crate::api::openai::{
+    estimate_tokens, ChatCompletion, Choice, InMessage, OutMessage, Usage as OpenAiUsage,
+};
 use crate::config::ProviderConfig;
-use crate::error::{ApiError, ErrorKind};
+use crate::error::ApiError;
+use crate::job::{Answer, JobCtl, Usage};
 
 /// Tokens added per message for role and framing, as OpenAI counts them.
 const TOKENS_PER_MESSAGE: u64 = 3;
@@ -26,7 +29,7 @@ pub struct MockProvider {
 }
 
 /// What the mock answers to a request: the content and its token counts.
-struct Answer {
+struct MockAnswer {
     content: String,
     prompt_tokens: u64,
     completion_tokens: u64,
@@ -49,20 +52,20 @@ impl MockProvider {
 
     /// Read the request, compute the answer, then wait the configured latency (time to the first
     /// token of a stream).
-    fn answer(&self, call: &Call<'_>) -> Result<Answer, ApiError> {
+    fn answer(&self, call: &Call<'_>) -> Result<MockAnswer, ApiError> {
         #[cfg(debug_assertions)]
-        if call.upstream_model == "__panic__" {
+        if call.job.upstream_model == "__panic__" {
             // Test-only trigger (compiled out of release builds): proves a panicking job is
             // answered 500 and the worker lives on.
             panic!("mock provider asked to panic");
         }
         #[cfg(debug_assertions)]
-        if call.upstream_model == "__stall__" {
+        if call.job.upstream_model == "__stall__" {
             // Test-only trigger: a call that ignores its deadline and cancellation, as a worker
             // stuck in a library call would; the supervisor must replace this worker.
             std::thread::sleep(Duration::from_secs(10));
         }
-        let req: MockRequest = serde_json::from_slice(call.body).map_err(|e| {
+        let req: MockRequest = serde_json::from_slice(&call.job.request.body).map_err(|e| {
             ApiError::bad_request("invalid_messages", format!("invalid messages: {e}"))
         })?;
         let last_user = req
@@ -80,8 +83,8 @@ impl MockProvider {
             .sum::<u64>()
             + TOKENS_PER_MESSAGE;
         let completion_tokens = estimate_tokens(&content).max(1);
-        self.wait(call.deadline, call.ctl)?;
-        Ok(Answer {
+        self.wait(call.job.deadline, &call.job.ctl)?;
+        Ok(MockAnswer {
             content,
             prompt_tokens,
             completion_tokens,
@@ -102,16 +105,17 @@ impl MockProvider {
         call: &Call<'_>,
         sink: &mut dyn StreamSink,
     ) -> Result<StreamResult, ApiError> {
-        let Answer {
+        let MockAnswer {
             content,
             prompt_tokens,
             completion_tokens,
         } = self.answer(call)?;
-        let done = |error| StreamResult::Streamed {
-            error,
-            prompt_tokens,
-            completion_tokens,
+        let usage = Usage {
+            input_tokens: prompt_tokens,
+            output_tokens: completion_tokens,
+            ..Usage::default()
         };
+        let done = |error| StreamResult::Streamed { error, usage };
         if !sink.start() {
             return Ok(done(None));
         }
@@ -119,20 +123,26 @@ impl MockProvider {
             "chatcmpl-mock{:012x}",
             self.next_id.fetch_add(1, Ordering::Relaxed)
         );
-        let model = serde_json::to_string(call.upstream_model).unwrap_or_default();
+        let model = serde_json::to_string(&call.job.upstream_model).unwrap_or_default();
         let head = format!(
             r#"{{"id":"{id}","object":"chat.completion.chunk","created":{},"model":{model},"system_fingerprint":null,"choices":"#,
             Self::created_s()
         );
         let chunk = |choices: &str, usage: &str| {
-            data_event(format!(r#"{head}{choices},"usage":{usage}}}"#).as_bytes())
+            let mut out = Vec::new();
+            push_event(
+                &mut out,
+                b"",
+                format!(r#"{head}{choices},"usage":{usage}}}"#).as_bytes(),
+            );
+            out
         };
         let first = r#"[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]"#;
         if !sink.event(chunk(first, "null")) {
             return Ok(done(None));
         }
         for piece in split_even(&content, self.stream_chunks) {
-            if !self.pause(self.chunk_delay, call.ctl) {
+            if !self.pause(self.chunk_delay, &call.job.ctl) {
                 return Ok(done(None));
             }
             let text = serde_json::to_string(piece).unwrap_or_default();
@@ -147,7 +157,7 @@ impl MockProvider {
         if !sink.event(chunk(last, "null")) {
             return Ok(done(None));
         }
-        if call.client_wants_usage {
+        if call.job.request.wants_usage {
             let usage = format!(
                 r#"{{"prompt_tokens":{prompt_tokens},"completion_tokens":{completion_tokens},"total_tokens":{}}}"#,
                 prompt_tokens + completion_tokens
@@ -156,12 +166,12 @@ impl MockProvider {
                 return Ok(done(None));
             }
         }
-        sink.event(DONE_EVENT.to_vec());
+        sink.event(b"data: [DONE]\n\n".to_vec());
         Ok(done(None))
     }
 
-    pub fn call(&self, call: &Call<'_>) -> Result<UpstreamReply, ApiError> {
-        let Answer {
+    pub fn call(&self, call: &Call<'_>) -> Result<Answer, ApiError> {
+        let MockAnswer {
             content,
             prompt_tokens,
             completion_tokens,
@@ -172,7 +182,7 @@ impl MockProvider {
             id: format!("chatcmpl-mock{id:012x}"),
             object: "chat.completion",
             created,
-            model: call.upstream_model,
+            model: &call.job.upstream_model,
             choices: vec![Choice {
                 index: 0,
                 message: OutMessage {
@@ -183,7 +193,7 @@ impl MockProvider {
                 logprobs: None,
                 finish_reason: "stop",
             }],
-            usage: Usage {
+            usage: OpenAiUsage {
                 prompt_tokens,
                 completion_tokens,
                 total_tokens: prompt_tokens + completion_tokens,
@@ -191,42 +201,37 @@ impl MockProvider {
             system_fingerprint: None,
         };
         let body = serde_json::to_vec(&completion).map_err(|_| ApiError::internal())?;
-        Ok(UpstreamReply {
+        Ok(Answer {
             status: 200,
             content_type: "application/json",
             body,
-            retry_after: None,
-            prompt_tokens,
-            completion_tokens,
+            headers: Vec::new(),
+            usage: Usage {
+                input_tokens: prompt_tokens,
+                output_tokens: completion_tokens,
+                ..Usage::default()
+            },
         })
     }
 
     /// Sleep the configured latency (this is a worker OS thread), but never past the deadline.
-    fn wait(&self, deadline: Instant, ctl: &crate::pool::JobCtl) -> Result<(), ApiError> {
+    fn wait(&self, deadline: Instant, ctl: &JobCtl) -> Result<(), ApiError> {
         if self.latency.is_zero() {
             return Ok(());
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
         if self.latency > remaining {
             self.pause(remaining, ctl);
-            return Err(ApiError::new(
-                ErrorKind::RequestTimeout,
-                "request_timeout",
-                "the provider did not answer within the request timeout",
-            ));
+            return Err(ApiError::request_timeout());
         }
         if !self.pause(self.latency, ctl) {
-            return Err(ApiError::new(
-                ErrorKind::Unavailable,
-                "client_cancelled",
-                "the client went away",
-            ));
+            return Err(ApiError::client_cancelled());
         }
         Ok(())
     }
 
     /// Sleep `d` in slices, stopping early when the job is cancelled; false when cancelled.
-    fn pause(&self, d: Duration, ctl: &crate::pool::JobCtl) -> bool {
+    fn pause(&self, d: Duration, ctl: &JobCtl) -> bool {
         let until = Instant::now() + d;
         loop {
             if ctl.is_cancelled() {

@@ -1,39 +1,40 @@
-//! Upstream formats, one file each. A [`Provider`] is shared by the workers of its pool; each
-//! worker owns a [`WorkerCtx`] (its HTTP agent with keep-alive, its random state).
+//! Upstream providers. A [`Provider`] is shared by the workers of its pool; each worker owns a
+//! [`WorkerCtx`] (its HTTP agent with keep-alive, its random state). Every network provider is an
+//! [`http::HttpProvider`]: the shared executor around an [`adapter::Adapter`] that supplies only
+//! the URL, the authentication and the wire format.
 
+pub mod adapter;
+pub mod anthropic;
+pub mod http;
 pub mod keys;
 pub mod mock;
 pub mod openai;
 pub mod resolve;
 pub mod retry;
 pub mod sse;
+pub mod translate;
 pub mod transport;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::config::{ProviderConfig, ProviderType};
 use crate::error::ApiError;
+use crate::job::{Answer, Job, Usage};
 
-/// What a worker hands to a provider: the body already in the upstream's format, the upstream model.
+/// What a worker hands to a provider: the job, and where attempt outcomes go.
 pub struct Call<'a> {
-    pub body: &'a [u8],
-    pub upstream_model: &'a str,
-    pub deadline: Instant,
-    /// The client asked for the final usage chunk of a stream.
-    pub client_wants_usage: bool,
+    pub job: &'a Job,
     /// Longest silence between stream events.
     pub stream_idle_timeout: Duration,
-    /// Cancellation shared with the client's coroutine.
-    pub ctl: &'a crate::pool::JobCtl,
-    /// Every upstream attempt's outcome is recorded here.
-    pub breaker: &'a crate::pool::breaker::Breaker,
+    /// Called with each upstream attempt's outcome (true: a success for the circuit breaker).
+    pub record_attempt: &'a dyn Fn(bool),
 }
 
 /// Where a provider delivers a streamed answer, event by event.
 pub trait StreamSink {
     /// The upstream accepted the request: the client's stream begins. False: stop (client gone).
     fn start(&mut self) -> bool;
-    /// One complete SSE event (`data: ...\n\n`). False: stop reading (client gone).
+    /// Complete events in the client's format. False: stop reading (client gone).
     fn event(&mut self, bytes: Vec<u8>) -> bool;
 }
 
@@ -42,25 +43,12 @@ pub trait StreamSink {
 pub enum StreamResult {
     /// The upstream answered with a whole body instead (an error status, or plain JSON): it is
     /// passed on as a normal response. Only before `StreamSink::start`.
-    Whole(UpstreamReply),
+    Whole(Answer),
     /// The stream ran; `error` is set when it ended badly after it started.
     Streamed {
         error: Option<ApiError>,
-        prompt_tokens: u64,
-        completion_tokens: u64,
+        usage: Usage,
     },
-}
-
-/// An upstream's answer, passed to the client faithfully (status, body, content type).
-#[derive(Debug)]
-pub struct UpstreamReply {
-    pub status: u16,
-    pub content_type: &'static str,
-    pub body: Vec<u8>,
-    /// The upstream's `Retry-After`, passed on with 429/503.
-    pub retry_after: Option<String>,
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
 }
 
 /// Per-worker state, built inside the worker thread after pinning.
@@ -83,16 +71,21 @@ impl WorkerCtx {
 
 pub enum Provider {
     Mock(mock::MockProvider),
-    OpenAi(openai::OpenAiProvider),
+    Http(http::HttpProvider),
 }
 
 impl Provider {
     /// Build from validated config. Fails on a `ca_file` that does not parse.
     pub fn from_config(cfg: &ProviderConfig) -> Result<Provider, String> {
-        Ok(match cfg.kind {
-            ProviderType::Mock => Provider::Mock(mock::MockProvider::new(cfg)),
-            ProviderType::OpenAi => Provider::OpenAi(openai::OpenAiProvider::new(cfg)?),
-        })
+        let adapter: Box<dyn adapter::Adapter> = match cfg.kind {
+            ProviderType::Mock => return Ok(Provider::Mock(mock::MockProvider::new(cfg))),
+            ProviderType::OpenAi => Box::new(openai::OpenAiAdapter::new(&cfg.base_url)),
+            ProviderType::Anthropic => Box::new(anthropic::AnthropicAdapter::new(
+                &cfg.base_url,
+                &cfg.anthropic_version,
+            )),
+        };
+        Ok(Provider::Http(http::HttpProvider::new(cfg, adapter)?))
     }
 
     /// Per-worker state; `seed` differs per worker.
@@ -100,40 +93,20 @@ impl Provider {
         WorkerCtx {
             agent: match self {
                 Provider::Mock(_) => None,
-                Provider::OpenAi(p) => Some(p.agent()),
+                Provider::Http(p) => Some(p.agent()),
             },
             rng: seed | 1,
         }
     }
 
-    pub fn call(&self, ctx: &mut WorkerCtx, call: &Call<'_>) -> Result<UpstreamReply, ApiError> {
+    pub fn call(&self, ctx: &mut WorkerCtx, call: &Call<'_>) -> Result<Answer, ApiError> {
         match self {
             Provider::Mock(p) => p.call(call),
-            Provider::OpenAi(p) => p.call(ctx, call),
+            Provider::Http(p) => p.call(ctx, call),
         }
     }
 
     /// A `stream: true` call. `Err` means it failed before the stream started.
-    /// The provider's cheap health probe (never a paid completion); the mock is always healthy.
-    pub fn health_probe(
-        &self,
-        check: &crate::config::HealthCheck,
-        timeout: std::time::Duration,
-    ) -> Result<(), String> {
-        match self {
-            Provider::Mock(_) => Ok(()),
-            Provider::OpenAi(p) => p.health_probe(check, timeout),
-        }
-    }
-
-    /// Per-key state for `/stats` (empty for providers without keys).
-    pub fn keys_json(&self) -> serde_json::Value {
-        match self {
-            Provider::Mock(_) => serde_json::json!([]),
-            Provider::OpenAi(p) => p.keys_json(),
-        }
-    }
-
     pub fn call_stream(
         &self,
         ctx: &mut WorkerCtx,
@@ -142,7 +115,27 @@ impl Provider {
     ) -> Result<StreamResult, ApiError> {
         match self {
             Provider::Mock(p) => p.call_stream(call, sink),
-            Provider::OpenAi(p) => p.call_stream(ctx, call, sink),
+            Provider::Http(p) => p.call_stream(ctx, call, sink),
+        }
+    }
+
+    /// The provider's cheap health probe (never a paid completion); the mock is always healthy.
+    pub fn health_probe(
+        &self,
+        check: &crate::config::HealthCheck,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        match self {
+            Provider::Mock(_) => Ok(()),
+            Provider::Http(p) => p.health_probe(check, timeout),
+        }
+    }
+
+    /// Per-key state for `/stats` (empty for providers without keys).
+    pub fn keys_json(&self) -> serde_json::Value {
+        match self {
+            Provider::Mock(_) => serde_json::json!([]),
+            Provider::Http(p) => p.keys_json(),
         }
     }
 }

@@ -16,19 +16,20 @@ pub use reload::{restart_only_changes, RETIRE_SUBMIT_GRACE};
 pub use signals::{Event, SignalSet};
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use serde_json::json;
 
-use crate::app::{AdminHandler, ApiHandler, Gateway};
+use crate::admin::AdminHandler;
+use crate::app::{ApiHandler, Gateway};
 use crate::config::Config;
 use crate::http::{self, ServerHandle};
+use crate::job::ReplyChannel;
 use crate::log;
 use crate::objpool::{ObjPool, ObjPoolStats};
-use crate::pool::ReplyChannel;
+use crate::stats::ServiceStats;
 
 /// Extra time past `shutdown_timeout` for workers to answer what they abandoned.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
@@ -36,56 +37,6 @@ const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 const BUFFER_BYTES_INITIAL: usize = 8 * 1024;
 /// How often shutdown looks whether the last responses were written.
 const SHUTDOWN_POLL: Duration = Duration::from_millis(5);
-
-/// Service-level counters, shared by every gateway generation (for `/stats` and `/metrics`).
-pub struct ServiceStats {
-    /// When the service started (Unix time, seconds).
-    pub started_unix_s: f64,
-    pub reloads_ok: AtomicU64,
-    pub reloads_failed: AtomicU64,
-    /// Whether the last reload applied (true before any).
-    pub last_reload_ok: AtomicBool,
-    /// Unix time (s) of the last successful reload, or of the start.
-    pub last_reload_ok_unix_s: AtomicU64,
-    /// Pools swapped out by a reload that are still finishing their work.
-    pub pools_draining: AtomicU64,
-    /// Watchdog checks that failed (each withheld one `WATCHDOG=1`).
-    pub watchdog_failures: AtomicU64,
-}
-
-impl ServiceStats {
-    pub fn new() -> ServiceStats {
-        let now = unix_now();
-        ServiceStats {
-            started_unix_s: now.as_secs_f64(),
-            reloads_ok: AtomicU64::new(0),
-            reloads_failed: AtomicU64::new(0),
-            last_reload_ok: AtomicBool::new(true),
-            last_reload_ok_unix_s: AtomicU64::new(now.as_secs()),
-            pools_draining: AtomicU64::new(0),
-            watchdog_failures: AtomicU64::new(0),
-        }
-    }
-
-    /// The `service` part of `/stats`.
-    pub fn to_json(&self) -> serde_json::Value {
-        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        json!({
-            "reloads_ok": g(&self.reloads_ok),
-            "reloads_failed": g(&self.reloads_failed),
-            "last_reload_ok": self.last_reload_ok.load(Ordering::Relaxed),
-            "last_reload_ok_unix_s": g(&self.last_reload_ok_unix_s),
-            "pools_draining": g(&self.pools_draining),
-            "watchdog_failures": g(&self.watchdog_failures),
-        })
-    }
-}
-
-impl Default for ServiceStats {
-    fn default() -> Self {
-        Self::new()
-    }
-}
 
 fn unix_now() -> Duration {
     SystemTime::now()

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::ServiceStats;
-use crate::app::REPLY_GRACE;
 use crate::config::Config;
+use crate::job::REPLY_GRACE;
 use crate::log;
 use crate::pool::ProviderPool;
 
@@ -161,9 +161,9 @@ mod tests {
     use super::*;
     use crate::app::{ApiHandler, Gateway};
     use crate::http::{Method, Request};
+    use crate::job::{ClientApi, ReplyChannel};
     use crate::log::AccessRecord;
     use crate::objpool::ObjPool;
-    use crate::pool::ReplyChannel;
     use arc_swap::ArcSwap;
 
     fn chat_request() -> Request {
@@ -210,7 +210,7 @@ mod tests {
             p.close();
         }
         let mut rec = AccessRecord::default();
-        let resp = handler.chat_current(&old, &mut chat_request(), &mut rec);
+        let resp = handler.chat_current(&old, &mut chat_request(), ClientApi::OpenAiChat, &mut rec);
         assert_eq!(resp.map(|r| r.status).map_err(|e| e.code), Ok(200));
         // Statistics continue in the same counters across generations.
         let g2 = current.load_full();
@@ -228,7 +228,12 @@ mod tests {
         for p in &g2.pools {
             p.close();
         }
-        let resp = handler.chat_current(&g2, &mut chat_request(), &mut AccessRecord::default());
+        let resp = handler.chat_current(
+            &g2,
+            &mut chat_request(),
+            ClientApi::OpenAiChat,
+            &mut AccessRecord::default(),
+        );
         assert_eq!(
             resp.map(|r| r.status).map_err(|e| e.code),
             Err("shutting_down")

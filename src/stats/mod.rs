@@ -2,7 +2,9 @@
 //! per worker core (a worker only ever shares a shard with workers pinned to the same core), the
 //! collector that merges shards, the `/stats` JSON pieces and the periodic stdout line.
 
-pub mod prometheus;
+mod service;
+
+pub use service::ServiceStats;
 
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};

@@ -10,12 +10,12 @@ use std::sync::Arc;
 
 use hdrhistogram::Histogram;
 
-use super::{Latency, LATENCY_US_MAX};
 use crate::http::FrontStats;
 use crate::objpool::{ObjPoolSnapshot, ObjPoolStats};
 use crate::pool::breaker::State;
 use crate::pool::ProviderPool;
-use crate::service::ServiceStats;
+use crate::stats::ServiceStats;
+use crate::stats::{Latency, LATENCY_US_MAX};
 
 /// `Content-Type` of the exposition.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";

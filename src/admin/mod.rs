@@ -1,0 +1,99 @@
+//! The admin listener: `GET /health`, `GET /stats` (JSON) and `GET /metrics` (Prometheus), read
+//! from the current gateway generation and the service counters.
+
+use serde_json::json;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::app::{method_not_allowed, not_found, Gateway};
+use crate::http::{Handler, Method, Request, Response};
+use crate::stats::ServiceStats;
+
+pub mod prometheus;
+
+/// The `/stats` document of a gateway generation.
+pub fn stats_json(g: &Gateway) -> serde_json::Value {
+    let mut pools = serde_json::Map::new();
+    for p in &g.pools {
+        pools.insert(p.name().to_string(), p.to_json());
+    }
+    let objpools: Vec<_> = g.objpools.iter().map(|p| p.snapshot()).collect();
+    json!({
+        "uptime_s": g.started.elapsed().as_secs(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "draining": g.draining.load(Ordering::Relaxed),
+        "front": g.front.get().map(|f| f.to_json()),
+        "pools": pools,
+        "objpools": objpools,
+    })
+}
+
+/// The admin listener's handler.
+pub struct AdminHandler {
+    pub gateway: Arc<ArcSwap<Gateway>>,
+    pub service: Arc<ServiceStats>,
+}
+
+impl AdminHandler {
+    /// `/stats`: the gateway's document plus the config generation, reload counters and each
+    /// pool's number of upstream keys (never the keys).
+    fn stats(&self, g: &Gateway) -> serde_json::Value {
+        let mut v = stats_json(g);
+        v["config"] = json!({
+            "path": g.config.path.display().to_string(),
+            "generation": g.generation,
+        });
+        v["service"] = self.service.to_json();
+        for (name, p) in &g.config.providers {
+            if let Some(pool) = v["pools"].get_mut(name) {
+                pool["keys"] = p.keys.len().into();
+            }
+        }
+        v
+    }
+
+    fn metrics(&self, g: &Gateway) -> Response {
+        let text = prometheus::render(&prometheus::Scrape {
+            pools: &g.pools,
+            front: g.front.get().map(|f| &**f),
+            objpools: &g.objpools,
+            service: &self.service,
+            generation: g.generation,
+            draining: g.draining.load(Ordering::Relaxed),
+        });
+        Response {
+            status: 200,
+            content_type: prometheus::CONTENT_TYPE,
+            headers: Vec::new(),
+            body: text.into_bytes(),
+            stream: None,
+        }
+    }
+}
+
+impl Handler for AdminHandler {
+    fn handle(&self, req: &mut Request) -> Response {
+        let current = self.gateway.load_full();
+        let g = &current;
+        match (req.method, req.path.as_str()) {
+            (Method::Get | Method::Head, "/health") => {
+                if g.draining.load(Ordering::Relaxed) {
+                    Response::json(503, br#"{"status":"draining"}"#.to_vec())
+                } else {
+                    Response::json(200, br#"{"status":"ok"}"#.to_vec())
+                }
+            }
+            (Method::Get | Method::Head, "/stats") => {
+                let body = serde_json::to_vec_pretty(&self.stats(g)).unwrap_or_default();
+                Response::json(200, body)
+            }
+            (Method::Get | Method::Head, "/metrics") => self.metrics(g),
+            (_, "/health" | "/stats" | "/metrics") => {
+                Response::error(&method_not_allowed(req.method))
+            }
+            (_, path) => Response::error(&not_found(path)),
+        }
+    }
+}

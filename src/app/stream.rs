@@ -1,0 +1,151 @@
+//! A streamed answer on its way from a worker to the client: events in the client's format as
+//! the worker produces them, a keep-alive while the upstream is silent, and an error event in the
+//! client's format when the stream ends badly.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::api;
+use crate::error::{ApiError, ErrorKind};
+use crate::http::{BodyStream, StreamPoll};
+use crate::job::{ClientApi, Reply, ReplyChannel, StreamEnd, REPLY_GRACE};
+use crate::log::{self, AccessRecord};
+use crate::objpool::Pooled;
+use crate::pool::{waiters, ProviderPool};
+
+/// A keep-alive is written after this much silence (Anthropic `ping`, an SSE comment for OpenAI
+/// clients), so that proxies and clients keep a slow stream open.
+pub const KEEPALIVE_EVERY: Duration = Duration::from_secs(10);
+
+pub struct GatewayStream {
+    /// Before `channel`: leaves the nudge registry before the channel is recycled.
+    _watch: waiters::Watch,
+    channel: Pooled<ReplyChannel>,
+    pool: Arc<ProviderPool>,
+    rec: AccessRecord,
+    api: ClientApi,
+    received_at: Instant,
+    /// When the worker last sent an event.
+    last_message: Instant,
+    /// When the client was last written to (an event or a keep-alive).
+    last_write: Instant,
+    finished: bool,
+}
+
+impl GatewayStream {
+    pub fn new(
+        watch: waiters::Watch,
+        channel: Pooled<ReplyChannel>,
+        pool: Arc<ProviderPool>,
+        rec: AccessRecord,
+        api: ClientApi,
+        received_at: Instant,
+    ) -> GatewayStream {
+        let now = Instant::now();
+        GatewayStream {
+            _watch: watch,
+            channel,
+            pool,
+            rec,
+            api,
+            received_at,
+            last_message: now,
+            last_write: now,
+            finished: false,
+        }
+    }
+
+    fn fail(&mut self, err: &ApiError) -> StreamPoll {
+        self.finished = true;
+        self.rec.error_code = err.code;
+        if err.delivered {
+            return StreamPoll::End;
+        }
+        StreamPoll::Chunk(api::error_event(self.api, err))
+    }
+
+    fn end(&mut self, end: StreamEnd) -> StreamPoll {
+        self.rec.prompt_tokens = end.usage.input_tokens;
+        self.rec.completion_tokens = end.usage.output_tokens;
+        match end.error {
+            Some(e) => self.fail(&e),
+            None => {
+                self.finished = true;
+                StreamPoll::End
+            }
+        }
+    }
+
+    /// A nudge: the stream has been silent. Keep the client's connection alive, or give up on a
+    /// worker that should have ended a stalled stream itself.
+    fn silent(&mut self) -> StreamPoll {
+        let idle = self.last_message.elapsed();
+        if idle > self.pool.stream_idle_timeout() + REPLY_GRACE {
+            self.channel.ctl.cancel();
+            self.channel.mark_single_use();
+            let counters = &self.pool.stats().counters;
+            counters.reply_timeouts.fetch_add(1, Ordering::Relaxed);
+            counters.stream_errors.fetch_add(1, Ordering::Relaxed);
+            return self.fail(&ApiError::new(
+                ErrorKind::RequestTimeout,
+                "stream_idle_timeout",
+                "the provider stopped sending events",
+            ));
+        }
+        if self.last_write.elapsed() >= KEEPALIVE_EVERY {
+            self.last_write = Instant::now();
+            return StreamPoll::Chunk(api::keepalive_event(self.api).to_vec());
+        }
+        StreamPoll::Pending
+    }
+}
+
+impl BodyStream for GatewayStream {
+    /// Waits for the next event without a timer; the nudges of [`waiters`] (every
+    /// `STREAM_POLL_WAIT`, the server's `wait`) bound the wait.
+    fn poll(&mut self, _wait: Duration) -> StreamPoll {
+        if self.finished {
+            return StreamPoll::End;
+        }
+        match self.channel.rx.recv() {
+            Ok(Reply::Event(bytes)) => {
+                self.channel
+                    .ctl
+                    .events_in_flight
+                    .fetch_sub(1, Ordering::AcqRel);
+                let now = Instant::now();
+                self.last_message = now;
+                self.last_write = now;
+                StreamPoll::Chunk(bytes)
+            }
+            Ok(Reply::StreamEnd(end)) => self.end(*end),
+            Ok(Reply::Full(_) | Reply::StreamStart(_)) => StreamPoll::Pending,
+            // The channel holds a sender of its own: it cannot disconnect.
+            Err(_) => {
+                self.channel.mark_single_use();
+                self.fail(&ApiError::internal())
+            }
+            Ok(Reply::Nudge) => self.silent(),
+        }
+    }
+
+    fn cancel(&mut self) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        self.channel.ctl.cancel();
+        self.channel.mark_single_use();
+        let counters = &self.pool.stats().counters;
+        counters.client_cancelled.fetch_add(1, Ordering::Relaxed);
+        self.rec.error_code = "client_cancelled";
+    }
+}
+
+impl Drop for GatewayStream {
+    fn drop(&mut self) {
+        self.rec.total_us = self.received_at.elapsed().as_micros() as u64;
+        log::access(&self.rec);
+    }
+}

@@ -1,0 +1,250 @@
+//! The contract between the front and the workers: a [`Job`] (one request on its way to a
+//! provider), the [`Reply`]s a worker sends back over a `may` channel, the reusable
+//! [`ReplyChannel`] they travel on, and [`JobCtl`], the cancellation a waiting coroutine and the
+//! worker share. Nothing here knows a wire format or a provider.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::error::ApiError;
+use crate::objpool::Recycle;
+
+/// How long past its deadline a waiting request gives a worker to answer before giving up.
+pub const REPLY_GRACE: Duration = Duration::from_millis(500);
+
+/// Where a job's time went, for stats and the access log.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Timings {
+    pub queue_wait: Duration,
+    /// `None` when the upstream was not called.
+    pub upstream: Option<Duration>,
+}
+
+/// What a worker sends back for a job: one `Full`, or (for `stream: true` answered with an event
+/// stream) `StreamStart`, any number of `Event`s and one `StreamEnd`.
+///
+/// Large payloads are boxed: every reply channel's queue allocates room for 64 replies at a time,
+/// so the size of `Reply` is paid per channel (32 bytes instead of 120: 2.5 KiB instead of 8 KiB).
+pub enum Reply {
+    Full(Box<FullReply>),
+    /// The upstream accepted the request and its events follow.
+    StreamStart(Box<Timings>),
+    /// One complete Server-Sent Event (`data: ...\n\n`), to be written as it is.
+    Event(Vec<u8>),
+    /// The stream is over: cleanly, or with an error to send as a final error event.
+    StreamEnd(Box<StreamEnd>),
+    /// Not from a worker: the periodic wake-up of a waiting coroutine (`pool::waiters`), at which it
+    /// checks its client and its deadline.
+    Nudge,
+}
+
+/// A whole answer (or an error before any event).
+pub struct FullReply {
+    pub result: Result<Answer, ApiError>,
+    pub timings: Timings,
+}
+
+/// How a stream ended, with the usage it reported.
+pub struct StreamEnd {
+    pub error: Option<ApiError>,
+    pub usage: Usage,
+}
+
+impl Reply {
+    pub fn full(result: Result<Answer, ApiError>, timings: Timings) -> Reply {
+        Reply::Full(Box::new(FullReply { result, timings }))
+    }
+
+    pub fn stream_end(error: Option<ApiError>, usage: Usage) -> Reply {
+        Reply::StreamEnd(Box::new(StreamEnd { error, usage }))
+    }
+}
+
+/// Most stream events a worker may have sent that the client's coroutine has not yet taken: a
+/// slow client slows the worker's upstream reads instead of growing memory.
+pub const STREAM_EVENTS_IN_FLIGHT_MAX: usize = 64;
+
+/// Shared by a job's waiting coroutine and the worker running it.
+#[derive(Default)]
+pub struct JobCtl {
+    cancelled: AtomicBool,
+    /// The running worker's HTTP agent: shutting it down interrupts a blocked upstream read.
+    agent: Mutex<Option<ureq::Agent>>,
+    /// Stream events sent and not yet taken (bounded by [`STREAM_EVENTS_IN_FLIGHT_MAX`]).
+    pub events_in_flight: AtomicUsize,
+}
+
+impl JobCtl {
+    /// The client went away: stop the job, interrupting its upstream call at once.
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Release);
+        let agent = match self.agent.lock() {
+            Ok(mut slot) => slot.take(),
+            Err(p) => p.into_inner().take(),
+        };
+        if let Some(agent) = agent {
+            agent.shutdown();
+        }
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire)
+    }
+
+    /// The worker registers its agent for the duration of the upstream call; false when the job
+    /// was cancelled already.
+    pub fn attach(&self, agent: &ureq::Agent) -> bool {
+        let mut slot = match self.agent.lock() {
+            Ok(slot) => slot,
+            Err(p) => p.into_inner(),
+        };
+        if self.is_cancelled() {
+            return false;
+        }
+        *slot = Some(agent.clone());
+        true
+    }
+
+    /// The upstream call is over; must happen before the job's last reply is sent.
+    pub fn detach(&self) {
+        match self.agent.lock() {
+            Ok(mut slot) => slot.take(),
+            Err(p) => p.into_inner().take(),
+        };
+    }
+
+    fn reset(&self) {
+        self.cancelled.store(false, Ordering::Release);
+        self.events_in_flight.store(0, Ordering::Release);
+        self.detach();
+    }
+}
+
+/// The API a client spoke: decides how its request is read and how every answer, error and
+/// stream event goes back to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientApi {
+    /// OpenAI Chat Completions (`POST /v1/chat/completions`).
+    OpenAiChat,
+    /// Anthropic Messages (`POST /v1/messages`).
+    AnthropicMessages,
+    /// Anthropic token counting (`POST /v1/messages/count_tokens`).
+    AnthropicCountTokens,
+}
+
+impl ClientApi {
+    /// Whether errors go back in Anthropic's shape.
+    pub fn is_anthropic(self) -> bool {
+        matches!(
+            self,
+            ClientApi::AnthropicMessages | ClientApi::AnthropicCountTokens
+        )
+    }
+}
+
+/// Token counts of one answer, format-neutral. `input_tokens` counts every prompt token, cache
+/// reads and writes included (OpenAI's `prompt_tokens`; Anthropic's `input_tokens +
+/// cache_read_input_tokens + cache_creation_input_tokens`); `output_tokens` every generated
+/// token, reasoning included.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// Prompt tokens read from the cache (part of `input_tokens`).
+    pub cache_read_tokens: u64,
+    /// Prompt tokens written to the cache (part of `input_tokens`).
+    pub cache_write_tokens: u64,
+    /// Generated reasoning tokens (part of `output_tokens`).
+    pub reasoning_tokens: u64,
+}
+
+/// A whole answer for the client, already in the client's wire format.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+    /// Response headers passed on to the client (`retry-after`, `x-ratelimit-*`, ...).
+    pub headers: Vec<(&'static str, String)>,
+    pub usage: Usage,
+}
+
+/// What a client asked, shared by every attempt of one request (its fallbacks included).
+#[derive(Debug)]
+pub struct ClientRequest {
+    pub api: ClientApi,
+    /// The body as the client sent it.
+    pub body: Vec<u8>,
+    /// `stream: true`: answer with an event stream.
+    pub stream: bool,
+    /// The client asked for the final usage chunk (`stream_options.include_usage`).
+    pub wants_usage: bool,
+    /// Request headers passed on to the upstream: `x-request-id` always, `anthropic-beta` and
+    /// `anthropic-version` when the client spoke Anthropic.
+    pub forward_headers: Vec<(&'static str, String)>,
+}
+
+/// One request on its way to an upstream.
+pub struct Job {
+    pub request: Arc<ClientRequest>,
+    pub upstream_model: String,
+    /// When the front finished reading the request.
+    pub received_at: Instant,
+    pub enqueued_at: Instant,
+    /// The request must be answered by then.
+    pub deadline: Instant,
+    pub reply: may::sync::mpsc::Sender<Reply>,
+    pub ctl: Arc<JobCtl>,
+}
+
+impl Job {
+    /// `stream: true`: answer with an event stream.
+    pub fn stream(&self) -> bool {
+        self.request.stream
+    }
+}
+
+/// A reusable reply channel. Reused only when the previous job's reply was received; a channel whose
+/// waiter gave up is marked single-use so that a late reply can never reach another request.
+pub struct ReplyChannel {
+    pub tx: may::sync::mpsc::Sender<Reply>,
+    pub rx: may::sync::mpsc::Receiver<Reply>,
+    pub ctl: Arc<JobCtl>,
+}
+
+impl ReplyChannel {
+    pub fn new() -> Self {
+        let (tx, rx) = may::sync::mpsc::channel();
+        ReplyChannel {
+            tx,
+            rx,
+            ctl: Arc::new(JobCtl::default()),
+        }
+    }
+}
+
+impl Default for ReplyChannel {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Recycle for ReplyChannel {
+    fn reset(&mut self) {
+        while self.rx.try_recv().is_ok() {}
+        self.ctl.reset();
+    }
+    fn retained_bytes(&self) -> usize {
+        0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn replies_stay_small() {
+        // Each reply channel's queue holds 64 of them per block (see `Reply`).
+        assert!(std::mem::size_of::<super::Reply>() <= 32);
+    }
+}

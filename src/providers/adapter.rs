@@ -1,0 +1,53 @@
+//! What a network provider supplies to the shared executor ([`super::http::HttpProvider`]): the
+//! wire format it speaks, its URLs, and how a request is authenticated. Everything else (keys,
+//! retries, Retry-After, breaker outcomes, transport, timeouts, cancellation, translation) is
+//! written once in the executor.
+
+use std::borrow::Cow;
+
+use crate::job::ClientRequest;
+
+/// The wire format an upstream speaks. A request whose client spoke the same format passes
+/// through with only its model replaced; any other is translated on the worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wire {
+    /// OpenAI Chat Completions (`POST {base}/chat/completions`).
+    OpenAiChat,
+    /// Anthropic Messages (`POST {base}/v1/messages`).
+    Anthropic,
+}
+
+/// Headers of one upstream request, in sending order.
+pub type Headers = Vec<(Cow<'static, str>, String)>;
+
+/// The operation a request asks of the upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operation {
+    Chat,
+    CountTokens,
+}
+
+pub trait Adapter: Send + Sync {
+    /// The wire format of the upstream.
+    fn wire(&self) -> Wire;
+
+    /// The URL of `operation` for `model`; `None` when the upstream has no such endpoint (the
+    /// executor then answers without calling it, e.g. a token count estimate).
+    fn url(&self, operation: Operation, model: &str, stream: bool) -> Option<String>;
+
+    /// Authentication (`key`) and protocol headers of one request. `client` is what the client
+    /// sent, for headers passed on from it (e.g. `anthropic-beta`).
+    fn authorize(&self, key: &str, client: &ClientRequest, headers: &mut Headers);
+
+    /// `GET <path>` with `key` for health probes: the URL and the headers.
+    fn probe(&self, path: &str, key: &str) -> (String, Headers);
+}
+
+/// The value of header `name` among `client`'s forwarded headers.
+pub fn forwarded<'a>(client: &'a ClientRequest, name: &str) -> Option<&'a str> {
+    client
+        .forward_headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}

@@ -1,0 +1,601 @@
+//! The shared executor of every network provider: one [`HttpProvider`] per pool around the
+//! provider's [`Adapter`]. Written once here: preparing the upstream body (passthrough or
+//! translation), key choice and cool-downs, retries with backoff and Retry-After, breaker outcomes
+//! (reported to the worker), the transport (rustls, our TCP connector, explicit timeouts), stream
+//! reading with idle bounds, cancellation, and mapping transport failures to errors.
+
+use std::io::{BufReader, Read};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::adapter::{Adapter, Headers, Operation, Wire};
+use super::keys::{KeyPool, NoKey};
+use super::retry::{backoff, parse_retry_after};
+use super::sse::SseReader;
+use super::translate::{self, Step};
+use super::{Call, StreamResult, StreamSink, WorkerCtx};
+use crate::config::{HealthCheck, ProviderConfig, RetryConfig};
+use crate::error::{ApiError, ErrorKind};
+use crate::job::{Answer, ClientApi, Usage};
+
+/// Largest upstream response body accepted, in bytes.
+pub const UPSTREAM_BODY_BYTES_MAX: u64 = 64 * 1024 * 1024;
+/// Idle upstream connections each worker keeps for reuse.
+pub const IDLE_CONNECTIONS_PER_WORKER: usize = 4;
+/// Read and write buffers of each upstream connection, bytes.
+pub const UPSTREAM_BUFFER_BYTES: usize = 16 * 1024;
+/// Most bytes of one upstream event stream.
+pub const UPSTREAM_STREAM_BYTES_MAX: u64 = 1024 * 1024 * 1024;
+/// Read buffer of an upstream event stream.
+const STREAM_READ_BUF_BYTES: usize = 16 * 1024;
+/// How long an idle upstream connection is kept.
+pub const IDLE_CONNECTION_AGE: Duration = Duration::from_secs(60);
+/// Longest single sleep of a worker waiting (backoff, Retry-After), so a client that leaves is
+/// noticed promptly.
+const PAUSE_SLICE: Duration = Duration::from_millis(20);
+
+/// The upstream request of one job, built once and sent by every attempt.
+struct Prepared {
+    operation: Operation,
+    url: String,
+    body: Vec<u8>,
+}
+
+pub struct HttpProvider {
+    name: String,
+    adapter: Box<dyn Adapter>,
+    keys: KeyPool,
+    retry: RetryConfig,
+    /// Extra headers from the config, sent with every request.
+    headers: Vec<(String, String)>,
+    connect_timeout: Duration,
+    tls: ureq::tls::TlsConfig,
+}
+
+impl HttpProvider {
+    /// Fails on a `ca_file` that does not hold a certificate.
+    pub fn new(cfg: &ProviderConfig, adapter: Box<dyn Adapter>) -> Result<Self, String> {
+        Ok(HttpProvider {
+            name: cfg.name.clone(),
+            adapter,
+            keys: KeyPool::new(&cfg.keys),
+            retry: cfg.retry.clone(),
+            headers: cfg.headers.clone(),
+            connect_timeout: cfg.connect_timeout,
+            tls: tls_config(cfg)?,
+        })
+    }
+
+    /// One agent per worker: keep-alive to the upstream, every timeout explicit.
+    pub fn agent(&self) -> ureq::Agent {
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .tls_config(self.tls.clone())
+            .timeout_connect(Some(self.connect_timeout))
+            .timeout_resolve(Some(self.connect_timeout))
+            // The per-call deadline is set on each request; this bounds anything left.
+            .timeout_global(Some(Duration::from_secs(3600)))
+            .max_redirects(0)
+            .max_idle_connections(IDLE_CONNECTIONS_PER_WORKER)
+            .max_idle_connections_per_host(IDLE_CONNECTIONS_PER_WORKER)
+            .max_idle_age(IDLE_CONNECTION_AGE)
+            .no_delay(true)
+            .user_agent("deepintshield")
+            .accept_encoding("gzip")
+            // ureq's default is 128 KiB each way per connection, zero-filled: 256 KiB per worker
+            // connection is most of the memory of a large pool. Requests and answers stream
+            // through these; they need not hold a whole body.
+            .input_buffer_size(UPSTREAM_BUFFER_BYTES)
+            .output_buffer_size(UPSTREAM_BUFFER_BYTES)
+            .build();
+        use ureq::unversioned::transport::{ConnectProxyConnector, Connector, RustlsConnector};
+        // ureq's default chain (proxy tunnel, TCP, rustls) with our leaner TCP transport.
+        let connector =
+            ().chain(ConnectProxyConnector::default())
+                .chain(super::transport::LeanTcpConnector)
+                .chain(RustlsConnector::default());
+        ureq::Agent::with_parts(config, connector, super::resolve::ThreadResolver)
+    }
+
+    /// Per-key state for `/stats`.
+    pub fn keys_json(&self) -> serde_json::Value {
+        self.keys.to_json()
+    }
+
+    /// Build the upstream body for the job: the client's body with its model replaced when both
+    /// speak the same format.
+    fn prepare(&self, call: &Call<'_>, stream: bool) -> Result<Prepared, ApiError> {
+        let request = &call.job.request;
+        let operation = match request.api {
+            ClientApi::AnthropicCountTokens => Operation::CountTokens,
+            ClientApi::OpenAiChat | ClientApi::AnthropicMessages => Operation::Chat,
+        };
+        let wire = self.adapter.wire();
+        let model = call.job.upstream_model.as_str();
+        let Some(url) = self.adapter.url(operation, model, stream) else {
+            return Err(ApiError::new(
+                ErrorKind::NotFound,
+                "unsupported_operation",
+                format!("provider {} does not offer this operation", self.name),
+            ));
+        };
+        if !translate::same_format(request.api, wire) {
+            return Err(ApiError::bad_request(
+                "unsupported_translation",
+                format!(
+                    "provider {} speaks another API than this request's",
+                    self.name
+                ),
+            ));
+        }
+        let mut body = Vec::new();
+        let force_usage = stream && wire == Wire::OpenAiChat;
+        translate::rewrite_passthrough(&request.body, model, force_usage, &mut body)?;
+        Ok(Prepared {
+            operation,
+            url,
+            body,
+        })
+    }
+
+    pub fn call(&self, ctx: &mut WorkerCtx, call: &Call<'_>) -> Result<Answer, ApiError> {
+        let prepared = self.prepare(call, false)?;
+        let resp = self.send(ctx, call, &prepared, false)?;
+        self.whole(resp, &prepared)
+    }
+
+    /// `connect`: a TCP connection to the upstream's host and port. `get`: `GET <base_url><path>`
+    /// with a usable key; any status below 500 is healthy.
+    pub fn health_probe(&self, check: &HealthCheck, timeout: Duration) -> Result<(), String> {
+        match check {
+            HealthCheck::None => Ok(()),
+            HealthCheck::Connect => {
+                let (url, _) = self.adapter.probe("", "");
+                connect_probe(&url, timeout)
+            }
+            HealthCheck::Get(path) => {
+                let key = self
+                    .keys
+                    .pick("", 0)
+                    .or_else(|_| self.keys.pick_any())
+                    .map_err(|_| "no usable key".to_string())?;
+                let agent = ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .tls_config(self.tls.clone())
+                    .timeout_global(Some(timeout))
+                    .max_redirects(0)
+                    .build()
+                    .new_agent();
+                let (url, headers) = self.adapter.probe(path, self.keys.secret(key));
+                let mut req = agent.get(url);
+                for (name, value) in headers.iter() {
+                    req = req.header(name.as_ref(), value.as_str());
+                }
+                for (name, value) in &self.headers {
+                    req = req.header(name.as_str(), value.as_str());
+                }
+                match req.call() {
+                    Ok(resp) if resp.status().as_u16() < 500 => Ok(()),
+                    Ok(resp) => Err(format!("status {}", resp.status().as_u16())),
+                    Err(e) => Err(self.transport_error(e).code.to_string()),
+                }
+            }
+        }
+    }
+
+    /// Send the request with retries: transport errors and 500/502/503/504/529 are retried after
+    /// an exponential backoff with jitter; a 429 cools its key down for the upstream's
+    /// `Retry-After` and is retried on another key at once, or after the wait when no other key is
+    /// free; 401/403 disable the key. Never past the deadline, never after the client left. Every
+    /// attempt's outcome goes to `call.record_attempt` (the breaker). The last answer (whatever its
+    /// status) is returned for the client.
+    fn send(
+        &self,
+        ctx: &mut WorkerCtx,
+        call: &Call<'_>,
+        prepared: &Prepared,
+        stream: bool,
+    ) -> Result<ureq::http::Response<ureq::Body>, ApiError> {
+        let model = call.job.upstream_model.as_str();
+        let mut attempt = 0u32;
+        loop {
+            if call.job.ctl.is_cancelled() {
+                return Err(ApiError::client_cancelled());
+            }
+            let retries_left = attempt < self.retry.max_retries;
+            let key = match self.keys.pick(model, ctx.next_random()) {
+                Ok(key) => key,
+                Err(NoKey::CoolingDown(wait)) if retries_left && fits(call, wait) => {
+                    pause(call, wait);
+                    attempt += 1;
+                    continue;
+                }
+                Err(no_key) => return Err(no_key.error(&self.name, model)),
+            };
+            let outcome = self.attempt(ctx, call, prepared, key, stream);
+            let status = outcome.as_ref().map(|r| r.status().as_u16());
+            let transport_failure =
+                matches!(&outcome, Err(e) if e.kind == ErrorKind::UpstreamTransport);
+            let timed_out = matches!(&outcome, Err(e) if e.kind == ErrorKind::RequestTimeout);
+            (call.record_attempt)(!(transport_failure || timed_out || matches!(status, Ok(500..))));
+            match status {
+                Ok(429) => {
+                    let resp = outcome?;
+                    let wait = resp
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()))
+                        .unwrap_or(self.retry.rate_limit_cooldown_default);
+                    self.keys.cool_down(key, wait);
+                    // Retried at once on another free key; else after the wait if the deadline
+                    // allows (handled by `pick` above); else the 429 goes to the client as it is.
+                    let other_key_free = self.keys.pick(model, 0).is_ok();
+                    if !retries_left || (!other_key_free && !fits(call, wait)) {
+                        return Ok(resp);
+                    }
+                }
+                Ok(401 | 403) => {
+                    self.keys.disable(key);
+                    return outcome;
+                }
+                Ok(500 | 502 | 503 | 504 | 529) | Err(_) if transport_failure || status.is_ok() => {
+                    let pause_for = backoff(
+                        attempt,
+                        self.retry.backoff_initial,
+                        self.retry.backoff_max,
+                        ctx.next_random(),
+                    );
+                    if !retries_left || !fits(call, pause_for) {
+                        return outcome;
+                    }
+                    pause(call, pause_for);
+                }
+                _ => return outcome,
+            }
+            attempt += 1;
+        }
+    }
+
+    /// One attempt with key `key`. A stream gets the request deadline for the upstream's answer
+    /// head and `stream_idle_timeout` for every read after it; a whole answer gets the deadline.
+    fn attempt(
+        &self,
+        ctx: &mut WorkerCtx,
+        call: &Call<'_>,
+        prepared: &Prepared,
+        key: usize,
+        stream: bool,
+    ) -> Result<ureq::http::Response<ureq::Body>, ApiError> {
+        let remaining = call.job.deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(ApiError::request_timeout());
+        }
+        let Some(agent) = ctx.agent.as_ref() else {
+            return Err(ApiError::internal());
+        };
+        let builder = agent.post(&prepared.url).config();
+        let builder = if stream {
+            builder
+                .timeout_global(None)
+                .timeout_recv_response(Some(remaining))
+                .timeout_per_read(Some(call.stream_idle_timeout))
+        } else {
+            builder.timeout_global(Some(remaining))
+        };
+        let mut headers: Headers = Vec::with_capacity(8 + self.headers.len());
+        self.adapter
+            .authorize(self.keys.secret(key), &call.job.request, &mut headers);
+        let mut req = builder
+            .build()
+            .header("content-type", "application/json")
+            .header(
+                "accept",
+                if stream {
+                    "text/event-stream"
+                } else {
+                    "application/json"
+                },
+            );
+        for (name, value) in headers.iter() {
+            req = req.header(name.as_ref(), value.as_str());
+        }
+        for (name, value) in &call.job.request.forward_headers {
+            if *name == "x-request-id" {
+                req = req.header(*name, value.as_str());
+            }
+        }
+        for (name, value) in &self.headers {
+            req = req.header(name.as_str(), value.as_str());
+        }
+        req.send(&prepared.body[..]).map_err(|e| {
+            if call.job.ctl.is_cancelled() {
+                ApiError::client_cancelled()
+            } else {
+                self.transport_error(e)
+            }
+        })
+    }
+
+    /// A `stream: true` call: events are passed on one by one as the upstream sends them.
+    pub fn call_stream(
+        &self,
+        ctx: &mut WorkerCtx,
+        call: &Call<'_>,
+        sink: &mut dyn StreamSink,
+    ) -> Result<StreamResult, ApiError> {
+        let prepared = self.prepare(call, true)?;
+        let resp = self.send(ctx, call, &prepared, true)?;
+        let is_sse = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("text/event-stream"));
+        if resp.status().as_u16() != 200 || !is_sse {
+            return self.whole(resp, &prepared).map(StreamResult::Whole);
+        }
+        let request = &call.job.request;
+        let mut convert =
+            translate::stream_converter(self.adapter.wire(), request.api, request.wants_usage);
+        let end = |error, usage| StreamResult::Streamed { error, usage };
+        if !sink.start() {
+            return Ok(end(None, Usage::default()));
+        }
+        let reader = resp
+            .into_body()
+            .into_with_config()
+            .limit(UPSTREAM_STREAM_BYTES_MAX)
+            .reader();
+        let mut events = SseReader::new(BufReader::with_capacity(STREAM_READ_BUF_BYTES, reader));
+        let mut out = Vec::new();
+        loop {
+            let step = match events.next_event() {
+                Ok(Some(event)) => convert.event(event.name, event.data, &mut out),
+                Ok(None) => {
+                    let error = ApiError::new(
+                        ErrorKind::UpstreamInvalid,
+                        "upstream_stream_truncated",
+                        format!(
+                            "provider {}: the stream ended without {}",
+                            self.name,
+                            convert.terminator()
+                        ),
+                    );
+                    return Ok(end(Some(error), convert.usage()));
+                }
+                Err(e) => {
+                    let error = if call.job.ctl.is_cancelled() {
+                        None
+                    } else {
+                        Some(self.stream_error(e))
+                    };
+                    return Ok(end(error, convert.usage()));
+                }
+            };
+            let step = match step {
+                Ok(step) => step,
+                Err(e) => return Ok(end(Some(e), convert.usage())),
+            };
+            if !out.is_empty() && !sink.event(std::mem::take(&mut out)) {
+                return Ok(end(None, convert.usage()));
+            }
+            match step {
+                Step::More => {}
+                Step::Complete => {
+                    // Read the body's end (the final chunk) so the connection goes back to the
+                    // worker's pool instead of being closed.
+                    while let Ok(Some(_)) = events.next_event() {}
+                    return Ok(end(None, convert.usage()));
+                }
+                Step::UpstreamError(e) => {
+                    return Ok(StreamResult::Streamed {
+                        error: Some(e.already_sent()),
+                        usage: convert.usage(),
+                    })
+                }
+            }
+        }
+    }
+
+    fn stream_error(&self, e: std::io::Error) -> ApiError {
+        let timed_out = e.kind() == std::io::ErrorKind::TimedOut
+            || e.get_ref()
+                .and_then(|inner| inner.downcast_ref::<ureq::Error>())
+                .is_some_and(|u| matches!(u, ureq::Error::Timeout(_)));
+        if timed_out {
+            ApiError::new(
+                ErrorKind::RequestTimeout,
+                "stream_idle_timeout",
+                format!("provider {}: the stream stalled", self.name),
+            )
+        } else if e.kind() == std::io::ErrorKind::InvalidData {
+            ApiError::new(
+                ErrorKind::UpstreamInvalid,
+                "upstream_stream_invalid",
+                format!("provider {}: the stream is malformed ({e})", self.name),
+            )
+        } else {
+            ApiError::new(
+                ErrorKind::UpstreamTransport,
+                "upstream_stream_interrupted",
+                format!("provider {}: the stream was interrupted", self.name),
+            )
+        }
+    }
+
+    /// Read a whole answer (any status) to pass on.
+    fn whole(
+        &self,
+        mut resp: ureq::http::Response<ureq::Body>,
+        prepared: &Prepared,
+    ) -> Result<Answer, ApiError> {
+        let status = resp.status().as_u16();
+        let mut headers = Vec::new();
+        for name in translate::RELAYED_HEADERS {
+            if let Some(v) = resp.headers().get(name).and_then(|v| v.to_str().ok()) {
+                headers.push((name, v.to_string()));
+            }
+        }
+        let json = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.contains("json"));
+        let mut body = Vec::new();
+        resp.body_mut()
+            .with_config()
+            .limit(UPSTREAM_BODY_BYTES_MAX)
+            .reader()
+            .read_to_end(&mut body)
+            .map_err(|e| self.read_error(e))?;
+        let usage = if (200..300).contains(&status) && prepared.operation == Operation::Chat {
+            translate::answer_usage(self.adapter.wire(), &body)
+        } else {
+            Usage::default()
+        };
+        Ok(Answer {
+            status,
+            content_type: if json {
+                "application/json"
+            } else {
+                "text/plain; charset=utf-8"
+            },
+            body,
+            headers,
+            usage,
+        })
+    }
+
+    fn transport_error(&self, e: ureq::Error) -> ApiError {
+        match e {
+            ureq::Error::Timeout(_) => ApiError::request_timeout(),
+            ureq::Error::HostNotFound => ApiError::new(
+                ErrorKind::UpstreamTransport,
+                "upstream_unreachable",
+                format!("provider {}: host not found", self.name),
+            ),
+            ureq::Error::Io(ref io) if is_tls_failure(io) => ApiError::new(
+                ErrorKind::UpstreamTransport,
+                "upstream_tls_error",
+                format!("provider {}: TLS handshake failed", self.name),
+            ),
+            ureq::Error::ConnectionFailed | ureq::Error::Io(_) => ApiError::new(
+                ErrorKind::UpstreamTransport,
+                "upstream_unreachable",
+                format!("provider {}: connection failed", self.name),
+            ),
+            ureq::Error::Tls(_) | ureq::Error::Rustls(_) | ureq::Error::Pem(_) => ApiError::new(
+                ErrorKind::UpstreamTransport,
+                "upstream_tls_error",
+                format!("provider {}: TLS handshake failed", self.name),
+            ),
+            _ => ApiError::new(
+                ErrorKind::UpstreamInvalid,
+                "upstream_protocol_error",
+                format!("provider {}: invalid response", self.name),
+            ),
+        }
+    }
+
+    fn read_error(&self, e: std::io::Error) -> ApiError {
+        // ureq reports its own errors (timeouts, limits) wrapped in io::Error.
+        match e.into_inner().map(|inner| inner.downcast::<ureq::Error>()) {
+            Some(Ok(ureq_err)) => match *ureq_err {
+                ureq::Error::BodyExceedsLimit(_) => ApiError::new(
+                    ErrorKind::UpstreamInvalid,
+                    "upstream_body_too_large",
+                    format!("provider {}: response body too large", self.name),
+                ),
+                other => self.transport_error(other),
+            },
+            _ => ApiError::new(
+                ErrorKind::UpstreamTransport,
+                "upstream_read_error",
+                format!("provider {}: reading the response failed", self.name),
+            ),
+        }
+    }
+}
+
+/// rustls with the webpki roots, or only the CAs of the provider's `ca_file` (as curl's
+/// `--cacert` does: a private vLLM behind an internal CA trusts only that CA).
+fn tls_config(cfg: &ProviderConfig) -> Result<ureq::tls::TlsConfig, String> {
+    let mut roots = ureq::tls::RootCerts::WebPki;
+    if let Some(path) = &cfg.ca_file {
+        let pem = std::fs::read(path)
+            .map_err(|e| format!("providers.{}.ca_file: {}: {e}", cfg.name, path.display()))?;
+        let mut certs: Vec<ureq::tls::Certificate<'static>> = Vec::new();
+        for item in ureq::tls::parse_pem(&pem) {
+            match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => certs.push(c),
+                Ok(_) => {}
+                Err(e) => {
+                    return Err(format!(
+                        "providers.{}.ca_file: {}: {e}",
+                        cfg.name,
+                        path.display()
+                    ))
+                }
+            }
+        }
+        if certs.is_empty() {
+            return Err(format!(
+                "providers.{}.ca_file: {}: no certificate found",
+                cfg.name,
+                path.display()
+            ));
+        }
+        roots = ureq::tls::RootCerts::Specific(Arc::new(certs));
+    }
+    Ok(ureq::tls::TlsConfig::builder().root_certs(roots).build())
+}
+
+/// A TCP connection to the host and port of `url`.
+fn connect_probe(url: &str, timeout: Duration) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("https://")
+        .map(|r| (r, 443))
+        .or_else(|| url.strip_prefix("http://").map(|r| (r, 80)));
+    let Some((rest, default_port)) = rest else {
+        return Err("unsupported base_url scheme".into());
+    };
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let target = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        && !authority.ends_with(']')
+    {
+        authority.to_string()
+    } else {
+        format!("{authority}:{default_port}")
+    };
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&target)
+        .map_err(|_| "host not found".to_string())?
+        .next()
+        .ok_or("host not found")?;
+    std::net::TcpStream::connect_timeout(&addr, timeout)
+        .map(|_| ())
+        .map_err(|e| format!("connect failed: {}", e.kind()))
+}
+
+/// Whether waiting `wait` still leaves time before the deadline for another attempt.
+fn fits(call: &Call<'_>, wait: Duration) -> bool {
+    Instant::now() + wait < call.job.deadline
+}
+
+/// Sleep (this is a worker thread) in slices, returning early when the client leaves.
+fn pause(call: &Call<'_>, wait: Duration) {
+    let until = Instant::now() + wait;
+    while !call.job.ctl.is_cancelled() {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        std::thread::sleep(left.min(PAUSE_SLICE));
+    }
+}
+
+/// rustls reports a failed handshake (untrusted certificate, wrong name, ...) as an I/O error.
+fn is_tls_failure(e: &std::io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>())
+}

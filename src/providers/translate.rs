@@ -1,0 +1,485 @@
+//! Between the client's wire format and the upstream's, on the worker thread. When both speak
+//! the same format the body passes through with only its `model` replaced (and the gateway's own
+//! `fallbacks` field removed): every other field, unknown ones included, reaches the upstream as
+//! the client wrote it, and answers and stream events come back byte for byte while their usage is
+//! read on the way.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::adapter::Wire;
+use super::sse::push_event;
+use crate::error::{ApiError, ErrorKind};
+use crate::job::{ClientApi, Usage};
+
+/// Response headers of an upstream passed on to the client: rate-limit state and `Retry-After`.
+pub const RELAYED_HEADERS: [&str; 22] = [
+    "retry-after",
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-remaining-tokens",
+    "x-ratelimit-reset-requests",
+    "x-ratelimit-reset-tokens",
+    "anthropic-ratelimit-requests-limit",
+    "anthropic-ratelimit-requests-remaining",
+    "anthropic-ratelimit-requests-reset",
+    "anthropic-ratelimit-tokens-limit",
+    "anthropic-ratelimit-tokens-remaining",
+    "anthropic-ratelimit-tokens-reset",
+    "anthropic-ratelimit-input-tokens-limit",
+    "anthropic-ratelimit-input-tokens-remaining",
+    "anthropic-ratelimit-input-tokens-reset",
+    "anthropic-ratelimit-output-tokens-limit",
+    "anthropic-ratelimit-output-tokens-remaining",
+    "anthropic-ratelimit-output-tokens-reset",
+    "anthropic-priority-input-tokens-limit",
+    "anthropic-priority-input-tokens-remaining",
+    "anthropic-priority-output-tokens-remaining",
+];
+
+/// The gateway's own request field (tried providers), never sent upstream.
+const FALLBACKS_FIELD: &str = "fallbacks";
+
+/// Whether a client of `api` and an upstream speaking `wire` share the wire format.
+pub fn same_format(api: ClientApi, wire: Wire) -> bool {
+    matches!(
+        (api, wire),
+        (ClientApi::OpenAiChat, Wire::OpenAiChat)
+            | (
+                ClientApi::AnthropicMessages | ClientApi::AnthropicCountTokens,
+                Wire::Anthropic
+            )
+    )
+}
+
+/// Top-level fields of a JSON object in document order, values as raw JSON.
+struct Fields<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for Fields<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Fields<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(8).min(64));
+                while let Some(entry) = map.next_entry::<Cow<'de, str>, &'de RawValue>()? {
+                    fields.push(entry);
+                }
+                Ok(Fields(fields))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// The client's body for an upstream of the same format: `model` replaced by `upstream_model`,
+/// `fallbacks` removed, and for an OpenAI stream `stream_options.include_usage` set (the gateway
+/// always learns the usage; the usage chunk reaches the client only when it asked). Every other
+/// field is copied as the client wrote it, in its order.
+pub fn rewrite_passthrough(
+    body: &[u8],
+    upstream_model: &str,
+    force_stream_usage: bool,
+    out: &mut Vec<u8>,
+) -> Result<(), ApiError> {
+    let Fields(fields) = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_json",
+            format!("the request body is not a valid JSON object: {e}"),
+        )
+    })?;
+    out.reserve(body.len() + upstream_model.len() + 48);
+    out.push(b'{');
+    write_json_str(out, "model");
+    out.push(b':');
+    write_json_str(out, upstream_model);
+    let mut stream_options = None;
+    for (key, value) in &fields {
+        match key.as_ref() {
+            "model" | FALLBACKS_FIELD => continue,
+            "stream_options" if force_stream_usage => {
+                stream_options = Some(*value);
+                continue;
+            }
+            _ => {}
+        }
+        out.push(b',');
+        write_json_str(out, key);
+        out.push(b':');
+        out.extend_from_slice(value.get().as_bytes());
+    }
+    if force_stream_usage {
+        let mut options: serde_json::Map<String, serde_json::Value> = stream_options
+            .and_then(|raw| serde_json::from_str(raw.get()).ok())
+            .unwrap_or_default();
+        options.insert("include_usage".into(), serde_json::Value::Bool(true));
+        out.extend_from_slice(b",\"stream_options\":");
+        // Serializing a map of JSON values into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, &options);
+    }
+    out.push(b'}');
+    Ok(())
+}
+
+fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    // Serializing a &str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+#[derive(Deserialize, Default)]
+struct OpenAiUsage {
+    #[serde(default)]
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
+    #[serde(default)]
+    prompt_tokens_details: Option<PromptDetails>,
+    #[serde(default)]
+    completion_tokens_details: Option<CompletionDetails>,
+}
+
+#[derive(Deserialize, Default)]
+struct PromptDetails {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+struct CompletionDetails {
+    #[serde(default)]
+    reasoning_tokens: Option<u64>,
+}
+
+impl OpenAiUsage {
+    fn neutral(&self) -> Usage {
+        let cached = self
+            .prompt_tokens_details
+            .as_ref()
+            .and_then(|d| d.cached_tokens)
+            .unwrap_or(0)
+            .min(self.prompt_tokens);
+        Usage {
+            input_tokens: self.prompt_tokens,
+            output_tokens: self.completion_tokens,
+            cache_read_tokens: cached,
+            cache_write_tokens: 0,
+            reasoning_tokens: self
+                .completion_tokens_details
+                .as_ref()
+                .and_then(|d| d.reasoning_tokens)
+                .unwrap_or(0),
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct AnthropicUsage {
+    #[serde(default)]
+    input_tokens: Option<u64>,
+    #[serde(default)]
+    output_tokens: Option<u64>,
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_read_input_tokens: Option<u64>,
+}
+
+impl AnthropicUsage {
+    /// Fold these counts into `usage`: a count that is present replaces the one before (a
+    /// stream's `message_delta` carries cumulative totals). Anthropic's `input_tokens` leaves out
+    /// the cached tokens, which the neutral count includes.
+    fn merge_into(&self, usage: &mut Usage) {
+        let uncached = usage
+            .input_tokens
+            .saturating_sub(usage.cache_read_tokens + usage.cache_write_tokens);
+        let uncached = self.input_tokens.unwrap_or(uncached);
+        if let Some(v) = self.cache_creation_input_tokens {
+            usage.cache_write_tokens = v;
+        }
+        if let Some(v) = self.cache_read_input_tokens {
+            usage.cache_read_tokens = v;
+        }
+        usage.input_tokens = uncached + usage.cache_read_tokens + usage.cache_write_tokens;
+        if let Some(v) = self.output_tokens {
+            usage.output_tokens = v;
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct WithUsage<U> {
+    usage: Option<U>,
+}
+
+/// The usage of a whole successful answer in `wire`'s format (zeros when it has none).
+pub fn answer_usage(wire: Wire, body: &[u8]) -> Usage {
+    match wire {
+        Wire::OpenAiChat => serde_json::from_slice::<WithUsage<OpenAiUsage>>(body)
+            .ok()
+            .and_then(|w| w.usage)
+            .map(|u| u.neutral())
+            .unwrap_or_default(),
+        Wire::Anthropic => {
+            let mut usage = Usage::default();
+            if let Some(u) = serde_json::from_slice::<WithUsage<AnthropicUsage>>(body)
+                .ok()
+                .and_then(|w| w.usage)
+            {
+                u.merge_into(&mut usage);
+            }
+            usage
+        }
+    }
+}
+
+/// What one upstream event did to a stream.
+#[derive(Debug)]
+pub enum Step {
+    /// More events follow.
+    More,
+    /// The stream is complete (its terminator was read and passed on).
+    Complete,
+    /// The upstream reported an error in the stream; the event describing it was passed on to
+    /// the client as it is, and the stream ends with this error.
+    UpstreamError(ApiError),
+}
+
+/// Turns upstream stream events into the client's stream bytes, reading the usage on the way.
+pub trait StreamConvert {
+    /// One upstream event (`name` empty when unnamed): append what the client gets to `out`.
+    fn event(&mut self, name: &[u8], data: &[u8], out: &mut Vec<u8>) -> Result<Step, ApiError>;
+    /// The usage read so far.
+    fn usage(&self) -> Usage;
+    /// The upstream's name for the stream's terminator, for messages.
+    fn terminator(&self) -> &'static str;
+}
+
+/// The converter for a stream from an upstream of `wire` to a client of `api`.
+pub fn stream_converter(wire: Wire, api: ClientApi, wants_usage: bool) -> Box<dyn StreamConvert> {
+    match (wire, api) {
+        (Wire::Anthropic, _) => Box::new(AnthropicPassthrough::default()),
+        (Wire::OpenAiChat, _) => Box::new(OpenAiPassthrough {
+            wants_usage,
+            usage: Usage::default(),
+        }),
+    }
+}
+
+/// OpenAI chunks passed on as they are; the usage chunk only when the client asked for it.
+struct OpenAiPassthrough {
+    wants_usage: bool,
+    usage: Usage,
+}
+
+impl StreamConvert for OpenAiPassthrough {
+    fn event(&mut self, _name: &[u8], data: &[u8], out: &mut Vec<u8>) -> Result<Step, ApiError> {
+        if data == b"[DONE]" {
+            push_event(out, b"", data);
+            return Ok(Step::Complete);
+        }
+        if contains(data, b"\"usage\":{") || contains(data, b"\"usage\": {") {
+            if let Ok(WithUsage { usage: Some(u) }) =
+                serde_json::from_slice::<WithUsage<OpenAiUsage>>(data)
+            {
+                self.usage = u.neutral();
+            }
+            let usage_only =
+                contains(data, b"\"choices\":[]") || contains(data, b"\"choices\": []");
+            if usage_only && !self.wants_usage {
+                return Ok(Step::More);
+            }
+        }
+        if contains(data, b"\"error\"") {
+            if let Some(e) = openai_stream_error(data) {
+                push_event(out, b"", data);
+                return Ok(Step::UpstreamError(e));
+            }
+        }
+        push_event(out, b"", data);
+        Ok(Step::More)
+    }
+
+    fn usage(&self) -> Usage {
+        self.usage
+    }
+
+    fn terminator(&self) -> &'static str {
+        "[DONE]"
+    }
+}
+
+/// An OpenAI-style `{"error":{...}}` event sent mid-stream.
+fn openai_stream_error(data: &[u8]) -> Option<ApiError> {
+    #[derive(Deserialize)]
+    struct Inner {
+        message: Option<String>,
+    }
+    #[derive(Deserialize)]
+    struct Outer {
+        error: Inner,
+    }
+    let outer: Outer = serde_json::from_slice(data).ok()?;
+    Some(ApiError::new(
+        ErrorKind::UpstreamInvalid,
+        "upstream_stream_error",
+        outer
+            .error
+            .message
+            .unwrap_or_else(|| "the provider reported an error".into()),
+    ))
+}
+
+/// Anthropic events passed on as they are (names kept); usage read from `message_start` and
+/// `message_delta`.
+#[derive(Default)]
+struct AnthropicPassthrough {
+    usage: Usage,
+}
+
+impl StreamConvert for AnthropicPassthrough {
+    fn event(&mut self, name: &[u8], data: &[u8], out: &mut Vec<u8>) -> Result<Step, ApiError> {
+        push_event(out, name, data);
+        match name {
+            b"message_start" => {
+                #[derive(Deserialize)]
+                struct Start {
+                    message: WithUsage<AnthropicUsage>,
+                }
+                if let Ok(Start {
+                    message: WithUsage { usage: Some(u) },
+                }) = serde_json::from_slice(data)
+                {
+                    u.merge_into(&mut self.usage);
+                }
+            }
+            b"message_delta" => {
+                if let Ok(WithUsage { usage: Some(u) }) =
+                    serde_json::from_slice::<WithUsage<AnthropicUsage>>(data)
+                {
+                    u.merge_into(&mut self.usage);
+                }
+            }
+            b"message_stop" => return Ok(Step::Complete),
+            b"error" => {
+                return Ok(Step::UpstreamError(ApiError::new(
+                    ErrorKind::UpstreamInvalid,
+                    "upstream_stream_error",
+                    "the provider reported an error in the stream",
+                )))
+            }
+            _ => {}
+        }
+        Ok(Step::More)
+    }
+
+    fn usage(&self) -> Usage {
+        self.usage
+    }
+
+    fn terminator(&self) -> &'static str {
+        "message_stop"
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passthrough_keeps_every_field_in_order() {
+        let body = br#"{"temperature":0.5,"model":"alias","x_unknown":{"a":[1,2]},"fallbacks":["a/b"],"messages":[{"role":"user","content":"hi"}]}"#;
+        let mut out = Vec::new();
+        rewrite_passthrough(body, "gpt-4o", false, &mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"model":"gpt-4o","temperature":0.5,"x_unknown":{"a":[1,2]},"messages":[{"role":"user","content":"hi"}]}"#
+        );
+    }
+
+    #[test]
+    fn openai_streams_always_ask_for_usage() {
+        let body = br#"{"model":"m","messages":[],"stream":true,"stream_options":{"x":1}}"#;
+        let mut out = Vec::new();
+        rewrite_passthrough(body, "u", true, &mut out).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        assert_eq!(v["stream_options"]["x"], 1);
+        assert_eq!(v["model"], "u");
+    }
+
+    #[test]
+    fn usage_of_answers() {
+        let openai = br#"{"usage":{"prompt_tokens":10,"completion_tokens":5,"prompt_tokens_details":{"cached_tokens":4},"completion_tokens_details":{"reasoning_tokens":2}}}"#;
+        let u = answer_usage(Wire::OpenAiChat, openai);
+        let got = (u.input_tokens, u.cache_read_tokens, u.output_tokens);
+        assert_eq!((got, u.reasoning_tokens), ((10, 4, 5), 2));
+        let anthropic = br#"{"usage":{"input_tokens":3,"output_tokens":7,"cache_creation_input_tokens":11,"cache_read_input_tokens":13}}"#;
+        let u = answer_usage(Wire::Anthropic, anthropic);
+        let got = (u.input_tokens, u.output_tokens);
+        assert_eq!(
+            (got, u.cache_write_tokens, u.cache_read_tokens),
+            ((27, 7), 11, 13)
+        );
+        assert_eq!(answer_usage(Wire::Anthropic, b"not json"), Usage::default());
+    }
+
+    #[test]
+    fn openai_stream_passthrough_hides_the_usage_chunk_unless_asked() {
+        let usage = br#"{"id":"x","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":7}}"#;
+        for wants in [false, true] {
+            let mut c = stream_converter(Wire::OpenAiChat, ClientApi::OpenAiChat, wants);
+            let mut out = Vec::new();
+            assert!(matches!(
+                c.event(b"", br#"{"choices":[{"delta":{"content":"a"}}]}"#, &mut out),
+                Ok(Step::More)
+            ));
+            c.event(b"", usage, &mut out).unwrap();
+            assert!(matches!(
+                c.event(b"", b"[DONE]", &mut out),
+                Ok(Step::Complete)
+            ));
+            let text = String::from_utf8(out).unwrap();
+            assert_eq!(text.contains("\"usage\""), wants, "{text}");
+            assert!(text.ends_with("data: [DONE]\n\n"));
+            assert_eq!((c.usage().input_tokens, c.usage().output_tokens), (5, 7));
+        }
+    }
+
+    #[test]
+    fn anthropic_stream_passthrough_keeps_names_and_reads_usage() {
+        let mut c = stream_converter(Wire::Anthropic, ClientApi::AnthropicMessages, false);
+        let mut out = Vec::new();
+        let start = br#"{"type":"message_start","message":{"id":"msg_1","usage":{"input_tokens":25,"output_tokens":1,"cache_read_input_tokens":4}}}"#;
+        c.event(b"message_start", start, &mut out).unwrap();
+        c.event(
+            b"message_delta",
+            br#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":15}}"#,
+            &mut out,
+        )
+        .unwrap();
+        assert!(matches!(
+            c.event(b"message_stop", br#"{"type":"message_stop"}"#, &mut out),
+            Ok(Step::Complete)
+        ));
+        let u = c.usage();
+        assert_eq!(
+            (u.input_tokens, u.output_tokens, u.cache_read_tokens),
+            (29, 15, 4)
+        );
+        assert!(String::from_utf8(out)
+            .unwrap()
+            .starts_with("event: message_start\ndata: {"));
+    }
+}
