@@ -15,13 +15,17 @@ use crate::error::{ApiError, ErrorKind};
 use crate::http::{BodyStream, FrontStats, Handler, Method, Request, Response, StreamPoll};
 use crate::log::{self, AccessRecord};
 use crate::objpool::{ObjPool, ObjPoolStats, Pooled};
-use crate::pool::{waiters, FullReply, Job, ProviderPool, Reply, ReplyChannel};
-use crate::providers::sse::error_event;
+use crate::pool::{
+    clock_ms, waiters, CancelReason, FullReply, Job, ProviderPool, Reply, ReplyChannel,
+};
+use crate::providers::sse::{error_event, stream_duration_error, stream_idle_error, DONE_EVENT};
 use crate::route::Router;
 use crate::service::ServiceStats;
 use crate::stats::prometheus;
 
-/// How long past its deadline a waiting request gives a worker to answer before giving up.
+/// How long past a bound a waiting request gives a worker to answer before giving up on it: past
+/// the request deadline for the answer to begin, past the stream's idle timeout since its last
+/// activity, past the stream's longest duration.
 pub const REPLY_GRACE: Duration = Duration::from_millis(500);
 /// Response header naming the provider that served a request.
 pub const PROVIDER_HEADER: &str = "x-deepintshield-provider";
@@ -206,7 +210,8 @@ impl Gateway {
                     pool: Arc::clone(pool),
                     rec: rec.clone(),
                     received_at: req.received_at,
-                    last_message: Instant::now(),
+                    last_message_ms: clock_ms(),
+                    complete: false,
                     pending: None,
                     finished: false,
                 };
@@ -486,7 +491,7 @@ fn wait_first_reply(
         }
         if Instant::now() >= give_up {
             // The worker is stuck past the deadline: answer now, never reuse this channel.
-            channel.ctl.cancel();
+            channel.ctl.cancel_for(CancelReason::Stalled);
             channel.mark_single_use();
             let counters = &pool.stats().counters;
             counters.reply_timeouts.fetch_add(1, Ordering::Relaxed);
@@ -514,7 +519,10 @@ struct GatewayStream {
     pool: Arc<ProviderPool>,
     rec: AccessRecord,
     received_at: Instant,
-    last_message: Instant,
+    /// When the last message came from the worker ([`clock_ms`]).
+    last_message_ms: u64,
+    /// The terminator (`data: [DONE]`) was passed on: nothing may follow it but the end.
+    complete: bool,
     /// An error event to write before the end.
     pending: Option<Vec<u8>>,
     finished: bool,
@@ -525,6 +533,29 @@ impl GatewayStream {
         self.finished = true;
         self.rec.error_code = err.code;
         StreamPoll::Chunk(error_event(err))
+    }
+
+    /// At a nudge: why to end the stream now although its worker has not, if it should be. The
+    /// worker ends a stream at its own bounds; these catch a worker that does not (stuck). The
+    /// stream's activity is the worker's (every byte it reads, SSE
+    /// comments included), so a stream kept alive by comments is not taken for a stuck one.
+    fn overdue(&self) -> Option<(ApiError, CancelReason)> {
+        let ctl = &self.channel.ctl;
+        let now_ms = clock_ms();
+        let grace_ms = REPLY_GRACE.as_millis() as u64;
+        let active_ms = ctl.activity_ms().max(self.last_message_ms);
+        let idle_ms = self.pool.stream_idle_timeout().as_millis() as u64;
+        if now_ms > active_ms + idle_ms + grace_ms {
+            let e = stream_idle_error("the provider stopped sending events");
+            return Some((e, CancelReason::Stalled));
+        }
+        match ctl.stream_until_ms() {
+            Some(until_ms) if now_ms > until_ms + grace_ms => {
+                let e = stream_duration_error("the stream ran longer than the gateway allows");
+                Some((e, CancelReason::Stalled))
+            }
+            _ => None,
+        }
     }
 }
 
@@ -540,11 +571,11 @@ impl BodyStream for GatewayStream {
         }
         match self.channel.rx.recv() {
             Ok(Reply::Event(bytes)) => {
-                self.channel
-                    .ctl
-                    .events_in_flight
-                    .fetch_sub(1, Ordering::AcqRel);
-                self.last_message = Instant::now();
+                let ctl = &self.channel.ctl;
+                ctl.events_in_flight.fetch_sub(1, Ordering::AcqRel);
+                ctl.bytes_in_flight.fetch_sub(bytes.len(), Ordering::AcqRel);
+                self.last_message_ms = clock_ms();
+                self.complete |= bytes == DONE_EVENT;
                 StreamPoll::Chunk(bytes)
             }
             Ok(Reply::StreamEnd {
@@ -569,21 +600,21 @@ impl BodyStream for GatewayStream {
                 self.fail(&ApiError::internal())
             }
             Ok(Reply::Nudge) => {
-                let idle = self.last_message.elapsed();
-                if idle <= self.pool.stream_idle_timeout() + REPLY_GRACE {
+                let Some((error, reason)) = self.overdue() else {
                     return StreamPoll::Pending;
-                }
-                // The worker should have ended a stalled stream itself; it is stuck.
-                self.channel.ctl.cancel();
+                };
+                self.channel.ctl.cancel_for(reason);
                 self.channel.mark_single_use();
+                if self.complete {
+                    self.finished = true;
+                    return StreamPoll::End;
+                }
                 let counters = &self.pool.stats().counters;
-                counters.reply_timeouts.fetch_add(1, Ordering::Relaxed);
+                if reason == CancelReason::Stalled {
+                    counters.reply_timeouts.fetch_add(1, Ordering::Relaxed);
+                }
                 counters.stream_errors.fetch_add(1, Ordering::Relaxed);
-                self.fail(&ApiError::new(
-                    ErrorKind::RequestTimeout,
-                    "stream_idle_timeout",
-                    "the provider stopped sending events",
-                ))
+                self.fail(&error)
             }
         }
     }

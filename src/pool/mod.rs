@@ -10,8 +10,8 @@ pub mod waiters;
 mod worker;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -66,21 +66,84 @@ impl Reply {
 /// Most stream events a worker may have sent that the client's coroutine has not yet taken: a
 /// slow client slows the worker's upstream reads instead of growing memory.
 pub const STREAM_EVENTS_IN_FLIGHT_MAX: usize = 64;
+/// Most bytes of those events: with events of up to `SSE_EVENT_BYTES_MAX` each, the count alone
+/// would let one slow client hold 64 of them. One event is always let through, whatever its size.
+pub const STREAM_BYTES_IN_FLIGHT_MAX: usize = 8 * 1024 * 1024;
+const _: () = assert!(STREAM_BYTES_IN_FLIGHT_MAX >= crate::providers::sse::SSE_EVENT_BYTES_MAX);
 
-/// Shared by a job's waiting coroutine and the worker running it.
+/// Milliseconds on the process's monotonic clock (0 at its first use): the time stamps that
+/// workers, the supervisor and waiting coroutines share through [`JobCtl`] and worker slots.
+pub fn clock_ms() -> u64 {
+    ms_at(Instant::now())
+}
+
+/// `t` on the clock of [`clock_ms`] (0 for instants before its start).
+pub fn ms_at(t: Instant) -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    let start = *START.get_or_init(Instant::now);
+    t.saturating_duration_since(start).as_millis() as u64
+}
+
+/// Why a job was stopped before its end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CancelReason {
+    /// The client went away: nobody is left to answer.
+    Client,
+    /// The supervisor found the worker stuck (past its deadline, or a stream without activity).
+    Stalled,
+    /// The shutdown deadline passed: the client gets `shutting_down`.
+    Shutdown,
+}
+
+impl CancelReason {
+    fn code(self) -> u8 {
+        match self {
+            CancelReason::Client => 1,
+            CancelReason::Stalled => 2,
+            CancelReason::Shutdown => 3,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<CancelReason> {
+        match code {
+            1 => Some(CancelReason::Client),
+            2 => Some(CancelReason::Stalled),
+            3 => Some(CancelReason::Shutdown),
+            _ => None,
+        }
+    }
+}
+
+/// Shared by a job's waiting coroutine and the worker running it (and seen by the supervisor).
 #[derive(Default)]
 pub struct JobCtl {
-    cancelled: AtomicBool,
+    /// 0 while running, else a [`CancelReason`] code (the first reason wins).
+    cancelled: AtomicU8,
     /// The running worker's HTTP agent: shutting it down interrupts a blocked upstream read.
     agent: Mutex<Option<ureq::Agent>>,
     /// Stream events sent and not yet taken (bounded by [`STREAM_EVENTS_IN_FLIGHT_MAX`]).
     pub events_in_flight: AtomicUsize,
+    /// Their bytes (bounded by [`STREAM_BYTES_IN_FLIGHT_MAX`]).
+    pub bytes_in_flight: AtomicUsize,
+    /// When the upstream call last showed life (any bytes read, SSE comments included), on the
+    /// [`clock_ms`] clock; 0 before.
+    activity_ms: AtomicU64,
+    /// When the running stream must be over ([`clock_ms`]); 0 while no stream has begun.
+    stream_until_ms: AtomicU64,
 }
 
 impl JobCtl {
     /// The client went away: stop the job, interrupting its upstream call at once.
     pub fn cancel(&self) {
-        self.cancelled.store(true, Ordering::Release);
+        self.cancel_for(CancelReason::Client);
+    }
+
+    /// Stop the job for `reason`, interrupting its upstream call at once. A job already stopped
+    /// keeps its first reason.
+    pub fn cancel_for(&self, reason: CancelReason) {
+        let _ =
+            self.cancelled
+                .compare_exchange(0, reason.code(), Ordering::AcqRel, Ordering::Acquire);
         let agent = match self.agent.lock() {
             Ok(mut slot) => slot.take(),
             Err(p) => p.into_inner().take(),
@@ -91,7 +154,38 @@ impl JobCtl {
     }
 
     pub fn is_cancelled(&self) -> bool {
-        self.cancelled.load(Ordering::Acquire)
+        self.cancelled.load(Ordering::Acquire) != 0
+    }
+
+    /// Why the job was stopped; `None` while it runs.
+    pub fn cancel_reason(&self) -> Option<CancelReason> {
+        CancelReason::from_code(self.cancelled.load(Ordering::Acquire))
+    }
+
+    /// The upstream call showed life now.
+    pub fn touch(&self) {
+        self.activity_ms.store(clock_ms().max(1), Ordering::Release);
+    }
+
+    /// Last sign of life of the upstream call ([`clock_ms`]); 0 before any.
+    pub fn activity_ms(&self) -> u64 {
+        self.activity_ms.load(Ordering::Acquire)
+    }
+
+    /// The stream began now and may run for `duration_max`: from here on it is judged by its
+    /// activity and that end, not by the request deadline.
+    pub fn begin_stream(&self, duration_max: Duration) {
+        let until = clock_ms().saturating_add(duration_max.as_millis() as u64);
+        self.stream_until_ms.store(until.max(1), Ordering::Release);
+        self.touch();
+    }
+
+    /// When the running stream must be over ([`clock_ms`]); `None` before it began.
+    pub fn stream_until_ms(&self) -> Option<u64> {
+        match self.stream_until_ms.load(Ordering::Acquire) {
+            0 => None,
+            until => Some(until),
+        }
     }
 
     /// The worker registers its agent for the duration of the upstream call; false when the job
@@ -117,8 +211,11 @@ impl JobCtl {
     }
 
     fn reset(&self) {
-        self.cancelled.store(false, Ordering::Release);
+        self.cancelled.store(0, Ordering::Release);
         self.events_in_flight.store(0, Ordering::Release);
+        self.bytes_in_flight.store(0, Ordering::Release);
+        self.activity_ms.store(0, Ordering::Release);
+        self.stream_until_ms.store(0, Ordering::Release);
         self.detach();
     }
 }
@@ -191,6 +288,8 @@ pub(crate) struct Shared {
     pub cfg: PoolConfig,
     /// Longest silence between the events of an upstream stream.
     pub stream_idle_timeout: Duration,
+    /// Longest stream, from its beginning to its end.
+    pub stream_duration_max: Duration,
     pub breaker: breaker::Breaker,
     pub stats: Arc<PoolStats>,
     /// Set when shutdown begins: no new jobs are accepted.
@@ -209,7 +308,7 @@ pub(crate) struct Shared {
     pub stalled_now: AtomicUsize,
     pub slots: Mutex<Vec<Arc<worker::WorkerSlot>>>,
     pub handles: Mutex<Vec<JoinHandle<()>>>,
-    /// Reference point of the millisecond timestamps in worker slots.
+    /// When the pool started (the times of `/stats` scaling events).
     pub epoch: Instant,
     pub supervisor: supervisor::State,
     /// Idle workers, parked until a job is queued or the pool closes.
@@ -217,10 +316,6 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn ms_since_epoch(&self, t: Instant) -> u64 {
-        t.saturating_duration_since(self.epoch).as_millis() as u64
-    }
-
     pub(crate) fn lock_slots(&self) -> std::sync::MutexGuard<'_, Vec<Arc<worker::WorkerSlot>>> {
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -299,6 +394,7 @@ impl ProviderPool {
             provider,
             cfg: cfg.pool.clone(),
             stream_idle_timeout: cfg.stream_idle_timeout,
+            stream_duration_max: cfg.stream_duration_max,
             breaker: breaker::Breaker::new(cfg.breaker.clone()),
             stats,
             closed: AtomicBool::new(false),
@@ -355,6 +451,11 @@ impl ProviderPool {
     /// Longest silence between the events of an upstream stream.
     pub fn stream_idle_timeout(&self) -> Duration {
         self.shared.stream_idle_timeout
+    }
+
+    /// Longest stream, from its beginning to its end.
+    pub fn stream_duration_max(&self) -> Duration {
+        self.shared.stream_duration_max
     }
 
     pub fn queue_depth(&self) -> usize {
@@ -442,6 +543,17 @@ impl ProviderPool {
     pub fn close(&self) {
         self.shared.closed.store(true, Ordering::SeqCst);
         self.shared.idle.wake_all();
+    }
+
+    /// The latest sign of life of the jobs running now (bytes read by a stream, SSE comments
+    /// included), on the [`clock_ms`] clock; 0 when none showed any.
+    pub fn activity_ms(&self) -> u64 {
+        self.shared
+            .lock_slots()
+            .iter()
+            .filter_map(|slot| worker::lock(&slot.ctl).as_ref().map(|c| c.activity_ms()))
+            .max()
+            .unwrap_or(0)
     }
 
     /// Stop taking jobs; workers finish what is queued and in flight until `deadline`, then answer

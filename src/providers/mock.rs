@@ -6,7 +6,7 @@ use serde::Deserialize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::sse::{data_event, DONE_EVENT};
+use super::sse::{data_event, stream_duration_error, stream_idle_error, DONE_EVENT};
 use super::{Call, StreamResult, StreamSink, UpstreamReply};
 use crate::api::openai::{estimate_tokens, ChatCompletion, Choice, InMessage, OutMessage, Usage};
 use crate::config::ProviderConfig;
@@ -97,6 +97,7 @@ impl MockProvider {
 
     /// Stream the answer as OpenAI `chat.completion.chunk` events: a role chunk, `stream_chunks`
     /// content chunks `chunk_delay` apart, a finish chunk, the usage chunk when asked, `[DONE]`.
+    /// The stream keeps the bounds a real upstream's is held to (see [`MockProvider::pace`]).
     pub fn call_stream(
         &self,
         call: &Call<'_>,
@@ -115,6 +116,7 @@ impl MockProvider {
         if !sink.start() {
             return Ok(done(None));
         }
+        let until = Instant::now() + call.stream_duration_max;
         let id = format!(
             "chatcmpl-mock{:012x}",
             self.next_id.fetch_add(1, Ordering::Relaxed)
@@ -132,8 +134,10 @@ impl MockProvider {
             return Ok(done(None));
         }
         for piece in split_even(&content, self.stream_chunks) {
-            if !self.pause(self.chunk_delay, call.ctl) {
-                return Ok(done(None));
+            match self.pace(call, until) {
+                Ok(true) => {}
+                Ok(false) => return Ok(done(None)),
+                Err(cut) => return Ok(done(Some(cut))),
             }
             let text = serde_json::to_string(piece).unwrap_or_default();
             let choices = format!(
@@ -223,6 +227,27 @@ impl MockProvider {
             ));
         }
         Ok(())
+    }
+
+    /// Wait `chunk_delay` before the next chunk, as an upstream read would: a pause longer than
+    /// `stream_idle_timeout` ends the stream as idle after that timeout, one past the stream's
+    /// `until` ends it as too long at `until`. Ok(false) when the job was stopped meanwhile.
+    fn pace(&self, call: &Call<'_>, until: Instant) -> Result<bool, ApiError> {
+        let left = until.saturating_duration_since(Instant::now());
+        let idle = call.stream_idle_timeout;
+        if self.chunk_delay <= idle && self.chunk_delay <= left {
+            return Ok(self.pause(self.chunk_delay, call.ctl));
+        }
+        let (wait, cut) = if left <= idle {
+            let cut = stream_duration_error("provider mock: the stream ran longer than allowed");
+            (left, cut)
+        } else {
+            (idle, stream_idle_error("provider mock: the stream stalled"))
+        };
+        if !self.pause(wait, call.ctl) {
+            return Ok(false);
+        }
+        Err(cut)
     }
 
     /// Sleep `d` in slices, stopping early when the job is cancelled; false when cancelled.

@@ -21,8 +21,11 @@ pub struct Call<'a> {
     pub deadline: Instant,
     /// The client asked for the final usage chunk of a stream.
     pub client_wants_usage: bool,
-    /// Longest silence between stream events.
+    /// Longest silence between stream events (and after the answer head, before the first).
     pub stream_idle_timeout: Duration,
+    /// Longest stream, from its beginning (`StreamSink::start`) to its end. `deadline` bounds
+    /// only the wait for the answer to begin.
+    pub stream_duration_max: Duration,
     /// Cancellation shared with the client's coroutine.
     pub ctl: &'a crate::pool::JobCtl,
     /// Every upstream attempt's outcome is recorded here.
@@ -33,7 +36,8 @@ pub struct Call<'a> {
 pub trait StreamSink {
     /// The upstream accepted the request: the client's stream begins. False: stop (client gone).
     fn start(&mut self) -> bool;
-    /// One complete SSE event (`data: ...\n\n`). False: stop reading (client gone).
+    /// One complete SSE event (`data: ...\n\n`); also counts as activity of the stream. False:
+    /// stop reading (the job was stopped, or its client does not read; the worker reports why).
     fn event(&mut self, bytes: Vec<u8>) -> bool;
 }
 

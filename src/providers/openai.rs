@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 
 use super::keys::{KeyPool, NoKey};
 use super::retry::{backoff, parse_retry_after};
-use super::sse::{chunk_usage, data_event, is_usage_only, SseItem, SseReader, DONE_EVENT};
+use super::sse::{
+    chunk_usage, data_event, event_too_large_error, is_usage_only, stream_duration_error,
+    stream_idle_error, SseError, SseItem, SseReader, DONE_EVENT,
+};
 use super::{Call, StreamResult, StreamSink, UpstreamReply, WorkerCtx};
 use crate::config::{HealthCheck, ProviderConfig, RetryConfig};
 use crate::error::{ApiError, ErrorKind};
@@ -272,7 +275,8 @@ impl OpenAiProvider {
     }
 
     /// One attempt with key `key`. A stream gets the request deadline for the upstream's answer
-    /// head and `stream_idle_timeout` for every read after it; a whole answer gets the deadline.
+    /// head, `stream_idle_timeout` for every read after it and `stream_duration_max` for its whole
+    /// body; a whole answer gets the deadline.
     fn attempt(
         &self,
         ctx: &mut WorkerCtx,
@@ -292,6 +296,7 @@ impl OpenAiProvider {
             builder
                 .timeout_global(None)
                 .timeout_recv_response(Some(remaining))
+                .timeout_recv_body(Some(call.stream_duration_max))
                 .timeout_per_read(Some(call.stream_idle_timeout))
         } else {
             builder.timeout_global(Some(remaining))
@@ -320,7 +325,9 @@ impl OpenAiProvider {
         })
     }
 
-    /// A `stream: true` call: events are passed on one by one as the upstream sends them.
+    /// A `stream: true` call: events are passed on one by one as the upstream sends them. Every
+    /// byte read (SSE comments such as `: ping` included) is activity of the stream; comments are
+    /// not passed on. The stream ends at `[DONE]`: nothing after it is read or passed on.
     pub fn call_stream(
         &self,
         ctx: &mut WorkerCtx,
@@ -350,6 +357,10 @@ impl OpenAiProvider {
             .into_with_config()
             .limit(UPSTREAM_STREAM_BYTES_MAX)
             .reader();
+        let reader = Activity {
+            inner: reader,
+            ctl: call.ctl,
+        };
         let mut events = SseReader::new(BufReader::with_capacity(STREAM_READ_BUF_BYTES, reader));
         loop {
             match events.next_item() {
@@ -366,14 +377,11 @@ impl OpenAiProvider {
                 }
                 Ok(SseItem::Done) => {
                     sink.event(DONE_EVENT.to_vec());
-                    // Read the body's end (the final chunk) so the connection goes back to the
-                    // worker's pool instead of being closed.
-                    while let Ok(SseItem::Data(_)) = events.next_item() {}
-                    return Ok(StreamResult::Streamed {
-                        error: None,
-                        prompt_tokens,
-                        completion_tokens,
-                    });
+                    // The stream is over. One look past `[DONE]` tells whether the body ends
+                    // there, so that the connection goes back to the worker's pool; anything else
+                    // after it is never read, and dropping the reader closes the connection.
+                    let _ = events.at_end();
+                    return Ok(end(None, prompt_tokens, completion_tokens));
                 }
                 Ok(SseItem::Eof) => {
                     let error = ApiError::new(
@@ -381,11 +389,7 @@ impl OpenAiProvider {
                         "upstream_stream_truncated",
                         format!("provider {}: the stream ended without [DONE]", self.name),
                     );
-                    return Ok(StreamResult::Streamed {
-                        error: Some(error),
-                        prompt_tokens,
-                        completion_tokens,
-                    });
+                    return Ok(end(Some(error), prompt_tokens, completion_tokens));
                 }
                 Err(e) => {
                     let error = if call.ctl.is_cancelled() {
@@ -393,33 +397,43 @@ impl OpenAiProvider {
                     } else {
                         Some(self.stream_error(e))
                     };
-                    return Ok(StreamResult::Streamed {
-                        error,
-                        prompt_tokens,
-                        completion_tokens,
-                    });
+                    return Ok(end(error, prompt_tokens, completion_tokens));
                 }
             }
         }
     }
 
-    fn stream_error(&self, e: std::io::Error) -> ApiError {
-        let timed_out = e.kind() == std::io::ErrorKind::TimedOut
-            || e.get_ref()
-                .and_then(|inner| inner.downcast_ref::<ureq::Error>())
-                .is_some_and(|u| matches!(u, ureq::Error::Timeout(_)));
-        if timed_out {
-            ApiError::new(
-                ErrorKind::RequestTimeout,
-                "stream_idle_timeout",
-                format!("provider {}: the stream stalled", self.name),
-            )
-        } else {
-            ApiError::new(
+    fn stream_error(&self, e: SseError) -> ApiError {
+        let e = match e {
+            SseError::TooLarge => {
+                return event_too_large_error(format!(
+                    "provider {}: an event is larger than the gateway accepts",
+                    self.name
+                ))
+            }
+            SseError::Io(e) => e,
+        };
+        let timeout = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<ureq::Error>())
+            .and_then(|u| match u {
+                ureq::Error::Timeout(t) => Some(*t),
+                _ => None,
+            });
+        match timeout {
+            Some(ureq::Timeout::RecvBody) => stream_duration_error(format!(
+                "provider {}: the stream ran longer than the gateway allows",
+                self.name
+            )),
+            Some(_) => stream_idle_error(format!("provider {}: the stream stalled", self.name)),
+            None if e.kind() == std::io::ErrorKind::TimedOut => {
+                stream_idle_error(format!("provider {}: the stream stalled", self.name))
+            }
+            None => ApiError::new(
                 ErrorKind::UpstreamTransport,
                 "upstream_stream_interrupted",
                 format!("provider {}: the stream was interrupted", self.name),
-            )
+            ),
         }
     }
 
@@ -508,6 +522,23 @@ impl OpenAiProvider {
                 format!("provider {}: reading the response failed", self.name),
             ),
         }
+    }
+}
+
+/// An upstream stream's body: every read that brings bytes marks the job active, so that a
+/// stream kept alive by comments alone is neither cut as idle nor taken for a stuck worker.
+struct Activity<'a, R> {
+    inner: R,
+    ctl: &'a crate::pool::JobCtl,
+}
+
+impl<R: Read> Read for Activity<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n > 0 {
+            self.ctl.touch();
+        }
+        Ok(n)
     }
 }
 

@@ -1,12 +1,20 @@
-//! Server-Sent Events: reading an upstream event stream event by event (bounded line length), and
-//! writing the events the gateway sends (`data: ...\n\n`, `data: [DONE]`, error events).
+//! Server-Sent Events: reading an upstream event stream event by event (bounded line and event
+//! sizes), writing the events the gateway sends (`data: ...\n\n`, `data: [DONE]`, error events),
+//! and the errors that end a stream after it began.
 
+use std::borrow::Cow;
+use std::fmt;
 use std::io::{self, BufRead, Read};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorKind};
 
-/// Longest SSE line accepted from an upstream, bytes.
+/// Longest SSE line accepted from an upstream, bytes (bounds the line buffer).
 pub const SSE_LINE_BYTES_MAX: usize = 1024 * 1024;
+/// Largest SSE event accepted from an upstream: all its lines (`data:`, comments, `event:`, ...)
+/// up to the blank line that ends it, bytes. An upstream that never ends its event would
+/// otherwise grow one buffer without bound.
+pub const SSE_EVENT_BYTES_MAX: usize = 4 * 1024 * 1024;
+const _: () = assert!(SSE_LINE_BYTES_MAX <= SSE_EVENT_BYTES_MAX);
 /// The OpenAI stream terminator.
 pub const DONE_EVENT: &[u8] = b"data: [DONE]\n\n";
 
@@ -21,11 +29,37 @@ pub enum SseItem {
     Eof,
 }
 
+/// Why reading an upstream event stream failed.
+#[derive(Debug)]
+pub enum SseError {
+    /// The transport failed (or timed out).
+    Io(io::Error),
+    /// A line over [`SSE_LINE_BYTES_MAX`] or an event over [`SSE_EVENT_BYTES_MAX`].
+    TooLarge,
+}
+
+impl fmt::Display for SseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SseError::Io(e) => write!(f, "{e}"),
+            SseError::TooLarge => f.write_str("SSE event too large"),
+        }
+    }
+}
+
+impl From<io::Error> for SseError {
+    fn from(e: io::Error) -> Self {
+        SseError::Io(e)
+    }
+}
+
 pub struct SseReader<R: BufRead> {
     r: R,
     line: Vec<u8>,
     data: Vec<u8>,
     has_data: bool,
+    /// Bytes of the event being read so far (every line since the last blank one).
+    event_bytes: usize,
 }
 
 impl<R: BufRead> SseReader<R> {
@@ -35,11 +69,12 @@ impl<R: BufRead> SseReader<R> {
             line: Vec::with_capacity(1024),
             data: Vec::with_capacity(1024),
             has_data: false,
+            event_bytes: 0,
         }
     }
 
     /// Read up to the end of the next event.
-    pub fn next_item(&mut self) -> io::Result<SseItem> {
+    pub fn next_item(&mut self) -> Result<SseItem, SseError> {
         loop {
             self.line.clear();
             let n = (&mut self.r)
@@ -52,14 +87,14 @@ impl<R: BufRead> SseReader<R> {
                     SseItem::Eof
                 });
             }
-            if self.line.last() != Some(&b'\n') && n > SSE_LINE_BYTES_MAX {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "SSE line too long",
-                ));
+            self.event_bytes += n;
+            let too_long = self.line.last() != Some(&b'\n') && n > SSE_LINE_BYTES_MAX;
+            if too_long || self.event_bytes > SSE_EVENT_BYTES_MAX {
+                return Err(SseError::TooLarge);
             }
             let line = trim_eol(&self.line);
             if line.is_empty() {
+                self.event_bytes = 0;
                 if self.has_data {
                     return Ok(self.take_event());
                 }
@@ -75,6 +110,13 @@ impl<R: BufRead> SseReader<R> {
             }
             // Comments (`: ping`), `event:`, `id:` and `retry:` lines carry nothing we forward.
         }
+    }
+
+    /// After `[DONE]`: whether the stream ends right there. Looks at what is buffered, else reads
+    /// once more; true only when that read sees the end (so that the upstream connection can be
+    /// reused), false when anything follows or the read fails.
+    pub fn at_end(&mut self) -> bool {
+        matches!(self.r.fill_buf(), Ok(rest) if rest.is_empty())
     }
 
     fn take_event(&mut self) -> SseItem {
@@ -105,6 +147,29 @@ pub fn data_event(payload: &[u8]) -> Vec<u8> {
 /// The SSE event that reports an error after a stream started: `data: {"error":{...}}`.
 pub fn error_event(err: &ApiError) -> Vec<u8> {
     data_event(&err.body())
+}
+
+/// A stream silent longer than `stream_idle_timeout_ms` (or whose worker stopped reading).
+pub fn stream_idle_error(message: impl Into<Cow<'static, str>>) -> ApiError {
+    ApiError::new(ErrorKind::RequestTimeout, "stream_idle_timeout", message)
+}
+
+/// A stream that ran longer than `stream_duration_ms_max`.
+pub fn stream_duration_error(message: impl Into<Cow<'static, str>>) -> ApiError {
+    ApiError::new(
+        ErrorKind::RequestTimeout,
+        "stream_duration_exceeded",
+        message,
+    )
+}
+
+/// An upstream event over [`SSE_EVENT_BYTES_MAX`] (or a line over [`SSE_LINE_BYTES_MAX`]).
+pub fn event_too_large_error(message: impl Into<Cow<'static, str>>) -> ApiError {
+    ApiError::new(
+        ErrorKind::UpstreamInvalid,
+        "upstream_event_too_large",
+        message,
+    )
 }
 
 /// Token counts of a chunk that carries `usage` (OpenAI's final chunk under `include_usage`).
@@ -179,7 +244,53 @@ mod tests {
     fn overlong_line_is_an_error() {
         let long = vec![b'a'; SSE_LINE_BYTES_MAX + 10];
         let mut r = SseReader::new(io::BufReader::new(&long[..]));
-        assert!(r.next_item().is_err());
+        assert!(matches!(r.next_item(), Err(SseError::TooLarge)));
+    }
+
+    #[test]
+    fn an_event_that_never_ends_is_an_error_at_its_bound() {
+        // 64 KiB data lines with no blank line between them: one event that only grows.
+        let line = [b"data: ".as_slice(), &[b'x'; 64 * 1024], b"\n"].concat();
+        let lines = SSE_EVENT_BYTES_MAX / line.len() + 1;
+        let mut input = b"data: first\n\n".to_vec();
+        for _ in 0..lines {
+            input.extend_from_slice(&line);
+        }
+        let mut r = SseReader::new(io::BufReader::new(&input[..]));
+        assert_eq!(r.next_item().unwrap(), SseItem::Data(b"first".to_vec()));
+        assert!(matches!(r.next_item(), Err(SseError::TooLarge)));
+        assert!(r.data.len() <= SSE_EVENT_BYTES_MAX);
+        // Just under the bound, ended by a blank line: one event.
+        let mut input = Vec::new();
+        for _ in 0..lines - 2 {
+            input.extend_from_slice(&line);
+        }
+        input.extend_from_slice(b"\n: ping\n\n");
+        let mut r = SseReader::new(io::BufReader::new(&input[..]));
+        assert!(matches!(r.next_item(), Ok(SseItem::Data(d)) if d.len() > SSE_EVENT_BYTES_MAX / 2));
+        assert_eq!(r.next_item().unwrap(), SseItem::Eof);
+    }
+
+    #[test]
+    fn comments_between_events_do_not_add_up() {
+        // Keep-alive comments, each ending its own (empty) event, never reach the bound.
+        let mut input = Vec::new();
+        for _ in 0..SSE_EVENT_BYTES_MAX / 8 + 1 {
+            input.extend_from_slice(b": ping\n\n");
+        }
+        input.extend_from_slice(b"data: x\n\n");
+        let mut r = SseReader::new(io::BufReader::new(&input[..]));
+        assert_eq!(r.next_item().unwrap(), SseItem::Data(b"x".to_vec()));
+    }
+
+    #[test]
+    fn at_end_after_done() {
+        let mut r = SseReader::new(io::BufReader::new(&b"data: [DONE]\n\n"[..]));
+        assert_eq!(r.next_item().unwrap(), SseItem::Done);
+        assert!(r.at_end());
+        let mut r = SseReader::new(io::BufReader::new(&b"data: [DONE]\n\ndata: more\n\n"[..]));
+        assert_eq!(r.next_item().unwrap(), SseItem::Done);
+        assert!(!r.at_end());
     }
 
     #[test]
