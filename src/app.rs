@@ -16,7 +16,8 @@ use crate::http::{BodyStream, FrontStats, Handler, Method, Request, Response, St
 use crate::log::{self, AccessRecord};
 use crate::objpool::{ObjPool, ObjPoolStats, Pooled};
 use crate::pool::{
-    clock_ms, waiters, CancelReason, FullReply, Job, ProviderPool, Reply, ReplyChannel,
+    clock_ms, shutting_down, waiters, CancelReason, FullReply, Job, ProviderPool, Reply,
+    ReplyChannel,
 };
 use crate::providers::sse::{error_event, stream_duration_error, stream_idle_error, DONE_EVENT};
 use crate::route::Router;
@@ -471,7 +472,8 @@ fn client_cancelled() -> ApiError {
 
 /// Wait for a job's first reply without blocking the scheduler thread (and without a `may` timer:
 /// see [`waiters`]; the channel must be registered there). Gives up (and stops the job) when the
-/// client goes away, or when the worker is stuck past the deadline; both are checked at each nudge.
+/// client goes away, when the worker is stuck past the deadline, or when the shutdown deadline
+/// passed (the pool was abandoned); each is checked at each nudge.
 fn wait_first_reply(
     req: &Request,
     channel: &mut Pooled<ReplyChannel>,
@@ -488,6 +490,12 @@ fn wait_first_reply(
                 channel.mark_single_use();
                 return Err(ApiError::internal());
             }
+        }
+        if pool.abandoned() {
+            // The worker was told to stop and has not answered yet: answer for it.
+            channel.ctl.cancel_for(CancelReason::Shutdown);
+            channel.mark_single_use();
+            return Err(shutting_down());
         }
         if Instant::now() >= give_up {
             // The worker is stuck past the deadline: answer now, never reuse this channel.
@@ -536,10 +544,13 @@ impl GatewayStream {
     }
 
     /// At a nudge: why to end the stream now although its worker has not, if it should be. The
-    /// worker ends a stream at its own bounds; these catch a worker that does not (stuck). The
-    /// stream's activity is the worker's (every byte it reads, SSE
+    /// worker ends a stream at its own bounds; these catch a worker that does not (stuck) and
+    /// the shutdown deadline. The stream's activity is the worker's (every byte it reads, SSE
     /// comments included), so a stream kept alive by comments is not taken for a stuck one.
     fn overdue(&self) -> Option<(ApiError, CancelReason)> {
+        if self.pool.abandoned() {
+            return Some((shutting_down(), CancelReason::Shutdown));
+        }
         let ctl = &self.channel.ctl;
         let now_ms = clock_ms();
         let grace_ms = REPLY_GRACE.as_millis() as u64;

@@ -2,7 +2,7 @@
 //! built-in mock: a healthy stream outlives `request_timeout_ms` (only the wait for it to begin is
 //! bounded by it), a silent one and one past `stream_duration_ms_max` end with an SSE error event,
 //! `: ping` comments keep a stream alive, an event that never ends is cut at its bound with memory
-//! bounded, and nothing after `[DONE]` reaches the client.
+//! bounded, nothing after `[DONE]` reaches the client, and a shutdown answers what it cuts.
 
 mod common;
 
@@ -385,4 +385,56 @@ fn nothing_after_done_reaches_the_client() {
     // The gateway stopped reading: the next stream works as usual.
     let r = stream(&gw, "up/long");
     assert_eq!(r.events.last().map(|e| e.0.as_str()), Some("[DONE]"));
+}
+
+#[test]
+fn shutdown_answers_what_it_cuts_before_exiting() {
+    let up = Upstream::start();
+    let cfg = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nthreads = 2\nshutdown_timeout_ms = 1000\n\n[stats]\nstdout_interval_ms = 0\n\n[providers.up]\ntype = \"openai\"\nbase_url = \"http://{}/v1\"\nkeys = [{{ key = \"env:UP_KEY\" }}]\nmax_retries = 0\n[providers.up.pool]\nworkers = 4\nrequest_timeout_ms = 30000\n",
+        up.addr
+    );
+    let mut gw = Gateway::start_with_env(&cfg, &[("UP_KEY", "sk-bounds")]);
+    let api = gw.api;
+    let streamed = std::thread::spawn(move || {
+        let mut c = Conn::new(api);
+        c.send(&stream_request("up/endless", "x", false));
+        c.sse_response()
+    });
+    let whole = std::thread::spawn(move || {
+        let body = r#"{"model":"up/slow-whole","messages":[{"role":"user","content":"a"}]}"#;
+        let mut s = connect(api);
+        let req = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).unwrap();
+        read_response(&mut s)
+    });
+    assert!(eventually(Duration::from_secs(5), || {
+        gw.stats()["pools"]["up"]["busy_workers"] == 2
+    }));
+    gw.proc.signal(libc::SIGTERM);
+    let whole = whole
+        .join()
+        .unwrap()
+        .expect("the whole request is answered");
+    assert_eq!(
+        whole.status,
+        503,
+        "{}",
+        String::from_utf8_lossy(&whole.body)
+    );
+    assert_eq!(whole.error_code(), "shutting_down");
+    let streamed = streamed
+        .join()
+        .unwrap()
+        .expect("the stream ends with its end");
+    assert_eq!(streamed.status, 200);
+    assert!(
+        streamed.events.len() > 3,
+        "the stream ran until the deadline"
+    );
+    assert_eq!(error_code(&streamed).as_deref(), Some("shutting_down"));
+    assert_eq!(gw.proc.wait_exit(Duration::from_secs(10)), Some(0));
 }

@@ -458,6 +458,12 @@ impl ProviderPool {
         self.shared.stream_duration_max
     }
 
+    /// Whether the shutdown deadline passed: what this pool still runs is answered
+    /// `shutting_down` (see [`ProviderPool::abandon`]).
+    pub fn abandoned(&self) -> bool {
+        self.shared.abandon.load(Ordering::Acquire)
+    }
+
     pub fn queue_depth(&self) -> usize {
         self.tx.len()
     }
@@ -545,6 +551,21 @@ impl ProviderPool {
         self.shared.idle.wake_all();
     }
 
+    /// The shutdown deadline passed: queued jobs are answered 503 `shutting_down` without an
+    /// upstream call, and running ones are stopped (their upstream calls interrupted) and answered
+    /// the same, a stream with an SSE error event. A worker that does not answer is left to the
+    /// waiting coroutine, which sees [`ProviderPool::abandoned`] at its next nudge.
+    pub fn abandon(&self) {
+        self.close();
+        self.shared.abandon.store(true, Ordering::Release);
+        for slot in self.shared.lock_slots().iter() {
+            if let Some(ctl) = worker::lock(&slot.ctl).as_ref() {
+                ctl.cancel_for(CancelReason::Shutdown);
+            }
+        }
+        self.shared.idle.wake_all();
+    }
+
     /// The latest sign of life of the jobs running now (bytes read by a stream, SSE comments
     /// included), on the [`clock_ms`] clock; 0 when none showed any.
     pub fn activity_ms(&self) -> u64 {
@@ -556,47 +577,45 @@ impl ProviderPool {
             .unwrap_or(0)
     }
 
-    /// Stop taking jobs; workers finish what is queued and in flight until `deadline`, then answer
-    /// what remains 503 and exit. Returns once every worker has exited or `deadline` plus `grace`.
-    pub fn shutdown(&self, deadline: Instant, grace: Duration) {
-        self.close();
-        loop {
-            if self.shared.workers_alive.load(Ordering::Acquire) == 0 {
-                break;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                self.shared.abandon.store(true, Ordering::Release);
-            }
-            if now >= deadline + grace {
-                crate::log::warn(
-                    "workers still busy at the end of shutdown",
-                    &[
-                        ("pool", &self.shared.name),
-                        (
-                            "workers",
-                            &self
-                                .shared
-                                .workers_alive
-                                .load(Ordering::Acquire)
-                                .to_string(),
-                        ),
-                    ],
-                );
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(5));
+    /// Whether every worker has exited (after [`ProviderPool::close`]).
+    pub fn workers_exited(&self) -> bool {
+        self.shared.workers_alive.load(Ordering::Acquire) == 0
+    }
+
+    /// Once every worker has exited: join their threads and answer `shutting_down` any job that
+    /// slipped into the queue as the last worker left, so that none is lost.
+    pub fn finish(&self) {
+        if !self.workers_exited() {
+            return;
         }
         let handles = std::mem::take(&mut *self.shared.lock_handles());
         for h in handles {
             let _ = h.join();
         }
-        // A job that slipped in as the last worker left is answered, never lost.
         while let Ok(job) = self.shared.rx.try_recv() {
             let _ = job
                 .reply
                 .send(Reply::full(Err(shutting_down()), Timings::default()));
         }
+    }
+
+    /// Stop taking jobs; workers finish what is queued and in flight until `deadline`, then what
+    /// remains is abandoned (answered 503, see [`ProviderPool::abandon`]). Returns once every
+    /// worker has exited, or at `deadline` plus `grace` with a warning.
+    pub fn shutdown(&self, deadline: Instant, grace: Duration) {
+        self.close();
+        if !wait_until(deadline, || self.workers_exited()) {
+            self.abandon();
+            if !wait_until(deadline + grace, || self.workers_exited()) {
+                let alive = self.shared.workers_alive.load(Ordering::Acquire);
+                crate::log::warn(
+                    "workers still busy at the end of shutdown",
+                    &[("pool", &self.shared.name), ("workers", &alive.to_string())],
+                );
+                return;
+            }
+        }
+        self.finish();
     }
 
     /// `/stats` JSON of this pool.
@@ -624,6 +643,28 @@ impl ProviderPool {
         self.shared
             .stats
             .interval_line(self.queue_depth(), cfg.queue_capacity, cfg.workers)
+    }
+}
+
+/// First pause of a shutdown waiting for something to happen; it doubles up to
+/// [`SHUTDOWN_POLL_MAX`] (a pool retired by a reload may wait for a stream of up to an hour).
+const SHUTDOWN_POLL: Duration = Duration::from_millis(5);
+const SHUTDOWN_POLL_MAX: Duration = Duration::from_millis(50);
+
+/// Poll `done` until it holds (true) or `until` passes (false). For the threads that run a
+/// shutdown, never for a coroutine.
+pub fn wait_until(until: Instant, mut done: impl FnMut() -> bool) -> bool {
+    let mut pause = SHUTDOWN_POLL;
+    loop {
+        if done() {
+            return true;
+        }
+        let now = Instant::now();
+        if now >= until {
+            return false;
+        }
+        std::thread::sleep(pause.min(until - now));
+        pause = (pause * 2).min(SHUTDOWN_POLL_MAX);
     }
 }
 
