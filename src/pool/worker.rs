@@ -325,6 +325,17 @@ fn stream_job(
             count_reply(counters, &reply);
             return Reply::full(Ok(reply), timings);
         }
+        Ok(Ok(StreamResult::Streamed { .. })) if !began => {
+            // Stopped before the stream began (the sink refused to start): a whole answer.
+            let e = cut_error(call.ctl, false).unwrap_or_else(|| {
+                ApiError::new(
+                    ErrorKind::Unavailable,
+                    "client_cancelled",
+                    "the client went away",
+                )
+            });
+            return Reply::full(Err(e), timings);
+        }
         Ok(Ok(StreamResult::Streamed {
             error,
             prompt_tokens,
