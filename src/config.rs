@@ -130,6 +130,11 @@ pub const ANTHROPIC_VERSION_BYTES_MAX: usize = 64;
 /// (Anthropic) when a translated request has none.
 pub const MAX_TOKENS_DEFAULT: u64 = 4096;
 pub const MAX_TOKENS_RANGE: RangeInclusive<u64> = 1..=1_000_000;
+/// `providers.<name>.stream_duration_ms_max`: longest stream, from the upstream's answer head to
+/// its end, before it is ended with an error event. Generous: long generations and reasoning
+/// models stream for minutes; `request_timeout_ms` bounds only the wait for a stream to begin.
+pub const STREAM_DURATION_MS_MAX_DEFAULT: u64 = 3_600_000;
+pub const STREAM_DURATION_MS_MAX_RANGE: RangeInclusive<u64> = 1..=86_400_000;
 
 /// `providers.<name>.max_retries`: retries of a failed upstream attempt (transport errors, 5xx, 429).
 pub const MAX_RETRIES_DEFAULT: u64 = 2;
@@ -232,6 +237,14 @@ const _: () = assert!(within(KEY_WEIGHT_DEFAULT, &KEY_WEIGHT_RANGE));
 const _: () = assert!(KEYS_MAX as u64 * *KEY_WEIGHT_RANGE.end() <= u32::MAX as u64);
 const _: () = assert!(within(MOCK_LATENCY_MS_DEFAULT, &MOCK_LATENCY_MS_RANGE));
 const _: () = assert!(within(MAX_TOKENS_DEFAULT, &MAX_TOKENS_RANGE));
+const _: () = assert!(within(STREAM_IDLE_TIMEOUT_MS_DEFAULT, &TIMEOUT_MS_RANGE));
+const _: () = assert!(within(
+    STREAM_DURATION_MS_MAX_DEFAULT,
+    &STREAM_DURATION_MS_MAX_RANGE
+));
+// A stream may by default last longer than the wait for its first event and its request.
+const _: () = assert!(STREAM_DURATION_MS_MAX_DEFAULT > STREAM_IDLE_TIMEOUT_MS_DEFAULT);
+const _: () = assert!(STREAM_DURATION_MS_MAX_DEFAULT > POOL_REQUEST_TIMEOUT_MS_DEFAULT);
 const _: () = assert!(within(POOL_WORKERS_DEFAULT, &POOL_WORKERS_RANGE));
 const _: () = assert!(within(
     POOL_QUEUE_CAPACITY_DEFAULT,
@@ -510,6 +523,8 @@ pub struct ProviderConfig {
     pub connect_timeout: Duration,
     /// Longest silence between events of an upstream stream.
     pub stream_idle_timeout: Duration,
+    /// Longest upstream stream, from its answer head to its end.
+    pub stream_duration_max: Duration,
     /// Root certificates (PEM) trusted for this provider instead of the built-in webpki roots.
     pub ca_file: Option<PathBuf>,
     /// `anthropic-version` sent to an `anthropic` upstream when the client sent none.
@@ -666,6 +681,7 @@ impl ProviderConfig {
             headers: Vec::new(),
             connect_timeout: Duration::from_millis(CONNECT_TIMEOUT_MS_DEFAULT),
             stream_idle_timeout: Duration::from_millis(STREAM_IDLE_TIMEOUT_MS_DEFAULT),
+            stream_duration_max: Duration::from_millis(STREAM_DURATION_MS_MAX_DEFAULT),
             ca_file: None,
             mock: MockConfig::default(),
             pool: PoolConfig::default(),
@@ -763,6 +779,7 @@ struct ProviderFile {
     headers: Option<BTreeMap<String, String>>,
     connect_timeout_ms: Option<u64>,
     stream_idle_timeout_ms: Option<u64>,
+    stream_duration_ms_max: Option<u64>,
     ca_file: Option<String>,
     anthropic_version: Option<String>,
     max_tokens_default: Option<u64>,
@@ -1347,6 +1364,12 @@ impl Checker<'_> {
                 f.stream_idle_timeout_ms,
                 STREAM_IDLE_TIMEOUT_MS_DEFAULT,
             ),
+            stream_duration_max: Duration::from_millis(self.int(
+                &format!("{at}.stream_duration_ms_max"),
+                f.stream_duration_ms_max,
+                STREAM_DURATION_MS_MAX_DEFAULT,
+                &STREAM_DURATION_MS_MAX_RANGE,
+            )),
             mock: MockConfig {
                 latency: Duration::from_millis(self.int(
                     &format!("{at}.mock.latency_ms"),
@@ -2065,6 +2088,8 @@ mod tests {
         assert!(p.base_url.is_empty() && p.keys.is_empty() && p.models.is_empty());
         assert!(p.headers.is_empty() && p.ca_file.is_none());
         assert_eq!(p.connect_timeout, Duration::from_secs(5));
+        assert_eq!(p.stream_idle_timeout, Duration::from_secs(30));
+        assert_eq!(p.stream_duration_max, Duration::from_secs(3600));
         assert_eq!(p.mock.latency, Duration::ZERO);
         let pool = &p.pool;
         assert_eq!((pool.workers, pool.queue_capacity), (8, 1024));
@@ -2134,6 +2159,8 @@ base_url = "https://api.openai.com/v1/"
 models = ["gpt-4o", "gpt-4o-mini"]
 headers = {{ "OpenAI-Organization" = "org-x" }}
 connect_timeout_ms = 2500
+stream_idle_timeout_ms = 90000
+stream_duration_ms_max = 7200000
 ca_file = {ca:?}
 keys = [ {{ key = "env:OPENAI_API_KEY", weight = 3, models = ["gpt-4o"] }}, {{ key = "env:OPENAI_API_KEY_2" }} ]
 [providers.openai.pool]
@@ -2192,6 +2219,8 @@ worker_stack_kb = 64
             [("OpenAI-Organization".to_string(), "org-x".to_string())]
         );
         assert_eq!(p.connect_timeout, Duration::from_millis(2500));
+        assert_eq!(p.stream_idle_timeout, Duration::from_secs(90));
+        assert_eq!(p.stream_duration_max, Duration::from_secs(7200));
         assert_eq!(p.ca_file.as_deref(), Some(ca.as_path()));
         assert_eq!(p.keys.len(), 2);
         assert_eq!((p.keys[0].secret.expose(), p.keys[0].weight), ("sk-one", 3));
@@ -2346,6 +2375,10 @@ worker_stack_kb = 64
             (
                 "[providers.mock]\ntype = \"mock\"\nmodels = [\"a b\"]\n",
                 "providers.mock.models[0]: model names are",
+            ),
+            (
+                "[providers.mock]\ntype = \"mock\"\nstream_duration_ms_max = 0\n",
+                "providers.mock.stream_duration_ms_max: 0 is out of range 1..=86400000",
             ),
             (
                 "[providers.Mock]\ntype = \"mock\"\n",

@@ -3,14 +3,16 @@
 //! [`ReplyChannel`] they travel on, and [`JobCtl`], the cancellation a waiting coroutine and the
 //! worker share. Nothing here knows a wire format or a provider.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::error::ApiError;
 use crate::objpool::Recycle;
 
-/// How long past its deadline a waiting request gives a worker to answer before giving up.
+/// How long past a bound a waiting request gives a worker to answer before giving up on it: past
+/// the request deadline for the answer to begin, past the stream's idle timeout since its last
+/// activity, past the stream's longest duration.
 pub const REPLY_GRACE: Duration = Duration::from_millis(500);
 
 /// Where a job's time went, for stats and the access log.
@@ -64,21 +66,85 @@ impl Reply {
 /// Most stream events a worker may have sent that the client's coroutine has not yet taken: a
 /// slow client slows the worker's upstream reads instead of growing memory.
 pub const STREAM_EVENTS_IN_FLIGHT_MAX: usize = 64;
+/// Most bytes of those events: with events of up to `SSE_EVENT_BYTES_MAX` each, the count alone
+/// would let one slow client hold 64 of them. One event is always let through, whatever its size.
+pub const STREAM_BYTES_IN_FLIGHT_MAX: usize = 8 * 1024 * 1024;
 
-/// Shared by a job's waiting coroutine and the worker running it.
+/// Milliseconds on the process's monotonic clock (0 at its first use): the time stamps that
+/// workers, the supervisor and waiting coroutines share through [`JobCtl`] and worker slots.
+pub fn clock_ms() -> u64 {
+    ms_at(Instant::now())
+}
+
+/// `t` on the clock of [`clock_ms`] (0 for instants before its start).
+pub fn ms_at(t: Instant) -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    let start = *START.get_or_init(Instant::now);
+    t.saturating_duration_since(start).as_millis() as u64
+}
+
+/// Why a job was stopped before its end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CancelReason {
+    /// The client went away: nobody is left to answer.
+    Client,
+    /// The supervisor found the worker stuck (past its deadline, or a stream without activity).
+    Stalled,
+    /// The shutdown deadline passed: the client gets `shutting_down`.
+    Shutdown,
+}
+
+impl CancelReason {
+    fn code(self) -> u8 {
+        match self {
+            CancelReason::Client => 1,
+            CancelReason::Stalled => 2,
+            CancelReason::Shutdown => 3,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<CancelReason> {
+        match code {
+            1 => Some(CancelReason::Client),
+            2 => Some(CancelReason::Stalled),
+            3 => Some(CancelReason::Shutdown),
+            _ => None,
+        }
+    }
+}
+
+/// Shared by a job's waiting coroutine and the worker running it (and seen by the supervisor).
 #[derive(Default)]
 pub struct JobCtl {
-    cancelled: AtomicBool,
+    /// 0 while running, else a [`CancelReason`] code (the first reason wins).
+    cancelled: AtomicU8,
     /// The running worker's HTTP agent: shutting it down interrupts a blocked upstream read.
     agent: Mutex<Option<ureq::Agent>>,
     /// Stream events sent and not yet taken (bounded by [`STREAM_EVENTS_IN_FLIGHT_MAX`]).
     pub events_in_flight: AtomicUsize,
+    /// Their bytes (bounded by [`STREAM_BYTES_IN_FLIGHT_MAX`]).
+    pub bytes_in_flight: AtomicUsize,
+    /// When the upstream call last showed life (any bytes read, SSE comments included), on the
+    /// [`clock_ms`] clock; 0 before.
+    activity_ms: AtomicU64,
+    /// When the running stream must be over ([`clock_ms`]); 0 while no stream has begun.
+    stream_until_ms: AtomicU64,
+    /// The stream's terminator was sent to the client: nothing may follow it but the end.
+    complete: AtomicBool,
 }
 
 impl JobCtl {
     /// The client went away: stop the job, interrupting its upstream call at once.
     pub fn cancel(&self) {
-        self.cancelled.store(true, Ordering::Release);
+        self.cancel_for(CancelReason::Client);
+    }
+
+    /// Stop the job for `reason`, interrupting its upstream call at once. A job already stopped
+    /// keeps its first reason.
+    pub fn cancel_for(&self, reason: CancelReason) {
+        let _ =
+            self.cancelled
+                .compare_exchange(0, reason.code(), Ordering::AcqRel, Ordering::Acquire);
         let agent = match self.agent.lock() {
             Ok(mut slot) => slot.take(),
             Err(p) => p.into_inner().take(),
@@ -89,7 +155,48 @@ impl JobCtl {
     }
 
     pub fn is_cancelled(&self) -> bool {
-        self.cancelled.load(Ordering::Acquire)
+        self.cancelled.load(Ordering::Acquire) != 0
+    }
+
+    /// Why the job was stopped; `None` while it runs.
+    pub fn cancel_reason(&self) -> Option<CancelReason> {
+        CancelReason::from_code(self.cancelled.load(Ordering::Acquire))
+    }
+
+    /// The upstream call showed life now.
+    pub fn touch(&self) {
+        self.activity_ms.store(clock_ms().max(1), Ordering::Release);
+    }
+
+    /// Last sign of life of the upstream call ([`clock_ms`]); 0 before any.
+    pub fn activity_ms(&self) -> u64 {
+        self.activity_ms.load(Ordering::Acquire)
+    }
+
+    /// The stream began now and may run for `duration_max`: from here on it is judged by its
+    /// activity and that end, not by the request deadline.
+    pub fn begin_stream(&self, duration_max: Duration) {
+        let until = clock_ms().saturating_add(duration_max.as_millis() as u64);
+        self.stream_until_ms.store(until.max(1), Ordering::Release);
+        self.touch();
+    }
+
+    /// The worker sent the stream's terminator.
+    pub fn mark_complete(&self) {
+        self.complete.store(true, Ordering::Release);
+    }
+
+    /// Whether the stream's terminator was sent.
+    pub fn is_complete(&self) -> bool {
+        self.complete.load(Ordering::Acquire)
+    }
+
+    /// When the running stream must be over ([`clock_ms`]); `None` before it began.
+    pub fn stream_until_ms(&self) -> Option<u64> {
+        match self.stream_until_ms.load(Ordering::Acquire) {
+            0 => None,
+            until => Some(until),
+        }
     }
 
     /// The worker registers its agent for the duration of the upstream call; false when the job
@@ -115,8 +222,12 @@ impl JobCtl {
     }
 
     fn reset(&self) {
-        self.cancelled.store(false, Ordering::Release);
+        self.cancelled.store(0, Ordering::Release);
         self.events_in_flight.store(0, Ordering::Release);
+        self.bytes_in_flight.store(0, Ordering::Release);
+        self.activity_ms.store(0, Ordering::Release);
+        self.stream_until_ms.store(0, Ordering::Release);
+        self.complete.store(false, Ordering::Release);
         self.detach();
     }
 }

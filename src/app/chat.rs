@@ -11,7 +11,9 @@ use super::{ApiHandler, Gateway, PROVIDER_HEADER};
 use crate::api::RouteHead;
 use crate::error::{ApiError, ErrorKind};
 use crate::http::{Request, Response};
-use crate::job::{ClientApi, ClientRequest, FullReply, Job, Reply, ReplyChannel, REPLY_GRACE};
+use crate::job::{
+    CancelReason, ClientApi, ClientRequest, FullReply, Job, Reply, ReplyChannel, REPLY_GRACE,
+};
 use crate::log::{self, AccessRecord};
 use crate::objpool::Pooled;
 use crate::pool::{waiters, ProviderPool};
@@ -239,7 +241,8 @@ impl Gateway {
 
 /// Wait for a job's first reply without blocking the scheduler thread (and without a `may` timer:
 /// see [`waiters`]; the channel must be registered there). Gives up (and stops the job) when the
-/// client goes away, or when the worker is stuck past the deadline; both are checked at each nudge.
+/// client goes away, when the worker is stuck past the deadline, or when the shutdown deadline
+/// passed (the pool was abandoned); each is checked at each nudge.
 fn wait_first_reply(
     req: &Request,
     channel: &mut Pooled<ReplyChannel>,
@@ -257,9 +260,15 @@ fn wait_first_reply(
                 return Err(ApiError::internal());
             }
         }
+        if pool.abandoned() {
+            // The worker was told to stop and has not answered yet: answer for it.
+            channel.ctl.cancel_for(CancelReason::Shutdown);
+            channel.mark_single_use();
+            return Err(ApiError::shutting_down());
+        }
         if Instant::now() >= give_up {
             // The worker is stuck past the deadline: answer now, never reuse this channel.
-            channel.ctl.cancel();
+            channel.ctl.cancel_for(CancelReason::Stalled);
             channel.mark_single_use();
             let counters = &pool.stats().counters;
             counters.reply_timeouts.fetch_add(1, Ordering::Relaxed);

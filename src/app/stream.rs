@@ -7,12 +7,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::api;
-use crate::error::{ApiError, ErrorKind};
+use crate::error::ApiError;
 use crate::http::{BodyStream, StreamPoll};
-use crate::job::{ClientApi, Reply, ReplyChannel, StreamEnd, REPLY_GRACE};
+use crate::job::{clock_ms, CancelReason, ClientApi, Reply, ReplyChannel, StreamEnd, REPLY_GRACE};
 use crate::log::{self, AccessRecord};
 use crate::objpool::Pooled;
 use crate::pool::{waiters, ProviderPool};
+use crate::providers::sse::{stream_duration_error, stream_idle_error};
 
 /// A keep-alive is written after this much silence (Anthropic `ping`, an SSE comment for OpenAI
 /// clients), so that proxies and clients keep a slow stream open.
@@ -26,8 +27,8 @@ pub struct GatewayStream {
     rec: AccessRecord,
     api: ClientApi,
     received_at: Instant,
-    /// When the worker last sent an event.
-    last_message: Instant,
+    /// When the last message came from the worker ([`clock_ms`]).
+    last_message_ms: u64,
     /// When the client was last written to (an event or a keep-alive).
     last_write: Instant,
     finished: bool,
@@ -50,7 +51,7 @@ impl GatewayStream {
             rec,
             api,
             received_at,
-            last_message: now,
+            last_message_ms: clock_ms(),
             last_write: now,
             finished: false,
         }
@@ -77,21 +78,48 @@ impl GatewayStream {
         }
     }
 
-    /// A nudge: the stream has been silent. Keep the client's connection alive, or give up on a
-    /// worker that should have ended a stalled stream itself.
+    /// At a nudge: why to end the stream now although its worker has not, if it should be. The
+    /// worker ends a stream at its own bounds; these catch a worker that does not (stuck) and
+    /// the shutdown deadline. The stream's activity is the worker's (every byte it reads, SSE
+    /// comments included), so a stream kept alive by comments is not taken for a stuck one.
+    fn overdue(&self) -> Option<(ApiError, CancelReason)> {
+        if self.pool.abandoned() {
+            return Some((ApiError::shutting_down(), CancelReason::Shutdown));
+        }
+        let ctl = &self.channel.ctl;
+        let now_ms = clock_ms();
+        let grace_ms = REPLY_GRACE.as_millis() as u64;
+        let active_ms = ctl.activity_ms().max(self.last_message_ms);
+        let idle_ms = self.pool.stream_idle_timeout().as_millis() as u64;
+        if now_ms > active_ms + idle_ms + grace_ms {
+            let e = stream_idle_error("the provider stopped sending events");
+            return Some((e, CancelReason::Stalled));
+        }
+        match ctl.stream_until_ms() {
+            Some(until_ms) if now_ms > until_ms + grace_ms => {
+                let e = stream_duration_error("the stream ran longer than the gateway allows");
+                Some((e, CancelReason::Stalled))
+            }
+            _ => None,
+        }
+    }
+
+    /// A nudge: the stream has been silent. Keep the client's connection alive, or end a stream
+    /// its worker should have ended (stuck, or the shutdown deadline passed).
     fn silent(&mut self) -> StreamPoll {
-        let idle = self.last_message.elapsed();
-        if idle > self.pool.stream_idle_timeout() + REPLY_GRACE {
-            self.channel.ctl.cancel();
+        if let Some((error, reason)) = self.overdue() {
+            self.channel.ctl.cancel_for(reason);
             self.channel.mark_single_use();
+            if self.channel.ctl.is_complete() {
+                self.finished = true;
+                return StreamPoll::End;
+            }
             let counters = &self.pool.stats().counters;
-            counters.reply_timeouts.fetch_add(1, Ordering::Relaxed);
+            if reason == CancelReason::Stalled {
+                counters.reply_timeouts.fetch_add(1, Ordering::Relaxed);
+            }
             counters.stream_errors.fetch_add(1, Ordering::Relaxed);
-            return self.fail(&ApiError::new(
-                ErrorKind::RequestTimeout,
-                "stream_idle_timeout",
-                "the provider stopped sending events",
-            ));
+            return self.fail(&error);
         }
         if self.last_write.elapsed() >= KEEPALIVE_EVERY {
             self.last_write = Instant::now();
@@ -110,13 +138,11 @@ impl BodyStream for GatewayStream {
         }
         match self.channel.rx.recv() {
             Ok(Reply::Event(bytes)) => {
-                self.channel
-                    .ctl
-                    .events_in_flight
-                    .fetch_sub(1, Ordering::AcqRel);
-                let now = Instant::now();
-                self.last_message = now;
-                self.last_write = now;
+                let ctl = &self.channel.ctl;
+                ctl.events_in_flight.fetch_sub(1, Ordering::AcqRel);
+                ctl.bytes_in_flight.fetch_sub(bytes.len(), Ordering::AcqRel);
+                self.last_message_ms = clock_ms();
+                self.last_write = Instant::now();
                 StreamPoll::Chunk(bytes)
             }
             Ok(Reply::StreamEnd(end)) => self.end(*end),

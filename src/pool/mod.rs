@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{PoolConfig, ProviderConfig, QueuePolicy};
 use crate::error::{ApiError, ErrorKind};
-use crate::job::{Job, Reply, Timings};
+use crate::job::{CancelReason, Job, Reply, Timings};
 use crate::providers::Provider;
 use crate::stats::PoolStats;
 
@@ -36,6 +36,8 @@ pub(crate) struct Shared {
     pub cfg: PoolConfig,
     /// Longest silence between the events of an upstream stream.
     pub stream_idle_timeout: Duration,
+    /// Longest stream, from its beginning to its end.
+    pub stream_duration_max: Duration,
     pub breaker: breaker::Breaker,
     pub stats: Arc<PoolStats>,
     /// Set when shutdown begins: no new jobs are accepted.
@@ -54,7 +56,7 @@ pub(crate) struct Shared {
     pub stalled_now: AtomicUsize,
     pub slots: Mutex<Vec<Arc<worker::WorkerSlot>>>,
     pub handles: Mutex<Vec<JoinHandle<()>>>,
-    /// Reference point of the millisecond timestamps in worker slots.
+    /// When the pool started (the times of `/stats` scaling events).
     pub epoch: Instant,
     pub supervisor: supervisor::State,
     /// Idle workers, parked until a job is queued or the pool closes.
@@ -62,10 +64,6 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn ms_since_epoch(&self, t: Instant) -> u64 {
-        t.saturating_duration_since(self.epoch).as_millis() as u64
-    }
-
     pub(crate) fn lock_slots(&self) -> std::sync::MutexGuard<'_, Vec<Arc<worker::WorkerSlot>>> {
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -144,6 +142,7 @@ impl ProviderPool {
             provider,
             cfg: cfg.pool.clone(),
             stream_idle_timeout: cfg.stream_idle_timeout,
+            stream_duration_max: cfg.stream_duration_max,
             breaker: breaker::Breaker::new(cfg.breaker.clone()),
             stats,
             closed: AtomicBool::new(false),
@@ -200,6 +199,17 @@ impl ProviderPool {
     /// Longest silence between the events of an upstream stream.
     pub fn stream_idle_timeout(&self) -> Duration {
         self.shared.stream_idle_timeout
+    }
+
+    /// Longest stream, from its beginning to its end.
+    pub fn stream_duration_max(&self) -> Duration {
+        self.shared.stream_duration_max
+    }
+
+    /// Whether the shutdown deadline passed: what this pool still runs is answered
+    /// `shutting_down` (see [`ProviderPool::abandon`]).
+    pub fn abandoned(&self) -> bool {
+        self.shared.abandon.load(Ordering::Acquire)
     }
 
     pub fn queue_depth(&self) -> usize {
@@ -289,47 +299,71 @@ impl ProviderPool {
         self.shared.idle.wake_all();
     }
 
-    /// Stop taking jobs; workers finish what is queued and in flight until `deadline`, then answer
-    /// what remains 503 and exit. Returns once every worker has exited or `deadline` plus `grace`.
-    pub fn shutdown(&self, deadline: Instant, grace: Duration) {
+    /// The shutdown deadline passed: queued jobs are answered 503 `shutting_down` without an
+    /// upstream call, and running ones are stopped (their upstream calls interrupted) and answered
+    /// the same, a stream with an SSE error event. A worker that does not answer is left to the
+    /// waiting coroutine, which sees [`ProviderPool::abandoned`] at its next nudge.
+    pub fn abandon(&self) {
         self.close();
-        loop {
-            if self.shared.workers_alive.load(Ordering::Acquire) == 0 {
-                break;
+        self.shared.abandon.store(true, Ordering::Release);
+        for slot in self.shared.lock_slots().iter() {
+            if let Some(ctl) = worker::lock(&slot.ctl).as_ref() {
+                ctl.cancel_for(CancelReason::Shutdown);
             }
-            let now = Instant::now();
-            if now >= deadline {
-                self.shared.abandon.store(true, Ordering::Release);
-            }
-            if now >= deadline + grace {
-                crate::log::warn(
-                    "workers still busy at the end of shutdown",
-                    &[
-                        ("pool", &self.shared.name),
-                        (
-                            "workers",
-                            &self
-                                .shared
-                                .workers_alive
-                                .load(Ordering::Acquire)
-                                .to_string(),
-                        ),
-                    ],
-                );
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.shared.idle.wake_all();
+    }
+
+    /// The latest sign of life of the jobs running now (bytes read by a stream, SSE comments
+    /// included), on the [`clock_ms`] clock; 0 when none showed any.
+    pub fn activity_ms(&self) -> u64 {
+        self.shared
+            .lock_slots()
+            .iter()
+            .filter_map(|slot| worker::lock(&slot.ctl).as_ref().map(|c| c.activity_ms()))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Whether every worker has exited (after [`ProviderPool::close`]).
+    pub fn workers_exited(&self) -> bool {
+        self.shared.workers_alive.load(Ordering::Acquire) == 0
+    }
+
+    /// Once every worker has exited: join their threads and answer `shutting_down` any job that
+    /// slipped into the queue as the last worker left, so that none is lost.
+    pub fn finish(&self) {
+        if !self.workers_exited() {
+            return;
         }
         let handles = std::mem::take(&mut *self.shared.lock_handles());
         for h in handles {
             let _ = h.join();
         }
-        // A job that slipped in as the last worker left is answered, never lost.
         while let Ok(job) = self.shared.rx.try_recv() {
             let _ = job
                 .reply
                 .send(Reply::full(Err(shutting_down()), Timings::default()));
         }
+    }
+
+    /// Stop taking jobs; workers finish what is queued and in flight until `deadline`, then what
+    /// remains is abandoned (answered 503, see [`ProviderPool::abandon`]). Returns once every
+    /// worker has exited, or at `deadline` plus `grace` with a warning.
+    pub fn shutdown(&self, deadline: Instant, grace: Duration) {
+        self.close();
+        if !wait_until(deadline, || self.workers_exited()) {
+            self.abandon();
+            if !wait_until(deadline + grace, || self.workers_exited()) {
+                let alive = self.shared.workers_alive.load(Ordering::Acquire);
+                crate::log::warn(
+                    "workers still busy at the end of shutdown",
+                    &[("pool", &self.shared.name), ("workers", &alive.to_string())],
+                );
+                return;
+            }
+        }
+        self.finish();
     }
 
     /// `/stats` JSON of this pool.
@@ -357,6 +391,28 @@ impl ProviderPool {
         self.shared
             .stats
             .interval_line(self.queue_depth(), cfg.queue_capacity, cfg.workers)
+    }
+}
+
+/// First pause of a shutdown waiting for something to happen; it doubles up to
+/// [`SHUTDOWN_POLL_MAX`] (a pool retired by a reload may wait for a stream of up to an hour).
+const SHUTDOWN_POLL: Duration = Duration::from_millis(5);
+const SHUTDOWN_POLL_MAX: Duration = Duration::from_millis(50);
+
+/// Poll `done` until it holds (true) or `until` passes (false). For the threads that run a
+/// shutdown, never for a coroutine.
+pub fn wait_until(until: Instant, mut done: impl FnMut() -> bool) -> bool {
+    let mut pause = SHUTDOWN_POLL;
+    loop {
+        if done() {
+            return true;
+        }
+        let now = Instant::now();
+        if now >= until {
+            return false;
+        }
+        std::thread::sleep(pause.min(until - now));
+        pause = (pause * 2).min(SHUTDOWN_POLL_MAX);
     }
 }
 

@@ -1,5 +1,5 @@
-//! The pool supervisor: one thread per pool that replaces workers stuck past their job's deadline
-//! (stall detection), scales the pool between `workers_min` and `workers_max`, suggests a pool
+//! The pool supervisor: one thread per pool that replaces stuck workers (stall detection: a job
+//! past its deadline, or a running stream without activity or past its longest duration), scales the pool between `workers_min` and `workers_max`, suggests a pool
 //! size from Little's law, and runs the provider's optional health probe at start-up and while
 //! its breaker is open. Every decision is logged and kept for `/stats`.
 
@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::{worker, Shared};
 use crate::config::{HealthCheck, HealthConfig, ProviderConfig};
+use crate::job::{clock_ms, CancelReason};
 use crate::log;
 use crate::stats::PoolCounters;
 
@@ -116,30 +117,72 @@ fn run(shared: &Arc<Shared>, health: &HealthConfig) {
     }
 }
 
-/// Replace every worker whose job is past its deadline plus `stall_grace`.
+/// What the supervisor knows of a running job, all on the [`clock_ms`] clock.
+#[derive(Clone, Copy, Debug)]
+struct Running {
+    /// The request deadline: bounds a whole answer, and a stream until it begins.
+    deadline_ms: u64,
+    /// Once a stream began: its last activity and its end.
+    stream: Option<(u64, u64)>,
+}
+
+/// Mark `slot` stalled and interrupt its upstream call when its job is stuck; true when it was.
+fn mark_if_stuck(slot: &worker::WorkerSlot, now_ms: u64, idle_ms: u64, grace_ms: u64) -> bool {
+    let deadline_ms = slot.job_deadline_ms.load(Ordering::Acquire);
+    if deadline_ms == 0 || slot.stalled.load(Ordering::Acquire) {
+        return false;
+    }
+    // Decided and acted on under the slot's lock: the worker clears the slot under it before its
+    // job's last reply, after which the control may serve another request.
+    let ctl = lock(&slot.ctl);
+    let Some(ctl) = ctl.as_ref() else {
+        return false;
+    };
+    let job = Running {
+        deadline_ms,
+        stream: ctl
+            .stream_until_ms()
+            .map(|until| (ctl.activity_ms(), until)),
+    };
+    if !is_stuck(job, now_ms, idle_ms, grace_ms) {
+        return false;
+    }
+    slot.stalled.store(true, Ordering::Release);
+    // A whole answer's client was answered at its deadline already; a stream's client gets an
+    // error event once the interrupted call returns (or from its coroutine, if it never does).
+    ctl.cancel_for(CancelReason::Stalled);
+    true
+}
+
+/// Whether a job is stuck at `now_ms`: `grace_ms` past its deadline, or for a stream that began,
+/// `grace_ms` past its idle timeout since its last activity or past its end. A long stream that
+/// keeps reading is healthy, whatever the request deadline.
+fn is_stuck(job: Running, now_ms: u64, idle_ms: u64, grace_ms: u64) -> bool {
+    match job.stream {
+        Some((activity_ms, until_ms)) => {
+            now_ms > activity_ms.saturating_add(idle_ms + grace_ms)
+                || now_ms > until_ms.saturating_add(grace_ms)
+        }
+        None => now_ms > job.deadline_ms.saturating_add(grace_ms),
+    }
+}
+
+/// Replace every worker whose job is stuck (see [`is_stuck`]).
 fn check_stalls(shared: &Arc<Shared>) {
-    let now_ms = shared.ms_since_epoch(Instant::now());
+    let now_ms = clock_ms();
     let grace_ms = shared.cfg.stall_grace.as_millis() as u64;
-    let stuck: Vec<_> = shared
-        .lock_slots()
-        .iter()
-        .filter(|s| {
-            let deadline = s.job_deadline_ms.load(Ordering::Acquire);
-            deadline != 0 && now_ms > deadline + grace_ms && !s.stalled.load(Ordering::Acquire)
-        })
-        .cloned()
-        .collect();
+    let idle_ms = shared.stream_idle_timeout.as_millis() as u64;
+    let mut stuck = Vec::new();
+    for slot in shared.lock_slots().iter() {
+        if mark_if_stuck(slot, now_ms, idle_ms, grace_ms) {
+            stuck.push(Arc::clone(slot));
+        }
+    }
     for slot in stuck {
-        slot.stalled.store(true, Ordering::Release);
         shared.stalled_now.fetch_add(1, Ordering::AcqRel);
         PoolCounters::inc(&shared.stats.counters.stalled_workers);
-        if let Some(ctl) = lock(&slot.ctl).clone() {
-            // Interrupt its upstream call if it is blocked on one; its client was answered
-            // already when the request's own deadline passed.
-            ctl.cancel();
-        }
         log::warn(
-            "worker stalled past its job's deadline; starting a replacement",
+            "worker stuck in its job; starting a replacement",
             &[("pool", &shared.name), ("worker", &slot.name)],
         );
         // Bounded: stuck threads plus replacements never pass twice the pool's maximum.
@@ -272,5 +315,40 @@ fn probe(shared: &Arc<Shared>, health: &HealthConfig) {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{is_stuck, Running};
+
+    #[test]
+    fn a_whole_answer_is_judged_by_its_deadline() {
+        let job = Running {
+            deadline_ms: 1_000,
+            stream: None,
+        };
+        assert!(!is_stuck(job, 1_200, 300, 200));
+        assert!(is_stuck(job, 1_201, 300, 200));
+    }
+
+    #[test]
+    fn a_stream_is_judged_by_its_activity_and_its_end_not_the_deadline() {
+        // Began before its deadline, active ever since: healthy long past the deadline.
+        let active = Running {
+            deadline_ms: 1_000,
+            stream: Some((59_900, 3_600_000)),
+        };
+        assert!(!is_stuck(active, 60_000, 300, 200));
+        // Silent past its idle timeout plus the grace.
+        assert!(!is_stuck(active, 60_400, 300, 200));
+        assert!(is_stuck(active, 60_401, 300, 200));
+        // Past its end plus the grace, however active.
+        let long = Running {
+            deadline_ms: 1_000,
+            stream: Some((3_600_150, 3_600_000)),
+        };
+        assert!(!is_stuck(long, 3_600_200, 300, 200));
+        assert!(is_stuck(long, 3_600_201, 300, 200));
     }
 }

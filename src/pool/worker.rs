@@ -10,19 +10,26 @@ use std::time::{Duration, Instant};
 use super::idle::Parker;
 use super::{shutting_down, Shared, WORKER_POLL};
 use crate::error::{ApiError, ErrorKind};
-use crate::job::{Answer, Job, JobCtl, Reply, Timings, Usage, STREAM_EVENTS_IN_FLIGHT_MAX};
+use crate::job::{
+    ms_at, Answer, CancelReason, Job, JobCtl, Reply, Timings, Usage, STREAM_BYTES_IN_FLIGHT_MAX,
+    STREAM_EVENTS_IN_FLIGHT_MAX,
+};
+use crate::providers::sse::stream_idle_error;
 use crate::providers::{Call, StreamResult, StreamSink, WorkerCtx};
 use crate::stats::PoolCounters;
 
 /// Pause of a worker whose stream client has too many events not yet taken.
 const BACKPRESSURE_PAUSE: Duration = Duration::from_micros(200);
 
-/// What the supervisor sees of a worker: the deadline of the job it runs, to detect stalls.
+/// What the supervisor sees of a worker, to detect stalls: the deadline of the job it runs and,
+/// once that job's stream began, the stream's activity and end (in the job's [`JobCtl`]).
 #[derive(Default)]
 pub struct WorkerSlot {
-    /// Deadline of the current job, milliseconds since the pool's epoch; 0 when idle.
+    /// Deadline of the current job ([`super::clock_ms`]); 0 when idle.
     pub job_deadline_ms: AtomicU64,
-    /// The current job's control, so a stall can interrupt its upstream call.
+    /// The current job's control, so a stall can interrupt its upstream call. Cleared, with
+    /// `job_deadline_ms`, before the job's last reply is sent: after that the control may serve
+    /// another request.
     pub ctl: Mutex<Option<Arc<JobCtl>>>,
     /// Set by the supervisor: a replacement runs; exit as soon as the stuck call returns.
     pub stalled: AtomicBool,
@@ -94,13 +101,7 @@ fn run(shared: &Shared, slot: &WorkerSlot, n: usize, shard: usize) -> bool {
         };
         match next {
             Some(job) => {
-                let deadline_ms = shared.ms_since_epoch(job.deadline);
-                slot.job_deadline_ms
-                    .store(deadline_ms.max(1), Ordering::Release);
-                *lock(&slot.ctl) = Some(Arc::clone(&job.ctl));
-                let survived = handle(shared, &mut ctx, job, shard);
-                *lock(&slot.ctl) = None;
-                slot.job_deadline_ms.store(0, Ordering::Release);
+                let survived = handle(shared, slot, &mut ctx, job, shard);
                 if slot.stalled.load(Ordering::Acquire) {
                     // A replacement took this worker's place while it was stuck.
                     break false;
@@ -124,12 +125,16 @@ fn run(shared: &Shared, slot: &WorkerSlot, n: usize, shard: usize) -> bool {
     retired
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Handle one job; false when it panicked (the worker then rebuilds its state).
-fn handle(shared: &Shared, ctx: &mut WorkerCtx, job: Job, shard: usize) -> bool {
+fn handle(shared: &Shared, slot: &WorkerSlot, ctx: &mut WorkerCtx, job: Job, shard: usize) -> bool {
+    let deadline_ms = ms_at(job.deadline);
+    slot.job_deadline_ms
+        .store(deadline_ms.max(1), Ordering::Release);
+    *lock(&slot.ctl) = Some(Arc::clone(&job.ctl));
     let counters = &shared.stats.counters;
     let started = Instant::now();
     let queue_wait = started.saturating_duration_since(job.enqueued_at);
@@ -176,6 +181,7 @@ fn handle(shared: &Shared, ctx: &mut WorkerCtx, job: Job, shard: usize) -> bool 
             let call = Call {
                 job: &job,
                 stream_idle_timeout: shared.stream_idle_timeout,
+                stream_duration_max: shared.stream_duration_max,
                 record_attempt: &record_attempt,
             };
             let reply = if job.stream() {
@@ -197,9 +203,28 @@ fn handle(shared: &Shared, ctx: &mut WorkerCtx, job: Job, shard: usize) -> bool 
         .record(shard, queue_wait, upstream, job.received_at.elapsed());
     counters.completed.fetch_add(1, Ordering::Relaxed);
     counters.busy_workers.fetch_sub(1, Ordering::Relaxed);
+    *lock(&slot.ctl) = None;
+    slot.job_deadline_ms.store(0, Ordering::Release);
     // The waiter may have given up (its own deadline); then the reply is simply dropped.
     let _ = job.reply.send(last);
     survived
+}
+
+/// The error a stopped job answers with, by why it was stopped; `None` when its client is gone
+/// (nobody to answer) or it was not stopped.
+fn cut_error(ctl: &JobCtl, stream: bool) -> Option<ApiError> {
+    match ctl.cancel_reason()? {
+        CancelReason::Client => None,
+        CancelReason::Shutdown => Some(shutting_down()),
+        CancelReason::Stalled if stream => {
+            Some(stream_idle_error("the provider stopped sending events"))
+        }
+        CancelReason::Stalled => Some(ApiError::new(
+            ErrorKind::RequestTimeout,
+            "request_timeout",
+            "the provider did not answer within the request timeout",
+        )),
+    }
 }
 
 fn count_error(counters: &PoolCounters, e: &ApiError) {
@@ -242,7 +267,7 @@ fn whole_job(
         }
         Ok(Err(e)) => {
             count_error(counters, &e);
-            Err(e)
+            Err(cut_error(&call.job.ctl, false).unwrap_or(e))
         }
         Err(_panic) => {
             PoolCounters::inc(&counters.panics);
@@ -279,6 +304,8 @@ fn stream_job(
         first_event: None,
         last_event: started,
         began: false,
+        complete: false,
+        cut: None,
     };
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         shared.provider.call_stream(ctx, call, &mut sink)
@@ -288,45 +315,59 @@ fn stream_job(
         queue_wait,
         upstream: Some(started.elapsed()),
     };
-    match outcome {
+    // A stream that began ends with an error event whenever it was cut, whatever cut it: the
+    // provider's own error, a stop by the supervisor or the shutdown, the sink giving up on a
+    // client that does not read, a panic. Only a client that went away gets nothing.
+    let (error, usage) = match outcome {
         Ok(Ok(StreamResult::Whole(reply))) => {
             count_reply(counters, &reply);
-            Reply::full(Ok(reply), timings)
+            return Reply::full(Ok(reply), timings);
+        }
+        Ok(Ok(StreamResult::Streamed { .. })) if !began => {
+            // Stopped before the stream began (the sink refused to start): a whole answer.
+            let e = cut_error(&call.job.ctl, false).unwrap_or_else(ApiError::client_cancelled);
+            return Reply::full(Err(e), timings);
         }
         Ok(Ok(StreamResult::Streamed { error, usage })) => {
             counters.count_status(200);
             PoolCounters::inc(&counters.streams);
             count_usage(counters, &usage);
-            if let Some(e) = &error {
-                count_error(counters, e);
-                PoolCounters::inc(&counters.stream_errors);
-            }
-            Reply::stream_end(error, usage)
-        }
-        Ok(Err(e)) => {
-            count_error(counters, &e);
-            if began {
-                PoolCounters::inc(&counters.stream_errors);
-                Reply::stream_end(Some(e), Usage::default())
+            // After the terminator the stream is complete, whatever stopped the call then.
+            let error = if sink.complete {
+                None
             } else {
-                Reply::full(Err(e), timings)
-            }
+                cut_error(&call.job.ctl, true).or(sink.cut.take()).or(error)
+            };
+            (error, usage)
         }
+        Ok(Err(e)) if !began => {
+            count_error(counters, &e);
+            let e = cut_error(&call.job.ctl, false).unwrap_or(e);
+            return Reply::full(Err(e), timings);
+        }
+        Ok(Err(e)) => (
+            Some(cut_error(&call.job.ctl, true).unwrap_or(e)),
+            Usage::default(),
+        ),
         Err(_panic) => {
             PoolCounters::inc(&counters.panics);
             *survived = false;
-            if began {
-                PoolCounters::inc(&counters.stream_errors);
-                Reply::stream_end(Some(ApiError::internal()), Usage::default())
-            } else {
-                Reply::full(Err(ApiError::internal()), timings)
+            if !began {
+                return Reply::full(Err(ApiError::internal()), timings);
             }
+            (Some(ApiError::internal()), Usage::default())
         }
+    };
+    if let Some(e) = &error {
+        count_error(counters, e);
+        PoolCounters::inc(&counters.stream_errors);
     }
+    Reply::stream_end(error, usage)
 }
 
 /// Hands a provider's stream events to the client's coroutine, one message per event, with at
-/// most [`STREAM_EVENTS_IN_FLIGHT_MAX`] not yet taken.
+/// most [`STREAM_EVENTS_IN_FLIGHT_MAX`] events and [`STREAM_BYTES_IN_FLIGHT_MAX`] bytes not yet
+/// taken.
 struct Sink<'a> {
     shared: &'a Shared,
     job: &'a Job,
@@ -336,14 +377,31 @@ struct Sink<'a> {
     first_event: Option<Instant>,
     last_event: Instant,
     began: bool,
+    /// The stream's terminator went to the client.
+    complete: bool,
+    /// Why the sink refused an event other than the client leaving (a client that stopped
+    /// reading): the stream's error event.
+    cut: Option<ApiError>,
+}
+
+impl Sink<'_> {
+    /// Whether the client has taken too little of what was sent to be sent more now.
+    fn backlogged(ctl: &JobCtl) -> bool {
+        let events = ctl.events_in_flight.load(Ordering::Acquire);
+        events >= STREAM_EVENTS_IN_FLIGHT_MAX
+            || (events > 0
+                && ctl.bytes_in_flight.load(Ordering::Acquire) >= STREAM_BYTES_IN_FLIGHT_MAX)
+    }
 }
 
 impl StreamSink for Sink<'_> {
     fn start(&mut self) -> bool {
-        if self.job.ctl.is_cancelled() {
+        let ctl = &self.job.ctl;
+        if ctl.is_cancelled() {
             return false;
         }
         self.began = true;
+        ctl.begin_stream(self.shared.stream_duration_max);
         let timings = Timings {
             queue_wait: self.queue_wait,
             upstream: Some(self.started.elapsed()),
@@ -356,10 +414,19 @@ impl StreamSink for Sink<'_> {
 
     fn event(&mut self, bytes: Vec<u8>) -> bool {
         let ctl = &self.job.ctl;
+        ctl.touch();
         let waited_since = Instant::now();
-        while ctl.events_in_flight.load(Ordering::Acquire) >= STREAM_EVENTS_IN_FLIGHT_MAX {
+        while Self::backlogged(ctl) {
             // The client reads slowly: slow the upstream reads down instead of buffering.
-            if ctl.is_cancelled() || waited_since.elapsed() > self.shared.stream_idle_timeout {
+            if ctl.is_cancelled() {
+                return false;
+            }
+            if waited_since.elapsed() > self.shared.stream_idle_timeout {
+                self.cut = Some(ApiError::new(
+                    ErrorKind::ClientTimeout,
+                    "client_timeout",
+                    "the client did not read the stream in time",
+                ));
                 return false;
             }
             std::thread::sleep(BACKPRESSURE_PAUSE);
@@ -386,6 +453,12 @@ impl StreamSink for Sink<'_> {
             .stream_bytes
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);
         ctl.events_in_flight.fetch_add(1, Ordering::AcqRel);
+        ctl.bytes_in_flight.fetch_add(bytes.len(), Ordering::AcqRel);
         self.job.reply.send(Reply::Event(bytes)).is_ok()
+    }
+
+    fn complete(&mut self) {
+        self.complete = true;
+        self.job.ctl.mark_complete();
     }
 }

@@ -11,12 +11,14 @@ use std::time::{Duration, Instant};
 use super::adapter::{Adapter, Headers, Operation, Wire};
 use super::keys::{KeyPool, NoKey};
 use super::retry::{backoff, parse_retry_after};
-use super::sse::SseReader;
+use super::sse::{
+    event_too_large_error, stream_duration_error, stream_idle_error, SseError, SseReader,
+};
 use super::translate::{self, Step};
 use super::{Call, StreamResult, StreamSink, WorkerCtx};
 use crate::config::{HealthCheck, ProviderConfig, RetryConfig};
 use crate::error::{ApiError, ErrorKind};
-use crate::job::{Answer, ClientApi, Usage};
+use crate::job::{Answer, ClientApi, JobCtl, Usage};
 
 /// Largest upstream response body accepted, in bytes.
 pub const UPSTREAM_BODY_BYTES_MAX: u64 = 64 * 1024 * 1024;
@@ -258,7 +260,8 @@ impl HttpProvider {
     }
 
     /// One attempt with key `key`. A stream gets the request deadline for the upstream's answer
-    /// head and `stream_idle_timeout` for every read after it; a whole answer gets the deadline.
+    /// head, `stream_idle_timeout` for every read after it and `stream_duration_max` for its whole
+    /// body; a whole answer gets the deadline.
     fn attempt(
         &self,
         ctx: &mut WorkerCtx,
@@ -279,6 +282,7 @@ impl HttpProvider {
             builder
                 .timeout_global(None)
                 .timeout_recv_response(Some(remaining))
+                .timeout_recv_body(Some(call.stream_duration_max))
                 .timeout_per_read(Some(call.stream_idle_timeout))
         } else {
             builder.timeout_global(Some(remaining))
@@ -317,7 +321,9 @@ impl HttpProvider {
         })
     }
 
-    /// A `stream: true` call: events are passed on one by one as the upstream sends them.
+    /// A `stream: true` call: events are passed on one by one as the upstream sends them. Every
+    /// byte read (SSE comments such as `: ping` included) is activity of the stream; comments are
+    /// not passed on. The stream ends at its terminator: nothing after it is read or passed on.
     pub fn call_stream(
         &self,
         ctx: &mut WorkerCtx,
@@ -346,6 +352,10 @@ impl HttpProvider {
             .into_with_config()
             .limit(UPSTREAM_STREAM_BYTES_MAX)
             .reader();
+        let reader = Activity {
+            inner: reader,
+            ctl: &call.job.ctl,
+        };
         let mut events = SseReader::new(BufReader::with_capacity(STREAM_READ_BUF_BYTES, reader));
         let mut out = Vec::new();
         loop {
@@ -382,9 +392,11 @@ impl HttpProvider {
             match step {
                 Step::More => {}
                 Step::Complete => {
-                    // Read the body's end (the final chunk) so the connection goes back to the
-                    // worker's pool instead of being closed.
-                    while let Ok(Some(_)) = events.next_event() {}
+                    sink.complete();
+                    // The stream is over. One look past the terminator tells whether the body
+                    // ends there, so that the connection goes back to the worker's pool; anything
+                    // else after it is never read, and dropping the reader closes the connection.
+                    let _ = events.at_end();
                     return Ok(end(None, convert.usage()));
                 }
                 Step::UpstreamError(e) => {
@@ -397,29 +409,37 @@ impl HttpProvider {
         }
     }
 
-    fn stream_error(&self, e: std::io::Error) -> ApiError {
-        let timed_out = e.kind() == std::io::ErrorKind::TimedOut
-            || e.get_ref()
-                .and_then(|inner| inner.downcast_ref::<ureq::Error>())
-                .is_some_and(|u| matches!(u, ureq::Error::Timeout(_)));
-        if timed_out {
-            ApiError::new(
-                ErrorKind::RequestTimeout,
-                "stream_idle_timeout",
-                format!("provider {}: the stream stalled", self.name),
-            )
-        } else if e.kind() == std::io::ErrorKind::InvalidData {
-            ApiError::new(
-                ErrorKind::UpstreamInvalid,
-                "upstream_stream_invalid",
-                format!("provider {}: the stream is malformed ({e})", self.name),
-            )
-        } else {
-            ApiError::new(
+    fn stream_error(&self, e: SseError) -> ApiError {
+        let e = match e {
+            SseError::TooLarge => {
+                return event_too_large_error(format!(
+                    "provider {}: an event is larger than the gateway accepts",
+                    self.name
+                ))
+            }
+            SseError::Io(e) => e,
+        };
+        let timeout = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<ureq::Error>())
+            .and_then(|u| match u {
+                ureq::Error::Timeout(t) => Some(*t),
+                _ => None,
+            });
+        match timeout {
+            Some(ureq::Timeout::RecvBody) => stream_duration_error(format!(
+                "provider {}: the stream ran longer than the gateway allows",
+                self.name
+            )),
+            Some(_) => stream_idle_error(format!("provider {}: the stream stalled", self.name)),
+            None if e.kind() == std::io::ErrorKind::TimedOut => {
+                stream_idle_error(format!("provider {}: the stream stalled", self.name))
+            }
+            None => ApiError::new(
                 ErrorKind::UpstreamTransport,
                 "upstream_stream_interrupted",
                 format!("provider {}: the stream was interrupted", self.name),
-            )
+            ),
         }
     }
 
@@ -592,6 +612,23 @@ fn pause(call: &Call<'_>, wait: Duration) {
             return;
         }
         std::thread::sleep(left.min(PAUSE_SLICE));
+    }
+}
+
+/// An upstream stream's body: every read that brings bytes marks the job active, so that a
+/// stream kept alive by comments alone is neither cut as idle nor taken for a stuck worker.
+struct Activity<'a, R> {
+    inner: R,
+    ctl: &'a JobCtl,
+}
+
+impl<R: Read> Read for Activity<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n > 0 {
+            self.ctl.touch();
+        }
+        Ok(n)
     }
 }
 

@@ -6,7 +6,7 @@ use serde::Deserialize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::sse::push_event;
+use super::sse::{push_event, stream_duration_error, stream_idle_error};
 use super::{Call, StreamResult, StreamSink};
 use crate::api::openai::{
     estimate_tokens, ChatCompletion, Choice, InMessage, OutMessage, Usage as OpenAiUsage,
@@ -100,6 +100,7 @@ impl MockProvider {
 
     /// Stream the answer as OpenAI `chat.completion.chunk` events: a role chunk, `stream_chunks`
     /// content chunks `chunk_delay` apart, a finish chunk, the usage chunk when asked, `[DONE]`.
+    /// The stream keeps the bounds a real upstream's is held to (see [`MockProvider::pace`]).
     pub fn call_stream(
         &self,
         call: &Call<'_>,
@@ -119,6 +120,7 @@ impl MockProvider {
         if !sink.start() {
             return Ok(done(None));
         }
+        let until = Instant::now() + call.stream_duration_max;
         let id = format!(
             "chatcmpl-mock{:012x}",
             self.next_id.fetch_add(1, Ordering::Relaxed)
@@ -142,8 +144,10 @@ impl MockProvider {
             return Ok(done(None));
         }
         for piece in split_even(&content, self.stream_chunks) {
-            if !self.pause(self.chunk_delay, &call.job.ctl) {
-                return Ok(done(None));
+            match self.pace(call, until) {
+                Ok(true) => {}
+                Ok(false) => return Ok(done(None)),
+                Err(cut) => return Ok(done(Some(cut))),
             }
             let text = serde_json::to_string(piece).unwrap_or_default();
             let choices = format!(
@@ -166,7 +170,9 @@ impl MockProvider {
                 return Ok(done(None));
             }
         }
-        sink.event(b"data: [DONE]\n\n".to_vec());
+        if sink.event(b"data: [DONE]\n\n".to_vec()) {
+            sink.complete();
+        }
         Ok(done(None))
     }
 
@@ -228,6 +234,27 @@ impl MockProvider {
             return Err(ApiError::client_cancelled());
         }
         Ok(())
+    }
+
+    /// Wait `chunk_delay` before the next chunk, as an upstream read would: a pause longer than
+    /// `stream_idle_timeout` ends the stream as idle after that timeout, one past the stream's
+    /// `until` ends it as too long at `until`. Ok(false) when the job was stopped meanwhile.
+    fn pace(&self, call: &Call<'_>, until: Instant) -> Result<bool, ApiError> {
+        let left = until.saturating_duration_since(Instant::now());
+        let idle = call.stream_idle_timeout;
+        if self.chunk_delay <= idle && self.chunk_delay <= left {
+            return Ok(self.pause(self.chunk_delay, &call.job.ctl));
+        }
+        let (wait, cut) = if left <= idle {
+            let cut = stream_duration_error("provider mock: the stream ran longer than allowed");
+            (left, cut)
+        } else {
+            (idle, stream_idle_error("provider mock: the stream stalled"))
+        };
+        if !self.pause(wait, &call.job.ctl) {
+            return Ok(false);
+        }
+        Err(cut)
     }
 
     /// Sleep `d` in slices, stopping early when the job is cancelled; false when cancelled.

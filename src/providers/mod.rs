@@ -24,8 +24,11 @@ use crate::job::{Answer, Job, Usage};
 /// What a worker hands to a provider: the job, and where attempt outcomes go.
 pub struct Call<'a> {
     pub job: &'a Job,
-    /// Longest silence between stream events.
+    /// Longest silence between stream events (and after the answer head, before the first).
     pub stream_idle_timeout: Duration,
+    /// Longest stream, from its beginning (`StreamSink::start`) to its end. The job's deadline
+    /// bounds only the wait for the answer to begin.
+    pub stream_duration_max: Duration,
     /// Called with each upstream attempt's outcome (true: a success for the circuit breaker).
     pub record_attempt: &'a dyn Fn(bool),
 }
@@ -34,8 +37,12 @@ pub struct Call<'a> {
 pub trait StreamSink {
     /// The upstream accepted the request: the client's stream begins. False: stop (client gone).
     fn start(&mut self) -> bool;
-    /// Complete events in the client's format. False: stop reading (client gone).
+    /// Complete events in the client's format; also counts as activity of the stream. False:
+    /// stop reading (the job was stopped, or its client does not read; the worker reports why).
     fn event(&mut self, bytes: Vec<u8>) -> bool;
+    /// The stream's terminator reached the client: whatever stops the call now, the stream is
+    /// complete.
+    fn complete(&mut self);
 }
 
 /// How a streamed call ended.

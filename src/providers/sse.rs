@@ -1,7 +1,13 @@
 //! Server-Sent Events from an upstream: read event by event (bounded line and event sizes), each
-//! with its `event:` name and its `data:` lines joined, into buffers reused for the whole stream.
+//! with its `event:` name and its `data:` lines joined, into buffers reused for the whole stream;
+//! and the errors that end a stream after it began.
 
+use std::borrow::Cow;
+use std::fmt;
 use std::io::{self, BufRead, Read};
+
+use crate::error::{ApiError, ErrorKind};
+use crate::job::STREAM_BYTES_IN_FLIGHT_MAX;
 
 /// Longest SSE line accepted from an upstream, bytes.
 pub const SSE_LINE_BYTES_MAX: usize = 1024 * 1024;
@@ -14,6 +20,32 @@ const SSE_NAME_BYTES_MAX: usize = 64;
 const SSE_BUFFER_BYTES_INITIAL: usize = 1024;
 
 const _: () = assert!(SSE_LINE_BYTES_MAX <= SSE_EVENT_BYTES_MAX);
+// One event must always fit what a stream may have in flight to its client.
+const _: () = assert!(STREAM_BYTES_IN_FLIGHT_MAX >= SSE_EVENT_BYTES_MAX);
+
+/// Why reading an upstream event stream failed.
+#[derive(Debug)]
+pub enum SseError {
+    /// The transport failed (or timed out).
+    Io(io::Error),
+    /// A line over [`SSE_LINE_BYTES_MAX`] or an event over [`SSE_EVENT_BYTES_MAX`].
+    TooLarge,
+}
+
+impl fmt::Display for SseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SseError::Io(e) => write!(f, "{e}"),
+            SseError::TooLarge => f.write_str("SSE event too large"),
+        }
+    }
+}
+
+impl From<io::Error> for SseError {
+    fn from(e: io::Error) -> Self {
+        SseError::Io(e)
+    }
+}
 
 /// One event: its name (empty when the upstream sent none, i.e. `message`) and its data.
 #[derive(Debug, PartialEq, Eq)]
@@ -54,7 +86,7 @@ impl<R: BufRead> SseReader<R> {
     }
 
     /// Read up to the end of the next event; `None` at the end of the stream.
-    pub fn next_event(&mut self) -> io::Result<Option<SseEvent<'_>>> {
+    pub fn next_event(&mut self) -> Result<Option<SseEvent<'_>>, SseError> {
         if self.handed_out {
             self.handed_out = false;
             self.data.clear();
@@ -74,7 +106,7 @@ impl<R: BufRead> SseReader<R> {
             }
             self.lines += 1;
             if self.line.last() != Some(&b'\n') && n > SSE_LINE_BYTES_MAX {
-                return Err(invalid("SSE line too long"));
+                return Err(SseError::TooLarge);
             }
             let line = trim_eol(&self.line);
             if line.is_empty() {
@@ -87,7 +119,7 @@ impl<R: BufRead> SseReader<R> {
                 let rest = rest.strip_prefix(b" ").unwrap_or(rest);
                 let joined = self.data.len() + usize::from(self.data_line) + rest.len();
                 if joined > SSE_EVENT_BYTES_MAX {
-                    return Err(invalid("SSE event too large"));
+                    return Err(SseError::TooLarge);
                 }
                 if self.data_line {
                     self.data.push(b'\n');
@@ -104,6 +136,13 @@ impl<R: BufRead> SseReader<R> {
         }
     }
 
+    /// After the stream's terminator: whether the body ends right there. Looks at what is
+    /// buffered, else reads once more; true only when that read sees the end (so that the
+    /// upstream connection can be reused), false when anything follows or the read fails.
+    pub fn at_end(&mut self) -> bool {
+        matches!(self.r.fill_buf(), Ok(rest) if rest.is_empty())
+    }
+
     fn take_event(&mut self) -> SseEvent<'_> {
         self.data_line = false;
         self.handed_out = true;
@@ -112,10 +151,6 @@ impl<R: BufRead> SseReader<R> {
             data: &self.data,
         }
     }
-}
-
-fn invalid(message: &'static str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, message)
 }
 
 fn trim_eol(line: &[u8]) -> &[u8] {
@@ -134,6 +169,29 @@ pub fn push_event(out: &mut Vec<u8>, name: &[u8], payload: &[u8]) {
     out.extend_from_slice(b"data: ");
     out.extend_from_slice(payload);
     out.extend_from_slice(b"\n\n");
+}
+
+/// A stream silent longer than `stream_idle_timeout_ms` (or whose worker stopped reading).
+pub fn stream_idle_error(message: impl Into<Cow<'static, str>>) -> ApiError {
+    ApiError::new(ErrorKind::RequestTimeout, "stream_idle_timeout", message)
+}
+
+/// A stream that ran longer than `stream_duration_ms_max`.
+pub fn stream_duration_error(message: impl Into<Cow<'static, str>>) -> ApiError {
+    ApiError::new(
+        ErrorKind::RequestTimeout,
+        "stream_duration_exceeded",
+        message,
+    )
+}
+
+/// An upstream event over [`SSE_EVENT_BYTES_MAX`] (or a line over [`SSE_LINE_BYTES_MAX`]).
+pub fn event_too_large_error(message: impl Into<Cow<'static, str>>) -> ApiError {
+    ApiError::new(
+        ErrorKind::UpstreamInvalid,
+        "upstream_event_too_large",
+        message,
+    )
 }
 
 #[cfg(test)]
@@ -181,14 +239,32 @@ mod tests {
     fn overlong_line_and_event_are_errors() {
         let long = vec![b'a'; SSE_LINE_BYTES_MAX + 10];
         let mut r = SseReader::new(io::BufReader::new(&long[..]));
-        assert!(r.next_event().is_err());
+        assert!(matches!(r.next_event(), Err(SseError::TooLarge)));
         let line = format!("data: {}\n", "b".repeat(SSE_LINE_BYTES_MAX - 16));
         let endless = line.repeat(SSE_EVENT_BYTES_MAX / SSE_LINE_BYTES_MAX + 2);
         let mut r = SseReader::new(io::BufReader::new(endless.as_bytes()));
-        assert_eq!(
-            r.next_event().unwrap_err().kind(),
-            io::ErrorKind::InvalidData
-        );
+        assert!(matches!(r.next_event(), Err(SseError::TooLarge)));
+        assert!(r.data.len() <= SSE_EVENT_BYTES_MAX);
+    }
+
+    #[test]
+    fn comments_between_events_do_not_add_up() {
+        let mut input = Vec::new();
+        for _ in 0..SSE_EVENT_BYTES_MAX / 8 + 1 {
+            input.extend_from_slice(b": ping\n\n");
+        }
+        input.extend_from_slice(b"data: x\n\n");
+        assert_eq!(events(&input), vec![(String::new(), "x".into())]);
+    }
+
+    #[test]
+    fn at_end_after_the_terminator() {
+        let mut r = SseReader::new(io::BufReader::new(&b"data: [DONE]\n\n"[..]));
+        assert!(r.next_event().unwrap().is_some());
+        assert!(r.at_end());
+        let mut r = SseReader::new(io::BufReader::new(&b"data: [DONE]\n\ndata: more\n\n"[..]));
+        assert!(r.next_event().unwrap().is_some());
+        assert!(!r.at_end());
     }
 
     #[test]

@@ -17,7 +17,7 @@ pub use signals::{Event, SignalSet};
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
@@ -29,14 +29,17 @@ use crate::http::{self, ServerHandle};
 use crate::job::ReplyChannel;
 use crate::log;
 use crate::objpool::{ObjPool, ObjPoolStats};
+use crate::pool::{wait_until, waiters, ProviderPool};
 use crate::stats::ServiceStats;
 
-/// Extra time past `shutdown_timeout` for workers to answer what they abandoned.
+/// Time past `shutdown_timeout` for the requests still running then to be answered 503
+/// `shutting_down` (a stream with an SSE error event) and written, before the process exits:
+/// their workers are interrupted at once, and a coroutine whose worker does not answer answers
+/// itself at its next nudge.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
+const _: () = assert!(SHUTDOWN_GRACE.as_millis() >= 2 * waiters::NUDGE_EVERY.as_millis());
 /// Initial capacity of a pooled connection buffer.
 const BUFFER_BYTES_INITIAL: usize = 8 * 1024;
-/// How often shutdown looks whether the last responses were written.
-const SHUTDOWN_POLL: Duration = Duration::from_millis(5);
 
 fn unix_now() -> Duration {
     SystemTime::now()
@@ -54,6 +57,8 @@ pub struct Service {
     notifier: Option<Arc<Notifier>>,
     watchdog: Option<watchdog::Watchdog>,
     stats: Arc<ServiceStats>,
+    /// Pools swapped out by reloads, while they drain: a shutdown stops them too.
+    retired: Mutex<Vec<Weak<ProviderPool>>>,
 }
 
 impl Service {
@@ -137,6 +142,7 @@ impl Service {
             notifier,
             watchdog: None,
             stats,
+            retired: Mutex::new(Vec::new()),
         };
         service.notify("READY=1", |n| n.ready(&service.status_line()));
         service.start_watchdog();
@@ -278,12 +284,18 @@ impl Service {
         self.api.set_limits(config.server.limits.clone());
         self.admin.set_limits(config.server.limits.clone());
         self.gateway.store(Arc::new(next));
+        {
+            let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+            retired.retain(|p| p.strong_count() > 0);
+            retired.extend(old.pools.iter().map(Arc::downgrade));
+        }
         reload::retire(old.pools.clone(), Arc::clone(&self.stats));
         Ok(())
     }
 
-    /// Stop accepting, finish queued and in-flight requests up to `shutdown_timeout`, answer the
-    /// rest 503.
+    /// Stop accepting, finish queued and in-flight requests up to `shutdown_timeout`, then answer
+    /// every request still running 503 `shutting_down` (a stream that began: an SSE error event)
+    /// and let those answers be written before returning (and the process exiting).
     fn shutdown(mut self) {
         self.notify("STOPPING=1", Notifier::stopping);
         if let Some(mut w) = self.watchdog.take() {
@@ -293,16 +305,35 @@ impl Service {
         gateway.draining.store(true, Ordering::Relaxed);
         self.api.stop_accepting();
         let deadline = Instant::now() + gateway.config.server.shutdown_timeout;
-        for p in &gateway.pools {
+        // Pools retired by a reload hold requests too.
+        let mut pools = gateway.pools.clone();
+        let retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        pools.extend(retired.iter().filter_map(Weak::upgrade));
+        drop(retired);
+        for p in &pools {
             p.close();
         }
-        for p in &gateway.pools {
-            p.shutdown(deadline, SHUTDOWN_GRACE);
-        }
-        // Let coroutines write the last answers (pools retired by a reload included).
         let in_flight = &self.api.stats().requests_in_flight;
-        while in_flight.load(Ordering::Acquire) > 0 && Instant::now() < deadline + SHUTDOWN_GRACE {
-            std::thread::sleep(SHUTDOWN_POLL);
+        let answered = || in_flight.load(Ordering::Acquire) == 0;
+        let finished = wait_until(deadline, || {
+            pools.iter().all(|p| {
+                p.finish();
+                p.workers_exited()
+            }) && answered()
+        });
+        if !finished {
+            for p in &pools {
+                p.abandon();
+            }
+            if !wait_until(deadline + SHUTDOWN_GRACE, answered) {
+                log::warn(
+                    "requests still unanswered at the end of shutdown",
+                    &[("requests", &in_flight.load(Ordering::Acquire).to_string())],
+                );
+            }
+        }
+        for p in &pools {
+            p.finish();
         }
         self.admin.stop_accepting();
         log::info("shutdown complete", &[]);

@@ -103,7 +103,8 @@ pub fn keep_restart_only(running: &Config, new: &mut Config) {
 
 /// Retire `pools` (swapped out by a reload) in a background thread: they go on taking jobs for
 /// [`RETIRE_SUBMIT_GRACE`] plus their longest `block` wait, then close; queued and in-flight jobs
-/// finish (each is bounded by its own deadline) and the workers exit.
+/// finish (each is bounded by its own deadline, a stream by its longest duration) and the workers
+/// exit.
 pub fn retire(pools: Vec<Arc<ProviderPool>>, stats: Arc<ServiceStats>) {
     if pools.is_empty() {
         return;
@@ -116,9 +117,11 @@ pub fn retire(pools: Vec<Arc<ProviderPool>>, stats: Arc<ServiceStats>) {
             .map(|p| p.config().queue_wait_max)
             .max()
             .unwrap_or_default();
+    // A whole answer ends by its request deadline; a stream may begin as late and then run for
+    // its longest duration.
     let timeout = pools
         .iter()
-        .map(|p| p.config().request_timeout)
+        .map(|p| p.config().request_timeout + p.stream_duration_max())
         .max()
         .unwrap_or_default();
     let mine = Arc::clone(&stats);

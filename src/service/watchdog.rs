@@ -1,7 +1,8 @@
 //! The systemd watchdog: `WATCHDOG=1` every half `WATCHDOG_USEC`, sent only while the gateway is
 //! alive. Alive means: the coroutine scheduler runs (a heartbeat coroutine ticks), both accept
 //! loops run, and every pool of the current gateway has all its workers and makes progress (when
-//! work is waiting, some job finishes within its request timeout). When a check fails the pings
+//! work is waiting, some job finishes or a running stream shows activity within its request
+//! timeout: a pool busy with long streams is alive). When a check fails the pings
 //! stop, so systemd restarts a hung gateway (`Restart=on-failure`).
 
 use std::collections::HashMap;
@@ -37,6 +38,8 @@ const _: () = assert!(HEARTBEAT_PERIOD.as_millis() * 10 <= HEARTBEAT_STALE_MAX.a
 #[derive(Clone, Copy, Debug)]
 struct Progress {
     completed: u64,
+    /// Latest activity of the running jobs (see [`ProviderPool::activity_ms`]).
+    activity_ms: u64,
     /// Since when the pool has had work and finished nothing.
     since: Instant,
 }
@@ -50,6 +53,7 @@ struct PoolSample {
     queue_depth: usize,
     busy: u64,
     completed: u64,
+    activity_ms: u64,
     request_timeout: Duration,
 }
 
@@ -63,6 +67,7 @@ impl PoolSample {
             queue_depth: pool.queue_depth(),
             busy: c.busy_workers.load(Ordering::Relaxed),
             completed: c.completed.load(Ordering::Relaxed),
+            activity_ms: pool.activity_ms(),
             request_timeout: pool.config().request_timeout,
         }
     }
@@ -77,9 +82,11 @@ fn pool_verdict(track: &mut Progress, s: &PoolSample, now: Instant) -> Result<()
         ));
     }
     let has_work = s.queue_depth > 0 || s.busy > 0;
-    if s.completed != track.completed || !has_work {
+    let progressed = s.completed != track.completed || s.activity_ms != track.activity_ms;
+    if progressed || !has_work {
         *track = Progress {
             completed: s.completed,
+            activity_ms: s.activity_ms,
             since: now,
         };
         return Ok(());
@@ -87,7 +94,7 @@ fn pool_verdict(track: &mut Progress, s: &PoolSample, now: Instant) -> Result<()
     let stalled = now.saturating_duration_since(track.since);
     if stalled > s.request_timeout + STUCK_SLACK {
         return Err(format!(
-            "pool {}: no job finished for {} s while {} were queued and {} workers busy",
+            "pool {}: no job finished or streamed for {} s while {} were queued and {} workers busy",
             s.name,
             stalled.as_secs(),
             s.queue_depth,
@@ -133,6 +140,7 @@ impl Probe {
                 .entry(sample.name.clone())
                 .or_insert(Progress {
                     completed: sample.completed,
+                    activity_ms: sample.activity_ms,
                     since: now,
                 });
             pool_verdict(track, &sample, now)?;
@@ -278,6 +286,7 @@ mod tests {
             queue_depth,
             busy,
             completed,
+            activity_ms: 0,
             request_timeout: Duration::from_secs(10),
         }
     }
@@ -287,6 +296,7 @@ mod tests {
         let t0 = Instant::now();
         let mut track = Progress {
             completed: 0,
+            activity_ms: 0,
             since: t0,
         };
         for i in 1..100u64 {
@@ -300,6 +310,7 @@ mod tests {
         let t0 = Instant::now();
         let mut track = Progress {
             completed: 5,
+            activity_ms: 0,
             since: t0,
         };
         let later = t0 + Duration::from_secs(3600);
@@ -314,6 +325,7 @@ mod tests {
         let t0 = Instant::now();
         let mut track = Progress {
             completed: 7,
+            activity_ms: 0,
             since: t0,
         };
         let within = t0 + Duration::from_secs(10) + STUCK_SLACK;
@@ -326,12 +338,33 @@ mod tests {
     }
 
     #[test]
+    fn a_pool_busy_with_active_streams_is_alive_past_its_request_timeout() {
+        let t0 = Instant::now();
+        let mut track = Progress {
+            completed: 7,
+            activity_ms: 1,
+            since: t0,
+        };
+        let mut s = sample(0, 4, 7);
+        for i in 1..100u64 {
+            s.activity_ms = 1 + i * 60_000;
+            let now = t0 + Duration::from_secs(i * 60);
+            assert!(pool_verdict(&mut track, &s, now).is_ok());
+        }
+        // The streams fall silent: stuck after the request timeout.
+        let past = t0 + Duration::from_secs(99 * 60) + Duration::from_secs(10) + STUCK_SLACK;
+        let err = pool_verdict(&mut track, &s, past + Duration::from_secs(1)).unwrap_err();
+        assert!(err.contains("no job finished or streamed"), "{err}");
+    }
+
+    #[test]
     fn a_pool_that_lost_a_worker_is_not_alive() {
         let mut s = sample(0, 0, 0);
         s.workers_alive = 3;
         let now = Instant::now();
         let mut track = Progress {
             completed: 0,
+            activity_ms: 0,
             since: now,
         };
         let err = pool_verdict(&mut track, &s, now).unwrap_err();
