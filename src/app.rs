@@ -17,6 +17,7 @@ use crate::log::{self, AccessRecord};
 use crate::objpool::{ObjPool, ObjPoolStats, Pooled};
 use crate::pool::{waiters, FullReply, Job, ProviderPool, Reply, ReplyChannel};
 use crate::providers::sse::error_event;
+use crate::providers::status::UpstreamVerdict;
 use crate::route::Router;
 use crate::service::ServiceStats;
 use crate::stats::prometheus;
@@ -76,8 +77,9 @@ impl Gateway {
 impl Gateway {
     /// A chat completion: the primary route, then the model's configured fallbacks, then the
     /// request's own `fallbacks`, each tried when the one before failed in a way another provider
-    /// may not (breaker open, queue full, transport failure, 5xx or 429 after its retries). When
-    /// all fail, the primary's answer is returned.
+    /// may not (breaker open, queue full, transport failure, an unusable answer, or an upstream
+    /// status whose [`UpstreamVerdict::fallback`] says so: 5xx, 429, 401). When all fail, the
+    /// primary's answer is returned.
     fn chat(&self, req: &mut Request, rec: &mut AccessRecord) -> Result<Response, ApiError> {
         self.router.authorize(req)?;
         let chat = ChatRequest::parse(&req.body, self.json_depth_max)?;
@@ -183,6 +185,7 @@ impl Gateway {
                 rec.prompt_tokens = up.prompt_tokens;
                 rec.completion_tokens = up.completion_tokens;
                 let status = up.status;
+                let fallback = UpstreamVerdict::classify(status, &up.body).fallback();
                 let mut resp = Response::json(status, up.body);
                 resp.content_type = up.content_type;
                 resp.headers
@@ -190,7 +193,7 @@ impl Gateway {
                 if let (Some(ra), 429 | 503) = (up.retry_after, status) {
                     resp.headers.push(("retry-after", ra));
                 }
-                if status == 429 || status >= 500 {
+                if fallback {
                     Attempt::TryNext(Ok(resp))
                 } else {
                     Attempt::Done(Ok(resp))
