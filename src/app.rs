@@ -20,6 +20,7 @@ use crate::pool::{
     ReplyChannel,
 };
 use crate::providers::sse::{error_event, stream_duration_error, stream_idle_error, DONE_EVENT};
+use crate::providers::status::UpstreamVerdict;
 use crate::route::Router;
 use crate::service::ServiceStats;
 use crate::stats::prometheus;
@@ -81,8 +82,9 @@ impl Gateway {
 impl Gateway {
     /// A chat completion: the primary route, then the model's configured fallbacks, then the
     /// request's own `fallbacks`, each tried when the one before failed in a way another provider
-    /// may not (breaker open, queue full, transport failure, 5xx or 429 after its retries). When
-    /// all fail, the primary's answer is returned.
+    /// may not (breaker open, queue full, transport failure, an unusable answer, or an upstream
+    /// status whose [`UpstreamVerdict::fallback`] says so: 5xx, 429, 401). When all fail, the
+    /// primary's answer is returned.
     fn chat(&self, req: &mut Request, rec: &mut AccessRecord) -> Result<Response, ApiError> {
         self.router.authorize(req)?;
         let chat = ChatRequest::parse(&req.body, self.json_depth_max)?;
@@ -188,6 +190,7 @@ impl Gateway {
                 rec.prompt_tokens = up.prompt_tokens;
                 rec.completion_tokens = up.completion_tokens;
                 let status = up.status;
+                let fallback = UpstreamVerdict::classify(status, &up.body).fallback();
                 let mut resp = Response::json(status, up.body);
                 resp.content_type = up.content_type;
                 resp.headers
@@ -195,7 +198,7 @@ impl Gateway {
                 if let (Some(ra), 429 | 503) = (up.retry_after, status) {
                     resp.headers.push(("retry-after", ra));
                 }
-                if status == 429 || status >= 500 {
+                if fallback {
                     Attempt::TryNext(Ok(resp))
                 } else {
                     Attempt::Done(Ok(resp))

@@ -131,9 +131,19 @@ pub const MAX_RETRIES_RANGE: RangeInclusive<u64> = 0..=10;
 /// `providers.<name>.retry_backoff_ms_initial` / `_max`: exponential backoff with jitter.
 pub const RETRY_BACKOFF_MS_INITIAL_DEFAULT: u64 = 100;
 pub const RETRY_BACKOFF_MS_MAX_DEFAULT: u64 = 2_000;
-/// `providers.<name>.rate_limit_cooldown_ms_default`: how long a key answered 429 without
-/// `Retry-After` is skipped.
+/// `providers.<name>.rate_limit_cooldown_ms_default`: how long a (key, model) pair answered 429
+/// without `Retry-After` is skipped.
 pub const RATE_LIMIT_COOLDOWN_MS_DEFAULT: u64 = 1_000;
+/// `providers.<name>.rate_limit_cooldown_ms_max`: the longest one 429 cools a (key, model) pair,
+/// whatever its `Retry-After` (which still reaches the client when the 429 is relayed).
+pub const RATE_LIMIT_COOLDOWN_MS_MAX_DEFAULT: u64 = 60_000;
+pub const RATE_LIMIT_COOLDOWN_MS_MAX_RANGE: RangeInclusive<u64> = 1..=86_400_000;
+/// Longest disable of a key: each disable in a row doubles the last, up to this.
+pub const KEY_DISABLE_DOUBLED_MS_MAX: u64 = 3_600_000;
+/// `providers.<name>.key_disable_ms`: how long a key answered 401 is out of service before it is
+/// re-probed (doubling per disable in a row, up to [`KEY_DISABLE_DOUBLED_MS_MAX`]).
+pub const KEY_DISABLE_MS_DEFAULT: u64 = 300_000;
+pub const KEY_DISABLE_MS_RANGE: RangeInclusive<u64> = 1..=KEY_DISABLE_DOUBLED_MS_MAX;
 /// `providers.<name>.breaker.*`: the circuit breaker.
 pub const BREAKER_FAILURE_RATIO_DEFAULT: f64 = 0.5;
 pub const BREAKER_MIN_REQUESTS_DEFAULT: u64 = 20;
@@ -250,6 +260,13 @@ const _: () = assert!(within(
     &POOL_WORKER_STACK_KB_RANGE
 ));
 const _: () = assert!(*POOL_QUEUE_WAIT_MS_MAX_RANGE.end() <= *TIMEOUT_MS_RANGE.end());
+const _: () = assert!(within(
+    RATE_LIMIT_COOLDOWN_MS_MAX_DEFAULT,
+    &RATE_LIMIT_COOLDOWN_MS_MAX_RANGE
+));
+// The default cool-down (a 429 without Retry-After) is within the default cap.
+const _: () = assert!(RATE_LIMIT_COOLDOWN_MS_DEFAULT <= RATE_LIMIT_COOLDOWN_MS_MAX_DEFAULT);
+const _: () = assert!(within(KEY_DISABLE_MS_DEFAULT, &KEY_DISABLE_MS_RANGE));
 
 // ---------------------------------------------------------------------------------------------
 // Validated types.
@@ -422,8 +439,12 @@ pub struct RetryConfig {
     pub max_retries: u32,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
-    /// Cool-down of a key answered 429 without `Retry-After`.
+    /// Cool-down of a (key, model) pair answered 429 without `Retry-After`.
     pub rate_limit_cooldown_default: Duration,
+    /// Longest cool-down of a (key, model) pair after one 429, whatever its `Retry-After`.
+    pub rate_limit_cooldown_max: Duration,
+    /// First disable of a key answered 401 (doubled per disable in a row), before its re-probe.
+    pub key_disable: Duration,
 }
 
 impl Default for RetryConfig {
@@ -433,6 +454,8 @@ impl Default for RetryConfig {
             backoff_initial: Duration::from_millis(RETRY_BACKOFF_MS_INITIAL_DEFAULT),
             backoff_max: Duration::from_millis(RETRY_BACKOFF_MS_MAX_DEFAULT),
             rate_limit_cooldown_default: Duration::from_millis(RATE_LIMIT_COOLDOWN_MS_DEFAULT),
+            rate_limit_cooldown_max: Duration::from_millis(RATE_LIMIT_COOLDOWN_MS_MAX_DEFAULT),
+            key_disable: Duration::from_millis(KEY_DISABLE_MS_DEFAULT),
         }
     }
 }
@@ -450,6 +473,9 @@ pub enum HealthCheck {
 #[derive(Clone, Debug)]
 pub struct HealthConfig {
     pub check: HealthCheck,
+    /// The cheap authenticated `GET` path (default [`HEALTH_PATH_DEFAULT`]): the `get` check's,
+    /// and the re-probe of a disabled key's, whatever `check` is.
+    pub path: String,
     pub interval: Duration,
     pub timeout: Duration,
 }
@@ -458,6 +484,7 @@ impl Default for HealthConfig {
     fn default() -> Self {
         HealthConfig {
             check: HealthCheck::None,
+            path: HEALTH_PATH_DEFAULT.to_string(),
             interval: Duration::from_millis(HEALTH_INTERVAL_MS_DEFAULT),
             timeout: Duration::from_millis(HEALTH_TIMEOUT_MS_DEFAULT),
         }
@@ -752,6 +779,8 @@ struct ProviderFile {
     retry_backoff_ms_initial: Option<u64>,
     retry_backoff_ms_max: Option<u64>,
     rate_limit_cooldown_ms_default: Option<u64>,
+    rate_limit_cooldown_ms_max: Option<u64>,
+    key_disable_ms: Option<u64>,
     breaker: Option<BreakerFile>,
     health: Option<HealthFile>,
 }
@@ -1352,6 +1381,8 @@ impl Checker<'_> {
                     f.retry_backoff_ms_initial,
                     f.retry_backoff_ms_max,
                     f.rate_limit_cooldown_ms_default,
+                    f.rate_limit_cooldown_ms_max,
+                    f.key_disable_ms,
                 ],
             ),
             breaker: self.breaker(&format!("{at}.breaker"), f.breaker.unwrap_or_default()),
@@ -1359,9 +1390,10 @@ impl Checker<'_> {
         }
     }
 
-    /// `[max_retries, retry_backoff_ms_initial, retry_backoff_ms_max, rate_limit_cooldown_ms_default]`.
-    fn retry(&mut self, at: &str, values: [Option<u64>; 4]) -> RetryConfig {
-        let [max_retries, initial_ms, max_ms, cooldown_ms] = values;
+    /// `[max_retries, retry_backoff_ms_initial, retry_backoff_ms_max,
+    /// rate_limit_cooldown_ms_default, rate_limit_cooldown_ms_max, key_disable_ms]`.
+    fn retry(&mut self, at: &str, values: [Option<u64>; 6]) -> RetryConfig {
+        let [max_retries, initial_ms, max_ms, cooldown_ms, cooldown_max_ms, disable_ms] = values;
         let key = |leaf: &str| format!("{at}.{leaf}");
         let backoff_initial = self.timeout(
             &key("retry_backoff_ms_initial"),
@@ -1379,6 +1411,23 @@ impl Checker<'_> {
                 "must be at least retry_backoff_ms_initial",
             );
         }
+        let rate_limit_cooldown_default = self.timeout(
+            &key("rate_limit_cooldown_ms_default"),
+            cooldown_ms,
+            RATE_LIMIT_COOLDOWN_MS_DEFAULT,
+        );
+        let rate_limit_cooldown_max = Duration::from_millis(self.int(
+            &key("rate_limit_cooldown_ms_max"),
+            cooldown_max_ms,
+            RATE_LIMIT_COOLDOWN_MS_MAX_DEFAULT,
+            &RATE_LIMIT_COOLDOWN_MS_MAX_RANGE,
+        ));
+        if rate_limit_cooldown_max < rate_limit_cooldown_default {
+            self.error(
+                &key("rate_limit_cooldown_ms_max"),
+                "must be at least rate_limit_cooldown_ms_default",
+            );
+        }
         RetryConfig {
             max_retries: self.int(
                 &key("max_retries"),
@@ -1388,11 +1437,14 @@ impl Checker<'_> {
             ) as u32,
             backoff_initial,
             backoff_max,
-            rate_limit_cooldown_default: self.timeout(
-                &key("rate_limit_cooldown_ms_default"),
-                cooldown_ms,
-                RATE_LIMIT_COOLDOWN_MS_DEFAULT,
-            ),
+            rate_limit_cooldown_default,
+            rate_limit_cooldown_max,
+            key_disable: Duration::from_millis(self.int(
+                &key("key_disable_ms"),
+                disable_ms,
+                KEY_DISABLE_MS_DEFAULT,
+                &KEY_DISABLE_MS_RANGE,
+            )),
         }
     }
 
@@ -1457,7 +1509,7 @@ impl Checker<'_> {
         let check = match f.check.as_deref() {
             None | Some("none") => HealthCheck::None,
             Some("connect") => HealthCheck::Connect,
-            Some("get") => HealthCheck::Get(path),
+            Some("get") => HealthCheck::Get(path.clone()),
             Some(other) => {
                 let expected = "expected one of \"none\", \"connect\", \"get\"";
                 self.error(&key("check"), format!("{expected} (found {other:?})"));
@@ -1466,6 +1518,7 @@ impl Checker<'_> {
         };
         HealthConfig {
             check,
+            path,
             interval: self.timeout(
                 &key("interval_ms"),
                 f.interval_ms,
@@ -2348,6 +2401,46 @@ worker_stack_kb = 64
     fn at_least_one_provider() {
         assert!(err("").contains("test.toml: providers: at least one provider is required"));
         assert!(err("[providers]\n").contains("providers: at least one provider is required"));
+    }
+
+    #[test]
+    fn key_refusal_settings() {
+        let env = [("K", "sk-k")];
+        let base = "[providers.o]\ntype = \"openai\"\nbase_url = \"https://h/v1\"\nkeys = [{ key = \"env:K\" }]\n";
+        let c = check_with(base, &env, Some(CORES)).unwrap_or_else(|e| panic!("{e}"));
+        let r = &c.providers["o"].retry;
+        assert_eq!(r.rate_limit_cooldown_max, Duration::from_secs(60));
+        assert_eq!(r.key_disable, Duration::from_secs(300));
+        assert_eq!(c.providers["o"].health.path, "/models");
+        let text = format!(
+            "{base}rate_limit_cooldown_ms_max = 5000\nkey_disable_ms = 1000\n[providers.o.health]\npath = \"/v2/models\"\n"
+        );
+        let c = check_with(&text, &env, Some(CORES)).unwrap_or_else(|e| panic!("{e}"));
+        let p = &c.providers["o"];
+        assert_eq!(p.retry.rate_limit_cooldown_max, Duration::from_secs(5));
+        assert_eq!(p.retry.key_disable, Duration::from_secs(1));
+        assert_eq!(
+            (&p.health.check, p.health.path.as_str()),
+            (&HealthCheck::None, "/v2/models")
+        );
+        for (setting, problem) in [
+            (
+                "rate_limit_cooldown_ms_default = 2000\nrate_limit_cooldown_ms_max = 1000",
+                "rate_limit_cooldown_ms_max: must be at least rate_limit_cooldown_ms_default",
+            ),
+            (
+                "rate_limit_cooldown_ms_max = 0",
+                "rate_limit_cooldown_ms_max: 0 is out of range",
+            ),
+            ("key_disable_ms = 0", "key_disable_ms: 0 is out of range"),
+            (
+                "key_disable_ms = 3600001",
+                "key_disable_ms: 3600001 is out of range",
+            ),
+        ] {
+            let e = err_with(&format!("{base}{setting}\n"), &env);
+            assert!(e.contains(&format!("providers.o.{problem}")), "{e}");
+        }
     }
 
     #[test]

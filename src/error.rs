@@ -76,7 +76,8 @@ impl ErrorKind {
         }
     }
 
-    /// Whether retrying the same request elsewhere or later may succeed.
+    /// Whether retrying the same request elsewhere or later may succeed (a fallback is tried).
+    /// An unusable upstream answer is the upstream's fault, as a 5xx is.
     pub fn retryable(self) -> bool {
         matches!(
             self,
@@ -84,6 +85,7 @@ impl ErrorKind {
                 | ErrorKind::Unavailable
                 | ErrorKind::QueueTimeout
                 | ErrorKind::UpstreamTransport
+                | ErrorKind::UpstreamInvalid
         )
     }
 }

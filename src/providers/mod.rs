@@ -4,11 +4,14 @@
 pub mod keys;
 pub mod mock;
 pub mod openai;
+pub mod redact;
 pub mod resolve;
 pub mod retry;
 pub mod sse;
+pub mod status;
 pub mod transport;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::{ProviderConfig, ProviderType};
@@ -87,15 +90,22 @@ impl WorkerCtx {
 
 pub enum Provider {
     Mock(mock::MockProvider),
-    OpenAi(openai::OpenAiProvider),
+    /// Boxed: its key pool makes it several times the mock's size (one per pool, never moved).
+    OpenAi(Box<openai::OpenAiProvider>),
 }
 
 impl Provider {
-    /// Build from validated config. Fails on a `ca_file` that does not parse.
-    pub fn from_config(cfg: &ProviderConfig) -> Result<Provider, String> {
+    /// Build from validated config; `redact` holds every provider secret of the config, scanned
+    /// for in what the upstream sends back. Fails on a `ca_file` that does not parse.
+    pub fn from_config(
+        cfg: &ProviderConfig,
+        redact: Arc<redact::Redactor>,
+    ) -> Result<Provider, String> {
         Ok(match cfg.kind {
             ProviderType::Mock => Provider::Mock(mock::MockProvider::new(cfg)),
-            ProviderType::OpenAi => Provider::OpenAi(openai::OpenAiProvider::new(cfg)?),
+            ProviderType::OpenAi => {
+                Provider::OpenAi(Box::new(openai::OpenAiProvider::new(cfg, redact)?))
+            }
         })
     }
 
@@ -135,6 +145,22 @@ impl Provider {
         match self {
             Provider::Mock(_) => serde_json::json!([]),
             Provider::OpenAi(p) => p.keys_json(),
+        }
+    }
+
+    /// Per-key state for `/metrics` (empty for providers without keys).
+    pub fn key_snapshots(&self) -> Vec<keys::KeySnapshot> {
+        match self {
+            Provider::Mock(_) => Vec::new(),
+            Provider::OpenAi(p) => p.key_snapshots(),
+        }
+    }
+
+    /// Re-probe up to `max` keys whose disable has expired (the supervisor's job).
+    pub fn probe_keys(&self, health: &crate::config::HealthConfig, max: usize) {
+        match self {
+            Provider::Mock(_) => {}
+            Provider::OpenAi(p) => p.probe_keys(health, max),
         }
     }
 

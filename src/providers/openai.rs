@@ -1,19 +1,22 @@
 //! The `openai` provider: OpenAI Chat Completions over HTTPS (rustls) or HTTP, for OpenAI itself and
 //! every compatible server (vLLM, Ollama, Groq, Together, ...). Upstream statuses and error bodies
-//! reach the client faithfully.
+//! reach the client faithfully, with provider secrets redacted; what each status means for retries,
+//! keys and the breaker is decided in [`super::status`].
 
 use std::io::{BufReader, Read};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::keys::{KeyPool, NoKey};
+use super::keys::{KeyPolicy, KeyPool, KeySnapshot, ModelMark, NoKey, ProbeOutcome};
+use super::redact::Redactor;
 use super::retry::{backoff, parse_retry_after};
 use super::sse::{
     chunk_usage, data_event, event_too_large_error, is_usage_only, stream_duration_error,
     stream_idle_error, SseError, SseItem, SseReader, DONE_EVENT,
 };
+use super::status::{next_step, KeyEffect, NextStep, UpstreamVerdict};
 use super::{Call, StreamResult, StreamSink, UpstreamReply, WorkerCtx};
-use crate::config::{HealthCheck, ProviderConfig, RetryConfig};
+use crate::config::{HealthCheck, HealthConfig, ProviderConfig, RetryConfig};
 use crate::error::{ApiError, ErrorKind};
 
 /// Largest upstream response body accepted, in bytes.
@@ -34,6 +37,8 @@ pub struct OpenAiProvider {
     url: String,
     base_url: String,
     keys: KeyPool,
+    /// Every configured provider secret, scanned for in what is relayed (see [`Redactor`]).
+    redact: Arc<Redactor>,
     retry: RetryConfig,
     headers: Vec<(String, String)>,
     connect_timeout: Duration,
@@ -41,7 +46,7 @@ pub struct OpenAiProvider {
 }
 
 impl OpenAiProvider {
-    pub fn new(cfg: &ProviderConfig) -> Result<Self, String> {
+    pub fn new(cfg: &ProviderConfig, redact: Arc<Redactor>) -> Result<Self, String> {
         let mut roots = ureq::tls::RootCerts::WebPki;
         if let Some(path) = &cfg.ca_file {
             let pem = std::fs::read(path)
@@ -76,7 +81,15 @@ impl OpenAiProvider {
             name: cfg.name.clone(),
             url: format!("{}/chat/completions", cfg.base_url.trim_end_matches('/')),
             base_url: cfg.base_url.trim_end_matches('/').to_string(),
-            keys: KeyPool::new(&cfg.keys),
+            keys: KeyPool::new(
+                &cfg.keys,
+                KeyPolicy {
+                    disable_for: cfg.retry.key_disable,
+                    // `GET <base_url><health.path>` re-probes a disabled key.
+                    reprobe: true,
+                },
+            ),
+            redact,
             retry: cfg.retry.clone(),
             headers: cfg.headers.clone(),
             connect_timeout: cfg.connect_timeout,
@@ -116,12 +129,14 @@ impl OpenAiProvider {
     }
 
     pub fn call(&self, ctx: &mut WorkerCtx, call: &Call<'_>) -> Result<UpstreamReply, ApiError> {
-        let resp = self.send(ctx, call, false)?;
-        self.whole(resp)
+        match self.send(ctx, call, false, |resp| self.success_body(resp))? {
+            Sent::Success(reply) | Sent::Answer(reply) => Ok(reply),
+        }
     }
 
     /// `connect`: a TCP connection to the upstream's host and port. `get`: `GET <base_url><path>`
-    /// with a usable key; any status below 500 is healthy.
+    /// with a key in service; healthy unless the answer is a breaker failure (5xx). A 401 to it
+    /// disables the key (any valid key may make that request).
     pub fn health_probe(&self, check: &HealthCheck, timeout: Duration) -> Result<(), String> {
         match check {
             HealthCheck::None => Ok(()),
@@ -158,26 +173,56 @@ impl OpenAiProvider {
                     .pick("", 0)
                     .or_else(|_| self.keys.pick_any())
                     .map_err(|_| "no usable key".to_string())?;
-                let agent = ureq::Agent::config_builder()
-                    .http_status_as_error(false)
-                    .tls_config(self.tls.clone())
-                    .timeout_global(Some(timeout))
-                    .max_redirects(0)
-                    .build()
-                    .new_agent();
-                let mut req = agent
-                    .get(format!("{}{path}", self.base_url))
-                    .header("authorization", format!("Bearer {}", self.keys.secret(key)));
-                for (name, value) in &self.headers {
-                    req = req.header(name.as_str(), value.as_str());
+                let status = self
+                    .probe_get(key, path, timeout)
+                    .map_err(|e| e.code.to_string())?;
+                let verdict = UpstreamVerdict::classify(status, b"");
+                if verdict.key_effect() == KeyEffect::Disable {
+                    self.keys.disable(key, &self.name);
                 }
-                match req.call() {
-                    Ok(resp) if resp.status().as_u16() < 500 => Ok(()),
-                    Ok(resp) => Err(format!("status {}", resp.status().as_u16())),
-                    Err(e) => Err(self.transport_error(e).code.to_string()),
+                if verdict.healthy() {
+                    Ok(())
+                } else {
+                    Err(format!("status {status}"))
                 }
             }
         }
+    }
+
+    /// Re-probe keys whose disable has expired (at most `max` of them) with
+    /// `GET <base_url><health.path>`: a 401 disables the key again for twice as long, any other
+    /// status puts it back, no answer puts it back on trial. Runs on the pool's supervisor.
+    pub fn probe_keys(&self, health: &HealthConfig, max: usize) {
+        for key in self.keys.due_for_probe().into_iter().take(max) {
+            let outcome = match self.probe_get(key, &health.path, health.timeout) {
+                Ok(status) => match UpstreamVerdict::classify(status, b"").key_effect() {
+                    KeyEffect::Disable => ProbeOutcome::Unauthorized,
+                    _ => ProbeOutcome::Accepted,
+                },
+                Err(_) => ProbeOutcome::Inconclusive,
+            };
+            self.keys.probed(key, outcome, &self.name);
+        }
+    }
+
+    /// `GET <base_url><path>` with key `key`: the status, the body left unread.
+    fn probe_get(&self, key: usize, path: &str, timeout: Duration) -> Result<u16, ApiError> {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .tls_config(self.tls.clone())
+            .timeout_global(Some(timeout))
+            .max_redirects(0)
+            .build()
+            .new_agent();
+        let mut req = agent
+            .get(format!("{}{path}", self.base_url))
+            .header("authorization", format!("Bearer {}", self.keys.secret(key)));
+        for (name, value) in &self.headers {
+            req = req.header(name.as_str(), value.as_str());
+        }
+        req.call()
+            .map(|resp| resp.status().as_u16())
+            .map_err(|e| self.transport_error(e))
     }
 
     /// Per-key state for `/stats`.
@@ -185,75 +230,157 @@ impl OpenAiProvider {
         self.keys.to_json()
     }
 
-    /// Send the request with retries: transport errors and 500/502/503/504 are retried after an
-    /// exponential backoff with jitter; a 429 cools its key down for the upstream's `Retry-After`
-    /// and is retried on another key at once, or after the wait when no other key is free; 401/403
-    /// disable the key. Never past the deadline, never after the client left. The last answer
-    /// (whatever its status) is returned for the client.
-    fn send(
+    /// Per-key state for `/metrics`.
+    pub fn key_snapshots(&self) -> Vec<KeySnapshot> {
+        self.keys.snapshots()
+    }
+
+    /// Send the request with retries, never past the deadline, never after the client left. What
+    /// each answer means (retry, key, breaker) is [`UpstreamVerdict`]'s: transport errors and
+    /// 500/502/503/504 are retried after an exponential backoff with jitter; a 429 cools its
+    /// (key, model) pair (for the `Retry-After`, capped by `rate_limit_cooldown_ms_max`) and is
+    /// retried on another key at once, or after the wait when no other key is free; a 401
+    /// disables the key and a 403/404 marks its (key, model) pair, both retried at once on another
+    /// key that may serve the model; an `insufficient_quota` 429 is relayed at once. A 2xx goes to
+    /// `on_success` (which reads or checks the body); any other answer is read whole, secrets
+    /// redacted, and the last one is what the client gets when retries run out.
+    fn send<T>(
         &self,
         ctx: &mut WorkerCtx,
         call: &Call<'_>,
         stream: bool,
-    ) -> Result<ureq::http::Response<ureq::Body>, ApiError> {
-        let mut attempt = 0u32;
+        mut on_success: impl FnMut(ureq::http::Response<ureq::Body>) -> Result<T, ApiError>,
+    ) -> Result<Sent<T>, ApiError> {
+        let model = call.upstream_model;
+        let mut retries_left = self.retry.max_retries;
+        let mut last: Option<UpstreamReply> = None;
         loop {
             if call.ctl.is_cancelled() {
                 return Err(cancelled_error());
             }
-            let retries_left = attempt < self.retry.max_retries;
-            let key = match self.keys.pick(call.upstream_model, ctx.next_random()) {
+            let key = match self.keys.pick(model, ctx.next_random()) {
                 Ok(key) => key,
-                Err(NoKey::CoolingDown(wait)) if retries_left && self.fits(call, wait) => {
+                Err(NoKey::CoolingDown(wait)) if retries_left > 0 && self.fits(call, wait) => {
+                    retries_left -= 1;
                     self.pause(call, wait);
-                    attempt += 1;
                     continue;
                 }
-                Err(no_key) => return Err(no_key.error(&self.name, call.upstream_model)),
+                Err(no_key) => {
+                    return last
+                        .map(Sent::Answer)
+                        .ok_or_else(|| no_key.error(&self.name, model))
+                }
             };
-            let outcome = self.attempt(ctx, call, key, stream);
-            let status = outcome.as_ref().map(|r| r.status().as_u16());
-            let transport_failure =
-                matches!(&outcome, Err(e) if e.kind == ErrorKind::UpstreamTransport);
-            let timed_out = matches!(&outcome, Err(e) if e.kind == ErrorKind::RequestTimeout);
-            call.breaker
-                .record(!(transport_failure || timed_out || matches!(status, Ok(500..))));
-            match status {
-                Ok(429) => {
-                    let resp = outcome?;
-                    let wait = resp
-                        .headers()
-                        .get("retry-after")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()))
-                        .unwrap_or(self.retry.rate_limit_cooldown_default);
-                    self.keys.cool_down(key, wait);
-                    // Retried at once on another free key; else after the wait if the deadline
-                    // allows (handled by `pick` above); else the 429 goes to the client as it is.
-                    let other_key_free = self.keys.pick(call.upstream_model, 0).is_ok();
-                    if !retries_left || (!other_key_free && !self.fits(call, wait)) {
-                        return Ok(resp);
+            let backoff = backoff(
+                self.retry.max_retries - retries_left,
+                self.retry.backoff_initial,
+                self.retry.backoff_max,
+                ctx.next_random(),
+            );
+            let (step, failure) = match self.attempt(ctx, call, key, stream) {
+                Ok(resp) => match UpstreamVerdict::classify(resp.status().as_u16(), b"") {
+                    UpstreamVerdict::Success => {
+                        let result = on_success(resp);
+                        call.breaker
+                            .record(!result.as_ref().is_err_and(is_breaker_failure));
+                        if result.is_ok() {
+                            self.keys.succeeded(key);
+                        }
+                        return result.map(Sent::Success);
+                    }
+                    UpstreamVerdict::Invalid => {
+                        call.breaker.record(false);
+                        return Err(self.invalid_status(resp.status().as_u16()));
+                    }
+                    _ => match self.read_answer(resp) {
+                        Ok(reply) => {
+                            let step = self.judge(call, key, &reply, backoff);
+                            last = Some(reply);
+                            (step, None)
+                        }
+                        Err(e) => self.failed(call, e, backoff)?,
+                    },
+                },
+                Err(e) => self.failed(call, e, backoff)?,
+            };
+            match step {
+                NextStep::Now if retries_left > 0 => retries_left -= 1,
+                NextStep::After(wait) if retries_left > 0 && self.fits(call, wait) => {
+                    retries_left -= 1;
+                    self.pause(call, wait);
+                }
+                _ => {
+                    return match (last, failure) {
+                        (Some(reply), _) => Ok(Sent::Answer(reply)),
+                        (None, Some(e)) => Err(e),
+                        (None, None) => Err(ApiError::internal()),
                     }
                 }
-                Ok(401 | 403) => {
-                    self.keys.disable(key);
-                    return outcome;
-                }
-                Ok(500 | 502 | 503 | 504) | Err(_) if transport_failure || status.is_ok() => {
-                    let pause = backoff(
-                        attempt,
-                        self.retry.backoff_initial,
-                        self.retry.backoff_max,
-                        ctx.next_random(),
-                    );
-                    if !retries_left || !self.fits(call, pause) {
-                        return outcome;
-                    }
-                    self.pause(call, pause);
-                }
-                _ => return outcome,
             }
-            attempt += 1;
+        }
+    }
+
+    /// A non-2xx answer of key `key`: record it with the breaker, apply what it says of the key,
+    /// and plan the next step.
+    fn judge(
+        &self,
+        call: &Call<'_>,
+        key: usize,
+        reply: &UpstreamReply,
+        backoff: Duration,
+    ) -> NextStep {
+        let model = call.upstream_model;
+        let verdict = UpstreamVerdict::classify(reply.status, &reply.body);
+        call.breaker.record(!verdict.breaker_failure());
+        let upstream_wait = reply
+            .retry_after
+            .as_deref()
+            .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()))
+            .unwrap_or(self.retry.rate_limit_cooldown_default);
+        let cool_for = upstream_wait.min(self.retry.rate_limit_cooldown_max);
+        match (verdict.key_effect(), verdict) {
+            (KeyEffect::None, _) => {}
+            (KeyEffect::Disable, _) => self.keys.disable(key, &self.name),
+            (KeyEffect::DenyModel, _) => {
+                let mark = if reply.status == 403 {
+                    ModelMark::Forbidden
+                } else {
+                    ModelMark::NotFound
+                };
+                self.keys
+                    .mark_model(key, model, mark, self.retry.key_disable);
+            }
+            (KeyEffect::CoolModel, UpstreamVerdict::QuotaExhausted) => {
+                self.keys
+                    .mark_model(key, model, ModelMark::QuotaExhausted, cool_for)
+            }
+            (KeyEffect::CoolModel, _) => {
+                self.keys
+                    .mark_model(key, model, ModelMark::RateLimited, cool_for)
+            }
+        }
+        next_step(
+            verdict.retry(),
+            self.keys.other_key_free_in(model, key),
+            upstream_wait,
+            backoff,
+            verdict == UpstreamVerdict::RateLimited,
+        )
+    }
+
+    /// An attempt that got no answer: a breaker failure unless the client left; transport
+    /// failures are retried after `backoff`, anything else ends the call.
+    fn failed(
+        &self,
+        call: &Call<'_>,
+        e: ApiError,
+        backoff: Duration,
+    ) -> Result<(NextStep, Option<ApiError>), ApiError> {
+        call.breaker.record(!is_breaker_failure(&e));
+        if e.kind == ErrorKind::UpstreamTransport && !call.ctl.is_cancelled() {
+            Ok((NextStep::After(backoff), Some(e)))
+        } else {
+            Err(e)
         }
     }
 
@@ -334,15 +461,10 @@ impl OpenAiProvider {
         call: &Call<'_>,
         sink: &mut dyn StreamSink,
     ) -> Result<StreamResult, ApiError> {
-        let resp = self.send(ctx, call, true)?;
-        let is_sse = resp
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| ct.starts_with("text/event-stream"));
-        if resp.status().as_u16() != 200 || !is_sse {
-            return self.whole(resp).map(StreamResult::Whole);
-        }
+        let resp = match self.send(ctx, call, true, |resp| self.event_stream(resp))? {
+            Sent::Success(resp) => resp,
+            Sent::Answer(reply) => return Ok(StreamResult::Whole(reply)),
+        };
         let (mut prompt_tokens, mut completion_tokens) = (0, 0);
         let end = |error, prompt_tokens, completion_tokens| StreamResult::Streamed {
             error,
@@ -365,6 +487,7 @@ impl OpenAiProvider {
         loop {
             match events.next_item() {
                 Ok(SseItem::Data(payload)) => {
+                    let payload = self.redact.redact_event(payload);
                     if let Some((p, c)) = chunk_usage(&payload) {
                         (prompt_tokens, completion_tokens) = (p, c);
                         if !call.client_wants_usage && is_usage_only(&payload) {
@@ -437,8 +560,53 @@ impl OpenAiProvider {
         }
     }
 
-    /// Read a whole answer (any status) to pass on as it is.
-    fn whole(&self, mut resp: ureq::http::Response<ureq::Body>) -> Result<UpstreamReply, ApiError> {
+    /// A 2xx to a stream request must be an event stream.
+    fn event_stream(
+        &self,
+        resp: ureq::http::Response<ureq::Body>,
+    ) -> Result<ureq::http::Response<ureq::Body>, ApiError> {
+        let is_sse = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("text/event-stream"));
+        if is_sse {
+            Ok(resp)
+        } else {
+            Err(self.invalid_response("a stream request was not answered with an event stream"))
+        }
+    }
+
+    /// A 2xx answer, read whole: it must be JSON (its usage is counted). Not scanned for secrets.
+    fn success_body(
+        &self,
+        resp: ureq::http::Response<ureq::Body>,
+    ) -> Result<UpstreamReply, ApiError> {
+        let mut reply = self.read_whole(resp)?;
+        let (prompt_tokens, completion_tokens) =
+            usage_of(&reply.body).ok_or_else(|| self.invalid_response("the answer is not JSON"))?;
+        reply.prompt_tokens = prompt_tokens;
+        reply.completion_tokens = completion_tokens;
+        Ok(reply)
+    }
+
+    /// A non-2xx answer, read whole to pass on as it is, with every provider secret redacted.
+    fn read_answer(
+        &self,
+        resp: ureq::http::Response<ureq::Body>,
+    ) -> Result<UpstreamReply, ApiError> {
+        let mut reply = self.read_whole(resp)?;
+        if let Some(body) = self.redact.redact(&reply.body) {
+            reply.body = body;
+        }
+        Ok(reply)
+    }
+
+    /// Read a whole answer: status, content type, a well-formed `Retry-After`, body.
+    fn read_whole(
+        &self,
+        mut resp: ureq::http::Response<ureq::Body>,
+    ) -> Result<UpstreamReply, ApiError> {
         let status = resp.status().as_u16();
         let header = |name: &str| {
             resp.headers()
@@ -446,7 +614,10 @@ impl OpenAiProvider {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string)
         };
-        let retry_after = header("retry-after");
+        // Passed on only when it is a delay or a date: nothing else of the upstream's reaches a
+        // client header.
+        let retry_after = header("retry-after")
+            .filter(|v| parse_retry_after(v, std::time::SystemTime::now()).is_some());
         let json = header("content-type").is_some_and(|ct| ct.contains("json"));
         let mut body = Vec::new();
         resp.body_mut()
@@ -455,11 +626,6 @@ impl OpenAiProvider {
             .reader()
             .read_to_end(&mut body)
             .map_err(|e| self.read_error(e))?;
-        let (prompt_tokens, completion_tokens) = if status == 200 {
-            usage_of(&body)
-        } else {
-            (0, 0)
-        };
         Ok(UpstreamReply {
             status,
             content_type: if json {
@@ -469,9 +635,28 @@ impl OpenAiProvider {
             },
             body,
             retry_after,
-            prompt_tokens,
-            completion_tokens,
+            prompt_tokens: 0,
+            completion_tokens: 0,
         })
+    }
+
+    fn invalid_response(&self, what: &str) -> ApiError {
+        ApiError::new(
+            ErrorKind::UpstreamInvalid,
+            "upstream_invalid_response",
+            format!("provider {}: {what}", self.name),
+        )
+    }
+
+    fn invalid_status(&self, status: u16) -> ApiError {
+        ApiError::new(
+            ErrorKind::UpstreamInvalid,
+            "upstream_invalid_status",
+            format!(
+                "provider {}: the upstream answered status {status}",
+                self.name
+            ),
+        )
     }
 
     fn transport_error(&self, e: ureq::Error) -> ApiError {
@@ -542,6 +727,23 @@ impl<R: Read> Read for Activity<'_, R> {
     }
 }
 
+/// What [`OpenAiProvider::send`] ends with.
+enum Sent<T> {
+    /// A 2xx, as the caller's `on_success` made it.
+    Success(T),
+    /// The upstream's own non-2xx answer (read whole, secrets redacted), for the client.
+    Answer(UpstreamReply),
+}
+
+/// Whether an attempt's error counts against the provider in its circuit breaker: no answer, a
+/// timeout or an unusable answer (a client that left is no failure of the provider).
+fn is_breaker_failure(e: &ApiError) -> bool {
+    matches!(
+        e.kind,
+        ErrorKind::UpstreamTransport | ErrorKind::UpstreamInvalid | ErrorKind::RequestTimeout
+    )
+}
+
 /// rustls reports a failed handshake (untrusted certificate, wrong name, ...) as an I/O error.
 fn is_tls_failure(e: &std::io::Error) -> bool {
     e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>())
@@ -563,22 +765,55 @@ fn timeout_error() -> ApiError {
     )
 }
 
-/// `usage.prompt_tokens` and `usage.completion_tokens` of an OpenAI response, or zeros.
-fn usage_of(body: &[u8]) -> (u64, u64) {
+/// `usage.prompt_tokens` and `usage.completion_tokens` of an OpenAI response (zeros when it has
+/// none or they are not counts); `None` when the body is not a JSON object. One pass, nothing but
+/// `usage` materialized.
+fn usage_of(body: &[u8]) -> Option<(u64, u64)> {
     #[derive(serde::Deserialize)]
     struct U {
         prompt_tokens: Option<u64>,
         completion_tokens: Option<u64>,
     }
     #[derive(serde::Deserialize)]
-    struct R {
-        usage: Option<U>,
+    struct R<'a> {
+        #[serde(borrow)]
+        usage: Option<&'a serde_json::value::RawValue>,
     }
-    match serde_json::from_slice::<R>(body) {
-        Ok(R { usage: Some(u) }) => (
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return None;
+    }
+    let r: R<'_> = serde_json::from_slice(body).ok()?;
+    let usage = r
+        .usage
+        .and_then(|u| serde_json::from_str::<U>(u.get()).ok());
+    Some(usage.map_or((0, 0), |u| {
+        (
             u.prompt_tokens.unwrap_or(0),
             u.completion_tokens.unwrap_or(0),
-        ),
-        _ => (0, 0),
+        )
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::usage_of;
+
+    #[test]
+    fn a_success_body_must_be_a_json_object() {
+        let ok = br#" {"id":"c","usage":{"prompt_tokens":3,"completion_tokens":4}}"#;
+        assert_eq!(usage_of(ok), Some((3, 4)));
+        assert_eq!(usage_of(br#"{"id":"c"}"#), Some((0, 0)));
+        assert_eq!(usage_of(br#"{"usage":"odd"}"#), Some((0, 0)));
+        assert_eq!(usage_of(br#"{"usage":null}"#), Some((0, 0)));
+        for bad in [
+            &b"<html>oops</html>"[..],
+            b"",
+            b"[1,2]",
+            b"{\"id\":",
+            b"null",
+            b"{} trailing",
+        ] {
+            assert_eq!(usage_of(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
     }
 }

@@ -15,6 +15,7 @@ use crate::http::FrontStats;
 use crate::objpool::{ObjPoolSnapshot, ObjPoolStats};
 use crate::pool::breaker::State;
 use crate::pool::ProviderPool;
+use crate::providers::keys::{KeySnapshot, KEY_STATES};
 use crate::service::ServiceStats;
 
 /// `Content-Type` of the exposition.
@@ -80,6 +81,14 @@ pub const POOL_UPSTREAM_SECONDS: &str = "deepintshield_pool_upstream_duration_se
 pub const POOL_TOTAL_SECONDS: &str = "deepintshield_pool_request_duration_seconds";
 pub const POOL_TTFT_SECONDS: &str = "deepintshield_pool_time_to_first_token_seconds";
 pub const POOL_STREAM_GAP_SECONDS: &str = "deepintshield_pool_stream_event_gap_seconds";
+// Per provider key (labels `pool`, `key`: the key's position in the config, never the key).
+pub const KEY_USES: &str = "deepintshield_pool_key_uses_total";
+pub const KEY_REFUSALS: &str = "deepintshield_pool_key_refusals_total";
+pub const KEY_DISABLES: &str = "deepintshield_pool_key_disables_total";
+pub const KEY_PROBES: &str = "deepintshield_pool_key_probes_total";
+pub const KEY_COOLDOWNS_DROPPED: &str = "deepintshield_pool_key_model_cooldowns_dropped_total";
+pub const KEY_STATE: &str = "deepintshield_pool_key_state";
+pub const KEY_MODEL_COOLDOWNS: &str = "deepintshield_pool_key_model_cooldowns";
 // The API listener (label `listener`).
 pub const FRONT_CONNECTIONS: &str = "deepintshield_front_connections_accepted_total";
 pub const FRONT_CONNECTIONS_ACTIVE: &str = "deepintshield_front_connections_active";
@@ -135,6 +144,7 @@ pub fn render(s: &Scrape<'_>) -> String {
         out: String::with_capacity(16 * 1024 + s.pools.len() * 12 * 1024),
     };
     pools(&mut w, s.pools);
+    keys(&mut w, s.pools);
     if let Some(front) = s.front {
         front_metrics(&mut w, front);
     }
@@ -508,6 +518,88 @@ fn pool_gauges(w: &mut Writer, pools: &[Arc<ProviderPool>]) {
         w.family(name, Kind::Gauge, help, pools, |w, p| {
             w.sample(name, &[("pool", p.name())], get(p));
         });
+    }
+}
+
+/// The provider keys of every pool: counters since the pool was built (a reload rebuilds the key
+/// pool, so these series restart from zero then), state and active model cool-downs.
+fn keys(w: &mut Writer, pools: &[Arc<ProviderPool>]) {
+    let snaps: Vec<(&str, Vec<KeySnapshot>, Vec<String>)> = pools
+        .iter()
+        .map(|p| {
+            let keys = p.key_snapshots();
+            let labels = keys.iter().map(|k| k.index.to_string()).collect();
+            (p.name(), keys, labels)
+        })
+        .collect();
+    type Each = fn(&mut Writer, &str, &[(&str, &str)], &KeySnapshot);
+    let families: [(&str, Kind, &str, Each); 7] = [
+        (
+            KEY_USES,
+            Kind::Counter,
+            "Upstream attempts made with the key.",
+            |w, name, l, k| w.sample(name, l, k.uses),
+        ),
+        (
+            KEY_REFUSALS,
+            Kind::Counter,
+            "Upstream refusals of the key, by reason (429 rate_limited or quota_exhausted, 403 forbidden, 404 not_found, 401 unauthorized).",
+            |w, name, l, k| {
+                for (reason, n) in k.refusals {
+                    w.sample(name, &[l[0], l[1], ("reason", reason)], n);
+                }
+            },
+        ),
+        (
+            KEY_DISABLES,
+            Kind::Counter,
+            "Times the key was taken out of service after a 401.",
+            |w, name, l, k| w.sample(name, l, k.disables),
+        ),
+        (
+            KEY_PROBES,
+            Kind::Counter,
+            "Re-probes of the key after a disable expired, by result.",
+            |w, name, l, k| {
+                for (result, n) in k.probes {
+                    w.sample(name, &[l[0], l[1], ("result", result)], n);
+                }
+            },
+        ),
+        (
+            KEY_COOLDOWNS_DROPPED,
+            Kind::Counter,
+            "Model cool-downs of the key not kept because its table was full of longer ones.",
+            |w, name, l, k| w.sample(name, l, k.marks_dropped),
+        ),
+        (
+            KEY_STATE,
+            Kind::Gauge,
+            "Key state: 1 for the current state, 0 for the others.",
+            |w, name, l, k| {
+                for state in KEY_STATES {
+                    w.sample(
+                        name,
+                        &[l[0], l[1], ("state", state)],
+                        u64::from(k.state == state),
+                    );
+                }
+            },
+        ),
+        (
+            KEY_MODEL_COOLDOWNS,
+            Kind::Gauge,
+            "Models the key is cooling down or denied for now.",
+            |w, name, l, k| w.sample(name, l, k.model_cooldowns.len()),
+        ),
+    ];
+    for (name, kind, help, each) in families {
+        w.head(name, kind, help);
+        for (pool, keys, labels) in &snaps {
+            for (k, label) in keys.iter().zip(labels) {
+                each(w, name, &[("pool", pool), ("key", label)], k);
+            }
+        }
     }
 }
 
