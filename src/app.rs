@@ -329,36 +329,80 @@ impl ApiHandler {
     }
 }
 
+/// What an API request asks for, from its method and path alone.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Chat,
+    Models,
+    /// `GET /v1/models/{id}`.
+    Model,
+}
+
+/// The endpoint of `req`, or the 404/405 it gets.
+fn endpoint(req: &Request) -> Result<Endpoint, ApiError> {
+    match (req.method, req.path.as_str()) {
+        (Method::Post, "/v1/chat/completions") => Ok(Endpoint::Chat),
+        (Method::Get | Method::Head, "/v1/models") => Ok(Endpoint::Models),
+        (Method::Get | Method::Head, p) if p.starts_with("/v1/models/") => Ok(Endpoint::Model),
+        (_, "/v1/chat/completions" | "/v1/models") => Err(method_not_allowed(req.method)),
+        (_, p) => Err(not_found(p)),
+    }
+}
+
 impl Handler for ApiHandler {
+    /// Path, method and client key are checked on the head, so that a request bound to be
+    /// refused never costs a body read. A refused chat request still writes its access line.
+    fn admit(&self, req: &Request) -> Option<Response> {
+        let refusal = match endpoint(req) {
+            Err(e) => e,
+            Ok(ep) => {
+                let e = self.0.load().router.authorize(req).err()?;
+                if ep == Endpoint::Chat {
+                    log::access(&AccessRecord {
+                        request_id: req.id.clone(),
+                        status: e.status(),
+                        error_code: e.code,
+                        total_us: req.received_at.elapsed().as_micros() as u64,
+                        ..AccessRecord::default()
+                    });
+                }
+                e
+            }
+        };
+        Some(Response::error(&refusal))
+    }
+
     fn handle(&self, req: &mut Request) -> Response {
         let current = self.0.load_full();
         let g = &current;
-        if req.method == Method::Post && req.path == "/v1/chat/completions" {
-            let mut rec = AccessRecord {
-                request_id: req.id.clone(),
-                ..AccessRecord::default()
-            };
-            let resp = self.chat_current(g, req, &mut rec).unwrap_or_else(|e| {
-                rec.error_code = e.code;
-                Response::error(&e)
-            });
-            rec.status = resp.status;
-            rec.total_us = req.received_at.elapsed().as_micros() as u64;
-            if resp.stream.is_none() {
-                log::access(&rec);
-            }
-            return resp;
-        }
-        let req: &Request = req;
-        let result = match (req.method, req.path.as_str()) {
-            (Method::Get | Method::Head, "/v1/models") => g.models(req),
-            (Method::Get | Method::Head, p) if p.starts_with("/v1/models/") => {
-                g.model(req, &p["/v1/models/".len()..])
-            }
-            (_, "/v1/chat/completions" | "/v1/models") => Err(method_not_allowed(req.method)),
-            (_, p) => Err(not_found(p)),
+        let result = match endpoint(req) {
+            Ok(Endpoint::Chat) => return self.chat_logged(g, req),
+            Ok(Endpoint::Models) => g.models(req),
+            Ok(Endpoint::Model) => g.model(req, req.path.get("/v1/models/".len()..).unwrap_or("")),
+            Err(e) => Err(e),
         };
         result.unwrap_or_else(|e| Response::error(&e))
+    }
+}
+
+impl ApiHandler {
+    /// A chat request, answered and written to the access log (a stream writes its line when
+    /// it ends).
+    fn chat_logged(&self, g: &Arc<Gateway>, req: &mut Request) -> Response {
+        let mut rec = AccessRecord {
+            request_id: req.id.clone(),
+            ..AccessRecord::default()
+        };
+        let resp = self.chat_current(g, req, &mut rec).unwrap_or_else(|e| {
+            rec.error_code = e.code;
+            Response::error(&e)
+        });
+        rec.status = resp.status;
+        rec.total_us = req.received_at.elapsed().as_micros() as u64;
+        if resp.stream.is_none() {
+            log::access(&rec);
+        }
+        resp
     }
 }
 
@@ -406,6 +450,17 @@ impl AdminHandler {
 }
 
 impl Handler for AdminHandler {
+    /// Every admin endpoint is a `GET`: anything else is answered before its body is read.
+    fn admit(&self, req: &Request) -> Option<Response> {
+        match (req.method, req.path.as_str()) {
+            (Method::Get | Method::Head, "/health" | "/stats" | "/metrics") => None,
+            (_, "/health" | "/stats" | "/metrics") => {
+                Some(Response::error(&method_not_allowed(req.method)))
+            }
+            (_, path) => Some(Response::error(&not_found(path))),
+        }
+    }
+
     fn handle(&self, req: &mut Request) -> Response {
         let current = self.gateway.load_full();
         let g = &current;

@@ -22,7 +22,8 @@ use crate::log::Level;
 pub use crate::pool::breaker::BreakerConfig;
 
 use crate::http::{
-    Limits, BODY_BYTES_MAX_DEFAULT, BODY_READ_TIMEOUT_MS_DEFAULT, COROUTINE_STACK_KB_DEFAULT,
+    Limits, BODY_BUFFER_BYTES_MAX_DEFAULT, BODY_BYTES_MAX_DEFAULT, BODY_READ_TIMEOUT_MS_DEFAULT,
+    BODY_TIMEOUT_MS_DEFAULT, CONNECTIONS_MAX_DEFAULT, COROUTINE_STACK_KB_DEFAULT,
     HEADER_BYTES_MAX_DEFAULT, HEADER_LINES_MAX_DEFAULT, HEADER_READ_TIMEOUT_MS_DEFAULT,
     IDLE_TIMEOUT_MS_DEFAULT, WRITE_TIMEOUT_MS_DEFAULT,
 };
@@ -50,6 +51,12 @@ pub const HEADER_LINES_MAX_RANGE: RangeInclusive<u64> = 1..=4096;
 pub const HEADER_BYTES_MAX_RANGE: RangeInclusive<u64> = 1024..=1024 * 1024;
 /// `server.body_bytes_max`, bytes (default `crate::http::BODY_BYTES_MAX_DEFAULT`).
 pub const BODY_BYTES_MAX_RANGE: RangeInclusive<u64> = 1..=1024 * 1024 * 1024;
+/// `server.connections_max`, open connections per listener (default
+/// `crate::http::CONNECTIONS_MAX_DEFAULT`).
+pub const CONNECTIONS_MAX_RANGE: RangeInclusive<u64> = 1..=1_048_576;
+/// `server.body_buffer_bytes_max`, bytes of request bodies buffered at once per listener (default
+/// `crate::http::BODY_BUFFER_BYTES_MAX_DEFAULT`); also at least `server.body_bytes_max`.
+pub const BODY_BUFFER_BYTES_MAX_RANGE: RangeInclusive<u64> = 1..=64 * 1024 * 1024 * 1024;
 /// `server.json_depth_max`: nesting depth of request JSON.
 pub const JSON_DEPTH_MAX_DEFAULT: u64 = 64;
 pub const JSON_DEPTH_MAX_RANGE: RangeInclusive<u64> = 1..=128; // serde_json recurses at most 128 levels
@@ -733,7 +740,10 @@ struct ServerFile {
     header_read_timeout_ms: Option<u64>,
     idle_timeout_ms: Option<u64>,
     body_read_timeout_ms: Option<u64>,
+    body_timeout_ms: Option<u64>,
     write_timeout_ms: Option<u64>,
+    connections_max: Option<u64>,
+    body_buffer_bytes_max: Option<u64>,
     shutdown_timeout_ms: Option<u64>,
     client_keys: Option<Vec<String>>,
 }
@@ -1159,6 +1169,27 @@ impl Checker<'_> {
             COROUTINE_STACK_KB_DEFAULT as u64,
             &COROUTINE_STACK_KB_RANGE,
         );
+        let body_bytes_max = self.size(
+            "server.body_bytes_max",
+            f.body_bytes_max,
+            BODY_BYTES_MAX_DEFAULT as u64,
+            &BODY_BYTES_MAX_RANGE,
+        );
+        let body_buffer_bytes_max = self.size(
+            "server.body_buffer_bytes_max",
+            f.body_buffer_bytes_max,
+            BODY_BUFFER_BYTES_MAX_DEFAULT as u64,
+            &BODY_BUFFER_BYTES_MAX_RANGE,
+        );
+        if body_buffer_bytes_max < body_bytes_max {
+            self.error(
+                "server.body_buffer_bytes_max",
+                format!(
+                    "{body_buffer_bytes_max} is less than server.body_bytes_max \
+                     ({body_bytes_max}): a body of the largest allowed size could never be read"
+                ),
+            );
+        }
         Limits {
             header_lines_max: self.size(
                 "server.header_lines_max",
@@ -1172,12 +1203,7 @@ impl Checker<'_> {
                 HEADER_BYTES_MAX_DEFAULT as u64,
                 &HEADER_BYTES_MAX_RANGE,
             ),
-            body_bytes_max: self.size(
-                "server.body_bytes_max",
-                f.body_bytes_max,
-                BODY_BYTES_MAX_DEFAULT as u64,
-                &BODY_BYTES_MAX_RANGE,
-            ),
+            body_bytes_max,
             header_read_timeout: self.timeout(
                 "server.header_read_timeout_ms",
                 f.header_read_timeout_ms,
@@ -1193,12 +1219,24 @@ impl Checker<'_> {
                 f.body_read_timeout_ms,
                 BODY_READ_TIMEOUT_MS_DEFAULT,
             ),
+            body_timeout: self.timeout(
+                "server.body_timeout_ms",
+                f.body_timeout_ms,
+                BODY_TIMEOUT_MS_DEFAULT,
+            ),
             write_timeout: self.timeout(
                 "server.write_timeout_ms",
                 f.write_timeout_ms,
                 WRITE_TIMEOUT_MS_DEFAULT,
             ),
             coroutine_stack_bytes: stack_kb * 1024,
+            connections_max: self.size(
+                "server.connections_max",
+                f.connections_max,
+                CONNECTIONS_MAX_DEFAULT as u64,
+                &CONNECTIONS_MAX_RANGE,
+            ),
+            body_buffer_bytes_max,
         }
     }
 
@@ -2115,7 +2153,10 @@ json_depth_max = 32
 header_read_timeout_ms = 1000
 idle_timeout_ms = 2000
 body_read_timeout_ms = 3000
+body_timeout_ms = 3500
 write_timeout_ms = 4000
+connections_max = 1000
+body_buffer_bytes_max = 8388608
 shutdown_timeout_ms = 5000
 client_keys = ["env:DEEPINTSHIELD_CLIENT_KEY"]
 
@@ -2183,6 +2224,9 @@ worker_stack_kb = 64
         assert_eq!(s.limits.idle_timeout, Duration::from_millis(2000));
         assert_eq!(s.limits.body_read_timeout, Duration::from_millis(3000));
         assert_eq!(s.limits.write_timeout, Duration::from_millis(4000));
+        assert_eq!(s.limits.body_timeout, Duration::from_millis(3500));
+        assert_eq!(s.limits.connections_max, 1000);
+        assert_eq!(s.limits.body_buffer_bytes_max, 8 * 1024 * 1024);
         assert_eq!(s.shutdown_timeout, Duration::from_millis(5000));
         assert_eq!(s.json_depth_max, 32);
         assert_eq!(s.client_keys[0].expose(), "client-1");
@@ -2332,6 +2376,18 @@ worker_stack_kb = 64
             (
                 "[server]\nidle_timeout_ms = 0\n",
                 "server.idle_timeout_ms: 0 is out of range",
+            ),
+            (
+                "[server]\nbody_timeout_ms = 0\n",
+                "server.body_timeout_ms: 0 is out of range",
+            ),
+            (
+                "[server]\nconnections_max = 0\n",
+                "server.connections_max: 0 is out of range 1..=1048576",
+            ),
+            (
+                "[server]\nbody_bytes_max = 2048\nbody_buffer_bytes_max = 1024\n",
+                "server.body_buffer_bytes_max: 1024 is less than server.body_bytes_max (2048)",
             ),
             (
                 "[server]\nadmin_listen = \"127.0.0.1:8080\"\n",

@@ -25,6 +25,9 @@ pub enum ErrorKind {
     QueueFull,
     /// Queue full under `error`/`block`, or the gateway shutting down: 503.
     Unavailable,
+    /// The front is at a limit of its own (open connections, buffered body bytes): 503 with
+    /// `Retry-After`.
+    Overloaded,
     /// The job waited in the queue past `queue_wait_ms_max`: 504, upstream not called.
     QueueTimeout,
     /// The request ran past `request_timeout_ms`: 504.
@@ -49,7 +52,7 @@ impl ErrorKind {
             ErrorKind::PayloadTooLarge => 413,
             ErrorKind::HeadersTooLarge => 431,
             ErrorKind::QueueFull => 429,
-            ErrorKind::Unavailable => 503,
+            ErrorKind::Unavailable | ErrorKind::Overloaded => 503,
             ErrorKind::QueueTimeout | ErrorKind::RequestTimeout => 504,
             ErrorKind::UpstreamTransport | ErrorKind::UpstreamInvalid => 502,
             ErrorKind::Internal => 500,
@@ -72,7 +75,7 @@ impl ErrorKind {
             | ErrorKind::RequestTimeout
             | ErrorKind::UpstreamTransport
             | ErrorKind::UpstreamInvalid => "upstream_error",
-            ErrorKind::Internal => "server_error",
+            ErrorKind::Internal | ErrorKind::Overloaded => "server_error",
         }
     }
 
@@ -83,6 +86,7 @@ impl ErrorKind {
             self,
             ErrorKind::QueueFull
                 | ErrorKind::Unavailable
+                | ErrorKind::Overloaded
                 | ErrorKind::QueueTimeout
                 | ErrorKind::UpstreamTransport
                 | ErrorKind::UpstreamInvalid

@@ -100,10 +100,7 @@ impl Router {
         }
         let presented = req
             .header("authorization")
-            .and_then(|v| {
-                v.strip_prefix(b"Bearer ")
-                    .or_else(|| v.strip_prefix(b"bearer "))
-            })
+            .and_then(bearer_token)
             .or_else(|| req.header("x-api-key"));
         let Some(presented) = presented else {
             return Err(ApiError::new(
@@ -132,6 +129,15 @@ impl Router {
     pub fn listed_models(&self) -> &[(String, String)] {
         &self.listed
     }
+}
+
+/// The credentials of an `Authorization: Bearer <token>` value; the scheme name is
+/// case-insensitive (RFC 9110 section 11.1), `BEARER` and `bearer` included.
+fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    const SCHEME: &[u8] = b"bearer";
+    let scheme = value.get(..SCHEME.len())?;
+    let rest = &value[SCHEME.len()..];
+    (scheme.eq_ignore_ascii_case(SCHEME) && rest.first() == Some(&b' ')).then_some(rest)
 }
 
 fn trim_ascii(v: &[u8]) -> &[u8] {
@@ -171,5 +177,15 @@ mod tests {
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"ab"));
         assert_eq!(trim_ascii(b"  k \r"), b"k");
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        for v in [&b"Bearer k"[..], b"bearer k", b"BEARER k", b"bEaReR k"] {
+            assert_eq!(bearer_token(v), Some(&b" k"[..]), "{v:?}");
+        }
+        for v in [&b"Bearerk"[..], b"Basic k", b"Bear k", b"", b"Bearer"] {
+            assert_eq!(bearer_token(v), None, "{v:?}");
+        }
     }
 }

@@ -1,14 +1,24 @@
 //! OpenAI Chat Completions: parse just what routing needs from a request body (borrowing the rest
 //! as raw JSON), rewrite the `model` for the upstream, and the response shapes the gateway emits.
 
-use serde::{Deserialize, Serialize};
+use serde::de::{self, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer as _, Serialize};
 use serde_json::value::RawValue;
+use std::cell::Cell;
 use std::collections::BTreeMap;
+use std::fmt;
 
 use crate::error::ApiError;
 
 /// Most entries of a request's own `fallbacks` list.
 pub const REQUEST_FALLBACKS_MAX: usize = 8;
+/// Most top-level fields of a chat request (OpenAI's API defines about 40). Reading stops at the
+/// first field past it, so a body of a million keys costs no more than one of this many.
+pub const REQUEST_FIELDS_MAX: usize = 256;
+/// Most fields of `stream_options` (OpenAI's API defines 2).
+pub const STREAM_OPTIONS_FIELDS_MAX: usize = 16;
+
+const _: () = assert!(REQUEST_FIELDS_MAX >= 64 && STREAM_OPTIONS_FIELDS_MAX >= 2);
 
 /// The JSON nesting depth of `body` exceeds `max` (or the body is not balanced JSON).
 #[derive(Debug, PartialEq, Eq)]
@@ -56,6 +66,8 @@ pub struct ChatRequest<'a> {
     pub fallbacks: Vec<String>,
     /// Top-level fields except `model`, in a stable order.
     fields: BTreeMap<String, &'a RawValue>,
+    /// The fields of `stream_options`, when it is an object.
+    stream_options: Option<BTreeMap<String, &'a RawValue>>,
 }
 
 impl<'a> ChatRequest<'a> {
@@ -73,13 +85,20 @@ impl<'a> ChatRequest<'a> {
                 format!("the request JSON is nested deeper than {depth_max} levels"),
             )
         })?;
-        let mut fields: BTreeMap<String, &'a RawValue> =
-            serde_json::from_slice(body).map_err(|e| {
-                ApiError::bad_request(
-                    "invalid_json",
-                    format!("the request body is not a valid JSON object: {e}"),
-                )
-            })?;
+        let mut fields = object_fields(body, REQUEST_FIELDS_MAX).map_err(|e| match e {
+            FieldsError::TooMany => ApiError::bad_request(
+                "too_many_fields",
+                format!("the request has more than {REQUEST_FIELDS_MAX} top-level fields"),
+            ),
+            FieldsError::Duplicate => ApiError::bad_request(
+                "duplicate_field",
+                "a top-level field of the request appears more than once",
+            ),
+            FieldsError::Json(e) => ApiError::bad_request(
+                "invalid_json",
+                format!("the request body is not a valid JSON object: {e}"),
+            ),
+        })?;
         let model = match fields.remove("model") {
             Some(raw) => match serde_json::from_str::<String>(raw.get()) {
                 Ok(m) if !m.is_empty() => m,
@@ -117,9 +136,9 @@ impl<'a> ChatRequest<'a> {
         }
         let fallbacks = match fields.remove("fallbacks") {
             None => Vec::new(),
-            Some(raw) => match serde_json::from_str::<Vec<String>>(raw.get()) {
-                Ok(list) if list.len() <= REQUEST_FALLBACKS_MAX => list,
-                _ => {
+            Some(raw) => match string_list(raw.get(), REQUEST_FALLBACKS_MAX) {
+                Some(list) => list,
+                None => {
                     return Err(ApiError::bad_request(
                         "invalid_fallbacks",
                         format!(
@@ -142,11 +161,27 @@ impl<'a> ChatRequest<'a> {
                 }
             },
         };
+        let stream_options = match fields.get("stream_options") {
+            None => None,
+            Some(raw) if raw.get() == "null" => None,
+            Some(raw) => Some(
+                object_fields(raw.get().as_bytes(), STREAM_OPTIONS_FIELDS_MAX).map_err(|_| {
+                    ApiError::bad_request(
+                        "invalid_stream_options",
+                        format!(
+                            "`stream_options` must be an object of at most \
+                             {STREAM_OPTIONS_FIELDS_MAX} distinct fields"
+                        ),
+                    )
+                })?,
+            ),
+        };
         Ok(ChatRequest {
             model,
             stream,
             fallbacks,
             fields,
+            stream_options,
         })
     }
 
@@ -157,14 +192,10 @@ impl<'a> ChatRequest<'a> {
 
     /// Whether a streaming client asked for the final usage chunk.
     pub fn wants_usage(&self) -> bool {
-        #[derive(Deserialize)]
-        struct StreamOptions {
-            include_usage: Option<bool>,
-        }
-        self.field("stream_options")
-            .and_then(|raw| serde_json::from_str::<StreamOptions>(raw.get()).ok())
-            .and_then(|o| o.include_usage)
-            .unwrap_or(false)
+        self.stream_options
+            .as_ref()
+            .and_then(|o| o.get("include_usage"))
+            .is_some_and(|v| v.get() == "true")
     }
 
     /// Write the request as JSON with `model` replaced by `upstream_model`, into `out`. For a
@@ -185,16 +216,103 @@ impl<'a> ChatRequest<'a> {
             out.extend_from_slice(v.get().as_bytes());
         }
         if self.stream {
-            out.extend_from_slice(b",\"stream_options\":");
-            let mut options: serde_json::Map<String, serde_json::Value> = self
-                .field("stream_options")
-                .and_then(|raw| serde_json::from_str(raw.get()).ok())
-                .unwrap_or_default();
-            options.insert("include_usage".into(), serde_json::Value::Bool(true));
-            let _ = serde_json::to_writer(&mut *out, &options);
+            out.extend_from_slice(b",\"stream_options\":{");
+            for (k, v) in self.stream_options.iter().flatten() {
+                if k != "include_usage" {
+                    write_json_str(out, k);
+                    out.push(b':');
+                    out.extend_from_slice(v.get().as_bytes());
+                    out.push(b',');
+                }
+            }
+            out.extend_from_slice(b"\"include_usage\":true}");
         }
         out.push(b'}');
     }
+}
+
+/// Why a JSON object's fields were not read.
+#[derive(Debug)]
+enum FieldsError {
+    /// More fields than allowed (reading stopped at the first one past the limit).
+    TooMany,
+    /// A field name appears twice (parsers disagree on which value wins, so none is chosen).
+    Duplicate,
+    /// Not a JSON object.
+    Json(serde_json::Error),
+}
+
+/// The fields of the JSON object `json` as raw values, reading at most `max` of them.
+fn object_fields(json: &[u8], max: usize) -> Result<BTreeMap<String, &RawValue>, FieldsError> {
+    let refused = Cell::new(None);
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let visitor = FieldsVisitor {
+        max,
+        refused: &refused,
+    };
+    let fields = (&mut de)
+        .deserialize_map(visitor)
+        .and_then(|fields| de.end().map(|()| fields));
+    fields.map_err(|e| refused.take().unwrap_or(FieldsError::Json(e)))
+}
+
+/// Collects an object's fields, failing at the first one past `max` or at a repeated name;
+/// `refused` says which (serde's error carries only text).
+struct FieldsVisitor<'r> {
+    max: usize,
+    refused: &'r Cell<Option<FieldsError>>,
+}
+
+impl<'de> Visitor<'de> for FieldsVisitor<'_> {
+    type Value = BTreeMap<String, &'de RawValue>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut fields = BTreeMap::new();
+        while let Some(name) = map.next_key::<String>()? {
+            if fields.len() == self.max {
+                self.refused.set(Some(FieldsError::TooMany));
+                return Err(de::Error::custom("too many fields"));
+            }
+            let value: &'de RawValue = map.next_value()?;
+            if fields.insert(name, value).is_some() {
+                self.refused.set(Some(FieldsError::Duplicate));
+                return Err(de::Error::custom("duplicate field"));
+            }
+        }
+        Ok(fields)
+    }
+}
+
+/// A JSON array of at most `max` strings; `None` for anything else. Reading stops at the first
+/// element past `max`.
+fn string_list(json: &str, max: usize) -> Option<Vec<String>> {
+    struct ListVisitor(usize);
+    impl<'de> Visitor<'de> for ListVisitor {
+        type Value = Vec<String>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "an array of at most {} strings", self.0)
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut list = Vec::new();
+            while let Some(item) = seq.next_element::<String>()? {
+                if list.len() == self.0 {
+                    return Err(de::Error::custom("too many elements"));
+                }
+                list.push(item);
+            }
+            Ok(list)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(json);
+    let list = (&mut de).deserialize_seq(ListVisitor(max)).ok()?;
+    de.end().ok()?;
+    Some(list)
 }
 
 fn write_json_str(out: &mut Vec<u8>, s: &str) {
@@ -355,6 +473,96 @@ mod tests {
             assert_eq!(e.code, *code, "{}", String::from_utf8_lossy(body));
             assert_eq!(e.status(), 400);
         }
+    }
+
+    /// A request with `extra` more top-level fields besides `model` and `messages`.
+    fn with_fields(extra: usize) -> String {
+        let mut body = String::from(r#"{"model":"a/b","messages":[]"#);
+        for i in 0..extra {
+            body.push_str(&format!(r#","f{i}":{i}"#));
+        }
+        body.push('}');
+        body
+    }
+
+    #[test]
+    fn top_level_fields_are_bounded() {
+        let ok = with_fields(REQUEST_FIELDS_MAX - 2);
+        assert!(ChatRequest::parse(ok.as_bytes(), 64).is_ok());
+        for extra in [REQUEST_FIELDS_MAX - 1, 300_000] {
+            let body = with_fields(extra);
+            let e = ChatRequest::parse(body.as_bytes(), 64).unwrap_err();
+            assert_eq!((e.status(), e.code), (400, "too_many_fields"));
+        }
+        // Past the limit, reading stops: what follows is never looked at.
+        let mut body = with_fields(REQUEST_FIELDS_MAX);
+        body.truncate(body.len() - 1);
+        body.push_str(r#","late": not json at all"#);
+        let e = ChatRequest::parse(body.as_bytes(), 64).unwrap_err();
+        assert_eq!(e.code, "too_many_fields");
+    }
+
+    #[test]
+    fn duplicate_fields_are_refused() {
+        for body in [
+            &br#"{"model":"a/b","messages":[],"model":"c/d"}"#[..],
+            br#"{"model":"a/b","messages":[],"messages":[]}"#,
+            br#"{"model":"a/b","messages":[],"t":1,"t":2}"#,
+        ] {
+            let e = ChatRequest::parse(body, 64).unwrap_err();
+            assert_eq!(
+                e.code,
+                "duplicate_field",
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn stream_options_and_fallbacks_are_bounded() {
+        let many: Vec<String> = (0..=STREAM_OPTIONS_FIELDS_MAX)
+            .map(|i| format!(r#""o{i}":1"#))
+            .collect();
+        let body = format!(
+            r#"{{"model":"m","messages":[],"stream":true,"stream_options":{{{}}}}}"#,
+            many.join(",")
+        );
+        let e = ChatRequest::parse(body.as_bytes(), 64).unwrap_err();
+        assert_eq!(e.code, "invalid_stream_options");
+        for bad in [r#"5"#, r#"[]"#, r#"{"a":1,"a":2}"#] {
+            let body = format!(r#"{{"model":"m","messages":[],"stream_options":{bad}}}"#);
+            let e = ChatRequest::parse(body.as_bytes(), 64).unwrap_err();
+            assert_eq!(e.code, "invalid_stream_options", "{bad}");
+        }
+        let body = br#"{"model":"m","messages":[],"stream":true,"stream_options":null}"#;
+        let req = ChatRequest::parse(body, 64).unwrap();
+        let mut out = Vec::new();
+        req.write_with_model("u", &mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v["stream_options"],
+            serde_json::json!({"include_usage": true})
+        );
+
+        let list = |n: usize| (0..n).map(|i| format!("\"p/m{i}\"")).collect::<Vec<_>>();
+        let ok = format!(
+            r#"{{"model":"a/b","messages":[],"fallbacks":[{}]}}"#,
+            list(REQUEST_FALLBACKS_MAX).join(",")
+        );
+        assert_eq!(
+            ChatRequest::parse(ok.as_bytes(), 64)
+                .unwrap()
+                .fallbacks
+                .len(),
+            REQUEST_FALLBACKS_MAX
+        );
+        let long = format!(
+            r#"{{"model":"a/b","messages":[],"fallbacks":[{}]}}"#,
+            list(100_000).join(",")
+        );
+        let e = ChatRequest::parse(long.as_bytes(), 64).unwrap_err();
+        assert_eq!(e.code, "invalid_fallbacks");
     }
 
     #[test]

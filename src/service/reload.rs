@@ -178,16 +178,12 @@ mod tests {
     use arc_swap::ArcSwap;
 
     fn chat_request() -> Request {
-        Request {
-            id: "req-test".into(),
-            method: Method::Post,
-            path: "/v1/chat/completions".into(),
-            query: String::new(),
-            headers: Vec::new(),
-            body: br#"{"model":"mock/m","messages":[{"role":"user","content":"hi"}]}"#.to_vec(),
-            received_at: Instant::now(),
-            fd: -1,
-        }
+        let mut req = Request::empty(-1);
+        req.id = "req-test".into();
+        req.method = Method::Post;
+        req.path = "/v1/chat/completions".into();
+        req.body = br#"{"model":"mock/m","messages":[{"role":"user","content":"hi"}]}"#.to_vec();
+        req
     }
 
     #[test]

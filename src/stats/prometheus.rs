@@ -97,6 +97,12 @@ pub const FRONT_REQUESTS_IN_FLIGHT: &str = "deepintshield_front_requests_in_flig
 pub const FRONT_ERRORS: &str = "deepintshield_front_errors_total";
 pub const FRONT_STREAMS_CANCELLED: &str = "deepintshield_front_streams_cancelled_total";
 pub const FRONT_IDLE_TIMEOUTS: &str = "deepintshield_front_idle_timeouts_total";
+pub const FRONT_CONNECTIONS_REFUSED: &str = "deepintshield_front_connections_refused_total";
+pub const FRONT_ACCEPT_FD_EXHAUSTED: &str = "deepintshield_front_accept_fd_exhausted_total";
+pub const FRONT_BODY_BUFFER_BYTES: &str = "deepintshield_front_body_buffer_bytes";
+pub const FRONT_BODY_BUFFER_REFUSALS: &str = "deepintshield_front_body_buffer_refusals_total";
+pub const FRONT_ANSWERED_BEFORE_BODY: &str =
+    "deepintshield_front_requests_answered_before_body_total";
 // Object pools (label `pool`).
 pub const OBJPOOL_GETS: &str = "deepintshield_objpool_gets_total";
 pub const OBJPOOL_HITS: &str = "deepintshield_objpool_hits_total";
@@ -606,7 +612,7 @@ fn keys(w: &mut Writer, pools: &[Arc<ProviderPool>]) {
 fn front_metrics(w: &mut Writer, f: &FrontStats) {
     let l = [("listener", "api")];
     let one = [()];
-    let simple: [(&str, Kind, &str, &AtomicU64); 6] = [
+    let simple: [(&str, Kind, &str, &AtomicU64); 11] = [
         (
             FRONT_CONNECTIONS,
             Kind::Counter,
@@ -637,6 +643,36 @@ fn front_metrics(w: &mut Writer, f: &FrontStats) {
             Kind::Counter,
             "Keep-alive connections closed after idle_timeout_ms.",
             &f.idle_timeouts,
+        ),
+        (
+            FRONT_CONNECTIONS_REFUSED,
+            Kind::Counter,
+            "Connections answered 503 at connections_max.",
+            &f.connections_refused,
+        ),
+        (
+            FRONT_ACCEPT_FD_EXHAUSTED,
+            Kind::Counter,
+            "accept() failures for lack of file descriptors.",
+            &f.accept_fd_exhausted,
+        ),
+        (
+            FRONT_BODY_BUFFER_BYTES,
+            Kind::Gauge,
+            "Request body bytes buffered now.",
+            &f.body_buffer_bytes,
+        ),
+        (
+            FRONT_BODY_BUFFER_REFUSALS,
+            Kind::Counter,
+            "Request bodies refused 503 at body_buffer_bytes_max.",
+            &f.body_buffer_refusals,
+        ),
+        (
+            FRONT_ANSWERED_BEFORE_BODY,
+            Kind::Counter,
+            "Requests answered from the head alone (refused before the body was read).",
+            &f.requests_answered_before_body,
         ),
     ];
     for (name, kind, help, v) in simple {
