@@ -22,7 +22,8 @@ use crate::log::Level;
 pub use crate::pool::breaker::BreakerConfig;
 
 use crate::http::{
-    Limits, BODY_BYTES_MAX_DEFAULT, BODY_READ_TIMEOUT_MS_DEFAULT, COROUTINE_STACK_KB_DEFAULT,
+    Limits, BODY_BUFFER_BYTES_MAX_DEFAULT, BODY_BYTES_MAX_DEFAULT, BODY_READ_TIMEOUT_MS_DEFAULT,
+    BODY_TIMEOUT_MS_DEFAULT, CONNECTIONS_MAX_DEFAULT, COROUTINE_STACK_KB_DEFAULT,
     HEADER_BYTES_MAX_DEFAULT, HEADER_LINES_MAX_DEFAULT, HEADER_READ_TIMEOUT_MS_DEFAULT,
     IDLE_TIMEOUT_MS_DEFAULT, WRITE_TIMEOUT_MS_DEFAULT,
 };
@@ -50,6 +51,12 @@ pub const HEADER_LINES_MAX_RANGE: RangeInclusive<u64> = 1..=4096;
 pub const HEADER_BYTES_MAX_RANGE: RangeInclusive<u64> = 1024..=1024 * 1024;
 /// `server.body_bytes_max`, bytes (default `crate::http::BODY_BYTES_MAX_DEFAULT`).
 pub const BODY_BYTES_MAX_RANGE: RangeInclusive<u64> = 1..=1024 * 1024 * 1024;
+/// `server.connections_max`, open connections per listener (default
+/// `crate::http::CONNECTIONS_MAX_DEFAULT`).
+pub const CONNECTIONS_MAX_RANGE: RangeInclusive<u64> = 1..=1_048_576;
+/// `server.body_buffer_bytes_max`, bytes of request bodies buffered at once per listener (default
+/// `crate::http::BODY_BUFFER_BYTES_MAX_DEFAULT`); also at least `server.body_bytes_max`.
+pub const BODY_BUFFER_BYTES_MAX_RANGE: RangeInclusive<u64> = 1..=64 * 1024 * 1024 * 1024;
 /// `server.json_depth_max`: nesting depth of request JSON.
 pub const JSON_DEPTH_MAX_DEFAULT: u64 = 64;
 pub const JSON_DEPTH_MAX_RANGE: RangeInclusive<u64> = 1..=128; // serde_json recurses at most 128 levels
@@ -142,9 +149,19 @@ pub const MAX_RETRIES_RANGE: RangeInclusive<u64> = 0..=10;
 /// `providers.<name>.retry_backoff_ms_initial` / `_max`: exponential backoff with jitter.
 pub const RETRY_BACKOFF_MS_INITIAL_DEFAULT: u64 = 100;
 pub const RETRY_BACKOFF_MS_MAX_DEFAULT: u64 = 2_000;
-/// `providers.<name>.rate_limit_cooldown_ms_default`: how long a key answered 429 without
-/// `Retry-After` is skipped.
+/// `providers.<name>.rate_limit_cooldown_ms_default`: how long a (key, model) pair answered 429
+/// without `Retry-After` is skipped.
 pub const RATE_LIMIT_COOLDOWN_MS_DEFAULT: u64 = 1_000;
+/// `providers.<name>.rate_limit_cooldown_ms_max`: the longest one 429 cools a (key, model) pair,
+/// whatever its `Retry-After` (which still reaches the client when the 429 is relayed).
+pub const RATE_LIMIT_COOLDOWN_MS_MAX_DEFAULT: u64 = 60_000;
+pub const RATE_LIMIT_COOLDOWN_MS_MAX_RANGE: RangeInclusive<u64> = 1..=86_400_000;
+/// Longest disable of a key: each disable in a row doubles the last, up to this.
+pub const KEY_DISABLE_DOUBLED_MS_MAX: u64 = 3_600_000;
+/// `providers.<name>.key_disable_ms`: how long a key answered 401 is out of service before it is
+/// re-probed (doubling per disable in a row, up to [`KEY_DISABLE_DOUBLED_MS_MAX`]).
+pub const KEY_DISABLE_MS_DEFAULT: u64 = 300_000;
+pub const KEY_DISABLE_MS_RANGE: RangeInclusive<u64> = 1..=KEY_DISABLE_DOUBLED_MS_MAX;
 /// `providers.<name>.breaker.*`: the circuit breaker.
 pub const BREAKER_FAILURE_RATIO_DEFAULT: f64 = 0.5;
 pub const BREAKER_MIN_REQUESTS_DEFAULT: u64 = 20;
@@ -262,6 +279,13 @@ const _: () = assert!(within(
     &POOL_WORKER_STACK_KB_RANGE
 ));
 const _: () = assert!(*POOL_QUEUE_WAIT_MS_MAX_RANGE.end() <= *TIMEOUT_MS_RANGE.end());
+const _: () = assert!(within(
+    RATE_LIMIT_COOLDOWN_MS_MAX_DEFAULT,
+    &RATE_LIMIT_COOLDOWN_MS_MAX_RANGE
+));
+// The default cool-down (a 429 without Retry-After) is within the default cap.
+const _: () = assert!(RATE_LIMIT_COOLDOWN_MS_DEFAULT <= RATE_LIMIT_COOLDOWN_MS_MAX_DEFAULT);
+const _: () = assert!(within(KEY_DISABLE_MS_DEFAULT, &KEY_DISABLE_MS_RANGE));
 
 // ---------------------------------------------------------------------------------------------
 // Validated types.
@@ -452,8 +476,12 @@ pub struct RetryConfig {
     pub max_retries: u32,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
-    /// Cool-down of a key answered 429 without `Retry-After`.
+    /// Cool-down of a (key, model) pair answered 429 without `Retry-After`.
     pub rate_limit_cooldown_default: Duration,
+    /// Longest cool-down of a (key, model) pair after one 429, whatever its `Retry-After`.
+    pub rate_limit_cooldown_max: Duration,
+    /// First disable of a key answered 401 (doubled per disable in a row), before its re-probe.
+    pub key_disable: Duration,
 }
 
 impl Default for RetryConfig {
@@ -463,6 +491,8 @@ impl Default for RetryConfig {
             backoff_initial: Duration::from_millis(RETRY_BACKOFF_MS_INITIAL_DEFAULT),
             backoff_max: Duration::from_millis(RETRY_BACKOFF_MS_MAX_DEFAULT),
             rate_limit_cooldown_default: Duration::from_millis(RATE_LIMIT_COOLDOWN_MS_DEFAULT),
+            rate_limit_cooldown_max: Duration::from_millis(RATE_LIMIT_COOLDOWN_MS_MAX_DEFAULT),
+            key_disable: Duration::from_millis(KEY_DISABLE_MS_DEFAULT),
         }
     }
 }
@@ -480,6 +510,9 @@ pub enum HealthCheck {
 #[derive(Clone, Debug)]
 pub struct HealthConfig {
     pub check: HealthCheck,
+    /// The cheap authenticated `GET` path (default [`HEALTH_PATH_DEFAULT`]): the `get` check's,
+    /// and the re-probe of a disabled key's, whatever `check` is.
+    pub path: String,
     pub interval: Duration,
     pub timeout: Duration,
 }
@@ -488,6 +521,7 @@ impl Default for HealthConfig {
     fn default() -> Self {
         HealthConfig {
             check: HealthCheck::None,
+            path: HEALTH_PATH_DEFAULT.to_string(),
             interval: Duration::from_millis(HEALTH_INTERVAL_MS_DEFAULT),
             timeout: Duration::from_millis(HEALTH_TIMEOUT_MS_DEFAULT),
         }
@@ -742,7 +776,10 @@ struct ServerFile {
     header_read_timeout_ms: Option<u64>,
     idle_timeout_ms: Option<u64>,
     body_read_timeout_ms: Option<u64>,
+    body_timeout_ms: Option<u64>,
     write_timeout_ms: Option<u64>,
+    connections_max: Option<u64>,
+    body_buffer_bytes_max: Option<u64>,
     shutdown_timeout_ms: Option<u64>,
     client_keys: Option<Vec<String>>,
 }
@@ -790,6 +827,8 @@ struct ProviderFile {
     retry_backoff_ms_initial: Option<u64>,
     retry_backoff_ms_max: Option<u64>,
     rate_limit_cooldown_ms_default: Option<u64>,
+    rate_limit_cooldown_ms_max: Option<u64>,
+    key_disable_ms: Option<u64>,
     breaker: Option<BreakerFile>,
     health: Option<HealthFile>,
 }
@@ -1168,6 +1207,27 @@ impl Checker<'_> {
             COROUTINE_STACK_KB_DEFAULT as u64,
             &COROUTINE_STACK_KB_RANGE,
         );
+        let body_bytes_max = self.size(
+            "server.body_bytes_max",
+            f.body_bytes_max,
+            BODY_BYTES_MAX_DEFAULT as u64,
+            &BODY_BYTES_MAX_RANGE,
+        );
+        let body_buffer_bytes_max = self.size(
+            "server.body_buffer_bytes_max",
+            f.body_buffer_bytes_max,
+            BODY_BUFFER_BYTES_MAX_DEFAULT as u64,
+            &BODY_BUFFER_BYTES_MAX_RANGE,
+        );
+        if body_buffer_bytes_max < body_bytes_max {
+            self.error(
+                "server.body_buffer_bytes_max",
+                format!(
+                    "{body_buffer_bytes_max} is less than server.body_bytes_max \
+                     ({body_bytes_max}): a body of the largest allowed size could never be read"
+                ),
+            );
+        }
         Limits {
             header_lines_max: self.size(
                 "server.header_lines_max",
@@ -1181,12 +1241,7 @@ impl Checker<'_> {
                 HEADER_BYTES_MAX_DEFAULT as u64,
                 &HEADER_BYTES_MAX_RANGE,
             ),
-            body_bytes_max: self.size(
-                "server.body_bytes_max",
-                f.body_bytes_max,
-                BODY_BYTES_MAX_DEFAULT as u64,
-                &BODY_BYTES_MAX_RANGE,
-            ),
+            body_bytes_max,
             header_read_timeout: self.timeout(
                 "server.header_read_timeout_ms",
                 f.header_read_timeout_ms,
@@ -1202,12 +1257,24 @@ impl Checker<'_> {
                 f.body_read_timeout_ms,
                 BODY_READ_TIMEOUT_MS_DEFAULT,
             ),
+            body_timeout: self.timeout(
+                "server.body_timeout_ms",
+                f.body_timeout_ms,
+                BODY_TIMEOUT_MS_DEFAULT,
+            ),
             write_timeout: self.timeout(
                 "server.write_timeout_ms",
                 f.write_timeout_ms,
                 WRITE_TIMEOUT_MS_DEFAULT,
             ),
             coroutine_stack_bytes: stack_kb * 1024,
+            connections_max: self.size(
+                "server.connections_max",
+                f.connections_max,
+                CONNECTIONS_MAX_DEFAULT as u64,
+                &CONNECTIONS_MAX_RANGE,
+            ),
+            body_buffer_bytes_max,
         }
     }
 
@@ -1398,6 +1465,8 @@ impl Checker<'_> {
                     f.retry_backoff_ms_initial,
                     f.retry_backoff_ms_max,
                     f.rate_limit_cooldown_ms_default,
+                    f.rate_limit_cooldown_ms_max,
+                    f.key_disable_ms,
                 ],
             ),
             breaker: self.breaker(&format!("{at}.breaker"), f.breaker.unwrap_or_default()),
@@ -1405,9 +1474,10 @@ impl Checker<'_> {
         }
     }
 
-    /// `[max_retries, retry_backoff_ms_initial, retry_backoff_ms_max, rate_limit_cooldown_ms_default]`.
-    fn retry(&mut self, at: &str, values: [Option<u64>; 4]) -> RetryConfig {
-        let [max_retries, initial_ms, max_ms, cooldown_ms] = values;
+    /// `[max_retries, retry_backoff_ms_initial, retry_backoff_ms_max,
+    /// rate_limit_cooldown_ms_default, rate_limit_cooldown_ms_max, key_disable_ms]`.
+    fn retry(&mut self, at: &str, values: [Option<u64>; 6]) -> RetryConfig {
+        let [max_retries, initial_ms, max_ms, cooldown_ms, cooldown_max_ms, disable_ms] = values;
         let key = |leaf: &str| format!("{at}.{leaf}");
         let backoff_initial = self.timeout(
             &key("retry_backoff_ms_initial"),
@@ -1425,6 +1495,23 @@ impl Checker<'_> {
                 "must be at least retry_backoff_ms_initial",
             );
         }
+        let rate_limit_cooldown_default = self.timeout(
+            &key("rate_limit_cooldown_ms_default"),
+            cooldown_ms,
+            RATE_LIMIT_COOLDOWN_MS_DEFAULT,
+        );
+        let rate_limit_cooldown_max = Duration::from_millis(self.int(
+            &key("rate_limit_cooldown_ms_max"),
+            cooldown_max_ms,
+            RATE_LIMIT_COOLDOWN_MS_MAX_DEFAULT,
+            &RATE_LIMIT_COOLDOWN_MS_MAX_RANGE,
+        ));
+        if rate_limit_cooldown_max < rate_limit_cooldown_default {
+            self.error(
+                &key("rate_limit_cooldown_ms_max"),
+                "must be at least rate_limit_cooldown_ms_default",
+            );
+        }
         RetryConfig {
             max_retries: self.int(
                 &key("max_retries"),
@@ -1434,11 +1521,14 @@ impl Checker<'_> {
             ) as u32,
             backoff_initial,
             backoff_max,
-            rate_limit_cooldown_default: self.timeout(
-                &key("rate_limit_cooldown_ms_default"),
-                cooldown_ms,
-                RATE_LIMIT_COOLDOWN_MS_DEFAULT,
-            ),
+            rate_limit_cooldown_default,
+            rate_limit_cooldown_max,
+            key_disable: Duration::from_millis(self.int(
+                &key("key_disable_ms"),
+                disable_ms,
+                KEY_DISABLE_MS_DEFAULT,
+                &KEY_DISABLE_MS_RANGE,
+            )),
         }
     }
 
@@ -1503,7 +1593,7 @@ impl Checker<'_> {
         let check = match f.check.as_deref() {
             None | Some("none") => HealthCheck::None,
             Some("connect") => HealthCheck::Connect,
-            Some("get") => HealthCheck::Get(path),
+            Some("get") => HealthCheck::Get(path.clone()),
             Some(other) => {
                 let expected = "expected one of \"none\", \"connect\", \"get\"";
                 self.error(&key("check"), format!("{expected} (found {other:?})"));
@@ -1512,6 +1602,7 @@ impl Checker<'_> {
         };
         HealthConfig {
             check,
+            path,
             interval: self.timeout(
                 &key("interval_ms"),
                 f.interval_ms,
@@ -2134,7 +2225,10 @@ json_depth_max = 32
 header_read_timeout_ms = 1000
 idle_timeout_ms = 2000
 body_read_timeout_ms = 3000
+body_timeout_ms = 3500
 write_timeout_ms = 4000
+connections_max = 1000
+body_buffer_bytes_max = 8388608
 shutdown_timeout_ms = 5000
 client_keys = ["env:DEEPINTSHIELD_CLIENT_KEY"]
 
@@ -2202,6 +2296,9 @@ worker_stack_kb = 64
         assert_eq!(s.limits.idle_timeout, Duration::from_millis(2000));
         assert_eq!(s.limits.body_read_timeout, Duration::from_millis(3000));
         assert_eq!(s.limits.write_timeout, Duration::from_millis(4000));
+        assert_eq!(s.limits.body_timeout, Duration::from_millis(3500));
+        assert_eq!(s.limits.connections_max, 1000);
+        assert_eq!(s.limits.body_buffer_bytes_max, 8 * 1024 * 1024);
         assert_eq!(s.shutdown_timeout, Duration::from_millis(5000));
         assert_eq!(s.json_depth_max, 32);
         assert_eq!(s.client_keys[0].expose(), "client-1");
@@ -2353,6 +2450,18 @@ worker_stack_kb = 64
                 "server.idle_timeout_ms: 0 is out of range",
             ),
             (
+                "[server]\nbody_timeout_ms = 0\n",
+                "server.body_timeout_ms: 0 is out of range",
+            ),
+            (
+                "[server]\nconnections_max = 0\n",
+                "server.connections_max: 0 is out of range 1..=1048576",
+            ),
+            (
+                "[server]\nbody_bytes_max = 2048\nbody_buffer_bytes_max = 1024\n",
+                "server.body_buffer_bytes_max: 1024 is less than server.body_bytes_max (2048)",
+            ),
+            (
                 "[server]\nadmin_listen = \"127.0.0.1:8080\"\n",
                 "server.admin_listen: same address",
             ),
@@ -2420,6 +2529,46 @@ worker_stack_kb = 64
     fn at_least_one_provider() {
         assert!(err("").contains("test.toml: providers: at least one provider is required"));
         assert!(err("[providers]\n").contains("providers: at least one provider is required"));
+    }
+
+    #[test]
+    fn key_refusal_settings() {
+        let env = [("K", "sk-k")];
+        let base = "[providers.o]\ntype = \"openai\"\nbase_url = \"https://h/v1\"\nkeys = [{ key = \"env:K\" }]\n";
+        let c = check_with(base, &env, Some(CORES)).unwrap_or_else(|e| panic!("{e}"));
+        let r = &c.providers["o"].retry;
+        assert_eq!(r.rate_limit_cooldown_max, Duration::from_secs(60));
+        assert_eq!(r.key_disable, Duration::from_secs(300));
+        assert_eq!(c.providers["o"].health.path, "/models");
+        let text = format!(
+            "{base}rate_limit_cooldown_ms_max = 5000\nkey_disable_ms = 1000\n[providers.o.health]\npath = \"/v2/models\"\n"
+        );
+        let c = check_with(&text, &env, Some(CORES)).unwrap_or_else(|e| panic!("{e}"));
+        let p = &c.providers["o"];
+        assert_eq!(p.retry.rate_limit_cooldown_max, Duration::from_secs(5));
+        assert_eq!(p.retry.key_disable, Duration::from_secs(1));
+        assert_eq!(
+            (&p.health.check, p.health.path.as_str()),
+            (&HealthCheck::None, "/v2/models")
+        );
+        for (setting, problem) in [
+            (
+                "rate_limit_cooldown_ms_default = 2000\nrate_limit_cooldown_ms_max = 1000",
+                "rate_limit_cooldown_ms_max: must be at least rate_limit_cooldown_ms_default",
+            ),
+            (
+                "rate_limit_cooldown_ms_max = 0",
+                "rate_limit_cooldown_ms_max: 0 is out of range",
+            ),
+            ("key_disable_ms = 0", "key_disable_ms: 0 is out of range"),
+            (
+                "key_disable_ms = 3600001",
+                "key_disable_ms: 3600001 is out of range",
+            ),
+        ] {
+            let e = err_with(&format!("{base}{setting}\n"), &env);
+            assert!(e.contains(&format!("providers.o.{problem}")), "{e}");
+        }
     }
 
     #[test]

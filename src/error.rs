@@ -27,6 +27,9 @@ pub enum ErrorKind {
     QueueFull,
     /// Queue full under `error`/`block`, or the gateway shutting down: 503.
     Unavailable,
+    /// The front is at a limit of its own (open connections, buffered body bytes): 503 with
+    /// `Retry-After`.
+    Overloaded,
     /// The job waited in the queue past `queue_wait_ms_max`: 504, upstream not called.
     QueueTimeout,
     /// The request ran past `request_timeout_ms`: 504.
@@ -56,7 +59,7 @@ impl ErrorKind {
             ErrorKind::PayloadTooLarge => 413,
             ErrorKind::HeadersTooLarge => 431,
             ErrorKind::QueueFull => 429,
-            ErrorKind::Unavailable | ErrorKind::ShuttingDown => 503,
+            ErrorKind::Unavailable | ErrorKind::ShuttingDown | ErrorKind::Overloaded => 503,
             ErrorKind::QueueTimeout | ErrorKind::RequestTimeout => 504,
             ErrorKind::UpstreamTransport | ErrorKind::UpstreamInvalid => 502,
             ErrorKind::Internal => 500,
@@ -83,19 +86,22 @@ impl ErrorKind {
             | ErrorKind::RequestTimeout
             | ErrorKind::UpstreamTransport
             | ErrorKind::UpstreamInvalid => "upstream_error",
-            ErrorKind::Internal => "server_error",
+            ErrorKind::Internal | ErrorKind::Overloaded => "server_error",
         }
     }
 
-    /// Whether retrying the same request elsewhere or later may succeed.
+    /// Whether retrying the same request elsewhere or later may succeed (a fallback is tried).
+    /// An unusable upstream answer is the upstream's fault, as a 5xx is.
     pub fn retryable(self) -> bool {
         matches!(
             self,
             ErrorKind::QueueFull
                 | ErrorKind::Unavailable
                 | ErrorKind::ShuttingDown
+                | ErrorKind::Overloaded
                 | ErrorKind::QueueTimeout
                 | ErrorKind::UpstreamTransport
+                | ErrorKind::UpstreamInvalid
         )
     }
 }

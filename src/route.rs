@@ -126,6 +126,15 @@ impl Router {
     }
 }
 
+/// The credentials of an `Authorization: Bearer <token>` value; the scheme name is
+/// case-insensitive (RFC 9110 section 11.1), `BEARER` and `bearer` included.
+pub fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    const SCHEME: &[u8] = b"bearer";
+    let scheme = value.get(..SCHEME.len())?;
+    let rest = &value[SCHEME.len()..];
+    (scheme.eq_ignore_ascii_case(SCHEME) && rest.first() == Some(&b' ')).then_some(rest)
+}
+
 fn trim_ascii(v: &[u8]) -> &[u8] {
     let start = v
         .iter()
@@ -163,5 +172,15 @@ mod tests {
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"ab"));
         assert_eq!(trim_ascii(b"  k \r"), b"k");
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        for v in [&b"Bearer k"[..], b"bearer k", b"BEARER k", b"bEaReR k"] {
+            assert_eq!(bearer_token(v), Some(&b" k"[..]), "{v:?}");
+        }
+        for v in [&b"Bearerk"[..], b"Basic k", b"Bear k", b"", b"Bearer"] {
+            assert_eq!(bearer_token(v), None, "{v:?}");
+        }
     }
 }

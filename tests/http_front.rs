@@ -53,6 +53,11 @@ impl BodyStream for Ticker {
 }
 
 impl Handler for EchoHandler {
+    /// `/refuse` is answered 403 from the head alone.
+    fn admit(&self, req: &Request) -> Option<Response> {
+        (req.path == "/refuse").then(|| Response::json(403, br#"{"refused":true}"#.to_vec()))
+    }
+
     fn handle(&self, req: &mut Request) -> Response {
         match req.path.as_str() {
             "/panic" => panic!("test handler panic"),
@@ -900,4 +905,37 @@ fn http10_stream_is_close_delimited() {
     assert!(text.contains("connection: close"), "{text}");
     assert!(!text.contains("transfer-encoding"), "{text}");
     assert!(text.ends_with("data: tick 1\n\ndata: tick 2\n\n"), "{text}");
+}
+
+#[test]
+fn admit_answers_from_the_head_and_skips_only_a_body_already_read() {
+    let server = start(test_limits());
+    // The whole body arrived with the head: skipped, and the next request is served.
+    let mut c = Client::connect(server.local_addr());
+    c.send(b"POST /refuse HTTP/1.1\r\nContent-Length: 5\r\n\r\nhelloGET /after HTTP/1.1\r\n\r\n");
+    let r = c.response();
+    assert_eq!(r.status, 403);
+    assert!(!r.closes());
+    let r = c.response();
+    assert_eq!((r.status, r.json()["path"].as_str()), (200, Some("/after")));
+    // A body still on its way, or a chunked one, is never read: answer, then close.
+    for head in [
+        &b"POST /refuse HTTP/1.1\r\nContent-Length: 100000\r\n\r\npartial"[..],
+        b"POST /refuse HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+        b"POST /refuse HTTP/1.1\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    ] {
+        let mut c = Client::connect(server.local_addr());
+        c.send(head);
+        let r = c.response();
+        assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(head));
+        assert!(r.closes());
+        c.assert_closed(Duration::from_secs(3));
+    }
+    let stats = server.stats();
+    assert_eq!(
+        stats.requests_answered_before_body.load(Ordering::Relaxed),
+        4
+    );
+    assert_eq!(stats.body_buffer_bytes.load(Ordering::Relaxed), 0);
+    assert_healthy(&server);
 }

@@ -1,7 +1,10 @@
 //! What the mock upstream answers: the model-name directives that drive fault injection, the
-//! text of a chat completion, and its OpenAI stream as `chat.completion.chunk` SSE events.
+//! answer to a chat completion (text, a tool call, a tool result echoed, or a `json_schema`
+//! object), and its OpenAI stream as `chat.completion.chunk` SSE events.
 
 use serde_json::{json, Value};
+
+use crate::tools::{has_trigger, instance_of, pick_tool};
 
 /// The number right after `prefix` in a model name, e.g. `delay-250` in `gpt-delay-250`.
 pub fn directive_number(model: &str, prefix: &str) -> Option<u64> {
@@ -36,6 +39,89 @@ pub fn message_text(message: &Value) -> String {
             .join(""),
         _ => String::new(),
     }
+}
+
+/// What the mock answers a chat completion with.
+#[derive(Debug, PartialEq)]
+pub enum ChatAnswer {
+    /// Assistant content (`finish_reason: "stop"`).
+    Text(String),
+    /// A call of the named function with these JSON arguments (`finish_reason: "tool_calls"`).
+    ToolCall { name: String, arguments: String },
+}
+
+/// The answer to a valid chat completion request, first match wins:
+/// 1. the request has `tools` and the last `user` message contains [`crate::tools::TOOL_TRIGGER`]
+///    with no `tool` message after it: a call of the function it names (else the first), with
+///    arguments built from that function's `parameters` (strings set to `tool_text`);
+/// 2. `response_format` is `json_schema`: a JSON object built from its schema the same way;
+/// 3. `tool` messages follow the last user message: `mock: tool result: <their contents>`;
+/// 4. `mock: <last user message>`.
+pub fn chat_answer(body: &Value, tool_text: &str) -> ChatAnswer {
+    let messages: &[Value] = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .map_or(&[], Vec::as_slice);
+    fn role(m: &Value) -> &str {
+        m.get("role").and_then(Value::as_str).unwrap_or("")
+    }
+    let last_user = messages.iter().rposition(|m| role(m) == "user");
+    let after_user = &messages[last_user.map_or(0, |i| i + 1)..];
+    let results: Vec<String> = after_user
+        .iter()
+        .filter(|m| role(m) == "tool")
+        .map(message_text)
+        .collect();
+    let user_text = last_user
+        .map(|i| message_text(&messages[i]))
+        .unwrap_or_default();
+    let functions: Vec<&Value> = body
+        .get("tools")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.get("function"))
+        .filter(|f| f.get("name").and_then(Value::as_str).is_some())
+        .collect();
+    if results.is_empty() && has_trigger(&user_text) {
+        let names: Vec<&str> = functions
+            .iter()
+            .filter_map(|f| f.get("name").and_then(Value::as_str))
+            .collect();
+        if let Some(name) = pick_tool(&names, &user_text) {
+            let params = functions
+                .iter()
+                .find(|f| f.get("name").and_then(Value::as_str) == Some(name))
+                .and_then(|f| f.get("parameters"))
+                .unwrap_or(&Value::Null);
+            let arguments = match instance_of(params, tool_text) {
+                v @ Value::Object(_) => v.to_string(),
+                _ => "{}".to_string(),
+            };
+            return ChatAnswer::ToolCall {
+                name: name.to_string(),
+                arguments,
+            };
+        }
+    }
+    if body
+        .pointer("/response_format/type")
+        .and_then(Value::as_str)
+        == Some("json_schema")
+    {
+        let schema = body
+            .pointer("/response_format/json_schema/schema")
+            .unwrap_or(&Value::Null);
+        let object = match instance_of(schema, tool_text) {
+            v @ Value::Object(_) => v,
+            _ => json!({}),
+        };
+        return ChatAnswer::Text(object.to_string());
+    }
+    if !results.is_empty() {
+        return ChatAnswer::Text(format!("mock: tool result: {}", results.join("\n")));
+    }
+    ChatAnswer::Text(format!("mock: {user_text}"))
 }
 
 /// `text` cut into `n` consecutive pieces of nearly equal length in characters (some empty when
@@ -93,7 +179,28 @@ impl ChunkMeta<'_> {
 
     /// The last choice event: an empty delta with `finish_reason: "stop"`.
     pub fn finish(&self) -> Vec<u8> {
-        self.event(Self::choice(json!({}), json!("stop")), None)
+        self.finish_with("stop")
+    }
+
+    /// The last choice event with this `finish_reason` (`stop`, `tool_calls`).
+    pub fn finish_with(&self, reason: &str) -> Vec<u8> {
+        self.event(Self::choice(json!({}), json!(reason)), None)
+    }
+
+    /// The first event of a tool call: the assistant role, `content: null` and the call's id,
+    /// type and function name with empty arguments.
+    pub fn tool_call_start(&self, call_id: &str, name: &str) -> Vec<u8> {
+        let delta = json!({"role": "assistant", "content": null, "tool_calls": [{
+            "index": 0, "id": call_id, "type": "function",
+            "function": {"name": name, "arguments": ""},
+        }]});
+        self.event(Self::choice(delta, Value::Null), None)
+    }
+
+    /// A fragment of the tool call's arguments.
+    pub fn tool_call_arguments(&self, piece: &str) -> Vec<u8> {
+        let delta = json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]});
+        self.event(Self::choice(delta, Value::Null), None)
     }
 
     /// The usage event sent when the request had `stream_options.include_usage`.
@@ -148,6 +255,71 @@ mod tests {
     }
 
     #[test]
+    fn chat_answers() {
+        let tools = json!([
+            {"type": "function", "function": {"name": "lookup", "parameters": {}}},
+            {"type": "function", "function": {"name": "shell", "parameters": {
+                "type": "object", "properties": {"cmd": {"type": "string"}}, "required": ["cmd"]}}},
+        ]);
+        let ask = |text: &str, extra: Value| {
+            let mut body = json!({"model": "m", "tools": tools,
+                                  "messages": [{"role": "user", "content": text}]});
+            if let Value::Object(extra) = extra {
+                for (k, v) in extra {
+                    body[k] = v;
+                }
+            }
+            body
+        };
+        assert_eq!(
+            chat_answer(&ask("hello", json!(null)), "x"),
+            ChatAnswer::Text("mock: hello".into())
+        );
+        assert_eq!(
+            chat_answer(&ask("use tool shell", json!(null)), "ls"),
+            ChatAnswer::ToolCall {
+                name: "shell".into(),
+                arguments: r#"{"cmd":"ls"}"#.into()
+            }
+        );
+        assert_eq!(
+            chat_answer(&ask("USE TOOL", json!(null)), "ls"),
+            ChatAnswer::ToolCall {
+                name: "lookup".into(),
+                arguments: "{}".into()
+            }
+        );
+        // after the tool ran: its result echoed, not a second call
+        let mut body = ask("use tool shell", json!(null));
+        let msgs = body["messages"].as_array_mut().unwrap();
+        msgs.push(json!({"role": "assistant", "content": null, "tool_calls": []}));
+        msgs.push(json!({"role": "tool", "tool_call_id": "call_1", "content": "hello"}));
+        assert_eq!(
+            chat_answer(&body, "x"),
+            ChatAnswer::Text("mock: tool result: hello".into())
+        );
+        let schema = json!({"response_format": {"type": "json_schema", "json_schema": {
+            "name": "s", "strict": true, "schema": {"type": "object",
+            "properties": {"city": {"type": "string"}, "n": {"type": "integer"}, "opt": {"type": "string"}},
+            "required": ["city", "n"]}}}});
+        assert_eq!(
+            chat_answer(&ask("weather?", schema.clone()), "Paris"),
+            ChatAnswer::Text(r#"{"city":"Paris","n":1}"#.into())
+        );
+        // the trigger wins over the schema; no tools: the schema
+        assert!(matches!(
+            chat_answer(&ask("use tool", schema.clone()), "x"),
+            ChatAnswer::ToolCall { .. }
+        ));
+        let mut no_tools = ask("use tool", schema);
+        no_tools["tools"] = json!([]);
+        assert_eq!(
+            chat_answer(&no_tools, "x"),
+            ChatAnswer::Text(r#"{"city":"x","n":1}"#.into())
+        );
+    }
+
+    #[test]
     fn split_covers_the_text_in_n_pieces() {
         for (text, n) in [
             ("mock: relay me", 4),
@@ -194,6 +366,22 @@ mod tests {
         let usage = parse(m.usage(&json!({"total_tokens": 3})));
         assert_eq!(usage["choices"], json!([]));
         assert_eq!(usage["usage"]["total_tokens"], 3);
+        let start = parse(m.tool_call_start("call_1", "shell"));
+        assert_eq!(start["choices"][0]["delta"]["content"], Value::Null);
+        assert_eq!(
+            start["choices"][0]["delta"]["tool_calls"][0],
+            json!({"index": 0, "id": "call_1", "type": "function",
+                   "function": {"name": "shell", "arguments": ""}})
+        );
+        let args = parse(m.tool_call_arguments("{\"a"));
+        assert_eq!(
+            args["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"],
+            "{\"a"
+        );
+        assert_eq!(
+            parse(m.finish_with("tool_calls"))["choices"][0]["finish_reason"],
+            "tool_calls"
+        );
         let err = String::from_utf8(error_event("boom")).unwrap();
         assert!(err.starts_with("data: {\"error\":{"));
     }

@@ -1,6 +1,7 @@
 //! DeepIntShield's bench kit: the pieces of the open-loop load tool (`deepintshield-load`) and of
 //! the mock upstream (`deepintshield-mock`) that are worth testing on their own.
 
+pub mod anthropic;
 pub mod completion;
 pub mod dist;
 pub mod engine;
@@ -12,3 +13,4 @@ pub mod request;
 pub mod response;
 pub mod schedule;
 pub mod sse;
+pub mod tools;

@@ -1,6 +1,7 @@
-//! `deepintshield-mock`: an OpenAI-compatible mock upstream on the gateway's own HTTP layer, for
-//! end-to-end tests and load runs on loopback: latency distributions, real SSE streams with
-//! paced chunks, fault injection by rate and by model name, and counters at `/mock/stats`.
+//! `deepintshield-mock`: an OpenAI- and Anthropic-compatible mock upstream on the gateway's own
+//! HTTP layer, for end-to-end tests and load runs on loopback: chat completions and Messages (whole
+//! and streamed, with tool calls), latency distributions, real SSE streams with paced chunks, fault
+//! injection by rate and by model name, and counters at `/mock/stats`.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -14,16 +15,19 @@ use deepintshield::http::{
     serve, AbortHandle, BodyStream, Handler, Limits, Method, Request, Response, StreamPoll,
 };
 use deepintshield::objpool::ObjPool;
+use deepintshield_bench::anthropic::{self, MessageMeta};
 use deepintshield_bench::completion::{
-    directive_number, error_event, message_text, split_even, ChunkMeta, DONE_EVENT,
+    chat_answer, directive_number, error_event, message_text, split_even, ChatAnswer, ChunkMeta,
+    DONE_EVENT,
 };
 use deepintshield_bench::dist::{Latency, SharedRng, LATENCY_MAX};
 use deepintshield_bench::faults::{ErrorRates, Fault};
 use deepintshield_bench::flags::Flags;
+use deepintshield_bench::tools::fragments;
 use serde_json::{json, Value};
 
 const USAGE: &str = "\
-deepintshield-mock: an OpenAI-compatible mock upstream
+deepintshield-mock: an OpenAI- and Anthropic-compatible mock upstream
 
 USAGE:
     deepintshield-mock [OPTIONS]
@@ -31,17 +35,21 @@ USAGE:
 OPTIONS:
     --listen ADDR          address to listen on (default 127.0.0.1:0, a free port)
     --threads N            may scheduler threads (default: one per available core)
-    --latency SPEC         time before each chat completion is answered (default fixed:0ms):
+    --latency SPEC         time before each model call is answered (default fixed:0ms):
                              fixed:10ms | uniform:5ms..15ms | lognormal:median=10ms,sigma=0.5
     --delay-ms N           the same as --latency fixed:<N>ms
-    --stream-chunks N      content chunks of a streamed answer (default 16)
+    --stream-chunks N      content chunks of a streamed answer (default 16); streamed tool
+                           arguments are cut in at most N pieces
     --chunk-delay-ms N     pause between content chunks of a stream (default 0)
     --error-rate SPEC      faults injected at random by rate, e.g.
                              429:0.01,500:0.005,503:0.005,reset:0.001,stall:0.001
                            (a status in 400..=599, `reset` = close the connection without
                            answering, `stall` = wait --stall-ms, then answer normally)
-    --retry-after-s N      Retry-After of injected 429s and 503s (default 1)
+    --retry-after-s N      Retry-After of injected 429s and 503s (and, on /v1/messages, 529s;
+                           default 1)
     --stall-ms N           how long `stall` waits (default 60000)
+    --tool-text TEXT       every string the mock puts in tool arguments and json_schema
+                           answers (default \"mock\")
     --seed N               seed of the random draws (default 1)
     -h, --help             print this help
 
@@ -52,27 +60,57 @@ ENDPOINTS:
                                 usage; with `stream: true`, a real SSE stream: a role chunk, the
                                 answer in --stream-chunks content chunks --chunk-delay-ms apart, a
                                 chunk with finish_reason \"stop\", a usage chunk (choices: [])
-                                when stream_options.include_usage is set, then data: [DONE]
-    GET  /v1/models             a model list
+                                when stream_options.include_usage is set, then data: [DONE].
+                                Tools, first match wins: `tools` offered and the last user message
+                                contains \"use tool\" (no `tool` message after it) -> a tool call
+                                of the function it names (else the first), arguments built from
+                                the function's `parameters` (required properties), finish_reason
+                                \"tool_calls\", streamed as a start chunk then argument pieces;
+                                `response_format: json_schema` -> content is a JSON object built
+                                from the schema; `tool` messages after the last user message ->
+                                \"mock: tool result: <their contents>\"
+    POST /v1/messages           Anthropic Messages: needs `x-api-key` (else 401) and
+                                `anthropic-version` (else 400); `model`, `messages`, `max_tokens`
+                                (else 400 invalid_request_error). A `message` (msg_..., usage with
+                                cache fields) answering \"mock: <last user text>\"; with `stream:
+                                true` the SSE events message_start, content_block_start, ping,
+                                content_block_delta (--stream-chunks text_deltas), content_block_stop,
+                                message_delta, message_stop. `tools` + \"use tool\" in the last user
+                                message -> a tool_use block (toolu_..., the tool it names else the
+                                first, input from its input_schema), stop_reason \"tool_use\",
+                                streamed as input_json_delta pieces; `tool_result` blocks in the
+                                last user message -> \"mock: tool result: <their text>\". Errors
+                                in Anthropic's shape ({\"type\":\"error\",\"error\":{...}}), a
+                                `request-id` header on every answer
+    POST /v1/messages/count_tokens   {\"input_tokens\": N} (the same N as the answer's usage)
+    GET  /v1/models             a model list: Anthropic's shape when `anthropic-version` is sent,
+                                else OpenAI's
     GET  /mock/stats            counters (JSON):
-        requests            chat completion requests received
-        in_flight           of those, being answered now
+        requests            model calls received (chat completions and messages)
+        messages_requests   of those, Anthropic messages
+        count_tokens_requests   count_tokens calls
+        in_flight           model calls being answered now
         ok                  non-streamed 200 answers
+        tool_calls          answers that called a tool
         injected            {status_<code>, reset, stall}: faults drawn by --error-rate
         streams_started     streamed answers begun
-        streams_completed   streams that ended with data: [DONE]
+        streams_completed   streams that ended whole (data: [DONE] or message_stop)
         streams_aborted     streams whose client went away before the end
         streams_failed      streams ended by a failafter- error event
         streams_reset       streams cut by resetafter-
-        last_authorization, last_model, last_headers   what the last request carried
+        last_authorization, last_api_key, last_model, last_headers   what the last call carried
 
-FAULT INJECTION (directives inside the request's model name, e.g. chunks-8-failafter-3):
+FAULT INJECTION (directives inside the request's model name, e.g. chunks-8-failafter-3; the same
+on both APIs, errors in each API's shape):
     delay-<ms>        that latency instead of --latency
-    status-<code>     answer that HTTP status with an OpenAI-style error body (after the latency)
+    status-<code>     answer that HTTP status with an error body (after the latency); on
+                      /v1/messages 429, 503 and 529 carry Retry-After
     garbage           answer 200 with a body that is not JSON
     chunks-<n>        that many content chunks instead of --stream-chunks
     chunkdelay-<ms>   that pause between content chunks instead of --chunk-delay-ms
-    failafter-<k>     after k content chunks, send data: {\"error\":{...}} and end (no [DONE])
+    failafter-<k>     after k content chunks, send an error event and end (OpenAI:
+                      data: {\"error\":{...}} without [DONE]; Anthropic: event: error with an
+                      overloaded_error)
     resetafter-<k>    after k content chunks, close the connection abruptly
 ";
 
@@ -89,6 +127,9 @@ const STREAM_CHUNKS_MAX: u64 = 100_000;
 const STREAM_CHUNKS_DEFAULT: u64 = 16;
 const RETRY_AFTER_S_DEFAULT: u64 = 1;
 const STALL_MS_DEFAULT: u64 = 60_000;
+const TOOL_TEXT_DEFAULT: &str = "mock";
+/// Longest `--tool-text`, in bytes: it is copied into every tool call's arguments.
+const TOOL_TEXT_BYTES_MAX: usize = 4096;
 
 struct Options {
     listen: SocketAddr,
@@ -99,6 +140,7 @@ struct Options {
     errors: ErrorRates,
     retry_after_s: u64,
     stall: Duration,
+    tool_text: String,
     seed: u64,
 }
 
@@ -112,6 +154,7 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Options>, Str
         errors: ErrorRates::default(),
         retry_after_s: RETRY_AFTER_S_DEFAULT,
         stall: Duration::from_millis(STALL_MS_DEFAULT),
+        tool_text: TOOL_TEXT_DEFAULT.to_string(),
         seed: 1,
     };
     let mut flags = Flags::new(args);
@@ -132,6 +175,7 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Options>, Str
             "--error-rate" => o.errors = ErrorRates::parse(&flags.value()?)?,
             "--retry-after-s" => o.retry_after_s = flags.parse()?,
             "--stall-ms" => o.stall = flags.millis()?,
+            "--tool-text" => o.tool_text = flags.value()?,
             "--seed" => o.seed = flags.parse()?,
             _ => return Err(format!("unknown argument: {flag}")),
         }
@@ -139,16 +183,21 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Options>, Str
     if o.stream_chunks > STREAM_CHUNKS_MAX {
         return Err(format!("--stream-chunks: at most {STREAM_CHUNKS_MAX}"));
     }
+    if o.tool_text.len() > TOOL_TEXT_BYTES_MAX {
+        return Err(format!("--tool-text: at most {TOOL_TEXT_BYTES_MAX} bytes"));
+    }
     if o.chunk_delay > LATENCY_MAX || o.stall > LATENCY_MAX {
         return Err(format!("delays are at most {LATENCY_MAX:?}"));
     }
     Ok(Some(o))
 }
 
-/// What the last chat-completion request looked like, for `/mock/stats`.
+/// What the last model call looked like, for `/mock/stats`.
 #[derive(Default)]
 struct LastRequest {
     authorization: String,
+    /// `x-api-key` (Anthropic's authentication header).
+    api_key: String,
     model: String,
     headers: serde_json::Map<String, Value>,
 }
@@ -172,10 +221,15 @@ struct Mock {
     injected: Vec<(Fault, AtomicU64)>,
     retry_after_s: u64,
     stall: Duration,
+    tool_text: String,
     rng: SharedRng,
-    completions: AtomicU64,
+    /// Model calls: chat completions and messages (numbers their ids).
+    requests: AtomicU64,
+    messages_requests: AtomicU64,
+    count_tokens_requests: AtomicU64,
     in_flight: AtomicU64,
     ok: AtomicU64,
+    tool_calls: AtomicU64,
     streams: Arc<StreamCounters>,
     /// Swapped in whole: the lock is held for a pointer swap, never across I/O or a wait.
     last: Mutex<Arc<LastRequest>>,
@@ -184,14 +238,23 @@ struct Mock {
 impl Handler for Mock {
     fn handle(&self, req: &mut Request) -> Response {
         match (req.method, req.path.as_str()) {
-            (Method::Post, "/v1/chat/completions") => {
-                self.in_flight.fetch_add(1, Ordering::Relaxed);
-                let r = self.chat_completion(req);
-                self.in_flight.fetch_sub(1, Ordering::Relaxed);
-                r
+            (Method::Post, "/v1/chat/completions") => self.model_call(req, Self::chat_completion),
+            (Method::Post, "/v1/messages") => self.model_call(req, Self::messages),
+            (Method::Post, "/v1/messages/count_tokens") => self.count_tokens(req),
+            (Method::Get | Method::Head, "/v1/models") => {
+                if req.header("anthropic-version").is_some() {
+                    json_response(200, &anthropic::models())
+                } else {
+                    models()
+                }
             }
-            (Method::Get | Method::Head, "/v1/models") => models(),
             (Method::Get | Method::Head, "/mock/stats") => self.stats(),
+            (_, "/v1/messages" | "/v1/messages/count_tokens") => anthropic_error(
+                405,
+                "Method not allowed on this path",
+                "req_mock000000000000",
+                None,
+            ),
             (_, "/v1/chat/completions" | "/v1/models" | "/mock/stats") => {
                 Response::error(&ApiError::new(
                     ErrorKind::MethodNotAllowed,
@@ -208,17 +271,26 @@ impl Handler for Mock {
     }
 }
 
+/// Which API a model call came in on: decides the shape of its errors and of its stream.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Api {
+    OpenAi,
+    Anthropic,
+}
+
 impl Mock {
-    fn chat_completion(&self, req: &Request) -> Response {
-        let n = self.completions.fetch_add(1, Ordering::Relaxed) + 1;
+    /// A model call, counted in `requests` and `in_flight` while it is answered.
+    fn model_call(&self, req: &Request, answer: fn(&Self, &Request, u64) -> Response) -> Response {
+        let n = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let r = answer(self, req, n);
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        r
+    }
+
+    fn chat_completion(&self, req: &Request, n: u64) -> Response {
         let parsed: Result<Value, _> = serde_json::from_slice(&req.body);
-        let model = parsed
-            .as_ref()
-            .ok()
-            .and_then(|v| v.get("model"))
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
+        let model = model_of(&parsed);
         self.record(req, &model);
 
         let body = match parsed {
@@ -242,49 +314,23 @@ impl Mock {
                 "`messages` must be an array",
             ));
         };
-
-        match self.draw_fault() {
-            Some(Fault::Status(code)) => return self.injected_status(code),
-            Some(Fault::Reset) => {
-                req.abort_handle().abort();
-                return Response::json(500, Vec::new()); // never sent: the write fails
-            }
-            Some(Fault::Stall) => may::coroutine::sleep(self.stall),
-            None => {}
-        }
-        let latency = match directive_number(&model, "delay-") {
-            Some(ms) => Duration::from_millis(ms).min(LATENCY_MAX),
-            None if self.latency.is_zero() => Duration::ZERO,
-            None => self
-                .latency
-                .sample(self.rng.next_u64(), self.rng.next_u64()),
-        };
-        if !latency.is_zero() {
-            may::coroutine::sleep(latency);
-        }
-        if let Some(status) = directive_number(&model, "status-") {
-            if (400..=599).contains(&status) {
-                return injected_status(status as u16, None);
-            }
-        }
-        if model.contains("garbage") {
-            return Response::json(200, b"<html>this is not json".to_vec());
+        if let Some(r) = self.faults(req, &model, Api::OpenAi, "") {
+            return r;
         }
 
         let prompt_chars: usize = messages
             .iter()
             .map(|m| message_text(m).chars().count())
             .sum();
-        let last_user = messages
-            .iter()
-            .rev()
-            .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
-            .map(message_text)
-            .unwrap_or_default();
-        let content = format!("mock: {last_user}");
+        let answer = chat_answer(&body, &self.tool_text);
+        let answer_chars = match &answer {
+            ChatAnswer::Text(t) => t.chars().count(),
+            ChatAnswer::ToolCall { arguments, .. } => arguments.chars().count(),
+        };
         let prompt_tokens = prompt_chars.div_ceil(4);
-        let completion_tokens = content.chars().count().div_ceil(4);
+        let completion_tokens = answer_chars.div_ceil(4);
         let id = format!("chatcmpl-mock{n:012}");
+        let call_id = format!("call_mock{n:012}");
         let created = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -293,6 +339,9 @@ impl Mock {
             "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
         });
+        if matches!(answer, ChatAnswer::ToolCall { .. }) {
+            self.tool_calls.fetch_add(1, Ordering::Relaxed);
+        }
         if body.get("stream").and_then(Value::as_bool) == Some(true) {
             let include_usage = body
                 .pointer("/stream_options/include_usage")
@@ -304,8 +353,42 @@ impl Mock {
                 model: &model,
             };
             let plan = self.stream_plan(&model, req.abort_handle());
-            return self.stream(plan, &meta, &content, include_usage.then_some(&usage));
+            let (head, pieces, finish) = match &answer {
+                ChatAnswer::Text(content) => (
+                    meta.role(),
+                    split_even(content, plan.chunks)
+                        .into_iter()
+                        .map(|p| meta.content(p))
+                        .collect(),
+                    meta.finish(),
+                ),
+                ChatAnswer::ToolCall { name, arguments } => (
+                    meta.tool_call_start(&call_id, name),
+                    fragments(arguments, plan.chunks)
+                        .into_iter()
+                        .map(|p| meta.tool_call_arguments(p))
+                        .collect(),
+                    meta.finish_with("tool_calls"),
+                ),
+            };
+            let mut tail = finish;
+            if include_usage {
+                tail.extend_from_slice(&meta.usage(&usage));
+            }
+            tail.extend_from_slice(DONE_EVENT);
+            let failure = error_event("mock: injected mid-stream failure");
+            return self.stream(plan, head, pieces, tail, failure);
         }
+        let (message, finish) = match &answer {
+            ChatAnswer::Text(content) => (json!({"role": "assistant", "content": content}), "stop"),
+            ChatAnswer::ToolCall { name, arguments } => (
+                json!({"role": "assistant", "content": null, "tool_calls": [{
+                    "id": call_id, "type": "function",
+                    "function": {"name": name, "arguments": arguments},
+                }]}),
+                "tool_calls",
+            ),
+        };
         let answer = json!({
             "id": id,
             "object": "chat.completion",
@@ -313,14 +396,141 @@ impl Mock {
             "model": model,
             "choices": [{
                 "index": 0,
-                "message": {"role": "assistant", "content": content},
+                "message": message,
                 "logprobs": null,
-                "finish_reason": "stop",
+                "finish_reason": finish,
             }],
             "usage": usage,
         });
         self.ok.fetch_add(1, Ordering::Relaxed);
-        Response::json(200, serde_json::to_vec(&answer).unwrap_or_default())
+        json_response(200, &answer)
+    }
+
+    /// `POST /v1/messages`: Anthropic's Messages API.
+    fn messages(&self, req: &Request, n: u64) -> Response {
+        self.messages_requests.fetch_add(1, Ordering::Relaxed);
+        let request_id = format!("req_mock{n:012}");
+        let parsed: Result<Value, _> = serde_json::from_slice(&req.body);
+        let model = model_of(&parsed);
+        self.record(req, &model);
+        let body = match anthropic_checks(req, parsed, true, &request_id) {
+            Ok(body) => body,
+            Err(r) => return r,
+        };
+        if let Some(r) = self.faults(req, &model, Api::Anthropic, &request_id) {
+            return r;
+        }
+
+        let answer = anthropic::answer(&body, &self.tool_text);
+        let tool_id = format!("toolu_mock{n:012}");
+        let msg_id = format!("msg_mock{n:012}");
+        let meta = MessageMeta {
+            id: &msg_id,
+            model: &model,
+            input_tokens: anthropic::input_tokens(&body),
+        };
+        if matches!(answer, anthropic::Answer::ToolUse { .. }) {
+            self.tool_calls.fetch_add(1, Ordering::Relaxed);
+        }
+        if body.get("stream").and_then(Value::as_bool) == Some(true) {
+            let plan = self.stream_plan(&model, req.abort_handle());
+            let pieces = match &answer {
+                anthropic::Answer::Text(t) => split_even(t, plan.chunks)
+                    .into_iter()
+                    .map(|p| meta.delta(&answer, p))
+                    .collect(),
+                anthropic::Answer::ToolUse { input, .. } => {
+                    let json = input.to_string();
+                    fragments(&json, plan.chunks)
+                        .into_iter()
+                        .map(|p| meta.delta(&answer, p))
+                        .collect()
+                }
+            };
+            let head = meta.head(&answer, &tool_id);
+            let tail = meta.tail(&answer);
+            let failure = anthropic::error_event("mock: injected mid-stream failure");
+            let mut r = self.stream(plan, head, pieces, tail, failure);
+            r.headers.push(("request-id", request_id));
+            return r;
+        }
+        self.ok.fetch_add(1, Ordering::Relaxed);
+        let mut r = json_response(200, &meta.message(&answer, &tool_id));
+        r.headers.push(("request-id", request_id));
+        r
+    }
+
+    /// `POST /v1/messages/count_tokens`: the same checks as a message, no faults.
+    fn count_tokens(&self, req: &Request) -> Response {
+        let n = self.count_tokens_requests.fetch_add(1, Ordering::Relaxed) + 1;
+        let request_id = format!("req_mockcount{n:07}");
+        let parsed: Result<Value, _> = serde_json::from_slice(&req.body);
+        let body = match anthropic_checks(req, parsed, false, &request_id) {
+            Ok(body) => body,
+            Err(r) => return r,
+        };
+        let mut r = json_response(
+            200,
+            &json!({"input_tokens": anthropic::input_tokens(&body)}),
+        );
+        r.headers.push(("request-id", request_id));
+        r
+    }
+
+    /// The faults of one model call, in order: a draw against `--error-rate`, the latency, then the
+    /// model name's `status-` and `garbage` directives. `Some` is the answer to send instead.
+    fn faults(&self, req: &Request, model: &str, api: Api, request_id: &str) -> Option<Response> {
+        match self.draw_fault() {
+            Some(Fault::Status(code)) => {
+                let retry = match api {
+                    Api::OpenAi => matches!(code, 429 | 503),
+                    Api::Anthropic => anthropic_retries(code),
+                };
+                return Some(self.error(api, code, retry, request_id));
+            }
+            Some(Fault::Reset) => {
+                req.abort_handle().abort();
+                return Some(Response::json(500, Vec::new())); // never sent: the write fails
+            }
+            Some(Fault::Stall) => may::coroutine::sleep(self.stall),
+            None => {}
+        }
+        let latency = match directive_number(model, "delay-") {
+            Some(ms) => Duration::from_millis(ms).min(LATENCY_MAX),
+            None if self.latency.is_zero() => Duration::ZERO,
+            None => self
+                .latency
+                .sample(self.rng.next_u64(), self.rng.next_u64()),
+        };
+        if !latency.is_zero() {
+            may::coroutine::sleep(latency);
+        }
+        if let Some(status) = directive_number(model, "status-") {
+            if (400..=599).contains(&status) {
+                let code = status as u16;
+                // OpenAI: as before, no Retry-After on directed statuses.
+                let retry = api == Api::Anthropic && anthropic_retries(code);
+                return Some(self.error(api, code, retry, request_id));
+            }
+        }
+        if model.contains("garbage") {
+            return Some(Response::json(200, b"<html>this is not json".to_vec()));
+        }
+        None
+    }
+
+    /// An injected error in `api`'s shape, with `Retry-After: --retry-after-s` when `retry`.
+    fn error(&self, api: Api, code: u16, retry: bool, request_id: &str) -> Response {
+        let retry_after_s = retry.then_some(self.retry_after_s);
+        match api {
+            Api::OpenAi => injected_status(code, retry_after_s),
+            Api::Anthropic => anthropic_error(
+                code,
+                &format!("mock: injected status {code}"),
+                request_id,
+                retry_after_s,
+            ),
+        }
     }
 
     /// One draw against `--error-rate`, counted.
@@ -333,11 +543,6 @@ impl Mock {
             c.fetch_add(1, Ordering::Relaxed);
         }
         Some(fault)
-    }
-
-    fn injected_status(&self, code: u16) -> Response {
-        let retry = matches!(code, 429 | 503).then_some(self.retry_after_s);
-        injected_status(code, retry)
     }
 
     fn stream_plan(&self, model: &str, abort: AbortHandle) -> StreamPlan {
@@ -356,28 +561,23 @@ impl Mock {
         }
     }
 
+    /// A streamed answer: `head` at once, `pieces` paced by the plan, then `tail`; or `failure`
+    /// after `fail_after` pieces.
     fn stream(
         &self,
         plan: StreamPlan,
-        meta: &ChunkMeta<'_>,
-        content: &str,
-        usage: Option<&Value>,
+        head: Vec<u8>,
+        pieces: Vec<Vec<u8>>,
+        tail: Vec<u8>,
+        failure: Vec<u8>,
     ) -> Response {
-        let pieces: Vec<Vec<u8>> = split_even(content, plan.chunks)
-            .into_iter()
-            .map(|p| meta.content(p))
-            .collect();
-        let mut tail = meta.finish();
-        if let Some(u) = usage {
-            tail.extend_from_slice(&meta.usage(u));
-        }
-        tail.extend_from_slice(DONE_EVENT);
         self.streams.started.fetch_add(1, Ordering::Relaxed);
         let stream = MockStream {
-            head: Some(meta.role()),
+            head: Some(head),
             pieces,
             sent: 0,
             tail: Some(tail),
+            failure,
             next_at: None,
             plan,
             counters: Arc::clone(&self.streams),
@@ -390,6 +590,7 @@ impl Mock {
         let header = |v: &[u8]| String::from_utf8_lossy(v).into_owned();
         let last = LastRequest {
             authorization: req.header("authorization").map(header).unwrap_or_default(),
+            api_key: req.header("x-api-key").map(header).unwrap_or_default(),
             model: model.to_string(),
             headers: req
                 .headers
@@ -416,9 +617,12 @@ impl Mock {
             .collect();
         let s = &self.streams;
         let body = json!({
-            "requests": get(&self.completions),
+            "requests": get(&self.requests),
+            "messages_requests": get(&self.messages_requests),
+            "count_tokens_requests": get(&self.count_tokens_requests),
             "in_flight": get(&self.in_flight),
             "ok": get(&self.ok),
+            "tool_calls": get(&self.tool_calls),
             "injected": injected,
             "streams_started": get(&s.started),
             "streams_completed": get(&s.completed),
@@ -426,11 +630,85 @@ impl Mock {
             "streams_failed": get(&s.failed),
             "streams_reset": get(&s.reset),
             "last_authorization": last.authorization,
+            "last_api_key": last.api_key,
             "last_model": last.model,
             "last_headers": last.headers,
         });
-        Response::json(200, serde_json::to_vec(&body).unwrap_or_default())
+        json_response(200, &body)
     }
+}
+
+/// The `model` of a parsed request body, or empty.
+fn model_of(parsed: &Result<Value, serde_json::Error>) -> String {
+    parsed
+        .as_ref()
+        .ok()
+        .and_then(|v| v.get("model"))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Whether Anthropic sends `Retry-After` with this status.
+fn anthropic_retries(code: u16) -> bool {
+    matches!(code, 429 | 503 | 529)
+}
+
+/// The checks every Anthropic call passes, in the API's order: `x-api-key` (401), then
+/// `anthropic-version` (400), then a JSON body with `model`, `messages` and (for messages)
+/// `max_tokens` (400).
+fn anthropic_checks(
+    req: &Request,
+    parsed: Result<Value, serde_json::Error>,
+    needs_max_tokens: bool,
+    request_id: &str,
+) -> Result<Value, Response> {
+    if req.header("x-api-key").is_none_or(<[u8]>::is_empty) {
+        return Err(anthropic_error(
+            401,
+            "x-api-key header is required",
+            request_id,
+            None,
+        ));
+    }
+    if req.header("anthropic-version").is_none() {
+        return Err(anthropic_error(
+            400,
+            "anthropic-version: header is required",
+            request_id,
+            None,
+        ));
+    }
+    let body = match parsed {
+        Ok(body) => body,
+        Err(e) => {
+            let msg = format!("There was an error parsing the body of your request: {e}");
+            return Err(anthropic_error(400, &msg, request_id, None));
+        }
+    };
+    if let Some(msg) = anthropic::invalid_request(&body, needs_max_tokens) {
+        return Err(anthropic_error(400, &msg, request_id, None));
+    }
+    Ok(body)
+}
+
+/// An error in Anthropic's shape, with its `request-id` header.
+fn anthropic_error(
+    status: u16,
+    message: &str,
+    request_id: &str,
+    retry_after_s: Option<u64>,
+) -> Response {
+    let mut r = Response::json(status, anthropic::error_body(status, message, request_id));
+    r.headers.push(("request-id", request_id.to_string()));
+    if let Some(s) = retry_after_s {
+        r.headers.push(("retry-after", s.to_string()));
+    }
+    r
+}
+
+fn json_response(status: u16, body: &Value) -> Response {
+    Response::json(status, serde_json::to_vec(body).unwrap_or_default())
 }
 
 /// How one stream unfolds.
@@ -444,14 +722,19 @@ struct StreamPlan {
     abort: Option<AbortHandle>,
 }
 
-/// A streamed answer: the role chunk, then the content chunks paced by `plan.delay`, then the
-/// finish (and usage) chunks and `[DONE]`; or a failure after `fail_after`/`reset_after` chunks.
+/// A streamed answer: the head (OpenAI: the role chunk; Anthropic: `message_start`,
+/// `content_block_start`, `ping`), then the content pieces paced by `plan.delay`, then the tail
+/// (OpenAI: finish, usage, `[DONE]`; Anthropic: `content_block_stop`, `message_delta`,
+/// `message_stop`); or the failure event after `fail_after` pieces, or a reset after
+/// `reset_after`.
 struct MockStream {
     head: Option<Vec<u8>>,
     pieces: Vec<Vec<u8>>,
     /// Content chunks yielded so far.
     sent: usize,
     tail: Option<Vec<u8>>,
+    /// The error event sent for `fail_after`, in the API's shape.
+    failure: Vec<u8>,
     /// When the next content chunk is due (`None`: at once).
     next_at: Option<Instant>,
     plan: StreamPlan,
@@ -484,7 +767,7 @@ impl BodyStream for MockStream {
         }
         if self.plan.fail_after == Some(self.sent) {
             self.end(|c| &c.failed);
-            return StreamPoll::Chunk(error_event("mock: injected mid-stream failure"));
+            return StreamPoll::Chunk(std::mem::take(&mut self.failure));
         }
         if self.sent == self.pieces.len() {
             let tail = self.tail.take().unwrap_or_default();
@@ -587,10 +870,14 @@ fn main() -> ExitCode {
         injected,
         retry_after_s: opts.retry_after_s,
         stall: opts.stall,
+        tool_text: opts.tool_text,
         rng: SharedRng::new(opts.seed),
-        completions: AtomicU64::new(0),
+        requests: AtomicU64::new(0),
+        messages_requests: AtomicU64::new(0),
+        count_tokens_requests: AtomicU64::new(0),
         in_flight: AtomicU64::new(0),
         ok: AtomicU64::new(0),
+        tool_calls: AtomicU64::new(0),
         streams: Arc::new(StreamCounters::default()),
         last: Mutex::new(Arc::new(LastRequest::default())),
     });
@@ -667,6 +954,17 @@ mod tests {
         assert!(parse(&["--listen"]).is_err());
         assert!(parse(&["--latency", "fixed"]).is_err());
         assert!(parse(&["--stream-chunks", "1000000"]).is_err());
+        let o = parse(&["--tool-text", "echo hi"]).unwrap().unwrap();
+        assert_eq!(o.tool_text, "echo hi");
+        assert_eq!(parse(&[]).unwrap().unwrap().tool_text, TOOL_TEXT_DEFAULT);
+        let long = "x".repeat(TOOL_TEXT_BYTES_MAX + 1);
+        assert!(parse(&["--tool-text", &long]).is_err());
+    }
+
+    #[test]
+    fn usage_names_the_tool_trigger() {
+        let quoted = format!("\"{}\"", deepintshield_bench::tools::TOOL_TRIGGER);
+        assert!(USAGE.contains(&quoted), "{quoted}");
     }
 
     fn stream(chunks: usize, fail: Option<usize>) -> (MockStream, Arc<StreamCounters>) {
@@ -684,6 +982,7 @@ mod tests {
                 .collect(),
             sent: 0,
             tail: Some([meta.finish(), DONE_EVENT.to_vec()].concat()),
+            failure: error_event("mock: injected mid-stream failure"),
             next_at: None,
             plan: StreamPlan {
                 chunks,

@@ -1,6 +1,7 @@
 //! Server-Sent Events scanning for the load tool's stream mode: finds event boundaries in a
 //! response body fed in arbitrary pieces and classifies each event by its first `data:` line
-//! (content, `[DONE]`, or an `{"error":...}` object) without copying the body.
+//! (content; the end: OpenAI's `[DONE]` or Anthropic's `message_stop`; an error: OpenAI's
+//! `{"error":...}` or Anthropic's `{"type":"error",...}`) without copying the body.
 
 /// Bytes of a line kept to classify it: enough for `data: {"error"`.
 const LINE_PREFIX_BYTES: usize = 32;
@@ -10,9 +11,10 @@ const LINE_PREFIX_BYTES: usize = 32;
 pub enum SseEvent {
     /// A data event (a chunk of the answer).
     Data,
-    /// `data: [DONE]`, OpenAI's end of stream.
+    /// The end of the stream: OpenAI's `data: [DONE]`, Anthropic's `{"type":"message_stop"}`.
     Done,
-    /// `data: {"error": ...}`: the upstream failed mid-stream.
+    /// The upstream failed mid-stream: `data: {"error": ...}` (OpenAI) or
+    /// `data: {"type":"error", ...}` (Anthropic).
     Error,
 }
 
@@ -63,13 +65,19 @@ impl SseScanner {
         } else if self.event.is_none() {
             if let Some(payload) = text.strip_prefix(b"data:") {
                 let payload = payload.strip_prefix(b" ").unwrap_or(payload);
-                self.event = Some(if payload.starts_with(b"[DONE]") {
-                    SseEvent::Done
-                } else if payload.starts_with(b"{\"error\"") {
-                    SseEvent::Error
-                } else {
-                    SseEvent::Data
-                });
+                self.event = Some(
+                    if payload.starts_with(b"[DONE]")
+                        || payload.starts_with(b"{\"type\":\"message_stop\"")
+                    {
+                        SseEvent::Done
+                    } else if payload.starts_with(b"{\"error\"")
+                        || payload.starts_with(b"{\"type\":\"error\"")
+                    {
+                        SseEvent::Error
+                    } else {
+                        SseEvent::Data
+                    },
+                );
             }
         }
         self.line_len = 0;
@@ -95,6 +103,23 @@ mod tests {
                      event: message\r\ndata: {\"choices\":[]}\r\n\r\n\
                      data: {\"error\":{\"message\":\"boom\"}}\n\n\
                      data: [DONE]\n\n";
+        let want = vec![
+            SseEvent::Data,
+            SseEvent::Data,
+            SseEvent::Error,
+            SseEvent::Done,
+        ];
+        for cut in 0..=body.len() {
+            assert_eq!(scan_split(body, cut), want, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn classifies_anthropic_events() {
+        let body = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{}}\n\n\
+                     event: ping\ndata: {\"type\": \"ping\"}\n\n\
+                     event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\"}}\n\n\
+                     event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
         let want = vec![
             SseEvent::Data,
             SseEvent::Data,

@@ -135,6 +135,41 @@ fn stream_mode_times_the_first_event_and_the_gaps() {
 }
 
 #[test]
+fn stream_mode_reads_anthropic_messages_streams() {
+    let mock = Mock::start(&["--stream-chunks", "3"]);
+    let url = Url::parse(&format!("http://{}/v1/messages", mock.addr)).unwrap();
+    let headers = [
+        "x-api-key: sk-ant-load".to_string(),
+        "anthropic-version: 2023-06-01".to_string(),
+        "content-type: application/json".to_string(),
+    ];
+    let body = br#"{"model":"claude-mock","max_tokens":32,"stream":true,"messages":[{"role":"user","content":"load me"}]}"#;
+    let target = Target {
+        name: "mock".into(),
+        addr: mock.addr,
+        request: Arc::new(build_request("POST", &url, &headers, body)),
+        head_request: false,
+    };
+    let r = engine::run(&target, &load(50.0, 200, true)).unwrap();
+    assert_eq!((r.measured, r.ok), (10, 10), "{:?}", r.errors);
+    // message_start, content_block_start, ping, 3 deltas, content_block_stop, message_delta; then
+    // message_stop, the end (not counted, as [DONE] is not)
+    assert_eq!(r.stream_events, 10 * 8);
+    let stats = mock.stats();
+    assert_eq!(stats["streams_completed"], 10);
+    assert_eq!(stats["last_api_key"], "sk-ant-load");
+
+    // A mid-stream `event: error` is a failed stream, not a success.
+    let failing = br#"{"model":"failafter-1","max_tokens":32,"stream":true,"messages":[{"role":"user","content":"x"}]}"#;
+    let target = Target {
+        request: Arc::new(build_request("POST", &url, &headers, failing)),
+        ..target
+    };
+    let r = engine::run(&target, &load(50.0, 100, true)).unwrap();
+    assert_eq!((r.measured, r.ok), (5, 0), "{:?}", r.errors);
+}
+
+#[test]
 fn a_dead_target_is_a_setup_error() {
     let mock = Mock::start(&[]);
     let target = mock.target(DEFAULT_CHAT_BODY);

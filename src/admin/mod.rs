@@ -74,6 +74,17 @@ impl AdminHandler {
 }
 
 impl Handler for AdminHandler {
+    /// Every admin endpoint is a `GET`: anything else is answered before its body is read.
+    fn admit(&self, req: &Request) -> Option<Response> {
+        match (req.method, req.path.as_str()) {
+            (Method::Get | Method::Head, "/health" | "/stats" | "/metrics") => None,
+            (_, "/health" | "/stats" | "/metrics") => {
+                Some(Response::error(&method_not_allowed(req.method)))
+            }
+            (_, path) => Some(Response::error(&not_found(path))),
+        }
+    }
+
     fn handle(&self, req: &mut Request) -> Response {
         let current = self.gateway.load_full();
         let g = &current;

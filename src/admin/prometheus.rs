@@ -14,8 +14,8 @@ use crate::http::FrontStats;
 use crate::objpool::{ObjPoolSnapshot, ObjPoolStats};
 use crate::pool::breaker::State;
 use crate::pool::ProviderPool;
-use crate::stats::ServiceStats;
-use crate::stats::{Latency, LATENCY_US_MAX};
+use crate::providers::keys::{KeySnapshot, KEY_STATES};
+use crate::stats::{Latency, ServiceStats, LATENCY_US_MAX};
 
 /// `Content-Type` of the exposition.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -80,6 +80,14 @@ pub const POOL_UPSTREAM_SECONDS: &str = "deepintshield_pool_upstream_duration_se
 pub const POOL_TOTAL_SECONDS: &str = "deepintshield_pool_request_duration_seconds";
 pub const POOL_TTFT_SECONDS: &str = "deepintshield_pool_time_to_first_token_seconds";
 pub const POOL_STREAM_GAP_SECONDS: &str = "deepintshield_pool_stream_event_gap_seconds";
+// Per provider key (labels `pool`, `key`: the key's position in the config, never the key).
+pub const KEY_USES: &str = "deepintshield_pool_key_uses_total";
+pub const KEY_REFUSALS: &str = "deepintshield_pool_key_refusals_total";
+pub const KEY_DISABLES: &str = "deepintshield_pool_key_disables_total";
+pub const KEY_PROBES: &str = "deepintshield_pool_key_probes_total";
+pub const KEY_COOLDOWNS_DROPPED: &str = "deepintshield_pool_key_model_cooldowns_dropped_total";
+pub const KEY_STATE: &str = "deepintshield_pool_key_state";
+pub const KEY_MODEL_COOLDOWNS: &str = "deepintshield_pool_key_model_cooldowns";
 // The API listener (label `listener`).
 pub const FRONT_CONNECTIONS: &str = "deepintshield_front_connections_accepted_total";
 pub const FRONT_CONNECTIONS_ACTIVE: &str = "deepintshield_front_connections_active";
@@ -88,6 +96,12 @@ pub const FRONT_REQUESTS_IN_FLIGHT: &str = "deepintshield_front_requests_in_flig
 pub const FRONT_ERRORS: &str = "deepintshield_front_errors_total";
 pub const FRONT_STREAMS_CANCELLED: &str = "deepintshield_front_streams_cancelled_total";
 pub const FRONT_IDLE_TIMEOUTS: &str = "deepintshield_front_idle_timeouts_total";
+pub const FRONT_CONNECTIONS_REFUSED: &str = "deepintshield_front_connections_refused_total";
+pub const FRONT_ACCEPT_FD_EXHAUSTED: &str = "deepintshield_front_accept_fd_exhausted_total";
+pub const FRONT_BODY_BUFFER_BYTES: &str = "deepintshield_front_body_buffer_bytes";
+pub const FRONT_BODY_BUFFER_REFUSALS: &str = "deepintshield_front_body_buffer_refusals_total";
+pub const FRONT_ANSWERED_BEFORE_BODY: &str =
+    "deepintshield_front_requests_answered_before_body_total";
 // Object pools (label `pool`).
 pub const OBJPOOL_GETS: &str = "deepintshield_objpool_gets_total";
 pub const OBJPOOL_HITS: &str = "deepintshield_objpool_hits_total";
@@ -135,6 +149,7 @@ pub fn render(s: &Scrape<'_>) -> String {
         out: String::with_capacity(16 * 1024 + s.pools.len() * 12 * 1024),
     };
     pools(&mut w, s.pools);
+    keys(&mut w, s.pools);
     if let Some(front) = s.front {
         front_metrics(&mut w, front);
     }
@@ -511,10 +526,92 @@ fn pool_gauges(w: &mut Writer, pools: &[Arc<ProviderPool>]) {
     }
 }
 
+/// The provider keys of every pool: counters since the pool was built (a reload rebuilds the key
+/// pool, so these series restart from zero then), state and active model cool-downs.
+fn keys(w: &mut Writer, pools: &[Arc<ProviderPool>]) {
+    let snaps: Vec<(&str, Vec<KeySnapshot>, Vec<String>)> = pools
+        .iter()
+        .map(|p| {
+            let keys = p.key_snapshots();
+            let labels = keys.iter().map(|k| k.index.to_string()).collect();
+            (p.name(), keys, labels)
+        })
+        .collect();
+    type Each = fn(&mut Writer, &str, &[(&str, &str)], &KeySnapshot);
+    let families: [(&str, Kind, &str, Each); 7] = [
+        (
+            KEY_USES,
+            Kind::Counter,
+            "Upstream attempts made with the key.",
+            |w, name, l, k| w.sample(name, l, k.uses),
+        ),
+        (
+            KEY_REFUSALS,
+            Kind::Counter,
+            "Upstream refusals of the key, by reason (429 rate_limited or quota_exhausted, 403 forbidden, 404 not_found, 401 unauthorized).",
+            |w, name, l, k| {
+                for (reason, n) in k.refusals {
+                    w.sample(name, &[l[0], l[1], ("reason", reason)], n);
+                }
+            },
+        ),
+        (
+            KEY_DISABLES,
+            Kind::Counter,
+            "Times the key was taken out of service after a 401.",
+            |w, name, l, k| w.sample(name, l, k.disables),
+        ),
+        (
+            KEY_PROBES,
+            Kind::Counter,
+            "Re-probes of the key after a disable expired, by result.",
+            |w, name, l, k| {
+                for (result, n) in k.probes {
+                    w.sample(name, &[l[0], l[1], ("result", result)], n);
+                }
+            },
+        ),
+        (
+            KEY_COOLDOWNS_DROPPED,
+            Kind::Counter,
+            "Model cool-downs of the key not kept because its table was full of longer ones.",
+            |w, name, l, k| w.sample(name, l, k.marks_dropped),
+        ),
+        (
+            KEY_STATE,
+            Kind::Gauge,
+            "Key state: 1 for the current state, 0 for the others.",
+            |w, name, l, k| {
+                for state in KEY_STATES {
+                    w.sample(
+                        name,
+                        &[l[0], l[1], ("state", state)],
+                        u64::from(k.state == state),
+                    );
+                }
+            },
+        ),
+        (
+            KEY_MODEL_COOLDOWNS,
+            Kind::Gauge,
+            "Models the key is cooling down or denied for now.",
+            |w, name, l, k| w.sample(name, l, k.model_cooldowns.len()),
+        ),
+    ];
+    for (name, kind, help, each) in families {
+        w.head(name, kind, help);
+        for (pool, keys, labels) in &snaps {
+            for (k, label) in keys.iter().zip(labels) {
+                each(w, name, &[("pool", pool), ("key", label)], k);
+            }
+        }
+    }
+}
+
 fn front_metrics(w: &mut Writer, f: &FrontStats) {
     let l = [("listener", "api")];
     let one = [()];
-    let simple: [(&str, Kind, &str, &AtomicU64); 6] = [
+    let simple: [(&str, Kind, &str, &AtomicU64); 11] = [
         (
             FRONT_CONNECTIONS,
             Kind::Counter,
@@ -545,6 +642,36 @@ fn front_metrics(w: &mut Writer, f: &FrontStats) {
             Kind::Counter,
             "Keep-alive connections closed after idle_timeout_ms.",
             &f.idle_timeouts,
+        ),
+        (
+            FRONT_CONNECTIONS_REFUSED,
+            Kind::Counter,
+            "Connections answered 503 at connections_max.",
+            &f.connections_refused,
+        ),
+        (
+            FRONT_ACCEPT_FD_EXHAUSTED,
+            Kind::Counter,
+            "accept() failures for lack of file descriptors.",
+            &f.accept_fd_exhausted,
+        ),
+        (
+            FRONT_BODY_BUFFER_BYTES,
+            Kind::Gauge,
+            "Request body bytes buffered now.",
+            &f.body_buffer_bytes,
+        ),
+        (
+            FRONT_BODY_BUFFER_REFUSALS,
+            Kind::Counter,
+            "Request bodies refused 503 at body_buffer_bytes_max.",
+            &f.body_buffer_refusals,
+        ),
+        (
+            FRONT_ANSWERED_BEFORE_BODY,
+            Kind::Counter,
+            "Requests answered from the head alone (refused before the body was read).",
+            &f.requests_answered_before_body,
         ),
     ];
     for (name, kind, help, v) in simple {

@@ -14,7 +14,9 @@ pub fn error_type(err: &ApiError) -> &'static str {
         ErrorKind::NotFound => "not_found_error",
         ErrorKind::PayloadTooLarge => "request_too_large",
         ErrorKind::QueueFull => "rate_limit_error",
-        ErrorKind::Unavailable | ErrorKind::ShuttingDown => "overloaded_error",
+        ErrorKind::Unavailable | ErrorKind::ShuttingDown | ErrorKind::Overloaded => {
+            "overloaded_error"
+        }
         ErrorKind::RequestTimeout | ErrorKind::QueueTimeout => "timeout_error",
         ErrorKind::Internal
         | ErrorKind::UpstreamTransport

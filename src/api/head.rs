@@ -16,6 +16,8 @@ use crate::job::ClientApi;
 pub const TOP_LEVEL_FIELDS_MAX: usize = 256;
 /// Most entries of a request's own `fallbacks` list.
 pub const REQUEST_FALLBACKS_MAX: usize = 8;
+/// Most fields of `stream_options`.
+pub const STREAM_OPTIONS_FIELDS_MAX: usize = 16;
 
 /// The routing head of a chat request.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -33,24 +35,87 @@ pub struct RouteHead {
 struct Seen {
     model: Option<Option<String>>,
     stream: Option<Option<bool>>,
-    wants_usage: Option<bool>,
+    /// `None` inside: `stream_options` is not an object of at most
+    /// [`STREAM_OPTIONS_FIELDS_MAX`] fields.
+    stream_options: Option<Option<StreamOptions>>,
     fallbacks: Option<Option<Vec<String>>>,
     messages_is_array: Option<bool>,
     has_max_tokens: bool,
-    too_many_fields: bool,
 }
 
-#[derive(Deserialize)]
+/// Why the visitor stopped early.
+const TOO_MANY_FIELDS: &str = "too many top-level fields";
+const DUPLICATE_FIELD: &str = "duplicate top-level field";
+
+#[derive(Default)]
 struct StreamOptions {
     include_usage: Option<bool>,
 }
 
-/// `model` as a string, or `None` when it is some other JSON value.
+impl<'de> Deserialize<'de> for StreamOptions {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = StreamOptions;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object of stream options")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<StreamOptions, A::Error> {
+                let mut options = StreamOptions::default();
+                let mut fields = 0usize;
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    fields += 1;
+                    if fields > STREAM_OPTIONS_FIELDS_MAX {
+                        return Err(serde::de::Error::custom("too many stream options"));
+                    }
+                    if key == "include_usage" {
+                        options.include_usage = map.next_value()?;
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(options)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// At most [`REQUEST_FALLBACKS_MAX`] strings; the visitor stops at the next one.
+struct Fallbacks(Vec<String>);
+
+impl<'de> Deserialize<'de> for Fallbacks {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Fallbacks;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an array of strings")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Fallbacks, A::Error> {
+                let mut list = Vec::new();
+                while let Some(s) = seq.next_element::<String>()? {
+                    if list.len() == REQUEST_FALLBACKS_MAX {
+                        return Err(serde::de::Error::custom("too many fallbacks"));
+                    }
+                    list.push(s);
+                }
+                Ok(Fallbacks(list))
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
+/// The next value as a `T`, or `None` when it is valid JSON of another shape.
 fn lenient<'de, T: Deserialize<'de>, A: MapAccess<'de>>(
     map: &mut A,
 ) -> Result<Option<T>, A::Error> {
-    let v: serde_json::Value = map.next_value()?;
-    Ok(T::deserialize(v).ok())
+    let raw: &'de serde_json::value::RawValue = map.next_value()?;
+    Ok(serde_json::from_str(raw.get()).ok())
 }
 
 impl<'de> Deserialize<'de> for Seen {
@@ -63,21 +128,23 @@ impl<'de> Deserialize<'de> for Seen {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Seen, A::Error> {
                 let mut seen = Seen::default();
-                let mut fields = 0usize;
+                let mut names: std::collections::HashSet<std::borrow::Cow<'de, str>> =
+                    std::collections::HashSet::new();
                 while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                    fields += 1;
-                    if fields > TOP_LEVEL_FIELDS_MAX {
-                        seen.too_many_fields = true;
-                        return Err(serde::de::Error::custom("too many top-level fields"));
+                    if names.len() == TOP_LEVEL_FIELDS_MAX {
+                        return Err(serde::de::Error::custom(TOO_MANY_FIELDS));
+                    }
+                    if !names.insert(key.clone()) {
+                        return Err(serde::de::Error::custom(DUPLICATE_FIELD));
                     }
                     match key.as_ref() {
                         "model" => seen.model = Some(lenient(&mut map)?),
                         "stream" => seen.stream = Some(lenient(&mut map)?),
-                        "fallbacks" => seen.fallbacks = Some(lenient(&mut map)?),
-                        "stream_options" => {
-                            let options: Option<StreamOptions> = lenient(&mut map)?;
-                            seen.wants_usage = options.and_then(|o| o.include_usage);
+                        "fallbacks" => {
+                            let list: Option<Fallbacks> = lenient(&mut map)?;
+                            seen.fallbacks = Some(list.map(|f| f.0));
                         }
+                        "stream_options" => seen.stream_options = Some(lenient(&mut map)?),
                         "messages" => {
                             let v: &serde_json::value::RawValue = map.next_value()?;
                             seen.messages_is_array = Some(v.get().starts_with('['));
@@ -115,10 +182,16 @@ impl RouteHead {
         })?;
         let seen: Seen = match serde_json::from_slice::<Seen>(body) {
             Ok(seen) => seen,
-            Err(e) if e.to_string().starts_with("too many top-level fields") => {
+            Err(e) if e.to_string().starts_with(TOO_MANY_FIELDS) => {
                 return Err(ApiError::bad_request(
                     "too_many_fields",
                     format!("the request has more than {TOP_LEVEL_FIELDS_MAX} top-level fields"),
+                ))
+            }
+            Err(e) if e.to_string().starts_with(DUPLICATE_FIELD) => {
+                return Err(ApiError::bad_request(
+                    "duplicate_field",
+                    "the request repeats a top-level field",
                 ))
             }
             Err(e) => {
@@ -174,6 +247,18 @@ impl RouteHead {
                 ))
             }
         };
+        let wants_usage = match seen.stream_options {
+            None => false,
+            Some(Some(options)) => options.include_usage.unwrap_or(false),
+            Some(None) => {
+                return Err(ApiError::bad_request(
+                    "invalid_stream_options",
+                    format!(
+                        "`stream_options` must be an object of at most {STREAM_OPTIONS_FIELDS_MAX} fields"
+                    ),
+                ))
+            }
+        };
         let fallbacks = match seen.fallbacks {
             None => Vec::new(),
             Some(Some(list)) if list.len() <= REQUEST_FALLBACKS_MAX => list,
@@ -190,7 +275,7 @@ impl RouteHead {
             model,
             // Token counting never streams.
             stream: stream && api != ClientApi::AnthropicCountTokens,
-            wants_usage: seen.wants_usage.unwrap_or(false),
+            wants_usage,
             fallbacks,
         })
     }
@@ -294,6 +379,18 @@ mod tests {
             (
                 br#"{"model":"m","messages":[],"fallbacks":"c/d"}"#,
                 "invalid_fallbacks",
+            ),
+            (
+                br#"{"model":"m","messages":[],"fallbacks":["a","b","c","d","e","f","g","h","i"]}"#,
+                "invalid_fallbacks",
+            ),
+            (
+                br#"{"model":"m","messages":[],"model":"n"}"#,
+                "duplicate_field",
+            ),
+            (
+                br#"{"model":"m","messages":[],"stream_options":3}"#,
+                "invalid_stream_options",
             ),
             (many.as_bytes(), "too_many_fields"),
         ];

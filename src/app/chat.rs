@@ -17,6 +17,7 @@ use crate::job::{
 use crate::log::{self, AccessRecord};
 use crate::objpool::Pooled;
 use crate::pool::{waiters, ProviderPool};
+use crate::providers::status::UpstreamVerdict;
 
 /// Request headers an Anthropic client's request carries upstream (to an Anthropic provider).
 const ANTHROPIC_FORWARDED: [&str; 2] = ["anthropic-version", "anthropic-beta"];
@@ -95,8 +96,9 @@ impl Attempt {
 impl Gateway {
     /// A chat request: the primary route, then the model's configured fallbacks, then the
     /// request's own `fallbacks`, each tried when the one before failed in a way another provider
-    /// may not (breaker open, queue full, transport failure, 5xx or 429 after its retries). When
-    /// all fail, the primary's answer is returned.
+    /// may not (breaker open, queue full, transport failure, an unusable answer, or an upstream
+    /// status whose [`UpstreamVerdict::fallback`] says so: 5xx, 429, 401). When all fail, the
+    /// primary's answer is returned.
     fn chat(
         &self,
         req: &Request,
@@ -205,7 +207,7 @@ impl Gateway {
                 resp.headers.extend(answer.headers);
                 resp.headers
                     .push((PROVIDER_HEADER, pool.name().to_string()));
-                if status == 429 || status >= 500 {
+                if UpstreamVerdict::classify(status, &resp.body).fallback() {
                     Attempt::TryNext(Ok(resp))
                 } else {
                     Attempt::Done(Ok(resp))

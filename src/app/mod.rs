@@ -83,10 +83,7 @@ impl Gateway {
 /// `x-api-key: <key>`.
 pub fn presented_key(req: &Request) -> Option<&[u8]> {
     req.header("authorization")
-        .and_then(|v| {
-            let (scheme, rest) = v.split_at(v.len().min(7));
-            scheme.eq_ignore_ascii_case(b"bearer ").then_some(rest)
-        })
+        .and_then(crate::route::bearer_token)
         .or_else(|| req.header("x-api-key"))
 }
 
@@ -190,6 +187,29 @@ impl Handler for ApiHandler {
 
     fn error_response(&self, req: &Request, err: &ApiError) -> Response {
         error_for(req, err)
+    }
+
+    /// Path, method and client key are checked on the head, so that a request bound to be
+    /// refused never costs a body read. A refused chat request still writes its access line.
+    fn admit(&self, req: &Request) -> Option<Response> {
+        let refusal = match Endpoint::of(req.method, &req.path) {
+            Endpoint::MethodNotAllowed => method_not_allowed(req.method),
+            Endpoint::NotFound => not_found(&req.path),
+            endpoint => {
+                let e = self.0.load().authorize(req).err()?;
+                if matches!(endpoint, Endpoint::Chat(_)) {
+                    log::access(&AccessRecord {
+                        request_id: req.id.clone(),
+                        status: e.status(),
+                        error_code: e.code,
+                        total_us: req.received_at.elapsed().as_micros() as u64,
+                        ..AccessRecord::default()
+                    });
+                }
+                e
+            }
+        };
+        Some(error_for(req, &refusal))
     }
 }
 

@@ -2,6 +2,7 @@
 //! configurable limits, Content-Length and chunked bodies, pipelining answered in order with one
 //! batched write, keep-alive, timeouts, and OpenAI-style JSON errors for every protocol fault.
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 mod server;
@@ -26,10 +27,18 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Longest gap while reading a request body.
     pub body_read_timeout: Duration,
+    /// The whole body must arrive within this, counted from the end of the request head
+    /// (408 `client_timeout` and the connection closed past it).
+    pub body_timeout: Duration,
     /// Longest time one write to the client may block.
     pub write_timeout: Duration,
     /// Stack of each connection coroutine, in bytes.
     pub coroutine_stack_bytes: usize,
+    /// Most open connections of the listener; a connection past it is answered 503 at once.
+    pub connections_max: usize,
+    /// Most bytes of request bodies the listener buffers at once, across all its connections; a
+    /// body that would go past it is answered 503 (with `Retry-After`).
+    pub body_buffer_bytes_max: usize,
 }
 
 pub const HEADER_LINES_MAX_DEFAULT: usize = 100;
@@ -38,8 +47,26 @@ pub const BODY_BYTES_MAX_DEFAULT: usize = 16 * 1024 * 1024;
 pub const HEADER_READ_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 pub const IDLE_TIMEOUT_MS_DEFAULT: u64 = 60_000;
 pub const BODY_READ_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+/// A 16 MiB body needs about 2.2 Mbit/s to arrive within it.
+pub const BODY_TIMEOUT_MS_DEFAULT: u64 = 60_000;
 pub const WRITE_TIMEOUT_MS_DEFAULT: u64 = 30_000;
 pub const COROUTINE_STACK_KB_DEFAULT: usize = 256;
+/// Open connections per listener. The systemd unit's `LimitNOFILE` (1,048,576) leaves room for
+/// both listeners at this cap plus every upstream connection. An idle keep-alive connection
+/// costs about 24 KiB of resident memory (5,000 of them, release build), so about 1.5 GiB at
+/// the cap.
+pub const CONNECTIONS_MAX_DEFAULT: usize = 65_536;
+/// Request body bytes buffered at once per listener: 16 bodies of the largest default size.
+pub const BODY_BUFFER_BYTES_MAX_DEFAULT: usize = 256 * 1024 * 1024;
+/// `LimitNOFILE` of systemd/deepintshield.service.
+pub const SYSTEMD_LIMIT_NOFILE: usize = 1_048_576;
+
+// The whole-body deadline is never shorter than one allowed gap.
+const _: () = assert!(BODY_TIMEOUT_MS_DEFAULT >= BODY_READ_TIMEOUT_MS_DEFAULT);
+// The largest body allowed by default fits the default budget, many times over.
+const _: () = assert!(BODY_BUFFER_BYTES_MAX_DEFAULT >= 8 * BODY_BYTES_MAX_DEFAULT);
+// Both listeners at their cap use at most a quarter of the unit's descriptors.
+const _: () = assert!(2 * CONNECTIONS_MAX_DEFAULT <= SYSTEMD_LIMIT_NOFILE / 4);
 
 impl Default for Limits {
     fn default() -> Self {
@@ -50,8 +77,11 @@ impl Default for Limits {
             header_read_timeout: Duration::from_millis(HEADER_READ_TIMEOUT_MS_DEFAULT),
             idle_timeout: Duration::from_millis(IDLE_TIMEOUT_MS_DEFAULT),
             body_read_timeout: Duration::from_millis(BODY_READ_TIMEOUT_MS_DEFAULT),
+            body_timeout: Duration::from_millis(BODY_TIMEOUT_MS_DEFAULT),
             write_timeout: Duration::from_millis(WRITE_TIMEOUT_MS_DEFAULT),
             coroutine_stack_bytes: COROUTINE_STACK_KB_DEFAULT * 1024,
+            connections_max: CONNECTIONS_MAX_DEFAULT,
+            body_buffer_bytes_max: BODY_BUFFER_BYTES_MAX_DEFAULT,
         }
     }
 }
@@ -94,6 +124,22 @@ pub struct Request {
     pub received_at: Instant,
     /// The connection's socket, for [`Request::client_gone`]; -1 when there is none.
     pub(crate) fd: i32,
+    /// Whether [`Request::client_gone`] may send an interim `100 Continue` to tell a client that
+    /// half-closed its side from one that is gone (a [`Probe`] value).
+    pub(crate) probe: AtomicU8,
+}
+
+/// States of [`Request::probe`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Probe {
+    /// Not allowed: HTTP/1.0 (no 1xx may be sent), or earlier pipelined responses are not yet
+    /// written (a 1xx would overtake them), or the handler has returned.
+    Off = 0,
+    /// Allowed and not sent yet.
+    Ready = 1,
+    /// Sent once; a client that is gone has answered it with a reset.
+    Sent = 2,
 }
 
 impl Request {
@@ -109,13 +155,45 @@ impl Request {
             body: Vec::new(),
             received_at: Instant::now(),
             fd,
+            probe: AtomicU8::new(Probe::Off as u8),
         }
     }
 
-    /// Whether the client has closed its side of the connection (checked without blocking and
-    /// without consuming input). Lets a handler that waits long notice an abandoned request.
+    /// Whether the client has gone away (checked without blocking and without consuming input).
+    /// Lets a handler that waits long notice an abandoned request.
+    ///
+    /// A reset or error on the socket means gone. End-of-file alone does not: a client may
+    /// half-close its side after a complete request and still wait for the answer, and TCP
+    /// cannot tell that from a client that closed its socket. So, the first time end-of-file is
+    /// seen on an HTTP/1.1 request with nothing else queued for the client, an interim
+    /// `HTTP/1.1 100 Continue` is sent (HTTP/1.1 clients must accept unexpected 1xx responses):
+    /// a half-closed client reads past it, a closed one answers with a reset, which the next
+    /// check sees. Where no 1xx may be sent (HTTP/1.0, or pipelined answers still queued), a
+    /// client after end-of-file is taken to be waiting, and its request runs to its deadline.
     pub fn client_gone(&self) -> bool {
-        socket_closed_by_peer(self.fd)
+        match peer_state(self.fd) {
+            Peer::Open => false,
+            Peer::Gone => true,
+            Peer::HalfClosed => {
+                let ready = self.probe.compare_exchange(
+                    Probe::Ready as u8,
+                    Probe::Sent as u8,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
+                if ready.is_err() {
+                    return false;
+                }
+                match send_now(self.fd, CONTINUE_100) {
+                    Some(sent) => !sent,
+                    None => {
+                        // No room to send: try again at the next check.
+                        self.probe.store(Probe::Ready as u8, Ordering::Release);
+                        false
+                    }
+                }
+            }
+        }
     }
 
     /// A handle that drops this request's connection abruptly, for fault injection (the bench
@@ -166,30 +244,65 @@ impl AbortHandle {
     }
 }
 
-/// Whether the peer of socket `fd` has closed the connection: a non-blocking `MSG_PEEK` read
-/// that returns 0 bytes, or fails with anything but "would block". Pipelined input counts as alive.
-pub fn socket_closed_by_peer(fd: i32) -> bool {
+/// The interim response [`Request::client_gone`] probes with (and `Expect: 100-continue` gets).
+pub(crate) const CONTINUE_100: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// What a socket's peer has done, as far as can be seen without reading.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Peer {
+    /// Connected; it may have sent input not read yet.
+    Open,
+    /// It sent end-of-file (shut its side down, or closed its socket: TCP does not say which).
+    HalfClosed,
+    /// The connection was reset or failed: nothing more can reach the client.
+    Gone,
+}
+
+/// The state of socket `fd`'s peer: a zero-timeout `poll`. `POLLHUP` or `POLLERR` (a reset, or
+/// both directions shut) is gone; `POLLRDHUP` alone is end-of-file from the peer.
+pub(crate) fn peer_state(fd: i32) -> Peer {
     if fd < 0 {
-        return false;
+        return Peer::Open;
     }
-    let mut byte = 0u8;
-    // SAFETY: a one-byte peek into a valid local buffer; `fd` is an open socket of this process
-    // for as long as the connection (and so the request or stream holding it) lives.
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN | libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, zero timeout (never blocks); `fd` is an open socket of this
+    // process for as long as the connection (and so the request or stream holding it) lives.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    if n <= 0 {
+        return Peer::Open; // nothing to report (or EINTR: look again at the next check)
+    }
+    if pfd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
+        Peer::Gone
+    } else if pfd.revents & libc::POLLRDHUP != 0 {
+        Peer::HalfClosed
+    } else {
+        Peer::Open
+    }
+}
+
+/// Write `bytes` (a few, so never split in practice) to socket `fd` without blocking: `Some(true)`
+/// sent, `Some(false)` the connection failed or only part went out, `None` no room right now.
+pub(crate) fn send_now(fd: i32, bytes: &[u8]) -> Option<bool> {
+    // SAFETY: sends from a valid buffer of `bytes.len()` bytes; MSG_NOSIGNAL turns a closed
+    // peer into EPIPE instead of SIGPIPE; `fd` is open as for `peer_state`.
     let n = unsafe {
-        libc::recv(
+        libc::send(
             fd,
-            (&mut byte as *mut u8).cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
         )
     };
-    match n {
-        0 => true,
-        n if n > 0 => false,
-        _ => {
-            let err = std::io::Error::last_os_error().raw_os_error();
-            !matches!(err, Some(libc::EAGAIN) | Some(libc::EINTR))
-        }
+    match usize::try_from(n) {
+        Ok(n) => Some(n == bytes.len()),
+        Err(_) => match std::io::Error::last_os_error().raw_os_error() {
+            Some(libc::EAGAIN | libc::EINTR) => None,
+            _ => Some(false),
+        },
     }
 }
 
@@ -273,6 +386,16 @@ impl Response {
 /// The application behind a listener. `handle` runs inside the connection's coroutine: it may wait
 /// on `may`-aware primitives only (never a crossbeam `recv` or `std::thread::sleep`).
 pub trait Handler: Send + Sync + 'static {
+    /// Called once the request head is read and before its body is: `Some` answers the request
+    /// at once and its body is never read (the connection then closes unless the whole body was
+    /// already buffered, as it is for small requests). For checks that need no body (client
+    /// keys, unknown path or method), so that a request bound to be refused costs no body
+    /// buffer. `req.body` is empty here. The default admits every request.
+    fn admit(&self, req: &Request) -> Option<Response> {
+        let _ = req;
+        None
+    }
+
     fn handle(&self, req: &mut Request) -> Response;
 
     /// The response for a protocol fault of a request whose head was read (so its path and

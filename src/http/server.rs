@@ -19,10 +19,11 @@ use std::time::{Duration, Instant};
 use may::net::{TcpListener, TcpStream};
 
 use super::{
-    reason_phrase, socket_closed_by_peer, BodyStream, Handler, Limits, Method, Request, Response,
-    StreamPoll, STREAM_POLL_WAIT,
+    peer_state, reason_phrase, BodyStream, Handler, Limits, Method, Peer, Probe, Request, Response,
+    StreamPoll, CONTINUE_100, STREAM_POLL_WAIT,
 };
 use crate::error::{ApiError, ErrorKind};
+use crate::log;
 use crate::objpool::{ObjPool, Pooled};
 
 /// Initial size of a connection's read buffer; it grows up to `header_bytes_max` for large heads.
@@ -45,6 +46,11 @@ const LINGER_MS: u64 = 1_000;
 const LINGER_BYTES_MAX: usize = 1024 * 1024;
 /// Accept errors (e.g. out of file descriptors) back off this long instead of spinning.
 const ACCEPT_ERROR_BACKOFF_MS: u64 = 20;
+/// While accept() keeps failing for lack of file descriptors, one log line per this period.
+const FD_EXHAUSTED_LOG_INTERVAL_MS: u64 = 10_000;
+/// `Retry-After` (seconds) of the 503 answers to a connection past `connections_max` or a body
+/// past `body_buffer_bytes_max`.
+const OVERLOAD_RETRY_AFTER_S: u32 = 1;
 /// Pending connections the kernel queues for the accept loop.
 const ACCEPT_BACKLOG: libc::c_int = 4096;
 /// Stack of the accept coroutine: it only accepts and spawns.
@@ -54,10 +60,9 @@ const REQUEST_ID_BYTES_MAX: usize = 128;
 /// Smallest read timeout handed to the socket (a zero timeout means "none" to the OS).
 const READ_TIMEOUT_MIN: Duration = Duration::from_millis(1);
 
-const CONTINUE_100: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
-
 const _: () = assert!(CHUNK_LINE_BYTES_MAX < READ_BUF_BYTES_INITIAL);
 const _: () = assert!(REQUEST_ID_BYTES_MAX <= 128);
+const _: () = assert!(FD_EXHAUSTED_LOG_INTERVAL_MS >= 100 * ACCEPT_ERROR_BACKOFF_MS);
 
 /// Counters of one listener (relaxed atomics).
 #[derive(Default)]
@@ -77,6 +82,19 @@ pub struct FrontStats {
     pub streams_cancelled: AtomicU64,
     /// Keep-alive connections closed after `idle_timeout` without a request (not an error).
     pub idle_timeouts: AtomicU64,
+    /// Connections answered 503 and closed at once because `connections_max` were open (not
+    /// counted in `connections_accepted`).
+    pub connections_refused: AtomicU64,
+    /// Failed accept() calls for lack of file descriptors (EMFILE, ENFILE). The pending
+    /// connection stays in the kernel's queue and is tried again after a short back-off.
+    pub accept_fd_exhausted: AtomicU64,
+    /// Bytes of request bodies buffered now (what `body_buffer_bytes_max` bounds).
+    pub body_buffer_bytes: AtomicU64,
+    /// Bodies refused 503 because they would have taken the buffered bytes past
+    /// `body_buffer_bytes_max`.
+    pub body_buffer_refusals: AtomicU64,
+    /// Requests the handler answered from the head alone ([`Handler::admit`]), body unread.
+    pub requests_answered_before_body: AtomicU64,
 }
 
 impl FrontStats {
@@ -94,6 +112,11 @@ impl FrontStats {
             "handler_panics": get(&self.handler_panics),
             "streams_cancelled": get(&self.streams_cancelled),
             "idle_timeouts": get(&self.idle_timeouts),
+            "connections_refused": get(&self.connections_refused),
+            "accept_fd_exhausted": get(&self.accept_fd_exhausted),
+            "body_buffer_bytes": get(&self.body_buffer_bytes),
+            "body_buffer_refusals": get(&self.body_buffer_refusals),
+            "requests_answered_before_body": get(&self.requests_answered_before_body),
         })
     }
 }
@@ -230,11 +253,16 @@ impl Drop for AcceptingGuard {
 
 fn accept_loop(listener: TcpListener, current: Arc<arc_swap::ArcSwap<Shared>>) {
     let stopping = Arc::clone(&current.load().stopping);
+    let mut fd_exhausted = FdExhaustedLog::default();
     while !stopping.load(Ordering::Acquire) {
         let stream = match listener.accept() {
             Ok((stream, _peer)) => stream,
-            Err(_) => {
-                // EMFILE, ECONNABORTED, ...: nothing to answer; back off instead of spinning.
+            Err(e) => {
+                if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+                    bump(&current.load().stats.accept_fd_exhausted);
+                    fd_exhausted.note(&e);
+                }
+                // Nothing to answer; back off instead of spinning.
                 may::coroutine::sleep(Duration::from_millis(ACCEPT_ERROR_BACKOFF_MS));
                 continue;
             }
@@ -244,8 +272,20 @@ fn accept_loop(listener: TcpListener, current: Arc<arc_swap::ArcSwap<Shared>>) {
         }
         // The limits current now (a reload may have changed them while accept() waited).
         let conn_shared = current.load_full();
+        let stats = &conn_shared.stats;
+        // Only this coroutine adds connections, so the count cannot pass the cap between the
+        // check and the increment.
+        if stats.connections_active.load(Ordering::Relaxed)
+            >= conn_shared.limits.connections_max as u64
+        {
+            bump(&stats.connections_refused);
+            refuse_connection(&stream);
+            continue;
+        }
+        stats.connections_active.fetch_add(1, Ordering::Relaxed);
+        let active = ActiveGuard(Arc::clone(stats));
+        bump(&stats.connections_accepted);
         let stack_bytes = conn_shared.limits.coroutine_stack_bytes;
-        bump(&conn_shared.stats.connections_accepted);
         // Small responses must not wait for Nagle; failure only costs latency.
         let _ = stream.set_nodelay(true);
         // SAFETY: the connection coroutine keeps no reference to thread-local state across a yield
@@ -254,11 +294,66 @@ fn accept_loop(listener: TcpListener, current: Arc<arc_swap::ArcSwap<Shared>>) {
         let spawned = unsafe {
             may::coroutine::Builder::new()
                 .stack_size(super::stack_words(stack_bytes))
-                .spawn(move || serve_connection(stream, conn_shared))
+                .spawn(move || {
+                    let _active = active;
+                    serve_connection(stream, conn_shared)
+                })
         };
-        // A failed spawn drops the stream (closing it); the JoinHandle of a good one is detached.
+        // A failed spawn drops the stream (closing it) and the guard; the JoinHandle of a good
+        // one is detached.
         drop(spawned);
     }
+}
+
+/// Rate-limited logging of accept() failing for lack of file descriptors.
+#[derive(Default)]
+struct FdExhaustedLog {
+    last: Option<Instant>,
+    /// Failures since the last line.
+    unlogged: u64,
+}
+
+impl FdExhaustedLog {
+    fn note(&mut self, e: &io::Error) {
+        self.unlogged += 1;
+        let interval = Duration::from_millis(FD_EXHAUSTED_LOG_INTERVAL_MS);
+        if self.last.is_some_and(|at| at.elapsed() < interval) {
+            return;
+        }
+        self.last = Some(Instant::now());
+        let failures = std::mem::take(&mut self.unlogged).to_string();
+        log::warn(
+            "cannot accept connections: out of file descriptors (raise LimitNOFILE or lower \
+             server.connections_max)",
+            &[("error", &e.to_string()), ("failures", &failures)],
+        );
+    }
+}
+
+/// Answer a connection past `connections_max` with a short 503 and close it, without reading
+/// anything and without waiting: the answer goes out with one non-blocking send into the
+/// empty socket buffer. (A request the client already sent is left unread; the close then
+/// resets the connection, which on Linux still lets the client read the answer before it.)
+fn refuse_connection(stream: &TcpStream) {
+    let err = ApiError::new(
+        ErrorKind::Overloaded,
+        "too_many_connections",
+        "the gateway has too many open connections; retry later",
+    )
+    .with_retry_after(OVERLOAD_RETRY_AFTER_S);
+    let response = Response::error(&err);
+    let mut out = Vec::with_capacity(384);
+    let id = generate_request_id();
+    let body = write_response_head(
+        &mut out,
+        &response,
+        &id,
+        ConnHeader::Close,
+        OutFraming::Length,
+    );
+    out.extend_from_slice(body);
+    let _ = super::send_now(stream.as_raw_fd(), &out);
+    let _ = stream.shutdown(Shutdown::Write);
 }
 
 /// Keeps `connections_active` right even if the connection coroutine unwinds.
@@ -271,11 +366,6 @@ impl Drop for ActiveGuard {
 }
 
 fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
-    shared
-        .stats
-        .connections_active
-        .fetch_add(1, Ordering::Relaxed);
-    let _active = ActiveGuard(Arc::clone(&shared.stats));
     let _ = stream.set_write_timeout(Some(shared.limits.write_timeout));
     let mut conn = Conn::new(stream, &shared);
     let end = loop {
@@ -304,6 +394,8 @@ enum Fault {
     HeadersTooLarge(&'static str),
     PayloadTooLarge,
     Timeout(&'static str),
+    /// The body would take the listener's buffered body bytes past `body_buffer_bytes_max`.
+    BodyBufferFull,
 }
 
 impl Fault {
@@ -313,29 +405,30 @@ impl Fault {
             Fault::HeadersTooLarge(_) => bump(&stats.headers_too_large),
             Fault::PayloadTooLarge => bump(&stats.bodies_too_large),
             Fault::Timeout(_) => bump(&stats.timeouts),
+            Fault::BodyBufferFull => bump(&stats.body_buffer_refusals),
         }
     }
 
-    fn response(self) -> Response {
+    fn error(self) -> ApiError {
         match self {
-            Fault::BadRequest(code, message) => {
-                Response::error(&ApiError::new(ErrorKind::BadRequest, code, message))
+            Fault::BadRequest(code, message) => ApiError::new(ErrorKind::BadRequest, code, message),
+            Fault::HeadersTooLarge(message) => {
+                ApiError::new(ErrorKind::HeadersTooLarge, "headers_too_large", message)
             }
-            Fault::HeadersTooLarge(message) => Response::error(&ApiError::new(
-                ErrorKind::HeadersTooLarge,
-                "headers_too_large",
-                message,
-            )),
-            Fault::PayloadTooLarge => Response::error(&ApiError::new(
+            Fault::PayloadTooLarge => ApiError::new(
                 ErrorKind::PayloadTooLarge,
                 "payload_too_large",
                 "the request body exceeds the size limit",
-            )),
-            Fault::Timeout(message) => Response::error(&ApiError::new(
-                ErrorKind::ClientTimeout,
-                "client_timeout",
-                message,
-            )),
+            ),
+            Fault::Timeout(message) => {
+                ApiError::new(ErrorKind::ClientTimeout, "client_timeout", message)
+            }
+            Fault::BodyBufferFull => ApiError::new(
+                ErrorKind::Overloaded,
+                "body_buffer_full",
+                "the gateway is buffering too many request bodies; retry later",
+            )
+            .with_retry_after(OVERLOAD_RETRY_AFTER_S),
         }
     }
 }
@@ -376,8 +469,14 @@ struct Conn<'s> {
     /// httparse header slots, `header_lines_max` of them, reused for every request.
     slots: Vec<MaybeUninit<httparse::Header<'static>>>,
     req: Request,
+    /// The current request's head was parsed (its path and headers are known).
+    head_parsed: bool,
     /// The read timeout last given to the socket (setting it is a system call).
     read_timeout: Option<Duration>,
+    /// Bytes of `body_buffer_bytes` this connection's current request holds.
+    body_reserved: usize,
+    /// When the current request's body must be complete (`body_timeout` after its head).
+    body_deadline: Instant,
 }
 
 impl Drop for Conn<'_> {
@@ -386,6 +485,7 @@ impl Drop for Conn<'_> {
             let in_flight = &self.shared.stats.requests_in_flight;
             in_flight.fetch_sub(self.wpending, Ordering::Relaxed);
         }
+        self.release_body();
     }
 }
 
@@ -408,7 +508,10 @@ impl<'s> Conn<'s> {
             wpending: 0,
             slots,
             req: Request::empty(fd),
+            head_parsed: false,
             read_timeout: None,
+            body_reserved: 0,
+            body_deadline: Instant::now(),
         }
     }
 
@@ -435,6 +538,16 @@ impl<'s> Conn<'s> {
             Ok(kind) => kind,
             Err(fault) => return self.fail(fault),
         };
+        let handler = &self.shared.handler;
+        let req = &self.req;
+        let early = catch_unwind(AssertUnwindSafe(|| handler.admit(req))).unwrap_or_else(|_| {
+            bump(&self.shared.stats.handler_panics);
+            Some(Response::error(&ApiError::internal()))
+        });
+        if let Some(response) = early {
+            return self.answer_before_body(response, &head, body);
+        }
+        self.body_deadline = Instant::now() + self.shared.limits.body_timeout;
         match body {
             BodyKind::None => {}
             BodyKind::Length(n) => self.read_sized_body(n, &head)?,
@@ -470,6 +583,7 @@ impl<'s> Conn<'s> {
     fn read_head(&mut self) -> Result<Head, End> {
         // Errors before the head is parsed get a fresh id, not the previous request's.
         self.req.id.clear();
+        self.head_parsed = false;
         let shared = self.shared;
         let limits = &shared.limits;
         let deadline = Instant::now() + limits.header_read_timeout;
@@ -478,6 +592,7 @@ impl<'s> Conn<'s> {
             let buf = &self.rbuf[self.rpos..self.rend];
             match parse_head(buf, &mut self.slots, &mut self.req) {
                 Ok(Some(head)) => {
+                    self.head_parsed = true;
                     if head.len > limits.header_bytes_max {
                         return self.fail(Fault::HeadersTooLarge("the request head is too large"));
                     }
@@ -514,6 +629,7 @@ impl<'s> Conn<'s> {
             _ => return self.fail(Fault::PayloadTooLarge),
         };
         let have = (self.rend - self.rpos).min(len);
+        self.reserve_body(have)?;
         self.req
             .body
             .extend_from_slice(&self.rbuf[self.rpos..self.rpos + have]);
@@ -527,23 +643,22 @@ impl<'s> Conn<'s> {
         self.flush()?;
         // The rest is read straight into the body, never past it (the next pipelined request
         // stays in the socket). The body grows with what arrived, so a large Content-Length
-        // alone does not make the server allocate it.
+        // alone does not make the server allocate it (nor take it from the body budget).
         let mut filled = have;
-        let timeout = self.shared.limits.body_read_timeout;
         while filled < len {
             if filled == self.req.body.len() {
                 let grown = filled.saturating_mul(2).max(BODY_READ_STEP_BYTES).min(len);
+                self.reserve_body(grown)?;
                 self.req.body.resize(grown, 0);
             }
-            if self.set_read_timeout(timeout).is_err() {
+            let wait = self.body_wait()?;
+            if self.set_read_timeout(wait).is_err() {
                 return Err(End::Quiet);
             }
             match self.stream.read(&mut self.req.body[filled..]) {
                 Ok(0) => return Err(End::Quiet),
                 Ok(n) => filled += n,
-                Err(e) if is_timeout(&e) => {
-                    return self.fail(Fault::Timeout("the request body was not received in time"))
-                }
+                Err(e) if is_timeout(&e) => return self.fail(self.body_timeout_fault()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => return Err(End::Quiet),
             }
@@ -553,13 +668,19 @@ impl<'s> Conn<'s> {
 
     fn read_chunked_body(&mut self, head: &Head) -> Result<(), End> {
         let body_max = self.shared.limits.body_bytes_max;
-        let timeout = self.shared.limits.body_read_timeout;
         let mut decoder = ChunkedDecoder::new();
         let mut asked_continue = !head.expect_continue || head.minor_version == 0;
         if self.rend > self.rpos {
             asked_continue = true; // the client did not wait for a 100
         }
         loop {
+            // Decoded data is never longer than its encoding: with room for all the input, the
+            // decoder never grows the body past what was taken from the budget.
+            let room = (self.req.body.len() + (self.rend - self.rpos)).min(body_max);
+            if room > self.req.body.capacity() {
+                let grown = self.req.body.capacity().saturating_mul(2);
+                self.reserve_body(room.max(grown).min(body_max))?;
+            }
             let input = &self.rbuf[self.rpos..self.rend];
             let step = decoder.decode(input, &mut self.req.body, body_max);
             let (used, done) = match step {
@@ -578,15 +699,112 @@ impl<'s> Conn<'s> {
                 asked_continue = true;
             }
             self.flush()?;
+            let wait = self.body_wait()?;
             let cap = self.rbuf.len();
-            match self.fill(timeout, cap) {
+            match self.fill(wait, cap) {
                 Ok(0) => return Err(End::Quiet),
                 Ok(_) => {}
-                Err(e) if is_timeout(&e) => {
-                    return self.fail(Fault::Timeout("the request body was not received in time"))
-                }
+                Err(e) if is_timeout(&e) => return self.fail(self.body_timeout_fault()),
                 Err(_) => return Err(End::Quiet),
             }
+        }
+    }
+
+    /// How long the next body read may wait: the gap bound, cut to what is left of the whole
+    /// body's deadline; a fault when that has passed.
+    fn body_wait(&mut self) -> Result<Duration, End> {
+        let left = self.body_deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return self.fail(self.body_timeout_fault());
+        }
+        Ok(left.min(self.shared.limits.body_read_timeout))
+    }
+
+    /// The 408 for a body read that timed out: the whole-body deadline, or one gap too long.
+    fn body_timeout_fault(&self) -> Fault {
+        if Instant::now() >= self.body_deadline {
+            Fault::Timeout("the request body was not received within the time allowed for it")
+        } else {
+            Fault::Timeout("the request body was not received in time")
+        }
+    }
+
+    /// Make sure the body buffer can hold `total` bytes, taking what it did not hold yet from
+    /// the listener's body budget first. Refused (503, connection closed) past the budget.
+    fn reserve_body(&mut self, total: usize) -> Result<(), End> {
+        if total > self.body_reserved {
+            let extra = (total - self.body_reserved) as u64;
+            let max = self.shared.limits.body_buffer_bytes_max as u64;
+            let buffered = &self.shared.stats.body_buffer_bytes;
+            let taken = buffered.fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(extra).filter(|&sum| sum <= max)
+            });
+            if taken.is_err() {
+                return self.fail(Fault::BodyBufferFull);
+            }
+            self.body_reserved = total;
+        }
+        let len = self.req.body.len();
+        if total > len {
+            self.req.body.reserve_exact(total - len);
+        }
+        Ok(())
+    }
+
+    /// The request's body is no longer needed: return its bytes to the budget and drop a large
+    /// buffer (a small one is kept for the connection's next request; `connections_max` bounds
+    /// those).
+    fn release_body(&mut self) {
+        if self.req.body.capacity() > BODY_BUF_KEEP_BYTES_MAX {
+            self.req.body = Vec::new();
+        } else {
+            self.req.body.clear();
+        }
+        let reserved = std::mem::take(&mut self.body_reserved) as u64;
+        if reserved > 0 {
+            let buffered = &self.shared.stats.body_buffer_bytes;
+            buffered.fetch_sub(reserved, Ordering::AcqRel);
+        }
+    }
+
+    /// Answer a request that [`Handler::admit`] refused, without reading its body. The
+    /// connection stays open only when there is no body or all of it is already buffered (it
+    /// is then skipped); otherwise it closes after the answer, since the framing of the next
+    /// request is behind the unread body.
+    fn answer_before_body(
+        &mut self,
+        mut response: Response,
+        head: &Head,
+        body: BodyKind,
+    ) -> Result<(), End> {
+        if let Some(mut stream) = response.stream.take() {
+            stream.cancel(); // an early answer is a plain one
+        }
+        let stats = &self.shared.stats;
+        bump(&stats.requests);
+        bump(&stats.requests_answered_before_body);
+        stats.requests_in_flight.fetch_add(1, Ordering::Relaxed);
+        self.wpending += 1;
+        let buffered = self.rend - self.rpos;
+        let skippable = match body {
+            BodyKind::None => Some(0),
+            BodyKind::Length(n) => usize::try_from(n).ok().filter(|&n| n <= buffered),
+            BodyKind::Chunked => None,
+        };
+        if let Some(n) = skippable {
+            self.consume(n);
+        }
+        let keep_alive = skippable.is_some() && head.keep_alive && !self.stopping();
+        let conn_header = match (keep_alive, head.minor_version) {
+            (false, _) => ConnHeader::Close,
+            (true, 0) => ConnHeader::KeepAlive,
+            (true, _) => ConnHeader::None,
+        };
+        self.queue_response(&response, conn_header, head.is_head)?;
+        if keep_alive {
+            Ok(())
+        } else {
+            Err(End::Linger)
         }
     }
 
@@ -597,12 +815,21 @@ impl<'s> Conn<'s> {
         stats.requests_in_flight.fetch_add(1, Ordering::Relaxed);
         self.wpending += 1;
         let handler = &self.shared.handler;
+        // A 1xx probe may go out while the handler runs only if nothing is queued before it.
+        let probe = if head.minor_version >= 1 && self.wbuf.is_empty() {
+            Probe::Ready
+        } else {
+            Probe::Off
+        };
+        self.req.probe.store(probe as u8, Ordering::Release);
         let req = &mut self.req;
         let mut response =
             catch_unwind(AssertUnwindSafe(|| handler.handle(req))).unwrap_or_else(|_| {
                 bump(&stats.handler_panics);
                 Response::error(&ApiError::internal())
             });
+        self.req.probe.store(Probe::Off as u8, Ordering::Release);
+        self.release_body();
         if let Some(stream) = response.stream.take() {
             return self.stream_response(&response, stream, head);
         }
@@ -686,12 +913,14 @@ impl<'s> Conn<'s> {
                         self.wbuf.extend_from_slice(&bytes);
                     }
                     self.write_all_counted(None)?;
-                    if socket_closed_by_peer(self.req.fd) {
+                    if peer_state(self.req.fd) == Peer::Gone {
                         return Err(End::Quiet);
                     }
                 }
+                // End-of-file alone is not the end: a client may half-close its side and still
+                // read. A closed client answers the chunks written since with a reset.
                 StreamPoll::Pending => {
-                    if socket_closed_by_peer(self.req.fd) {
+                    if peer_state(self.req.fd) == Peer::Gone {
                         return Err(End::Quiet);
                     }
                 }
@@ -755,13 +984,21 @@ impl<'s> Conn<'s> {
         result
     }
 
-    /// Answer a protocol fault and end the connection.
+    /// Answer a protocol fault and end the connection. Once the head was parsed, the handler
+    /// writes the error in the shape of the API the request speaks.
     fn fail<T>(&mut self, fault: Fault) -> Result<T, End> {
         fault.count(&self.shared.stats);
         if !is_valid_request_id(self.req.id.as_bytes()) {
             self.req.id = generate_request_id();
         }
-        let response = fault.response();
+        let err = fault.error();
+        let response = if self.head_parsed {
+            let (handler, req) = (&self.shared.handler, &self.req);
+            catch_unwind(AssertUnwindSafe(|| handler.error_response(req, &err)))
+                .unwrap_or_else(|_| Response::error(&err))
+        } else {
+            Response::error(&err)
+        };
         self.queue_response(&response, ConnHeader::Close, false)?;
         Err(End::Linger)
     }
@@ -909,6 +1146,12 @@ fn parse_head(
     with_header_slots(slots, |slots| {
         let mut parsed = httparse::Request::new(&mut []);
         match parsed.parse_with_uninit_headers(buf, slots) {
+            Ok(httparse::Status::Complete(len)) if has_bare_lf(&buf[..len]) => {
+                Err(Fault::BadRequest(
+                    "malformed_request",
+                    "a line of the request head ends in a bare LF; lines must end in CRLF",
+                ))
+            }
             Ok(httparse::Status::Complete(len)) => fill_request(&parsed, len, req).map(Some),
             Ok(httparse::Status::Partial) => Ok(None),
             Err(httparse::Error::TooManyHeaders) => Err(Fault::HeadersTooLarge(
@@ -924,6 +1167,21 @@ fn parse_head(
             )),
         }
     })
+}
+
+/// Whether a request head has an LF not preceded by CR. httparse takes a bare LF as the end of a
+/// line (RFC 9112 allows that), so `a: 1\nb: 2` would be two fields here, while a proxy in
+/// front that does not may see one: a request whose fields two parsers read differently is
+/// refused rather than guessed at.
+fn has_bare_lf(head: &[u8]) -> bool {
+    let mut prev = 0u8;
+    for &b in head {
+        if b == b'\n' && prev != b'\r' {
+            return true;
+        }
+        prev = b;
+    }
+    false
 }
 
 /// Copy a complete head into `req` and work out its framing.
@@ -1594,6 +1852,9 @@ mod tests {
             (b"GET / HTTP/2.0\r\n\r\n", "unsupported_http_version"),
             (b"GET / HTTP/1.1\r\nbad header\r\n\r\n", "malformed_request"),
             (b"GET / HTTP/1.1\r\nName : v\r\n\r\n", "malformed_request"),
+            (b"GET / HTTP/1.1\r\nA: 1\nB: 2\r\n\r\n", "malformed_request"),
+            (b"GET / HTTP/1.1\nHost: a\n\n", "malformed_request"),
+            (b"GET / HTTP/1.1\r\nHost: a\r\n\n", "malformed_request"),
         ];
         for (buf, code) in cases {
             assert_eq!(bad_request(buf), *code, "{}", String::from_utf8_lossy(buf));
@@ -1604,6 +1865,14 @@ mod tests {
         }
         many.extend_from_slice(b"\r\n");
         assert!(matches!(parse(&many).0, Err(Fault::HeadersTooLarge(_))));
+    }
+
+    #[test]
+    fn bare_lf_detection() {
+        assert!(!has_bare_lf(b"GET / HTTP/1.1\r\nA: 1\r\n\r\n"));
+        assert!(has_bare_lf(b"GET / HTTP/1.1\r\nA: 1\nB: 2\r\n\r\n"));
+        assert!(has_bare_lf(b"\n"));
+        assert!(!has_bare_lf(b""));
     }
 
     #[test]

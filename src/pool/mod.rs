@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 use crate::config::{PoolConfig, ProviderConfig, QueuePolicy};
 use crate::error::{ApiError, ErrorKind};
 use crate::job::{CancelReason, Job, Reply, Timings};
+use crate::providers::keys::KeySnapshot;
+use crate::providers::redact::Redactor;
 use crate::providers::Provider;
 use crate::stats::PoolStats;
 
@@ -102,18 +104,22 @@ pub struct ProviderPool {
 
 impl ProviderPool {
     /// Build the provider, the queue and start the pinned workers. `core_ids` are the machine's cores.
+    /// Its answers are scanned for its own keys only (see [`ProviderPool::start_with_stats`]).
     pub fn start(cfg: &ProviderConfig, core_ids: &[core_affinity::CoreId]) -> Result<Self, String> {
-        Self::start_with_stats(cfg, core_ids, None)
+        let redact = Redactor::new(cfg.keys.iter().map(|k| k.secret.expose()));
+        Self::start_with_stats(cfg, core_ids, None, Arc::new(redact))
     }
 
     /// Like [`ProviderPool::start`], recording into `stats` when given: a pool that replaces one of
     /// the same name on reload continues its counters and histograms (monotonic across reloads).
+    /// `redact` holds the secrets to hide from what the upstream sends back (every provider's).
     pub fn start_with_stats(
         cfg: &ProviderConfig,
         core_ids: &[core_affinity::CoreId],
         stats: Option<Arc<PoolStats>>,
+        redact: Arc<Redactor>,
     ) -> Result<Self, String> {
-        let provider = Provider::from_config(cfg)?;
+        let provider = Provider::from_config(cfg, redact)?;
         let cores: Vec<core_affinity::CoreId> = if cfg.pool.cores.is_empty() {
             core_ids.to_vec()
         } else {
@@ -383,6 +389,11 @@ impl ProviderPool {
         v["breaker"] = self.shared.breaker.to_json();
         v["key_pool"] = self.shared.provider.keys_json();
         v
+    }
+
+    /// Per-key state of the provider's key pool (empty for providers without keys).
+    pub fn key_snapshots(&self) -> Vec<KeySnapshot> {
+        self.shared.provider.key_snapshots()
     }
 
     /// The periodic stdout line of this pool.

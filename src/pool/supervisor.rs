@@ -1,7 +1,9 @@
 //! The pool supervisor: one thread per pool that replaces stuck workers (stall detection: a job
-//! past its deadline, or a running stream without activity or past its longest duration), scales the pool between `workers_min` and `workers_max`, suggests a pool
-//! size from Little's law, and runs the provider's optional health probe at start-up and while
-//! its breaker is open. Every decision is logged and kept for `/stats`.
+//! past its deadline, or a running stream without activity or past its longest duration), scales
+//! the pool between `workers_min` and `workers_max`, suggests a pool size from Little's law, runs
+//! the provider's optional health probe at start-up and while its breaker is open, and re-probes
+//! provider keys whose disable has expired (never on a request's path). Every decision is logged
+//! and kept for `/stats`.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,6 +20,9 @@ use crate::stats::PoolCounters;
 const TICK: Duration = Duration::from_millis(100);
 /// Scaling decisions kept for `/stats`.
 const EVENTS_MAX: usize = 16;
+/// Disabled provider keys re-probed per tick (each probe waits up to `health.timeout_ms`, and the
+/// stall checks wait for it).
+const KEY_PROBES_PER_TICK_MAX: usize = 1;
 
 /// What `/stats` shows of the supervisor.
 pub struct State {
@@ -114,6 +119,7 @@ fn run(shared: &Arc<Shared>, health: &HealthConfig) {
             next_health = now + health.interval;
             probe(shared, health);
         }
+        shared.provider.probe_keys(health, KEY_PROBES_PER_TICK_MAX);
     }
 }
 

@@ -332,9 +332,10 @@ fn stream_job(
             counters.count_status(200);
             PoolCounters::inc(&counters.streams);
             count_usage(counters, &usage);
-            // After the terminator the stream is complete, whatever stopped the call then.
+            // After the terminator the stream is complete, whatever stopped the call then (an
+            // error the upstream reported in it and the client got is still counted).
             let error = if sink.complete {
-                None
+                error.filter(|e| e.delivered)
             } else {
                 cut_error(&call.job.ctl, true).or(sink.cut.take()).or(error)
             };

@@ -9,14 +9,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::adapter::{Adapter, Headers, Operation, Wire};
-use super::keys::{KeyPool, NoKey};
+use super::keys::{KeyPolicy, KeyPool, KeySnapshot, ModelMark, NoKey, ProbeOutcome};
+use super::redact::Redactor;
 use super::retry::{backoff, parse_retry_after};
 use super::sse::{
     event_too_large_error, stream_duration_error, stream_idle_error, SseError, SseReader,
 };
+use super::status::{next_step, KeyEffect, NextStep, UpstreamVerdict};
 use super::translate::{self, Step};
 use super::{Call, StreamResult, StreamSink, WorkerCtx};
-use crate::config::{HealthCheck, ProviderConfig, RetryConfig};
+use crate::config::{HealthCheck, HealthConfig, ProviderConfig, RetryConfig};
 use crate::error::{ApiError, ErrorKind};
 use crate::job::{Answer, ClientApi, JobCtl, Usage};
 
@@ -43,10 +45,20 @@ struct Prepared {
     body: Vec<u8>,
 }
 
+/// What [`HttpProvider::send`] ends with.
+enum Sent<T> {
+    /// A 2xx, as the caller's `on_success` made it.
+    Success(T),
+    /// The upstream's own non-2xx answer (read whole, secrets redacted), for the client.
+    Answer(Answer),
+}
+
 pub struct HttpProvider {
     name: String,
     adapter: Box<dyn Adapter>,
     keys: KeyPool,
+    /// Every configured provider secret, scanned for in what is relayed (see [`Redactor`]).
+    redact: Arc<Redactor>,
     retry: RetryConfig,
     /// Extra headers from the config, sent with every request.
     headers: Vec<(String, String)>,
@@ -56,11 +68,23 @@ pub struct HttpProvider {
 
 impl HttpProvider {
     /// Fails on a `ca_file` that does not hold a certificate.
-    pub fn new(cfg: &ProviderConfig, adapter: Box<dyn Adapter>) -> Result<Self, String> {
+    pub fn new(
+        cfg: &ProviderConfig,
+        adapter: Box<dyn Adapter>,
+        redact: Arc<Redactor>,
+    ) -> Result<Self, String> {
         Ok(HttpProvider {
             name: cfg.name.clone(),
             adapter,
-            keys: KeyPool::new(&cfg.keys),
+            keys: KeyPool::new(
+                &cfg.keys,
+                KeyPolicy {
+                    disable_for: cfg.retry.key_disable,
+                    // `GET <base_url><health.path>` re-probes a disabled key.
+                    reprobe: true,
+                },
+            ),
+            redact,
             retry: cfg.retry.clone(),
             headers: cfg.headers.clone(),
             connect_timeout: cfg.connect_timeout,
@@ -97,11 +121,6 @@ impl HttpProvider {
                 .chain(super::transport::LeanTcpConnector)
                 .chain(RustlsConnector::default());
         ureq::Agent::with_parts(config, connector, super::resolve::ThreadResolver)
-    }
-
-    /// Per-key state for `/stats`.
-    pub fn keys_json(&self) -> serde_json::Value {
-        self.keys.to_json()
     }
 
     /// Build the upstream body for the job: the client's body with its model replaced when both
@@ -142,12 +161,16 @@ impl HttpProvider {
 
     pub fn call(&self, ctx: &mut WorkerCtx, call: &Call<'_>) -> Result<Answer, ApiError> {
         let prepared = self.prepare(call, false)?;
-        let resp = self.send(ctx, call, &prepared, false)?;
-        self.whole(resp, &prepared)
+        let sent = self.send(ctx, call, &prepared, false, |resp| {
+            self.success_body(resp, &prepared)
+        })?;
+        match sent {
+            Sent::Success(answer) | Sent::Answer(answer) => Ok(answer),
+        }
     }
 
-    /// `connect`: a TCP connection to the upstream's host and port. `get`: `GET <base_url><path>`
-    /// with a usable key; any status below 500 is healthy.
+    /// `connect`: a TCP connection to the upstream's host and port. `get`: `GET <path>` with a
+    /// usable key; any answer but a breaker failure is healthy (a 401 also disables that key).
     pub fn health_probe(&self, check: &HealthCheck, timeout: Duration) -> Result<(), String> {
         match check {
             HealthCheck::None => Ok(()),
@@ -161,101 +184,220 @@ impl HttpProvider {
                     .pick("", 0)
                     .or_else(|_| self.keys.pick_any())
                     .map_err(|_| "no usable key".to_string())?;
-                let agent = ureq::Agent::config_builder()
-                    .http_status_as_error(false)
-                    .tls_config(self.tls.clone())
-                    .timeout_global(Some(timeout))
-                    .max_redirects(0)
-                    .build()
-                    .new_agent();
-                let (url, headers) = self.adapter.probe(path, self.keys.secret(key));
-                let mut req = agent.get(url);
-                for (name, value) in headers.iter() {
-                    req = req.header(name.as_ref(), value.as_str());
+                let status = self
+                    .probe_get(key, path, timeout)
+                    .map_err(|e| e.code.to_string())?;
+                let verdict = UpstreamVerdict::classify(status, b"");
+                if verdict.key_effect() == KeyEffect::Disable {
+                    self.keys.disable(key, &self.name);
                 }
-                for (name, value) in &self.headers {
-                    req = req.header(name.as_str(), value.as_str());
-                }
-                match req.call() {
-                    Ok(resp) if resp.status().as_u16() < 500 => Ok(()),
-                    Ok(resp) => Err(format!("status {}", resp.status().as_u16())),
-                    Err(e) => Err(self.transport_error(e).code.to_string()),
+                if verdict.healthy() {
+                    Ok(())
+                } else {
+                    Err(format!("status {status}"))
                 }
             }
         }
     }
 
-    /// Send the request with retries: transport errors and 500/502/503/504/529 are retried after
-    /// an exponential backoff with jitter; a 429 cools its key down for the upstream's
-    /// `Retry-After` and is retried on another key at once, or after the wait when no other key is
-    /// free; 401/403 disable the key. Never past the deadline, never after the client left. Every
-    /// attempt's outcome goes to `call.record_attempt` (the breaker). The last answer (whatever its
-    /// status) is returned for the client.
-    fn send(
+    /// Re-probe keys whose disable has expired (at most `max` of them) with the health probe's
+    /// `GET`: a 401 disables the key again for twice as long, any other status puts it back, no
+    /// answer puts it back on trial. Runs on the pool's supervisor.
+    pub fn probe_keys(&self, health: &HealthConfig, max: usize) {
+        for key in self.keys.due_for_probe().into_iter().take(max) {
+            let outcome = match self.probe_get(key, &health.path, health.timeout) {
+                Ok(status) => match UpstreamVerdict::classify(status, b"").key_effect() {
+                    KeyEffect::Disable => ProbeOutcome::Unauthorized,
+                    _ => ProbeOutcome::Accepted,
+                },
+                Err(_) => ProbeOutcome::Inconclusive,
+            };
+            self.keys.probed(key, outcome, &self.name);
+        }
+    }
+
+    /// `GET <path>` with key `key`: the status, the body left unread.
+    fn probe_get(&self, key: usize, path: &str, timeout: Duration) -> Result<u16, ApiError> {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .tls_config(self.tls.clone())
+            .timeout_global(Some(timeout))
+            .max_redirects(0)
+            .build()
+            .new_agent();
+        let (url, headers) = self.adapter.probe(path, self.keys.secret(key));
+        let mut req = agent.get(url);
+        for (name, value) in headers.iter() {
+            req = req.header(name.as_ref(), value.as_str());
+        }
+        for (name, value) in &self.headers {
+            req = req.header(name.as_str(), value.as_str());
+        }
+        req.call()
+            .map(|resp| resp.status().as_u16())
+            .map_err(|e| self.transport_error(e))
+    }
+
+    /// Per-key state for `/stats`.
+    pub fn keys_json(&self) -> serde_json::Value {
+        self.keys.to_json()
+    }
+
+    /// Per-key state for `/metrics`.
+    pub fn key_snapshots(&self) -> Vec<KeySnapshot> {
+        self.keys.snapshots()
+    }
+
+    /// Send the request with retries, never past the deadline, never after the client left. What
+    /// each answer means (retry, key, breaker) is [`UpstreamVerdict`]'s: transport errors and
+    /// 500/502/503/504/529 are retried after an exponential backoff with jitter (or the
+    /// upstream's `Retry-After` when longer, capped); a 429 cools its (key, model) pair (for the
+    /// `Retry-After`, capped by `rate_limit_cooldown_ms_max`) and is retried on another key at
+    /// once, or after the wait when no other key is free; a 401 disables the key and a 403/404
+    /// marks its (key, model) pair, both retried at once on another key that may serve the model;
+    /// an `insufficient_quota` 429 is relayed at once. A 2xx goes to `on_success` (which reads or
+    /// checks the body); any other answer is read whole, secrets redacted, and the last one is
+    /// what the client gets when retries run out. Every attempt's outcome goes to the breaker
+    /// through `call.record_attempt`.
+    fn send<T>(
         &self,
         ctx: &mut WorkerCtx,
         call: &Call<'_>,
         prepared: &Prepared,
         stream: bool,
-    ) -> Result<ureq::http::Response<ureq::Body>, ApiError> {
+        mut on_success: impl FnMut(ureq::http::Response<ureq::Body>) -> Result<T, ApiError>,
+    ) -> Result<Sent<T>, ApiError> {
         let model = call.job.upstream_model.as_str();
-        let mut attempt = 0u32;
+        let mut retries_left = self.retry.max_retries;
+        let mut last: Option<Answer> = None;
         loop {
             if call.job.ctl.is_cancelled() {
                 return Err(ApiError::client_cancelled());
             }
-            let retries_left = attempt < self.retry.max_retries;
             let key = match self.keys.pick(model, ctx.next_random()) {
                 Ok(key) => key,
-                Err(NoKey::CoolingDown(wait)) if retries_left && fits(call, wait) => {
+                Err(NoKey::CoolingDown(wait)) if retries_left > 0 && fits(call, wait) => {
+                    retries_left -= 1;
                     pause(call, wait);
-                    attempt += 1;
                     continue;
                 }
-                Err(no_key) => return Err(no_key.error(&self.name, model)),
+                Err(no_key) => {
+                    return last
+                        .map(Sent::Answer)
+                        .ok_or_else(|| no_key.error(&self.name, model))
+                }
             };
-            let outcome = self.attempt(ctx, call, prepared, key, stream);
-            let status = outcome.as_ref().map(|r| r.status().as_u16());
-            let transport_failure =
-                matches!(&outcome, Err(e) if e.kind == ErrorKind::UpstreamTransport);
-            let timed_out = matches!(&outcome, Err(e) if e.kind == ErrorKind::RequestTimeout);
-            (call.record_attempt)(!(transport_failure || timed_out || matches!(status, Ok(500..))));
-            match status {
-                Ok(429) => {
-                    let resp = outcome?;
-                    let wait = resp
-                        .headers()
-                        .get("retry-after")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()))
-                        .unwrap_or(self.retry.rate_limit_cooldown_default);
-                    self.keys.cool_down(key, wait);
-                    // Retried at once on another free key; else after the wait if the deadline
-                    // allows (handled by `pick` above); else the 429 goes to the client as it is.
-                    let other_key_free = self.keys.pick(model, 0).is_ok();
-                    if !retries_left || (!other_key_free && !fits(call, wait)) {
-                        return Ok(resp);
+            let backoff = backoff(
+                self.retry.max_retries - retries_left,
+                self.retry.backoff_initial,
+                self.retry.backoff_max,
+                ctx.next_random(),
+            );
+            let (step, failure) = match self.attempt(ctx, call, prepared, key, stream) {
+                Ok(resp) => match UpstreamVerdict::classify(resp.status().as_u16(), b"") {
+                    UpstreamVerdict::Success => {
+                        let result = on_success(resp);
+                        (call.record_attempt)(!result.as_ref().is_err_and(is_breaker_failure));
+                        if result.is_ok() {
+                            self.keys.succeeded(key);
+                        }
+                        return result.map(Sent::Success);
+                    }
+                    UpstreamVerdict::Invalid => {
+                        (call.record_attempt)(false);
+                        return Err(self.invalid_status(resp.status().as_u16()));
+                    }
+                    _ => match self.read_answer(resp) {
+                        Ok(answer) => {
+                            let step = self.judge(call, key, &answer, backoff);
+                            last = Some(answer);
+                            (step, None)
+                        }
+                        Err(e) => self.failed(call, e, backoff)?,
+                    },
+                },
+                Err(e) => self.failed(call, e, backoff)?,
+            };
+            match step {
+                NextStep::Now if retries_left > 0 => retries_left -= 1,
+                NextStep::After(wait) if retries_left > 0 && fits(call, wait) => {
+                    retries_left -= 1;
+                    pause(call, wait);
+                }
+                _ => {
+                    return match (last, failure) {
+                        (Some(answer), _) => Ok(Sent::Answer(answer)),
+                        (None, Some(e)) => Err(e),
+                        (None, None) => Err(ApiError::internal()),
                     }
                 }
-                Ok(401 | 403) => {
-                    self.keys.disable(key);
-                    return outcome;
-                }
-                Ok(500 | 502 | 503 | 504 | 529) | Err(_) if transport_failure || status.is_ok() => {
-                    let pause_for = backoff(
-                        attempt,
-                        self.retry.backoff_initial,
-                        self.retry.backoff_max,
-                        ctx.next_random(),
-                    );
-                    if !retries_left || !fits(call, pause_for) {
-                        return outcome;
-                    }
-                    pause(call, pause_for);
-                }
-                _ => return outcome,
             }
-            attempt += 1;
+        }
+    }
+
+    /// A non-2xx answer of key `key`: record it with the breaker, apply what it says of the key,
+    /// and plan the next step.
+    fn judge(&self, call: &Call<'_>, key: usize, answer: &Answer, backoff: Duration) -> NextStep {
+        let model = call.job.upstream_model.as_str();
+        let verdict = UpstreamVerdict::classify(answer.status, &answer.body);
+        (call.record_attempt)(!verdict.breaker_failure());
+        let retry_after = answer
+            .headers
+            .iter()
+            .find(|(n, _)| *n == "retry-after")
+            .and_then(|(_, v)| parse_retry_after(v, std::time::SystemTime::now()));
+        let upstream_wait = retry_after.unwrap_or(self.retry.rate_limit_cooldown_default);
+        let cool_for = upstream_wait.min(self.retry.rate_limit_cooldown_max);
+        match (verdict.key_effect(), verdict) {
+            (KeyEffect::None, _) => {}
+            (KeyEffect::Disable, _) => self.keys.disable(key, &self.name),
+            (KeyEffect::DenyModel, _) => {
+                let mark = if answer.status == 403 {
+                    ModelMark::Forbidden
+                } else {
+                    ModelMark::NotFound
+                };
+                self.keys
+                    .mark_model(key, model, mark, self.retry.key_disable);
+            }
+            (KeyEffect::CoolModel, UpstreamVerdict::QuotaExhausted) => {
+                self.keys
+                    .mark_model(key, model, ModelMark::QuotaExhausted, cool_for)
+            }
+            (KeyEffect::CoolModel, _) => {
+                self.keys
+                    .mark_model(key, model, ModelMark::RateLimited, cool_for)
+            }
+        }
+        // An overloaded upstream's own `Retry-After` is honoured when longer than the backoff.
+        let backoff = match retry_after {
+            Some(wait) if verdict == UpstreamVerdict::Transient => {
+                backoff.max(wait.min(self.retry.rate_limit_cooldown_max))
+            }
+            _ => backoff,
+        };
+        next_step(
+            verdict.retry(),
+            self.keys.other_key_free_in(model, key),
+            upstream_wait,
+            backoff,
+            verdict == UpstreamVerdict::RateLimited,
+        )
+    }
+
+    /// An attempt that got no answer: a breaker failure unless the client left; transport
+    /// failures are retried after `backoff`, anything else ends the call.
+    fn failed(
+        &self,
+        call: &Call<'_>,
+        e: ApiError,
+        backoff: Duration,
+    ) -> Result<(NextStep, Option<ApiError>), ApiError> {
+        (call.record_attempt)(!is_breaker_failure(&e));
+        if e.kind == ErrorKind::UpstreamTransport && !call.job.ctl.is_cancelled() {
+            Ok((NextStep::After(backoff), Some(e)))
+        } else {
+            Err(e)
         }
     }
 
@@ -331,15 +473,10 @@ impl HttpProvider {
         sink: &mut dyn StreamSink,
     ) -> Result<StreamResult, ApiError> {
         let prepared = self.prepare(call, true)?;
-        let resp = self.send(ctx, call, &prepared, true)?;
-        let is_sse = resp
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| ct.starts_with("text/event-stream"));
-        if resp.status().as_u16() != 200 || !is_sse {
-            return self.whole(resp, &prepared).map(StreamResult::Whole);
-        }
+        let resp = match self.send(ctx, call, &prepared, true, |resp| self.event_stream(resp))? {
+            Sent::Success(resp) => resp,
+            Sent::Answer(answer) => return Ok(StreamResult::Whole(answer)),
+        };
         let request = &call.job.request;
         let mut convert =
             translate::stream_converter(self.adapter.wire(), request.api, request.wants_usage);
@@ -360,7 +497,15 @@ impl HttpProvider {
         let mut out = Vec::new();
         loop {
             let step = match events.next_event() {
-                Ok(Some(event)) => convert.event(event.name, event.data, &mut out),
+                Ok(Some(event)) => {
+                    // Error events are scanned for provider secrets; content is not.
+                    let redacted = match contains(event.data, b"\"error\"") {
+                        true => self.redact.redact(event.data),
+                        false => None,
+                    };
+                    let data = redacted.as_deref().unwrap_or(event.data);
+                    convert.event(event.name, data, &mut out)
+                }
                 Ok(None) => {
                     let error = ApiError::new(
                         ErrorKind::UpstreamInvalid,
@@ -393,11 +538,12 @@ impl HttpProvider {
                 Step::More => {}
                 Step::Complete => {
                     sink.complete();
+                    let reported = convert.take_reported_error().map(ApiError::already_sent);
                     // The stream is over. One look past the terminator tells whether the body
                     // ends there, so that the connection goes back to the worker's pool; anything
                     // else after it is never read, and dropping the reader closes the connection.
                     let _ = events.at_end();
-                    return Ok(end(None, convert.usage()));
+                    return Ok(end(reported, convert.usage()));
                 }
                 Step::UpstreamError(e) => {
                     return Ok(StreamResult::Streamed {
@@ -443,18 +589,62 @@ impl HttpProvider {
         }
     }
 
-    /// Read a whole answer (any status) to pass on.
-    fn whole(
+    /// A 2xx to a stream request must be an event stream.
+    fn event_stream(
         &self,
-        mut resp: ureq::http::Response<ureq::Body>,
+        resp: ureq::http::Response<ureq::Body>,
+    ) -> Result<ureq::http::Response<ureq::Body>, ApiError> {
+        let is_sse = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("text/event-stream"));
+        if is_sse {
+            Ok(resp)
+        } else {
+            Err(self.invalid_response("a stream request was not answered with an event stream"))
+        }
+    }
+
+    /// A 2xx answer, read whole: it must be a JSON object (its usage is counted). Not scanned
+    /// for secrets.
+    fn success_body(
+        &self,
+        resp: ureq::http::Response<ureq::Body>,
         prepared: &Prepared,
     ) -> Result<Answer, ApiError> {
+        let mut answer = self.read_whole(resp)?;
+        let usage = translate::answer_usage(self.adapter.wire(), &answer.body)
+            .ok_or_else(|| self.invalid_response("the answer is not JSON"))?;
+        if prepared.operation == Operation::Chat {
+            answer.usage = usage;
+        }
+        Ok(answer)
+    }
+
+    /// A non-2xx answer, read whole to pass on as it is, with every provider secret redacted.
+    fn read_answer(&self, resp: ureq::http::Response<ureq::Body>) -> Result<Answer, ApiError> {
+        let mut answer = self.read_whole(resp)?;
+        if let Some(body) = self.redact.redact(&answer.body) {
+            answer.body = body;
+        }
+        Ok(answer)
+    }
+
+    /// Read a whole answer: status, content type, the relayed headers (a `Retry-After` only when
+    /// it is a delay or a date), body.
+    fn read_whole(&self, mut resp: ureq::http::Response<ureq::Body>) -> Result<Answer, ApiError> {
         let status = resp.status().as_u16();
         let mut headers = Vec::new();
         for name in translate::RELAYED_HEADERS {
-            if let Some(v) = resp.headers().get(name).and_then(|v| v.to_str().ok()) {
-                headers.push((name, v.to_string()));
+            let Some(v) = resp.headers().get(name).and_then(|v| v.to_str().ok()) else {
+                continue;
+            };
+            if name == "retry-after" && parse_retry_after(v, std::time::SystemTime::now()).is_none()
+            {
+                continue;
             }
+            headers.push((name, v.to_string()));
         }
         let json = resp
             .headers()
@@ -468,11 +658,6 @@ impl HttpProvider {
             .reader()
             .read_to_end(&mut body)
             .map_err(|e| self.read_error(e))?;
-        let usage = if (200..300).contains(&status) && prepared.operation == Operation::Chat {
-            translate::answer_usage(self.adapter.wire(), &body)
-        } else {
-            Usage::default()
-        };
         Ok(Answer {
             status,
             content_type: if json {
@@ -482,8 +667,27 @@ impl HttpProvider {
             },
             body,
             headers,
-            usage,
+            usage: Usage::default(),
         })
+    }
+
+    fn invalid_response(&self, what: &str) -> ApiError {
+        ApiError::new(
+            ErrorKind::UpstreamInvalid,
+            "upstream_invalid_response",
+            format!("provider {}: {what}", self.name),
+        )
+    }
+
+    fn invalid_status(&self, status: u16) -> ApiError {
+        ApiError::new(
+            ErrorKind::UpstreamInvalid,
+            "upstream_invalid_status",
+            format!(
+                "provider {}: the upstream answered status {status}",
+                self.name
+            ),
+        )
     }
 
     fn transport_error(&self, e: ureq::Error) -> ApiError {
@@ -596,6 +800,19 @@ fn connect_probe(url: &str, timeout: Duration) -> Result<(), String> {
     std::net::TcpStream::connect_timeout(&addr, timeout)
         .map(|_| ())
         .map_err(|e| format!("connect failed: {}", e.kind()))
+}
+
+/// Whether an attempt's error counts against the provider in its circuit breaker: no answer, a
+/// timeout or an unusable answer (a client that left is no failure of the provider).
+fn is_breaker_failure(e: &ApiError) -> bool {
+    matches!(
+        e.kind,
+        ErrorKind::UpstreamTransport | ErrorKind::UpstreamInvalid | ErrorKind::RequestTimeout
+    )
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
 }
 
 /// Whether waiting `wait` still leaves time before the deadline for another attempt.

@@ -9,12 +9,15 @@ pub mod http;
 pub mod keys;
 pub mod mock;
 pub mod openai;
+pub mod redact;
 pub mod resolve;
 pub mod retry;
 pub mod sse;
+pub mod status;
 pub mod translate;
 pub mod transport;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{ProviderConfig, ProviderType};
@@ -78,12 +81,17 @@ impl WorkerCtx {
 
 pub enum Provider {
     Mock(mock::MockProvider),
-    Http(http::HttpProvider),
+    /// Boxed: its key pool makes it several times the mock's size (one per pool, never moved).
+    Http(Box<http::HttpProvider>),
 }
 
 impl Provider {
-    /// Build from validated config. Fails on a `ca_file` that does not parse.
-    pub fn from_config(cfg: &ProviderConfig) -> Result<Provider, String> {
+    /// Build from validated config; `redact` holds every provider secret of the config, scanned
+    /// for in what the upstream sends back. Fails on a `ca_file` that does not parse.
+    pub fn from_config(
+        cfg: &ProviderConfig,
+        redact: Arc<redact::Redactor>,
+    ) -> Result<Provider, String> {
         let adapter: Box<dyn adapter::Adapter> = match cfg.kind {
             ProviderType::Mock => return Ok(Provider::Mock(mock::MockProvider::new(cfg))),
             ProviderType::OpenAi => Box::new(openai::OpenAiAdapter::new(&cfg.base_url)),
@@ -92,7 +100,9 @@ impl Provider {
                 &cfg.anthropic_version,
             )),
         };
-        Ok(Provider::Http(http::HttpProvider::new(cfg, adapter)?))
+        Ok(Provider::Http(Box::new(http::HttpProvider::new(
+            cfg, adapter, redact,
+        )?)))
     }
 
     /// Per-worker state; `seed` differs per worker.
@@ -135,6 +145,22 @@ impl Provider {
         match self {
             Provider::Mock(_) => Ok(()),
             Provider::Http(p) => p.health_probe(check, timeout),
+        }
+    }
+
+    /// Per-key state for `/metrics` (empty for providers without keys).
+    pub fn key_snapshots(&self) -> Vec<keys::KeySnapshot> {
+        match self {
+            Provider::Mock(_) => Vec::new(),
+            Provider::Http(p) => p.key_snapshots(),
+        }
+    }
+
+    /// Re-probe up to `max` keys whose disable has expired (the supervisor's job).
+    pub fn probe_keys(&self, health: &crate::config::HealthConfig, max: usize) {
+        match self {
+            Provider::Mock(_) => {}
+            Provider::Http(p) => p.probe_keys(health, max),
         }
     }
 

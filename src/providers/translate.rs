@@ -219,25 +219,29 @@ struct WithUsage<U> {
     usage: Option<U>,
 }
 
-/// The usage of a whole successful answer in `wire`'s format (zeros when it has none).
-pub fn answer_usage(wire: Wire, body: &[u8]) -> Usage {
-    match wire {
+/// The usage of a whole successful answer in `wire`'s format (zeros when it has none); `None`
+/// when the body is not a JSON object.
+pub fn answer_usage(wire: Wire, body: &[u8]) -> Option<Usage> {
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return None;
+    }
+    Some(match wire {
         Wire::OpenAiChat => serde_json::from_slice::<WithUsage<OpenAiUsage>>(body)
-            .ok()
-            .and_then(|w| w.usage)
+            .ok()?
+            .usage
             .map(|u| u.neutral())
             .unwrap_or_default(),
         Wire::Anthropic => {
             let mut usage = Usage::default();
             if let Some(u) = serde_json::from_slice::<WithUsage<AnthropicUsage>>(body)
-                .ok()
-                .and_then(|w| w.usage)
+                .ok()?
+                .usage
             {
                 u.merge_into(&mut usage);
             }
             usage
         }
-    }
+    })
 }
 
 /// What one upstream event did to a stream.
@@ -260,6 +264,11 @@ pub trait StreamConvert {
     fn usage(&self) -> Usage;
     /// The upstream's name for the stream's terminator, for messages.
     fn terminator(&self) -> &'static str;
+    /// An error the upstream reported inside a stream it then went on with (passed on to the
+    /// client already; counted once the stream ends).
+    fn take_reported_error(&mut self) -> Option<ApiError> {
+        None
+    }
 }
 
 /// The converter for a stream from an upstream of `wire` to a client of `api`.
@@ -269,14 +278,17 @@ pub fn stream_converter(wire: Wire, api: ClientApi, wants_usage: bool) -> Box<dy
         (Wire::OpenAiChat, _) => Box::new(OpenAiPassthrough {
             wants_usage,
             usage: Usage::default(),
+            reported: None,
         }),
     }
 }
 
-/// OpenAI chunks passed on as they are; the usage chunk only when the client asked for it.
+/// OpenAI chunks passed on as they are; the usage chunk only when the client asked for it. An
+/// `{"error":{...}}` chunk is passed on too, and the stream goes on as the upstream sends it.
 struct OpenAiPassthrough {
     wants_usage: bool,
     usage: Usage,
+    reported: Option<ApiError>,
 }
 
 impl StreamConvert for OpenAiPassthrough {
@@ -297,11 +309,8 @@ impl StreamConvert for OpenAiPassthrough {
                 return Ok(Step::More);
             }
         }
-        if contains(data, b"\"error\"") {
-            if let Some(e) = openai_stream_error(data) {
-                push_event(out, b"", data);
-                return Ok(Step::UpstreamError(e));
-            }
+        if self.reported.is_none() && contains(data, b"\"error\"") {
+            self.reported = openai_stream_error(data);
         }
         push_event(out, b"", data);
         Ok(Step::More)
@@ -313,6 +322,10 @@ impl StreamConvert for OpenAiPassthrough {
 
     fn terminator(&self) -> &'static str {
         "[DONE]"
+    }
+
+    fn take_reported_error(&mut self) -> Option<ApiError> {
+        self.reported.take()
     }
 }
 
@@ -422,17 +435,21 @@ mod tests {
     #[test]
     fn usage_of_answers() {
         let openai = br#"{"usage":{"prompt_tokens":10,"completion_tokens":5,"prompt_tokens_details":{"cached_tokens":4},"completion_tokens_details":{"reasoning_tokens":2}}}"#;
-        let u = answer_usage(Wire::OpenAiChat, openai);
+        let u = answer_usage(Wire::OpenAiChat, openai).unwrap();
         let got = (u.input_tokens, u.cache_read_tokens, u.output_tokens);
         assert_eq!((got, u.reasoning_tokens), ((10, 4, 5), 2));
         let anthropic = br#"{"usage":{"input_tokens":3,"output_tokens":7,"cache_creation_input_tokens":11,"cache_read_input_tokens":13}}"#;
-        let u = answer_usage(Wire::Anthropic, anthropic);
+        let u = answer_usage(Wire::Anthropic, anthropic).unwrap();
         let got = (u.input_tokens, u.output_tokens);
         assert_eq!(
             (got, u.cache_write_tokens, u.cache_read_tokens),
             ((27, 7), 11, 13)
         );
-        assert_eq!(answer_usage(Wire::Anthropic, b"not json"), Usage::default());
+        assert_eq!(answer_usage(Wire::Anthropic, b"not json"), None);
+        assert_eq!(
+            answer_usage(Wire::OpenAiChat, b"{}"),
+            Some(Usage::default())
+        );
     }
 
     #[test]

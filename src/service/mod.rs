@@ -40,6 +40,35 @@ const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 const _: () = assert!(SHUTDOWN_GRACE.as_millis() >= 2 * waiters::NUDGE_EVERY.as_millis());
 /// Initial capacity of a pooled connection buffer.
 const BUFFER_BYTES_INITIAL: usize = 8 * 1024;
+/// Descriptors wanted beyond the API listener's `connections_max`: admin connections, upstream
+/// connections, the event loop and the journal.
+const FD_HEADROOM: u64 = 1024;
+
+/// Warn when the descriptor limit (`LimitNOFILE` under systemd) is reached before
+/// `server.connections_max`: past it, accept() fails (counted as `accept_fd_exhausted`) and new
+/// clients wait in the kernel's queue instead of getting a 503.
+fn warn_if_fd_limit_low(connections_max: usize) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the valid `rlimit` it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    let wanted = (connections_max as u64).saturating_add(FD_HEADROOM);
+    if limit.rlim_cur < wanted {
+        log::warn(
+            "the file descriptor limit is below server.connections_max plus headroom; raise \
+             LimitNOFILE (ulimit -n) or lower server.connections_max",
+            &[
+                ("limit", &limit.rlim_cur.to_string()),
+                ("connections_max", &connections_max.to_string()),
+                ("headroom", &FD_HEADROOM.to_string()),
+            ],
+        );
+    }
+}
 
 fn unix_now() -> Duration {
     SystemTime::now()
@@ -106,6 +135,7 @@ impl Service {
         let bind = |addr| {
             std::net::TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))
         };
+        warn_if_fd_limit_low(config.server.limits.connections_max);
         let api_listener = bind(config.server.listen)?;
         let admin_listener = bind(config.server.admin_listen)?;
         let limits = config.server.limits.clone();

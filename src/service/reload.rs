@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::job::REPLY_GRACE;
 use crate::log;
 use crate::pool::ProviderPool;
+use crate::providers::redact::Redactor;
 
 /// After a swap, how long retired pools still take jobs before they close: requests that loaded
 /// the old gateway just before the swap submit within this (plus the longest `block` wait).
@@ -27,12 +28,19 @@ pub fn start_pools(
     previous: &[Arc<ProviderPool>],
 ) -> Result<Vec<Arc<ProviderPool>>, String> {
     let mut pools: Vec<Arc<ProviderPool>> = Vec::with_capacity(config.providers.len());
+    // Every provider's answers are scanned for every provider's keys.
+    let redact = Arc::new(Redactor::new(
+        config
+            .providers
+            .values()
+            .flat_map(|p| p.keys.iter().map(|k| k.secret.expose())),
+    ));
     for p in config.providers.values() {
         let stats = previous
             .iter()
             .find(|old| old.name() == p.name)
             .map(|old| Arc::clone(old.stats()));
-        match ProviderPool::start_with_stats(p, core_ids, stats) {
+        match ProviderPool::start_with_stats(p, core_ids, stats, Arc::clone(&redact)) {
             Ok(pool) => pools.push(Arc::new(pool)),
             Err(e) => {
                 let deadline = Instant::now();
@@ -170,16 +178,12 @@ mod tests {
     use arc_swap::ArcSwap;
 
     fn chat_request() -> Request {
-        Request {
-            id: "req-test".into(),
-            method: Method::Post,
-            path: "/v1/chat/completions".into(),
-            query: String::new(),
-            headers: Vec::new(),
-            body: br#"{"model":"mock/m","messages":[{"role":"user","content":"hi"}]}"#.to_vec(),
-            received_at: Instant::now(),
-            fd: -1,
-        }
+        let mut req = Request::empty(-1);
+        req.id = "req-test".into();
+        req.method = Method::Post;
+        req.path = "/v1/chat/completions".into();
+        req.body = br#"{"model":"mock/m","messages":[{"role":"user","content":"hi"}]}"#.to_vec();
+        req
     }
 
     #[test]
