@@ -5,6 +5,7 @@ pub mod api;
 pub mod app;
 pub mod config;
 pub mod error;
+pub mod formats;
 pub mod http;
 pub mod log;
 pub mod objpool;
