@@ -277,6 +277,45 @@ fn structured_answer_comes_back_as_text() {
     assert!(events.contains(&StreamEvent::Finish(FinishReason::Stop)));
 }
 
+#[test]
+fn tool_choice_crosses_both_ways() {
+    let tools = r#"[{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}]"#;
+    for (openai, anthropic_choice) in [
+        (json!("auto"), json!({"type": "auto"})),
+        (json!("none"), json!({"type": "none"})),
+        (json!("required"), json!({"type": "any"})),
+        (
+            json!({"type": "function", "function": {"name": "f"}}),
+            json!({"type": "tool", "name": "f"}),
+        ),
+    ] {
+        let body =
+            format!(r#"{{"model":"m","messages":[],"tools":{tools},"tool_choice":{openai}}}"#);
+        let (out, _) = encode_anthropic_request(body.as_bytes(), &EncodeOptions::default());
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["tool_choice"], anthropic_choice, "{openai}");
+        // And back: an Anthropic client's choice as an OpenAI provider takes it.
+        let body = json!({"model": "c", "max_tokens": 5, "messages": [],
+            "tools": [{"name": "f", "input_schema": {"type": "object"}}], "tool_choice": anthropic_choice});
+        let req = anthropic::decode_request(body.to_string().as_bytes()).unwrap();
+        let mut out = Vec::new();
+        openai_chat::encode_request(&req, "g", &EncodeOptions::default(), &mut out).unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["tool_choice"], openai);
+    }
+    let body = json!({"model": "c", "max_tokens": 5, "messages": [],
+        "tools": [{"name": "f", "input_schema": {"type": "object"}}],
+        "tool_choice": {"type": "any", "disable_parallel_tool_use": true}});
+    let req = anthropic::decode_request(body.to_string().as_bytes()).unwrap();
+    let mut out = Vec::new();
+    openai_chat::encode_request(&req, "g", &EncodeOptions::default(), &mut out).unwrap();
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(
+        (&v["tool_choice"], &v["parallel_tool_calls"]),
+        (&json!("required"), &json!(false))
+    );
+}
+
 // Responses.
 
 #[test]

@@ -179,7 +179,23 @@ pub fn encode_response(resp: &ChatResponse, client_model: &str, out: &mut Vec<u8
         stop_sequence,
         usage: OutUsage::from_neutral(&resp.usage),
     };
+    out.reserve(256 + resp.content.iter().map(part_len).sum::<usize>());
     crate::formats::json::write_value(out, &wire);
+}
+
+fn part_len(p: &Part) -> usize {
+    match p {
+        Part::Text { text, .. } | Part::Reasoning { text, .. } => text.len() + 32,
+        Part::ToolCall {
+            id,
+            name,
+            arguments_json,
+            ..
+        } => id.len() + name.len() + arguments_json.len() + 64,
+        Part::RedactedReasoning { data } => data.len() + 48,
+        Part::Opaque { raw, .. } => raw.get().len(),
+        Part::Image { .. } | Part::ToolResult { .. } => 0,
+    }
 }
 
 fn empty_object() -> &'static RawValue {
