@@ -6,6 +6,7 @@ pub mod api;
 pub mod app;
 pub mod config;
 pub mod error;
+pub mod formats;
 pub mod http;
 pub mod job;
 pub mod log;

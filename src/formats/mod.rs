@@ -1,0 +1,306 @@
+//! Wire formats and the translation between them: the format-neutral model of a chat exchange
+//! ([`chat`]) and one codec per wire format ([`openai_chat`], [`anthropic`]), each turning a
+//! client's request into the neutral model, the neutral model into a provider's request, a
+//! provider's response and stream back into the neutral model, and that into the client's format.
+//! Pure functions and small state machines: no I/O, no clocks except the `created` stamp of an
+//! OpenAI answer that lacks one. What each direction drops or rejects: `formats/README.md`.
+
+pub mod anthropic;
+pub mod chat;
+pub mod openai_chat;
+
+mod json;
+
+use std::borrow::Cow;
+use std::fmt;
+
+use crate::error::{ApiError, ErrorKind};
+
+pub use chat::{
+    ChatRequest, ChatResponse, FinishReason, Format, ImageSource, Message, Part, PartKind, RawJson,
+    ReasoningEffort, ReasoningMode, ReasoningRequest, Role, StreamError, StreamEvent,
+    StructuredOutput, TextBlock, ThinkingDisplay, Tool, ToolChoice, Usage,
+};
+
+/// `max_tokens` sent to a provider that requires it (Anthropic) when the client gave none.
+pub const MAX_TOKENS_DEFAULT: u32 = 4096;
+/// Anthropic's smallest thinking budget, tokens.
+pub const THINKING_BUDGET_MIN_TOKENS: u32 = 1024;
+/// Longest error message kept from an upstream error body, bytes (the rest is cut).
+pub const UPSTREAM_ERROR_MESSAGE_BYTES_MAX: usize = 2048;
+/// Name of the tool that carries a structured answer to Anthropic when the client's schema has
+/// no name of its own (OpenAI `json_object`, Anthropic-style schemas).
+pub const STRUCTURED_OUTPUT_TOOL_NAME_DEFAULT: &str = "json_response";
+
+const _: () = assert!(THINKING_BUDGET_MIN_TOKENS < MAX_TOKENS_DEFAULT);
+
+/// A request the codec cannot decode or cannot translate (400), or a provider answer it cannot
+/// read (502).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FormatError {
+    pub status: u16,
+    /// Stable machine-readable code (`invalid_json`, `unsupported_parameter`, ...).
+    pub code: &'static str,
+    /// Safe to show to the client.
+    pub message: Cow<'static, str>,
+}
+
+impl FormatError {
+    /// The client's request is malformed or cannot be translated: 400.
+    pub fn bad_request(code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+        FormatError {
+            status: 400,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The provider's answer cannot be read: 502.
+    pub fn upstream(code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+        FormatError {
+            status: 502,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for FormatError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({}): {}", self.status, self.code, self.message)
+    }
+}
+
+impl std::error::Error for FormatError {}
+
+impl From<FormatError> for ApiError {
+    fn from(e: FormatError) -> Self {
+        let kind = if e.status == 400 {
+            ErrorKind::BadRequest
+        } else {
+            ErrorKind::UpstreamInvalid
+        };
+        ApiError::new(kind, e.code, e.message)
+    }
+}
+
+/// An error answer of a provider, read from its body: what to tell the client, in any format.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamError {
+    pub status: u16,
+    /// The provider's error type (`invalid_request_error`, `overloaded_error`, ...), or the
+    /// provider format's type for `status` when the body had none.
+    pub error_type: String,
+    /// The provider's message (at most [`UPSTREAM_ERROR_MESSAGE_BYTES_MAX`] bytes), or a
+    /// generic one naming the status when the body had none.
+    pub message: String,
+    /// OpenAI's `error.code` when present.
+    pub code: Option<String>,
+}
+
+/// How thinking is asked of an Anthropic model when the client gave only an effort (OpenAI
+/// `reasoning_effort`). Models differ: Claude 4.5 and older know only `Budget`, the newest only
+/// `Adaptive`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ThinkingStyle {
+    /// `thinking: {type: adaptive}` and `output_config.effort`.
+    #[default]
+    Adaptive,
+    /// `thinking: {type: enabled, budget_tokens}` with [`thinking_budget_tokens`] of the effort.
+    Budget,
+}
+
+/// How a JSON-schema answer is asked of an Anthropic model.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StructuredOutputStyle {
+    /// A tool carrying the schema, forced with `tool_choice`; its `tool_use` input comes back as
+    /// the answer's text. Works on every tool-capable model; disables thinking.
+    #[default]
+    ForcedTool,
+    /// `output_config.format` (native structured outputs, newer models only).
+    OutputFormat,
+}
+
+/// Which field carries the token limit to an OpenAI-format provider.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MaxTokensField {
+    /// `max_completion_tokens` (current OpenAI; required by reasoning models).
+    #[default]
+    MaxCompletionTokens,
+    /// `max_tokens` (older OpenAI-compatible servers).
+    MaxTokens,
+}
+
+/// What a provider's request encoder may decide on its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EncodeOptions {
+    /// `max_tokens` when the client gave none and the provider requires one (Anthropic), tokens.
+    pub max_tokens_default: u32,
+    /// Ask the provider for usage in streams (OpenAI `stream_options.include_usage`) even when
+    /// the client did not, so that the gateway always learns the usage.
+    pub stream_usage: bool,
+    pub thinking_style: ThinkingStyle,
+    pub structured_output_style: StructuredOutputStyle,
+    pub max_tokens_field: MaxTokensField,
+    /// Whether the OpenAI-format provider's model takes `reasoning_effort` (reasoning models do;
+    /// OpenAI rejects it for others). Decides only for requests from another format: an OpenAI
+    /// client's own `reasoning_effort` is always passed on.
+    pub reasoning_effort: bool,
+}
+
+impl Default for EncodeOptions {
+    fn default() -> Self {
+        EncodeOptions {
+            max_tokens_default: MAX_TOKENS_DEFAULT,
+            stream_usage: true,
+            thinking_style: ThinkingStyle::default(),
+            structured_output_style: StructuredOutputStyle::default(),
+            max_tokens_field: MaxTokensField::default(),
+            reasoning_effort: true,
+        }
+    }
+}
+
+/// What a request encoder did that the response and stream decoders must undo.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EncodeInfo {
+    /// The structured answer was asked for as a forced call of this tool: its arguments are the
+    /// answer's text, and a stop for this call alone is a natural stop.
+    pub structured_output_tool: Option<String>,
+}
+
+/// The thinking budget asked of an Anthropic model for an effort level, tokens.
+///
+/// | effort | budget |
+/// |---|---|
+/// | minimal | 1024 |
+/// | low | 2048 |
+/// | medium | 8192 |
+/// | high | 16384 |
+/// | xhigh | 32768 |
+/// | max | 65536 |
+///
+/// `none` asks for no thinking (returns 0).
+pub fn thinking_budget_tokens(effort: ReasoningEffort) -> u32 {
+    match effort {
+        ReasoningEffort::None => 0,
+        ReasoningEffort::Minimal => THINKING_BUDGET_MIN_TOKENS,
+        ReasoningEffort::Low => 2048,
+        ReasoningEffort::Medium => 8192,
+        ReasoningEffort::High => 16_384,
+        ReasoningEffort::XHigh => 32_768,
+        ReasoningEffort::Max => 65_536,
+    }
+}
+
+/// The effort level sent to an OpenAI-format provider for an Anthropic thinking budget: the
+/// level whose budget in [`thinking_budget_tokens`] is the largest not above it (at least `low`,
+/// at most `high`, the levels every OpenAI reasoning model knows).
+pub fn effort_for_budget(budget_tokens: u32) -> ReasoningEffort {
+    if budget_tokens >= thinking_budget_tokens(ReasoningEffort::High) {
+        ReasoningEffort::High
+    } else if budget_tokens >= thinking_budget_tokens(ReasoningEffort::Medium) {
+        ReasoningEffort::Medium
+    } else {
+        ReasoningEffort::Low
+    }
+}
+
+/// `id` in a format's style: kept when it already has `prefix`, else `prefix` + `id` without a
+/// known foreign prefix; a fresh id when `id` is empty.
+pub(crate) fn restyle_id(id: &str, prefix: &str) -> String {
+    if id.starts_with(prefix) {
+        return id.to_owned();
+    }
+    let bare = ["chatcmpl-", "msg_"]
+        .iter()
+        .find_map(|p| id.strip_prefix(p))
+        .unwrap_or(id);
+    if bare.is_empty() {
+        return format!("{prefix}{}", fresh_id_suffix());
+    }
+    let mut s = String::with_capacity(prefix.len() + bare.len());
+    s.push_str(prefix);
+    s.push_str(bare);
+    s
+}
+
+/// 24 hex digits, unique within the process and unlikely to repeat across processes.
+fn fresh_id_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    format!("{t:016x}{:08x}", n as u32)
+}
+
+/// Seconds since the Unix epoch.
+pub(crate) fn unix_now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// `s` cut to at most `max` bytes at a character boundary.
+pub(crate) fn truncate_message(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_take_the_format_style() {
+        assert_eq!(restyle_id("msg_01ABC", "chatcmpl-"), "chatcmpl-01ABC");
+        assert_eq!(restyle_id("chatcmpl-xyz", "msg_"), "msg_xyz");
+        assert_eq!(restyle_id("msg_01ABC", "msg_"), "msg_01ABC");
+        assert_eq!(restyle_id("gen-123", "msg_"), "msg_gen-123");
+        let fresh = restyle_id("", "msg_");
+        assert!(
+            fresh.starts_with("msg_") && fresh.len() == 4 + 24,
+            "{fresh}"
+        );
+        assert_ne!(fresh, restyle_id("", "msg_"));
+    }
+
+    #[test]
+    fn budgets_and_efforts_agree() {
+        for e in [
+            ReasoningEffort::Low,
+            ReasoningEffort::Medium,
+            ReasoningEffort::High,
+        ] {
+            assert_eq!(effort_for_budget(thinking_budget_tokens(e)), e);
+        }
+        assert_eq!(effort_for_budget(1024), ReasoningEffort::Low);
+        assert_eq!(effort_for_budget(100_000), ReasoningEffort::High);
+        assert_eq!(thinking_budget_tokens(ReasoningEffort::Minimal), 1024);
+    }
+
+    #[test]
+    fn truncation_keeps_characters_whole() {
+        assert_eq!(truncate_message("héllo", 2), "h");
+        assert_eq!(truncate_message("héllo", 3), "hé");
+        assert_eq!(truncate_message("abc", 10), "abc");
+    }
+
+    #[test]
+    fn format_errors_become_api_errors() {
+        let e: ApiError = FormatError::bad_request("invalid_json", "bad").into();
+        assert_eq!((e.status(), e.code), (400, "invalid_json"));
+        let e: ApiError = FormatError::upstream("upstream_invalid_response", "bad").into();
+        assert_eq!(e.status(), 502);
+    }
+}
