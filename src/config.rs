@@ -123,6 +123,11 @@ pub const MOCK_STREAM_CHUNKS_DEFAULT: u64 = 16;
 pub const MOCK_STREAM_CHUNKS_RANGE: RangeInclusive<u64> = 1..=10_000;
 /// `providers.<name>.mock.chunk_delay_ms`: pause between streamed mock chunks.
 pub const MOCK_CHUNK_DELAY_MS_DEFAULT: u64 = 0;
+/// `providers.<name>.mock.tool_text`: the value of every string the mock makes up (tool-call
+/// arguments, structured answers).
+pub const MOCK_TOOL_TEXT_DEFAULT: &str = "mock";
+/// Longest `mock.tool_text`, bytes.
+pub const MOCK_TOOL_TEXT_BYTES_MAX: usize = 4096;
 /// `providers.<name>.stream_idle_timeout_ms`: longest silence of an upstream stream before it is
 /// ended with an error event.
 pub const STREAM_IDLE_TIMEOUT_MS_DEFAULT: u64 = 30_000;
@@ -433,6 +438,8 @@ pub struct MockConfig {
     pub stream_chunks: usize,
     /// Pause between streamed chunks.
     pub chunk_delay: Duration,
+    /// The value of every string the mock makes up (tool arguments, structured answers).
+    pub tool_text: String,
 }
 
 #[derive(Clone, Debug)]
@@ -672,6 +679,7 @@ impl Default for MockConfig {
             latency: Duration::from_millis(MOCK_LATENCY_MS_DEFAULT),
             stream_chunks: MOCK_STREAM_CHUNKS_DEFAULT as usize,
             chunk_delay: Duration::from_millis(MOCK_CHUNK_DELAY_MS_DEFAULT),
+            tool_text: MOCK_TOOL_TEXT_DEFAULT.to_string(),
         }
     }
 }
@@ -850,6 +858,7 @@ struct MockFile {
     latency_ms: Option<u64>,
     stream_chunks: Option<u64>,
     chunk_delay_ms: Option<u64>,
+    tool_text: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1456,6 +1465,17 @@ impl Checker<'_> {
                     MOCK_CHUNK_DELAY_MS_DEFAULT,
                     &MOCK_LATENCY_MS_RANGE,
                 )),
+                tool_text: match mock.tool_text {
+                    Some(t) if t.len() > MOCK_TOOL_TEXT_BYTES_MAX => {
+                        self.error(
+                            &format!("{at}.mock.tool_text"),
+                            format!("longer than {MOCK_TOOL_TEXT_BYTES_MAX} bytes"),
+                        );
+                        t
+                    }
+                    Some(t) => t,
+                    None => MOCK_TOOL_TEXT_DEFAULT.to_string(),
+                },
             },
             pool: self.pool(&format!("{at}.pool"), f.pool.unwrap_or_default()),
             retry: self.retry(

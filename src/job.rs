@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::error::ApiError;
+use crate::formats::Format;
+pub use crate::formats::Usage;
 use crate::objpool::Recycle;
 
 /// How long past a bound a waiting request gives a worker to answer before giving up on it: past
@@ -245,6 +247,14 @@ pub enum ClientApi {
 }
 
 impl ClientApi {
+    /// The wire format of the client's requests and answers.
+    pub fn format(self) -> Format {
+        match self {
+            ClientApi::OpenAiChat => Format::OpenAiChat,
+            ClientApi::AnthropicMessages | ClientApi::AnthropicCountTokens => Format::Anthropic,
+        }
+    }
+
     /// Whether errors go back in Anthropic's shape.
     pub fn is_anthropic(self) -> bool {
         matches!(
@@ -252,22 +262,6 @@ impl ClientApi {
             ClientApi::AnthropicMessages | ClientApi::AnthropicCountTokens
         )
     }
-}
-
-/// Token counts of one answer, format-neutral. `input_tokens` counts every prompt token, cache
-/// reads and writes included (OpenAI's `prompt_tokens`; Anthropic's `input_tokens +
-/// cache_read_input_tokens + cache_creation_input_tokens`); `output_tokens` every generated
-/// token, reasoning included.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Usage {
-    pub input_tokens: u64,
-    pub output_tokens: u64,
-    /// Prompt tokens read from the cache (part of `input_tokens`).
-    pub cache_read_tokens: u64,
-    /// Prompt tokens written to the cache (part of `input_tokens`).
-    pub cache_write_tokens: u64,
-    /// Generated reasoning tokens (part of `output_tokens`).
-    pub reasoning_tokens: u64,
 }
 
 /// A whole answer for the client, already in the client's wire format.

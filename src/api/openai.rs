@@ -1,7 +1,6 @@
-//! OpenAI Chat Completions as a client API: the error shape, stream error events, and the
-//! response shapes the gateway builds itself (model list, mock completions).
+//! OpenAI Chat Completions as a client API: the response shapes the gateway builds itself (the
+//! model list).
 
-use crate::error::ApiError;
 use serde::{Deserialize, Serialize};
 
 /// One message of a request, as the mock provider reads it.
@@ -26,24 +25,6 @@ impl InMessage {
         }
     }
 }
-
-/// The error body: `{"error":{"message","type","param","code"}}`.
-pub fn error_body(err: &ApiError) -> Vec<u8> {
-    err.body()
-}
-
-/// The SSE event that reports an error after a stream started: `data: {"error":{...}}`.
-pub fn error_event(err: &ApiError) -> Vec<u8> {
-    let body = err.body();
-    let mut out = Vec::with_capacity(body.len() + 8);
-    out.extend_from_slice(b"data: ");
-    out.extend_from_slice(&body);
-    out.extend_from_slice(b"\n\n");
-    out
-}
-
-/// An SSE comment: a keep-alive every SSE client ignores.
-pub const KEEPALIVE_EVENT: &[u8] = b": keep-alive\n\n";
 
 #[derive(Serialize)]
 pub struct Usage {

@@ -161,7 +161,7 @@ pub fn error_api(req: &Request) -> ClientApi {
 /// The error response in the shape of the request's client API.
 pub fn error_for(req: &Request, err: &ApiError) -> Response {
     let api = error_api(req);
-    let mut resp = api::error_response(api, err, Some(&req.id));
+    let mut resp = api::error_response(api, err);
     if api.is_anthropic() {
         resp.headers.push(("request-id", req.id.clone()));
     }

@@ -123,7 +123,7 @@ impl GatewayStream {
         }
         if self.last_write.elapsed() >= KEEPALIVE_EVERY {
             self.last_write = Instant::now();
-            return StreamPoll::Chunk(api::keepalive_event(self.api).to_vec());
+            return StreamPoll::Chunk(api::keepalive_event(self.api));
         }
         StreamPoll::Pending
     }

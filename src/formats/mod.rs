@@ -7,6 +7,7 @@
 
 pub mod anthropic;
 pub mod chat;
+pub mod codec;
 pub mod openai_chat;
 
 mod json;

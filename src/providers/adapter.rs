@@ -5,17 +5,8 @@
 
 use std::borrow::Cow;
 
+pub use crate::formats::Format;
 use crate::job::ClientRequest;
-
-/// The wire format an upstream speaks. A request whose client spoke the same format passes
-/// through with only its model replaced; any other is translated on the worker.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Wire {
-    /// OpenAI Chat Completions (`POST {base}/chat/completions`).
-    OpenAiChat,
-    /// Anthropic Messages (`POST {base}/v1/messages`).
-    Anthropic,
-}
 
 /// Headers of one upstream request, in sending order.
 pub type Headers = Vec<(Cow<'static, str>, String)>;
@@ -29,7 +20,7 @@ pub enum Operation {
 
 pub trait Adapter: Send + Sync {
     /// The wire format of the upstream.
-    fn wire(&self) -> Wire;
+    fn format(&self) -> Format;
 
     /// The URL of `operation` for `model`; `None` when the upstream has no such endpoint (the
     /// executor then answers without calling it, e.g. a token count estimate).

@@ -3,7 +3,7 @@
 //! `anthropic-version`. A client that spoke Anthropic has its `anthropic-version` and
 //! `anthropic-beta` headers passed on; other clients get the provider's configured version.
 
-use super::adapter::{forwarded, Adapter, Headers, Operation, Wire};
+use super::adapter::{forwarded, Adapter, Headers, Operation, Format};
 use crate::job::ClientRequest;
 
 pub struct AnthropicAdapter {
@@ -23,8 +23,8 @@ impl AnthropicAdapter {
 }
 
 impl Adapter for AnthropicAdapter {
-    fn wire(&self) -> Wire {
-        Wire::Anthropic
+    fn format(&self) -> Format {
+        Format::Anthropic
     }
 
     fn url(&self, operation: Operation, _model: &str, _stream: bool) -> Option<String> {

@@ -8,7 +8,7 @@ use std::io::{BufReader, Read};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::adapter::{Adapter, Headers, Operation, Wire};
+use super::adapter::{Adapter, Headers, Operation};
 use super::keys::{KeyPolicy, KeyPool, KeySnapshot, ModelMark, NoKey, ProbeOutcome};
 use super::redact::Redactor;
 use super::retry::{backoff, parse_retry_after};
@@ -16,10 +16,11 @@ use super::sse::{
     event_too_large_error, stream_duration_error, stream_idle_error, SseError, SseReader,
 };
 use super::status::{next_step, KeyEffect, NextStep, UpstreamVerdict};
-use super::translate::{self, Step};
+use super::translate::{self, Mode, Step};
 use super::{Call, StreamResult, StreamSink, WorkerCtx};
 use crate::config::{HealthCheck, HealthConfig, ProviderConfig, RetryConfig};
 use crate::error::{ApiError, ErrorKind};
+use crate::formats::EncodeOptions;
 use crate::job::{Answer, ClientApi, JobCtl, Usage};
 
 /// Largest upstream response body accepted, in bytes.
@@ -43,6 +44,7 @@ struct Prepared {
     operation: Operation,
     url: String,
     body: Vec<u8>,
+    mode: Mode,
 }
 
 /// What [`HttpProvider::send`] ends with.
@@ -64,6 +66,8 @@ pub struct HttpProvider {
     headers: Vec<(String, String)>,
     connect_timeout: Duration,
     tls: ureq::tls::TlsConfig,
+    /// What the request encoder may decide when it translates.
+    encode: EncodeOptions,
 }
 
 impl HttpProvider {
@@ -89,6 +93,10 @@ impl HttpProvider {
             headers: cfg.headers.clone(),
             connect_timeout: cfg.connect_timeout,
             tls: tls_config(cfg)?,
+            encode: EncodeOptions {
+                max_tokens_default: cfg.max_tokens_default,
+                ..EncodeOptions::default()
+            },
         })
     }
 
@@ -125,44 +133,56 @@ impl HttpProvider {
 
     /// Build the upstream body for the job: the client's body with its model replaced when both
     /// speak the same format.
-    fn prepare(&self, call: &Call<'_>, stream: bool) -> Result<Prepared, ApiError> {
+    /// The upstream request of the job, or `Err(Ok(answer))` when the gateway answers by
+    /// itself (a token count the upstream has no endpoint for).
+    fn prepare(
+        &self,
+        call: &Call<'_>,
+        stream: bool,
+    ) -> Result<Prepared, Result<Answer, ApiError>> {
         let request = &call.job.request;
         let operation = match request.api {
             ClientApi::AnthropicCountTokens => Operation::CountTokens,
             ClientApi::OpenAiChat | ClientApi::AnthropicMessages => Operation::Chat,
         };
-        let wire = self.adapter.wire();
+        let wire = self.adapter.format();
         let model = call.job.upstream_model.as_str();
         let Some(url) = self.adapter.url(operation, model, stream) else {
-            return Err(ApiError::new(
-                ErrorKind::NotFound,
-                "unsupported_operation",
-                format!("provider {} does not offer this operation", self.name),
-            ));
+            return Err(match operation {
+                Operation::CountTokens => translate::count_tokens_estimate(&request.body),
+                Operation::Chat => Err(ApiError::new(
+                    ErrorKind::NotFound,
+                    "unsupported_operation",
+                    format!("provider {} does not offer this operation", self.name),
+                )),
+            });
         };
-        if !translate::same_format(request.api, wire) {
-            return Err(ApiError::bad_request(
-                "unsupported_translation",
-                format!(
-                    "provider {} speaks another API than this request's",
-                    self.name
-                ),
-            ));
-        }
-        let mut body = Vec::new();
-        let force_usage = stream && wire == Wire::OpenAiChat;
-        translate::rewrite_passthrough(&request.body, model, force_usage, &mut body)?;
+        let mut body = Vec::with_capacity(request.body.len() + 256);
+        let mode = translate::prepare(
+            request.api,
+            wire,
+            &request.body,
+            model,
+            stream,
+            &self.encode,
+            &mut body,
+        )
+        .map_err(Err)?;
         Ok(Prepared {
             operation,
             url,
             body,
+            mode,
         })
     }
 
     pub fn call(&self, ctx: &mut WorkerCtx, call: &Call<'_>) -> Result<Answer, ApiError> {
-        let prepared = self.prepare(call, false)?;
+        let prepared = match self.prepare(call, false) {
+            Ok(prepared) => prepared,
+            Err(answer) => return answer,
+        };
         let sent = self.send(ctx, call, &prepared, false, |resp| {
-            self.success_body(resp, &prepared)
+            self.success_body(resp, &prepared, &call.job.upstream_model)
         })?;
         match sent {
             Sent::Success(answer) | Sent::Answer(answer) => Ok(answer),
@@ -307,7 +327,7 @@ impl HttpProvider {
                         (call.record_attempt)(false);
                         return Err(self.invalid_status(resp.status().as_u16()));
                     }
-                    _ => match self.read_answer(resp) {
+                    _ => match self.read_answer(resp, prepared) {
                         Ok(answer) => {
                             let step = self.judge(call, key, &answer, backoff);
                             last = Some(answer);
@@ -472,14 +492,21 @@ impl HttpProvider {
         call: &Call<'_>,
         sink: &mut dyn StreamSink,
     ) -> Result<StreamResult, ApiError> {
-        let prepared = self.prepare(call, true)?;
+        let prepared = match self.prepare(call, true) {
+            Ok(prepared) => prepared,
+            Err(answer) => return answer.map(StreamResult::Whole),
+        };
         let resp = match self.send(ctx, call, &prepared, true, |resp| self.event_stream(resp))? {
             Sent::Success(resp) => resp,
             Sent::Answer(answer) => return Ok(StreamResult::Whole(answer)),
         };
         let request = &call.job.request;
-        let mut convert =
-            translate::stream_converter(self.adapter.wire(), request.api, request.wants_usage);
+        let mut convert = translate::stream_converter(
+            &prepared.mode,
+            self.adapter.format(),
+            request.wants_usage,
+            &call.job.upstream_model,
+        );
         let end = |error, usage| StreamResult::Streamed { error, usage };
         if !sink.start() {
             return Ok(end(None, Usage::default()));
@@ -606,25 +633,44 @@ impl HttpProvider {
         }
     }
 
-    /// A 2xx answer, read whole: it must be a JSON object (its usage is counted). Not scanned
-    /// for secrets.
+    /// A 2xx answer, read whole: it must be a JSON object (its usage is counted), translated
+    /// for the client when the formats differ. Not scanned for secrets.
     fn success_body(
         &self,
         resp: ureq::http::Response<ureq::Body>,
         prepared: &Prepared,
+        model: &str,
     ) -> Result<Answer, ApiError> {
         let mut answer = self.read_whole(resp)?;
-        let usage = translate::answer_usage(self.adapter.wire(), &answer.body)
-            .ok_or_else(|| self.invalid_response("the answer is not JSON"))?;
+        let body = std::mem::take(&mut answer.body);
+        let (body, usage) =
+            translate::success_answer(&prepared.mode, self.adapter.format(), body, model)
+                .map_err(|e| match e.kind {
+                    ErrorKind::UpstreamInvalid => self.invalid_response(&e.message),
+                    _ => e,
+                })?;
+        answer.body = body;
+        answer.content_type = "application/json";
         if prepared.operation == Operation::Chat {
             answer.usage = usage;
         }
         Ok(answer)
     }
 
-    /// A non-2xx answer, read whole to pass on as it is, with every provider secret redacted.
-    fn read_answer(&self, resp: ureq::http::Response<ureq::Body>) -> Result<Answer, ApiError> {
+    /// A non-2xx answer, read whole to pass on, with every provider secret redacted (written
+    /// again in the client's format when the formats differ).
+    fn read_answer(
+        &self,
+        resp: ureq::http::Response<ureq::Body>,
+        prepared: &Prepared,
+    ) -> Result<Answer, ApiError> {
         let mut answer = self.read_whole(resp)?;
+        if let Mode::Translated { .. } = prepared.mode {
+            let body = std::mem::take(&mut answer.body);
+            answer.body =
+                translate::error_answer(&prepared.mode, self.adapter.format(), answer.status, body);
+            answer.content_type = "application/json";
+        }
         if let Some(body) = self.redact.redact(&answer.body) {
             answer.body = body;
         }

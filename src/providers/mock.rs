@@ -1,43 +1,57 @@
-//! The built-in `mock` provider: answers like an LLM (echo-style content, realistic `usage`) after
-//! a configured latency, without any network. It runs through the same pools as real providers,
-//! so it measures the gateway's own overhead.
+//! The built-in `mock` provider: answers like an LLM after a configured latency, without any
+//! network, in the API the client spoke (the request is read and the answer written by the same
+//! codecs that translate for real providers). It echoes the last user message, calls a tool when
+//! asked to, answers a tool result, and writes JSON for a structured-output request, so that
+//! clients' tool round trips work end to end. It runs through the same pools as real providers,
+//! so it also measures the gateway's own overhead.
+//!
+//! What it answers, by the request's last message:
+//! - a tool result (an OpenAI `tool` message, an Anthropic `tool_result` block): `mock: tool
+//!   result: <its text>`;
+//! - the request offers tools and the last user text contains `use tool` (any case): a call of the
+//!   tool named as a whole word in that text (else the first tool), its arguments built from the
+//!   tool's schema (every required property; strings are `mock.tool_text`);
+//! - a structured output was asked for: a JSON object built from the schema the same way;
+//! - otherwise `mock: <the last user text>`.
 
-use serde::Deserialize;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use super::sse::{push_event, stream_duration_error, stream_idle_error};
+use serde_json::Value;
+
+use super::sse::{stream_duration_error, stream_idle_error};
+use super::translate::count_tokens_estimate;
 use super::{Call, StreamResult, StreamSink};
-use crate::api::openai::{
-    estimate_tokens, ChatCompletion, Choice, InMessage, OutMessage, Usage as OpenAiUsage,
-};
 use crate::config::ProviderConfig;
 use crate::error::ApiError;
-use crate::job::{Answer, JobCtl, Usage};
+use crate::formats::codec::{self, StreamEncoder};
+use crate::formats::{
+    ChatRequest, ChatResponse, FinishReason, Part, PartKind, Role, StreamEvent, Tool,
+};
+use crate::job::{Answer, ClientApi, JobCtl, Usage};
 
 /// Tokens added per message for role and framing, as OpenAI counts them.
 const TOKENS_PER_MESSAGE: u64 = 3;
-
 /// Longest single sleep while waiting, so a cancelled stream stops promptly.
 const SLEEP_SLICE: Duration = Duration::from_millis(20);
+/// The words in the last user message that make the mock call a tool.
+const TOOL_TRIGGER: &str = "use tool";
+/// Deepest nesting of a schema the mock builds a value for.
+const SCHEMA_DEPTH_MAX: usize = 8;
 
 pub struct MockProvider {
     latency: Duration,
     stream_chunks: usize,
     chunk_delay: Duration,
+    /// The value of every string the mock makes up (tool arguments, structured answers).
+    tool_text: String,
     next_id: AtomicU64,
 }
 
-/// What the mock answers to a request: the content and its token counts.
-struct MockAnswer {
-    content: String,
-    prompt_tokens: u64,
-    completion_tokens: u64,
-}
-
-#[derive(Deserialize)]
-struct MockRequest {
-    messages: Vec<InMessage>,
+/// What the mock answers: text or one tool call, and the token counts.
+struct Reply {
+    part: Part,
+    usage: Usage,
 }
 
 impl MockProvider {
@@ -46,13 +60,14 @@ impl MockProvider {
             latency: cfg.mock.latency,
             stream_chunks: cfg.mock.stream_chunks.max(1),
             chunk_delay: cfg.mock.chunk_delay,
+            tool_text: cfg.mock.tool_text.clone(),
             next_id: AtomicU64::new(1),
         }
     }
 
-    /// Read the request, compute the answer, then wait the configured latency (time to the first
+    /// Read the request, decide the answer, then wait the configured latency (time to the first
     /// token of a stream).
-    fn answer(&self, call: &Call<'_>) -> Result<MockAnswer, ApiError> {
+    fn reply(&self, call: &Call<'_>) -> Result<Reply, ApiError> {
         #[cfg(debug_assertions)]
         if call.job.upstream_model == "__panic__" {
             // Test-only trigger (compiled out of release builds): proves a panicking job is
@@ -65,159 +80,226 @@ impl MockProvider {
             // stuck in a library call would; the supervisor must replace this worker.
             std::thread::sleep(Duration::from_secs(10));
         }
-        let req: MockRequest = serde_json::from_slice(&call.job.request.body).map_err(|e| {
-            ApiError::bad_request("invalid_messages", format!("invalid messages: {e}"))
-        })?;
-        let last_user = req
-            .messages
-            .iter()
-            .rev()
-            .find(|m| m.role == "user")
-            .map(InMessage::text)
-            .unwrap_or_default();
-        let content = format!("mock: {last_user}");
-        let prompt_tokens: u64 = req
-            .messages
-            .iter()
-            .map(|m| TOKENS_PER_MESSAGE + estimate_tokens(&m.text()))
-            .sum::<u64>()
-            + TOKENS_PER_MESSAGE;
-        let completion_tokens = estimate_tokens(&content).max(1);
+        let request = &call.job.request;
+        let req = codec::decode_request(request.api.format(), &request.body)?;
+        let part = self.part_for(&req);
+        let output = match &part {
+            Part::Text { text, .. } => estimate_tokens(text),
+            Part::ToolCall {
+                name,
+                arguments_json,
+                ..
+            } => estimate_tokens(name) + estimate_tokens(arguments_json),
+            _ => 0,
+        };
+        let usage = Usage {
+            input_tokens: prompt_tokens(&req),
+            output_tokens: output.max(1),
+            ..Usage::default()
+        };
         self.wait(call.job.deadline, &call.job.ctl)?;
-        Ok(MockAnswer {
-            content,
-            prompt_tokens,
-            completion_tokens,
+        Ok(Reply { part, usage })
+    }
+
+    fn part_for(&self, req: &ChatRequest) -> Part {
+        let Some(last) = req.messages.last() else {
+            return Part::text("mock: ");
+        };
+        let tool_result = last.content.iter().rev().find_map(|p| match p {
+            Part::ToolResult { content, .. } => Some(last_text(content)),
+            _ => None,
+        });
+        if let Some(text) = tool_result {
+            return Part::text(format!("mock: tool result: {text}"));
+        }
+        let said = if last.role == Role::User {
+            last_text(&last.content)
+        } else {
+            ""
+        };
+        if !req.tools.is_empty() && said.to_ascii_lowercase().contains(TOOL_TRIGGER) {
+            let tool = named_tool(&req.tools, said).unwrap_or(&req.tools[0]);
+            let schema = tool
+                .input_schema
+                .as_ref()
+                .and_then(|s| serde_json::from_str::<Value>(s.get()).ok());
+            let arguments = self.value_for(schema.as_ref(), 0);
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            return Part::ToolCall {
+                id: format!("call_mock{id:012x}"),
+                name: tool.name.clone(),
+                arguments_json: arguments.to_string(),
+                cache_control: None,
+            };
+        }
+        if let Some(structured) = &req.structured_output {
+            let schema = structured
+                .schema
+                .as_ref()
+                .and_then(|s| serde_json::from_str::<Value>(s.get()).ok());
+            return Part::text(self.value_for(schema.as_ref(), 0).to_string());
+        }
+        Part::text(format!("mock: {said}"))
+    }
+
+    /// A value of `schema`'s type: an object holds every required property.
+    fn value_for(&self, schema: Option<&Value>, depth: usize) -> Value {
+        let Some(schema) = schema.filter(|_| depth < SCHEMA_DEPTH_MAX) else {
+            return Value::Object(Default::default());
+        };
+        let kind = schema.get("type").and_then(Value::as_str).unwrap_or("object");
+        match kind {
+            "string" => match schema.get("enum").and_then(Value::as_array) {
+                Some(options) if !options.is_empty() => options[0].clone(),
+                _ => Value::String(self.tool_text.clone()),
+            },
+            "integer" | "number" => Value::from(0),
+            "boolean" => Value::Bool(false),
+            "array" => Value::Array(Vec::new()),
+            "null" => Value::Null,
+            _ => {
+                let mut object = serde_json::Map::new();
+                let required = schema.get("required").and_then(Value::as_array);
+                let properties = schema.get("properties");
+                for name in required.into_iter().flatten().filter_map(Value::as_str) {
+                    let property = properties.and_then(|p| p.get(name));
+                    object.insert(name.to_string(), self.value_for(property, depth + 1));
+                }
+                Value::Object(object)
+            }
+        }
+    }
+
+    fn response(&self, call: &Call<'_>, reply: Reply) -> ChatResponse {
+        let finish = match reply.part {
+            Part::ToolCall { .. } => FinishReason::ToolCalls,
+            _ => FinishReason::Stop,
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        ChatResponse {
+            id: format!("mock{id:012x}"),
+            model: call.job.upstream_model.clone(),
+            created: Some(crate::formats::unix_now_s()),
+            content: vec![reply.part],
+            finish,
+            usage: reply.usage,
+        }
+    }
+
+    pub fn call(&self, call: &Call<'_>) -> Result<Answer, ApiError> {
+        let request = &call.job.request;
+        if request.api == ClientApi::AnthropicCountTokens {
+            return count_tokens_estimate(&request.body);
+        }
+        let reply = self.reply(call)?;
+        let usage = reply.usage;
+        let resp = self.response(call, reply);
+        let mut body = Vec::with_capacity(512);
+        codec::encode_response(request.api.format(), &resp, &resp.model, &mut body);
+        Ok(Answer {
+            status: 200,
+            content_type: "application/json",
+            body,
+            headers: Vec::new(),
+            usage,
         })
     }
 
-    fn created_s() -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
-    }
-
-    /// Stream the answer as OpenAI `chat.completion.chunk` events: a role chunk, `stream_chunks`
-    /// content chunks `chunk_delay` apart, a finish chunk, the usage chunk when asked, `[DONE]`.
+    /// Stream the answer in the client's format: the text in `stream_chunks` pieces (or the tool
+    /// call's arguments in as many fragments; at most one per character) `chunk_delay` apart,
+    /// then the finish and the usage.
     /// The stream keeps the bounds a real upstream's is held to (see [`MockProvider::pace`]).
     pub fn call_stream(
         &self,
         call: &Call<'_>,
         sink: &mut dyn StreamSink,
     ) -> Result<StreamResult, ApiError> {
-        let MockAnswer {
-            content,
-            prompt_tokens,
-            completion_tokens,
-        } = self.answer(call)?;
-        let usage = Usage {
-            input_tokens: prompt_tokens,
-            output_tokens: completion_tokens,
-            ..Usage::default()
-        };
+        let request = &call.job.request;
+        let reply = self.reply(call)?;
+        let usage = reply.usage;
         let done = |error| StreamResult::Streamed { error, usage };
         if !sink.start() {
             return Ok(done(None));
         }
         let until = Instant::now() + call.stream_duration_max;
-        let id = format!(
-            "chatcmpl-mock{:012x}",
-            self.next_id.fetch_add(1, Ordering::Relaxed)
+        let resp = self.response(call, reply);
+        let mut encoder = StreamEncoder::new(
+            request.api.format(),
+            &resp.model,
+            request.wants_usage,
+            resp.created.unwrap_or(0),
         );
-        let model = serde_json::to_string(&call.job.upstream_model).unwrap_or_default();
-        let head = format!(
-            r#"{{"id":"{id}","object":"chat.completion.chunk","created":{},"model":{model},"system_fingerprint":null,"choices":"#,
-            Self::created_s()
-        );
-        let chunk = |choices: &str, usage: &str| {
-            let mut out = Vec::new();
-            push_event(
-                &mut out,
-                b"",
-                format!(r#"{head}{choices},"usage":{usage}}}"#).as_bytes(),
-            );
-            out
+        let mut out = Vec::with_capacity(512);
+        let mut send = |events: &[StreamEvent], out: &mut Vec<u8>| {
+            for ev in events {
+                encoder.encode(ev, out);
+            }
+            out.is_empty() || sink.event(std::mem::take(out))
         };
-        let first = r#"[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]"#;
-        if !sink.event(chunk(first, "null")) {
+        let start = StreamEvent::MessageStart {
+            id: resp.id.clone(),
+            model: resp.model.clone(),
+            usage: Usage {
+                input_tokens: usage.input_tokens,
+                ..Usage::default()
+            },
+        };
+        let (kind, text, args) = match &resp.content[0] {
+            Part::ToolCall {
+                id,
+                name,
+                arguments_json,
+                ..
+            } => (
+                PartKind::ToolCall {
+                    id: id.clone(),
+                    name: name.clone(),
+                },
+                "",
+                arguments_json.as_str(),
+            ),
+            Part::Text { text, .. } => (PartKind::Text, text.as_str(), ""),
+            _ => (PartKind::Text, "", ""),
+        };
+        let piece_of = |s: &str| match kind {
+            PartKind::ToolCall { .. } => StreamEvent::ToolArgsDelta {
+                index: 0,
+                json: s.to_string(),
+            },
+            _ => StreamEvent::TextDelta {
+                index: 0,
+                text: s.to_string(),
+            },
+        };
+        let whole = if args.is_empty() { text } else { args };
+        if !send(&[start, StreamEvent::PartStart { index: 0, kind: kind.clone() }], &mut out) {
             return Ok(done(None));
         }
-        for piece in split_even(&content, self.stream_chunks) {
+        // At most one piece per character: an empty delta is no event in any client format.
+        let pieces = self.stream_chunks.min(whole.chars().count()).max(1);
+        for piece in split_even(whole, pieces) {
             match self.pace(call, until) {
                 Ok(true) => {}
                 Ok(false) => return Ok(done(None)),
                 Err(cut) => return Ok(done(Some(cut))),
             }
-            let text = serde_json::to_string(piece).unwrap_or_default();
-            let choices = format!(
-                r#"[{{"index":0,"delta":{{"content":{text}}},"logprobs":null,"finish_reason":null}}]"#
-            );
-            if !sink.event(chunk(&choices, "null")) {
+            if !send(&[piece_of(piece)], &mut out) {
                 return Ok(done(None));
             }
         }
-        let last = r#"[{"index":0,"delta":{},"logprobs":null,"finish_reason":"stop"}]"#;
-        if !sink.event(chunk(last, "null")) {
-            return Ok(done(None));
+        let end = [
+            StreamEvent::PartStop { index: 0 },
+            StreamEvent::Finish(resp.finish.clone()),
+            StreamEvent::Usage(usage),
+        ];
+        for ev in &end {
+            encoder.encode(ev, &mut out);
         }
-        if call.job.request.wants_usage {
-            let usage = format!(
-                r#"{{"prompt_tokens":{prompt_tokens},"completion_tokens":{completion_tokens},"total_tokens":{}}}"#,
-                prompt_tokens + completion_tokens
-            );
-            if !sink.event(chunk("[]", &usage)) {
-                return Ok(done(None));
-            }
-        }
-        if sink.event(b"data: [DONE]\n\n".to_vec()) {
+        encoder.finish(&mut out);
+        if sink.event(out) {
             sink.complete();
         }
         Ok(done(None))
-    }
-
-    pub fn call(&self, call: &Call<'_>) -> Result<Answer, ApiError> {
-        let MockAnswer {
-            content,
-            prompt_tokens,
-            completion_tokens,
-        } = self.answer(call)?;
-        let created = Self::created_s();
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let completion = ChatCompletion {
-            id: format!("chatcmpl-mock{id:012x}"),
-            object: "chat.completion",
-            created,
-            model: &call.job.upstream_model,
-            choices: vec![Choice {
-                index: 0,
-                message: OutMessage {
-                    role: "assistant",
-                    content: &content,
-                    refusal: None,
-                },
-                logprobs: None,
-                finish_reason: "stop",
-            }],
-            usage: OpenAiUsage {
-                prompt_tokens,
-                completion_tokens,
-                total_tokens: prompt_tokens + completion_tokens,
-            },
-            system_fingerprint: None,
-        };
-        let body = serde_json::to_vec(&completion).map_err(|_| ApiError::internal())?;
-        Ok(Answer {
-            status: 200,
-            content_type: "application/json",
-            body,
-            headers: Vec::new(),
-            usage: Usage {
-                input_tokens: prompt_tokens,
-                output_tokens: completion_tokens,
-                ..Usage::default()
-            },
-        })
     }
 
     /// Sleep the configured latency (this is a worker OS thread), but never past the deadline.
@@ -271,6 +353,55 @@ impl MockProvider {
             std::thread::sleep(left.min(SLEEP_SLICE));
         }
     }
+}
+
+/// The last text part of `content` (the user's own words: clients put context blocks first).
+fn last_text(content: &[Part]) -> &str {
+    content
+        .iter()
+        .rev()
+        .find_map(|p| match p {
+            Part::Text { text, .. } => Some(text.as_str()),
+            _ => None,
+        })
+        .unwrap_or("")
+}
+
+/// The tool whose name appears as a whole word in `text`.
+fn named_tool<'a>(tools: &'a [Tool], text: &str) -> Option<&'a Tool> {
+    let words: Vec<&str> = text
+        .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '-'))
+        .collect();
+    tools.iter().find(|t| words.contains(&t.name.as_str()))
+}
+
+/// Prompt tokens as OpenAI counts them roughly: the text of every message and the system prompt
+/// (about four characters a token) plus a few tokens of framing per message.
+fn prompt_tokens(req: &ChatRequest) -> u64 {
+    let system: u64 = req.system.iter().map(|b| estimate_tokens(&b.text)).sum();
+    let messages: u64 = req
+        .messages
+        .iter()
+        .map(|m| {
+            let text: u64 = m
+                .content
+                .iter()
+                .map(|p| match p {
+                    Part::Text { text, .. } => estimate_tokens(text),
+                    Part::ToolCall { arguments_json, .. } => estimate_tokens(arguments_json),
+                    Part::ToolResult { content, .. } => estimate_tokens(last_text(content)),
+                    _ => 0,
+                })
+                .sum();
+            TOKENS_PER_MESSAGE + text
+        })
+        .sum();
+    system + messages + TOKENS_PER_MESSAGE
+}
+
+/// Rough token count of a text: one token per four characters.
+fn estimate_tokens(text: &str) -> u64 {
+    crate::api::openai::estimate_tokens(text)
 }
 
 /// `text` cut into `n` pieces of about equal character counts (some empty when `text` is short).

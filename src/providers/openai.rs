@@ -1,7 +1,7 @@
 //! The `openai` provider: OpenAI Chat Completions over HTTPS or HTTP, for OpenAI itself and every
 //! compatible server (vLLM, Ollama, Groq, Together, ...). `Authorization: Bearer <key>`.
 
-use super::adapter::{Adapter, Headers, Operation, Wire};
+use super::adapter::{Adapter, Headers, Operation, Format};
 use crate::job::ClientRequest;
 
 pub struct OpenAiAdapter {
@@ -18,8 +18,8 @@ impl OpenAiAdapter {
 }
 
 impl Adapter for OpenAiAdapter {
-    fn wire(&self) -> Wire {
-        Wire::OpenAiChat
+    fn format(&self) -> Format {
+        Format::OpenAiChat
     }
 
     fn url(&self, operation: Operation, _model: &str, _stream: bool) -> Option<String> {

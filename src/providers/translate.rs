@@ -2,7 +2,9 @@
 //! the same format the body passes through with only its `model` replaced (and the gateway's own
 //! `fallbacks` field removed): every other field, unknown ones included, reaches the upstream as
 //! the client wrote it, and answers and stream events come back byte for byte while their usage is
-//! read on the way.
+//! read on the way. Otherwise the request is decoded into the format-neutral model and encoded for
+//! the upstream, and its answer, errors and stream events are decoded and encoded back for the
+//! client (see `crate::formats`).
 
 use std::borrow::Cow;
 use std::fmt;
@@ -11,10 +13,12 @@ use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::adapter::Wire;
+use super::adapter::Format;
 use super::sse::push_event;
 use crate::error::{ApiError, ErrorKind};
-use crate::job::{ClientApi, Usage};
+use crate::formats::codec::{self, StreamDecoder, StreamEncoder};
+use crate::formats::{EncodeInfo, EncodeOptions, StreamError, StreamEvent};
+use crate::job::{Answer, ClientApi, Usage};
 
 /// Response headers of an upstream passed on to the client: rate-limit state and `Retry-After`.
 pub const RELAYED_HEADERS: [&str; 22] = [
@@ -46,15 +50,116 @@ pub const RELAYED_HEADERS: [&str; 22] = [
 const FALLBACKS_FIELD: &str = "fallbacks";
 
 /// Whether a client of `api` and an upstream speaking `wire` share the wire format.
-pub fn same_format(api: ClientApi, wire: Wire) -> bool {
+pub fn same_format(api: ClientApi, wire: Format) -> bool {
     matches!(
         (api, wire),
-        (ClientApi::OpenAiChat, Wire::OpenAiChat)
+        (ClientApi::OpenAiChat, Format::OpenAiChat)
             | (
                 ClientApi::AnthropicMessages | ClientApi::AnthropicCountTokens,
-                Wire::Anthropic
+                Format::Anthropic
             )
     )
+}
+
+/// How a job's upstream body was made, and so what its answer needs on the way back.
+#[derive(Debug)]
+pub enum Mode {
+    /// The same format: the body passed through with its model replaced.
+    Passthrough,
+    /// Translated from the client's format; `info` is what the encoder did.
+    Translated { client: Format, info: EncodeInfo },
+}
+
+/// The upstream body of a job, appended to `out`: the client's body rewritten when the formats
+/// match, else decoded and encoded for `wire`. `stream` asks an OpenAI upstream for the usage.
+pub fn prepare(
+    api: ClientApi,
+    wire: Format,
+    body: &[u8],
+    upstream_model: &str,
+    stream: bool,
+    opts: &EncodeOptions,
+    out: &mut Vec<u8>,
+) -> Result<Mode, ApiError> {
+    if same_format(api, wire) {
+        let force_usage = stream && wire == Format::OpenAiChat;
+        rewrite_passthrough(body, upstream_model, force_usage, out)?;
+        return Ok(Mode::Passthrough);
+    }
+    let client = api.format();
+    let mut req = codec::decode_request(client, body)?;
+    req.stream = stream;
+    let info = codec::encode_request(wire, &req, upstream_model, opts, out)?;
+    Ok(Mode::Translated { client, info })
+}
+
+/// A successful whole answer of `wire` for the client: its body (translated when the mode says
+/// so) and its usage; `None` when the body cannot be read.
+pub fn success_answer(
+    mode: &Mode,
+    wire: Format,
+    body: Vec<u8>,
+    upstream_model: &str,
+) -> Result<(Vec<u8>, Usage), ApiError> {
+    match mode {
+        Mode::Passthrough => {
+            let usage = answer_usage(wire, &body).ok_or_else(|| {
+                ApiError::new(
+                    ErrorKind::UpstreamInvalid,
+                    "upstream_invalid_response",
+                    "the answer is not JSON",
+                )
+            })?;
+            Ok((body, usage))
+        }
+        Mode::Translated { client, info } => {
+            let resp = codec::decode_response(wire, &body, info)?;
+            let model = if resp.model.is_empty() {
+                upstream_model
+            } else {
+                resp.model.as_str()
+            };
+            let mut out = Vec::with_capacity(body.len() + 256);
+            codec::encode_response(*client, &resp, model, &mut out);
+            Ok((out, resp.usage))
+        }
+    }
+}
+
+/// An upstream error answer for the client: as it is when the formats match, else read and
+/// written again in the client's format (status kept).
+pub fn error_answer(mode: &Mode, wire: Format, status: u16, body: Vec<u8>) -> Vec<u8> {
+    match mode {
+        Mode::Passthrough => body,
+        Mode::Translated { client, .. } => {
+            let e = codec::decode_error(wire, status, &body);
+            codec::error_body(
+                *client,
+                status,
+                Some(&e.error_type),
+                &e.message,
+                e.code.as_deref(),
+            )
+        }
+    }
+}
+
+/// Response header marking an answer the gateway estimated instead of asking the provider.
+pub const ESTIMATE_HEADER: &str = "x-deepintshield-estimate";
+
+/// Anthropic's `count_tokens` answered by the gateway for a provider without that endpoint: an
+/// estimate (about four characters a token, see `formats::anthropic::count_tokens`), marked by
+/// [`ESTIMATE_HEADER`].
+pub fn count_tokens_estimate(body: &[u8]) -> Result<Answer, ApiError> {
+    let req = codec::decode_request(Format::Anthropic, body)?;
+    let tokens = crate::formats::anthropic::count_tokens(&req);
+    Ok(Answer {
+        status: 200,
+        content_type: "application/json",
+        body: crate::formats::anthropic::count_tokens_body(tokens),
+        headers: vec![(ESTIMATE_HEADER, "token-count".to_string())],
+        usage: Usage::default(),
+    })
 }
 
 /// Top-level fields of a JSON object in document order, values as raw JSON.
@@ -221,17 +326,17 @@ struct WithUsage<U> {
 
 /// The usage of a whole successful answer in `wire`'s format (zeros when it has none); `None`
 /// when the body is not a JSON object.
-pub fn answer_usage(wire: Wire, body: &[u8]) -> Option<Usage> {
+pub fn answer_usage(wire: Format, body: &[u8]) -> Option<Usage> {
     if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return None;
     }
     Some(match wire {
-        Wire::OpenAiChat => serde_json::from_slice::<WithUsage<OpenAiUsage>>(body)
+        Format::OpenAiChat => serde_json::from_slice::<WithUsage<OpenAiUsage>>(body)
             .ok()?
             .usage
             .map(|u| u.neutral())
             .unwrap_or_default(),
-        Wire::Anthropic => {
+        Format::Anthropic => {
             let mut usage = Usage::default();
             if let Some(u) = serde_json::from_slice::<WithUsage<AnthropicUsage>>(body)
                 .ok()?
@@ -271,15 +376,89 @@ pub trait StreamConvert {
     }
 }
 
-/// The converter for a stream from an upstream of `wire` to a client of `api`.
-pub fn stream_converter(wire: Wire, api: ClientApi, wants_usage: bool) -> Box<dyn StreamConvert> {
-    match (wire, api) {
-        (Wire::Anthropic, _) => Box::new(AnthropicPassthrough::default()),
-        (Wire::OpenAiChat, _) => Box::new(OpenAiPassthrough {
+/// The converter for a stream from an upstream of `wire` in `mode`. `wants_usage`: the client
+/// asked for OpenAI's usage chunk; `model` is the model named to the client.
+pub fn stream_converter(
+    mode: &Mode,
+    wire: Format,
+    wants_usage: bool,
+    model: &str,
+) -> Box<dyn StreamConvert> {
+    match (mode, wire) {
+        (Mode::Translated { client, info }, _) => Box::new(Translated {
+            decoder: StreamDecoder::new(wire, info),
+            encoder: StreamEncoder::new(*client, model, wants_usage, crate::formats::unix_now_s()),
+            events: Vec::new(),
+            usage: Usage::default(),
+            terminator: match wire {
+                Format::OpenAiChat => "[DONE]",
+                Format::Anthropic => "message_stop",
+            },
+        }),
+        (Mode::Passthrough, Format::Anthropic) => Box::new(AnthropicPassthrough::default()),
+        (Mode::Passthrough, Format::OpenAiChat) => Box::new(OpenAiPassthrough {
             wants_usage,
             usage: Usage::default(),
             reported: None,
         }),
+    }
+}
+
+/// A stream of another format: each upstream event decoded into neutral events, written again
+/// for the client; what the client's format holds back (Anthropic's stop reason waits for
+/// OpenAI's usage) is written at the end.
+struct Translated {
+    decoder: StreamDecoder,
+    encoder: StreamEncoder,
+    /// Neutral events of the current upstream event (reused).
+    events: Vec<StreamEvent>,
+    usage: Usage,
+    terminator: &'static str,
+}
+
+impl StreamConvert for Translated {
+    fn event(&mut self, name: &[u8], data: &[u8], out: &mut Vec<u8>) -> Result<Step, ApiError> {
+        let name = std::str::from_utf8(name).ok().filter(|n| !n.is_empty());
+        self.events.clear();
+        self.decoder.feed(name, data, &mut self.events)?;
+        let mut error: Option<StreamError> = None;
+        for ev in &self.events {
+            match ev {
+                StreamEvent::MessageStart { usage, .. } | StreamEvent::Usage(usage) => {
+                    self.usage = *usage;
+                }
+                StreamEvent::Error(e) => {
+                    error = Some(e.clone());
+                    break;
+                }
+                _ => {}
+            }
+            self.encoder.encode(ev, out);
+        }
+        if let Some(e) = error {
+            self.encoder.error(&e, out);
+            let kind = if e.status == 429 || e.status >= 500 {
+                ErrorKind::UpstreamTransport
+            } else {
+                ErrorKind::UpstreamInvalid
+            };
+            return Ok(Step::UpstreamError(
+                ApiError::new(kind, "upstream_stream_error", e.message).already_sent(),
+            ));
+        }
+        if self.decoder.is_complete() {
+            self.encoder.finish(out);
+            return Ok(Step::Complete);
+        }
+        Ok(Step::More)
+    }
+
+    fn usage(&self) -> Usage {
+        self.usage
+    }
+
+    fn terminator(&self) -> &'static str {
+        self.terminator
     }
 }
 
@@ -382,11 +561,14 @@ impl StreamConvert for AnthropicPassthrough {
             }
             b"message_stop" => return Ok(Step::Complete),
             b"error" => {
-                return Ok(Step::UpstreamError(ApiError::new(
-                    ErrorKind::UpstreamInvalid,
-                    "upstream_stream_error",
-                    "the provider reported an error in the stream",
-                )))
+                return Ok(Step::UpstreamError(
+                    ApiError::new(
+                        ErrorKind::UpstreamInvalid,
+                        "upstream_stream_error",
+                        "the provider reported an error in the stream",
+                    )
+                    .already_sent(),
+                ))
             }
             _ => {}
         }
@@ -435,19 +617,19 @@ mod tests {
     #[test]
     fn usage_of_answers() {
         let openai = br#"{"usage":{"prompt_tokens":10,"completion_tokens":5,"prompt_tokens_details":{"cached_tokens":4},"completion_tokens_details":{"reasoning_tokens":2}}}"#;
-        let u = answer_usage(Wire::OpenAiChat, openai).unwrap();
+        let u = answer_usage(Format::OpenAiChat, openai).unwrap();
         let got = (u.input_tokens, u.cache_read_tokens, u.output_tokens);
         assert_eq!((got, u.reasoning_tokens), ((10, 4, 5), 2));
         let anthropic = br#"{"usage":{"input_tokens":3,"output_tokens":7,"cache_creation_input_tokens":11,"cache_read_input_tokens":13}}"#;
-        let u = answer_usage(Wire::Anthropic, anthropic).unwrap();
+        let u = answer_usage(Format::Anthropic, anthropic).unwrap();
         let got = (u.input_tokens, u.output_tokens);
         assert_eq!(
             (got, u.cache_write_tokens, u.cache_read_tokens),
             ((27, 7), 11, 13)
         );
-        assert_eq!(answer_usage(Wire::Anthropic, b"not json"), None);
+        assert_eq!(answer_usage(Format::Anthropic, b"not json"), None);
         assert_eq!(
-            answer_usage(Wire::OpenAiChat, b"{}"),
+            answer_usage(Format::OpenAiChat, b"{}"),
             Some(Usage::default())
         );
     }
@@ -456,7 +638,7 @@ mod tests {
     fn openai_stream_passthrough_hides_the_usage_chunk_unless_asked() {
         let usage = br#"{"id":"x","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":7}}"#;
         for wants in [false, true] {
-            let mut c = stream_converter(Wire::OpenAiChat, ClientApi::OpenAiChat, wants);
+            let mut c = stream_converter(&Mode::Passthrough, Format::OpenAiChat, wants, "m");
             let mut out = Vec::new();
             assert!(matches!(
                 c.event(b"", br#"{"choices":[{"delta":{"content":"a"}}]}"#, &mut out),
@@ -476,7 +658,7 @@ mod tests {
 
     #[test]
     fn anthropic_stream_passthrough_keeps_names_and_reads_usage() {
-        let mut c = stream_converter(Wire::Anthropic, ClientApi::AnthropicMessages, false);
+        let mut c = stream_converter(&Mode::Passthrough, Format::Anthropic, false, "m");
         let mut out = Vec::new();
         let start = br#"{"type":"message_start","message":{"id":"msg_1","usage":{"input_tokens":25,"output_tokens":1,"cache_read_input_tokens":4}}}"#;
         c.event(b"message_start", start, &mut out).unwrap();

@@ -1,0 +1,151 @@
+//! One entry point per codec operation, dispatched by [`Format`]: the code that translates
+//! (the worker's executor, the built-in mock) names a format, never a codec module.
+
+use super::chat::{ChatRequest, ChatResponse, Format, StreamError, StreamEvent};
+use super::{anthropic, openai_chat, EncodeInfo, EncodeOptions, FormatError, UpstreamError};
+
+/// A client's request in `format`, decoded.
+pub fn decode_request(format: Format, body: &[u8]) -> Result<ChatRequest, FormatError> {
+    match format {
+        Format::OpenAiChat => openai_chat::decode_request(body),
+        Format::Anthropic => anthropic::decode_request(body),
+    }
+}
+
+/// A provider's request in `format`, with `model` = `upstream_model`, appended to `out`.
+pub fn encode_request(
+    format: Format,
+    req: &ChatRequest,
+    upstream_model: &str,
+    opts: &EncodeOptions,
+    out: &mut Vec<u8>,
+) -> Result<EncodeInfo, FormatError> {
+    match format {
+        Format::OpenAiChat => openai_chat::encode_request(req, upstream_model, opts, out),
+        Format::Anthropic => anthropic::encode_request(req, upstream_model, opts, out),
+    }
+}
+
+/// A provider's whole answer in `format`, decoded.
+pub fn decode_response(
+    format: Format,
+    body: &[u8],
+    info: &EncodeInfo,
+) -> Result<ChatResponse, FormatError> {
+    match format {
+        Format::OpenAiChat => openai_chat::decode_response(body, info),
+        Format::Anthropic => anthropic::decode_response(body, info),
+    }
+}
+
+/// A whole answer for a client of `format`, appended to `out`.
+pub fn encode_response(format: Format, resp: &ChatResponse, client_model: &str, out: &mut Vec<u8>) {
+    match format {
+        Format::OpenAiChat => openai_chat::encode_response(resp, client_model, out),
+        Format::Anthropic => anthropic::encode_response(resp, client_model, out),
+    }
+}
+
+/// A provider's error answer in `format`, read.
+pub fn decode_error(format: Format, status: u16, body: &[u8]) -> UpstreamError {
+    match format {
+        Format::OpenAiChat => openai_chat::decode_error(status, body),
+        Format::Anthropic => anthropic::decode_error(status, body),
+    }
+}
+
+/// An error body for a client of `format`; `error_type` is used when the format knows it.
+pub fn error_body(
+    format: Format,
+    status: u16,
+    error_type: Option<&str>,
+    message: &str,
+    code: Option<&str>,
+) -> Vec<u8> {
+    match format {
+        Format::OpenAiChat => openai_chat::error_body(status, error_type, message, code),
+        Format::Anthropic => anthropic::error_body(status, error_type, message, code),
+    }
+}
+
+/// A provider's stream, read event by event into neutral events.
+pub enum StreamDecoder {
+    OpenAiChat(openai_chat::StreamDecoder),
+    Anthropic(anthropic::StreamDecoder),
+}
+
+impl StreamDecoder {
+    pub fn new(format: Format, info: &EncodeInfo) -> StreamDecoder {
+        match format {
+            Format::OpenAiChat => StreamDecoder::OpenAiChat(openai_chat::StreamDecoder::new()),
+            Format::Anthropic => StreamDecoder::Anthropic(anthropic::StreamDecoder::new(info)),
+        }
+    }
+
+    /// One SSE event (`event:` name if any, `data:` payload).
+    pub fn feed(
+        &mut self,
+        event: Option<&str>,
+        data: &[u8],
+        out: &mut Vec<StreamEvent>,
+    ) -> Result<(), FormatError> {
+        match self {
+            StreamDecoder::OpenAiChat(d) => d.feed(event, data, out),
+            StreamDecoder::Anthropic(d) => d.feed(event, data, out),
+        }
+    }
+
+    /// Whether the stream's terminator was read.
+    pub fn is_complete(&self) -> bool {
+        match self {
+            StreamDecoder::OpenAiChat(d) => d.is_complete(),
+            StreamDecoder::Anthropic(d) => d.is_complete(),
+        }
+    }
+}
+
+/// Neutral events written as a client's stream.
+pub enum StreamEncoder {
+    OpenAiChat(openai_chat::StreamEncoder),
+    Anthropic(anthropic::StreamEncoder),
+}
+
+impl StreamEncoder {
+    /// `include_usage`: OpenAI's final usage chunk (`stream_options.include_usage`); `created`:
+    /// the Unix time OpenAI chunks carry.
+    pub fn new(format: Format, client_model: &str, include_usage: bool, created: u64) -> Self {
+        match format {
+            Format::OpenAiChat => StreamEncoder::OpenAiChat(openai_chat::StreamEncoder::new(
+                client_model,
+                include_usage,
+                created,
+            )),
+            Format::Anthropic => {
+                StreamEncoder::Anthropic(anthropic::StreamEncoder::new(client_model))
+            }
+        }
+    }
+
+    pub fn encode(&mut self, ev: &StreamEvent, out: &mut Vec<u8>) {
+        match self {
+            StreamEncoder::OpenAiChat(e) => e.encode(ev, out),
+            StreamEncoder::Anthropic(e) => e.encode(ev, out),
+        }
+    }
+
+    /// The end of the stream: what was held back (usage, stop reason) and the terminator.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        match self {
+            StreamEncoder::OpenAiChat(e) => e.finish(out),
+            StreamEncoder::Anthropic(e) => e.finish(out),
+        }
+    }
+
+    /// An error event that ends the stream.
+    pub fn error(&mut self, err: &StreamError, out: &mut Vec<u8>) {
+        match self {
+            StreamEncoder::OpenAiChat(e) => e.error(err, out),
+            StreamEncoder::Anthropic(e) => e.error(err, out),
+        }
+    }
+}
