@@ -120,8 +120,9 @@ pub enum Answer {
 
 /// The answer to a valid Messages request. The last message with `role: "user"` decides: when it
 /// holds `tool_result` blocks, text quoting their results; when it contains [`crate::tools::TOOL_TRIGGER`]
-/// and the request has `tools`, a `tool_use` of the tool it names (else the first) with an input
-/// built from that tool's `input_schema` (strings set to `tool_text`); else `mock: <its text>`.
+/// (or `tool_choice` forces a tool) and the request has `tools`, a `tool_use` of the forced tool,
+/// else the tool it names, else the first, with an input built from that tool's `input_schema`
+/// (strings set to `tool_text`); else `mock: <its text>`.
 pub fn answer(body: &Value, tool_text: &str) -> Answer {
     let last_user = body
         .get("messages")
@@ -151,12 +152,21 @@ pub fn answer(body: &Value, tool_text: &str) -> Answer {
         .flatten()
         .filter(|t| t.get("name").and_then(Value::as_str).is_some())
         .collect();
-    if has_trigger(&text) {
+    // `tool_choice` `{type: tool, name}` forces that tool, `{type: any}` some tool.
+    let forced = match body.pointer("/tool_choice/type").and_then(Value::as_str) {
+        Some("tool") => body.pointer("/tool_choice/name").and_then(Value::as_str),
+        Some("any") => Some(""),
+        _ => None,
+    };
+    if has_trigger(&text) || forced.is_some() {
         let names: Vec<&str> = tools
             .iter()
             .filter_map(|t| t.get("name").and_then(Value::as_str))
             .collect();
-        if let Some(name) = pick_tool(&names, &text) {
+        let chosen = forced
+            .filter(|f| names.contains(f))
+            .or_else(|| pick_tool(&names, &text));
+        if let Some(name) = chosen {
             let schema = tools
                 .iter()
                 .find(|t| t.get("name").and_then(Value::as_str) == Some(name))

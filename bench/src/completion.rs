@@ -51,9 +51,10 @@ pub enum ChatAnswer {
 }
 
 /// The answer to a valid chat completion request, first match wins:
-/// 1. the request has `tools` and the last `user` message contains [`crate::tools::TOOL_TRIGGER`]
-///    with no `tool` message after it: a call of the function it names (else the first), with
-///    arguments built from that function's `parameters` (strings set to `tool_text`);
+/// 1. the request has `tools`, no `tool` message follows the last `user` message, and that
+///    message contains [`crate::tools::TOOL_TRIGGER`] or `tool_choice` forces a call: a call of
+///    the forced function, else the one the message names, else the first, with arguments built
+///    from that function's `parameters` (strings set to `tool_text`);
 /// 2. `response_format` is `json_schema`: a JSON object built from its schema the same way;
 /// 3. `tool` messages follow the last user message: `mock: tool result: <their contents>`;
 /// 4. `mock: <last user message>`.
@@ -83,12 +84,21 @@ pub fn chat_answer(body: &Value, tool_text: &str) -> ChatAnswer {
         .filter_map(|t| t.get("function"))
         .filter(|f| f.get("name").and_then(Value::as_str).is_some())
         .collect();
-    if results.is_empty() && has_trigger(&user_text) {
+    // `tool_choice` `{type: function, function: {name}}` forces that function, `required` some.
+    let forced = match body.get("tool_choice") {
+        Some(Value::String(s)) if s == "required" => Some(""),
+        Some(choice) => choice.pointer("/function/name").and_then(Value::as_str),
+        None => None,
+    };
+    if results.is_empty() && (has_trigger(&user_text) || forced.is_some()) {
         let names: Vec<&str> = functions
             .iter()
             .filter_map(|f| f.get("name").and_then(Value::as_str))
             .collect();
-        if let Some(name) = pick_tool(&names, &user_text) {
+        let chosen = forced
+            .filter(|f| names.contains(f))
+            .or_else(|| pick_tool(&names, &user_text));
+        if let Some(name) = chosen {
             let params = functions
                 .iter()
                 .find(|f| f.get("name").and_then(Value::as_str) == Some(name))

@@ -18,9 +18,7 @@ use crate::job::ClientApi;
 pub fn error_response(api: ClientApi, err: &ApiError) -> Response {
     let body = match api.format() {
         Format::OpenAiChat => err.body(),
-        Format::Anthropic => {
-            formats::anthropic::error_body(err.status(), None, &err.message, None)
-        }
+        Format::Anthropic => formats::anthropic::error_body(err.status(), None, &err.message, None),
     };
     let mut r = Response::json(err.status(), body);
     if let Some(s) = err.retry_after_s {
@@ -80,7 +78,10 @@ mod tests {
         assert_eq!(v["error"]["type"], "rate_limit_error");
         assert!(r.headers.contains(&("retry-after", "1".to_string())));
         let event = String::from_utf8(error_event(ClientApi::AnthropicMessages, &e)).unwrap();
-        assert!(event.starts_with("event: error\ndata: {\"type\":\"error\""), "{event}");
+        assert!(
+            event.starts_with("event: error\ndata: {\"type\":\"error\""),
+            "{event}"
+        );
         let event = String::from_utf8(error_event(ClientApi::OpenAiChat, &e)).unwrap();
         assert!(event.starts_with("data: {\"error\":{"), "{event}");
         for api in [ClientApi::OpenAiChat, ClientApi::AnthropicMessages] {

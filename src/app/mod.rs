@@ -225,7 +225,7 @@ impl ApiHandler {
             rec.error_code = e.code;
             error_for(req, &e)
         });
-        if api.is_anthropic() {
+        if api.is_anthropic() && !resp.headers.iter().any(|(n, _)| *n == "request-id") {
             resp.headers.push(("request-id", req.id.clone()));
         }
         rec.status = resp.status;

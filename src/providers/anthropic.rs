@@ -3,7 +3,7 @@
 //! `anthropic-version`. A client that spoke Anthropic has its `anthropic-version` and
 //! `anthropic-beta` headers passed on; other clients get the provider's configured version.
 
-use super::adapter::{forwarded, Adapter, Headers, Operation, Format};
+use super::adapter::{forwarded, Adapter, Format, Headers, Operation};
 use crate::job::ClientRequest;
 
 pub struct AnthropicAdapter {

@@ -135,11 +135,7 @@ impl HttpProvider {
     /// speak the same format.
     /// The upstream request of the job, or `Err(Ok(answer))` when the gateway answers by
     /// itself (a token count the upstream has no endpoint for).
-    fn prepare(
-        &self,
-        call: &Call<'_>,
-        stream: bool,
-    ) -> Result<Prepared, Result<Answer, ApiError>> {
+    fn prepare(&self, call: &Call<'_>, stream: bool) -> Result<Prepared, Result<Answer, ApiError>> {
         let request = &call.job.request;
         let operation = match request.api {
             ClientApi::AnthropicCountTokens => Operation::CountTokens,
@@ -644,11 +640,12 @@ impl HttpProvider {
         let mut answer = self.read_whole(resp)?;
         let body = std::mem::take(&mut answer.body);
         let (body, usage) =
-            translate::success_answer(&prepared.mode, self.adapter.format(), body, model)
-                .map_err(|e| match e.kind {
+            translate::success_answer(&prepared.mode, self.adapter.format(), body, model).map_err(
+                |e| match e.kind {
                     ErrorKind::UpstreamInvalid => self.invalid_response(&e.message),
                     _ => e,
-                })?;
+                },
+            )?;
         answer.body = body;
         answer.content_type = "application/json";
         if prepared.operation == Operation::Chat {

@@ -8,9 +8,10 @@
 //! What it answers, by the request's last message:
 //! - a tool result (an OpenAI `tool` message, an Anthropic `tool_result` block): `mock: tool
 //!   result: <its text>`;
-//! - the request offers tools and the last user text contains `use tool` (any case): a call of the
-//!   tool named as a whole word in that text (else the first tool), its arguments built from the
-//!   tool's schema (every required property; strings are `mock.tool_text`);
+//! - `tool_choice` forces a tool, or the request offers tools and the last user text contains
+//!   `use tool` (any case): a call of the forced tool, else the tool named as a whole word in that
+//!   text, else the first tool, its arguments built from the tool's schema (every required
+//!   property; strings are `mock.tool_text`);
 //! - a structured output was asked for: a JSON object built from the schema the same way;
 //! - otherwise `mock: <the last user text>`.
 
@@ -26,7 +27,7 @@ use crate::config::ProviderConfig;
 use crate::error::ApiError;
 use crate::formats::codec::{self, StreamEncoder};
 use crate::formats::{
-    ChatRequest, ChatResponse, FinishReason, Part, PartKind, Role, StreamEvent, Tool,
+    ChatRequest, ChatResponse, FinishReason, Part, PartKind, Role, StreamEvent, Tool, ToolChoice,
 };
 use crate::job::{Answer, ClientApi, JobCtl, Usage};
 
@@ -117,8 +118,16 @@ impl MockProvider {
         } else {
             ""
         };
-        if !req.tools.is_empty() && said.to_ascii_lowercase().contains(TOOL_TRIGGER) {
-            let tool = named_tool(&req.tools, said).unwrap_or(&req.tools[0]);
+        let forced = match &req.tool_choice {
+            Some(ToolChoice::Tool(name)) => req.tools.iter().find(|t| &t.name == name),
+            Some(ToolChoice::Required) => named_tool(&req.tools, said).or(req.tools.first()),
+            _ => None,
+        };
+        let asked = !req.tools.is_empty() && said.to_ascii_lowercase().contains(TOOL_TRIGGER);
+        if forced.is_some() || asked {
+            let tool = forced
+                .or_else(|| named_tool(&req.tools, said))
+                .unwrap_or(&req.tools[0]);
             let schema = tool
                 .input_schema
                 .as_ref()
@@ -147,7 +156,10 @@ impl MockProvider {
         let Some(schema) = schema.filter(|_| depth < SCHEMA_DEPTH_MAX) else {
             return Value::Object(Default::default());
         };
-        let kind = schema.get("type").and_then(Value::as_str).unwrap_or("object");
+        let kind = schema
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("object");
         match kind {
             "string" => match schema.get("enum").and_then(Value::as_array) {
                 Some(options) if !options.is_empty() => options[0].clone(),
@@ -272,7 +284,16 @@ impl MockProvider {
             },
         };
         let whole = if args.is_empty() { text } else { args };
-        if !send(&[start, StreamEvent::PartStart { index: 0, kind: kind.clone() }], &mut out) {
+        if !send(
+            &[
+                start,
+                StreamEvent::PartStart {
+                    index: 0,
+                    kind: kind.clone(),
+                },
+            ],
+            &mut out,
+        ) {
             return Ok(done(None));
         }
         // At most one piece per character: an empty delta is no event in any client format.

@@ -1,7 +1,7 @@
 //! The `openai` provider: OpenAI Chat Completions over HTTPS or HTTP, for OpenAI itself and every
 //! compatible server (vLLM, Ollama, Groq, Together, ...). `Authorization: Bearer <key>`.
 
-use super::adapter::{Adapter, Headers, Operation, Format};
+use super::adapter::{Adapter, Format, Headers, Operation};
 use crate::job::ClientRequest;
 
 pub struct OpenAiAdapter {
