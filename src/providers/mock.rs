@@ -5,7 +5,7 @@
 //! clients' tool round trips work end to end. It runs through the same pools as real providers,
 //! so it also measures the gateway's own overhead.
 //!
-//! What it answers, by the request's last message:
+//! What it answers, by the request's last message (`system` messages aside):
 //! - a tool result (an OpenAI `tool` message, an Anthropic `tool_result` block): `mock: tool
 //!   result: <its text>`;
 //! - `tool_choice` forces a tool, or the request offers tools and the last user text contains
@@ -103,7 +103,9 @@ impl MockProvider {
     }
 
     fn part_for(&self, req: &ChatRequest) -> Part {
-        let Some(last) = req.messages.last() else {
+        // Instructions in the middle of a conversation (Claude Code sends one after the user's
+        // turn) are not the turn being answered.
+        let Some(last) = req.messages.iter().rev().find(|m| m.role != Role::System) else {
             return Part::text("mock: ");
         };
         let tool_result = last.content.iter().rev().find_map(|p| match p {
