@@ -11,9 +11,9 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 
 use super::chat::{ChatRequest, FinishReason, ImageSource, Part, Usage};
+use super::estimate_tokens;
 use super::json::{sse_begin, sse_end, write_value};
 use super::{truncate_message, UpstreamError, UPSTREAM_ERROR_MESSAGE_BYTES_MAX};
-use crate::api::openai::estimate_tokens;
 
 pub use request::{decode_request, encode_request};
 pub use response::{decode_response, encode_response};

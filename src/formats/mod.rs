@@ -207,6 +207,13 @@ pub fn effort_for_budget(budget_tokens: u32) -> ReasoningEffort {
     }
 }
 
+/// Rough token count of a text: one token per four characters (rounded up). Used where the
+/// gateway must estimate (token counting for providers without it, the built-in mock).
+pub fn estimate_tokens(text: &str) -> u64 {
+    let chars = text.chars().count() as u64;
+    chars.div_ceil(4)
+}
+
 /// `id` in a format's style: kept when it already has `prefix`, else `prefix` + `id` without a
 /// known foreign prefix; a fresh id when `id` is empty.
 pub(crate) fn restyle_id(id: &str, prefix: &str) -> String {

@@ -5,27 +5,12 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
+
+pub use crate::config::BreakerConfig;
 
 /// Buckets of the rolling window.
 const WINDOW_BUCKETS: usize = 10;
-
-#[derive(Clone, Debug)]
-pub struct BreakerConfig {
-    /// Off: never opens.
-    pub enabled: bool,
-    /// Open when failures / requests over the window reach this (0.0..=1.0)...
-    pub failure_ratio: f64,
-    /// ...and the window holds at least this many requests.
-    pub min_requests: u32,
-    pub window: Duration,
-    /// Open after this many failures in a row (0 = off).
-    pub consecutive_failures: u32,
-    /// How long it stays open before letting probes through.
-    pub open_for: Duration,
-    /// Probe requests allowed while half-open; all must succeed to close.
-    pub half_open_probes: u32,
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -285,6 +270,7 @@ impl Breaker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn cfg() -> BreakerConfig {
         BreakerConfig {

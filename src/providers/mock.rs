@@ -26,6 +26,7 @@ use super::{Call, StreamResult, StreamSink};
 use crate::config::ProviderConfig;
 use crate::error::ApiError;
 use crate::formats::codec::{self, StreamEncoder};
+use crate::formats::estimate_tokens;
 use crate::formats::{
     ChatRequest, ChatResponse, FinishReason, Part, PartKind, Role, StreamEvent, Tool, ToolChoice,
 };
@@ -420,11 +421,6 @@ fn prompt_tokens(req: &ChatRequest) -> u64 {
         })
         .sum();
     system + messages + TOKENS_PER_MESSAGE
-}
-
-/// Rough token count of a text: one token per four characters.
-fn estimate_tokens(text: &str) -> u64 {
-    crate::api::openai::estimate_tokens(text)
 }
 
 /// `text` cut into `n` pieces of about equal character counts (some empty when `text` is short).

@@ -19,10 +19,12 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::log::Level;
-pub use crate::pool::breaker::BreakerConfig;
 
-use crate::http::{
-    Limits, BODY_BUFFER_BYTES_MAX_DEFAULT, BODY_BYTES_MAX_DEFAULT, BODY_READ_TIMEOUT_MS_DEFAULT,
+mod limits;
+
+pub use limits::{BreakerConfig, Limits};
+use limits::{
+    BODY_BUFFER_BYTES_MAX_DEFAULT, BODY_BYTES_MAX_DEFAULT, BODY_READ_TIMEOUT_MS_DEFAULT,
     BODY_TIMEOUT_MS_DEFAULT, CONNECTIONS_MAX_DEFAULT, COROUTINE_STACK_KB_DEFAULT,
     HEADER_BYTES_MAX_DEFAULT, HEADER_LINES_MAX_DEFAULT, HEADER_READ_TIMEOUT_MS_DEFAULT,
     IDLE_TIMEOUT_MS_DEFAULT, WRITE_TIMEOUT_MS_DEFAULT,
@@ -30,7 +32,7 @@ use crate::http::{
 
 // ---------------------------------------------------------------------------------------------
 // Defaults and bounds. Each `*_DEFAULT` is what an absent key means; each `*_RANGE` is the
-// inclusive range a present key must fall in (the front's own defaults live in `crate::http`).
+// inclusive range a present key must fall in (the front's own defaults live in `limits`).
 // ---------------------------------------------------------------------------------------------
 
 /// `server.listen`: the API listener.
@@ -43,19 +45,19 @@ pub const ADMIN_LISTEN_DEFAULT: SocketAddr =
 pub const THREADS_DEFAULT: u64 = 0;
 pub const THREADS_RANGE: RangeInclusive<u64> = 0..=1024;
 /// `server.coroutine_stack_kb`, KiB per connection coroutine (default
-/// `crate::http::COROUTINE_STACK_KB_DEFAULT`). 64 KiB floor: 32 KiB overflowed on 100-deep JSON.
+/// `limits::COROUTINE_STACK_KB_DEFAULT`). 64 KiB floor: 32 KiB overflowed on 100-deep JSON.
 pub const COROUTINE_STACK_KB_RANGE: RangeInclusive<u64> = 64..=65_536;
-/// `server.header_lines_max` (default `crate::http::HEADER_LINES_MAX_DEFAULT`).
+/// `server.header_lines_max` (default `limits::HEADER_LINES_MAX_DEFAULT`).
 pub const HEADER_LINES_MAX_RANGE: RangeInclusive<u64> = 1..=4096;
-/// `server.header_bytes_max`, bytes (default `crate::http::HEADER_BYTES_MAX_DEFAULT`).
+/// `server.header_bytes_max`, bytes (default `limits::HEADER_BYTES_MAX_DEFAULT`).
 pub const HEADER_BYTES_MAX_RANGE: RangeInclusive<u64> = 1024..=1024 * 1024;
-/// `server.body_bytes_max`, bytes (default `crate::http::BODY_BYTES_MAX_DEFAULT`).
+/// `server.body_bytes_max`, bytes (default `limits::BODY_BYTES_MAX_DEFAULT`).
 pub const BODY_BYTES_MAX_RANGE: RangeInclusive<u64> = 1..=1024 * 1024 * 1024;
 /// `server.connections_max`, open connections per listener (default
-/// `crate::http::CONNECTIONS_MAX_DEFAULT`).
+/// `limits::CONNECTIONS_MAX_DEFAULT`).
 pub const CONNECTIONS_MAX_RANGE: RangeInclusive<u64> = 1..=1_048_576;
 /// `server.body_buffer_bytes_max`, bytes of request bodies buffered at once per listener (default
-/// `crate::http::BODY_BUFFER_BYTES_MAX_DEFAULT`); also at least `server.body_bytes_max`.
+/// `limits::BODY_BUFFER_BYTES_MAX_DEFAULT`); also at least `server.body_bytes_max`.
 pub const BODY_BUFFER_BYTES_MAX_RANGE: RangeInclusive<u64> = 1..=64 * 1024 * 1024 * 1024;
 /// `server.json_depth_max`: nesting depth of request JSON.
 pub const JSON_DEPTH_MAX_DEFAULT: u64 = 64;
@@ -385,7 +387,7 @@ pub struct ServerConfig {
     pub threads: usize,
     /// Cores for the scheduler threads; empty = may's default placement.
     pub cores: Vec<usize>,
-    /// Front limits and timeouts; defaults are `crate::http`'s constants.
+    /// Front limits and timeouts; defaults are `limits`' constants.
     pub limits: Limits,
     /// Nesting depth of request JSON; default [`JSON_DEPTH_MAX_DEFAULT`].
     pub json_depth_max: usize,
