@@ -1,6 +1,6 @@
-//! The HTTP front's protocol limits and the circuit breaker's settings as validated config
-//! values, with the documented defaults of the front (the config's leaf types: the front and the
-//! pools take them from here).
+//! The HTTP front's protocol limits, the circuit breaker's settings and the translation choices
+//! as validated config values, with the documented defaults of the front (the config's leaf
+//! types: the front, the pools and the codecs take them from here).
 
 use std::time::Duration;
 
@@ -94,4 +94,37 @@ pub struct BreakerConfig {
     pub open_for: Duration,
     /// Probe requests allowed while half-open; all must succeed to close.
     pub half_open_probes: u32,
+}
+
+/// How thinking is asked of an Anthropic model when the client gave only an effort (OpenAI
+/// `reasoning_effort`). Models differ: Claude 4.5 and older know only `Budget`, the newest only
+/// `Adaptive`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ThinkingStyle {
+    /// `thinking: {type: adaptive}` and `output_config.effort`.
+    #[default]
+    Adaptive,
+    /// `thinking: {type: enabled, budget_tokens}` with `crate::formats::thinking_budget_tokens` of the effort.
+    Budget,
+}
+
+/// How a JSON-schema answer is asked of an Anthropic model.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StructuredOutputStyle {
+    /// A tool carrying the schema, forced with `tool_choice`; its `tool_use` input comes back as
+    /// the answer's text. Works on every tool-capable model; disables thinking.
+    #[default]
+    ForcedTool,
+    /// `output_config.format` (native structured outputs, newer models only).
+    OutputFormat,
+}
+
+/// Which field carries the token limit to an OpenAI-format provider.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MaxTokensField {
+    /// `max_completion_tokens` (current OpenAI; required by reasoning models).
+    #[default]
+    MaxCompletionTokens,
+    /// `max_tokens` (older OpenAI-compatible servers).
+    MaxTokens,
 }

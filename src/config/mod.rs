@@ -22,7 +22,7 @@ use crate::log::Level;
 
 mod limits;
 
-pub use limits::{BreakerConfig, Limits};
+pub use limits::{BreakerConfig, Limits, MaxTokensField, StructuredOutputStyle, ThinkingStyle};
 use limits::{
     BODY_BUFFER_BYTES_MAX_DEFAULT, BODY_BYTES_MAX_DEFAULT, BODY_READ_TIMEOUT_MS_DEFAULT,
     BODY_TIMEOUT_MS_DEFAULT, CONNECTIONS_MAX_DEFAULT, COROUTINE_STACK_KB_DEFAULT,
@@ -144,6 +144,10 @@ pub const ANTHROPIC_VERSION_BYTES_MAX: usize = 64;
 /// (Anthropic) when a translated request has none.
 pub const MAX_TOKENS_DEFAULT: u64 = 4096;
 pub const MAX_TOKENS_RANGE: RangeInclusive<u64> = 1..=1_000_000;
+/// `providers.<name>.reasoning_effort`: whether an OpenAI-format provider's models take
+/// `reasoning_effort` (reasoning models do; OpenAI refuses it for the others), for requests
+/// translated from Anthropic clients. Off: their thinking request is dropped.
+pub const REASONING_EFFORT_DEFAULT: bool = false;
 /// `providers.<name>.stream_duration_ms_max`: longest stream, from the upstream's answer head to
 /// its end, before it is ended with an error event. Generous: long generations and reasoning
 /// models stream for minutes; `request_timeout_ms` bounds only the wait for a stream to begin.
@@ -550,6 +554,31 @@ pub fn breaker_default() -> BreakerConfig {
     }
 }
 
+/// How requests translated from another wire format are encoded for one provider (see
+/// `crate::formats`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TranslationConfig {
+    /// Send `reasoning_effort` to an OpenAI-format provider; [`REASONING_EFFORT_DEFAULT`].
+    pub reasoning_effort: bool,
+    /// How an effort becomes Anthropic thinking.
+    pub thinking_style: ThinkingStyle,
+    /// How a JSON-schema answer is asked of Anthropic.
+    pub structured_output: StructuredOutputStyle,
+    /// The token limit field sent to an OpenAI-format provider.
+    pub max_tokens_field: MaxTokensField,
+}
+
+impl Default for TranslationConfig {
+    fn default() -> Self {
+        TranslationConfig {
+            reasoning_effort: REASONING_EFFORT_DEFAULT,
+            thinking_style: ThinkingStyle::default(),
+            structured_output: StructuredOutputStyle::default(),
+            max_tokens_field: MaxTokensField::default(),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct ProviderConfig {
     pub name: String,
@@ -574,6 +603,8 @@ pub struct ProviderConfig {
     pub anthropic_version: String,
     /// `max_tokens` of a translated request without one, for providers that require it.
     pub max_tokens_default: u32,
+    /// How requests of another format are encoded for this provider.
+    pub translation: TranslationConfig,
     pub mock: MockConfig,
     pub pool: PoolConfig,
     pub retry: RetryConfig,
@@ -720,6 +751,7 @@ impl ProviderConfig {
             base_url: String::new(),
             anthropic_version: ANTHROPIC_VERSION_DEFAULT.to_string(),
             max_tokens_default: MAX_TOKENS_DEFAULT as u32,
+            translation: TranslationConfig::default(),
             keys: Vec::new(),
             models: Vec::new(),
             headers: Vec::new(),
@@ -830,6 +862,10 @@ struct ProviderFile {
     ca_file: Option<String>,
     anthropic_version: Option<String>,
     max_tokens_default: Option<u64>,
+    reasoning_effort: Option<bool>,
+    thinking_style: Option<String>,
+    structured_output: Option<String>,
+    max_tokens_field: Option<String>,
     keys: Option<Vec<KeyFile>>,
     mock: Option<MockFile>,
     pool: Option<PoolFile>,
@@ -1437,6 +1473,33 @@ impl Checker<'_> {
                 MAX_TOKENS_DEFAULT,
                 &MAX_TOKENS_RANGE,
             ) as u32,
+            translation: TranslationConfig {
+                reasoning_effort: f.reasoning_effort.unwrap_or(REASONING_EFFORT_DEFAULT),
+                thinking_style: self.choice(
+                    &format!("{at}.thinking_style"),
+                    f.thinking_style.as_deref(),
+                    &[
+                        ("adaptive", ThinkingStyle::Adaptive),
+                        ("budget", ThinkingStyle::Budget),
+                    ],
+                ),
+                structured_output: self.choice(
+                    &format!("{at}.structured_output"),
+                    f.structured_output.as_deref(),
+                    &[
+                        ("forced_tool", StructuredOutputStyle::ForcedTool),
+                        ("output_format", StructuredOutputStyle::OutputFormat),
+                    ],
+                ),
+                max_tokens_field: self.choice(
+                    &format!("{at}.max_tokens_field"),
+                    f.max_tokens_field.as_deref(),
+                    &[
+                        ("max_completion_tokens", MaxTokensField::MaxCompletionTokens),
+                        ("max_tokens", MaxTokensField::MaxTokens),
+                    ],
+                ),
+            },
             stream_idle_timeout: self.timeout(
                 &format!("{at}.stream_idle_timeout_ms"),
                 f.stream_idle_timeout_ms,
@@ -1632,6 +1695,22 @@ impl Checker<'_> {
             ),
             timeout: self.timeout(&key("timeout_ms"), f.timeout_ms, HEALTH_TIMEOUT_MS_DEFAULT),
         }
+    }
+
+    /// One of `options` by name; the first option when absent.
+    fn choice<T: Copy>(&mut self, key: &str, value: Option<&str>, options: &[(&str, T)]) -> T {
+        let Some(value) = value else {
+            return options[0].1;
+        };
+        if let Some((_, v)) = options.iter().find(|(name, _)| *name == value) {
+            return *v;
+        }
+        let names: Vec<String> = options.iter().map(|(n, _)| format!("{n:?}")).collect();
+        self.error(
+            key,
+            format!("expected one of {} (found {value:?})", names.join(", ")),
+        );
+        options[0].1
     }
 
     /// A visible-ASCII header value, at most [`ANTHROPIC_VERSION_BYTES_MAX`] bytes.
@@ -2396,9 +2475,18 @@ worker_stack_kb = 64
             uncommented.contains("\n[providers.ollama]\n"),
             "{uncommented}"
         );
-        let env = [("OPENAI_API_KEY", "sk-o"), ("OLLAMA_API_KEY", "ollama")];
+        let env = [
+            ("OPENAI_API_KEY", "sk-o"),
+            ("OLLAMA_API_KEY", "ollama"),
+            ("ANTHROPIC_API_KEY", "sk-ant"),
+        ];
         let c = check_with(&uncommented, &env, Some(CORES)).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.providers["openai"].base_url, "https://api.openai.com/v1");
+        assert_eq!(
+            c.providers["anthropic"].base_url,
+            "https://api.anthropic.com"
+        );
+        assert_eq!(c.providers["anthropic"].kind, ProviderType::Anthropic);
         assert_eq!(c.providers["ollama"].base_url, "http://127.0.0.1:11434/v1");
         assert_eq!(c.providers["openai"].pool.queue_policy, QueuePolicy::Block);
     }

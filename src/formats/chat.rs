@@ -110,7 +110,7 @@ pub struct ChatRequest {
     pub source: Format,
     /// Top-level fields of the source format the neutral model has no slot for, in the order
     /// they came, re-emitted unchanged when encoding to the same format. Encoding to another
-    /// format either drops each one or rejects the request (see `formats/README.md`).
+    /// format either drops each one or rejects the request (see the README, Translation).
     pub extra: Vec<(String, RawJson)>,
 }
 

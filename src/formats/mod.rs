@@ -3,7 +3,7 @@
 //! client's request into the neutral model, the neutral model into a provider's request, a
 //! provider's response and stream back into the neutral model, and that into the client's format.
 //! Pure functions and small state machines: no I/O, no clocks except the `created` stamp of an
-//! OpenAI answer that lacks one. What each direction drops or rejects: `formats/README.md`.
+//! OpenAI answer that lacks one. What each direction drops or rejects: the README's Translation section.
 
 pub mod anthropic;
 pub mod chat;
@@ -99,38 +99,7 @@ pub struct UpstreamError {
     pub code: Option<String>,
 }
 
-/// How thinking is asked of an Anthropic model when the client gave only an effort (OpenAI
-/// `reasoning_effort`). Models differ: Claude 4.5 and older know only `Budget`, the newest only
-/// `Adaptive`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum ThinkingStyle {
-    /// `thinking: {type: adaptive}` and `output_config.effort`.
-    #[default]
-    Adaptive,
-    /// `thinking: {type: enabled, budget_tokens}` with [`thinking_budget_tokens`] of the effort.
-    Budget,
-}
-
-/// How a JSON-schema answer is asked of an Anthropic model.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum StructuredOutputStyle {
-    /// A tool carrying the schema, forced with `tool_choice`; its `tool_use` input comes back as
-    /// the answer's text. Works on every tool-capable model; disables thinking.
-    #[default]
-    ForcedTool,
-    /// `output_config.format` (native structured outputs, newer models only).
-    OutputFormat,
-}
-
-/// Which field carries the token limit to an OpenAI-format provider.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum MaxTokensField {
-    /// `max_completion_tokens` (current OpenAI; required by reasoning models).
-    #[default]
-    MaxCompletionTokens,
-    /// `max_tokens` (older OpenAI-compatible servers).
-    MaxTokens,
-}
+pub use crate::config::{MaxTokensField, StructuredOutputStyle, ThinkingStyle};
 
 /// What a provider's request encoder may decide on its own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

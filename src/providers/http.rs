@@ -95,7 +95,11 @@ impl HttpProvider {
             tls: tls_config(cfg)?,
             encode: EncodeOptions {
                 max_tokens_default: cfg.max_tokens_default,
-                ..EncodeOptions::default()
+                stream_usage: true,
+                thinking_style: cfg.translation.thinking_style,
+                structured_output_style: cfg.translation.structured_output,
+                max_tokens_field: cfg.translation.max_tokens_field,
+                reasoning_effort: cfg.translation.reasoning_effort,
             },
         })
     }

@@ -221,8 +221,8 @@ impl MockProvider {
     }
 
     /// Stream the answer in the client's format: the text in `stream_chunks` pieces (or the tool
-    /// call's arguments in as many fragments; at most one per character) `chunk_delay` apart,
-    /// then the finish and the usage.
+    /// call's arguments in as many fragments) `chunk_delay` apart, then the finish and the usage.
+    /// A piece left empty (a text shorter than `stream_chunks`) is sent as a keep-alive.
     /// The stream keeps the bounds a real upstream's is held to (see [`MockProvider::pace`]).
     pub fn call_stream(
         &self,
@@ -277,6 +277,9 @@ impl MockProvider {
             _ => (PartKind::Text, "", ""),
         };
         let piece_of = |s: &str| match kind {
+            // An empty piece is no delta in any client API; a keep-alive keeps the cadence (and
+            // lets a client that left be noticed at the next write).
+            _ if s.is_empty() => StreamEvent::Ping,
             PartKind::ToolCall { .. } => StreamEvent::ToolArgsDelta {
                 index: 0,
                 json: s.to_string(),
@@ -299,9 +302,7 @@ impl MockProvider {
         ) {
             return Ok(done(None));
         }
-        // At most one piece per character: an empty delta is no event in any client format.
-        let pieces = self.stream_chunks.min(whole.chars().count()).max(1);
-        for piece in split_even(whole, pieces) {
+        for piece in split_even(whole, self.stream_chunks) {
             match self.pace(call, until) {
                 Ok(true) => {}
                 Ok(false) => return Ok(done(None)),

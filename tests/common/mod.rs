@@ -432,6 +432,10 @@ impl Conn {
             pending.push_str(&data);
             while let Some(end) = pending.find("\n\n") {
                 let event: String = pending.drain(..end + 2).collect();
+                // A comment-only event (`: keep-alive`) is no event to an SSE client.
+                if event.trim_end().lines().all(|l| l.starts_with(':')) {
+                    continue;
+                }
                 let payload = event
                     .trim_end()
                     .strip_prefix("data: ")
