@@ -95,6 +95,15 @@ impl StreamDecoder {
         }
     }
 
+    /// At the end of the provider's stream: whether it ended as the format requires (an error
+    /// when its terminator never came, for the formats that have one).
+    pub fn finish(&self) -> Result<(), FormatError> {
+        match self {
+            StreamDecoder::OpenAiChat(d) => d.finish(),
+            StreamDecoder::Anthropic(d) => d.finish(),
+        }
+    }
+
     /// Whether the stream's terminator was read.
     pub fn is_complete(&self) -> bool {
         match self {

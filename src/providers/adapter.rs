@@ -5,6 +5,8 @@
 
 use std::borrow::Cow;
 
+use crate::error::ApiError;
+
 pub use crate::formats::Format;
 use crate::job::ClientRequest;
 
@@ -18,6 +20,24 @@ pub enum Operation {
     CountTokens,
 }
 
+/// How an upstream frames a streamed answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// Server-Sent Events (`text/event-stream`).
+    Sse,
+}
+
+/// One upstream request as it will be sent, for the adapter to authenticate: the final URL,
+/// the headers so far (the adapter appends its own) and the body (a signature covers it).
+pub struct Outgoing<'a> {
+    pub method: &'static str,
+    pub url: &'a str,
+    pub headers: &'a mut Headers,
+    pub body: &'a [u8],
+    /// What the client sent, for headers passed on from it (e.g. `anthropic-beta`).
+    pub client: &'a ClientRequest,
+}
+
 pub trait Adapter: Send + Sync {
     /// The wire format of the upstream.
     fn format(&self) -> Format;
@@ -26,9 +46,15 @@ pub trait Adapter: Send + Sync {
     /// executor then answers without calling it, e.g. a token count estimate).
     fn url(&self, operation: Operation, model: &str, stream: bool) -> Option<String>;
 
-    /// Authentication (`key`) and protocol headers of one request. `client` is what the client
-    /// sent, for headers passed on from it (e.g. `anthropic-beta`).
-    fn authorize(&self, key: &str, client: &ClientRequest, headers: &mut Headers);
+    /// Authentication (`key`, the secret the key pool chose) and protocol headers of one
+    /// request. Runs on the worker thread and may block briefly (a token refresh); an error ends
+    /// the attempt (the client gets it).
+    fn authorize(&self, key: &str, req: &mut Outgoing<'_>) -> Result<(), ApiError>;
+
+    /// How the upstream frames a streamed answer, and the `accept` header that asks for it.
+    fn framing(&self) -> (Framing, &'static str) {
+        (Framing::Sse, "text/event-stream")
+    }
 
     /// `GET <path>` with `key` for health probes: the URL and the headers.
     fn probe(&self, path: &str, key: &str) -> (String, Headers);

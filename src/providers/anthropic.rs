@@ -3,8 +3,8 @@
 //! `anthropic-version`. A client that spoke Anthropic has its `anthropic-version` and
 //! `anthropic-beta` headers passed on; other clients get the provider's configured version.
 
-use super::adapter::{forwarded, Adapter, Format, Headers, Operation};
-use crate::job::ClientRequest;
+use super::adapter::{forwarded, Adapter, Format, Headers, Operation, Outgoing};
+use crate::error::ApiError;
 
 pub struct AnthropicAdapter {
     /// `base_url` without a trailing `/`, e.g. `https://api.anthropic.com`.
@@ -34,13 +34,17 @@ impl Adapter for AnthropicAdapter {
         })
     }
 
-    fn authorize(&self, key: &str, client: &ClientRequest, headers: &mut Headers) {
-        headers.push(("x-api-key".into(), key.to_string()));
+    fn authorize(&self, key: &str, req: &mut Outgoing<'_>) -> Result<(), ApiError> {
+        let client = req.client;
+        req.headers.push(("x-api-key".into(), key.to_string()));
         let version = forwarded(client, "anthropic-version").unwrap_or(&self.version);
-        headers.push(("anthropic-version".into(), version.to_string()));
+        req.headers
+            .push(("anthropic-version".into(), version.to_string()));
         if let Some(beta) = forwarded(client, "anthropic-beta") {
-            headers.push(("anthropic-beta".into(), beta.to_string()));
+            req.headers
+                .push(("anthropic-beta".into(), beta.to_string()));
         }
+        Ok(())
     }
 
     fn probe(&self, path: &str, key: &str) -> (String, Headers) {

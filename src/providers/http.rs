@@ -8,7 +8,7 @@ use std::io::{BufReader, Read};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::adapter::{Adapter, Headers, Operation};
+use super::adapter::{Adapter, Headers, Operation, Outgoing};
 use super::keys::{KeyPolicy, KeyPool, KeySnapshot, ModelMark, NoKey, ProbeOutcome};
 use super::redact::Redactor;
 use super::retry::{backoff, parse_retry_after};
@@ -449,30 +449,35 @@ impl HttpProvider {
         } else {
             builder.timeout_global(Some(remaining))
         };
+        let client = &call.job.request;
         let mut headers: Headers = Vec::with_capacity(8 + self.headers.len());
-        self.adapter
-            .authorize(self.keys.secret(key), &call.job.request, &mut headers);
-        let mut req = builder
-            .build()
-            .header("content-type", "application/json")
-            .header(
-                "accept",
-                if stream {
-                    "text/event-stream"
-                } else {
-                    "application/json"
-                },
-            );
-        for (name, value) in headers.iter() {
-            req = req.header(name.as_ref(), value.as_str());
-        }
-        for (name, value) in &call.job.request.forward_headers {
+        headers.push(("content-type".into(), "application/json".into()));
+        let accept = match stream {
+            true => self.adapter.framing().1,
+            false => "application/json",
+        };
+        headers.push(("accept".into(), accept.into()));
+        for (name, value) in &client.forward_headers {
             if *name == "x-request-id" {
-                req = req.header(*name, value.as_str());
+                headers.push(((*name).into(), value.clone()));
             }
         }
         for (name, value) in &self.headers {
-            req = req.header(name.as_str(), value.as_str());
+            headers.push((name.clone().into(), value.clone()));
+        }
+        self.adapter.authorize(
+            self.keys.secret(key),
+            &mut Outgoing {
+                method: "POST",
+                url: &prepared.url,
+                headers: &mut headers,
+                body: &prepared.body,
+                client,
+            },
+        )?;
+        let mut req = builder.build();
+        for (name, value) in headers.iter() {
+            req = req.header(name.as_ref(), value.as_str());
         }
         req.send(&prepared.body[..]).map_err(|e| {
             if call.job.ctl.is_cancelled() {
@@ -534,16 +539,18 @@ impl HttpProvider {
                     convert.event(event.name, data, &mut out)
                 }
                 Ok(None) => {
-                    let error = ApiError::new(
-                        ErrorKind::UpstreamInvalid,
-                        "upstream_stream_truncated",
-                        format!(
-                            "provider {}: the stream ended without {}",
-                            self.name,
-                            convert.terminator()
-                        ),
-                    );
-                    return Ok(end(Some(error), convert.usage()));
+                    return Ok(match convert.end_of_body(&mut out) {
+                        Ok(()) => {
+                            if !out.is_empty() && sink.event(std::mem::take(&mut out)) {
+                                sink.complete();
+                            }
+                            end(None, convert.usage())
+                        }
+                        Err(mut e) => {
+                            e.message = format!("provider {}: {}", self.name, e.message).into();
+                            end(Some(e), convert.usage())
+                        }
+                    });
                 }
                 Err(e) => {
                     let error = if call.job.ctl.is_cancelled() {

@@ -1,8 +1,8 @@
 //! The `openai` provider: OpenAI Chat Completions over HTTPS or HTTP, for OpenAI itself and every
 //! compatible server (vLLM, Ollama, Groq, Together, ...). `Authorization: Bearer <key>`.
 
-use super::adapter::{Adapter, Format, Headers, Operation};
-use crate::job::ClientRequest;
+use super::adapter::{Adapter, Format, Headers, Operation, Outgoing};
+use crate::error::ApiError;
 
 pub struct OpenAiAdapter {
     /// `base_url` without a trailing `/`, e.g. `https://api.openai.com/v1`.
@@ -29,8 +29,10 @@ impl Adapter for OpenAiAdapter {
         }
     }
 
-    fn authorize(&self, key: &str, _client: &ClientRequest, headers: &mut Headers) {
-        headers.push(("authorization".into(), format!("Bearer {key}")));
+    fn authorize(&self, key: &str, req: &mut Outgoing<'_>) -> Result<(), ApiError> {
+        req.headers
+            .push(("authorization".into(), format!("Bearer {key}")));
+        Ok(())
     }
 
     fn probe(&self, path: &str, key: &str) -> (String, Headers) {

@@ -374,6 +374,16 @@ pub trait StreamConvert {
     fn take_reported_error(&mut self) -> Option<ApiError> {
         None
     }
+
+    /// The upstream's body ended: `Ok` (with what closes the client's stream appended to `out`)
+    /// when that is a complete stream in its format, else the error the client gets.
+    fn end_of_body(&mut self, _out: &mut Vec<u8>) -> Result<(), ApiError> {
+        Err(ApiError::new(
+            ErrorKind::UpstreamInvalid,
+            "upstream_stream_truncated",
+            format!("the stream ended without {}", self.terminator()),
+        ))
+    }
 }
 
 /// The converter for a stream from an upstream of `wire` in `mode`. `wants_usage`: the client
@@ -459,6 +469,18 @@ impl StreamConvert for Translated {
 
     fn terminator(&self) -> &'static str {
         self.terminator
+    }
+
+    fn end_of_body(&mut self, out: &mut Vec<u8>) -> Result<(), ApiError> {
+        self.decoder.finish().map_err(|e| {
+            ApiError::new(
+                ErrorKind::UpstreamInvalid,
+                "upstream_stream_truncated",
+                e.message,
+            )
+        })?;
+        self.encoder.finish(out);
+        Ok(())
     }
 }
 
