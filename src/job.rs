@@ -33,7 +33,7 @@ pub struct Timings {
 pub enum Reply {
     Full(Box<FullReply>),
     /// The upstream accepted the request and its events follow.
-    StreamStart(Box<Timings>),
+    StreamStart(Box<StreamStart>),
     /// One complete Server-Sent Event (`data: ...\n\n`), to be written as it is.
     Event(Vec<u8>),
     /// The stream is over: cleanly, or with an error to send as a final error event.
@@ -47,6 +47,13 @@ pub enum Reply {
 pub struct FullReply {
     pub result: Result<Answer, ApiError>,
     pub timings: Timings,
+}
+
+/// A stream began: where the time went so far, and the upstream's headers for the client
+/// (rate-limit state).
+pub struct StreamStart {
+    pub timings: Timings,
+    pub headers: Vec<(&'static str, String)>,
 }
 
 /// How a stream ended, with the usage it reported.

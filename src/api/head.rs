@@ -128,15 +128,16 @@ impl<'de> Deserialize<'de> for Seen {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Seen, A::Error> {
                 let mut seen = Seen::default();
-                let mut names: std::collections::HashSet<std::borrow::Cow<'de, str>> =
-                    std::collections::HashSet::new();
+                // A request has a handful of fields: a linear search beats hashing them.
+                let mut names: Vec<std::borrow::Cow<'de, str>> = Vec::with_capacity(16);
                 while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
                     if names.len() == TOP_LEVEL_FIELDS_MAX {
                         return Err(serde::de::Error::custom(TOO_MANY_FIELDS));
                     }
-                    if !names.insert(key.clone()) {
+                    if names.contains(&key) {
                         return Err(serde::de::Error::custom(DUPLICATE_FIELD));
                     }
+                    names.push(key.clone());
                     match key.as_ref() {
                         "model" => seen.model = Some(lenient(&mut map)?),
                         "stream" => seen.stream = Some(lenient(&mut map)?),

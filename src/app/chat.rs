@@ -12,7 +12,8 @@ use crate::api::RouteHead;
 use crate::error::{ApiError, ErrorKind};
 use crate::http::{Request, Response};
 use crate::job::{
-    CancelReason, ClientApi, ClientRequest, FullReply, Job, Reply, ReplyChannel, REPLY_GRACE,
+    CancelReason, ClientApi, ClientRequest, FullReply, Job, Reply, ReplyChannel, StreamStart,
+    REPLY_GRACE,
 };
 use crate::log::{self, AccessRecord};
 use crate::objpool::Pooled;
@@ -213,7 +214,8 @@ impl Gateway {
                     Attempt::Done(Ok(resp))
                 }
             }
-            Reply::StreamStart(timings) => {
+            Reply::StreamStart(start) => {
+                let StreamStart { timings, headers } = *start;
                 rec.queue_wait_us = timings.queue_wait.as_micros() as u64;
                 rec.upstream_us = timings.upstream.map_or(0, |d| d.as_micros() as u64);
                 rec.status = 200;
@@ -227,6 +229,7 @@ impl Gateway {
                 );
                 let mut resp = Response::stream(200, "text/event-stream", Box::new(stream));
                 resp.headers.push(("cache-control", "no-cache".to_string()));
+                resp.headers.extend(headers);
                 resp.headers
                     .push((PROVIDER_HEADER, pool.name().to_string()));
                 Attempt::Done(Ok(resp))

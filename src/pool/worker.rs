@@ -11,8 +11,8 @@ use super::idle::Parker;
 use super::{shutting_down, Shared, WORKER_POLL};
 use crate::error::{ApiError, ErrorKind};
 use crate::job::{
-    ms_at, Answer, CancelReason, Job, JobCtl, Reply, Timings, Usage, STREAM_BYTES_IN_FLIGHT_MAX,
-    STREAM_EVENTS_IN_FLIGHT_MAX,
+    ms_at, Answer, CancelReason, Job, JobCtl, Reply, StreamStart, Timings, Usage,
+    STREAM_BYTES_IN_FLIGHT_MAX, STREAM_EVENTS_IN_FLIGHT_MAX,
 };
 use crate::providers::sse::stream_idle_error;
 use crate::providers::{Call, StreamResult, StreamSink, WorkerCtx};
@@ -396,7 +396,7 @@ impl Sink<'_> {
 }
 
 impl StreamSink for Sink<'_> {
-    fn start(&mut self) -> bool {
+    fn start(&mut self, headers: Vec<(&'static str, String)>) -> bool {
         let ctl = &self.job.ctl;
         if ctl.is_cancelled() {
             return false;
@@ -409,7 +409,10 @@ impl StreamSink for Sink<'_> {
         };
         self.job
             .reply
-            .send(Reply::StreamStart(Box::new(timings)))
+            .send(Reply::StreamStart(Box::new(StreamStart {
+                timings,
+                headers,
+            })))
             .is_ok()
     }
 

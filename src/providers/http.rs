@@ -513,7 +513,7 @@ impl HttpProvider {
             &call.job.upstream_model,
         );
         let end = |error, usage| StreamResult::Streamed { error, usage };
-        if !sink.start() {
+        if !sink.start(relayed_headers(resp.headers())) {
             return Ok(end(None, Usage::default()));
         }
         let reader = resp
@@ -685,21 +685,10 @@ impl HttpProvider {
         Ok(answer)
     }
 
-    /// Read a whole answer: status, content type, the relayed headers (a `Retry-After` only when
-    /// it is a delay or a date), body.
+    /// Read a whole answer: status, content type, the relayed headers, body.
     fn read_whole(&self, mut resp: ureq::http::Response<ureq::Body>) -> Result<Answer, ApiError> {
         let status = resp.status().as_u16();
-        let mut headers = Vec::new();
-        for name in translate::RELAYED_HEADERS {
-            let Some(v) = resp.headers().get(name).and_then(|v| v.to_str().ok()) else {
-                continue;
-            };
-            if name == "retry-after" && parse_retry_after(v, std::time::SystemTime::now()).is_none()
-            {
-                continue;
-            }
-            headers.push((name, v.to_string()));
-        }
+        let headers = relayed_headers(resp.headers());
         let json = resp
             .headers()
             .get("content-type")
@@ -854,6 +843,22 @@ fn connect_probe(url: &str, timeout: Duration) -> Result<(), String> {
     std::net::TcpStream::connect_timeout(&addr, timeout)
         .map(|_| ())
         .map_err(|e| format!("connect failed: {}", e.kind()))
+}
+
+/// The upstream's response headers passed on to the client (rate-limit state; a `Retry-After`
+/// only when it is a delay or a date).
+fn relayed_headers(from: &ureq::http::HeaderMap) -> Vec<(&'static str, String)> {
+    let mut headers = Vec::new();
+    for name in translate::RELAYED_HEADERS {
+        let Some(v) = from.get(name).and_then(|v| v.to_str().ok()) else {
+            continue;
+        };
+        if name == "retry-after" && parse_retry_after(v, std::time::SystemTime::now()).is_none() {
+            continue;
+        }
+        headers.push((name, v.to_string()));
+    }
+    headers
 }
 
 /// Whether an attempt's error counts against the provider in its circuit breaker: no answer, a

@@ -233,7 +233,7 @@ impl MockProvider {
         let reply = self.reply(call)?;
         let usage = reply.usage;
         let done = |error| StreamResult::Streamed { error, usage };
-        if !sink.start() {
+        if !sink.start(Vec::new()) {
             return Ok(done(None));
         }
         let until = Instant::now() + call.stream_duration_max;

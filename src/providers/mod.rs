@@ -38,8 +38,9 @@ pub struct Call<'a> {
 
 /// Where a provider delivers a streamed answer, event by event.
 pub trait StreamSink {
-    /// The upstream accepted the request: the client's stream begins. False: stop (client gone).
-    fn start(&mut self) -> bool;
+    /// The upstream accepted the request: the client's stream begins, with `headers` of the
+    /// upstream's answer passed on (rate-limit state). False: stop (client gone).
+    fn start(&mut self, headers: Vec<(&'static str, String)>) -> bool;
     /// Complete events in the client's format; also counts as activity of the stream. False:
     /// stop reading (the job was stopped, or its client does not read; the worker reports why).
     fn event(&mut self, bytes: Vec<u8>) -> bool;

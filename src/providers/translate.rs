@@ -187,50 +187,83 @@ impl<'de> Deserialize<'de> for Fields<'de> {
 
 /// The client's body for an upstream of the same format: `model` replaced by `upstream_model`,
 /// `fallbacks` removed, and for an OpenAI stream `stream_options.include_usage` set (the gateway
-/// always learns the usage; the usage chunk reaches the client only when it asked). Every other
-/// field is copied as the client wrote it, in its order.
+/// always learns the usage; the usage chunk reaches the client only when it asked). Everything
+/// else is copied byte for byte: the edits are spliced into the client's own text (keys,
+/// escapes, order and whitespace kept).
 pub fn rewrite_passthrough(
     body: &[u8],
     upstream_model: &str,
     force_stream_usage: bool,
     out: &mut Vec<u8>,
 ) -> Result<(), ApiError> {
-    let Fields(fields) = serde_json::from_slice(body).map_err(|e| {
+    let invalid = |e: serde_json::Error| {
         ApiError::bad_request(
             "invalid_json",
             format!("the request body is not a valid JSON object: {e}"),
         )
-    })?;
-    out.reserve(body.len() + upstream_model.len() + 48);
-    out.push(b'{');
-    write_json_str(out, "model");
-    out.push(b':');
-    write_json_str(out, upstream_model);
-    let mut stream_options = None;
-    for (key, value) in &fields {
+    };
+    let Fields(fields) = serde_json::from_slice(body).map_err(invalid)?;
+    // Where each member's value lies in `body` (serde_json borrows raw values from the input).
+    let base = body.as_ptr() as usize;
+    let span = |raw: &RawValue| {
+        let start = raw.get().as_ptr() as usize - base;
+        (start, start + raw.get().len())
+    };
+    let open = body.iter().position(|&b| b == b'{').unwrap_or(0);
+    let close = body.iter().rposition(|&b| b == b'}').unwrap_or(body.len());
+    // (start, end, replacement) of every edit, in body order.
+    let mut edits: Vec<(usize, usize, Vec<u8>)> = Vec::with_capacity(3);
+    let mut has_options = false;
+    for (i, (key, value)) in fields.iter().enumerate() {
+        let (start, end) = span(value);
         match key.as_ref() {
-            "model" | FALLBACKS_FIELD => continue,
+            "model" => {
+                let mut model = Vec::with_capacity(upstream_model.len() + 2);
+                write_json_str(&mut model, upstream_model);
+                edits.push((start, end, model));
+            }
+            FALLBACKS_FIELD => {
+                // The member goes with the comma that separates it from its neighbour.
+                let cut = match i.checked_sub(1) {
+                    Some(prev) => (span(fields[prev].1).1, end),
+                    None => {
+                        let next_comma = body[end..close]
+                            .iter()
+                            .position(|&b| b == b',')
+                            .map_or(close, |at| end + at + 1);
+                        (open + 1, next_comma)
+                    }
+                };
+                edits.push((cut.0, cut.1, Vec::new()));
+            }
             "stream_options" if force_stream_usage => {
-                stream_options = Some(*value);
-                continue;
+                has_options = true;
+                let mut options: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_str(value.get()).unwrap_or_default();
+                options.insert("include_usage".into(), serde_json::Value::Bool(true));
+                // Serializing a map of JSON values cannot fail.
+                let text = serde_json::to_vec(&options).unwrap_or_default();
+                edits.push((start, end, text));
             }
             _ => {}
         }
-        out.push(b',');
-        write_json_str(out, key);
-        out.push(b':');
-        out.extend_from_slice(value.get().as_bytes());
     }
-    if force_stream_usage {
-        let mut options: serde_json::Map<String, serde_json::Value> = stream_options
-            .and_then(|raw| serde_json::from_str(raw.get()).ok())
-            .unwrap_or_default();
-        options.insert("include_usage".into(), serde_json::Value::Bool(true));
-        out.extend_from_slice(b",\"stream_options\":");
-        // Serializing a map of JSON values into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut *out, &options);
+    if force_stream_usage && !has_options {
+        let member = b",\"stream_options\":{\"include_usage\":true}".to_vec();
+        edits.push((close, close, member));
     }
-    out.push(b'}');
+    edits.sort_by_key(|e| e.0);
+    out.reserve(body.len() + upstream_model.len() + 48);
+    let mut at = 0;
+    for (start, end, replacement) in edits {
+        if start < at {
+            continue;
+        }
+        out.extend_from_slice(&body[at..start]);
+        out.extend_from_slice(&replacement);
+        at = end;
+    }
+    out.extend_from_slice(&body[at..]);
     Ok(())
 }
 
@@ -621,7 +654,15 @@ mod tests {
         rewrite_passthrough(body, "gpt-4o", false, &mut out).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            r#"{"model":"gpt-4o","temperature":0.5,"x_unknown":{"a":[1,2]},"messages":[{"role":"user","content":"hi"}]}"#
+            r#"{"temperature":0.5,"model":"gpt-4o","x_unknown":{"a":[1,2]},"messages":[{"role":"user","content":"hi"}]}"#
+        );
+        // Keys with escapes, whitespace and a leading `fallbacks` stay as written.
+        let body = br#" { "fallbacks" : ["a/b"] , "caf\u00e9" : "x\/y",  "model":"m" } "#;
+        let mut out = Vec::new();
+        rewrite_passthrough(body, "u", false, &mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#" { "caf\u00e9" : "x\/y",  "model":"u" } "#
         );
     }
 
