@@ -296,3 +296,37 @@ def test_beta_messages_pass_headers_to_an_anthropic_provider(client, gateway):
     assert headers["anthropic-version"] == sent.headers["anthropic-version"]
     assert headers["anthropic-beta"] == "context-management-2025-06-27,interleaved-thinking-2025-05-14"
     assert headers["x-request-id"] == raw.headers["x-request-id"]
+
+
+def test_rate_limited_upstream_keeps_its_retry_after(client):
+    with pytest.raises(anthropic.RateLimitError) as e:
+        client.messages.create(
+            model="anth/status-429", max_tokens=8, messages=[{"role": "user", "content": "x"}]
+        )
+    assert e.value.body["error"]["type"] == "rate_limit_error"
+    assert e.value.response.headers["retry-after"] == "1"
+
+
+@pytest.mark.parametrize("kind", ["anthropic", "openai"])
+def test_a_mid_stream_failure_ends_with_an_error_event(client, gateway, kind):
+    # The bench mock sends 3 content chunks, then its API's error event.
+    model = MODELS[kind].split("/")[0] + "/chunks-8-failafter-3"
+    messages = [{"role": "user", "content": "a long enough answer to cut"}]
+    body = {"model": model, "max_tokens": 64, "stream": True, "messages": messages}
+    r, events = raw_stream(gateway, body)
+    assert r.status_code == 200
+    names = [n for n, _ in events if n != "ping"]
+    assert names[:2] == ["message_start", "content_block_start"], names
+    assert names[2:5] == ["content_block_delta"] * 3, names
+    assert names[-1] == "error" and "message_stop" not in names, names
+    error = events[-1][1]
+    assert error["type"] == "error" and error["error"]["type"] and error["error"]["message"]
+
+    received = []
+    with pytest.raises(anthropic.APIStatusError) as e:
+        with client.messages.stream(model=model, max_tokens=64, messages=messages) as stream:
+            for text in stream.text_stream:
+                received.append(text)
+    assert received, "the text before the failure arrived"
+    assert e.value.body["type"] == "error"
+    assert "mid-stream failure" in e.value.body["error"]["message"]
