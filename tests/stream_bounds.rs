@@ -197,8 +197,15 @@ fn gateway(up: &Upstream, extra: &str, pool: &str) -> Gateway {
 }
 
 fn stream(gw: &Gateway, model: &str) -> SseResponse {
+    stream_of(gw, model, "x")
+}
+
+/// A streamed chat request saying `content`. The built-in mock streams its answer (`mock:
+/// <content>`) in at most one chunk per character, so a mock stream of N chunks needs a content
+/// of at least N characters.
+fn stream_of(gw: &Gateway, model: &str, content: &str) -> SseResponse {
     let mut c = Conn::new(gw.api);
-    c.send(&stream_request(model, "x", false));
+    c.send(&stream_request(model, content, false));
     c.sse_response()
         .unwrap_or_else(|| panic!("{model}: the stream was cut without its end"))
 }
@@ -237,9 +244,12 @@ fn a_healthy_stream_outlives_the_request_timeout() {
         BOUNDS.replace("providers.up", "providers.mock")
     );
     let gw = Gateway::start(&cfg);
-    let r = stream(&gw, "mock/m");
+    let content = "x".repeat(20);
+    let t0 = Instant::now();
+    let r = stream_of(&gw, "mock/m", &content);
+    assert!(t0.elapsed() >= Duration::from_millis(1500), "a 2 s stream");
     assert_eq!(r.events.last().map(|e| e.0.as_str()), Some("[DONE]"));
-    assert_eq!(r.content(), "mock: x");
+    assert_eq!(r.content(), format!("mock: {content}"));
     assert_eq!(counter(&gw, "mock", "stalled_workers"), 0);
     assert_eq!(counter(&gw, "mock", "stream_errors"), 0);
 }
@@ -318,7 +328,8 @@ fn a_stream_past_its_longest_duration_ends_with_an_error_event() {
         BOUNDS.replace("providers.up", "providers.mock")
     );
     let gw = Gateway::start(&cfg);
-    let r = stream(&gw, "mock/m");
+    // 100 chunks 100 ms apart: 10 s, cut at 1.5 s.
+    let r = stream_of(&gw, "mock/m", &"x".repeat(100));
     assert_eq!(error_code(&r).as_deref(), Some("stream_duration_exceeded"));
     assert_eq!(counter(&gw, "mock", "stalled_workers"), 0);
 }

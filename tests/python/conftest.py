@@ -1,18 +1,32 @@
-"""Fixtures for the SDK tests: start the real gateway and bench mock binaries on free loopback ports
-and stop them afterwards."""
+"""Fixtures for the SDK and client tests: start the real gateway and bench mock binaries on free
+loopback ports and stop them afterwards.
 
+The gateway serves three kinds of provider, each by its own model prefix:
+- `mock/...`: the built-in mock (models `gpt-4o-mini`, `echo`);
+- `up/...`: an `openai` provider on the bench mock's Chat Completions;
+- `anth/...`: an `anthropic` provider on the bench mock's Messages API.
+Every made-up string (tool arguments, structured answers) is TOOL_TEXT on both mocks.
+"""
+
+import json
 import os
 import pathlib
 import subprocess
 import tempfile
 import threading
 import time
+import urllib.request
 
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug"
 UPSTREAM_KEY = "sk-sdk-test-upstream"
+# What both mocks put in every string they make up: a shell command, so that a client that runs a
+# Bash tool call (Claude Code) gets a known result.
+TOOL_TEXT = "echo hello"
+# The model of each provider kind, by the API its upstream speaks.
+MODELS = {"anthropic": "anth/claude-test", "openai": "up/gpt-test", "mock": "mock/echo"}
 
 
 class Proc:
@@ -71,7 +85,9 @@ def binary(name):
 
 @pytest.fixture(scope="session")
 def mock():
-    p = Proc([binary("deepintshield-mock"), "--listen", "127.0.0.1:0", "--threads", "1"])
+    p = Proc(
+        [binary("deepintshield-mock"), "--listen", "127.0.0.1:0", "--threads", "1", "--tool-text", TOOL_TEXT]
+    )
     addr = p.first_line.rsplit(" ", 1)[1]
     yield addr
     p.stop()
@@ -92,10 +108,30 @@ stdout_interval_ms = 0
 type = "mock"
 models = ["gpt-4o-mini", "echo"]
 
+[providers.mock.mock]
+tool_text = "{TOOL_TEXT}"
+
+# The bench mock's 429/503/529 carry Retry-After: 1; capping the wait keeps the fault tests short.
+# The breakers are off: fault tests fail on purpose, and the breaker has tests of its own.
 [providers.up]
 type = "openai"
 base_url = "http://{mock}/v1"
 keys = [{{ key = "env:SDK_UPSTREAM_KEY" }}]
+rate_limit_cooldown_ms_default = 200
+rate_limit_cooldown_ms_max = 200
+
+[providers.up.breaker]
+enabled = false
+
+[providers.anth]
+type = "anthropic"
+base_url = "http://{mock}"
+keys = [{{ key = "env:SDK_UPSTREAM_KEY" }}]
+rate_limit_cooldown_ms_default = 200
+rate_limit_cooldown_ms_max = 200
+
+[providers.anth.breaker]
+enabled = false
 
 [aliases]
 "gpt-4o-mini" = "mock/gpt-4o-mini"
@@ -109,3 +145,9 @@ keys = [{{ key = "env:SDK_UPSTREAM_KEY" }}]
     p.stop()
     os.unlink(path)
     assert p.p.returncode == 0, f"gateway exited with {p.p.returncode} on SIGTERM"
+
+
+def mock_stats(gateway):
+    """The bench mock's `GET /mock/stats` (counters and what the last call carried)."""
+    with urllib.request.urlopen(f"http://{gateway['mock']}/mock/stats", timeout=5) as r:
+        return json.load(r)
