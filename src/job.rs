@@ -251,14 +251,44 @@ pub enum ClientApi {
     AnthropicMessages,
     /// Anthropic token counting (`POST /v1/messages/count_tokens`).
     AnthropicCountTokens,
+    /// OpenAI embeddings (`POST /v1/embeddings`).
+    OpenAiEmbeddings,
+    /// OpenAI legacy completions (`POST /v1/completions`).
+    OpenAiCompletions,
+}
+
+/// What a request asks of a provider.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operation {
+    /// A chat answer (OpenAI Chat Completions, Anthropic Messages).
+    Chat,
+    /// A token count of a chat request.
+    CountTokens,
+    /// Embedding vectors of texts.
+    Embeddings,
+    /// A legacy text completion.
+    Completions,
 }
 
 impl ClientApi {
-    /// The wire format of the client's requests and answers.
+    /// The wire format of the client's requests and answers (for the operations that are not
+    /// chat, the API family whose errors it speaks).
     pub fn format(self) -> Format {
         match self {
-            ClientApi::OpenAiChat => Format::OpenAiChat,
+            ClientApi::OpenAiChat | ClientApi::OpenAiEmbeddings | ClientApi::OpenAiCompletions => {
+                Format::OpenAiChat
+            }
             ClientApi::AnthropicMessages | ClientApi::AnthropicCountTokens => Format::Anthropic,
+        }
+    }
+
+    /// What the request asks of the provider.
+    pub fn operation(self) -> Operation {
+        match self {
+            ClientApi::OpenAiChat | ClientApi::AnthropicMessages => Operation::Chat,
+            ClientApi::AnthropicCountTokens => Operation::CountTokens,
+            ClientApi::OpenAiEmbeddings => Operation::Embeddings,
+            ClientApi::OpenAiCompletions => Operation::Completions,
         }
     }
 

@@ -41,6 +41,10 @@ struct Seen {
     fallbacks: Option<Option<Vec<String>>>,
     messages_is_array: Option<bool>,
     has_max_tokens: bool,
+    /// `input` (embeddings) is present.
+    has_input: bool,
+    /// `prompt` (legacy completions) is present.
+    has_prompt: bool,
 }
 
 /// Why the visitor stopped early.
@@ -154,6 +158,14 @@ impl<'de> Deserialize<'de> for Seen {
                             seen.has_max_tokens = true;
                             map.next_value::<IgnoredAny>()?;
                         }
+                        "input" => {
+                            seen.has_input = true;
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                        "prompt" => {
+                            seen.has_prompt = true;
+                            map.next_value::<IgnoredAny>()?;
+                        }
                         _ => {
                             map.next_value::<IgnoredAny>()?;
                         }
@@ -217,15 +229,31 @@ impl RouteHead {
                 ))
             }
         };
-        match seen.messages_is_array {
-            Some(true) => {}
-            Some(false) => {
+        let required = match api {
+            ClientApi::OpenAiEmbeddings => Some(("input", seen.has_input)),
+            ClientApi::OpenAiCompletions => Some(("prompt", seen.has_prompt)),
+            _ => None,
+        };
+        match (required, seen.messages_is_array) {
+            (Some((_, true)), _) => {}
+            (Some((name, false)), _) => {
+                return Err(ApiError::bad_request(
+                    if name == "input" {
+                        "missing_input"
+                    } else {
+                        "missing_prompt"
+                    },
+                    format!("you must provide a {name} parameter"),
+                ))
+            }
+            (None, Some(true)) => {}
+            (None, Some(false)) => {
                 return Err(ApiError::bad_request(
                     "invalid_messages",
                     "`messages` must be an array",
                 ))
             }
-            None => {
+            (None, None) => {
                 return Err(ApiError::bad_request(
                     "missing_messages",
                     "you must provide a messages parameter",
@@ -274,8 +302,12 @@ impl RouteHead {
         };
         Ok(RouteHead {
             model,
-            // Token counting never streams.
-            stream: stream && api != ClientApi::AnthropicCountTokens,
+            // Token counts and embeddings never stream.
+            stream: stream
+                && !matches!(
+                    api,
+                    ClientApi::AnthropicCountTokens | ClientApi::OpenAiEmbeddings
+                ),
             wants_usage,
             fallbacks,
         })

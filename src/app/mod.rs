@@ -104,6 +104,8 @@ impl Endpoint {
             "/v1/chat/completions" | "/chat/completions" => Some(ClientApi::OpenAiChat),
             "/v1/messages" => Some(ClientApi::AnthropicMessages),
             "/v1/messages/count_tokens" => Some(ClientApi::AnthropicCountTokens),
+            "/v1/embeddings" | "/embeddings" => Some(ClientApi::OpenAiEmbeddings),
+            "/v1/completions" | "/completions" => Some(ClientApi::OpenAiCompletions),
             _ => None,
         };
         let get = matches!(method, Method::Get | Method::Head);

@@ -8,6 +8,7 @@
 pub mod anthropic;
 pub mod chat;
 pub mod codec;
+pub mod embeddings;
 pub mod openai_chat;
 
 mod json;

@@ -13,12 +13,7 @@ use crate::job::ClientRequest;
 /// Headers of one upstream request, in sending order.
 pub type Headers = Vec<(Cow<'static, str>, String)>;
 
-/// The operation a request asks of the upstream.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Operation {
-    Chat,
-    CountTokens,
-}
+pub use crate::job::Operation;
 
 /// How an upstream frames a streamed answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -31,6 +31,7 @@ impl Adapter for AnthropicAdapter {
         Some(match operation {
             Operation::Chat => format!("{}/v1/messages", self.base_url),
             Operation::CountTokens => format!("{}/v1/messages/count_tokens", self.base_url),
+            Operation::Embeddings | Operation::Completions => return None,
         })
     }
 

@@ -21,7 +21,7 @@ use super::{Call, StreamResult, StreamSink, WorkerCtx};
 use crate::config::{HealthCheck, HealthConfig, ProviderConfig, RetryConfig};
 use crate::error::{ApiError, ErrorKind};
 use crate::formats::EncodeOptions;
-use crate::job::{Answer, ClientApi, JobCtl, Usage};
+use crate::job::{Answer, JobCtl, Usage};
 
 /// Largest upstream response body accepted, in bytes.
 pub const UPSTREAM_BODY_BYTES_MAX: u64 = 64 * 1024 * 1024;
@@ -135,26 +135,18 @@ impl HttpProvider {
         ureq::Agent::with_parts(config, connector, super::resolve::ThreadResolver)
     }
 
-    /// Build the upstream body for the job: the client's body with its model replaced when both
-    /// speak the same format.
-    /// The upstream request of the job, or `Err(Ok(answer))` when the gateway answers by
-    /// itself (a token count the upstream has no endpoint for).
+    /// The upstream request of the job (the client's body with its model replaced when both speak
+    /// the same format, else translated), or `Err(Ok(answer))` when the gateway answers by itself
+    /// (a token count the upstream has no endpoint for).
     fn prepare(&self, call: &Call<'_>, stream: bool) -> Result<Prepared, Result<Answer, ApiError>> {
         let request = &call.job.request;
-        let operation = match request.api {
-            ClientApi::AnthropicCountTokens => Operation::CountTokens,
-            ClientApi::OpenAiChat | ClientApi::AnthropicMessages => Operation::Chat,
-        };
+        let operation = request.api.operation();
         let wire = self.adapter.format();
         let model = call.job.upstream_model.as_str();
         let Some(url) = self.adapter.url(operation, model, stream) else {
             return Err(match operation {
                 Operation::CountTokens => translate::count_tokens_estimate(&request.body),
-                Operation::Chat => Err(ApiError::new(
-                    ErrorKind::NotFound,
-                    "unsupported_operation",
-                    format!("provider {} does not offer this operation", self.name),
-                )),
+                _ => Err(unsupported_operation(&self.name, operation)),
             });
         };
         let mut body = Vec::with_capacity(request.body.len() + 256);
@@ -659,7 +651,7 @@ impl HttpProvider {
             )?;
         answer.body = body;
         answer.content_type = "application/json";
-        if prepared.operation == Operation::Chat {
+        if prepared.operation != Operation::CountTokens {
             answer.usage = usage;
         }
         Ok(answer)
@@ -843,6 +835,21 @@ fn connect_probe(url: &str, timeout: Duration) -> Result<(), String> {
     std::net::TcpStream::connect_timeout(&addr, timeout)
         .map(|_| ())
         .map_err(|e| format!("connect failed: {}", e.kind()))
+}
+
+/// The answer to an operation a provider has no endpoint for: a 404 that names both.
+pub fn unsupported_operation(provider: &str, operation: Operation) -> ApiError {
+    let what = match operation {
+        Operation::Chat => "chat",
+        Operation::CountTokens => "token counting",
+        Operation::Embeddings => "embeddings",
+        Operation::Completions => "legacy completions (/v1/completions)",
+    };
+    ApiError::new(
+        ErrorKind::NotFound,
+        "unsupported_operation",
+        format!("provider {provider} does not offer {what}"),
+    )
 }
 
 /// The upstream's response headers passed on to the client (rate-limit state; a `Retry-After`

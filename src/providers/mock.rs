@@ -20,17 +20,19 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use super::http::unsupported_operation;
 use super::sse::{stream_duration_error, stream_idle_error};
 use super::translate::count_tokens_estimate;
 use super::{Call, StreamResult, StreamSink};
 use crate::config::ProviderConfig;
 use crate::error::ApiError;
 use crate::formats::codec::{self, StreamEncoder};
+use crate::formats::embeddings::{self, EmbeddingInput, EmbeddingsResponse};
 use crate::formats::estimate_tokens;
 use crate::formats::{
     ChatRequest, ChatResponse, FinishReason, Part, PartKind, Role, StreamEvent, Tool, ToolChoice,
 };
-use crate::job::{Answer, ClientApi, JobCtl, Usage};
+use crate::job::{Answer, JobCtl, Operation, Usage};
 
 /// Tokens added per message for role and framing, as OpenAI counts them.
 const TOKENS_PER_MESSAGE: u64 = 3;
@@ -40,6 +42,10 @@ const SLEEP_SLICE: Duration = Duration::from_millis(20);
 const TOOL_TRIGGER: &str = "use tool";
 /// Deepest nesting of a schema the mock builds a value for.
 const SCHEMA_DEPTH_MAX: usize = 8;
+/// Length of a mock embedding vector when the request names no `dimensions`.
+pub const MOCK_EMBEDDING_DIMENSIONS_DEFAULT: u32 = 1536;
+/// Longest mock embedding vector.
+pub const MOCK_EMBEDDING_DIMENSIONS_MAX: u32 = 8192;
 
 pub struct MockProvider {
     latency: Duration,
@@ -203,8 +209,13 @@ impl MockProvider {
 
     pub fn call(&self, call: &Call<'_>) -> Result<Answer, ApiError> {
         let request = &call.job.request;
-        if request.api == ClientApi::AnthropicCountTokens {
-            return count_tokens_estimate(&request.body);
+        match request.api.operation() {
+            Operation::CountTokens => return count_tokens_estimate(&request.body),
+            Operation::Embeddings => return self.embeddings(call),
+            Operation::Completions => {
+                return Err(unsupported_operation("mock", Operation::Completions))
+            }
+            Operation::Chat => {}
         }
         let reply = self.reply(call)?;
         let usage = reply.usage;
@@ -230,6 +241,9 @@ impl MockProvider {
         sink: &mut dyn StreamSink,
     ) -> Result<StreamResult, ApiError> {
         let request = &call.job.request;
+        if request.api.operation() != Operation::Chat {
+            return Err(unsupported_operation("mock", request.api.operation()));
+        }
         let reply = self.reply(call)?;
         let usage = reply.usage;
         let done = |error| StreamResult::Streamed { error, usage };
@@ -327,6 +341,54 @@ impl MockProvider {
         Ok(done(None))
     }
 
+    /// Deterministic embeddings: each text's vector is a unit vector drawn from a hash of the
+    /// text, `dimensions` long (default [`MOCK_EMBEDDING_DIMENSIONS_DEFAULT`]), so equal texts get
+    /// equal vectors and the answer is the same in every run.
+    fn embeddings(&self, call: &Call<'_>) -> Result<Answer, ApiError> {
+        let req = embeddings::decode_openai_request(&call.job.request.body)?;
+        let dimensions = req
+            .dimensions
+            .unwrap_or(MOCK_EMBEDDING_DIMENSIONS_DEFAULT)
+            .clamp(1, MOCK_EMBEDDING_DIMENSIONS_MAX) as usize;
+        let (vectors, input_tokens) = match &req.input {
+            EmbeddingInput::Texts(texts) => (
+                texts
+                    .iter()
+                    .map(|t| unit_vector(t.as_bytes(), dimensions))
+                    .collect(),
+                texts.iter().map(|t| estimate_tokens(t)).sum(),
+            ),
+            EmbeddingInput::Tokens(lists) => (
+                lists
+                    .iter()
+                    .map(|l| {
+                        let bytes: Vec<u8> = l.iter().flat_map(|t| t.to_le_bytes()).collect();
+                        unit_vector(&bytes, dimensions)
+                    })
+                    .collect(),
+                lists.iter().map(|l| l.len() as u64).sum(),
+            ),
+        };
+        self.wait(call.job.deadline, &call.job.ctl)?;
+        let resp = EmbeddingsResponse {
+            model: call.job.upstream_model.clone(),
+            vectors,
+            input_tokens,
+        };
+        let mut body = Vec::with_capacity(64 + resp.vectors.len() * dimensions * 12);
+        embeddings::encode_openai_response(&resp, req.encoding, &mut body);
+        Ok(Answer {
+            status: 200,
+            content_type: "application/json",
+            body,
+            headers: Vec::new(),
+            usage: Usage {
+                input_tokens,
+                ..Usage::default()
+            },
+        })
+    }
+
     /// Sleep the configured latency (this is a worker OS thread), but never past the deadline.
     fn wait(&self, deadline: Instant, ctl: &JobCtl) -> Result<(), ApiError> {
         if self.latency.is_zero() {
@@ -378,6 +440,30 @@ impl MockProvider {
             std::thread::sleep(left.min(SLEEP_SLICE));
         }
     }
+}
+
+/// A unit vector of `dimensions` drawn from `seed` (FNV-1a, then xorshift64*).
+fn unit_vector(seed: &[u8], dimensions: usize) -> Vec<f32> {
+    let mut x = seed.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    }) | 1;
+    let mut v: Vec<f32> = (0..dimensions)
+        .map(|_| {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            let r = x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 40;
+            (r as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect();
+    let norm = v
+        .iter()
+        .map(|f| f * f)
+        .sum::<f32>()
+        .sqrt()
+        .max(f32::MIN_POSITIVE);
+    v.iter_mut().for_each(|f| *f /= norm);
+    v
 }
 
 /// The last text part of `content` (the user's own words: clients put context blocks first).

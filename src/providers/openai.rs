@@ -26,6 +26,8 @@ impl Adapter for OpenAiAdapter {
         match operation {
             Operation::Chat => Some(format!("{}/chat/completions", self.base_url)),
             Operation::CountTokens => None,
+            Operation::Embeddings => Some(format!("{}/embeddings", self.base_url)),
+            Operation::Completions => Some(format!("{}/completions", self.base_url)),
         }
     }
 

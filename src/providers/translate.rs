@@ -53,11 +53,13 @@ const FALLBACKS_FIELD: &str = "fallbacks";
 pub fn same_format(api: ClientApi, wire: Format) -> bool {
     matches!(
         (api, wire),
-        (ClientApi::OpenAiChat, Format::OpenAiChat)
-            | (
-                ClientApi::AnthropicMessages | ClientApi::AnthropicCountTokens,
-                Format::Anthropic
-            )
+        (
+            ClientApi::OpenAiChat | ClientApi::OpenAiEmbeddings | ClientApi::OpenAiCompletions,
+            Format::OpenAiChat
+        ) | (
+            ClientApi::AnthropicMessages | ClientApi::AnthropicCountTokens,
+            Format::Anthropic
+        )
     )
 }
 
@@ -85,6 +87,14 @@ pub fn prepare(
         let force_usage = stream && wire == Format::OpenAiChat;
         rewrite_passthrough(body, upstream_model, force_usage, out)?;
         return Ok(Mode::Passthrough);
+    }
+    if api.operation() != crate::job::Operation::Chat {
+        // Operations other than chat pass through to a provider of their own API only.
+        return Err(ApiError::new(
+            ErrorKind::NotFound,
+            "unsupported_operation",
+            "this provider does not offer this operation",
+        ));
     }
     let client = api.format();
     let mut req = codec::decode_request(client, body)?;
