@@ -2,11 +2,13 @@
 //! the mock upstream (`deepintshield-mock`) that are worth testing on their own.
 
 pub mod anthropic;
+pub mod azure;
 pub mod completion;
 pub mod dist;
 pub mod engine;
 pub mod faults;
 pub mod flags;
+pub mod legacy;
 pub mod procfs;
 pub mod report;
 pub mod request;

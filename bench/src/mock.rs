@@ -1,7 +1,9 @@
-//! `deepintshield-mock`: an OpenAI- and Anthropic-compatible mock upstream on the gateway's own
-//! HTTP layer, for end-to-end tests and load runs on loopback: chat completions and Messages (whole
-//! and streamed, with tool calls), latency distributions, real SSE streams with paced chunks, fault
-//! injection by rate and by model name, and counters at `/mock/stats`.
+//! `deepintshield-mock`: an OpenAI-, Azure OpenAI- and Anthropic-compatible mock upstream on the
+//! gateway's own HTTP layer, for end-to-end tests and load runs on loopback: chat completions,
+//! legacy completions, embeddings and Messages (whole and streamed, with tool calls), Azure's
+//! deployment and v1 routes with an Entra ID token endpoint, latency distributions, real SSE
+//! streams with paced chunks, fault injection by rate and by model name, and counters at
+//! `/mock/stats`.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -11,11 +13,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use deepintshield::error::{ApiError, ErrorKind};
+use deepintshield::formats::embeddings::{
+    decode_openai_request, encode_openai_response, EmbeddingInput, EmbeddingsResponse,
+};
 use deepintshield::http::{
     serve, AbortHandle, BodyStream, Handler, Limits, Method, Request, Response, StreamPoll,
 };
 use deepintshield::objpool::ObjPool;
 use deepintshield_bench::anthropic::{self, MessageMeta};
+use deepintshield_bench::azure::{self, AzureOp, AzureRoute, Tokens};
 use deepintshield_bench::completion::{
     chat_answer, directive_number, error_event, message_text, split_even, ChatAnswer, ChunkMeta,
     DONE_EVENT,
@@ -23,6 +29,7 @@ use deepintshield_bench::completion::{
 use deepintshield_bench::dist::{Latency, SharedRng, LATENCY_MAX};
 use deepintshield_bench::faults::{ErrorRates, Fault};
 use deepintshield_bench::flags::Flags;
+use deepintshield_bench::legacy::{self, TextChunkMeta, EMBEDDING_DIMENSIONS_DEFAULT};
 use deepintshield_bench::tools::fragments;
 use serde_json::{json, Value};
 
@@ -51,6 +58,8 @@ OPTIONS:
     --tool-text TEXT       every string the mock puts in tool arguments and json_schema
                            answers (default \"mock\")
     --seed N               seed of the random draws (default 1)
+    --token-expires-s N    lifetime of the Entra ID tokens the token endpoint issues, seconds
+                           (default 3600, at most 86400)
     -h, --help             print this help
 
 On start it prints one line, `deepintshield-mock listening on ADDR`, then serves until killed.
@@ -82,6 +91,29 @@ ENDPOINTS:
                                 last user message -> \"mock: tool result: <their text>\". Errors
                                 in Anthropic's shape ({\"type\":\"error\",\"error\":{...}}), a
                                 `request-id` header on every answer
+    POST /v1/completions        a legacy text_completion answering \"mock: <prompt>\" (the prompt
+                                string, or the first of a list) with usage; with `stream: true`
+                                text_completion chunks (--stream-chunks pieces), a chunk with
+                                finish_reason \"stop\", a usage chunk (choices: []) when
+                                stream_options.include_usage is set, then data: [DONE]
+    POST /v1/embeddings         an embeddings list: per input a unit vector of `dimensions`
+                                floats (default 8) drawn from a hash of the input (equal inputs,
+                                equal vectors), as floats or base64 (`encoding_format`)
+    POST /openai/deployments/{deployment}/chat/completions (and /completions, /embeddings)
+                                Azure OpenAI: needs an `api-version` query parameter (else 404
+                                \"Resource not found\") and `api-key` (any non-empty value) or
+                                `Authorization: Bearer <a token the endpoint below issued, not
+                                expired>` (else 401); then answers as the OpenAI route. Errors in
+                                Azure's shape ({\"error\":{\"code\":\"<status>\",...}})
+    POST /openai/v1/chat/completions (and /completions, /embeddings)
+                                Azure OpenAI's v1 API: the same without `api-version`, the
+                                deployment named by the body's `model`
+    POST /entra/{tenant}/oauth2/v2.0/token
+                                Entra ID client credentials: a form with grant_type
+                                client_credentials, client_id, client_secret and scope (else 400
+                                invalid_request; a client_secret starting with \"wrong\" gets 401
+                                invalid_client) -> {\"token_type\":\"Bearer\",\"expires_in\":
+                                --token-expires-s,\"access_token\":\"mocktoken-<n>\"}
     POST /v1/messages/count_tokens   {\"input_tokens\": N} (the same N as the answer's usage)
     GET  /v1/models             a model list: Anthropic's shape when `anthropic-version` is sent,
                                 else OpenAI's
@@ -98,7 +130,13 @@ ENDPOINTS:
         streams_aborted     streams whose client went away before the end
         streams_failed      streams ended by a failafter- error event
         streams_reset       streams cut by resetafter-
+        completions_requests, embeddings_requests   legacy completion and embeddings calls
+        azure_requests      calls on the Azure routes (answered or refused)
+        token_requests      tokens issued by the Entra ID endpoint
         last_authorization, last_api_key, last_model, last_headers   what the last call carried
+        last_path, last_query, last_body   its path, query string and JSON body (null if not JSON)
+        last_azure_deployment, last_azure_api_version, last_azure_api_key   on an Azure route
+        last_token_request  {tenant, client_id, scope} of the last token request
 
 FAULT INJECTION (directives inside the request's model name, e.g. chunks-8-failafter-3; the same
 on both APIs, errors in each API's shape):
@@ -112,6 +150,8 @@ on both APIs, errors in each API's shape):
                       data: {\"error\":{...}} without [DONE]; Anthropic: event: error with an
                       overloaded_error)
     resetafter-<k>    after k content chunks, close the connection abruptly
+    retryms-<ms>      on an Azure route, a `status-` answer carries `retry-after-ms: <ms>`
+                      (and no Retry-After)
 ";
 
 /// Buffers lent to connections: enough for a few thousand concurrent connections without misses.
@@ -130,6 +170,8 @@ const STALL_MS_DEFAULT: u64 = 60_000;
 const TOOL_TEXT_DEFAULT: &str = "mock";
 /// Longest `--tool-text`, in bytes: it is copied into every tool call's arguments.
 const TOOL_TEXT_BYTES_MAX: usize = 4096;
+const TOKEN_EXPIRES_S_DEFAULT: u64 = 3600;
+const TOKEN_EXPIRES_S_MAX: u64 = 86_400;
 
 struct Options {
     listen: SocketAddr,
@@ -142,6 +184,7 @@ struct Options {
     stall: Duration,
     tool_text: String,
     seed: u64,
+    token_expires: Duration,
 }
 
 fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Options>, String> {
@@ -156,6 +199,7 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Options>, Str
         stall: Duration::from_millis(STALL_MS_DEFAULT),
         tool_text: TOOL_TEXT_DEFAULT.to_string(),
         seed: 1,
+        token_expires: Duration::from_secs(TOKEN_EXPIRES_S_DEFAULT),
     };
     let mut flags = Flags::new(args);
     while let Some(flag) = flags.next_flag() {
@@ -177,6 +221,13 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Options>, Str
             "--stall-ms" => o.stall = flags.millis()?,
             "--tool-text" => o.tool_text = flags.value()?,
             "--seed" => o.seed = flags.parse()?,
+            "--token-expires-s" => {
+                let secs: u64 = flags.parse()?;
+                if secs > TOKEN_EXPIRES_S_MAX {
+                    return Err(format!("--token-expires-s: at most {TOKEN_EXPIRES_S_MAX}"));
+                }
+                o.token_expires = Duration::from_secs(secs);
+            }
             _ => return Err(format!("unknown argument: {flag}")),
         }
     }
@@ -200,6 +251,13 @@ struct LastRequest {
     api_key: String,
     model: String,
     headers: serde_json::Map<String, Value>,
+    path: String,
+    query: String,
+    body: Value,
+    /// Set on an Azure route: the deployment of its path, its `api-version`, its `api-key`.
+    azure_deployment: String,
+    azure_api_version: String,
+    azure_api_key: String,
 }
 
 /// Stream outcomes, shared by the handler and every stream.
@@ -230,15 +288,31 @@ struct Mock {
     in_flight: AtomicU64,
     ok: AtomicU64,
     tool_calls: AtomicU64,
+    completions_requests: AtomicU64,
+    embeddings_requests: AtomicU64,
+    azure_requests: AtomicU64,
     streams: Arc<StreamCounters>,
     /// Swapped in whole: the lock is held for a pointer swap, never across I/O or a wait.
     last: Mutex<Arc<LastRequest>>,
+    /// The Entra ID token endpoint's tokens.
+    tokens: Tokens,
+    last_token_request: Mutex<Value>,
 }
 
 impl Handler for Mock {
     fn handle(&self, req: &mut Request) -> Response {
+        if let Some(route) = azure::route(&req.path) {
+            if req.method == Method::Post {
+                return self.azure(req, route);
+            }
+        }
+        if req.method == Method::Post && azure::token_tenant(&req.path).is_some() {
+            return self.token(req);
+        }
         match (req.method, req.path.as_str()) {
             (Method::Post, "/v1/chat/completions") => self.model_call(req, Self::chat_completion),
+            (Method::Post, "/v1/completions") => self.model_call(req, Self::text_completion),
+            (Method::Post, "/v1/embeddings") => self.model_call(req, Self::embeddings),
             (Method::Post, "/v1/messages") => self.model_call(req, Self::messages),
             (Method::Post, "/v1/messages/count_tokens") => self.count_tokens(req),
             (Method::Get | Method::Head, "/v1/models") => {
@@ -255,13 +329,18 @@ impl Handler for Mock {
                 "req_mock000000000000",
                 None,
             ),
-            (_, "/v1/chat/completions" | "/v1/models" | "/mock/stats") => {
-                Response::error(&ApiError::new(
-                    ErrorKind::MethodNotAllowed,
-                    "method_not_allowed",
-                    "method not allowed on this path",
-                ))
-            }
+            (
+                _,
+                "/v1/chat/completions"
+                | "/v1/completions"
+                | "/v1/embeddings"
+                | "/v1/models"
+                | "/mock/stats",
+            ) => Response::error(&ApiError::new(
+                ErrorKind::MethodNotAllowed,
+                "method_not_allowed",
+                "method not allowed on this path",
+            )),
             _ => Response::error(&ApiError::new(
                 ErrorKind::NotFound,
                 "not_found",
@@ -276,6 +355,8 @@ impl Handler for Mock {
 enum Api {
     OpenAi,
     Anthropic,
+    /// OpenAI's bodies, Azure's error shape.
+    Azure,
 }
 
 impl Mock {
@@ -289,6 +370,10 @@ impl Mock {
     }
 
     fn chat_completion(&self, req: &Request, n: u64) -> Response {
+        self.chat_completion_as(req, n, Api::OpenAi)
+    }
+
+    fn chat_completion_as(&self, req: &Request, n: u64, api: Api) -> Response {
         let parsed: Result<Value, _> = serde_json::from_slice(&req.body);
         let model = model_of(&parsed);
         self.record(req, &model);
@@ -314,7 +399,7 @@ impl Mock {
                 "`messages` must be an array",
             ));
         };
-        if let Some(r) = self.faults(req, &model, Api::OpenAi, "") {
+        if let Some(r) = self.faults(req, &model, api, "") {
             return r;
         }
 
@@ -406,6 +491,214 @@ impl Mock {
         json_response(200, &answer)
     }
 
+    /// `POST /v1/completions`: OpenAI's legacy completions.
+    fn text_completion(&self, req: &Request, n: u64) -> Response {
+        self.text_completion_as(req, n, Api::OpenAi)
+    }
+
+    fn text_completion_as(&self, req: &Request, n: u64, api: Api) -> Response {
+        self.completions_requests.fetch_add(1, Ordering::Relaxed);
+        let parsed: Result<Value, _> = serde_json::from_slice(&req.body);
+        let model = model_of(&parsed);
+        self.record(req, &model);
+        let Ok(body) = parsed.map_err(|_| ()).and_then(|v| match v {
+            Value::Object(_) => Ok(v),
+            _ => Err(()),
+        }) else {
+            return Response::error(&ApiError::bad_request(
+                "invalid_json",
+                "the request body is not a JSON object",
+            ));
+        };
+        if model.is_empty() {
+            return Response::error(&ApiError::bad_request(
+                "missing_model",
+                "`model` is required",
+            ));
+        }
+        let Some(prompt) = legacy::prompt_text(&body) else {
+            return Response::error(&ApiError::bad_request(
+                "invalid_prompt",
+                "`prompt` must be a string or a list of strings",
+            ));
+        };
+        if let Some(r) = self.faults(req, &model, api, "") {
+            return r;
+        }
+        let text = format!("mock: {prompt}");
+        let (prompt_tokens, completion_tokens) = (
+            prompt.chars().count().div_ceil(4),
+            text.chars().count().div_ceil(4),
+        );
+        let usage = json!({
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        });
+        let id = format!("cmpl-mock{n:012}");
+        let meta = TextChunkMeta {
+            id: &id,
+            created: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            model: &model,
+        };
+        if body.get("stream").and_then(Value::as_bool) == Some(true) {
+            let plan = self.stream_plan(&model, req.abort_handle());
+            let mut pieces: Vec<Vec<u8>> = split_even(&text, plan.chunks)
+                .into_iter()
+                .map(|p| meta.text(p))
+                .collect();
+            let head = pieces.remove(0);
+            let mut tail = meta.finish();
+            if body
+                .pointer("/stream_options/include_usage")
+                .and_then(Value::as_bool)
+                == Some(true)
+            {
+                tail.extend_from_slice(&meta.usage(&usage));
+            }
+            tail.extend_from_slice(DONE_EVENT);
+            let failure = error_event("mock: injected mid-stream failure");
+            return self.stream(plan, head, pieces, tail, failure);
+        }
+        self.ok.fetch_add(1, Ordering::Relaxed);
+        json_response(200, &meta.whole(&text, &usage))
+    }
+
+    /// `POST /v1/embeddings`: deterministic vectors, as floats or base64.
+    fn embeddings(&self, req: &Request, n: u64) -> Response {
+        self.embeddings_as(req, n, Api::OpenAi)
+    }
+
+    fn embeddings_as(&self, req: &Request, _n: u64, api: Api) -> Response {
+        self.embeddings_requests.fetch_add(1, Ordering::Relaxed);
+        let parsed: Result<Value, _> = serde_json::from_slice(&req.body);
+        let model = model_of(&parsed);
+        self.record(req, &model);
+        let request = match decode_openai_request(&req.body) {
+            Ok(r) => r,
+            Err(e) => return Response::error(&ApiError::from(e)),
+        };
+        if let Some(r) = self.faults(req, &model, api, "") {
+            return r;
+        }
+        let dimensions = request
+            .dimensions
+            .map_or(EMBEDDING_DIMENSIONS_DEFAULT, |d| d as usize);
+        let (vectors, input_tokens) = match &request.input {
+            EmbeddingInput::Texts(texts) => (
+                texts
+                    .iter()
+                    .map(|t| legacy::embedding(t.as_bytes(), dimensions))
+                    .collect(),
+                texts
+                    .iter()
+                    .map(|t| t.chars().count().div_ceil(4) as u64)
+                    .sum(),
+            ),
+            EmbeddingInput::Tokens(lists) => (
+                lists
+                    .iter()
+                    .map(|l| {
+                        let bytes: Vec<u8> = l.iter().flat_map(|t| t.to_le_bytes()).collect();
+                        legacy::embedding(&bytes, dimensions)
+                    })
+                    .collect(),
+                lists.iter().map(|l| l.len() as u64).sum(),
+            ),
+        };
+        let resp = EmbeddingsResponse {
+            model: request.model.clone(),
+            vectors,
+            input_tokens,
+        };
+        let mut out = Vec::new();
+        encode_openai_response(&resp, request.encoding, &mut out);
+        self.ok.fetch_add(1, Ordering::Relaxed);
+        Response::json(200, out)
+    }
+
+    /// An Azure OpenAI route: `api-version` (deployment routes) and the credential are checked
+    /// as Azure does, then the OpenAI answer is given, with errors in Azure's shape.
+    fn azure(&self, req: &Request, route: AzureRoute<'_>) -> Response {
+        self.azure_requests.fetch_add(1, Ordering::Relaxed);
+        let has_version =
+            azure::form_value(&req.query, "api-version").is_some_and(|v| !v.is_empty());
+        if route.deployment.is_some() && !has_version {
+            self.record(req, "");
+            return azure_error(404, "Resource not found", None);
+        }
+        let bearer = req
+            .header("authorization")
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let authorized = req.header("api-key").is_some_and(|k| !k.is_empty())
+            || bearer.is_some_and(|t| self.tokens.valid(t));
+        if !authorized {
+            self.record(req, "");
+            return azure_error(401, azure::ACCESS_DENIED, None);
+        }
+        let answer: fn(&Self, &Request, u64, Api) -> Response = match route.op {
+            AzureOp::Chat => Self::chat_completion_as,
+            AzureOp::Completions => Self::text_completion_as,
+            AzureOp::Embeddings => Self::embeddings_as,
+        };
+        let n = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let r = answer(self, req, n, Api::Azure);
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        r
+    }
+
+    /// `POST /entra/{tenant}/oauth2/v2.0/token`: the client credentials grant.
+    fn token(&self, req: &Request) -> Response {
+        let form = String::from_utf8_lossy(&req.body);
+        let field = |name: &str| azure::form_value(&form, name).filter(|v| !v.is_empty());
+        let tenant = azure::token_tenant(&req.path).unwrap_or_default();
+        if let Ok(mut last) = self.last_token_request.lock() {
+            *last = json!({
+                "tenant": tenant,
+                "client_id": field("client_id"),
+                "scope": field("scope"),
+            });
+        }
+        let oauth_error = |status: u16, error: &str, description: &str| {
+            let body =
+                json!({"error": error, "error_description": description, "error_codes": [0]});
+            json_response(status, &body)
+        };
+        if field("grant_type").as_deref() != Some("client_credentials") {
+            return oauth_error(
+                400,
+                "unsupported_grant_type",
+                "grant_type must be client_credentials",
+            );
+        }
+        let (Some(_), Some(secret), Some(_)) =
+            (field("client_id"), field("client_secret"), field("scope"))
+        else {
+            return oauth_error(
+                400,
+                "invalid_request",
+                "client_id, client_secret and scope are required",
+            );
+        };
+        if secret.starts_with("wrong") {
+            return oauth_error(401, "invalid_client", "Invalid client secret provided.");
+        }
+        let (token, expires_in) = self.tokens.issue();
+        json_response(
+            200,
+            &json!({
+                "token_type": "Bearer",
+                "expires_in": expires_in,
+                "ext_expires_in": expires_in,
+                "access_token": token,
+            }),
+        )
+    }
+
     /// `POST /v1/messages`: Anthropic's Messages API.
     fn messages(&self, req: &Request, n: u64) -> Response {
         self.messages_requests.fetch_add(1, Ordering::Relaxed);
@@ -483,7 +776,7 @@ impl Mock {
         match self.draw_fault() {
             Some(Fault::Status(code)) => {
                 let retry = match api {
-                    Api::OpenAi => matches!(code, 429 | 503),
+                    Api::OpenAi | Api::Azure => matches!(code, 429 | 503),
                     Api::Anthropic => anthropic_retries(code),
                 };
                 return Some(self.error(api, code, retry, request_id));
@@ -508,6 +801,9 @@ impl Mock {
         if let Some(status) = directive_number(model, "status-") {
             if (400..=599).contains(&status) {
                 let code = status as u16;
+                if api == Api::Azure {
+                    return Some(azure_injected(code, directive_number(model, "retryms-")));
+                }
                 // OpenAI: as before, no Retry-After on directed statuses.
                 let retry = api == Api::Anthropic && anthropic_retries(code);
                 return Some(self.error(api, code, retry, request_id));
@@ -524,6 +820,13 @@ impl Mock {
         let retry_after_s = retry.then_some(self.retry_after_s);
         match api {
             Api::OpenAi => injected_status(code, retry_after_s),
+            Api::Azure => {
+                let mut r = azure_injected(code, None);
+                if let Some(s) = retry_after_s {
+                    r.headers.push(("retry-after", s.to_string()));
+                }
+                r
+            }
             Api::Anthropic => anthropic_error(
                 code,
                 &format!("mock: injected status {code}"),
@@ -588,6 +891,7 @@ impl Mock {
 
     fn record(&self, req: &Request, model: &str) {
         let header = |v: &[u8]| String::from_utf8_lossy(v).into_owned();
+        let route = azure::route(&req.path);
         let last = LastRequest {
             authorization: req.header("authorization").map(header).unwrap_or_default(),
             api_key: req.header("x-api-key").map(header).unwrap_or_default(),
@@ -597,6 +901,20 @@ impl Mock {
                 .iter()
                 .map(|(n, v)| (n.clone(), Value::String(header(v))))
                 .collect(),
+            path: req.path.clone(),
+            query: req.query.clone(),
+            body: serde_json::from_slice(&req.body).unwrap_or(Value::Null),
+            azure_deployment: route
+                .and_then(|r| r.deployment)
+                .unwrap_or_default()
+                .to_string(),
+            azure_api_version: route
+                .and_then(|_| azure::form_value(&req.query, "api-version"))
+                .unwrap_or_default(),
+            azure_api_key: route
+                .and_then(|_| req.header("api-key"))
+                .map(header)
+                .unwrap_or_default(),
         };
         let last = Arc::new(last);
         if let Ok(mut slot) = self.last.lock() {
@@ -633,6 +951,21 @@ impl Mock {
             "last_api_key": last.api_key,
             "last_model": last.model,
             "last_headers": last.headers,
+            "last_path": last.path,
+            "last_query": last.query,
+            "last_body": last.body,
+            "last_azure_deployment": last.azure_deployment,
+            "last_azure_api_version": last.azure_api_version,
+            "last_azure_api_key": last.azure_api_key,
+            "completions_requests": get(&self.completions_requests),
+            "embeddings_requests": get(&self.embeddings_requests),
+            "azure_requests": get(&self.azure_requests),
+            "token_requests": self.tokens.count(),
+            "last_token_request": self
+                .last_token_request
+                .lock()
+                .map(|v| v.clone())
+                .unwrap_or(Value::Null),
         });
         json_response(200, &body)
     }
@@ -819,6 +1152,24 @@ fn injected_status(status: u16, retry_after_s: Option<u64>) -> Response {
     r
 }
 
+/// An error in Azure OpenAI's shape, with `retry-after-ms` when given.
+fn azure_error(status: u16, message: &str, retry_after_ms: Option<u64>) -> Response {
+    let mut r = Response::json(status, azure::error_body(status, message));
+    if let Some(ms) = retry_after_ms {
+        r.headers.push(("retry-after-ms", ms.to_string()));
+    }
+    r
+}
+
+/// An injected status on an Azure route.
+fn azure_injected(status: u16, retry_after_ms: Option<u64>) -> Response {
+    azure_error(
+        status,
+        &format!("mock: injected status {status}"),
+        retry_after_ms,
+    )
+}
+
 fn models() -> Response {
     let model = |id: &str| json!({"id": id, "object": "model", "created": 0, "owned_by": "mock"});
     let body = json!({
@@ -878,8 +1229,13 @@ fn main() -> ExitCode {
         in_flight: AtomicU64::new(0),
         ok: AtomicU64::new(0),
         tool_calls: AtomicU64::new(0),
+        completions_requests: AtomicU64::new(0),
+        embeddings_requests: AtomicU64::new(0),
+        azure_requests: AtomicU64::new(0),
         streams: Arc::new(StreamCounters::default()),
         last: Mutex::new(Arc::new(LastRequest::default())),
+        tokens: Tokens::new(opts.token_expires),
+        last_token_request: Mutex::new(Value::Null),
     });
     let buffers = ObjPool::new(
         "buffers",
