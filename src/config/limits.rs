@@ -128,3 +128,14 @@ pub enum MaxTokensField {
     /// `max_tokens` (older OpenAI-compatible servers).
     MaxTokens,
 }
+
+/// Which tool-call ids an OpenAI-format provider accepts in a conversation's history.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ToolCallIdFormat {
+    /// Any string (OpenAI): ids are passed on as they are.
+    #[default]
+    Any,
+    /// Exactly 9 letters or digits (Mistral): other ids of a translated request (Anthropic's
+    /// `toolu_...`) are replaced by a 9-character digest of themselves, the same in every turn.
+    Alphanumeric9,
+}

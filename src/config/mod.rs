@@ -20,15 +20,24 @@ use serde::Deserialize;
 
 use crate::log::Level;
 
+mod azure;
 mod limits;
+mod presets;
 
-pub use limits::{BreakerConfig, Limits, MaxTokensField, StructuredOutputStyle, ThinkingStyle};
+pub use azure::{
+    AzureApiStyle, AzureAuth, AzureConfig, EntraConfig, AZURE_API_VERSION_DEFAULT,
+    AZURE_SCOPE_DEFAULT, AZURE_TOKEN_URL_DEFAULT,
+};
+pub use limits::{
+    BreakerConfig, Limits, MaxTokensField, StructuredOutputStyle, ThinkingStyle, ToolCallIdFormat,
+};
 use limits::{
     BODY_BUFFER_BYTES_MAX_DEFAULT, BODY_BYTES_MAX_DEFAULT, BODY_READ_TIMEOUT_MS_DEFAULT,
     BODY_TIMEOUT_MS_DEFAULT, CONNECTIONS_MAX_DEFAULT, COROUTINE_STACK_KB_DEFAULT,
     HEADER_BYTES_MAX_DEFAULT, HEADER_LINES_MAX_DEFAULT, HEADER_READ_TIMEOUT_MS_DEFAULT,
     IDLE_TIMEOUT_MS_DEFAULT, WRITE_TIMEOUT_MS_DEFAULT,
 };
+pub use presets::{Preset, PresetDefaults, PRESETS};
 
 // ---------------------------------------------------------------------------------------------
 // Defaults and bounds. Each `*_DEFAULT` is what an absent key means; each `*_RANGE` is the
@@ -148,6 +157,19 @@ pub const MAX_TOKENS_RANGE: RangeInclusive<u64> = 1..=1_000_000;
 /// `reasoning_effort` (reasoning models do; OpenAI refuses it for the others), for requests
 /// translated from Anthropic clients. Off: their thinking request is dropped.
 pub const REASONING_EFFORT_DEFAULT: bool = false;
+/// `providers.<name>.stream_usage`: whether an OpenAI-format provider is sent
+/// `stream_options.include_usage` (so that the gateway learns a stream's usage); off for servers
+/// that refuse the field.
+pub const STREAM_USAGE_DEFAULT: bool = true;
+/// `providers.<name>.tools_supported`: whether an OpenAI-format provider takes `tools` (off: a
+/// translated request offering tools is refused with 400 `unsupported_tool`).
+pub const TOOLS_SUPPORTED_DEFAULT: bool = true;
+/// `providers.<name>.parallel_tool_calls_supported`: whether an OpenAI-format provider takes
+/// `parallel_tool_calls` (off: a translated request's setting is not sent).
+pub const PARALLEL_TOOL_CALLS_SUPPORTED_DEFAULT: bool = true;
+/// `providers.<name>.reasoning_content_history`: whether earlier assistant turns' reasoning is sent
+/// back to an OpenAI-format provider as `reasoning_content` (DeepSeek's thinking mode needs it).
+pub const REASONING_CONTENT_HISTORY_DEFAULT: bool = false;
 /// `providers.<name>.stream_duration_ms_max`: longest stream, from the upstream's answer head to
 /// its end, before it is ended with an error event. Generous: long generations and reasoning
 /// models stream for minutes; `request_timeout_ms` bounds only the wait for a stream to begin.
@@ -336,6 +358,8 @@ pub enum ProviderType {
     OpenAi,
     /// Anthropic Messages (`x-api-key`, `anthropic-version`).
     Anthropic,
+    /// Azure OpenAI: OpenAI's wire format at a resource's deployments (`[providers.<name>.azure]`).
+    Azure,
 }
 
 impl ProviderType {
@@ -350,6 +374,7 @@ impl ProviderType {
             ProviderType::Mock => "mock",
             ProviderType::OpenAi => "openai",
             ProviderType::Anthropic => "anthropic",
+            ProviderType::Azure => "azure",
         }
     }
 }
@@ -566,6 +591,16 @@ pub struct TranslationConfig {
     pub structured_output: StructuredOutputStyle,
     /// The token limit field sent to an OpenAI-format provider.
     pub max_tokens_field: MaxTokensField,
+    /// Ask an OpenAI-format provider's streams for usage; [`STREAM_USAGE_DEFAULT`].
+    pub stream_usage: bool,
+    /// The tool-call ids an OpenAI-format provider accepts.
+    pub tool_call_id_format: ToolCallIdFormat,
+    /// [`TOOLS_SUPPORTED_DEFAULT`].
+    pub tools_supported: bool,
+    /// [`PARALLEL_TOOL_CALLS_SUPPORTED_DEFAULT`].
+    pub parallel_tool_calls_supported: bool,
+    /// [`REASONING_CONTENT_HISTORY_DEFAULT`].
+    pub reasoning_content_history: bool,
 }
 
 impl Default for TranslationConfig {
@@ -575,6 +610,11 @@ impl Default for TranslationConfig {
             thinking_style: ThinkingStyle::default(),
             structured_output: StructuredOutputStyle::default(),
             max_tokens_field: MaxTokensField::default(),
+            stream_usage: STREAM_USAGE_DEFAULT,
+            tool_call_id_format: ToolCallIdFormat::default(),
+            tools_supported: TOOLS_SUPPORTED_DEFAULT,
+            parallel_tool_calls_supported: PARALLEL_TOOL_CALLS_SUPPORTED_DEFAULT,
+            reasoning_content_history: REASONING_CONTENT_HISTORY_DEFAULT,
         }
     }
 }
@@ -583,6 +623,10 @@ impl Default for TranslationConfig {
 pub struct ProviderConfig {
     pub name: String,
     pub kind: ProviderType,
+    /// The OpenAI-compatible service an `openai` provider is (its defaults applied).
+    pub preset: Option<Preset>,
+    /// Where and how an `azure` provider is called; `None` for other types.
+    pub azure: Option<AzureConfig>,
     /// Required for `openai`; e.g. `https://api.openai.com/v1` (no trailing slash). Empty or
     /// unchecked for `mock`.
     pub base_url: String,
@@ -748,6 +792,8 @@ impl ProviderConfig {
         ProviderConfig {
             name: name.to_string(),
             kind: ProviderType::Mock,
+            preset: None,
+            azure: None,
             base_url: String::new(),
             anthropic_version: ANTHROPIC_VERSION_DEFAULT.to_string(),
             max_tokens_default: MAX_TOKENS_DEFAULT as u32,
@@ -765,6 +811,16 @@ impl ProviderConfig {
             breaker: breaker_default(),
             health: HealthConfig::default(),
         }
+    }
+
+    /// Every secret the provider sends upstream (its keys, and an Azure Entra client secret),
+    /// for the redactor.
+    pub fn secrets(&self) -> impl Iterator<Item = &str> {
+        let entra = match self.azure.as_ref().map(|a| &a.auth) {
+            Some(AzureAuth::Entra(e)) => Some(e.client_secret.expose()),
+            _ => None,
+        };
+        self.keys.iter().map(|k| k.secret.expose()).chain(entra)
     }
 }
 
@@ -853,6 +909,7 @@ struct ObjPoolsFile {
 struct ProviderFile {
     #[serde(rename = "type")]
     kind: Option<String>,
+    preset: Option<String>,
     base_url: Option<String>,
     models: Option<Vec<String>>,
     headers: Option<BTreeMap<String, String>>,
@@ -866,8 +923,14 @@ struct ProviderFile {
     thinking_style: Option<String>,
     structured_output: Option<String>,
     max_tokens_field: Option<String>,
+    stream_usage: Option<bool>,
+    tool_call_id_format: Option<String>,
+    tools_supported: Option<bool>,
+    parallel_tool_calls_supported: Option<bool>,
+    reasoning_content_history: Option<bool>,
     keys: Option<Vec<KeyFile>>,
     mock: Option<MockFile>,
+    azure: Option<azure::AzureFile>,
     pool: Option<PoolFile>,
     max_retries: Option<u64>,
     retry_backoff_ms_initial: Option<u64>,
@@ -1446,8 +1509,35 @@ impl Checker<'_> {
             self.error(&at, format!("provider names are {rule}"));
         }
         let kind = self.provider_type(&format!("{at}.type"), f.kind.as_deref());
-        let base_url = self.base_url(&at, kind, f.base_url);
-        let keys = self.keys(&at, kind, f.keys.unwrap_or_default());
+        let preset = self.preset(&at, kind, f.preset.as_deref());
+        let defaults = preset.map(Preset::defaults);
+        let has_keys = f.keys.as_ref().is_some_and(|k| !k.is_empty());
+        let azure = match kind {
+            Some(ProviderType::Azure) => self.azure(&at, f.azure, has_keys),
+            _ => {
+                if f.azure.is_some() {
+                    self.error(&format!("{at}.azure"), "only used with type = \"azure\"");
+                }
+                None
+            }
+        };
+        let base_url = match &azure {
+            Some(azure) => {
+                if f.base_url.is_some() {
+                    let hint = "type \"azure\" is called at azure.endpoint";
+                    self.error(&format!("{at}.base_url"), format!("not used ({hint})"));
+                }
+                azure.endpoint.clone()
+            }
+            None => {
+                let preset_url = defaults.map(|d| d.base_url.to_string());
+                self.base_url(&at, kind, f.base_url.or(preset_url))
+            }
+        };
+        // Azure checks its own keys (they depend on its `auth`).
+        let keys_required = kind.is_some_and(|k| k.is_network() && k != ProviderType::Azure)
+            && defaults.is_none_or(|d| d.keys_required);
+        let keys = self.keys(&at, kind, keys_required, f.keys.unwrap_or_default());
         let ca_file = f
             .ca_file
             .and_then(|p| self.ca_file(&format!("{at}.ca_file"), &p));
@@ -1455,6 +1545,8 @@ impl Checker<'_> {
         ProviderConfig {
             name: name.to_string(),
             kind: kind.unwrap_or(ProviderType::Mock),
+            preset,
+            azure,
             base_url,
             keys,
             models: self.models(&format!("{at}.models"), f.models.unwrap_or_default()),
@@ -1491,14 +1583,44 @@ impl Checker<'_> {
                         ("output_format", StructuredOutputStyle::OutputFormat),
                     ],
                 ),
-                max_tokens_field: self.choice(
-                    &format!("{at}.max_tokens_field"),
-                    f.max_tokens_field.as_deref(),
-                    &[
-                        ("max_completion_tokens", MaxTokensField::MaxCompletionTokens),
-                        ("max_tokens", MaxTokensField::MaxTokens),
-                    ],
-                ),
+                max_tokens_field: match f.max_tokens_field.as_deref() {
+                    None => defaults.map_or(MaxTokensField::default(), |d| d.max_tokens_field),
+                    value => self.choice(
+                        &format!("{at}.max_tokens_field"),
+                        value,
+                        &[
+                            ("max_completion_tokens", MaxTokensField::MaxCompletionTokens),
+                            ("max_tokens", MaxTokensField::MaxTokens),
+                        ],
+                    ),
+                },
+                stream_usage: f
+                    .stream_usage
+                    .or(defaults.map(|d| d.stream_usage))
+                    .unwrap_or(STREAM_USAGE_DEFAULT),
+                tool_call_id_format: match f.tool_call_id_format.as_deref() {
+                    None => defaults.map_or(ToolCallIdFormat::default(), |d| d.tool_call_id_format),
+                    value => self.choice(
+                        &format!("{at}.tool_call_id_format"),
+                        value,
+                        &[
+                            ("any", ToolCallIdFormat::Any),
+                            ("alphanumeric9", ToolCallIdFormat::Alphanumeric9),
+                        ],
+                    ),
+                },
+                tools_supported: f
+                    .tools_supported
+                    .or(defaults.map(|d| d.tools_supported))
+                    .unwrap_or(TOOLS_SUPPORTED_DEFAULT),
+                parallel_tool_calls_supported: f
+                    .parallel_tool_calls_supported
+                    .or(defaults.map(|d| d.parallel_tool_calls_supported))
+                    .unwrap_or(PARALLEL_TOOL_CALLS_SUPPORTED_DEFAULT),
+                reasoning_content_history: f
+                    .reasoning_content_history
+                    .or(defaults.map(|d| d.reasoning_content_history))
+                    .unwrap_or(REASONING_CONTENT_HISTORY_DEFAULT),
             },
             stream_idle_timeout: self.timeout(
                 &format!("{at}.stream_idle_timeout_ms"),
@@ -1737,15 +1859,36 @@ impl Checker<'_> {
             Some("mock") => Some(ProviderType::Mock),
             Some("openai") => Some(ProviderType::OpenAi),
             Some("anthropic") => Some(ProviderType::Anthropic),
+            Some("azure") => Some(ProviderType::Azure),
             other => {
                 let found = other.map_or("missing".to_string(), |v| format!("found {v:?}"));
-                self.error(
-                    key,
-                    format!("expected one of \"mock\", \"openai\", \"anthropic\" ({found})"),
-                );
+                let expected = "expected one of \"mock\", \"openai\", \"anthropic\", \"azure\"";
+                self.error(key, format!("{expected} ({found})"));
                 None
             }
         }
+    }
+
+    /// `preset` of an `openai` provider: one of [`PRESETS`].
+    fn preset(
+        &mut self,
+        at: &str,
+        kind: Option<ProviderType>,
+        value: Option<&str>,
+    ) -> Option<Preset> {
+        let name = value?;
+        let key = format!("{at}.preset");
+        if kind.is_some_and(|k| k != ProviderType::OpenAi) {
+            self.error(&key, "only used with type = \"openai\"");
+            return None;
+        }
+        let preset = Preset::parse(name);
+        if preset.is_none() {
+            let names: Vec<String> = PRESETS.iter().map(|(n, _)| format!("{n:?}")).collect();
+            let expected = names.join(", ");
+            self.error(&key, format!("expected one of {expected} (found {name:?})"));
+        }
+        preset
     }
 
     /// Required and checked for `openai`, defaulted for `anthropic`; kept as written (trailing
@@ -1766,21 +1909,27 @@ impl Checker<'_> {
         }
         if value.is_none() {
             let example = "e.g. \"https://api.openai.com/v1\"";
-            self.error(&key, format!("required for type \"openai\" ({example})"));
+            let preset = "or a preset, e.g. preset = \"groq\"";
+            self.error(
+                &key,
+                format!("required for type \"openai\" ({example}, {preset})"),
+            );
         } else if let Err(problem) = check_base_url(value.as_deref().unwrap_or("")) {
             self.error(&key, problem);
         }
         url
     }
 
+    /// `required`: at least one key must be given.
     fn keys(
         &mut self,
         at: &str,
         kind: Option<ProviderType>,
+        required: bool,
         files: Vec<KeyFile>,
     ) -> Vec<KeyConfig> {
         let key = format!("{at}.keys");
-        if let Some(kind) = kind.filter(|k| files.is_empty() && k.is_network()) {
+        if let Some(kind) = kind.filter(|_| files.is_empty() && required) {
             let example = "e.g. keys = [{ key = \"env:OPENAI_API_KEY\" }]";
             let name = kind.name();
             self.error(
@@ -2479,6 +2628,10 @@ worker_stack_kb = 64
             ("OPENAI_API_KEY", "sk-o"),
             ("OLLAMA_API_KEY", "ollama"),
             ("ANTHROPIC_API_KEY", "sk-ant"),
+            ("AZURE_OPENAI_API_KEY", "az-key"),
+            ("GROQ_API_KEY", "gsk"),
+            ("MISTRAL_API_KEY", "mk"),
+            ("OPENROUTER_API_KEY", "sk-or"),
         ];
         let c = check_with(&uncommented, &env, Some(CORES)).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.providers["openai"].base_url, "https://api.openai.com/v1");
@@ -2489,6 +2642,14 @@ worker_stack_kb = 64
         assert_eq!(c.providers["anthropic"].kind, ProviderType::Anthropic);
         assert_eq!(c.providers["ollama"].base_url, "http://127.0.0.1:11434/v1");
         assert_eq!(c.providers["openai"].pool.queue_policy, QueuePolicy::Block);
+        assert!(c.providers["ollama"].keys.is_empty());
+        let azure = c.providers["azure"].azure.as_ref().unwrap();
+        assert_eq!(azure.deployment("gpt-4o"), "my-gpt4o-deployment");
+        assert_eq!(
+            c.providers["groq"].base_url,
+            "https://api.groq.com/openai/v1"
+        );
+        assert_eq!(c.providers["openrouter"].headers.len(), 2);
     }
 
     #[test]
@@ -2605,11 +2766,11 @@ worker_stack_kb = 64
             ),
             (
                 "[providers.x]\ntype = \"bedrock2\"\n",
-                "providers.x.type: expected one of \"mock\", \"openai\", \"anthropic\" (found \"bedrock2\")",
+                "providers.x.type: expected one of \"mock\", \"openai\", \"anthropic\", \"azure\" (found \"bedrock2\")",
             ),
             (
                 "[providers.x]\n",
-                "providers.x.type: expected one of \"mock\", \"openai\", \"anthropic\" (missing)",
+                "providers.x.type: expected one of \"mock\", \"openai\", \"anthropic\", \"azure\" (missing)",
             ),
         ];
         for (text, expected) in cases {
@@ -2999,5 +3160,138 @@ worker_stack_kb = 64
         assert!(e.contains("log.level") && e.contains("\"loud\""), "{e}");
         let e = err(&format!("[log]\nformat = \"json\"\n{MOCK}"));
         assert!(e.contains("format"), "{e}");
+    }
+
+    #[test]
+    fn presets_fill_what_the_table_leaves_out() {
+        let env = [("K", "sk-k")];
+        let text = "[providers.m]\ntype = \"openai\"\npreset = \"mistral\"\nkeys = [{ key = \"env:K\" }]\n";
+        let c = check_with(text, &env, Some(CORES)).unwrap();
+        let p = &c.providers["m"];
+        assert_eq!(p.preset, Some(Preset::Mistral));
+        assert_eq!(p.base_url, "https://api.mistral.ai/v1");
+        let t = p.translation;
+        assert_eq!(t.max_tokens_field, MaxTokensField::MaxTokens);
+        assert_eq!(t.tool_call_id_format, ToolCallIdFormat::Alphanumeric9);
+        assert!(!t.stream_usage && t.tools_supported && t.parallel_tool_calls_supported);
+        // Every value the preset sets can be overridden.
+        let text = format!(
+            "{text}base_url = \"http://127.0.0.1:9/v1\"\nmax_tokens_field = \"max_completion_tokens\"\n\
+             stream_usage = true\ntool_call_id_format = \"any\"\n"
+        );
+        let p = check_with(&text, &env, Some(CORES)).unwrap().providers["m"].clone();
+        assert_eq!(p.base_url, "http://127.0.0.1:9/v1");
+        assert_eq!(
+            p.translation.max_tokens_field,
+            MaxTokensField::MaxCompletionTokens
+        );
+        assert_eq!(p.translation.tool_call_id_format, ToolCallIdFormat::Any);
+        assert!(p.translation.stream_usage);
+        // Local servers need no key; hosted services do.
+        let c = check("[providers.o]\ntype = \"openai\"\npreset = \"ollama\"\n").unwrap();
+        assert_eq!(c.providers["o"].base_url, "http://127.0.0.1:11434/v1");
+        assert!(c.providers["o"].keys.is_empty());
+        let e = err("[providers.g]\ntype = \"openai\"\npreset = \"groq\"\n");
+        assert!(e.contains("providers.g.keys: required"), "{e}");
+        let t = check("[providers.p]\ntype = \"openai\"\npreset = \"perplexity\"\nkeys = [{ key = \"env:K\" }]\n");
+        assert!(t.is_err());
+        let p = check_with(
+            "[providers.p]\ntype = \"openai\"\npreset = \"perplexity\"\nkeys = [{ key = \"env:K\" }]\n",
+            &env,
+            Some(CORES),
+        )
+        .unwrap();
+        assert!(!p.providers["p"].translation.tools_supported);
+        let e = err("[providers.x]\ntype = \"openai\"\npreset = \"nope\"\n");
+        assert!(
+            e.contains("providers.x.preset: expected one of \"groq\""),
+            "{e}"
+        );
+        let e = err("[providers.x]\ntype = \"anthropic\"\npreset = \"groq\"\n");
+        assert!(
+            e.contains("providers.x.preset: only used with type = \"openai\""),
+            "{e}"
+        );
+        let e = err(&format!("{MOCK}tool_call_id_format = \"short\"\n"));
+        assert!(
+            e.contains("providers.mock.tool_call_id_format: expected one of"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn azure_with_a_key_or_entra() {
+        let env = [
+            ("AZ", "az-key-1234"),
+            ("TENANT", "contoso.onmicrosoft.com"),
+            ("CLIENT", "client-1"),
+            ("SECRET", "entra-secret-value"),
+        ];
+        let base = "[providers.az]\ntype = \"azure\"\n";
+        let text = format!(
+            "{base}keys = [{{ key = \"env:AZ\" }}]\n[providers.az.azure]\n\
+             endpoint = \"https://res.openai.azure.com/\"\ndeployments = {{ \"gpt-4o\" = \"prod-4o\" }}\n"
+        );
+        let p = check_with(&text, &env, Some(CORES)).unwrap().providers["az"].clone();
+        let a = p.azure.as_ref().unwrap();
+        assert_eq!(
+            (p.kind, p.base_url.as_str()),
+            (ProviderType::Azure, "https://res.openai.azure.com")
+        );
+        assert_eq!(a.api_style, AzureApiStyle::Deployments);
+        assert_eq!(a.api_version.as_deref(), Some(AZURE_API_VERSION_DEFAULT));
+        assert_eq!(
+            (a.deployment("gpt-4o"), a.deployment("o3")),
+            ("prod-4o", "o3")
+        );
+        assert!(matches!(a.auth, AzureAuth::ApiKey));
+
+        let entra = format!(
+            "{base}[providers.az.azure]\nendpoint = \"https://res.openai.azure.com\"\napi_style = \"v1\"\n\
+             auth = \"entra\"\ntenant = \"env:TENANT\"\nclient_id = \"env:CLIENT\"\nclient_secret = \"env:SECRET\"\n"
+        );
+        let p = check_with(&entra, &env, Some(CORES)).unwrap().providers["az"].clone();
+        let a = p.azure.as_ref().unwrap();
+        assert_eq!(
+            (a.api_style, a.api_version.as_deref()),
+            (AzureApiStyle::V1, None)
+        );
+        let AzureAuth::Entra(e) = &a.auth else {
+            panic!("entra")
+        };
+        assert_eq!(
+            e.token_url,
+            "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token"
+        );
+        assert_eq!(e.scope, AZURE_SCOPE_DEFAULT);
+        assert!(p.keys.is_empty());
+        assert!(
+            p.secrets().any(|s| s == "entra-secret-value"),
+            "the redactor hides it"
+        );
+
+        for (extra, problem) in [
+            ("", "providers.az.azure: required for type \"azure\""),
+            ("base_url = \"https://x\"\n[providers.az.azure]\nendpoint = \"https://x\"\n", "providers.az.base_url: not used"),
+            ("[providers.az.azure]\nendpoint = \"https://x?a=1\"\n", "providers.az.azure.endpoint: must not have a query"),
+            ("[providers.az.azure]\nendpoint = \"https://x\"\n", "providers.az.keys: required for type \"azure\" with auth = \"api_key\""),
+            ("[providers.az.azure]\nendpoint = \"https://x\"\ndeployments = { m = \"a/b\" }\n", "deployment names are"),
+            ("[providers.az.azure]\nendpoint = \"https://x\"\napi_version = \"2024 10\"\n", "providers.az.azure.api_version"),
+            ("[providers.az.azure]\nendpoint = \"https://x\"\nauth = \"entra\"\n", "providers.az.azure.client_id: required with auth = \"entra\""),
+            ("[providers.az.azure]\nendpoint = \"https://x\"\nauth = \"entra\"\nclient_id = \"env:CLIENT\"\nclient_secret = \"literal\"\ntenant = \"env:TENANT\"\n", "providers.az.azure.client_secret: literal secrets are not allowed"),
+            ("[providers.az.azure]\nendpoint = \"https://x\"\ntenant = \"env:TENANT\"\n", "providers.az.azure.tenant: only used with auth = \"entra\""),
+            ("keys = [{ key = \"env:AZ\" }]\n[providers.az.azure]\nendpoint = \"https://x\"\nauth = \"entra\"\nclient_id = \"env:CLIENT\"\nclient_secret = \"env:SECRET\"\ntenant = \"env:TENANT\"\n", "providers.az.keys: not used with auth = \"entra\""),
+        ] {
+            let e = err_with(&format!("{base}{extra}"), &env);
+            assert!(e.contains(problem), "{extra}: {e}");
+            assert!(!e.contains("entra-secret-value") && !e.contains("az-key-1234"), "{e}");
+        }
+        let e = err(&format!(
+            "{MOCK}[providers.mock.azure]\nendpoint = \"https://x\"\n"
+        ));
+        assert!(
+            e.contains("providers.mock.azure: only used with type = \"azure\""),
+            "{e}"
+        );
     }
 }

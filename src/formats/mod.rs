@@ -100,7 +100,7 @@ pub struct UpstreamError {
     pub code: Option<String>,
 }
 
-pub use crate::config::{MaxTokensField, StructuredOutputStyle, ThinkingStyle};
+pub use crate::config::{MaxTokensField, StructuredOutputStyle, ThinkingStyle, ToolCallIdFormat};
 
 /// What a provider's request encoder may decide on its own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,7 +108,8 @@ pub struct EncodeOptions {
     /// `max_tokens` when the client gave none and the provider requires one (Anthropic), tokens.
     pub max_tokens_default: u32,
     /// Ask the provider for usage in streams (OpenAI `stream_options.include_usage`) even when
-    /// the client did not, so that the gateway always learns the usage.
+    /// the client did not, so that the gateway always learns the usage. Off for a provider that
+    /// refuses `stream_options`: none is sent.
     pub stream_usage: bool,
     pub thinking_style: ThinkingStyle,
     pub structured_output_style: StructuredOutputStyle,
@@ -117,6 +118,16 @@ pub struct EncodeOptions {
     /// OpenAI rejects it for others). Decides only for requests from another format: an OpenAI
     /// client's own `reasoning_effort` is always passed on.
     pub reasoning_effort: bool,
+    /// The tool-call ids the OpenAI-format provider accepts; other ids are rewritten.
+    pub tool_call_id_format: ToolCallIdFormat,
+    /// Whether the OpenAI-format provider takes `tools` (false: a request offering tools is
+    /// refused with 400 `unsupported_tool`).
+    pub tools: bool,
+    /// Whether the OpenAI-format provider takes `parallel_tool_calls` (false: never sent).
+    pub parallel_tool_calls: bool,
+    /// Send earlier assistant turns' reasoning back as `reasoning_content` (OpenAI-compatible
+    /// servers whose thinking mode needs it; OpenAI itself takes none).
+    pub reasoning_history: bool,
 }
 
 impl Default for EncodeOptions {
@@ -128,6 +139,10 @@ impl Default for EncodeOptions {
             structured_output_style: StructuredOutputStyle::default(),
             max_tokens_field: MaxTokensField::default(),
             reasoning_effort: true,
+            tool_call_id_format: ToolCallIdFormat::Any,
+            tools: true,
+            parallel_tool_calls: true,
+            reasoning_history: false,
         }
     }
 }

@@ -106,7 +106,7 @@ impl ProviderPool {
     /// Build the provider, the queue and start the pinned workers. `core_ids` are the machine's cores.
     /// Its answers are scanned for its own keys only (see [`ProviderPool::start_with_stats`]).
     pub fn start(cfg: &ProviderConfig, core_ids: &[core_affinity::CoreId]) -> Result<Self, String> {
-        let redact = Redactor::new(cfg.keys.iter().map(|k| k.secret.expose()));
+        let redact = Redactor::new(cfg.secrets());
         Self::start_with_stats(cfg, core_ids, None, Arc::new(redact))
     }
 

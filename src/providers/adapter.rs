@@ -53,6 +53,15 @@ pub trait Adapter: Send + Sync {
 
     /// `GET <path>` with `key` for health probes: the URL and the headers.
     fn probe(&self, path: &str, key: &str) -> (String, Headers);
+
+    /// The model named in the upstream body for `model` (e.g. an Azure deployment name).
+    fn body_model<'a>(&self, model: &'a str) -> Cow<'a, str> {
+        Cow::Borrowed(model)
+    }
+
+    /// The upstream answered 401 to a request authorized with `key`: a cached credential derived
+    /// from it (a bearer token) must not be used again.
+    fn unauthorized(&self, _key: &str) {}
 }
 
 /// The value of header `name` among `client`'s forwarded headers.

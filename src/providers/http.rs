@@ -11,14 +11,14 @@ use std::time::{Duration, Instant};
 use super::adapter::{Adapter, Headers, Operation, Outgoing};
 use super::keys::{KeyPolicy, KeyPool, KeySnapshot, ModelMark, NoKey, ProbeOutcome};
 use super::redact::Redactor;
-use super::retry::{backoff, parse_retry_after};
+use super::retry::{backoff, parse_retry_after, parse_retry_after_ms, RETRY_AFTER_MS};
 use super::sse::{
     event_too_large_error, stream_duration_error, stream_idle_error, SseError, SseReader,
 };
 use super::status::{next_step, KeyEffect, NextStep, UpstreamVerdict};
 use super::translate::{self, Mode, Step};
 use super::{Call, StreamResult, StreamSink, WorkerCtx};
-use crate::config::{HealthCheck, HealthConfig, ProviderConfig, RetryConfig};
+use crate::config::{HealthCheck, HealthConfig, KeyConfig, ProviderConfig, RetryConfig, Secret};
 use crate::error::{ApiError, ErrorKind};
 use crate::formats::EncodeOptions;
 use crate::job::{Answer, JobCtl, Usage};
@@ -81,7 +81,7 @@ impl HttpProvider {
             name: cfg.name.clone(),
             adapter,
             keys: KeyPool::new(
-                &cfg.keys,
+                &credential_slots(cfg),
                 KeyPolicy {
                     disable_for: cfg.retry.key_disable,
                     // `GET <base_url><health.path>` re-probes a disabled key.
@@ -95,11 +95,15 @@ impl HttpProvider {
             tls: tls_config(cfg)?,
             encode: EncodeOptions {
                 max_tokens_default: cfg.max_tokens_default,
-                stream_usage: true,
                 thinking_style: cfg.translation.thinking_style,
                 structured_output_style: cfg.translation.structured_output,
                 max_tokens_field: cfg.translation.max_tokens_field,
                 reasoning_effort: cfg.translation.reasoning_effort,
+                stream_usage: cfg.translation.stream_usage,
+                tool_call_id_format: cfg.translation.tool_call_id_format,
+                tools: cfg.translation.tools_supported,
+                parallel_tool_calls: cfg.translation.parallel_tool_calls_supported,
+                reasoning_history: cfg.translation.reasoning_content_history,
             },
         })
     }
@@ -154,7 +158,7 @@ impl HttpProvider {
             request.api,
             wire,
             &request.body,
-            model,
+            &self.adapter.body_model(model),
             stream,
             &self.encode,
             &mut body,
@@ -353,16 +357,15 @@ impl HttpProvider {
         let model = call.job.upstream_model.as_str();
         let verdict = UpstreamVerdict::classify(answer.status, &answer.body);
         (call.record_attempt)(!verdict.breaker_failure());
-        let retry_after = answer
-            .headers
-            .iter()
-            .find(|(n, _)| *n == "retry-after")
-            .and_then(|(_, v)| parse_retry_after(v, std::time::SystemTime::now()));
+        let retry_after = retry_after_of(&answer.headers, std::time::SystemTime::now());
         let upstream_wait = retry_after.unwrap_or(self.retry.rate_limit_cooldown_default);
         let cool_for = upstream_wait.min(self.retry.rate_limit_cooldown_max);
         match (verdict.key_effect(), verdict) {
             (KeyEffect::None, _) => {}
-            (KeyEffect::Disable, _) => self.keys.disable(key, &self.name),
+            (KeyEffect::Disable, _) => {
+                self.adapter.unauthorized(self.keys.secret(key));
+                self.keys.disable(key, &self.name);
+            }
             (KeyEffect::DenyModel, _) => {
                 let mark = if answer.status == 403 {
                     ModelMark::Forbidden
@@ -853,7 +856,8 @@ pub fn unsupported_operation(provider: &str, operation: Operation) -> ApiError {
 }
 
 /// The upstream's response headers passed on to the client (rate-limit state; a `Retry-After`
-/// only when it is a delay or a date).
+/// only when it is a delay or a date). Azure's `retry-after-ms` is passed on too, and stands in
+/// for a missing `Retry-After` (rounded up to whole seconds).
 fn relayed_headers(from: &ureq::http::HeaderMap) -> Vec<(&'static str, String)> {
     let mut headers = Vec::new();
     for name in translate::RELAYED_HEADERS {
@@ -865,7 +869,45 @@ fn relayed_headers(from: &ureq::http::HeaderMap) -> Vec<(&'static str, String)> 
         }
         headers.push((name, v.to_string()));
     }
+    let retry_ms = from
+        .get(RETRY_AFTER_MS)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| Some((v, parse_retry_after_ms(v)?)));
+    if let Some((value, wait)) = retry_ms {
+        if !headers.iter().any(|(n, _)| *n == "retry-after") {
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            headers.push(("retry-after", secs.to_string()));
+        }
+        headers.push((RETRY_AFTER_MS, value.to_string()));
+    }
     headers
+}
+
+/// The wait an answer's headers ask for: Azure's `retry-after-ms` (the more precise) when it is
+/// there, else `Retry-After`.
+fn retry_after_of(
+    headers: &[(&'static str, String)],
+    now: std::time::SystemTime,
+) -> Option<Duration> {
+    let value = |name: &str| headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v);
+    value(RETRY_AFTER_MS)
+        .and_then(|v| parse_retry_after_ms(v))
+        .or_else(|| value("retry-after").and_then(|v| parse_retry_after(v, now)))
+}
+
+/// The slots of the key pool: the configured keys, or for a provider without keys (a local server,
+/// Azure with Entra ID tokens) one slot with an empty secret, for which the adapter sends no key.
+/// The pool's refusal handling then applies to the provider's one credential: a 401 takes it out
+/// until its re-probe.
+fn credential_slots(cfg: &ProviderConfig) -> Vec<KeyConfig> {
+    if !cfg.keys.is_empty() {
+        return cfg.keys.clone();
+    }
+    vec![KeyConfig {
+        secret: Secret::new(String::new()),
+        weight: 1,
+        models: Vec::new(),
+    }]
 }
 
 /// Whether an attempt's error counts against the provider in its circuit breaker: no answer, a

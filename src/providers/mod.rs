@@ -5,6 +5,8 @@
 
 pub mod adapter;
 pub mod anthropic;
+pub mod azure;
+pub mod entra;
 pub mod http;
 pub mod keys;
 pub mod mock;
@@ -100,6 +102,10 @@ impl Provider {
                 &cfg.base_url,
                 &cfg.anthropic_version,
             )),
+            ProviderType::Azure => match &cfg.azure {
+                Some(azure) => Box::new(azure::AzureAdapter::new(&cfg.name, azure)),
+                None => return Err(format!("providers.{}.azure: missing", cfg.name)),
+            },
         };
         Ok(Provider::Http(Box::new(http::HttpProvider::new(
             cfg, adapter, redact,

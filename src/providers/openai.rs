@@ -1,5 +1,6 @@
 //! The `openai` provider: OpenAI Chat Completions over HTTPS or HTTP, for OpenAI itself and every
-//! compatible server (vLLM, Ollama, Groq, Together, ...). `Authorization: Bearer <key>`.
+//! compatible server (vLLM, Ollama, Groq, Together, ...; see `config::Preset`).
+//! `Authorization: Bearer <key>`, none for a provider without keys (a local server).
 
 use super::adapter::{Adapter, Format, Headers, Operation, Outgoing};
 use crate::error::ApiError;
@@ -32,15 +33,18 @@ impl Adapter for OpenAiAdapter {
     }
 
     fn authorize(&self, key: &str, req: &mut Outgoing<'_>) -> Result<(), ApiError> {
-        req.headers
-            .push(("authorization".into(), format!("Bearer {key}")));
+        req.headers.extend(bearer(key));
         Ok(())
     }
 
     fn probe(&self, path: &str, key: &str) -> (String, Headers) {
-        (
-            format!("{}{path}", self.base_url),
-            vec![("authorization".into(), format!("Bearer {key}"))],
-        )
+        (format!("{}{path}", self.base_url), bearer(key).collect())
     }
+}
+
+/// `Authorization: Bearer <key>`, nothing for the keyless slot of a provider without keys.
+fn bearer(key: &str) -> impl Iterator<Item = (std::borrow::Cow<'static, str>, String)> {
+    (!key.is_empty())
+        .then(|| ("authorization".into(), format!("Bearer {key}")))
+        .into_iter()
 }

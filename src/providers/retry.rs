@@ -24,6 +24,22 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     Some(Duration::from_secs(at.saturating_sub(now_s)).min(RETRY_AFTER_MAX))
 }
 
+/// Azure OpenAI's response header giving the wait in milliseconds, more precise than its
+/// `Retry-After` (whole seconds).
+pub const RETRY_AFTER_MS: &str = "retry-after-ms";
+
+/// `retry-after-ms: 1500` (a non-negative number of milliseconds, fractions allowed), clamped to
+/// [`RETRY_AFTER_MAX`].
+pub fn parse_retry_after_ms(value: &str) -> Option<Duration> {
+    let ms: f64 = value.trim().parse().ok()?;
+    if !ms.is_finite() || ms < 0.0 {
+        return None;
+    }
+    Some(Duration::from_secs_f64(
+        (ms / 1000.0).min(RETRY_AFTER_MAX.as_secs_f64()),
+    ))
+}
+
 /// IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) as seconds since the Unix epoch.
 fn parse_http_date(s: &str) -> Option<u64> {
     let rest = s.split_once(", ")?.1;
@@ -108,6 +124,21 @@ mod tests {
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("-3", now), None);
         assert_eq!(parse_retry_after("99999999999", now), Some(RETRY_AFTER_MAX));
+    }
+
+    #[test]
+    fn retry_after_ms_forms() {
+        assert_eq!(
+            parse_retry_after_ms("1500"),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(
+            parse_retry_after_ms(" 2.5 "),
+            Some(Duration::from_micros(2500))
+        );
+        assert_eq!(parse_retry_after_ms("-1"), None);
+        assert_eq!(parse_retry_after_ms("soon"), None);
+        assert_eq!(parse_retry_after_ms("1e30"), Some(RETRY_AFTER_MAX));
     }
 
     #[test]

@@ -73,7 +73,8 @@ pub enum Mode {
 }
 
 /// The upstream body of a job, appended to `out`: the client's body rewritten when the formats
-/// match, else decoded and encoded for `wire`. `stream` asks an OpenAI upstream for the usage.
+/// match, else decoded and encoded for `wire`. `stream` asks an OpenAI upstream for the usage,
+/// unless `opts.stream_usage` is off: such a provider refuses `stream_options`, so none is sent.
 pub fn prepare(
     api: ClientApi,
     wire: Format,
@@ -84,8 +85,12 @@ pub fn prepare(
     out: &mut Vec<u8>,
 ) -> Result<Mode, ApiError> {
     if same_format(api, wire) {
-        let force_usage = stream && wire == Format::OpenAiChat;
-        rewrite_passthrough(body, upstream_model, force_usage, out)?;
+        let edit = match (stream && wire == Format::OpenAiChat, opts.stream_usage) {
+            (false, _) => StreamOptionsEdit::Keep,
+            (true, true) => StreamOptionsEdit::ForceUsage,
+            (true, false) => StreamOptionsEdit::Remove,
+        };
+        rewrite_passthrough_with(body, upstream_model, edit, out)?;
         return Ok(Mode::Passthrough);
     }
     if api.operation() != crate::job::Operation::Chat {
@@ -206,6 +211,32 @@ pub fn rewrite_passthrough(
     force_stream_usage: bool,
     out: &mut Vec<u8>,
 ) -> Result<(), ApiError> {
+    let edit = match force_stream_usage {
+        true => StreamOptionsEdit::ForceUsage,
+        false => StreamOptionsEdit::Keep,
+    };
+    rewrite_passthrough_with(body, upstream_model, edit, out)
+}
+
+/// What a passthrough rewrite does to `stream_options`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamOptionsEdit {
+    /// Left as the client wrote it (or left out).
+    Keep,
+    /// `include_usage: true` set, the member added when missing.
+    ForceUsage,
+    /// The member removed (a provider that refuses the field).
+    Remove,
+}
+
+/// [`rewrite_passthrough`] with any [`StreamOptionsEdit`].
+pub fn rewrite_passthrough_with(
+    body: &[u8],
+    upstream_model: &str,
+    stream_options: StreamOptionsEdit,
+    out: &mut Vec<u8>,
+) -> Result<(), ApiError> {
+    let force_stream_usage = stream_options == StreamOptionsEdit::ForceUsage;
     let invalid = |e: serde_json::Error| {
         ApiError::bad_request(
             "invalid_json",
@@ -224,27 +255,47 @@ pub fn rewrite_passthrough(
     // (start, end, replacement) of every edit, in body order.
     let mut edits: Vec<(usize, usize, Vec<u8>)> = Vec::with_capacity(3);
     let mut has_options = false;
+    let removed: Vec<bool> = fields
+        .iter()
+        .map(|(key, _)| {
+            key == FALLBACKS_FIELD
+                || (key == "stream_options" && stream_options == StreamOptionsEdit::Remove)
+        })
+        .collect();
+    // Each run of removed members goes with one comma that separates it from its neighbours:
+    // the one before it, or for a run at the start, the one after it.
+    let mut i = 0;
+    while i < fields.len() {
+        if !removed[i] {
+            i += 1;
+            continue;
+        }
+        let first = i;
+        while i + 1 < fields.len() && removed[i + 1] {
+            i += 1;
+        }
+        let end = span(fields[i].1).1;
+        let cut = match first.checked_sub(1) {
+            Some(prev) => (span(fields[prev].1).1, end),
+            None => {
+                let next_comma = body[end..close]
+                    .iter()
+                    .position(|&b| b == b',')
+                    .map_or(close, |at| end + at + 1);
+                (open + 1, next_comma)
+            }
+        };
+        edits.push((cut.0, cut.1, Vec::new()));
+        i += 1;
+    }
     for (i, (key, value)) in fields.iter().enumerate() {
         let (start, end) = span(value);
         match key.as_ref() {
+            _ if removed[i] => {}
             "model" => {
                 let mut model = Vec::with_capacity(upstream_model.len() + 2);
                 write_json_str(&mut model, upstream_model);
                 edits.push((start, end, model));
-            }
-            FALLBACKS_FIELD => {
-                // The member goes with the comma that separates it from its neighbour.
-                let cut = match i.checked_sub(1) {
-                    Some(prev) => (span(fields[prev].1).1, end),
-                    None => {
-                        let next_comma = body[end..close]
-                            .iter()
-                            .position(|&b| b == b',')
-                            .map_or(close, |at| end + at + 1);
-                        (open + 1, next_comma)
-                    }
-                };
-                edits.push((cut.0, cut.1, Vec::new()));
             }
             "stream_options" if force_stream_usage => {
                 has_options = true;
@@ -674,6 +725,30 @@ mod tests {
             String::from_utf8(out).unwrap(),
             r#" { "caf\u00e9" : "x\/y",  "model":"u" } "#
         );
+    }
+
+    #[test]
+    fn stream_options_are_removed_for_providers_that_refuse_them() {
+        for (body, want) in [
+            (
+                r#"{"fallbacks":["a/b"],"stream_options":{"include_usage":true},"model":"m","stream":true}"#,
+                r#"{"model":"u","stream":true}"#,
+            ),
+            (
+                r#"{"model":"m","stream_options":{},"fallbacks":[],"stream":true}"#,
+                r#"{"model":"u","stream":true}"#,
+            ),
+            (
+                r#"{"model":"m", "stream_options" : {} }"#,
+                r#"{"model":"u" }"#,
+            ),
+            (r#"{"stream_options":{},"fallbacks":[]}"#, r#"{}"#),
+        ] {
+            let mut out = Vec::new();
+            rewrite_passthrough_with(body.as_bytes(), "u", StreamOptionsEdit::Remove, &mut out)
+                .unwrap();
+            assert_eq!(String::from_utf8(out).unwrap(), want, "{body}");
+        }
     }
 
     #[test]

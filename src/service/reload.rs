@@ -30,10 +30,7 @@ pub fn start_pools(
     let mut pools: Vec<Arc<ProviderPool>> = Vec::with_capacity(config.providers.len());
     // Every provider's answers are scanned for every provider's keys.
     let redact = Arc::new(Redactor::new(
-        config
-            .providers
-            .values()
-            .flat_map(|p| p.keys.iter().map(|k| k.secret.expose())),
+        config.providers.values().flat_map(|p| p.secrets()),
     ));
     for p in config.providers.values() {
         let stats = previous

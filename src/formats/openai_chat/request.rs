@@ -15,7 +15,7 @@ use crate::formats::json::{
     append_fields, decode_top_level, own, parse_raw, CowStr, StrOrSeq, TopLevel,
 };
 use crate::formats::{
-    effort_for_budget, EncodeInfo, EncodeOptions, FormatError, MaxTokensField,
+    effort_for_budget, EncodeInfo, EncodeOptions, FormatError, MaxTokensField, ToolCallIdFormat,
     STRUCTURED_OUTPUT_TOOL_NAME_DEFAULT,
 };
 
@@ -526,10 +526,12 @@ struct OutRequest<'a> {
 struct OutMessage<'a> {
     role: &'static str,
     content: OutContent<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_content: Option<Cow<'a, str>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     tool_calls: Vec<OutToolCall<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    tool_call_id: Option<&'a str>,
+    tool_call_id: Option<Cow<'a, str>>,
 }
 
 #[derive(Serialize)]
@@ -582,7 +584,7 @@ impl Serialize for ImageUrl<'_> {
 #[serde(untagged)]
 enum OutToolCall<'a> {
     Function {
-        id: &'a str,
+        id: Cow<'a, str>,
         #[serde(rename = "type")]
         ty: &'static str,
         function: OutFunctionCall<'a>,
@@ -665,7 +667,14 @@ pub fn encode_request(
     if !native {
         reject_foreign(req)?;
     }
-    let messages = encode_messages(req, native)?;
+    let offers_tools = !(req.tools.is_empty() && req.native_tools.is_empty());
+    if offers_tools && !opts.tools {
+        return Err(FormatError::bad_request(
+            "unsupported_tool",
+            "this provider does not support tools (tools_supported = false)",
+        ));
+    }
+    let messages = encode_messages(req, native, opts)?;
     let mut tools: Vec<OutTool> = req
         .tools
         .iter()
@@ -701,7 +710,9 @@ pub fn encode_request(
             .as_ref()
             .filter(|_| tool_settings_allowed)
             .map(encode_tool_choice),
-        parallel_tool_calls: req.parallel_tool_calls.filter(|_| tool_settings_allowed),
+        parallel_tool_calls: req
+            .parallel_tool_calls
+            .filter(|_| tool_settings_allowed && opts.parallel_tool_calls),
         response_format: req.structured_output.as_ref().map(encode_response_format),
         reasoning_effort: reasoning_effort(req).filter(|_| native || opts.reasoning_effort),
         user: req.user_id.as_deref(),
@@ -757,7 +768,11 @@ fn unsupported_block(kind: &str) -> FormatError {
     )
 }
 
-fn encode_messages(req: &ChatRequest, native: bool) -> Result<Vec<OutMessage<'_>>, FormatError> {
+fn encode_messages<'a>(
+    req: &'a ChatRequest,
+    native: bool,
+    opts: &EncodeOptions,
+) -> Result<Vec<OutMessage<'a>>, FormatError> {
     let system_role = if req.system_as_developer {
         "developer"
     } else {
@@ -785,8 +800,8 @@ fn encode_messages(req: &ChatRequest, native: bool) -> Result<Vec<OutMessage<'_>
                 let parts = user_parts(&m.content, native)?;
                 out.push(plain_message(system_role, content_of(parts)));
             }
-            Role::User | Role::Tool => encode_user(&m.content, native, &mut out)?,
-            Role::Assistant => out.push(encode_assistant(&m.content)),
+            Role::User | Role::Tool => encode_user(&m.content, native, opts, &mut out)?,
+            Role::Assistant => out.push(encode_assistant(&m.content, opts)),
         }
     }
     Ok(out)
@@ -796,6 +811,7 @@ fn plain_message<'a>(role: &'static str, content: OutContent<'a>) -> OutMessage<
     OutMessage {
         role,
         content,
+        reasoning_content: None,
         tool_calls: Vec::new(),
         tool_call_id: None,
     }
@@ -842,6 +858,7 @@ fn image_part<'a>(source: &'a ImageSource, detail: &'a Option<String>) -> OutPar
 fn encode_user<'a>(
     content: &'a [Part],
     native: bool,
+    opts: &EncodeOptions,
     out: &mut Vec<OutMessage<'a>>,
 ) -> Result<(), FormatError> {
     let mut tool_images = Vec::new();
@@ -871,8 +888,9 @@ fn encode_user<'a>(
         out.push(OutMessage {
             role: "tool",
             content: OutContent::Text(text),
+            reasoning_content: None,
             tool_calls: Vec::new(),
-            tool_call_id: Some(tool_call_id),
+            tool_call_id: Some(tool_call_id_for(tool_call_id, opts.tool_call_id_format)),
         });
     }
     let rest = user_parts(content, native)?;
@@ -889,21 +907,24 @@ fn encode_user<'a>(
     Ok(())
 }
 
-/// An assistant turn: its text (blocks joined by a blank line) and tool calls. Reasoning is not
-/// sent: OpenAI takes none back.
-fn encode_assistant(content: &[Part]) -> OutMessage<'_> {
+/// An assistant turn: its text (blocks joined by a blank line) and tool calls. Reasoning is sent
+/// back as `reasoning_content` only when the provider asks for it (`reasoning_history`): OpenAI
+/// takes none back.
+fn encode_assistant<'a>(content: &'a [Part], opts: &EncodeOptions) -> OutMessage<'a> {
     let mut texts: Vec<&str> = Vec::new();
+    let mut reasoning: Vec<&str> = Vec::new();
     let mut tool_calls = Vec::new();
     for p in content {
         match p {
             Part::Text { text, .. } => texts.push(text),
+            Part::Reasoning { text, .. } if opts.reasoning_history => reasoning.push(text),
             Part::ToolCall {
                 id,
                 name,
                 arguments_json,
                 ..
             } => tool_calls.push(OutToolCall::Function {
-                id,
+                id: tool_call_id_for(id, opts.tool_call_id_format),
                 ty: "function",
                 function: OutFunctionCall {
                     name,
@@ -924,11 +945,48 @@ fn encode_assistant(content: &[Part]) -> OutMessage<'_> {
         [one] => OutContent::Text(Cow::Borrowed(*one)),
         many => OutContent::Text(Cow::Owned(many.join("\n\n"))),
     };
+    let reasoning_content = match reasoning.as_slice() {
+        [] => None,
+        [one] => Some(Cow::Borrowed(*one)),
+        many => Some(Cow::Owned(many.concat())),
+    };
     OutMessage {
         role: "assistant",
         content,
+        reasoning_content,
         tool_calls,
         tool_call_id: None,
+    }
+}
+
+/// Characters of an [`ToolCallIdFormat::Alphanumeric9`] id.
+const ALPHANUMERIC9_LEN: usize = 9;
+const ALPHANUMERIC: &[u8; 62] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+// 62^9 distinct ids fit the 64-bit digest they are drawn from.
+const _: () = assert!(62u64.checked_pow(ALPHANUMERIC9_LEN as u32).is_some());
+
+/// A tool-call id in the form the provider accepts: kept when it already fits, else (for
+/// [`ToolCallIdFormat::Alphanumeric9`]) 9 letters and digits from a 64-bit FNV-1a digest of
+/// the id, so a call and its result, sent again in every later turn, keep matching.
+fn tool_call_id_for(id: &str, format: ToolCallIdFormat) -> Cow<'_, str> {
+    let fits =
+        |id: &str| id.len() == ALPHANUMERIC9_LEN && id.bytes().all(|b| b.is_ascii_alphanumeric());
+    match format {
+        ToolCallIdFormat::Any => Cow::Borrowed(id),
+        ToolCallIdFormat::Alphanumeric9 if fits(id) => Cow::Borrowed(id),
+        ToolCallIdFormat::Alphanumeric9 => {
+            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+            for b in id.bytes() {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+            let mut out = String::with_capacity(ALPHANUMERIC9_LEN);
+            for _ in 0..ALPHANUMERIC9_LEN {
+                out.push(char::from(ALPHANUMERIC[(h % 62) as usize]));
+                h /= 62;
+            }
+            Cow::Owned(out)
+        }
     }
 }
 
@@ -979,12 +1037,13 @@ fn reasoning_effort(req: &ChatRequest) -> Option<&'static str> {
 }
 
 /// `stream_options` for a streamed request: the client's own (OpenAI clients) with
-/// `include_usage` set when the client or the gateway wants usage.
+/// `include_usage` set, the gateway always wanting the usage; none for a provider that refuses
+/// the field (`stream_usage` off; such servers send the usage unasked).
 fn stream_options(
     req: &ChatRequest,
     opts: &EncodeOptions,
 ) -> Option<serde_json::Map<String, serde_json::Value>> {
-    if !req.stream {
+    if !req.stream || !opts.stream_usage {
         return None;
     }
     let mut map: serde_json::Map<String, serde_json::Value> = req
@@ -992,9 +1051,7 @@ fn stream_options(
         .filter(|_| req.source == Format::OpenAiChat)
         .and_then(|raw| serde_json::from_str(raw.get()).ok())
         .unwrap_or_default();
-    if opts.stream_usage || req.stream_usage {
-        map.insert("include_usage".to_owned(), serde_json::Value::Bool(true));
-    }
+    map.insert("include_usage".to_owned(), serde_json::Value::Bool(true));
     (!map.is_empty()).then_some(map)
 }
 
@@ -1136,6 +1193,103 @@ mod tests {
         encode_request(&own, "o3", &opts, &mut out).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["reasoning_effort"], "high");
+    }
+
+    fn encode_with(
+        req: &ChatRequest,
+        opts: &EncodeOptions,
+    ) -> Result<serde_json::Value, FormatError> {
+        let mut out = Vec::new();
+        encode_request(req, "up", opts, &mut out)?;
+        Ok(serde_json::from_slice(&out).unwrap())
+    }
+
+    /// An Anthropic conversation: a thinking turn that called a tool, and its result.
+    fn anthropic_tool_turns() -> ChatRequest {
+        crate::formats::anthropic::decode_request(
+            br#"{"model":"c","max_tokens":100,"tools":[{"name":"get_weather","input_schema":{"type":"object"}}],
+            "tool_choice":{"type":"auto","disable_parallel_tool_use":true},
+            "messages":[{"role":"user","content":"weather?"},
+            {"role":"assistant","content":[{"type":"thinking","thinking":"Let me look.","signature":""},
+              {"type":"tool_use","id":"toolu_01A09q90qw90lq917835lq9","name":"get_weather","input":{}}]},
+            {"role":"user","content":[{"type":"tool_result","tool_use_id":"toolu_01A09q90qw90lq917835lq9","content":"sunny"}]}]}"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn tool_call_ids_follow_the_provider_format() {
+        let req = anthropic_tool_turns();
+        let v = encode_with(&req, &EncodeOptions::default()).unwrap();
+        assert_eq!(
+            v["messages"][1]["tool_calls"][0]["id"],
+            "toolu_01A09q90qw90lq917835lq9"
+        );
+        let opts = EncodeOptions {
+            tool_call_id_format: ToolCallIdFormat::Alphanumeric9,
+            ..EncodeOptions::default()
+        };
+        let v = encode_with(&req, &opts).unwrap();
+        let call = v["messages"][1]["tool_calls"][0]["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(v["messages"][2]["tool_call_id"], call.as_str(), "{v}");
+        assert!(
+            call.len() == 9 && call.bytes().all(|b| b.is_ascii_alphanumeric()),
+            "{call}"
+        );
+        // The same id in every later turn; an id that already fits is kept.
+        assert_eq!(
+            encode_with(&req, &opts).unwrap()["messages"][1]["tool_calls"][0]["id"],
+            call.as_str()
+        );
+        assert_eq!(
+            tool_call_id_for("D681PevKs", ToolCallIdFormat::Alphanumeric9),
+            "D681PevKs"
+        );
+        assert_ne!(
+            tool_call_id_for("call_1", ToolCallIdFormat::Alphanumeric9),
+            tool_call_id_for("call_2", ToolCallIdFormat::Alphanumeric9)
+        );
+    }
+
+    #[test]
+    fn tools_and_parallel_tool_calls_follow_the_provider() {
+        let req = anthropic_tool_turns();
+        assert_eq!(encode(&req)["parallel_tool_calls"], false);
+        let opts = EncodeOptions {
+            parallel_tool_calls: false,
+            ..EncodeOptions::default()
+        };
+        let v = encode_with(&req, &opts).unwrap();
+        assert!(
+            v.get("parallel_tool_calls").is_none() && v["tools"].is_array(),
+            "{v}"
+        );
+        let opts = EncodeOptions {
+            tools: false,
+            ..EncodeOptions::default()
+        };
+        let e = encode_with(&req, &opts).unwrap_err();
+        assert_eq!((e.status, e.code), (400, "unsupported_tool"));
+        // Without tools offered the request goes through.
+        let plain = decode(r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#);
+        assert!(encode_with(&plain, &opts).is_ok());
+    }
+
+    #[test]
+    fn reasoning_goes_back_only_when_the_provider_needs_it() {
+        let req = anthropic_tool_turns();
+        let v = encode(&req);
+        assert!(v["messages"][1].get("reasoning_content").is_none(), "{v}");
+        let opts = EncodeOptions {
+            reasoning_history: true,
+            ..EncodeOptions::default()
+        };
+        let v = encode_with(&req, &opts).unwrap();
+        assert_eq!(v["messages"][1]["reasoning_content"], "Let me look.");
+        assert!(v["messages"][0].get("reasoning_content").is_none());
     }
 
     #[test]
