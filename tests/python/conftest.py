@@ -2,7 +2,7 @@
 loopback ports and stop them afterwards.
 
 The gateway serves three kinds of provider, each by its own model prefix:
-- `mock/...`: the built-in mock (models `gpt-4o-mini`, `echo`);
+- `mock/...`: the built-in mock (models `gpt-4o-mini`, `echo`, `text-embedding-3-small`);
 - `up/...`: an `openai` provider on the bench mock's Chat Completions;
 - `anth/...`: an `anthropic` provider on the bench mock's Messages API.
 Every made-up string (tool arguments, structured answers) is TOOL_TEXT on both mocks.
@@ -106,7 +106,7 @@ stdout_interval_ms = 0
 
 [providers.mock]
 type = "mock"
-models = ["gpt-4o-mini", "echo"]
+models = ["gpt-4o-mini", "echo", "text-embedding-3-small"]
 
 [providers.mock.mock]
 tool_text = "{TOOL_TEXT}"

@@ -1,0 +1,238 @@
+"""Azure OpenAI and OpenAI-compatible presets behind the gateway, driven by the official SDKs: the
+clients speak OpenAI (or Anthropic) to the gateway, the gateway speaks Azure to the bench mock
+(deployment routes with the deployment map and api-key, the v1 API with Entra ID tokens from the
+mock's token endpoint, refreshed before they expire) or a preset's OpenAI dialect."""
+
+import os
+import tempfile
+import time
+import urllib.request
+import json
+
+import anthropic
+import openai
+import pytest
+
+from conftest import TOOL_TEXT, Proc, binary
+
+AZ_KEY = "azure-sdk-key-0123456789"
+PRESET_KEY = "preset-sdk-key-0123"
+# Tokens from the mock's endpoint live this long; the gateway replaces them after half of it.
+TOKEN_LIFETIME_S = 2
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def azure_env():
+    mock = Proc(
+        [
+            binary("deepintshield-mock"),
+            "--listen", "127.0.0.1:0",
+            "--threads", "1",
+            "--tool-text", TOOL_TEXT,
+            "--token-expires-s", str(TOKEN_LIFETIME_S),
+        ]
+    )
+    m = mock.first_line.rsplit(" ", 1)[1]
+    config = f"""
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+threads = 2
+
+[stats]
+stdout_interval_ms = 0
+
+[providers.az]
+type = "azure"
+keys = [{{ key = "env:AZ_KEY" }}]
+max_retries = 0
+
+[providers.az.azure]
+endpoint = "http://{m}"
+deployments = {{ "gpt-4o" = "prod-4o", "text-embedding-3-small" = "embed-small" }}
+
+[providers.azv1]
+type = "azure"
+
+[providers.azv1.azure]
+endpoint = "http://{m}"
+api_style = "v1"
+deployments = {{ "gpt-4o" = "v1-gpt4o" }}
+auth = "entra"
+tenant = "env:AZ_TENANT"
+client_id = "env:AZ_CLIENT_ID"
+client_secret = "env:AZ_CLIENT_SECRET"
+token_url = "http://{m}/entra/{{tenant}}/oauth2/v2.0/token"
+
+[providers.groq]
+type = "openai"
+preset = "groq"
+base_url = "http://{m}/v1"
+keys = [{{ key = "env:PRESET_KEY" }}]
+
+[providers.mistral]
+type = "openai"
+preset = "mistral"
+base_url = "http://{m}/v1"
+keys = [{{ key = "env:PRESET_KEY" }}]
+"""
+    with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
+        f.write(config)
+        path = f.name
+    env = {
+        "AZ_KEY": AZ_KEY,
+        "AZ_TENANT": "contoso",
+        "AZ_CLIENT_ID": "sdk-client",
+        "AZ_CLIENT_SECRET": "sdk-client-secret",
+        "PRESET_KEY": PRESET_KEY,
+    }
+    gw = Proc([binary("deepintshield"), "--config", path], env=env)
+    api = gw.first_line.split("http://")[1].split(" ")[0]
+    yield {"api": api, "mock": m}
+    gw.stop()
+    mock.stop()
+    os.unlink(path)
+
+
+def stats(env):
+    with urllib.request.urlopen(f"http://{env['mock']}/mock/stats", timeout=5) as r:
+        return json.load(r)
+
+
+@pytest.fixture()
+def client(azure_env):
+    return openai.OpenAI(base_url=f"http://{azure_env['api']}/v1", api_key="client-key", max_retries=0, timeout=10)
+
+
+def test_chat_to_azure_deployment(client, azure_env):
+    resp = client.chat.completions.create(model="az/gpt-4o", messages=[{"role": "user", "content": "Hello Azure"}])
+    assert resp.choices[0].message.content == "mock: Hello Azure"
+    assert resp.usage.total_tokens == resp.usage.prompt_tokens + resp.usage.completion_tokens
+    seen = stats(azure_env)
+    assert seen["last_path"] == "/openai/deployments/prod-4o/chat/completions"
+    assert seen["last_azure_deployment"] == "prod-4o"
+    assert seen["last_azure_api_version"] == "2024-10-21"
+    assert seen["last_azure_api_key"] == AZ_KEY
+    # The client's key never goes upstream.
+    assert seen["last_authorization"] == ""
+
+
+def test_stream_to_azure_v1_with_an_entra_token(client, azure_env):
+    stream = client.chat.completions.create(
+        model="azv1/gpt-4o",
+        messages=[{"role": "user", "content": "stream please"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    text, usage = "", None
+    for chunk in stream:
+        if chunk.choices:
+            text += chunk.choices[0].delta.content or ""
+        usage = chunk.usage or usage
+    assert text == "mock: stream please"
+    assert usage is not None and usage.completion_tokens > 0
+    seen = stats(azure_env)
+    assert seen["last_path"] == "/openai/v1/chat/completions"
+    assert seen["last_model"] == "v1-gpt4o"
+    assert seen["last_authorization"].startswith("Bearer mocktoken-")
+    assert seen["last_token_request"] == {
+        "tenant": "contoso",
+        "client_id": "sdk-client",
+        "scope": "https://cognitiveservices.azure.com/.default",
+    }
+
+
+def test_tool_round_trip_through_azure(client):
+    messages = [{"role": "user", "content": "use tool get_weather for Paris"}]
+    resp = client.chat.completions.create(model="az/gpt-4o", messages=messages, tools=[WEATHER_TOOL])
+    call = resp.choices[0].message.tool_calls[0]
+    assert resp.choices[0].finish_reason == "tool_calls"
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": TOOL_TEXT}
+    messages += [resp.choices[0].message, {"role": "tool", "tool_call_id": call.id, "content": "sunny"}]
+    final = client.chat.completions.create(model="az/gpt-4o", messages=messages, tools=[WEATHER_TOOL])
+    assert final.choices[0].message.content == "mock: tool result: sunny"
+
+
+def test_embeddings_to_azure(client, azure_env):
+    floats = client.embeddings.create(model="az/text-embedding-3-small", input=["a", "b"], encoding_format="float")
+    b64 = client.embeddings.create(model="az/text-embedding-3-small", input=["a", "b"])
+    assert [len(d.embedding) for d in floats.data] == [8, 8]
+    assert floats.data[0].embedding == pytest.approx(b64.data[0].embedding)
+    seen = stats(azure_env)
+    assert seen["last_path"] == "/openai/deployments/embed-small/embeddings"
+
+
+def test_entra_token_refreshed_before_it_expires(client, azure_env):
+    first = stats(azure_env)["token_requests"]
+    deadline = time.monotonic() + 4 * TOKEN_LIFETIME_S
+    while stats(azure_env)["token_requests"] <= first:
+        assert time.monotonic() < deadline, "the token was never refreshed"
+        resp = client.chat.completions.create(model="azv1/gpt-4o", messages=[{"role": "user", "content": "tick"}])
+        assert resp.choices[0].message.content == "mock: tick"
+        time.sleep(0.1)
+    seen = stats(azure_env)
+    assert seen["last_authorization"] == f"Bearer mocktoken-{seen['token_requests']}"
+
+
+def test_azure_rate_limit_keeps_retry_after_ms(client):
+    with pytest.raises(openai.RateLimitError) as e:
+        client.chat.completions.create(model="az/status-429-retryms-1500", messages=[{"role": "user", "content": "x"}])
+    assert e.value.response.headers["retry-after-ms"] == "1500"
+    assert e.value.response.headers["retry-after"] == "2"
+    assert e.value.code == "429"
+
+
+def test_groq_preset_with_its_base_url_overridden(client, azure_env):
+    stream = client.chat.completions.create(
+        model="groq/llama-3.3-70b-versatile", messages=[{"role": "user", "content": "fast"}], stream=True
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "mock: fast"
+    seen = stats(azure_env)
+    assert seen["last_path"] == "/v1/chat/completions"
+    assert seen["last_authorization"] == f"Bearer {PRESET_KEY}"
+    # Groq takes stream_options: the gateway asks for the usage.
+    assert seen["last_body"]["stream_options"] == {"include_usage": True}
+
+
+def test_mistral_preset_applies_its_settings(client, azure_env):
+    stream = client.chat.completions.create(
+        model="mistral/mistral-small-latest",
+        messages=[{"role": "user", "content": "bonjour"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "mock: bonjour"
+    assert "stream_options" not in stats(azure_env)["last_body"]
+
+    claude = anthropic.Anthropic(base_url=f"http://{azure_env['api']}", api_key="client-key", max_retries=0, timeout=10)
+    tool = {"name": "get_weather", "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}
+    first = claude.messages.create(
+        model="mistral/mistral-large-latest",
+        max_tokens=100,
+        tools=[tool],
+        messages=[{"role": "user", "content": "use tool get_weather"}],
+    )
+    use = next(b for b in first.content if b.type == "tool_use")
+    # Anthropic-style ids from earlier turns are rewritten to Mistral's 9 letters and digits.
+    history = [
+        {"role": "user", "content": "use tool get_weather"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_01A09q90qw90lq917835lq9", "name": "get_weather", "input": use.input}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_01A09q90qw90lq917835lq9", "content": "rain"}]},
+    ]
+    final = claude.messages.create(model="mistral/mistral-large-latest", max_tokens=100, tools=[tool], messages=history)
+    assert final.content[0].text == "mock: tool result: rain"
+    body = stats(azure_env)["last_body"]
+    assert body["max_tokens"] == 100 and "max_completion_tokens" not in body
+    sent_id = body["messages"][1]["tool_calls"][0]["id"]
+    assert len(sent_id) == 9 and sent_id.isalnum()
+    assert body["messages"][2]["tool_call_id"] == sent_id
