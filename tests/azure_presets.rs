@@ -172,6 +172,38 @@ fn azure_v1_with_entra_tokens_refreshed_before_they_expire() {
 }
 
 #[test]
+fn concurrent_first_requests_share_one_token_fetch() {
+    let mock = Mock::start(&["--delay-ms", "50"]);
+    let gw = Gateway::start_with_env(&azure_config(&mock), &azure_env());
+    let api = gw.api;
+    let calls: Vec<_> = (0..8)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let chat = serde_json::json!({"model": "azv1/gpt-4o",
+                    "messages": [{"role": "user", "content": format!("hi {i}")}]});
+                let body = chat.to_string();
+                let headers = [("content-type", "application/json")];
+                request(
+                    api,
+                    "POST",
+                    "/v1/chat/completions",
+                    &headers,
+                    body.as_bytes(),
+                )
+                .status
+            })
+        })
+        .collect();
+    let statuses: Vec<u16> = calls.into_iter().map(|c| c.join().unwrap_or(0)).collect();
+    assert_eq!(statuses, vec![200; 8]);
+    assert_eq!(
+        mock.stats()["token_requests"],
+        1,
+        "one fetch for all workers"
+    );
+}
+
+#[test]
 fn entra_failures_are_502_without_secrets() {
     let mock = Mock::start(&[]);
     let gw = Gateway::start_with_env(&azure_config(&mock), &azure_env());
