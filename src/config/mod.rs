@@ -21,6 +21,7 @@ use serde::Deserialize;
 use crate::log::Level;
 
 mod limits;
+mod vertex;
 
 pub use limits::{BreakerConfig, Limits, MaxTokensField, StructuredOutputStyle, ThinkingStyle};
 use limits::{
@@ -28,6 +29,10 @@ use limits::{
     BODY_TIMEOUT_MS_DEFAULT, CONNECTIONS_MAX_DEFAULT, COROUTINE_STACK_KB_DEFAULT,
     HEADER_BYTES_MAX_DEFAULT, HEADER_LINES_MAX_DEFAULT, HEADER_READ_TIMEOUT_MS_DEFAULT,
     IDLE_TIMEOUT_MS_DEFAULT, WRITE_TIMEOUT_MS_DEFAULT,
+};
+pub use vertex::{
+    vertex_base_url, PrivateKey, ServiceAccount, VertexConfig, GEMINI_BASE_URL_DEFAULT,
+    VERTEX_CREDENTIALS_BYTES_MAX, VERTEX_TOKEN_URI_DEFAULT,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -336,6 +341,10 @@ pub enum ProviderType {
     OpenAi,
     /// Anthropic Messages (`x-api-key`, `anthropic-version`).
     Anthropic,
+    /// Google AI Studio's Gemini API (`generateContent`, `x-goog-api-key`).
+    Gemini,
+    /// Gemini models on Vertex AI (the same bodies; OAuth2 access tokens of a service account).
+    Vertex,
 }
 
 impl ProviderType {
@@ -350,6 +359,8 @@ impl ProviderType {
             ProviderType::Mock => "mock",
             ProviderType::OpenAi => "openai",
             ProviderType::Anthropic => "anthropic",
+            ProviderType::Gemini => "gemini",
+            ProviderType::Vertex => "vertex",
         }
     }
 }
@@ -601,6 +612,8 @@ pub struct ProviderConfig {
     pub ca_file: Option<PathBuf>,
     /// `anthropic-version` sent to an `anthropic` upstream when the client sent none.
     pub anthropic_version: String,
+    /// Project, location and service account of a `vertex` provider (`None` for other types).
+    pub vertex: Option<VertexConfig>,
     /// `max_tokens` of a translated request without one, for providers that require it.
     pub max_tokens_default: u32,
     /// How requests of another format are encoded for this provider.
@@ -750,6 +763,7 @@ impl ProviderConfig {
             kind: ProviderType::Mock,
             base_url: String::new(),
             anthropic_version: ANTHROPIC_VERSION_DEFAULT.to_string(),
+            vertex: None,
             max_tokens_default: MAX_TOKENS_DEFAULT as u32,
             translation: TranslationConfig::default(),
             keys: Vec::new(),
@@ -868,6 +882,7 @@ struct ProviderFile {
     max_tokens_field: Option<String>,
     keys: Option<Vec<KeyFile>>,
     mock: Option<MockFile>,
+    vertex: Option<vertex::VertexFile>,
     pool: Option<PoolFile>,
     max_retries: Option<u64>,
     retry_backoff_ms_initial: Option<u64>,
@@ -1446,7 +1461,12 @@ impl Checker<'_> {
             self.error(&at, format!("provider names are {rule}"));
         }
         let kind = self.provider_type(&format!("{at}.type"), f.kind.as_deref());
-        let base_url = self.base_url(&at, kind, f.base_url);
+        let vertex = self.vertex(&at, kind, f.vertex);
+        let base_url = match (kind, &vertex, f.base_url) {
+            (Some(ProviderType::Vertex), Some(v), None) => Some(vertex_base_url(&v.location)),
+            (_, _, url) => url,
+        };
+        let base_url = self.base_url(&at, kind, base_url);
         let keys = self.keys(&at, kind, f.keys.unwrap_or_default());
         let ca_file = f
             .ca_file
@@ -1467,6 +1487,7 @@ impl Checker<'_> {
             ca_file,
             anthropic_version: self
                 .anthropic_version(&format!("{at}.anthropic_version"), f.anthropic_version),
+            vertex,
             max_tokens_default: self.int(
                 &format!("{at}.max_tokens_default"),
                 f.max_tokens_default,
@@ -1737,12 +1758,12 @@ impl Checker<'_> {
             Some("mock") => Some(ProviderType::Mock),
             Some("openai") => Some(ProviderType::OpenAi),
             Some("anthropic") => Some(ProviderType::Anthropic),
+            Some("gemini") => Some(ProviderType::Gemini),
+            Some("vertex") => Some(ProviderType::Vertex),
             other => {
                 let found = other.map_or("missing".to_string(), |v| format!("found {v:?}"));
-                self.error(
-                    key,
-                    format!("expected one of \"mock\", \"openai\", \"anthropic\" ({found})"),
-                );
+                let types = "\"mock\", \"openai\", \"anthropic\", \"gemini\", \"vertex\"";
+                self.error(key, format!("expected one of {types} ({found})"));
                 None
             }
         }
@@ -1754,6 +1775,7 @@ impl Checker<'_> {
         let key = format!("{at}.base_url");
         let value = match (kind, value) {
             (Some(ProviderType::Anthropic), None) => Some(ANTHROPIC_BASE_URL_DEFAULT.to_string()),
+            (Some(ProviderType::Gemini), None) => Some(GEMINI_BASE_URL_DEFAULT.to_string()),
             (_, value) => value,
         };
         let url = value
@@ -1780,6 +1802,19 @@ impl Checker<'_> {
         files: Vec<KeyFile>,
     ) -> Vec<KeyConfig> {
         let key = format!("{at}.keys");
+        if kind == Some(ProviderType::Vertex) {
+            if !files.is_empty() {
+                let why = "a vertex provider authenticates with vertex.credentials_file";
+                self.error(&key, format!("not used by type \"vertex\" ({why})"));
+            }
+            // One key slot, with no secret of its own: the service account. It carries the
+            // account's refusals (429 cool-downs per model, a 401 disable) like any key.
+            return vec![KeyConfig {
+                secret: Secret::new(String::new()),
+                weight: 1,
+                models: Vec::new(),
+            }];
+        }
         if let Some(kind) = kind.filter(|k| files.is_empty() && k.is_network()) {
             let example = "e.g. keys = [{ key = \"env:OPENAI_API_KEY\" }]";
             let name = kind.name();
@@ -2605,11 +2640,11 @@ worker_stack_kb = 64
             ),
             (
                 "[providers.x]\ntype = \"bedrock2\"\n",
-                "providers.x.type: expected one of \"mock\", \"openai\", \"anthropic\" (found \"bedrock2\")",
+                "providers.x.type: expected one of \"mock\", \"openai\", \"anthropic\", \"gemini\", \"vertex\" (found \"bedrock2\")",
             ),
             (
                 "[providers.x]\n",
-                "providers.x.type: expected one of \"mock\", \"openai\", \"anthropic\" (missing)",
+                "providers.x.type: expected one of \"mock\", \"openai\", \"anthropic\", \"gemini\", \"vertex\" (missing)",
             ),
         ];
         for (text, expected) in cases {

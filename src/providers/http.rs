@@ -18,8 +18,9 @@ use super::sse::{
 use super::status::{next_step, KeyEffect, NextStep, UpstreamVerdict};
 use super::translate::{self, Mode, Step};
 use super::{Call, StreamResult, StreamSink, WorkerCtx};
-use crate::config::{HealthCheck, HealthConfig, ProviderConfig, RetryConfig};
+use crate::config::{HealthCheck, HealthConfig, ProviderConfig, ProviderType, RetryConfig};
 use crate::error::{ApiError, ErrorKind};
+use crate::formats::gemini::EmbeddingsDialect;
 use crate::formats::EncodeOptions;
 use crate::job::{Answer, JobCtl, Usage};
 
@@ -100,6 +101,10 @@ impl HttpProvider {
                 structured_output_style: cfg.translation.structured_output,
                 max_tokens_field: cfg.translation.max_tokens_field,
                 reasoning_effort: cfg.translation.reasoning_effort,
+                google_embeddings: match cfg.kind {
+                    ProviderType::Vertex => EmbeddingsDialect::VertexPredict,
+                    _ => EmbeddingsDialect::BatchEmbedContents,
+                },
             },
         })
     }
@@ -653,6 +658,11 @@ impl HttpProvider {
         answer.content_type = "application/json";
         if prepared.operation != Operation::CountTokens {
             answer.usage = usage;
+        }
+        if translate::usage_estimated(&prepared.mode) {
+            answer
+                .headers
+                .push((translate::ESTIMATE_HEADER, "embedding-tokens".to_string()));
         }
         Ok(answer)
     }

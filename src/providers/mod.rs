@@ -5,6 +5,8 @@
 
 pub mod adapter;
 pub mod anthropic;
+pub mod gemini;
+pub mod google_auth;
 pub mod http;
 pub mod keys;
 pub mod mock;
@@ -16,6 +18,7 @@ pub mod sse;
 pub mod status;
 pub mod translate;
 pub mod transport;
+pub mod vertex;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -100,6 +103,11 @@ impl Provider {
                 &cfg.base_url,
                 &cfg.anthropic_version,
             )),
+            ProviderType::Gemini => Box::new(gemini::GeminiAdapter::new(&cfg.base_url)),
+            ProviderType::Vertex => match &cfg.vertex {
+                Some(v) => Box::new(vertex::VertexAdapter::new(&cfg.name, &cfg.base_url, v)?),
+                None => return Err(format!("providers.{}.vertex: missing", cfg.name)),
+            },
         };
         Ok(Provider::Http(Box::new(http::HttpProvider::new(
             cfg, adapter, redact,
