@@ -7,6 +7,7 @@ pub mod dist;
 pub mod engine;
 pub mod faults;
 pub mod flags;
+pub mod gemini;
 pub mod procfs;
 pub mod report;
 pub mod request;
