@@ -2510,10 +2510,17 @@ worker_stack_kb = 64
             uncommented.contains("\n[providers.ollama]\n"),
             "{uncommented}"
         );
+        // The Vertex example's key file: a throwaway service account made for the test.
+        let key_file = test_service_account("shipped-example");
+        let uncommented = uncommented.replace(
+            "file:/etc/deepintshield/vertex-sa.json",
+            &format!("file:{}", key_file.display()),
+        );
         let env = [
             ("OPENAI_API_KEY", "sk-o"),
             ("OLLAMA_API_KEY", "ollama"),
             ("ANTHROPIC_API_KEY", "sk-ant"),
+            ("GEMINI_API_KEY", "gem-key"),
         ];
         let c = check_with(&uncommented, &env, Some(CORES)).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.providers["openai"].base_url, "https://api.openai.com/v1");
@@ -2524,6 +2531,95 @@ worker_stack_kb = 64
         assert_eq!(c.providers["anthropic"].kind, ProviderType::Anthropic);
         assert_eq!(c.providers["ollama"].base_url, "http://127.0.0.1:11434/v1");
         assert_eq!(c.providers["openai"].pool.queue_policy, QueuePolicy::Block);
+        assert_eq!(
+            c.providers["gemini"].base_url,
+            "https://generativelanguage.googleapis.com/v1beta"
+        );
+        let vertex = &c.providers["vertex"];
+        assert_eq!(
+            vertex.base_url,
+            "https://us-central1-aiplatform.googleapis.com/v1"
+        );
+        let v = vertex.vertex.as_ref().unwrap();
+        assert_eq!(
+            (v.project.as_str(), v.token_uri.as_str()),
+            ("my-project", VERTEX_TOKEN_URI_DEFAULT)
+        );
+        assert_eq!(
+            v.account.client_email,
+            "shipped-example@p.iam.gserviceaccount.com"
+        );
+        assert_eq!(vertex.keys.len(), 1, "the service account is the one key");
+    }
+
+    /// A service-account key file with a fresh RSA key (`openssl genpkey`), in the temp dir.
+    fn test_service_account(name: &str) -> PathBuf {
+        let out = std::process::Command::new("openssl")
+            .args([
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+            ])
+            .output()
+            .expect("openssl (Debian package openssl) makes the test's throwaway key");
+        assert!(out.status.success());
+        let key = String::from_utf8(out.stdout).unwrap();
+        let json = serde_json::json!({
+            "type": "service_account",
+            "client_email": format!("{name}@p.iam.gserviceaccount.com"),
+            "private_key_id": "k1",
+            "private_key": key,
+        });
+        let path = std::env::temp_dir().join(format!("{name}-{}.json", std::process::id()));
+        std::fs::write(&path, json.to_string()).unwrap();
+        path
+    }
+
+    #[test]
+    fn vertex_tables_are_checked() {
+        let key_file = test_service_account("vertex-table");
+        let base = "[providers.v]\ntype = \"vertex\"\n[providers.v.vertex]\n";
+        let ok = format!(
+            "{base}project = \"p\"\nlocation = \"global\"\ncredentials_file = \"file:{}\"\ntoken_uri = \"http://127.0.0.1:9/token\"\n",
+            key_file.display()
+        );
+        let c = check_with(&ok, &[], Some(CORES)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            c.providers["v"].base_url,
+            "https://aiplatform.googleapis.com/v1"
+        );
+        let v = c.providers["v"].vertex.as_ref().unwrap();
+        assert_eq!(v.token_uri, "http://127.0.0.1:9/token");
+        assert_eq!(v.account.private_key_id.as_deref(), Some("k1"));
+        assert_eq!(format!("{:?}", v.account.private_key), "***");
+        let e = err(&format!(
+            "{base}project = \"P!\"\nlocation = \"us central\"\ncredentials_file = \"/no/prefix\"\n"
+        ));
+        assert!(
+            e.contains("providers.v.vertex.project: \"P!\" is not a valid name"),
+            "{e}"
+        );
+        assert!(e.contains("providers.v.vertex.location: "), "{e}");
+        assert!(
+            e.contains("providers.v.vertex.credentials_file: expected \"file:PATH\""),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{base}project = \"p\"\nlocation = \"l\"\ncredentials_file = \"file:/nonexistent/sa.json\"\n"
+        ));
+        assert!(e.contains("cannot read \"/nonexistent/sa.json\""), "{e}");
+        let e = err(&format!("{MOCK}[providers.mock.vertex]\nproject = \"p\"\n"));
+        assert!(
+            e.contains("providers.mock.vertex: only for type \"vertex\""),
+            "{e}"
+        );
+        let e = err("[providers.g]\ntype = \"gemini\"\n");
+        assert!(
+            e.contains("providers.g.keys: required for type \"gemini\""),
+            "{e}"
+        );
     }
 
     #[test]

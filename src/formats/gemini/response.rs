@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 use super::request::{call_args, image_part, OutCall, OutPart};
 use super::{finish_reason_from, finish_reason_str, OutUsage, WireError, WireUsage};
 use crate::formats::chat::{ChatResponse, FinishReason, ImageSource, Part};
-use crate::formats::json::{own, write_value};
+use crate::formats::json::write_value;
 use crate::formats::{restyle_id, EncodeInfo, FormatError};
 
 /// One chunk of a stream, or a whole answer.
@@ -168,15 +168,9 @@ pub(super) fn answer_part(raw: &RawValue) -> Result<Option<Part>, FormatError> {
             cache_control: None,
         }));
     }
-    // executableCode, codeExecutionResult and part kinds added later.
-    let kind = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(raw.get())
-        .ok()
-        .and_then(|m| m.keys().find(|k| *k != "thoughtSignature").cloned())
-        .unwrap_or_else(|| "part".to_owned());
-    Ok(Some(Part::Opaque {
-        kind,
-        raw: own(raw),
-    }))
+    // executableCode, codeExecutionResult and part kinds added later have no form in the
+    // clients' formats (no client speaks Gemini): dropped.
+    Ok(None)
 }
 
 /// Append `part` to `content`, joining it to the text or reasoning before it (Gemini may split
@@ -367,7 +361,7 @@ mod tests {
         };
         assert!(id.starts_with("call_") && id.len() > 10, "{id}");
         assert_eq!(signature.as_deref(), Some("c2ln"));
-        assert!(matches!(&r.content[2], Part::Opaque { kind, .. } if kind == "executableCode"));
+        assert_eq!(r.content.len(), 2, "the executableCode part is dropped");
         assert_eq!(r.finish, FinishReason::ToolCalls);
         let e = decode_response(b"\"text\"", &EncodeInfo::default()).unwrap_err();
         assert_eq!((e.status, e.code), (502, "upstream_invalid_response"));
