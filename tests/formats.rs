@@ -10,8 +10,8 @@ use std::fs;
 use std::path::PathBuf;
 
 use deepintshield::formats::{
-    anthropic, openai_chat, ChatResponse, EncodeInfo, EncodeOptions, FinishReason, Part, PartKind,
-    StreamEvent,
+    anthropic, gemini, openai_chat, ChatResponse, EncodeInfo, EncodeOptions, FinishReason, Part,
+    PartKind, StreamEvent,
 };
 use serde_json::{json, Value};
 
@@ -623,5 +623,165 @@ fn response_parts_survive_the_neutral_model() {
     assert_eq!(
         v["messages"][1]["content"],
         json!([{"type": "text", "text": "answer"}])
+    );
+}
+
+// Gemini (generateContent / streamGenerateContent?alt=sse).
+
+/// Tool-call ids Gemini did not give are made up fresh: in a golden file they are replaced by
+/// `call_<n>` in order of appearance (the signature riding in an id is kept).
+fn stable_call_ids(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    let mut n = 0;
+    while let Some(at) = rest.find("\"call_") {
+        out.push_str(&rest[..at + 1]);
+        let tail = &rest[at + 1..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+            .unwrap_or(tail.len());
+        let id = &tail[..end];
+        let sig = id.find("__sig_").map_or("", |i| &id[i..]);
+        out.push_str(&format!("call_{n}{sig}"));
+        n += 1;
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn gemini_events(transcript: &[u8]) -> Vec<StreamEvent> {
+    let mut dec = gemini::StreamDecoder::new();
+    let mut events = Vec::new();
+    for e in parse_sse(transcript) {
+        dec.feed(e.event.as_deref(), e.data.as_bytes(), &mut events)
+            .unwrap();
+    }
+    dec.finish().unwrap();
+    events
+}
+
+fn encode_gemini(req: &deepintshield::formats::ChatRequest) -> Vec<u8> {
+    let mut out = Vec::new();
+    gemini::encode_request(req, "gemini-2.5-flash", &EncodeOptions::default(), &mut out).unwrap();
+    out
+}
+
+#[test]
+fn openai_request_to_gemini() {
+    let req = openai_chat::decode_request(&input("openai_request.json")).unwrap();
+    golden_json("openai_request.to_gemini.json", &encode_gemini(&req));
+}
+
+#[test]
+fn anthropic_request_to_gemini() {
+    let req = anthropic::decode_request(&input("anthropic_request.json")).unwrap();
+    golden_json("anthropic_request.to_gemini.json", &encode_gemini(&req));
+}
+
+#[test]
+fn structured_output_goes_to_gemini_as_a_response_schema() {
+    let req = openai_chat::decode_request(&input("openai_request_structured.json")).unwrap();
+    golden_json(
+        "openai_request_structured.to_gemini.json",
+        &encode_gemini(&req),
+    );
+}
+
+#[test]
+fn gemini_response_to_both_clients() {
+    let mut resp =
+        gemini::decode_response(&input("gemini_response.json"), &EncodeInfo::default()).unwrap();
+    resp.created = Some(CREATED);
+    assert_eq!(resp.finish, FinishReason::ToolCalls);
+    assert_eq!(
+        (
+            resp.usage.input_tokens,
+            resp.usage.output_tokens,
+            resp.usage.reasoning_tokens
+        ),
+        (1261, 159, 101)
+    );
+    let mut out = Vec::new();
+    openai_chat::encode_response(&resp, "gemini-2.5-flash", &mut out);
+    let text = stable_call_ids(&String::from_utf8(out).unwrap());
+    golden_json("gemini_response.to_openai.json", text.as_bytes());
+    let mut out = Vec::new();
+    anthropic::encode_response(&resp, "gemini-2.5-flash", &mut out);
+    let text = stable_call_ids(&String::from_utf8(out).unwrap());
+    golden_json("gemini_response.to_anthropic.json", text.as_bytes());
+}
+
+#[test]
+fn gemini_safety_stop_and_blocked_prompt() {
+    let mut resp = gemini::decode_response(
+        &input("gemini_response_safety.json"),
+        &EncodeInfo::default(),
+    )
+    .unwrap();
+    resp.created = Some(CREATED);
+    let mut out = Vec::new();
+    openai_chat::encode_response(&resp, "gemini-2.0-flash", &mut out);
+    golden_json("gemini_response_safety.to_openai.json", &out);
+    let mut out = Vec::new();
+    anthropic::encode_response(&resp, "gemini-2.0-flash", &mut out);
+    golden_json("gemini_response_safety.to_anthropic.json", &out);
+    let e =
+        gemini::decode_response(&input("gemini_blocked.json"), &EncodeInfo::default()).unwrap_err();
+    assert_eq!((e.status, e.code), (400, "content_filter"));
+}
+
+#[test]
+fn gemini_stream_to_both_clients() {
+    let events = gemini_events(&input("gemini_stream.sse"));
+    let dumped = stable_call_ids(&String::from_utf8(dump(&events)).unwrap());
+    golden_text("gemini_stream.events.txt", dumped.as_bytes());
+    let sse = to_openai_sse(&events, "gemini-2.5-flash", true);
+    let text = stable_call_ids(&String::from_utf8(sse).unwrap());
+    golden_text("gemini_stream.to_openai.sse", text.as_bytes());
+    let sse = to_anthropic_sse(&events, "gemini-2.5-flash");
+    let text = stable_call_ids(&String::from_utf8(sse).unwrap());
+    golden_text("gemini_stream.to_anthropic.sse", text.as_bytes());
+}
+
+#[test]
+fn thought_signatures_survive_an_openai_round_trip() {
+    let resp =
+        gemini::decode_response(&input("gemini_response.json"), &EncodeInfo::default()).unwrap();
+    let mut out = Vec::new();
+    openai_chat::encode_response(&resp, "gemini-2.5-flash", &mut out);
+    let answer: Value = serde_json::from_slice(&out).unwrap();
+    let calls = answer["choices"][0]["message"]["tool_calls"].clone();
+    let ids: Vec<&str> = calls
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    // The next turn, as the openai SDK sends it: the calls and their results.
+    let next = json!({
+        "model": "gemini-2.5-flash",
+        "messages": [
+            {"role": "user", "content": "weather?"},
+            {"role": "assistant", "content": null, "tool_calls": calls},
+            {"role": "tool", "tool_call_id": ids[0], "content": "12 C"},
+            {"role": "tool", "tool_call_id": ids[1], "content": "15 C"}
+        ]
+    });
+    let req = openai_chat::decode_request(next.to_string().as_bytes()).unwrap();
+    let body: Value = serde_json::from_slice(&encode_gemini(&req)).unwrap();
+    assert_eq!(
+        body["contents"][1]["parts"][0]["thoughtSignature"],
+        "CiQB0e2Kb4k0rOXy8aZb1YqSvDd8VeA3nAr3nZ8zpOH3NzK9mYIKXgHR7Yp2"
+    );
+    assert!(body["contents"][1]["parts"][1]
+        .get("thoughtSignature")
+        .is_none());
+    assert_eq!(
+        body["contents"][2]["parts"],
+        json!([
+            {"functionResponse": {"name": "get_weather", "response": {"output": "12 C"}}},
+            {"functionResponse": {"name": "get_weather", "response": {"output": "15 C"}}}
+        ])
     );
 }

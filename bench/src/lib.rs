@@ -8,6 +8,7 @@ pub mod dist;
 pub mod engine;
 pub mod faults;
 pub mod flags;
+pub mod gemini;
 pub mod legacy;
 pub mod procfs;
 pub mod report;

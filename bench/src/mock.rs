@@ -29,6 +29,7 @@ use deepintshield_bench::completion::{
 use deepintshield_bench::dist::{Latency, SharedRng, LATENCY_MAX};
 use deepintshield_bench::faults::{ErrorRates, Fault};
 use deepintshield_bench::flags::Flags;
+use deepintshield_bench::gemini::{self, TokenIssuer};
 use deepintshield_bench::legacy::{self, TextChunkMeta, EMBEDDING_DIMENSIONS_DEFAULT};
 use deepintshield_bench::tools::fragments;
 use serde_json::{json, Value};
@@ -60,6 +61,9 @@ OPTIONS:
     --seed N               seed of the random draws (default 1)
     --token-expires-s N    lifetime of the Entra ID tokens the token endpoint issues, seconds
                            (default 3600, at most 86400)
+    --vertex-credentials FILE   a service-account key file (JSON) whose account the token
+                           endpoint accepts (repeatable); only its public key is used
+    --token-ttl-s N        lifetime of the access tokens POST /token issues (default 3600)
     -h, --help             print this help
 
 On start it prints one line, `deepintshield-mock listening on ADDR`, then serves until killed.
@@ -117,6 +121,30 @@ ENDPOINTS:
     POST /v1/messages/count_tokens   {\"input_tokens\": N} (the same N as the answer's usage)
     GET  /v1/models             a model list: Anthropic's shape when `anthropic-version` is sent,
                                 else OpenAI's
+    POST /v1beta/models/{model}:generateContent   Google AI Studio's Gemini API: needs
+                                `x-goog-api-key` (else 403 PERMISSION_DENIED). Refuses (400
+                                INVALID_ARGUMENT, as Gemini does) unknown top-level fields, schema
+                                keywords Gemini's Schema lacks (additionalProperties, $schema, ...),
+                                empty text parts, and function calls sent back without the
+                                thoughtSignature the mock gave them. Answers \"mock: <last user
+                                text>\"; the tool trigger (or toolConfig mode ANY) with
+                                functionDeclarations -> a functionCall part with a thoughtSignature;
+                                functionResponse parts -> \"mock: tool result: <output>\"; a JSON
+                                responseSchema -> an instance of it. Model names with `safety`
+                                stop with finishReason SAFETY and no content; with `blocked` the
+                                prompt is blocked (promptFeedback.blockReason, no candidates)
+    POST /v1beta/models/{model}:streamGenerateContent   the same as SSE chunks (?alt=sse; no
+                                terminator: the last chunk has finishReason and usageMetadata)
+    POST /v1beta/models/{model}:batchEmbedContents   deterministic unit vectors
+                                (outputDimensionality, default 768); no token count, as Google's
+    POST /v1/projects/{p}/locations/{l}/publishers/google/models/{model}:generateContent,
+         ...:streamGenerateContent, ...:predict   Vertex AI: the same bodies (predict: embeddings
+                                with statistics.token_count), needing `Authorization: Bearer
+                                <token>` of a live token from POST /token (else 401 UNAUTHENTICATED)
+    POST /token                 OAuth2 jwt-bearer grant: the assertion must be RS256-signed by an
+                                account of --vertex-credentials, with aud ending in /token and the
+                                cloud-platform scope; answers {access_token, expires_in:
+                                --token-ttl-s}; else 400 invalid_grant
     GET  /mock/stats            counters (JSON):
         requests            model calls received (chat completions and messages)
         messages_requests   of those, Anthropic messages
@@ -137,6 +165,10 @@ ENDPOINTS:
         last_path, last_query, last_body   its path, query string and JSON body (null if not JSON)
         last_azure_deployment, last_azure_api_version, last_azure_api_key   on an Azure route
         last_token_request  {tenant, client_id, scope} of the last token request
+        gemini_requests, vertex_requests   Google calls
+        google_embeddings_requests   embeddings calls on the Google APIs (both)
+        google_token_requests   {<account>: n, refused: n}: POST /token calls
+        last_goog_api_key   the x-goog-api-key of the last call
 
 FAULT INJECTION (directives inside the request's model name, e.g. chunks-8-failafter-3; the same
 on both APIs, errors in each API's shape):
@@ -172,6 +204,8 @@ const TOOL_TEXT_DEFAULT: &str = "mock";
 const TOOL_TEXT_BYTES_MAX: usize = 4096;
 const TOKEN_EXPIRES_S_DEFAULT: u64 = 3600;
 const TOKEN_EXPIRES_S_MAX: u64 = 86_400;
+/// Lifetime of the access tokens `POST /token` issues, seconds (Google's are an hour).
+const TOKEN_TTL_S_DEFAULT: u64 = 3600;
 
 struct Options {
     listen: SocketAddr,
@@ -185,6 +219,8 @@ struct Options {
     tool_text: String,
     seed: u64,
     token_expires: Duration,
+    vertex_credentials: Vec<String>,
+    token_ttl_s: u64,
 }
 
 fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Options>, String> {
@@ -200,6 +236,8 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Options>, Str
         tool_text: TOOL_TEXT_DEFAULT.to_string(),
         seed: 1,
         token_expires: Duration::from_secs(TOKEN_EXPIRES_S_DEFAULT),
+        vertex_credentials: Vec::new(),
+        token_ttl_s: TOKEN_TTL_S_DEFAULT,
     };
     let mut flags = Flags::new(args);
     while let Some(flag) = flags.next_flag() {
@@ -228,6 +266,8 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Options>, Str
                 }
                 o.token_expires = Duration::from_secs(secs);
             }
+            "--vertex-credentials" => o.vertex_credentials.push(flags.value()?),
+            "--token-ttl-s" => o.token_ttl_s = flags.positive()?,
             _ => return Err(format!("unknown argument: {flag}")),
         }
     }
@@ -249,6 +289,8 @@ struct LastRequest {
     authorization: String,
     /// `x-api-key` (Anthropic's authentication header).
     api_key: String,
+    /// `x-goog-api-key` (Google AI Studio's).
+    goog_api_key: String,
     model: String,
     headers: serde_json::Map<String, Value>,
     path: String,
@@ -297,6 +339,9 @@ struct Mock {
     /// The Entra ID token endpoint's tokens.
     tokens: Tokens,
     last_token_request: Mutex<Value>,
+    google: gemini::Counters,
+    /// The Vertex AI token endpoint's tokens.
+    google_tokens: TokenIssuer,
 }
 
 impl Handler for Mock {
@@ -307,7 +352,7 @@ impl Handler for Mock {
             }
         }
         if req.method == Method::Post && azure::token_tenant(&req.path).is_some() {
-            return self.token(req);
+            return self.entra_token(req);
         }
         match (req.method, req.path.as_str()) {
             (Method::Post, "/v1/chat/completions") => self.model_call(req, Self::chat_completion),
@@ -323,6 +368,15 @@ impl Handler for Mock {
                 }
             }
             (Method::Get | Method::Head, "/mock/stats") => self.stats(),
+            (Method::Post, "/token") => self.token(req),
+            (Method::Post, path) if gemini::route(path).is_some() => {
+                let route = gemini::route(path).unwrap_or(gemini::Route {
+                    vertex: false,
+                    model: String::new(),
+                    method: String::new(),
+                });
+                self.model_call(req, |m, req, n| m.google(req, &route, n))
+            }
             (_, "/v1/messages" | "/v1/messages/count_tokens") => anthropic_error(
                 405,
                 "Method not allowed on this path",
@@ -357,11 +411,17 @@ enum Api {
     Anthropic,
     /// OpenAI's bodies, Azure's error shape.
     Azure,
+    /// Gemini on Google AI Studio or Vertex AI.
+    Google,
 }
 
 impl Mock {
     /// A model call, counted in `requests` and `in_flight` while it is answered.
-    fn model_call(&self, req: &Request, answer: fn(&Self, &Request, u64) -> Response) -> Response {
+    fn model_call(
+        &self,
+        req: &Request,
+        answer: impl Fn(&Self, &Request, u64) -> Response,
+    ) -> Response {
         let n = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         let r = answer(self, req, n);
@@ -462,7 +522,7 @@ impl Mock {
             }
             tail.extend_from_slice(DONE_EVENT);
             let failure = error_event("mock: injected mid-stream failure");
-            return self.stream(plan, head, pieces, tail, failure);
+            return self.stream(plan, Some(head), pieces, tail, failure);
         }
         let (message, finish) = match &answer {
             ChatAnswer::Text(content) => (json!({"role": "assistant", "content": content}), "stop"),
@@ -560,7 +620,7 @@ impl Mock {
             }
             tail.extend_from_slice(DONE_EVENT);
             let failure = error_event("mock: injected mid-stream failure");
-            return self.stream(plan, head, pieces, tail, failure);
+            return self.stream(plan, Some(head), pieces, tail, failure);
         }
         self.ok.fetch_add(1, Ordering::Relaxed);
         json_response(200, &meta.whole(&text, &usage))
@@ -652,7 +712,7 @@ impl Mock {
     }
 
     /// `POST /entra/{tenant}/oauth2/v2.0/token`: the client credentials grant.
-    fn token(&self, req: &Request) -> Response {
+    fn entra_token(&self, req: &Request) -> Response {
         let form = String::from_utf8_lossy(&req.body);
         let field = |name: &str| azure::form_value(&form, name).filter(|v| !v.is_empty());
         let tenant = azure::token_tenant(&req.path).unwrap_or_default();
@@ -743,7 +803,7 @@ impl Mock {
             let head = meta.head(&answer, &tool_id);
             let tail = meta.tail(&answer);
             let failure = anthropic::error_event("mock: injected mid-stream failure");
-            let mut r = self.stream(plan, head, pieces, tail, failure);
+            let mut r = self.stream(plan, Some(head), pieces, tail, failure);
             r.headers.push(("request-id", request_id));
             return r;
         }
@@ -776,7 +836,7 @@ impl Mock {
         match self.draw_fault() {
             Some(Fault::Status(code)) => {
                 let retry = match api {
-                    Api::OpenAi | Api::Azure => matches!(code, 429 | 503),
+                    Api::OpenAi | Api::Azure | Api::Google => matches!(code, 429 | 503),
                     Api::Anthropic => anthropic_retries(code),
                 };
                 return Some(self.error(api, code, retry, request_id));
@@ -827,6 +887,11 @@ impl Mock {
                 }
                 r
             }
+            Api::Google => google_error(
+                code,
+                &format!("mock: injected status {code}"),
+                retry_after_s,
+            ),
             Api::Anthropic => anthropic_error(
                 code,
                 &format!("mock: injected status {code}"),
@@ -869,14 +934,14 @@ impl Mock {
     fn stream(
         &self,
         plan: StreamPlan,
-        head: Vec<u8>,
+        head: Option<Vec<u8>>,
         pieces: Vec<Vec<u8>>,
         tail: Vec<u8>,
         failure: Vec<u8>,
     ) -> Response {
         self.streams.started.fetch_add(1, Ordering::Relaxed);
         let stream = MockStream {
-            head: Some(head),
+            head,
             pieces,
             sent: 0,
             tail: Some(tail),
@@ -895,6 +960,7 @@ impl Mock {
         let last = LastRequest {
             authorization: req.header("authorization").map(header).unwrap_or_default(),
             api_key: req.header("x-api-key").map(header).unwrap_or_default(),
+            goog_api_key: req.header("x-goog-api-key").map(header).unwrap_or_default(),
             model: model.to_string(),
             headers: req
                 .headers
@@ -949,6 +1015,17 @@ impl Mock {
             "streams_reset": get(&s.reset),
             "last_authorization": last.authorization,
             "last_api_key": last.api_key,
+            "last_goog_api_key": last.goog_api_key,
+            "gemini_requests": get(&self.google.gemini_requests),
+            "vertex_requests": get(&self.google.vertex_requests),
+            "google_embeddings_requests": get(&self.google.embeddings_requests),
+            "google_token_requests": Value::Object(
+                self.google
+                    .token_requests
+                    .lock()
+                    .map(|m| m.clone())
+                    .unwrap_or_default(),
+            ),
             "last_model": last.model,
             "last_headers": last.headers,
             "last_path": last.path,
@@ -969,6 +1046,115 @@ impl Mock {
         });
         json_response(200, &body)
     }
+}
+
+impl Mock {
+    /// `POST /token`: the OAuth2 jwt-bearer exchange.
+    fn token(&self, req: &Request) -> Response {
+        match self.google_tokens.exchange(&req.body) {
+            Ok((account, answer)) => {
+                self.google.count_token(&account);
+                json_response(200, &answer)
+            }
+            Err(refusal) => {
+                self.google.count_token("refused");
+                Response::json(refusal.status, refusal.body)
+            }
+        }
+    }
+
+    /// A Gemini or Vertex AI call: authentication, the API's checks, faults, then the answer.
+    fn google(&self, req: &Request, route: &gemini::Route, n: u64) -> Response {
+        let counter = match route.vertex {
+            true => &self.google.vertex_requests,
+            false => &self.google.gemini_requests,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.record(req, &route.model);
+        if route.vertex {
+            if !self.google_tokens.valid(req.header("authorization")) {
+                let msg = "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid authentication credential.";
+                return google_error(401, msg, None);
+            }
+        } else if req.header("x-goog-api-key").is_none_or(<[u8]>::is_empty) {
+            let msg = "Method doesn't allow unregistered callers (callers without established identity). Please use API Key or other form of API consumer identity to call this API.";
+            return google_error(403, msg, None);
+        }
+        let body: Value = match serde_json::from_slice(&req.body) {
+            Ok(v) => v,
+            Err(e) => {
+                return google_error(400, &format!("Invalid JSON payload received. {e}"), None)
+            }
+        };
+        let (embed, stream) = match (route.method.as_str(), route.vertex) {
+            ("generateContent", _) => (false, false),
+            ("streamGenerateContent", _) => (false, true),
+            ("batchEmbedContents", false) | ("predict", true) => (true, false),
+            _ => {
+                let msg = format!(
+                    "Method {} is not found for model {}.",
+                    route.method, route.model
+                );
+                return google_error(404, &msg, None);
+            }
+        };
+        if embed {
+            self.google
+                .embeddings_requests
+                .fetch_add(1, Ordering::Relaxed);
+            let answer = match route.vertex {
+                true => gemini::predict(&body),
+                false => gemini::batch_embed(&body, &route.model),
+            };
+            return match answer {
+                Ok(v) => {
+                    self.ok.fetch_add(1, Ordering::Relaxed);
+                    json_response(200, &v)
+                }
+                Err(msg) => google_error(400, &msg, None),
+            };
+        }
+        if let Some(msg) = gemini::invalid_request(&body) {
+            return google_error(400, &msg, None);
+        }
+        if stream && req.query != "alt=sse" {
+            return google_error(400, "mock: streams are served as SSE only (?alt=sse)", None);
+        }
+        if let Some(r) = self.faults(req, &route.model, Api::Google, "") {
+            return r;
+        }
+        let answer = gemini::answer(&body, &route.model, &self.tool_text);
+        if matches!(answer, gemini::Answer::Call { .. }) {
+            self.tool_calls.fetch_add(1, Ordering::Relaxed);
+        }
+        let response_id = format!("mockresp{n:012}");
+        let meta = gemini::Meta {
+            response_id: &response_id,
+            model: &route.model,
+            prompt_tokens: gemini::prompt_tokens(&body),
+        };
+        if stream {
+            let plan = self.stream_plan(&route.model, req.abort_handle());
+            let text = match &answer {
+                gemini::Answer::Text(t) => t.as_str(),
+                _ => "",
+            };
+            let (pieces, tail) = meta.stream(&answer, &split_even(text, plan.chunks));
+            let failure = gemini::error_event("mock: injected mid-stream failure");
+            return self.stream(plan, None, pieces, tail, failure);
+        }
+        self.ok.fetch_add(1, Ordering::Relaxed);
+        json_response(200, &meta.whole(&answer))
+    }
+}
+
+/// An error in Google's shape (`{"error":{"code","message","status"}}`).
+fn google_error(status: u16, message: &str, retry_after_s: Option<u64>) -> Response {
+    let mut r = Response::json(status, gemini::error_body(status, message));
+    if let Some(s) = retry_after_s {
+        r.headers.push(("retry-after", s.to_string()));
+    }
+    r
 }
 
 /// The `model` of a parsed request body, or empty.
@@ -1208,6 +1394,19 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let mut accounts = Vec::with_capacity(opts.vertex_credentials.len());
+    for path in &opts.vertex_credentials {
+        let account = std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| gemini::Account::from_key_file(&text));
+        match account {
+            Ok(a) => accounts.push(a),
+            Err(e) => {
+                eprintln!("deepintshield-mock: --vertex-credentials {path}: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
     let injected = opts
         .errors
         .faults()
@@ -1236,6 +1435,8 @@ fn main() -> ExitCode {
         last: Mutex::new(Arc::new(LastRequest::default())),
         tokens: Tokens::new(opts.token_expires),
         last_token_request: Mutex::new(Value::Null),
+        google: gemini::Counters::default(),
+        google_tokens: TokenIssuer::new(accounts, Duration::from_secs(opts.token_ttl_s)),
     });
     let buffers = ObjPool::new(
         "buffers",

@@ -19,6 +19,7 @@ pub fn error_response(api: ClientApi, err: &ApiError) -> Response {
     let body = match api.format() {
         Format::OpenAiChat => err.body(),
         Format::Anthropic => formats::anthropic::error_body(err.status(), None, &err.message, None),
+        Format::Gemini => formats::gemini::error_body(err.status(), None, &err.message, None),
     };
     let mut r = Response::json(err.status(), body);
     if let Some(s) = err.retry_after_s {
@@ -41,6 +42,7 @@ pub fn error_event(api: ClientApi, err: &ApiError) -> Vec<u8> {
         Format::Anthropic => {
             formats::anthropic::error_event(err.status(), None, &err.message, &mut out)
         }
+        Format::Gemini => formats::gemini::error_event(err.status(), &err.message, None, &mut out),
     }
     out
 }
@@ -52,6 +54,7 @@ pub fn keepalive_event(api: ClientApi) -> Vec<u8> {
     match api.format() {
         Format::OpenAiChat => formats::openai_chat::StreamEncoder::keepalive(&mut out),
         Format::Anthropic => formats::anthropic::StreamEncoder::ping(&mut out),
+        Format::Gemini => formats::openai_chat::StreamEncoder::keepalive(&mut out),
     }
     out
 }

@@ -23,6 +23,7 @@ use crate::log::Level;
 mod azure;
 mod limits;
 mod presets;
+mod vertex;
 
 pub use azure::{
     AzureApiStyle, AzureAuth, AzureConfig, EntraConfig, AZURE_API_VERSION_DEFAULT,
@@ -38,6 +39,10 @@ use limits::{
     IDLE_TIMEOUT_MS_DEFAULT, WRITE_TIMEOUT_MS_DEFAULT,
 };
 pub use presets::{Preset, PresetDefaults, PRESETS};
+pub use vertex::{
+    vertex_base_url, PrivateKey, ServiceAccount, VertexConfig, GEMINI_BASE_URL_DEFAULT,
+    VERTEX_CREDENTIALS_BYTES_MAX, VERTEX_TOKEN_URI_DEFAULT,
+};
 
 // ---------------------------------------------------------------------------------------------
 // Defaults and bounds. Each `*_DEFAULT` is what an absent key means; each `*_RANGE` is the
@@ -360,6 +365,10 @@ pub enum ProviderType {
     Anthropic,
     /// Azure OpenAI: OpenAI's wire format at a resource's deployments (`[providers.<name>.azure]`).
     Azure,
+    /// Google AI Studio's Gemini API (`generateContent`, `x-goog-api-key`).
+    Gemini,
+    /// Gemini models on Vertex AI (the same bodies; OAuth2 access tokens of a service account).
+    Vertex,
 }
 
 impl ProviderType {
@@ -375,6 +384,8 @@ impl ProviderType {
             ProviderType::OpenAi => "openai",
             ProviderType::Anthropic => "anthropic",
             ProviderType::Azure => "azure",
+            ProviderType::Gemini => "gemini",
+            ProviderType::Vertex => "vertex",
         }
     }
 }
@@ -645,6 +656,8 @@ pub struct ProviderConfig {
     pub ca_file: Option<PathBuf>,
     /// `anthropic-version` sent to an `anthropic` upstream when the client sent none.
     pub anthropic_version: String,
+    /// Project, location and service account of a `vertex` provider (`None` for other types).
+    pub vertex: Option<VertexConfig>,
     /// `max_tokens` of a translated request without one, for providers that require it.
     pub max_tokens_default: u32,
     /// How requests of another format are encoded for this provider.
@@ -796,6 +809,7 @@ impl ProviderConfig {
             azure: None,
             base_url: String::new(),
             anthropic_version: ANTHROPIC_VERSION_DEFAULT.to_string(),
+            vertex: None,
             max_tokens_default: MAX_TOKENS_DEFAULT as u32,
             translation: TranslationConfig::default(),
             keys: Vec::new(),
@@ -931,6 +945,7 @@ struct ProviderFile {
     keys: Option<Vec<KeyFile>>,
     mock: Option<MockFile>,
     azure: Option<azure::AzureFile>,
+    vertex: Option<vertex::VertexFile>,
     pool: Option<PoolFile>,
     max_retries: Option<u64>,
     retry_backoff_ms_initial: Option<u64>,
@@ -1521,6 +1536,7 @@ impl Checker<'_> {
                 None
             }
         };
+        let vertex = self.vertex(&at, kind, f.vertex);
         let base_url = match &azure {
             Some(azure) => {
                 if f.base_url.is_some() {
@@ -1531,7 +1547,13 @@ impl Checker<'_> {
             }
             None => {
                 let preset_url = defaults.map(|d| d.base_url.to_string());
-                self.base_url(&at, kind, f.base_url.or(preset_url))
+                let url = match (kind, &vertex, f.base_url) {
+                    (Some(ProviderType::Vertex), Some(v), None) => {
+                        Some(vertex_base_url(&v.location))
+                    }
+                    (_, _, url) => url.or(preset_url),
+                };
+                self.base_url(&at, kind, url)
             }
         };
         // Azure checks its own keys (they depend on its `auth`).
@@ -1559,6 +1581,7 @@ impl Checker<'_> {
             ca_file,
             anthropic_version: self
                 .anthropic_version(&format!("{at}.anthropic_version"), f.anthropic_version),
+            vertex,
             max_tokens_default: self.int(
                 &format!("{at}.max_tokens_default"),
                 f.max_tokens_default,
@@ -1860,10 +1883,13 @@ impl Checker<'_> {
             Some("openai") => Some(ProviderType::OpenAi),
             Some("anthropic") => Some(ProviderType::Anthropic),
             Some("azure") => Some(ProviderType::Azure),
+            Some("gemini") => Some(ProviderType::Gemini),
+            Some("vertex") => Some(ProviderType::Vertex),
             other => {
                 let found = other.map_or("missing".to_string(), |v| format!("found {v:?}"));
-                let expected = "expected one of \"mock\", \"openai\", \"anthropic\", \"azure\"";
-                self.error(key, format!("{expected} ({found})"));
+                let types =
+                    "\"mock\", \"openai\", \"anthropic\", \"azure\", \"gemini\", \"vertex\"";
+                self.error(key, format!("expected one of {types} ({found})"));
                 None
             }
         }
@@ -1897,6 +1923,7 @@ impl Checker<'_> {
         let key = format!("{at}.base_url");
         let value = match (kind, value) {
             (Some(ProviderType::Anthropic), None) => Some(ANTHROPIC_BASE_URL_DEFAULT.to_string()),
+            (Some(ProviderType::Gemini), None) => Some(GEMINI_BASE_URL_DEFAULT.to_string()),
             (_, value) => value,
         };
         let url = value
@@ -1929,6 +1956,19 @@ impl Checker<'_> {
         files: Vec<KeyFile>,
     ) -> Vec<KeyConfig> {
         let key = format!("{at}.keys");
+        if kind == Some(ProviderType::Vertex) {
+            if !files.is_empty() {
+                let why = "a vertex provider authenticates with vertex.credentials_file";
+                self.error(&key, format!("not used by type \"vertex\" ({why})"));
+            }
+            // One key slot, with no secret of its own: the service account. It carries the
+            // account's refusals (429 cool-downs per model, a 401 disable) like any key.
+            return vec![KeyConfig {
+                secret: Secret::new(String::new()),
+                weight: 1,
+                models: Vec::new(),
+            }];
+        }
         if let Some(kind) = kind.filter(|_| files.is_empty() && required) {
             let example = "e.g. keys = [{ key = \"env:OPENAI_API_KEY\" }]";
             let name = kind.name();
@@ -2624,6 +2664,12 @@ worker_stack_kb = 64
             uncommented.contains("\n[providers.ollama]\n"),
             "{uncommented}"
         );
+        // The Vertex example's key file: a throwaway service account made for the test.
+        let key_file = test_service_account("shipped-example");
+        let uncommented = uncommented.replace(
+            "file:/etc/deepintshield/vertex-sa.json",
+            &format!("file:{}", key_file.display()),
+        );
         let env = [
             ("OPENAI_API_KEY", "sk-o"),
             ("OLLAMA_API_KEY", "ollama"),
@@ -2632,6 +2678,7 @@ worker_stack_kb = 64
             ("GROQ_API_KEY", "gsk"),
             ("MISTRAL_API_KEY", "mk"),
             ("OPENROUTER_API_KEY", "sk-or"),
+            ("GEMINI_API_KEY", "gem-key"),
         ];
         let c = check_with(&uncommented, &env, Some(CORES)).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.providers["openai"].base_url, "https://api.openai.com/v1");
@@ -2650,6 +2697,95 @@ worker_stack_kb = 64
             "https://api.groq.com/openai/v1"
         );
         assert_eq!(c.providers["openrouter"].headers.len(), 2);
+        assert_eq!(
+            c.providers["gemini"].base_url,
+            "https://generativelanguage.googleapis.com/v1beta"
+        );
+        let vertex = &c.providers["vertex"];
+        assert_eq!(
+            vertex.base_url,
+            "https://us-central1-aiplatform.googleapis.com/v1"
+        );
+        let v = vertex.vertex.as_ref().unwrap();
+        assert_eq!(
+            (v.project.as_str(), v.token_uri.as_str()),
+            ("my-project", VERTEX_TOKEN_URI_DEFAULT)
+        );
+        assert_eq!(
+            v.account.client_email,
+            "shipped-example@p.iam.gserviceaccount.com"
+        );
+        assert_eq!(vertex.keys.len(), 1, "the service account is the one key");
+    }
+
+    /// A service-account key file with a fresh RSA key (`openssl genpkey`), in the temp dir.
+    fn test_service_account(name: &str) -> PathBuf {
+        let out = std::process::Command::new("openssl")
+            .args([
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+            ])
+            .output()
+            .expect("openssl (Debian package openssl) makes the test's throwaway key");
+        assert!(out.status.success());
+        let key = String::from_utf8(out.stdout).unwrap();
+        let json = serde_json::json!({
+            "type": "service_account",
+            "client_email": format!("{name}@p.iam.gserviceaccount.com"),
+            "private_key_id": "k1",
+            "private_key": key,
+        });
+        let path = std::env::temp_dir().join(format!("{name}-{}.json", std::process::id()));
+        std::fs::write(&path, json.to_string()).unwrap();
+        path
+    }
+
+    #[test]
+    fn vertex_tables_are_checked() {
+        let key_file = test_service_account("vertex-table");
+        let base = "[providers.v]\ntype = \"vertex\"\n[providers.v.vertex]\n";
+        let ok = format!(
+            "{base}project = \"p\"\nlocation = \"global\"\ncredentials_file = \"file:{}\"\ntoken_uri = \"http://127.0.0.1:9/token\"\n",
+            key_file.display()
+        );
+        let c = check_with(&ok, &[], Some(CORES)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            c.providers["v"].base_url,
+            "https://aiplatform.googleapis.com/v1"
+        );
+        let v = c.providers["v"].vertex.as_ref().unwrap();
+        assert_eq!(v.token_uri, "http://127.0.0.1:9/token");
+        assert_eq!(v.account.private_key_id.as_deref(), Some("k1"));
+        assert_eq!(format!("{:?}", v.account.private_key), "***");
+        let e = err(&format!(
+            "{base}project = \"P!\"\nlocation = \"us central\"\ncredentials_file = \"/no/prefix\"\n"
+        ));
+        assert!(
+            e.contains("providers.v.vertex.project: \"P!\" is not a valid name"),
+            "{e}"
+        );
+        assert!(e.contains("providers.v.vertex.location: "), "{e}");
+        assert!(
+            e.contains("providers.v.vertex.credentials_file: expected \"file:PATH\""),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{base}project = \"p\"\nlocation = \"l\"\ncredentials_file = \"file:/nonexistent/sa.json\"\n"
+        ));
+        assert!(e.contains("cannot read \"/nonexistent/sa.json\""), "{e}");
+        let e = err(&format!("{MOCK}[providers.mock.vertex]\nproject = \"p\"\n"));
+        assert!(
+            e.contains("providers.mock.vertex: only for type \"vertex\""),
+            "{e}"
+        );
+        let e = err("[providers.g]\ntype = \"gemini\"\n");
+        assert!(
+            e.contains("providers.g.keys: required for type \"gemini\""),
+            "{e}"
+        );
     }
 
     #[test]
@@ -2766,11 +2902,12 @@ worker_stack_kb = 64
             ),
             (
                 "[providers.x]\ntype = \"bedrock2\"\n",
-                "providers.x.type: expected one of \"mock\", \"openai\", \"anthropic\", \"azure\" (found \"bedrock2\")",
+                "providers.x.type: expected one of \"mock\", \"openai\", \"anthropic\", \"azure\", \"gemini\", \"vertex\" (found \"bedrock2\")",
             ),
             (
-                "[providers.x]\n",
-                "providers.x.type: expected one of \"mock\", \"openai\", \"anthropic\", \"azure\" (missing)",
+                "[providers.x]
+",
+                "providers.x.type: expected one of \"mock\", \"openai\", \"anthropic\", \"azure\", \"gemini\", \"vertex\" (missing)",
             ),
         ];
         for (text, expected) in cases {

@@ -66,6 +66,9 @@ pub enum Format {
     OpenAiChat,
     /// Anthropic Messages (`POST /v1/messages`).
     Anthropic,
+    /// Google Gemini `generateContent` / `streamGenerateContent` (Google AI Studio and Vertex
+    /// AI speak the same bodies).
+    Gemini,
 }
 
 /// One chat request, as decoded from a client's body.
@@ -198,6 +201,10 @@ pub enum Part {
         /// The arguments as JSON text (OpenAI sends a string; Anthropic an object).
         arguments_json: String,
         cache_control: Option<RawJson>,
+        /// An opaque signature the provider attached to the call and wants back with it in the
+        /// next turn (Gemini's `thoughtSignature`). Clients of other formats carry it inside the
+        /// tool call's id (see [`client_tool_call_id`]).
+        signature: Option<String>,
     },
     ToolResult {
         tool_call_id: String,
@@ -242,8 +249,14 @@ impl Part {
                 id,
                 name,
                 arguments_json,
+                signature,
                 ..
-            } => id.len() + name.len() + arguments_json.len(),
+            } => {
+                id.len()
+                    + name.len()
+                    + arguments_json.len()
+                    + signature.as_ref().map_or(0, String::len)
+            }
             Part::ToolResult {
                 tool_call_id,
                 content,
@@ -255,6 +268,47 @@ impl Part {
             Part::RedactedReasoning { data } => data.len(),
             Part::Opaque { raw, .. } => raw.get().len(),
         }
+    }
+}
+
+/// What separates a tool call's own id from the provider signature carried inside it.
+pub const TOOL_CALL_SIGNATURE_MARKER: &str = "__sig_";
+
+/// The id a client of another format sees for a tool call: the id itself, or, when the provider
+/// signed the call, `<id>__sig_<signature as unpadded base64url>`. OpenAI and Anthropic clients
+/// send tool-call ids back verbatim, so the signature returns with the next turn
+/// ([`split_tool_call_id`]); the id stays within `[A-Za-z0-9_-]` when the original did.
+pub fn client_tool_call_id(id: &str, signature: Option<&str>) -> String {
+    use base64::Engine as _;
+    match signature.filter(|s| !s.is_empty()) {
+        None => id.to_owned(),
+        Some(sig) => {
+            let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+            let mut out = String::with_capacity(id.len() + 8 + sig.len() * 4 / 3);
+            out.push_str(id);
+            out.push_str(TOOL_CALL_SIGNATURE_MARKER);
+            b64.encode_string(sig.as_bytes(), &mut out);
+            out
+        }
+    }
+}
+
+/// A tool-call id as a client sent it back: the original id and the signature it carried, if
+/// any (the inverse of [`client_tool_call_id`]; an id whose tail does not decode is kept whole).
+pub fn split_tool_call_id(id: &str) -> (String, Option<String>) {
+    use base64::Engine as _;
+    let Some(at) = id.rfind(TOOL_CALL_SIGNATURE_MARKER) else {
+        return (id.to_owned(), None);
+    };
+    let tail = &id[at + TOOL_CALL_SIGNATURE_MARKER.len()..];
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    match b64
+        .decode(tail)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+    {
+        Some(sig) if !sig.is_empty() => (id[..at].to_owned(), Some(sig)),
+        _ => (id.to_owned(), None),
     }
 }
 
@@ -417,9 +471,16 @@ pub enum FinishReason {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PartKind {
     Text,
-    ToolCall { id: String, name: String },
+    ToolCall {
+        id: String,
+        name: String,
+        /// See [`Part::ToolCall`]'s `signature`.
+        signature: Option<String>,
+    },
     Reasoning,
-    RedactedReasoning { data: String },
+    RedactedReasoning {
+        data: String,
+    },
 }
 
 /// An error reported inside a stream (or rendered by a stream encoder).
@@ -473,4 +534,34 @@ pub enum StreamEvent {
     Error(StreamError),
     /// A keep-alive.
     Ping,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_ride_in_tool_call_ids_and_come_back() {
+        assert_eq!(client_tool_call_id("call_1", None), "call_1");
+        assert_eq!(client_tool_call_id("call_1", Some("")), "call_1");
+        let sig = "CiQBjz1rX+/w==";
+        let id = client_tool_call_id("call_1", Some(sig));
+        assert!(id.starts_with("call_1__sig_"), "{id}");
+        assert!(id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'));
+        assert_eq!(
+            split_tool_call_id(&id),
+            ("call_1".to_owned(), Some(sig.to_owned()))
+        );
+        assert_eq!(
+            split_tool_call_id("toolu_01"),
+            ("toolu_01".to_owned(), None)
+        );
+        // A marker followed by something that is not base64 is part of the id.
+        assert_eq!(
+            split_tool_call_id("a__sig_!!"),
+            ("a__sig_!!".to_owned(), None)
+        );
+    }
 }

@@ -2,13 +2,16 @@
 //! (the worker's executor, the built-in mock) names a format, never a codec module.
 
 use super::chat::{ChatRequest, ChatResponse, Format, StreamError, StreamEvent};
-use super::{anthropic, openai_chat, EncodeInfo, EncodeOptions, FormatError, UpstreamError};
+use super::{
+    anthropic, gemini, openai_chat, EncodeInfo, EncodeOptions, FormatError, UpstreamError,
+};
 
 /// A client's request in `format`, decoded.
 pub fn decode_request(format: Format, body: &[u8]) -> Result<ChatRequest, FormatError> {
     match format {
         Format::OpenAiChat => openai_chat::decode_request(body),
         Format::Anthropic => anthropic::decode_request(body),
+        Format::Gemini => gemini::decode_request(body),
     }
 }
 
@@ -23,6 +26,7 @@ pub fn encode_request(
     match format {
         Format::OpenAiChat => openai_chat::encode_request(req, upstream_model, opts, out),
         Format::Anthropic => anthropic::encode_request(req, upstream_model, opts, out),
+        Format::Gemini => gemini::encode_request(req, upstream_model, opts, out),
     }
 }
 
@@ -35,6 +39,7 @@ pub fn decode_response(
     match format {
         Format::OpenAiChat => openai_chat::decode_response(body, info),
         Format::Anthropic => anthropic::decode_response(body, info),
+        Format::Gemini => gemini::decode_response(body, info),
     }
 }
 
@@ -43,6 +48,7 @@ pub fn encode_response(format: Format, resp: &ChatResponse, client_model: &str, 
     match format {
         Format::OpenAiChat => openai_chat::encode_response(resp, client_model, out),
         Format::Anthropic => anthropic::encode_response(resp, client_model, out),
+        Format::Gemini => gemini::encode_response(resp, client_model, out),
     }
 }
 
@@ -51,6 +57,7 @@ pub fn decode_error(format: Format, status: u16, body: &[u8]) -> UpstreamError {
     match format {
         Format::OpenAiChat => openai_chat::decode_error(status, body),
         Format::Anthropic => anthropic::decode_error(status, body),
+        Format::Gemini => gemini::decode_error(status, body),
     }
 }
 
@@ -65,6 +72,7 @@ pub fn error_body(
     match format {
         Format::OpenAiChat => openai_chat::error_body(status, error_type, message, code),
         Format::Anthropic => anthropic::error_body(status, error_type, message, code),
+        Format::Gemini => gemini::error_body(status, error_type, message, code),
     }
 }
 
@@ -72,6 +80,7 @@ pub fn error_body(
 pub enum StreamDecoder {
     OpenAiChat(openai_chat::StreamDecoder),
     Anthropic(anthropic::StreamDecoder),
+    Gemini(gemini::StreamDecoder),
 }
 
 impl StreamDecoder {
@@ -79,6 +88,7 @@ impl StreamDecoder {
         match format {
             Format::OpenAiChat => StreamDecoder::OpenAiChat(openai_chat::StreamDecoder::new()),
             Format::Anthropic => StreamDecoder::Anthropic(anthropic::StreamDecoder::new(info)),
+            Format::Gemini => StreamDecoder::Gemini(gemini::StreamDecoder::new()),
         }
     }
 
@@ -92,6 +102,7 @@ impl StreamDecoder {
         match self {
             StreamDecoder::OpenAiChat(d) => d.feed(event, data, out),
             StreamDecoder::Anthropic(d) => d.feed(event, data, out),
+            StreamDecoder::Gemini(d) => d.feed(event, data, out),
         }
     }
 
@@ -101,6 +112,7 @@ impl StreamDecoder {
         match self {
             StreamDecoder::OpenAiChat(d) => d.finish(),
             StreamDecoder::Anthropic(d) => d.finish(),
+            StreamDecoder::Gemini(d) => d.finish(),
         }
     }
 
@@ -109,6 +121,7 @@ impl StreamDecoder {
         match self {
             StreamDecoder::OpenAiChat(d) => d.is_complete(),
             StreamDecoder::Anthropic(d) => d.is_complete(),
+            StreamDecoder::Gemini(d) => d.is_complete(),
         }
     }
 }
@@ -117,6 +130,7 @@ impl StreamDecoder {
 pub enum StreamEncoder {
     OpenAiChat(openai_chat::StreamEncoder),
     Anthropic(anthropic::StreamEncoder),
+    Gemini(gemini::StreamEncoder),
 }
 
 impl StreamEncoder {
@@ -132,6 +146,7 @@ impl StreamEncoder {
             Format::Anthropic => {
                 StreamEncoder::Anthropic(anthropic::StreamEncoder::new(client_model))
             }
+            Format::Gemini => StreamEncoder::Gemini(gemini::StreamEncoder::new(client_model)),
         }
     }
 
@@ -139,6 +154,7 @@ impl StreamEncoder {
         match self {
             StreamEncoder::OpenAiChat(e) => e.encode(ev, out),
             StreamEncoder::Anthropic(e) => e.encode(ev, out),
+            StreamEncoder::Gemini(e) => e.encode(ev, out),
         }
     }
 
@@ -147,6 +163,7 @@ impl StreamEncoder {
         match self {
             StreamEncoder::OpenAiChat(e) => e.finish(out),
             StreamEncoder::Anthropic(e) => e.finish(out),
+            StreamEncoder::Gemini(e) => e.finish(out),
         }
     }
 
@@ -155,6 +172,7 @@ impl StreamEncoder {
         match self {
             StreamEncoder::OpenAiChat(e) => e.error(err, out),
             StreamEncoder::Anthropic(e) => e.error(err, out),
+            StreamEncoder::Gemini(e) => e.error(err, out),
         }
     }
 }

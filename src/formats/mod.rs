@@ -1,5 +1,5 @@
 //! Wire formats and the translation between them: the format-neutral model of a chat exchange
-//! ([`chat`]) and one codec per wire format ([`openai_chat`], [`anthropic`]), each turning a
+//! ([`chat`]) and one codec per wire format ([`openai_chat`], [`anthropic`], [`gemini`]), each turning a
 //! client's request into the neutral model, the neutral model into a provider's request, a
 //! provider's response and stream back into the neutral model, and that into the client's format.
 //! Pure functions and small state machines: no I/O, no clocks except the `created` stamp of an
@@ -9,6 +9,7 @@ pub mod anthropic;
 pub mod chat;
 pub mod codec;
 pub mod embeddings;
+pub mod gemini;
 pub mod openai_chat;
 
 mod json;
@@ -128,6 +129,8 @@ pub struct EncodeOptions {
     /// Send earlier assistant turns' reasoning back as `reasoning_content` (OpenAI-compatible
     /// servers whose thinking mode needs it; OpenAI itself takes none).
     pub reasoning_history: bool,
+    /// Which of Google's embeddings APIs a Gemini-format provider speaks.
+    pub google_embeddings: gemini::EmbeddingsDialect,
 }
 
 impl Default for EncodeOptions {
@@ -143,6 +146,7 @@ impl Default for EncodeOptions {
             tools: true,
             parallel_tool_calls: true,
             reasoning_history: false,
+            google_embeddings: gemini::EmbeddingsDialect::default(),
         }
     }
 }
@@ -153,6 +157,9 @@ pub struct EncodeInfo {
     /// The structured answer was asked for as a forced call of this tool: its arguments are the
     /// answer's text, and a stop for this call alone is a natural stop.
     pub structured_output_tool: Option<String>,
+    /// An OpenAI embeddings request was translated for a Google provider (see
+    /// [`gemini::EmbeddingsInfo`]).
+    pub embeddings: Option<gemini::EmbeddingsInfo>,
 }
 
 /// The thinking budget asked of an Anthropic model for an effort level, tokens.

@@ -18,8 +18,11 @@ use super::sse::{
 use super::status::{next_step, KeyEffect, NextStep, UpstreamVerdict};
 use super::translate::{self, Mode, Step};
 use super::{Call, StreamResult, StreamSink, WorkerCtx};
-use crate::config::{HealthCheck, HealthConfig, KeyConfig, ProviderConfig, RetryConfig, Secret};
+use crate::config::{
+    HealthCheck, HealthConfig, KeyConfig, ProviderConfig, ProviderType, RetryConfig, Secret,
+};
 use crate::error::{ApiError, ErrorKind};
+use crate::formats::gemini::EmbeddingsDialect;
 use crate::formats::EncodeOptions;
 use crate::job::{Answer, JobCtl, Usage};
 
@@ -104,6 +107,10 @@ impl HttpProvider {
                 tools: cfg.translation.tools_supported,
                 parallel_tool_calls: cfg.translation.parallel_tool_calls_supported,
                 reasoning_history: cfg.translation.reasoning_content_history,
+                google_embeddings: match cfg.kind {
+                    ProviderType::Vertex => EmbeddingsDialect::VertexPredict,
+                    _ => EmbeddingsDialect::BatchEmbedContents,
+                },
             },
         })
     }
@@ -656,6 +663,11 @@ impl HttpProvider {
         answer.content_type = "application/json";
         if prepared.operation != Operation::CountTokens {
             answer.usage = usage;
+        }
+        if translate::usage_estimated(&prepared.mode) {
+            answer
+                .headers
+                .push((translate::ESTIMATE_HEADER, "embedding-tokens".to_string()));
         }
         Ok(answer)
     }

@@ -148,6 +148,7 @@ impl MockProvider {
                 name: tool.name.clone(),
                 arguments_json: arguments.to_string(),
                 cache_control: None,
+                signature: None,
             };
         }
         if let Some(structured) = &req.structured_output {
@@ -283,6 +284,7 @@ impl MockProvider {
                 PartKind::ToolCall {
                     id: id.clone(),
                     name: name.clone(),
+                    signature: None,
                 },
                 "",
                 arguments_json.as_str(),

@@ -7,6 +7,8 @@ pub mod adapter;
 pub mod anthropic;
 pub mod azure;
 pub mod entra;
+pub mod gemini;
+pub mod google_auth;
 pub mod http;
 pub mod keys;
 pub mod mock;
@@ -18,6 +20,7 @@ pub mod sse;
 pub mod status;
 pub mod translate;
 pub mod transport;
+pub mod vertex;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -105,6 +108,11 @@ impl Provider {
             ProviderType::Azure => match &cfg.azure {
                 Some(azure) => Box::new(azure::AzureAdapter::new(&cfg.name, azure)),
                 None => return Err(format!("providers.{}.azure: missing", cfg.name)),
+            },
+            ProviderType::Gemini => Box::new(gemini::GeminiAdapter::new(&cfg.base_url)),
+            ProviderType::Vertex => match &cfg.vertex {
+                Some(v) => Box::new(vertex::VertexAdapter::new(&cfg.name, &cfg.base_url, v)?),
+                None => return Err(format!("providers.{}.vertex: missing", cfg.name)),
             },
         };
         Ok(Provider::Http(Box::new(http::HttpProvider::new(

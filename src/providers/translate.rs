@@ -93,6 +93,9 @@ pub fn prepare(
         rewrite_passthrough_with(body, upstream_model, edit, out)?;
         return Ok(Mode::Passthrough);
     }
+    if api.operation() == crate::job::Operation::Embeddings && wire == Format::Gemini {
+        return prepare_google_embeddings(body, upstream_model, opts, out);
+    }
     if api.operation() != crate::job::Operation::Chat {
         // Operations other than chat pass through to a provider of their own API only.
         return Err(ApiError::new(
@@ -106,6 +109,45 @@ pub fn prepare(
     req.stream = stream;
     let info = codec::encode_request(wire, &req, upstream_model, opts, out)?;
     Ok(Mode::Translated { client, info })
+}
+
+/// An OpenAI embeddings request for a Google provider (AI Studio's `batchEmbedContents` or
+/// Vertex's `predict`, as `opts.google_embeddings` says).
+fn prepare_google_embeddings(
+    body: &[u8],
+    upstream_model: &str,
+    opts: &EncodeOptions,
+    out: &mut Vec<u8>,
+) -> Result<Mode, ApiError> {
+    let req = crate::formats::embeddings::decode_openai_request(body)?;
+    let embeddings = crate::formats::gemini::encode_embeddings_request(
+        &req,
+        upstream_model,
+        opts.google_embeddings,
+        out,
+    )?;
+    Ok(Mode::Translated {
+        client: Format::OpenAiChat,
+        info: EncodeInfo {
+            embeddings: Some(embeddings),
+            ..EncodeInfo::default()
+        },
+    })
+}
+
+/// Whether the usage of an answer in `mode` is the gateway's estimate (embeddings of a Google
+/// provider that reports no token count), for the [`ESTIMATE_HEADER`].
+pub fn usage_estimated(mode: &Mode) -> bool {
+    match mode {
+        Mode::Translated {
+            info: EncodeInfo {
+                embeddings: Some(e),
+                ..
+            },
+            ..
+        } => e.dialect == crate::formats::gemini::EmbeddingsDialect::BatchEmbedContents,
+        _ => false,
+    }
 }
 
 /// A successful whole answer of `wire` for the client: its body (translated when the mode says
@@ -126,6 +168,22 @@ pub fn success_answer(
                 )
             })?;
             Ok((body, usage))
+        }
+        Mode::Translated {
+            info: EncodeInfo {
+                embeddings: Some(e),
+                ..
+            },
+            ..
+        } => {
+            let (resp, _) = crate::formats::gemini::decode_embeddings_response(&body, e)?;
+            let mut out = Vec::with_capacity(resp.vectors.len() * 64 + 128);
+            crate::formats::embeddings::encode_openai_response(&resp, e.encoding, &mut out);
+            let usage = Usage {
+                input_tokens: resp.input_tokens,
+                ..Usage::default()
+            };
+            Ok((out, usage))
         }
         Mode::Translated { client, info } => {
             let resp = codec::decode_response(wire, &body, info)?;
@@ -440,6 +498,7 @@ pub fn answer_usage(wire: Format, body: &[u8]) -> Option<Usage> {
             }
             usage
         }
+        Format::Gemini => crate::formats::gemini::answer_usage(body)?,
     })
 }
 
@@ -497,8 +556,10 @@ pub fn stream_converter(
             terminator: match wire {
                 Format::OpenAiChat => "[DONE]",
                 Format::Anthropic => "message_stop",
+                Format::Gemini => "a chunk with a finishReason",
             },
         }),
+        (Mode::Passthrough, Format::Gemini) => Box::new(GeminiPassthrough::default()),
         (Mode::Passthrough, Format::Anthropic) => Box::new(AnthropicPassthrough::default()),
         (Mode::Passthrough, Format::OpenAiChat) => Box::new(OpenAiPassthrough {
             wants_usage,
@@ -697,6 +758,60 @@ impl StreamConvert for AnthropicPassthrough {
 
     fn terminator(&self) -> &'static str {
         "message_stop"
+    }
+}
+
+/// Gemini chunks passed on as they are; the usage read from each `usageMetadata`. The stream has
+/// no terminator event: it is complete at the end of the body when its last chunk with a
+/// candidate carried a `finishReason`.
+#[derive(Default)]
+struct GeminiPassthrough {
+    usage: Usage,
+    finished: bool,
+}
+
+impl StreamConvert for GeminiPassthrough {
+    fn event(&mut self, _name: &[u8], data: &[u8], out: &mut Vec<u8>) -> Result<Step, ApiError> {
+        push_event(out, b"", data);
+        if let Some(u) = crate::formats::gemini::answer_usage(data) {
+            if u != Usage::default() {
+                self.usage = u;
+            }
+        }
+        if contains(data, b"\"candidates\"") {
+            self.finished = contains(data, b"\"finishReason\"");
+        }
+        if contains(data, b"\"error\"") && !contains(data, b"\"candidates\"") {
+            return Ok(Step::UpstreamError(
+                ApiError::new(
+                    ErrorKind::UpstreamInvalid,
+                    "upstream_stream_error",
+                    "the provider reported an error in the stream",
+                )
+                .already_sent(),
+            ));
+        }
+        Ok(Step::More)
+    }
+
+    fn usage(&self) -> Usage {
+        self.usage
+    }
+
+    fn terminator(&self) -> &'static str {
+        "a chunk with a finishReason"
+    }
+
+    fn end_of_body(&mut self, _out: &mut Vec<u8>) -> Result<(), ApiError> {
+        if self.finished {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                ErrorKind::UpstreamInvalid,
+                "upstream_stream_truncated",
+                format!("the stream ended without {}", self.terminator()),
+            ))
+        }
     }
 }
 

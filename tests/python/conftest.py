@@ -4,7 +4,12 @@ loopback ports and stop them afterwards.
 The gateway serves three kinds of provider, each by its own model prefix:
 - `mock/...`: the built-in mock (models `gpt-4o-mini`, `echo`, `text-embedding-3-small`);
 - `up/...`: an `openai` provider on the bench mock's Chat Completions;
-- `anth/...`: an `anthropic` provider on the bench mock's Messages API.
+- `anth/...`: an `anthropic` provider on the bench mock's Messages API;
+- `gem/...`: a `gemini` provider on the bench mock's Gemini API (Google AI Studio);
+- `vtx/...`, `vtx2/...`: `vertex` providers on the bench mock's Vertex AI endpoints, each with a
+  service account of its own (throwaway RSA keys made by `openssl genpkey` for the session) whose
+  tokens the mock's `POST /token` issues for TOKEN_TTL_S seconds;
+- `vtxbad/...`: a `vertex` provider whose service account the token endpoint refuses.
 Every made-up string (tool arguments, structured answers) is TOOL_TEXT on both mocks.
 """
 
@@ -26,7 +31,18 @@ UPSTREAM_KEY = "sk-sdk-test-upstream"
 # Bash tool call (Claude Code) gets a known result.
 TOOL_TEXT = "echo hello"
 # The model of each provider kind, by the API its upstream speaks.
-MODELS = {"anthropic": "anth/claude-test", "openai": "up/gpt-test", "mock": "mock/echo"}
+MODELS = {
+    "anthropic": "anth/claude-test",
+    "openai": "up/gpt-test",
+    "mock": "mock/echo",
+    "gemini": "gem/gemini-test",
+    "vertex": "vtx/gemini-test",
+}
+# Lifetime of the access tokens the mock's token endpoint issues, seconds: short, so that a test
+# sees the gateway refresh one.
+TOKEN_TTL_S = 2
+# The service accounts of the session: the mock knows the first two.
+ACCOUNTS = ["vtx", "vtx2", "vtxbad"]
 
 
 class Proc:
@@ -83,10 +99,44 @@ def binary(name):
     return str(path)
 
 
+def service_account_file(directory, name):
+    """A service-account key file (Google's JSON layout) with a fresh RSA key, made for the test."""
+    key = subprocess.run(
+        ["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    path = pathlib.Path(directory) / f"{name}.json"
+    path.write_text(
+        json.dumps(
+            {
+                "type": "service_account",
+                "project_id": "mock-project",
+                "private_key_id": f"{name}-key-1",
+                "private_key": key,
+                "client_email": f"{name}@mock-project.iam.gserviceaccount.com",
+                "client_id": "1",
+                "token_uri": "https://oauth2.googleapis.com/token",
+            }
+        )
+    )
+    return str(path)
+
+
 @pytest.fixture(scope="session")
-def mock():
+def accounts():
+    with tempfile.TemporaryDirectory() as d:
+        yield {name: service_account_file(d, name) for name in ACCOUNTS}
+
+
+@pytest.fixture(scope="session")
+def mock(accounts):
+    known = [arg for name in ("vtx", "vtx2") for arg in ("--vertex-credentials", accounts[name])]
     p = Proc(
         [binary("deepintshield-mock"), "--listen", "127.0.0.1:0", "--threads", "1", "--tool-text", TOOL_TEXT]
+        + known
+        + ["--token-ttl-s", str(TOKEN_TTL_S)]
     )
     addr = p.first_line.rsplit(" ", 1)[1]
     yield addr
@@ -94,7 +144,26 @@ def mock():
 
 
 @pytest.fixture(scope="session")
-def gateway(mock):
+def gateway(mock, accounts):
+    vertex = "".join(
+        f"""
+[providers.{name}]
+type = "vertex"
+base_url = "http://{mock}/v1"
+rate_limit_cooldown_ms_default = 200
+rate_limit_cooldown_ms_max = 200
+
+[providers.{name}.vertex]
+project = "mock-project"
+location = "us-central1"
+credentials_file = "file:{accounts[name]}"
+token_uri = "http://{mock}/token"
+
+[providers.{name}.breaker]
+enabled = false
+"""
+        for name in ACCOUNTS
+    )
     config = f"""
 [server]
 listen = "127.0.0.1:0"
@@ -132,6 +201,17 @@ rate_limit_cooldown_ms_max = 200
 
 [providers.anth.breaker]
 enabled = false
+
+[providers.gem]
+type = "gemini"
+base_url = "http://{mock}/v1beta"
+keys = [{{ key = "env:SDK_UPSTREAM_KEY" }}]
+rate_limit_cooldown_ms_default = 200
+rate_limit_cooldown_ms_max = 200
+
+[providers.gem.breaker]
+enabled = false
+{vertex}
 
 [aliases]
 "gpt-4o-mini" = "mock/gpt-4o-mini"

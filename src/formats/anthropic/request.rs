@@ -8,8 +8,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::formats::chat::{
-    ChatRequest, Format, ImageSource, Message, Part, RawJson, ReasoningEffort, ReasoningMode,
-    ReasoningRequest, Role, StructuredOutput, TextBlock, ThinkingDisplay, Tool, ToolChoice,
+    split_tool_call_id, ChatRequest, Format, ImageSource, Message, Part, RawJson, ReasoningEffort,
+    ReasoningMode, ReasoningRequest, Role, StructuredOutput, TextBlock, ThinkingDisplay, Tool,
+    ToolChoice,
 };
 use crate::formats::json::{
     append_fields, decode_top_level, is_object, own, parse_raw, CowStr, StrOrSeq, TopLevel,
@@ -352,17 +353,19 @@ fn block(raw: &RawValue, in_result: bool) -> Result<Part, FormatError> {
                 cache_control,
             }
         }
-        "tool_use" => Part::ToolCall {
-            id: b.id.ok_or_else(|| missing("id"))?.into_owned(),
-            name: b.name.ok_or_else(|| missing("name"))?.into_owned(),
-            arguments_json: b.input.map_or("{}", RawValue::get).to_owned(),
-            cache_control,
-        },
+        "tool_use" => {
+            let (id, signature) = split_tool_call_id(&b.id.ok_or_else(|| missing("id"))?);
+            Part::ToolCall {
+                id,
+                name: b.name.ok_or_else(|| missing("name"))?.into_owned(),
+                arguments_json: b.input.map_or("{}", RawValue::get).to_owned(),
+                cache_control,
+                signature,
+            }
+        }
         "tool_result" => Part::ToolResult {
-            tool_call_id: b
-                .tool_use_id
-                .ok_or_else(|| missing("tool_use_id"))?
-                .into_owned(),
+            tool_call_id: split_tool_call_id(&b.tool_use_id.ok_or_else(|| missing("tool_use_id"))?)
+                .0,
             content: match b.content {
                 None => Vec::new(),
                 Some(raw) => blocks(parse_raw(raw, "a tool_result's content")?, true)?,
@@ -523,7 +526,7 @@ pub(super) enum OutBlock<'a> {
     ToolUse {
         #[serde(rename = "type")]
         ty: &'static str,
-        id: &'a str,
+        id: Cow<'a, str>,
         name: &'a str,
         input: &'a RawValue,
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -991,9 +994,10 @@ pub(super) fn out_blocks(parts: &[Part], native: bool) -> Result<Vec<OutBlock<'_
                 name,
                 arguments_json,
                 cache_control,
+                ..
             } => OutBlock::ToolUse {
                 ty: "tool_use",
-                id,
+                id: Cow::Borrowed(id),
                 name,
                 input: tool_input(arguments_json).ok_or_else(|| {
                     FormatError::bad_request(

@@ -8,7 +8,7 @@ use serde_json::value::RawValue;
 
 use super::request::{out_source, tool_input, OutBlock, WireBlock};
 use super::{stop_reason_from, stop_reason_str, OutUsage, WireUsage};
-use crate::formats::chat::{ChatResponse, FinishReason, Part};
+use crate::formats::chat::{client_tool_call_id, ChatResponse, FinishReason, Part};
 use crate::formats::json::own;
 use crate::formats::{restyle_id, EncodeInfo, FormatError};
 
@@ -82,6 +82,7 @@ fn response_part(b: WireBlock, raw: &RawValue, info: &EncodeInfo) -> Part {
                     name: b.name.map(Cow::into_owned).unwrap_or_default(),
                     arguments_json: input.to_owned(),
                     cache_control: None,
+                    signature: None,
                 }
             }
         }
@@ -146,10 +147,14 @@ pub fn encode_response(resp: &ChatResponse, client_model: &str, out: &mut Vec<u8
                     id,
                     name,
                     arguments_json,
+                    signature,
                     ..
                 } => OutBlock::ToolUse {
                     ty: "tool_use",
-                    id,
+                    id: match signature {
+                        None => Cow::Borrowed(id.as_str()),
+                        Some(_) => Cow::Owned(client_tool_call_id(id, signature.as_deref())),
+                    },
                     name,
                     input: tool_input(arguments_json).unwrap_or(empty),
                     cache_control: None,
@@ -237,6 +242,7 @@ mod tests {
                 name: "f".into(),
                 arguments_json: "{\"a\":".into(),
                 cache_control: None,
+                signature: None,
             }],
             finish: FinishReason::ToolCalls,
             ..ChatResponse::default()

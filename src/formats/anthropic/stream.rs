@@ -11,7 +11,9 @@ use super::response::structured_finish;
 use super::{
     error_event, status_for_error_type, stop_reason_from, stop_reason_str, OutUsage, WireUsage,
 };
-use crate::formats::chat::{FinishReason, PartKind, StreamError, StreamEvent, Usage};
+use crate::formats::chat::{
+    client_tool_call_id, FinishReason, PartKind, StreamError, StreamEvent, Usage,
+};
 use crate::formats::json::{sse_begin, sse_end, write_str, write_u64, write_value};
 use crate::formats::{restyle_id, EncodeInfo, FormatError};
 
@@ -235,6 +237,7 @@ impl StreamDecoder {
                     PartKind::ToolCall {
                         id: b.id.as_deref().unwrap_or_default().to_owned(),
                         name: b.name.as_deref().unwrap_or_default().to_owned(),
+                        signature: None,
                     },
                 )
             }
@@ -458,9 +461,13 @@ impl StreamEncoder {
                 write_str(out, data);
                 out.push(b'}');
             }
-            PartKind::ToolCall { id, name } => {
+            PartKind::ToolCall {
+                id,
+                name,
+                signature,
+            } => {
                 out.extend_from_slice(b"{\"type\":\"tool_use\",\"id\":");
-                write_str(out, id);
+                write_str(out, &client_tool_call_id(id, signature.as_deref()));
                 out.extend_from_slice(b",\"name\":");
                 write_str(out, name);
                 out.extend_from_slice(b",\"input\":{}}");

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
 
 use crate::formats::chat::{
-    ChatRequest, Format, ImageSource, Message, Part, RawJson, ReasoningEffort, ReasoningMode,
-    ReasoningRequest, Role, StructuredOutput, TextBlock, Tool, ToolChoice,
+    split_tool_call_id, ChatRequest, Format, ImageSource, Message, Part, RawJson, ReasoningEffort,
+    ReasoningMode, ReasoningRequest, Role, StructuredOutput, TextBlock, Tool, ToolChoice,
 };
 use crate::formats::json::{
     append_fields, decode_top_level, own, parse_raw, CowStr, StrOrSeq, TopLevel,
@@ -317,7 +317,7 @@ fn decode_messages(wire: Vec<WireMessage>, req: &mut ChatRequest) -> Result<(), 
                     ));
                 };
                 vec![Part::ToolResult {
-                    tool_call_id: id.into_owned(),
+                    tool_call_id: split_tool_call_id(&id).0,
                     content: content_parts(m.content, i)?,
                     is_error: false,
                     cache_control: None,
@@ -406,11 +406,13 @@ fn assistant_parts(m: WireMessage, i: usize) -> Result<Vec<Part>, FormatError> {
                         format!("messages[{i}]: a tool call needs `id`"),
                     ));
                 };
+                let (id, signature) = split_tool_call_id(&id);
                 parts.push(Part::ToolCall {
-                    id: id.into_owned(),
+                    id,
                     name: f.name.map(Cow::into_owned).unwrap_or_default(),
                     arguments_json: f.arguments.map(Cow::into_owned).unwrap_or_default(),
                     cache_control: None,
+                    signature,
                 });
             }
             (ty, _) => parts.push(Part::Opaque {

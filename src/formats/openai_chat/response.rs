@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::request::WireToolCall;
 use super::{finish_reason_from, finish_reason_str, LenientStr, OutUsage, WireUsage};
-use crate::formats::chat::{ChatResponse, FinishReason, Part};
+use crate::formats::chat::{client_tool_call_id, ChatResponse, FinishReason, Part};
 use crate::formats::{restyle_id, unix_now_s, EncodeInfo, FormatError};
 
 #[derive(Deserialize)]
@@ -101,6 +101,7 @@ pub fn decode_response(body: &[u8], _info: &EncodeInfo) -> Result<ChatResponse, 
                     .unwrap_or_default()
                     .to_owned(),
                 cache_control: None,
+                signature: None,
             });
         }
     }
@@ -152,7 +153,7 @@ struct OutAnswer<'a> {
 
 #[derive(Serialize)]
 pub(super) struct OutToolCall<'a> {
-    pub(super) id: &'a str,
+    pub(super) id: Cow<'a, str>,
     #[serde(rename = "type")]
     pub(super) ty: &'static str,
     pub(super) function: OutFunctionCall<'a>,
@@ -197,9 +198,13 @@ pub fn encode_response(resp: &ChatResponse, client_model: &str, out: &mut Vec<u8
                 id,
                 name,
                 arguments_json,
+                signature,
                 ..
             } => Some(OutToolCall {
-                id,
+                id: match signature {
+                    None => Cow::Borrowed(id.as_str()),
+                    Some(_) => Cow::Owned(client_tool_call_id(id, signature.as_deref())),
+                },
                 ty: "function",
                 function: OutFunctionCall {
                     name,

@@ -12,7 +12,7 @@ use super::{
     decode_error, error_event, finish_reason_from, finish_reason_str, LenientStr, OutUsage,
     WireUsage, DONE_EVENT, KEEPALIVE_EVENT,
 };
-use crate::formats::chat::{PartKind, StreamError, StreamEvent, Usage};
+use crate::formats::chat::{client_tool_call_id, PartKind, StreamError, StreamEvent, Usage};
 use crate::formats::json::{sse_begin, sse_end, write_str, write_u64, write_value};
 use crate::formats::{restyle_id, FormatError};
 
@@ -234,6 +234,7 @@ impl StreamDecoder {
                     kind: PartKind::ToolCall {
                         id: id.clone(),
                         name,
+                        signature: None,
                     },
                 });
                 self.tools.insert(wire_index, ToolSlot { id, part });
@@ -366,14 +367,19 @@ impl StreamEncoder {
                         self.delta(out, |o| delta_str(o, "reasoning_content", "\n\n"));
                     }
                 }
-                PartKind::ToolCall { id, name } => {
+                PartKind::ToolCall {
+                    id,
+                    name,
+                    signature,
+                } => {
                     let k = self.tools.len() as u32;
                     self.tools.insert(*index, k);
+                    let id = client_tool_call_id(id, signature.as_deref());
                     self.delta(out, |o| {
                         o.extend_from_slice(b"{\"tool_calls\":[{\"index\":");
                         write_u64(o, k.into());
                         o.extend_from_slice(b",\"id\":");
-                        write_str(o, id);
+                        write_str(o, &id);
                         o.extend_from_slice(b",\"type\":\"function\",\"function\":{\"name\":");
                         write_str(o, name);
                         o.extend_from_slice(b",\"arguments\":\"\"}}]}");
