@@ -1,11 +1,14 @@
 //! Upstream formats, one file each. A [`Provider`] is shared by the workers of its pool; each
 //! worker owns a [`WorkerCtx`] (its HTTP agent with keep-alive, its random state).
 
+pub mod aws_credentials;
+pub mod eventstream;
 pub mod keys;
 pub mod mock;
 pub mod openai;
 pub mod resolve;
 pub mod retry;
+pub mod sigv4;
 pub mod sse;
 pub mod transport;
 
