@@ -1,8 +1,11 @@
 //! DeepIntShield's bench kit: the pieces of the open-loop load tool (`deepintshield-load`) and of
 //! the mock upstream (`deepintshield-mock`) that are worth testing on their own.
 
+pub mod bedrock;
+pub mod bedrock_stream;
 pub mod completion;
 pub mod dist;
+pub mod embeddings;
 pub mod engine;
 pub mod faults;
 pub mod flags;
