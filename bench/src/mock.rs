@@ -80,7 +80,7 @@ ENDPOINTS:
                                 UnrecognizedClientException or InvalidSignatureException.
     GET  /mock/stats            counters (JSON):
         requests            chat completion requests received
-        in_flight           of those, being answered now
+        in_flight           requests being answered now (chat completions and Bedrock)
         ok                  non-streamed 200 answers
         injected            {status_<code>, reset, stall}: faults drawn by --error-rate
         streams_started     streamed answers begun

@@ -373,12 +373,26 @@ mod tests {
         move |name| map.get(name).cloned()
     }
 
-    fn temp_file(name: &str, text: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("dis-aws-creds-{}-{name}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("credentials");
-        std::fs::write(&path, text).unwrap();
-        path
+    /// A credentials file in a fresh folder, removed when dropped.
+    struct TempFile(PathBuf);
+
+    impl TempFile {
+        fn new(name: &str, text: &str) -> TempFile {
+            let dir =
+                std::env::temp_dir().join(format!("dis-aws-creds-{}-{name}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join("credentials");
+            std::fs::write(&path, text).unwrap();
+            TempFile(path)
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            if let Some(dir) = self.0.parent() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
     }
 
     const FILE: &str = "\
@@ -487,7 +501,8 @@ aws_secret_access_key = overridden
 
     #[test]
     fn shared_file_profiles() {
-        let path = temp_file("profiles", FILE);
+        let file = TempFile::new("profiles", FILE);
+        let path = file.0.clone();
         let c = from_shared_file(&path, "default").unwrap().unwrap();
         assert_eq!(c.access_key_id(), "AKIDDEFAULT");
         assert_eq!(
@@ -517,7 +532,8 @@ aws_secret_access_key = overridden
 
     #[test]
     fn shared_file_through_resolve_with_profile_and_location() {
-        let path = temp_file("resolve", FILE);
+        let file = TempFile::new("resolve", FILE);
+        let path = file.0.clone();
         let p = path.to_str().unwrap();
         let env = env_of(&[("AWS_SHARED_CREDENTIALS_FILE", p), ("AWS_PROFILE", "work")]);
         let (c, src) = resolve(&ConfigKeys::default(), &env).unwrap();
@@ -548,7 +564,8 @@ aws_secret_access_key = overridden
             "[default]\naws_access_key_id = A\naws_secret_access_key = s\n{}",
             "#".repeat(SHARED_FILE_BYTES_MAX as usize)
         );
-        let path = temp_file("big", &big);
+        let file = TempFile::new("big", &big);
+        let path = file.0.clone();
         let e = from_shared_file(&path, "default").unwrap_err();
         assert!(e.to_string().contains("larger than"), "{e}");
     }

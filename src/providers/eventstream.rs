@@ -282,7 +282,9 @@ impl Decoder {
                 return Ok(None);
             }
             self.total = check_prelude(&self.buf)?;
-            self.buf.reserve_exact(self.total - PRELUDE_BYTES);
+            // Grow with what arrives: a prelude alone does not commit the announced size.
+            self.buf
+                .reserve(self.total.min(BUFFER_RETAIN_BYTES_MAX) - PRELUDE_BYTES);
         }
         let take = (self.total - self.buf.len()).min(input.len());
         self.buf.extend_from_slice(&input[..take]);
