@@ -2,8 +2,11 @@
 //! the mock upstream (`deepintshield-mock`) that are worth testing on their own.
 
 pub mod anthropic;
+pub mod bedrock;
+pub mod bedrock_stream;
 pub mod completion;
 pub mod dist;
+pub mod embeddings;
 pub mod engine;
 pub mod faults;
 pub mod flags;

@@ -1,7 +1,8 @@
 //! `deepintshield-mock`: an OpenAI- and Anthropic-compatible mock upstream on the gateway's own
 //! HTTP layer, for end-to-end tests and load runs on loopback: chat completions and Messages (whole
 //! and streamed, with tool calls), latency distributions, real SSE streams with paced chunks, fault
-//! injection by rate and by model name, and counters at `/mock/stats`.
+//! injection by rate and by model name, and counters at `/mock/stats`. It also serves AWS
+//! Bedrock's runtime (`/model/{modelId}/...`, see `bedrock.rs`).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -15,7 +16,9 @@ use deepintshield::http::{
     serve, AbortHandle, BodyStream, Handler, Limits, Method, Request, Response, StreamPoll,
 };
 use deepintshield::objpool::ObjPool;
+use deepintshield::providers::aws_credentials::Credentials;
 use deepintshield_bench::anthropic::{self, MessageMeta};
+use deepintshield_bench::bedrock::{self, Auth, Bedrock, Knobs, REGION_DEFAULT};
 use deepintshield_bench::completion::{
     chat_answer, directive_number, error_event, message_text, split_even, ChatAnswer, ChunkMeta,
     DONE_EVENT,
@@ -27,7 +30,7 @@ use deepintshield_bench::tools::fragments;
 use serde_json::{json, Value};
 
 const USAGE: &str = "\
-deepintshield-mock: an OpenAI- and Anthropic-compatible mock upstream
+deepintshield-mock: an OpenAI- and Anthropic-compatible and AWS Bedrock runtime mock upstream
 
 USAGE:
     deepintshield-mock [OPTIONS]
@@ -51,6 +54,14 @@ OPTIONS:
     --tool-text TEXT       every string the mock puts in tool arguments and json_schema
                            answers (default \"mock\")
     --seed N               seed of the random draws (default 1)
+    --aws-access-key-id ID, --aws-secret-access-key SECRET
+                           Bedrock requests must be SigV4-signed with this key pair (both or
+                           neither; without them signatures are not checked)
+    --aws-session-token T  ... and carry this session token (x-amz-security-token)
+    --aws-region R         the region signatures are scoped to (default us-east-1)
+    --bedrock-bad-crc-after K
+                           every converse-stream sends the message after its K-th content
+                           delta with a wrong CRC, then goes on (default: never)
     -h, --help             print this help
 
 On start it prints one line, `deepintshield-mock listening on ADDR`, then serves until killed.
@@ -85,11 +96,24 @@ ENDPOINTS:
     POST /v1/messages/count_tokens   {\"input_tokens\": N} (the same N as the answer's usage)
     GET  /v1/models             a model list: Anthropic's shape when `anthropic-version` is sent,
                                 else OpenAI's
+    POST /model/{modelId}/converse          Bedrock Converse: \"mock: <last user text>\", or with
+                                toolConfig and \"use tool\" in the last user message a toolUse of
+                                the first tool (or toolChoice.tool) with its required inputs filled
+    POST /model/{modelId}/converse-stream   Bedrock ConverseStream: the same answer as an
+                                application/vnd.amazon.eventstream body: messageStart,
+                                contentBlockDelta (text, --stream-chunks), contentBlockStop,
+                                contentBlockStart/Delta/Stop for a toolUse, messageStop, metadata
+    POST /model/{modelId}/invoke            embeddings: amazon.titan-embed-text-* (inputText,
+                                dimensions, normalize) and cohere.embed-* (texts, input_type)
+                                {modelId} is a model id or an ARN as one URL-encoded segment.
+                                Bad or missing signatures get 403 with x-amzn-errortype
+                                MissingAuthenticationTokenException, IncompleteSignatureException,
+                                UnrecognizedClientException or InvalidSignatureException.
     GET  /mock/stats            counters (JSON):
         requests            model calls received (chat completions and messages)
         messages_requests   of those, Anthropic messages
         count_tokens_requests   count_tokens calls
-        in_flight           model calls being answered now
+        in_flight           model calls being answered now (Bedrock ones too)
         ok                  non-streamed 200 answers
         tool_calls          answers that called a tool
         injected            {status_<code>, reset, stall}: faults drawn by --error-rate
@@ -99,6 +123,9 @@ ENDPOINTS:
         streams_failed      streams ended by a failafter- error event
         streams_reset       streams cut by resetafter-
         last_authorization, last_api_key, last_model, last_headers   what the last call carried
+        bedrock             the Bedrock endpoints' own counters: requests, converse,
+                            converse_stream, invoke, ok, signature_rejected, injected,
+                            streams_{started,completed,failed,aborted,reset}, crc_corrupted
 
 FAULT INJECTION (directives inside the request's model name, e.g. chunks-8-failafter-3; the same
 on both APIs, errors in each API's shape):
@@ -112,6 +139,21 @@ on both APIs, errors in each API's shape):
                       data: {\"error\":{...}} without [DONE]; Anthropic: event: error with an
                       overloaded_error)
     resetafter-<k>    after k content chunks, close the connection abruptly
+  Bedrock model ids take the same directives (`.` and `:` count as separators, e.g.
+  mock.chunks-4-failafter-2-v1:0); status-<code> answers Bedrock's error type for it
+  (400 ValidationException, 403 AccessDeniedException, 404 ResourceNotFoundException,
+  408 ModelTimeoutException, 424 ModelErrorException, 429 ThrottlingException,
+  500 InternalServerException, 503 ServiceUnavailableException), and in converse-stream:
+    failafter-<k>         after k deltas, a modelStreamErrorException event, then the end
+    throttleafter-<k>     ... a throttlingException event
+    unavailableafter-<k>  ... a serviceUnavailableException event
+    internalafter-<k>     ... an internalServerException event
+    validationafter-<k>   ... a validationException event
+    errorafter-<k>        ... a :message-type error message (InternalFailure)
+    badcrcafter-<k>       the message after k deltas has a wrong CRC; the stream goes on
+    cachewrite            usage reports the cached prefix as cacheWriteInputTokens
+                          (else cacheReadInputTokens; the prefix is the text before the
+                          first cachePoint)
 ";
 
 /// Buffers lent to connections: enough for a few thousand concurrent connections without misses.
@@ -142,6 +184,11 @@ struct Options {
     stall: Duration,
     tool_text: String,
     seed: u64,
+    aws_access_key_id: Option<String>,
+    aws_secret_access_key: Option<String>,
+    aws_session_token: Option<String>,
+    aws_region: String,
+    bedrock_bad_crc_after: Option<usize>,
 }
 
 fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Options>, String> {
@@ -156,6 +203,11 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Options>, Str
         stall: Duration::from_millis(STALL_MS_DEFAULT),
         tool_text: TOOL_TEXT_DEFAULT.to_string(),
         seed: 1,
+        aws_access_key_id: None,
+        aws_secret_access_key: None,
+        aws_session_token: None,
+        aws_region: REGION_DEFAULT.to_string(),
+        bedrock_bad_crc_after: None,
     };
     let mut flags = Flags::new(args);
     while let Some(flag) = flags.next_flag() {
@@ -177,6 +229,11 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Options>, Str
             "--stall-ms" => o.stall = flags.millis()?,
             "--tool-text" => o.tool_text = flags.value()?,
             "--seed" => o.seed = flags.parse()?,
+            "--aws-access-key-id" => o.aws_access_key_id = Some(flags.value()?),
+            "--aws-secret-access-key" => o.aws_secret_access_key = Some(flags.value()?),
+            "--aws-session-token" => o.aws_session_token = Some(flags.value()?),
+            "--aws-region" => o.aws_region = flags.value()?,
+            "--bedrock-bad-crc-after" => o.bedrock_bad_crc_after = Some(flags.parse()?),
             _ => return Err(format!("unknown argument: {flag}")),
         }
     }
@@ -189,7 +246,30 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Options>, Str
     if o.chunk_delay > LATENCY_MAX || o.stall > LATENCY_MAX {
         return Err(format!("delays are at most {LATENCY_MAX:?}"));
     }
+    aws_auth(&o)?;
     Ok(Some(o))
+}
+
+/// The key pair Bedrock requests must be signed with, from the `--aws-*` flags.
+fn aws_auth(o: &Options) -> Result<Option<Auth>, String> {
+    let (id, secret) = match (&o.aws_access_key_id, &o.aws_secret_access_key) {
+        (None, None) if o.aws_session_token.is_none() => return Ok(None),
+        (Some(id), Some(secret)) => (id, secret),
+        _ => return Err("--aws-access-key-id and --aws-secret-access-key go together".to_string()),
+    };
+    let credentials =
+        Credentials::new(id, secret, o.aws_session_token.as_deref()).map_err(|e| e.to_string())?;
+    let region_ok = !o.aws_region.is_empty()
+        && o.aws_region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !region_ok {
+        return Err(format!("--aws-region: not a region name: {}", o.aws_region));
+    }
+    Ok(Some(Auth {
+        credentials,
+        region: o.aws_region.clone(),
+    }))
 }
 
 /// What the last model call looked like, for `/mock/stats`.
@@ -233,6 +313,7 @@ struct Mock {
     streams: Arc<StreamCounters>,
     /// Swapped in whole: the lock is held for a pointer swap, never across I/O or a wait.
     last: Mutex<Arc<LastRequest>>,
+    bedrock: Bedrock,
 }
 
 impl Handler for Mock {
@@ -255,6 +336,13 @@ impl Handler for Mock {
                 "req_mock000000000000",
                 None,
             ),
+            (_, p) if bedrock::is_bedrock_path(p) => {
+                self.in_flight.fetch_add(1, Ordering::Relaxed);
+                self.record(req, &bedrock::model_id(p));
+                let r = self.bedrock_call(req);
+                self.in_flight.fetch_sub(1, Ordering::Relaxed);
+                r
+            }
             (_, "/v1/chat/completions" | "/v1/models" | "/mock/stats") => {
                 Response::error(&ApiError::new(
                     ErrorKind::MethodNotAllowed,
@@ -533,6 +621,27 @@ impl Mock {
         }
     }
 
+    /// A Bedrock request, with what it takes from the flags shared with the OpenAI endpoints.
+    fn bedrock_call(&self, req: &Request) -> Response {
+        let draw_fault = || self.draw_fault();
+        let sample_latency = || {
+            if self.latency.is_zero() {
+                Duration::ZERO
+            } else {
+                self.latency
+                    .sample(self.rng.next_u64(), self.rng.next_u64())
+            }
+        };
+        let knobs = Knobs {
+            draw_fault: &draw_fault,
+            sample_latency: &sample_latency,
+            stream_chunks: self.stream_chunks,
+            chunk_delay: self.chunk_delay,
+            stall: self.stall,
+        };
+        self.bedrock.handle(req, &knobs)
+    }
+
     /// One draw against `--error-rate`, counted.
     fn draw_fault(&self) -> Option<Fault> {
         if self.errors.is_empty() {
@@ -633,6 +742,7 @@ impl Mock {
             "last_api_key": last.api_key,
             "last_model": last.model,
             "last_headers": last.headers,
+            "bedrock": self.bedrock.stats(),
         });
         json_response(200, &body)
     }
@@ -857,6 +967,13 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let auth = match aws_auth(&opts) {
+        Ok(a) => a,
+        Err(msg) => {
+            eprintln!("deepintshield-mock: {msg}");
+            return ExitCode::from(2);
+        }
+    };
     let injected = opts
         .errors
         .faults()
@@ -880,6 +997,7 @@ fn main() -> ExitCode {
         tool_calls: AtomicU64::new(0),
         streams: Arc::new(StreamCounters::default()),
         last: Mutex::new(Arc::new(LastRequest::default())),
+        bedrock: Bedrock::new(auth, opts.bedrock_bad_crc_after),
     });
     let buffers = ObjPool::new(
         "buffers",
@@ -965,6 +1083,39 @@ mod tests {
     fn usage_names_the_tool_trigger() {
         let quoted = format!("\"{}\"", deepintshield_bench::tools::TOOL_TRIGGER);
         assert!(USAGE.contains(&quoted), "{quoted}");
+    }
+
+    #[test]
+    fn parses_aws_flags() {
+        let parse = |a: &[&str]| parse_args(a.iter().map(|s| s.to_string()));
+        let o = parse(&[
+            "--aws-access-key-id",
+            "AKID",
+            "--aws-secret-access-key=SECRET",
+            "--aws-region",
+            "eu-west-3",
+            "--bedrock-bad-crc-after",
+            "2",
+        ])
+        .unwrap()
+        .unwrap();
+        let auth = aws_auth(&o).unwrap().unwrap();
+        assert_eq!(
+            (auth.credentials.access_key_id(), auth.region.as_str()),
+            ("AKID", "eu-west-3")
+        );
+        assert_eq!(o.bedrock_bad_crc_after, Some(2));
+        assert!(parse(&["--aws-access-key-id", "AKID"]).is_err());
+        assert!(parse(&["--aws-session-token", "T"]).is_err());
+        assert!(parse(&[
+            "--aws-access-key-id",
+            "A",
+            "--aws-secret-access-key",
+            "S",
+            "--aws-region",
+            "US"
+        ])
+        .is_err());
     }
 
     fn stream(chunks: usize, fail: Option<usize>) -> (MockStream, Arc<StreamCounters>) {

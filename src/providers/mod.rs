@@ -5,6 +5,8 @@
 
 pub mod adapter;
 pub mod anthropic;
+pub mod aws_credentials;
+pub mod eventstream;
 pub mod http;
 pub mod keys;
 pub mod mock;
@@ -12,6 +14,7 @@ pub mod openai;
 pub mod redact;
 pub mod resolve;
 pub mod retry;
+pub mod sigv4;
 pub mod sse;
 pub mod status;
 pub mod translate;
