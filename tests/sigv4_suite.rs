@@ -1,13 +1,20 @@
-//! AWS's SigV4 test suite (the `v4` cases of the AWS signing test suite, as shipped with the AWS
-//! Common Runtime's auth library: `<case>/request.txt`, `context.json`,
-//! `header-canonical-request.txt`, `header-string-to-sign.txt`, `header-signature.txt`,
-//! `header-signed-request.txt`) driven through `providers::sigv4`: every step of every case must
-//! match, and the verifier must accept what the signer produced.
+//! An optional extra check, not part of the suite that runs by default: AWS's SigV4 test suite
+//! (the `v4` cases of the AWS signing test suite, as shipped with the AWS Common Runtime's auth
+//! library: `<case>/request.txt`, `context.json`, `header-canonical-request.txt`,
+//! `header-string-to-sign.txt`, `header-signature.txt`, `header-signed-request.txt`) driven
+//! through `providers::sigv4`: every step of every case must match, and the verifier must accept
+//! what the signer produced.
 //!
-//! The suite is not part of this repository. Point `DEEPINTSHIELD_SIGV4_SUITE` at its `v4`
-//! folder, or place it at `shared/aws-signing-test-suite/v4` inside or beside the checkout. When
-//! it is absent the test says so and checks nothing; when the variable is set, the folder must
-//! exist and hold cases.
+//! The suite is not part of this repository; the signer's committed known answers (AWS's
+//! documented examples and the AWS SDK's signatures) are unit tests in `src/providers/sigv4.rs`.
+//! To run this check, fetch the suite and point `DEEPINTSHIELD_SIGV4_SUITE` at its `v4` folder
+//! (or place it at `shared/aws-signing-test-suite/v4` inside or beside the checkout):
+//!
+//! ```text
+//! DEEPINTSHIELD_SIGV4_SUITE=/path/to/v4 cargo test --test sigv4_suite -- --ignored
+//! ```
+//!
+//! Run that way, a missing suite is a failure, not a pass.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
@@ -215,13 +222,11 @@ fn run_case(dir: &Path) -> Result<(), String> {
 }
 
 #[test]
+#[ignore = "needs AWS's SigV4 test suite, which is not in this repository (see the header)"]
 fn aws_sigv4_test_suite() {
-    let Some(dir) = suite_dir() else {
-        eprintln!(
-            "SKIPPED: the AWS SigV4 test suite is not present (set {SUITE_ENV} to its v4 folder)"
-        );
-        return;
-    };
+    let dir = suite_dir().unwrap_or_else(|| {
+        panic!("the AWS SigV4 test suite is not present: set {SUITE_ENV} to its v4 folder")
+    });
     let mut cases: Vec<PathBuf> = std::fs::read_dir(&dir)
         .expect("read the suite folder")
         .filter_map(|e| e.ok().map(|e| e.path()))

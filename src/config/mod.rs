@@ -20,8 +20,11 @@ use serde::Deserialize;
 
 use crate::log::Level;
 
+pub mod aws_credentials;
+mod bedrock;
 mod limits;
 
+pub use bedrock::{runtime_base_url, BedrockConfig};
 pub use limits::{BreakerConfig, Limits, MaxTokensField, StructuredOutputStyle, ThinkingStyle};
 use limits::{
     BODY_BUFFER_BYTES_MAX_DEFAULT, BODY_BYTES_MAX_DEFAULT, BODY_READ_TIMEOUT_MS_DEFAULT,
@@ -336,6 +339,8 @@ pub enum ProviderType {
     OpenAi,
     /// Anthropic Messages (`x-api-key`, `anthropic-version`).
     Anthropic,
+    /// AWS Bedrock's runtime (Converse, ConverseStream, InvokeModel), SigV4-signed.
+    Bedrock,
 }
 
 impl ProviderType {
@@ -350,6 +355,7 @@ impl ProviderType {
             ProviderType::Mock => "mock",
             ProviderType::OpenAi => "openai",
             ProviderType::Anthropic => "anthropic",
+            ProviderType::Bedrock => "bedrock",
         }
     }
 }
@@ -586,6 +592,7 @@ pub struct ProviderConfig {
     /// Required for `openai`; e.g. `https://api.openai.com/v1` (no trailing slash). Empty or
     /// unchecked for `mock`.
     pub base_url: String,
+    /// For `bedrock`: one implicit key standing for the AWS credentials (see `bedrock`).
     pub keys: Vec<KeyConfig>,
     /// Models listed by `GET /v1/models`; empty = none listed, any model accepted.
     pub models: Vec<String>,
@@ -605,6 +612,8 @@ pub struct ProviderConfig {
     pub max_tokens_default: u32,
     /// How requests of another format are encoded for this provider.
     pub translation: TranslationConfig,
+    /// Region and credentials of a `bedrock` provider; `None` for every other type.
+    pub bedrock: Option<BedrockConfig>,
     pub mock: MockConfig,
     pub pool: PoolConfig,
     pub retry: RetryConfig,
@@ -752,6 +761,7 @@ impl ProviderConfig {
             anthropic_version: ANTHROPIC_VERSION_DEFAULT.to_string(),
             max_tokens_default: MAX_TOKENS_DEFAULT as u32,
             translation: TranslationConfig::default(),
+            bedrock: None,
             keys: Vec::new(),
             models: Vec::new(),
             headers: Vec::new(),
@@ -867,6 +877,7 @@ struct ProviderFile {
     structured_output: Option<String>,
     max_tokens_field: Option<String>,
     keys: Option<Vec<KeyFile>>,
+    bedrock: Option<bedrock::BedrockFile>,
     mock: Option<MockFile>,
     pool: Option<PoolFile>,
     max_retries: Option<u64>,
@@ -1448,6 +1459,9 @@ impl Checker<'_> {
         let kind = self.provider_type(&format!("{at}.type"), f.kind.as_deref());
         let base_url = self.base_url(&at, kind, f.base_url);
         let keys = self.keys(&at, kind, f.keys.unwrap_or_default());
+        let headers = self.headers(&format!("{at}.headers"), f.headers.unwrap_or_default());
+        let (bedrock, base_url, keys) =
+            self.bedrock_provider(&at, kind, f.bedrock, base_url, keys, &headers);
         let ca_file = f
             .ca_file
             .and_then(|p| self.ca_file(&format!("{at}.ca_file"), &p));
@@ -1458,7 +1472,7 @@ impl Checker<'_> {
             base_url,
             keys,
             models: self.models(&format!("{at}.models"), f.models.unwrap_or_default()),
-            headers: self.headers(&format!("{at}.headers"), f.headers.unwrap_or_default()),
+            headers,
             connect_timeout: self.timeout(
                 &format!("{at}.connect_timeout_ms"),
                 f.connect_timeout_ms,
@@ -1500,6 +1514,7 @@ impl Checker<'_> {
                     ],
                 ),
             },
+            bedrock,
             stream_idle_timeout: self.timeout(
                 &format!("{at}.stream_idle_timeout_ms"),
                 f.stream_idle_timeout_ms,
@@ -1737,12 +1752,11 @@ impl Checker<'_> {
             Some("mock") => Some(ProviderType::Mock),
             Some("openai") => Some(ProviderType::OpenAi),
             Some("anthropic") => Some(ProviderType::Anthropic),
+            Some("bedrock") => Some(ProviderType::Bedrock),
             other => {
                 let found = other.map_or("missing".to_string(), |v| format!("found {v:?}"));
-                self.error(
-                    key,
-                    format!("expected one of \"mock\", \"openai\", \"anthropic\" ({found})"),
-                );
+                let types = "\"mock\", \"openai\", \"anthropic\", \"bedrock\"";
+                self.error(key, format!("expected one of {types} ({found})"));
                 None
             }
         }
@@ -1761,7 +1775,10 @@ impl Checker<'_> {
             .unwrap_or("")
             .trim_end_matches('/')
             .to_string();
-        if !kind.is_some_and(ProviderType::is_network) {
+        // A `bedrock` provider's endpoint defaults from its region (`bedrock_provider`).
+        if !kind.is_some_and(ProviderType::is_network)
+            || (kind == Some(ProviderType::Bedrock) && value.is_none())
+        {
             return url;
         }
         if value.is_none() {
@@ -1780,7 +1797,8 @@ impl Checker<'_> {
         files: Vec<KeyFile>,
     ) -> Vec<KeyConfig> {
         let key = format!("{at}.keys");
-        if let Some(kind) = kind.filter(|k| files.is_empty() && k.is_network()) {
+        let implicit = kind == Some(ProviderType::Bedrock);
+        if let Some(kind) = kind.filter(|k| files.is_empty() && k.is_network() && !implicit) {
             let example = "e.g. keys = [{ key = \"env:OPENAI_API_KEY\" }]";
             let name = kind.name();
             self.error(
@@ -2479,8 +2497,15 @@ worker_stack_kb = 64
             ("OPENAI_API_KEY", "sk-o"),
             ("OLLAMA_API_KEY", "ollama"),
             ("ANTHROPIC_API_KEY", "sk-ant"),
+            ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
+            ("AWS_SECRET_ACCESS_KEY", "aws-secret"),
         ];
         let c = check_with(&uncommented, &env, Some(CORES)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.providers["bedrock"].kind, ProviderType::Bedrock);
+        assert_eq!(
+            c.providers["bedrock"].base_url,
+            "https://bedrock-runtime.us-east-1.amazonaws.com"
+        );
         assert_eq!(c.providers["openai"].base_url, "https://api.openai.com/v1");
         assert_eq!(
             c.providers["anthropic"].base_url,
@@ -2605,11 +2630,11 @@ worker_stack_kb = 64
             ),
             (
                 "[providers.x]\ntype = \"bedrock2\"\n",
-                "providers.x.type: expected one of \"mock\", \"openai\", \"anthropic\" (found \"bedrock2\")",
+                "providers.x.type: expected one of \"mock\", \"openai\", \"anthropic\", \"bedrock\" (found \"bedrock2\")",
             ),
             (
                 "[providers.x]\n",
-                "providers.x.type: expected one of \"mock\", \"openai\", \"anthropic\" (missing)",
+                "providers.x.type: expected one of \"mock\", \"openai\", \"anthropic\", \"bedrock\" (missing)",
             ),
         ];
         for (text, expected) in cases {

@@ -66,6 +66,9 @@ pub enum Format {
     OpenAiChat,
     /// Anthropic Messages (`POST /v1/messages`).
     Anthropic,
+    /// AWS Bedrock Converse (`POST /model/{modelId}/converse`, `/converse-stream`): a provider
+    /// format only; no client speaks it.
+    Bedrock,
 }
 
 /// One chat request, as decoded from a client's body.

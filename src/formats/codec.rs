@@ -2,13 +2,19 @@
 //! (the worker's executor, the built-in mock) names a format, never a codec module.
 
 use super::chat::{ChatRequest, ChatResponse, Format, StreamError, StreamEvent};
-use super::{anthropic, openai_chat, EncodeInfo, EncodeOptions, FormatError, UpstreamError};
+use super::{
+    anthropic, bedrock, openai_chat, EncodeInfo, EncodeOptions, FormatError, UpstreamError,
+};
 
 /// A client's request in `format`, decoded.
 pub fn decode_request(format: Format, body: &[u8]) -> Result<ChatRequest, FormatError> {
     match format {
         Format::OpenAiChat => openai_chat::decode_request(body),
         Format::Anthropic => anthropic::decode_request(body),
+        Format::Bedrock => Err(FormatError::bad_request(
+            "unsupported_format",
+            "Bedrock Converse is a provider format; clients speak OpenAI or Anthropic",
+        )),
     }
 }
 
@@ -23,6 +29,7 @@ pub fn encode_request(
     match format {
         Format::OpenAiChat => openai_chat::encode_request(req, upstream_model, opts, out),
         Format::Anthropic => anthropic::encode_request(req, upstream_model, opts, out),
+        Format::Bedrock => bedrock::encode_request(req, upstream_model, opts, out),
     }
 }
 
@@ -35,6 +42,7 @@ pub fn decode_response(
     match format {
         Format::OpenAiChat => openai_chat::decode_response(body, info),
         Format::Anthropic => anthropic::decode_response(body, info),
+        Format::Bedrock => bedrock::decode_response(body, info),
     }
 }
 
@@ -43,6 +51,7 @@ pub fn encode_response(format: Format, resp: &ChatResponse, client_model: &str, 
     match format {
         Format::OpenAiChat => openai_chat::encode_response(resp, client_model, out),
         Format::Anthropic => anthropic::encode_response(resp, client_model, out),
+        Format::Bedrock => bedrock::encode_response(resp, client_model, out),
     }
 }
 
@@ -51,6 +60,7 @@ pub fn decode_error(format: Format, status: u16, body: &[u8]) -> UpstreamError {
     match format {
         Format::OpenAiChat => openai_chat::decode_error(status, body),
         Format::Anthropic => anthropic::decode_error(status, body),
+        Format::Bedrock => bedrock::decode_error(status, body),
     }
 }
 
@@ -65,6 +75,7 @@ pub fn error_body(
     match format {
         Format::OpenAiChat => openai_chat::error_body(status, error_type, message, code),
         Format::Anthropic => anthropic::error_body(status, error_type, message, code),
+        Format::Bedrock => bedrock::error_body(status, error_type, message, code),
     }
 }
 
@@ -72,6 +83,7 @@ pub fn error_body(
 pub enum StreamDecoder {
     OpenAiChat(openai_chat::StreamDecoder),
     Anthropic(anthropic::StreamDecoder),
+    Bedrock(bedrock::StreamDecoder),
 }
 
 impl StreamDecoder {
@@ -79,10 +91,12 @@ impl StreamDecoder {
         match format {
             Format::OpenAiChat => StreamDecoder::OpenAiChat(openai_chat::StreamDecoder::new()),
             Format::Anthropic => StreamDecoder::Anthropic(anthropic::StreamDecoder::new(info)),
+            Format::Bedrock => StreamDecoder::Bedrock(bedrock::StreamDecoder::new(info)),
         }
     }
 
-    /// One SSE event (`event:` name if any, `data:` payload).
+    /// One event: its name (SSE `event:`, or an event stream's `:event-type`) if any, and its
+    /// payload (SSE `data:`).
     pub fn feed(
         &mut self,
         event: Option<&str>,
@@ -92,6 +106,7 @@ impl StreamDecoder {
         match self {
             StreamDecoder::OpenAiChat(d) => d.feed(event, data, out),
             StreamDecoder::Anthropic(d) => d.feed(event, data, out),
+            StreamDecoder::Bedrock(d) => d.feed(event, data, out),
         }
     }
 
@@ -101,6 +116,7 @@ impl StreamDecoder {
         match self {
             StreamDecoder::OpenAiChat(d) => d.finish(),
             StreamDecoder::Anthropic(d) => d.finish(),
+            StreamDecoder::Bedrock(d) => d.finish(),
         }
     }
 
@@ -109,6 +125,21 @@ impl StreamDecoder {
         match self {
             StreamDecoder::OpenAiChat(d) => d.is_complete(),
             StreamDecoder::Anthropic(d) => d.is_complete(),
+            StreamDecoder::Bedrock(d) => d.is_complete(),
+        }
+    }
+
+    /// An exception the provider sent in the stream, outside its events (an event stream's
+    /// `:message-type exception` named `error_type`, its payload `payload`): the error that
+    /// ends the stream. Formats without such messages report a 502 of that name.
+    pub fn exception(&mut self, error_type: &str, payload: &[u8]) -> StreamError {
+        match self {
+            StreamDecoder::Bedrock(d) => d.exception(error_type, payload),
+            StreamDecoder::OpenAiChat(_) | StreamDecoder::Anthropic(_) => StreamError {
+                status: 502,
+                error_type: error_type.to_owned(),
+                message: format!("the provider reported {error_type} in the stream"),
+            },
         }
     }
 }
@@ -124,11 +155,10 @@ impl StreamEncoder {
     /// the Unix time OpenAI chunks carry.
     pub fn new(format: Format, client_model: &str, include_usage: bool, created: u64) -> Self {
         match format {
-            Format::OpenAiChat => StreamEncoder::OpenAiChat(openai_chat::StreamEncoder::new(
-                client_model,
-                include_usage,
-                created,
-            )),
+            // No client speaks Bedrock (`ClientApi::format` never names it).
+            Format::OpenAiChat | Format::Bedrock => StreamEncoder::OpenAiChat(
+                openai_chat::StreamEncoder::new(client_model, include_usage, created),
+            ),
             Format::Anthropic => {
                 StreamEncoder::Anthropic(anthropic::StreamEncoder::new(client_model))
             }

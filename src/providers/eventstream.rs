@@ -167,8 +167,11 @@ pub enum DecodeError {
     MessageCrc { expected: u32, actual: u32 },
     /// Total length below [`FRAME_BYTES_MIN`].
     FrameTooSmall { total_bytes: u32 },
-    /// Total length above [`FRAME_BYTES_MAX`].
-    FrameTooLarge { total_bytes: u32 },
+    /// Total length above the decoder's bound ([`FRAME_BYTES_MAX`] unless set lower).
+    FrameTooLarge {
+        total_bytes: u32,
+        limit_bytes: usize,
+    },
     /// Headers length above [`HEADERS_BYTES_MAX`] or beyond the frame.
     HeadersLength {
         headers_bytes: u32,
@@ -196,8 +199,11 @@ impl fmt::Display for DecodeError {
             DecodeError::FrameTooSmall { total_bytes } => {
                 write!(f, "event stream message of {total_bytes} bytes is below the minimum {FRAME_BYTES_MIN}")
             }
-            DecodeError::FrameTooLarge { total_bytes } => {
-                write!(f, "event stream message of {total_bytes} bytes exceeds {FRAME_BYTES_MAX}")
+            DecodeError::FrameTooLarge {
+                total_bytes,
+                limit_bytes,
+            } => {
+                write!(f, "event stream message of {total_bytes} bytes exceeds {limit_bytes}")
             }
             DecodeError::HeadersLength {
                 headers_bytes,
@@ -223,13 +229,25 @@ fn be_u32(b: &[u8]) -> u32 {
 }
 
 /// An incremental decoder: feed it the body in slices of any size, in order.
-#[derive(Default)]
 pub struct Decoder {
     /// The part of the current message received so far (prelude first).
     buf: Vec<u8>,
     /// The current message's total length, once its prelude is checked; 0 before.
     total: usize,
+    /// Largest message accepted, bytes.
+    frame_bytes_max: usize,
     failed: Option<DecodeError>,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Decoder {
+            buf: Vec::new(),
+            total: 0,
+            frame_bytes_max: FRAME_BYTES_MAX,
+            failed: None,
+        }
+    }
 }
 
 impl fmt::Debug for Decoder {
@@ -245,6 +263,15 @@ impl fmt::Debug for Decoder {
 impl Decoder {
     pub fn new() -> Decoder {
         Decoder::default()
+    }
+
+    /// A decoder that refuses messages over `frame_bytes_max` bytes (at most [`FRAME_BYTES_MAX`])
+    /// from their prelude, before buffering any of them.
+    pub fn with_frame_bytes_max(frame_bytes_max: usize) -> Decoder {
+        Decoder {
+            frame_bytes_max: frame_bytes_max.clamp(FRAME_BYTES_MIN, FRAME_BYTES_MAX),
+            ..Decoder::default()
+        }
     }
 
     /// Takes bytes from the front of `input` until one message is complete and returns it,
@@ -267,7 +294,7 @@ impl Decoder {
     fn decode_inner(&mut self, input: &mut &[u8]) -> Result<Option<Message>, DecodeError> {
         // A whole message at the front of `input` and nothing buffered: parse it in place.
         if self.buf.is_empty() && input.len() >= PRELUDE_BYTES {
-            let total = check_prelude(&input[..PRELUDE_BYTES])?;
+            let total = check_prelude(&input[..PRELUDE_BYTES], self.frame_bytes_max)?;
             if input.len() >= total {
                 let (frame, rest) = input.split_at(total);
                 *input = rest;
@@ -281,7 +308,7 @@ impl Decoder {
             if self.buf.len() < PRELUDE_BYTES {
                 return Ok(None);
             }
-            self.total = check_prelude(&self.buf)?;
+            self.total = check_prelude(&self.buf, self.frame_bytes_max)?;
             // Grow with what arrives: a prelude alone does not commit the announced size.
             self.buf
                 .reserve(self.total.min(BUFFER_RETAIN_BYTES_MAX) - PRELUDE_BYTES);
@@ -338,7 +365,7 @@ impl Decoder {
 }
 
 /// Checks a prelude; returns the message's total length.
-fn check_prelude(p: &[u8]) -> Result<usize, DecodeError> {
+fn check_prelude(p: &[u8], frame_bytes_max: usize) -> Result<usize, DecodeError> {
     let expected = be_u32(&p[8..12]);
     let actual = crc32fast::hash(&p[..8]);
     if expected != actual {
@@ -350,8 +377,11 @@ fn check_prelude(p: &[u8]) -> Result<usize, DecodeError> {
     if total < FRAME_BYTES_MIN {
         return Err(DecodeError::FrameTooSmall { total_bytes });
     }
-    if total > FRAME_BYTES_MAX {
-        return Err(DecodeError::FrameTooLarge { total_bytes });
+    if total > frame_bytes_max {
+        return Err(DecodeError::FrameTooLarge {
+            total_bytes,
+            limit_bytes: frame_bytes_max,
+        });
     }
     if headers_bytes as usize > HEADERS_BYTES_MAX
         || headers_bytes as usize > total - FRAME_BYTES_MIN
@@ -765,8 +795,21 @@ mod tests {
         let big = (FRAME_BYTES_MAX + 1) as u32;
         assert_eq!(
             decode_chunks(&[&prelude(big, 0)]).unwrap_err(),
-            DecodeError::FrameTooLarge { total_bytes: big }
+            DecodeError::FrameTooLarge {
+                total_bytes: big,
+                limit_bytes: FRAME_BYTES_MAX
+            }
         );
+        let mut small = Decoder::with_frame_bytes_max(1024);
+        let mut out = Vec::new();
+        assert_eq!(
+            small.decode_all(&prelude(1025, 0), &mut out).unwrap_err(),
+            DecodeError::FrameTooLarge {
+                total_bytes: 1025,
+                limit_bytes: 1024
+            }
+        );
+        assert_eq!(small.buffered_bytes(), 0);
         assert_eq!(
             decode_chunks(&[&prelude(15, 0)]).unwrap_err(),
             DecodeError::FrameTooSmall { total_bytes: 15 }

@@ -5,8 +5,10 @@
 
 pub mod adapter;
 pub mod anthropic;
-pub mod aws_credentials;
+pub use crate::config::aws_credentials;
+pub mod bedrock;
 pub mod eventstream;
+pub mod frames;
 pub mod http;
 pub mod keys;
 pub mod mock;
@@ -103,6 +105,12 @@ impl Provider {
                 &cfg.base_url,
                 &cfg.anthropic_version,
             )),
+            ProviderType::Bedrock => {
+                let Some(aws) = &cfg.bedrock else {
+                    return Err(format!("providers.{}.bedrock: missing", cfg.name));
+                };
+                Box::new(bedrock::BedrockAdapter::new(&cfg.name, &cfg.base_url, aws)?)
+            }
         };
         Ok(Provider::Http(Box::new(http::HttpProvider::new(
             cfg, adapter, redact,
