@@ -195,8 +195,15 @@ struct OutUsage {
     input_tokens: u64,
     output_tokens: u64,
     total_tokens: u64,
+    /// Left out when no cache was used, as Bedrock does.
+    #[serde(skip_serializing_if = "is_zero")]
     cache_read_input_tokens: u64,
+    #[serde(skip_serializing_if = "is_zero")]
     cache_write_input_tokens: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl OutUsage {
