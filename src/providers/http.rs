@@ -177,7 +177,7 @@ impl HttpProvider {
             let wire = self.adapter.format();
             if let Some(plan) = translate::embeddings_plan(request.api, wire, &request.body, model)?
             {
-                return self.call_embeddings(ctx, call, &plan);
+                return self.call_embeddings(ctx, call, plan);
             }
         }
         let prepared = match self.prepare(call, false) {
@@ -199,19 +199,20 @@ impl HttpProvider {
         &self,
         ctx: &mut WorkerCtx,
         call: &Call<'_>,
-        plan: &embeddings::Plan,
+        mut plan: embeddings::Plan,
     ) -> Result<Answer, ApiError> {
         let model = call.job.upstream_model.as_str();
         let Some(url) = self.adapter.url(Operation::Embeddings, model, false) else {
             return Err(unsupported_operation(&self.name, Operation::Embeddings));
         };
-        let mut parts = Vec::with_capacity(plan.bodies.len());
+        let bodies = std::mem::take(&mut plan.bodies);
+        let mut parts = Vec::with_capacity(bodies.len());
         let mut headers = Vec::new();
-        for body in &plan.bodies {
+        for body in bodies {
             let prepared = Prepared {
                 operation: Operation::Embeddings,
                 url: url.clone(),
-                body: body.clone(),
+                body,
                 mode: Mode::Translated {
                     client: Format::OpenAiChat,
                     info: Default::default(),
@@ -225,12 +226,12 @@ impl HttpProvider {
                     .and_then(|v| v.trim().parse::<u64>().ok());
                 let answer = self.read_whole(resp)?;
                 let part =
-                    translate::embeddings_part(plan, &answer.body, tokens).map_err(
-                        |e| match e.kind {
-                            ErrorKind::UpstreamInvalid => self.invalid_response(&e.message),
-                            _ => e,
-                        },
-                    )?;
+                    translate::embeddings_part(&plan, &answer.body, tokens).map_err(|e| match e
+                        .kind
+                    {
+                        ErrorKind::UpstreamInvalid => self.invalid_response(&e.message),
+                        _ => e,
+                    })?;
                 Ok((part, answer.headers))
             })?;
             match sent {
@@ -241,7 +242,7 @@ impl HttpProvider {
                 Sent::Answer(answer) => return Ok(answer),
             }
         }
-        translate::embeddings_answer(plan, parts, model, headers)
+        translate::embeddings_answer(&plan, parts, model, headers)
             .map_err(|e| self.invalid_response(&e.message))
     }
 

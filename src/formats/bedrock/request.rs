@@ -248,7 +248,33 @@ pub fn encode_request(
     reject_foreign(req)?;
     let mut info = EncodeInfo::default();
     let (system, messages) = encode_messages(req)?;
-    let any_object = raw_const(ANY_OBJECT_SCHEMA);
+    let (tools, forced_tool) = tools(req)?;
+    if let Some(name) = forced_tool {
+        info.structured_output_tool = Some(name.to_owned());
+    }
+    let tool_config = tool_config(req, tools, forced_tool);
+    let thinking = thinking(req, opts, forced_tool.is_some());
+    // Anthropic's models refuse sampling changes while thinking: a request from another format
+    // that asked for both gets the thinking (as with an Anthropic provider).
+    let sampling_free = req.source == Format::Anthropic || thinking.is_none();
+    let inference = inference_config(req, opts, thinking.is_some(), sampling_free);
+    let top_k = req.top_k.filter(|_| sampling_free);
+    let wire = OutRequest {
+        messages,
+        system,
+        inference_config: inference,
+        tool_config,
+        additional_model_request_fields: (thinking.is_some() || top_k.is_some())
+            .then_some(OutAdditional { thinking, top_k }),
+    };
+    out.reserve(req.approx_json_bytes());
+    write_value(out, &wire);
+    Ok(info)
+}
+
+/// The tool specs (a `cachePoint` after each tool marked for caching), and the tool that carries
+/// a structured answer, added last when one was asked for.
+fn tools(req: &ChatRequest) -> Result<(Vec<OutTool<'_>>, Option<&str>), FormatError> {
     let empty_schema = raw_const(EMPTY_OBJECT_SCHEMA);
     let mut tools: Vec<OutTool> = Vec::with_capacity(req.tools.len() + 1);
     for t in &req.tools {
@@ -267,37 +293,37 @@ pub fn encode_request(
             });
         }
     }
-    let mut forced_tool = None;
-    if let Some(so) = &req.structured_output {
-        let schema = so.schema.as_deref().unwrap_or(any_object);
-        let name = structured_tool(req, so, schema)?;
-        tools.push(OutTool::Spec {
-            tool_spec: OutToolSpec {
-                name,
-                description: Some(
-                    so.description
-                        .as_deref()
-                        .unwrap_or(STRUCTURED_OUTPUT_TOOL_DESCRIPTION),
-                ),
-                input_schema: OutSchema { json: schema },
-            },
-        });
-        info.structured_output_tool = Some(name.to_owned());
-        forced_tool = Some(name);
-    }
-    let tool_config = tool_config(req, tools, forced_tool);
-    let thinking = thinking(req, opts, forced_tool.is_some());
-    let thinking_on = thinking.is_some();
-    // Anthropic's models refuse sampling changes while thinking: a request from another format
-    // that asked for both gets the thinking (as with an Anthropic provider).
-    let sampling_free = req.source == Format::Anthropic || !thinking_on;
-    let max_tokens = match (req.max_tokens, &thinking) {
-        (Some(n), _) => Some(n),
-        (None, Some(_)) => Some(opts.max_tokens_default),
-        (None, None) => None,
+    let Some(so) = &req.structured_output else {
+        return Ok((tools, None));
     };
+    let schema = so.schema.as_deref().unwrap_or(raw_const(ANY_OBJECT_SCHEMA));
+    let name = structured_tool(req, so, schema)?;
+    let description = so
+        .description
+        .as_deref()
+        .unwrap_or(STRUCTURED_OUTPUT_TOOL_DESCRIPTION);
+    tools.push(OutTool::Spec {
+        tool_spec: OutToolSpec {
+            name,
+            description: Some(description),
+            input_schema: OutSchema { json: schema },
+        },
+    });
+    Ok((tools, Some(name)))
+}
+
+/// `inferenceConfig`, or `None` when the request sets none of it. `maxTokens` is the client's, or
+/// `max_tokens_default` when thinking needs a limit above its budget.
+fn inference_config<'a>(
+    req: &'a ChatRequest,
+    opts: &EncodeOptions,
+    thinking_on: bool,
+    sampling_free: bool,
+) -> Option<OutInference<'a>> {
     let inference = OutInference {
-        max_tokens,
+        max_tokens: req
+            .max_tokens
+            .or(thinking_on.then_some(opts.max_tokens_default)),
         // Converse's models take 0..1 (OpenAI's range is 0..2): a larger value is sent as 1.
         temperature: req
             .temperature
@@ -308,22 +334,11 @@ pub fn encode_request(
             .map(|p| if sampling_free { p } else { p.clamp(0.95, 1.0) }),
         stop_sequences: &req.stop,
     };
-    let has_inference = inference.max_tokens.is_some()
+    let any = inference.max_tokens.is_some()
         || inference.temperature.is_some()
         || inference.top_p.is_some()
         || !inference.stop_sequences.is_empty();
-    let top_k = req.top_k.filter(|_| sampling_free);
-    let wire = OutRequest {
-        messages,
-        system,
-        inference_config: has_inference.then_some(inference),
-        tool_config,
-        additional_model_request_fields: (thinking.is_some() || top_k.is_some())
-            .then_some(OutAdditional { thinking, top_k }),
-    };
-    out.reserve(req.approx_json_bytes());
-    write_value(out, &wire);
-    Ok(info)
+    any.then_some(inference)
 }
 
 /// One of the JSON constants above, borrowed (no allocation).
