@@ -3,8 +3,11 @@
 
 pub mod anthropic;
 pub mod azure;
+pub mod bedrock;
+pub mod bedrock_stream;
 pub mod completion;
 pub mod dist;
+pub mod embeddings;
 pub mod engine;
 pub mod faults;
 pub mod flags;

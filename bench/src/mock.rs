@@ -1,9 +1,10 @@
-//! `deepintshield-mock`: an OpenAI-, Azure OpenAI- and Anthropic-compatible mock upstream on the
-//! gateway's own HTTP layer, for end-to-end tests and load runs on loopback: chat completions,
-//! legacy completions, embeddings and Messages (whole and streamed, with tool calls), Azure's
-//! deployment and v1 routes with an Entra ID token endpoint, latency distributions, real SSE
-//! streams with paced chunks, fault injection by rate and by model name, and counters at
-//! `/mock/stats`.
+//! `deepintshield-mock`: an OpenAI-, Azure OpenAI-, Anthropic-, Gemini- and Bedrock-compatible
+//! mock upstream on the gateway's own HTTP layer, for end-to-end tests and load runs on loopback:
+//! chat completions, legacy completions, embeddings and Messages (whole and streamed, with tool
+//! calls), Azure's deployment and v1 routes with an Entra ID token endpoint, Gemini on AI Studio
+//! and Vertex AI with a token endpoint, AWS Bedrock's runtime (`/model/{modelId}/...`, see
+//! `bedrock.rs`), latency distributions, real SSE streams with paced chunks, fault injection by
+//! rate and by model name, and counters at `/mock/stats`.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -20,8 +21,10 @@ use deepintshield::http::{
     serve, AbortHandle, BodyStream, Handler, Limits, Method, Request, Response, StreamPoll,
 };
 use deepintshield::objpool::ObjPool;
+use deepintshield::providers::aws_credentials::Credentials;
 use deepintshield_bench::anthropic::{self, MessageMeta};
 use deepintshield_bench::azure::{self, AzureOp, AzureRoute, Tokens};
+use deepintshield_bench::bedrock::{self, Auth, Bedrock, Knobs, REGION_DEFAULT};
 use deepintshield_bench::completion::{
     chat_answer, directive_number, error_event, message_text, split_even, ChatAnswer, ChunkMeta,
     DONE_EVENT,
@@ -35,7 +38,7 @@ use deepintshield_bench::tools::fragments;
 use serde_json::{json, Value};
 
 const USAGE: &str = "\
-deepintshield-mock: an OpenAI- and Anthropic-compatible mock upstream
+deepintshield-mock: an OpenAI- and Anthropic-compatible and AWS Bedrock runtime mock upstream
 
 USAGE:
     deepintshield-mock [OPTIONS]
@@ -64,6 +67,14 @@ OPTIONS:
     --vertex-credentials FILE   a service-account key file (JSON) whose account the token
                            endpoint accepts (repeatable); only its public key is used
     --token-ttl-s N        lifetime of the access tokens POST /token issues (default 3600)
+    --aws-access-key-id ID, --aws-secret-access-key SECRET
+                           Bedrock requests must be SigV4-signed with this key pair (both or
+                           neither; without them signatures are not checked)
+    --aws-session-token T  ... and carry this session token (x-amz-security-token)
+    --aws-region R         the region signatures are scoped to (default us-east-1)
+    --bedrock-bad-crc-after K
+                           every converse-stream sends the message after its K-th content
+                           delta with a wrong CRC, then goes on (default: never)
     -h, --help             print this help
 
 On start it prints one line, `deepintshield-mock listening on ADDR`, then serves until killed.
@@ -145,11 +156,24 @@ ENDPOINTS:
                                 account of --vertex-credentials, with aud ending in /token and the
                                 cloud-platform scope; answers {access_token, expires_in:
                                 --token-ttl-s}; else 400 invalid_grant
+    POST /model/{modelId}/converse          Bedrock Converse: \"mock: <last user text>\", or with
+                                toolConfig and \"use tool\" in the last user message a toolUse of
+                                the first tool (or toolChoice.tool) with its required inputs filled
+    POST /model/{modelId}/converse-stream   Bedrock ConverseStream: the same answer as an
+                                application/vnd.amazon.eventstream body: messageStart,
+                                contentBlockDelta (text, --stream-chunks), contentBlockStop,
+                                contentBlockStart/Delta/Stop for a toolUse, messageStop, metadata
+    POST /model/{modelId}/invoke            embeddings: amazon.titan-embed-text-* (inputText,
+                                dimensions, normalize) and cohere.embed-* (texts, input_type)
+                                {modelId} is a model id or an ARN as one URL-encoded segment.
+                                Bad or missing signatures get 403 with x-amzn-errortype
+                                MissingAuthenticationTokenException, IncompleteSignatureException,
+                                UnrecognizedClientException or InvalidSignatureException.
     GET  /mock/stats            counters (JSON):
         requests            model calls received (chat completions and messages)
         messages_requests   of those, Anthropic messages
         count_tokens_requests   count_tokens calls
-        in_flight           model calls being answered now
+        in_flight           model calls being answered now (Bedrock ones too)
         ok                  non-streamed 200 answers
         tool_calls          answers that called a tool
         injected            {status_<code>, reset, stall}: faults drawn by --error-rate
@@ -169,6 +193,9 @@ ENDPOINTS:
         google_embeddings_requests   embeddings calls on the Google APIs (both)
         google_token_requests   {<account>: n, refused: n}: POST /token calls
         last_goog_api_key   the x-goog-api-key of the last call
+        bedrock             the Bedrock endpoints' own counters: requests, converse,
+                            converse_stream, invoke, ok, signature_rejected, injected,
+                            streams_{started,completed,failed,aborted,reset}, crc_corrupted
 
 FAULT INJECTION (directives inside the request's model name, e.g. chunks-8-failafter-3; the same
 on both APIs, errors in each API's shape):
@@ -184,6 +211,21 @@ on both APIs, errors in each API's shape):
     resetafter-<k>    after k content chunks, close the connection abruptly
     retryms-<ms>      on an Azure route, a `status-` answer carries `retry-after-ms: <ms>`
                       (and no Retry-After)
+  Bedrock model ids take the same directives (`.` and `:` count as separators, e.g.
+  mock.chunks-4-failafter-2-v1:0); status-<code> answers Bedrock's error type for it
+  (400 ValidationException, 403 AccessDeniedException, 404 ResourceNotFoundException,
+  408 ModelTimeoutException, 424 ModelErrorException, 429 ThrottlingException,
+  500 InternalServerException, 503 ServiceUnavailableException), and in converse-stream:
+    failafter-<k>         after k deltas, a modelStreamErrorException event, then the end
+    throttleafter-<k>     ... a throttlingException event
+    unavailableafter-<k>  ... a serviceUnavailableException event
+    internalafter-<k>     ... an internalServerException event
+    validationafter-<k>   ... a validationException event
+    errorafter-<k>        ... a :message-type error message (InternalFailure)
+    badcrcafter-<k>       the message after k deltas has a wrong CRC; the stream goes on
+    cachewrite            usage reports the cached prefix as cacheWriteInputTokens
+                          (else cacheReadInputTokens; the prefix is the text before the
+                          first cachePoint)
 ";
 
 /// Buffers lent to connections: enough for a few thousand concurrent connections without misses.
@@ -221,6 +263,11 @@ struct Options {
     token_expires: Duration,
     vertex_credentials: Vec<String>,
     token_ttl_s: u64,
+    aws_access_key_id: Option<String>,
+    aws_secret_access_key: Option<String>,
+    aws_session_token: Option<String>,
+    aws_region: String,
+    bedrock_bad_crc_after: Option<usize>,
 }
 
 fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Options>, String> {
@@ -238,6 +285,11 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Options>, Str
         token_expires: Duration::from_secs(TOKEN_EXPIRES_S_DEFAULT),
         vertex_credentials: Vec::new(),
         token_ttl_s: TOKEN_TTL_S_DEFAULT,
+        aws_access_key_id: None,
+        aws_secret_access_key: None,
+        aws_session_token: None,
+        aws_region: REGION_DEFAULT.to_string(),
+        bedrock_bad_crc_after: None,
     };
     let mut flags = Flags::new(args);
     while let Some(flag) = flags.next_flag() {
@@ -268,6 +320,11 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Options>, Str
             }
             "--vertex-credentials" => o.vertex_credentials.push(flags.value()?),
             "--token-ttl-s" => o.token_ttl_s = flags.positive()?,
+            "--aws-access-key-id" => o.aws_access_key_id = Some(flags.value()?),
+            "--aws-secret-access-key" => o.aws_secret_access_key = Some(flags.value()?),
+            "--aws-session-token" => o.aws_session_token = Some(flags.value()?),
+            "--aws-region" => o.aws_region = flags.value()?,
+            "--bedrock-bad-crc-after" => o.bedrock_bad_crc_after = Some(flags.parse()?),
             _ => return Err(format!("unknown argument: {flag}")),
         }
     }
@@ -280,7 +337,30 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Options>, Str
     if o.chunk_delay > LATENCY_MAX || o.stall > LATENCY_MAX {
         return Err(format!("delays are at most {LATENCY_MAX:?}"));
     }
+    aws_auth(&o)?;
     Ok(Some(o))
+}
+
+/// The key pair Bedrock requests must be signed with, from the `--aws-*` flags.
+fn aws_auth(o: &Options) -> Result<Option<Auth>, String> {
+    let (id, secret) = match (&o.aws_access_key_id, &o.aws_secret_access_key) {
+        (None, None) if o.aws_session_token.is_none() => return Ok(None),
+        (Some(id), Some(secret)) => (id, secret),
+        _ => return Err("--aws-access-key-id and --aws-secret-access-key go together".to_string()),
+    };
+    let credentials =
+        Credentials::new(id, secret, o.aws_session_token.as_deref()).map_err(|e| e.to_string())?;
+    let region_ok = !o.aws_region.is_empty()
+        && o.aws_region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !region_ok {
+        return Err(format!("--aws-region: not a region name: {}", o.aws_region));
+    }
+    Ok(Some(Auth {
+        credentials,
+        region: o.aws_region.clone(),
+    }))
 }
 
 /// What the last model call looked like, for `/mock/stats`.
@@ -342,6 +422,7 @@ struct Mock {
     google: gemini::Counters,
     /// The Vertex AI token endpoint's tokens.
     google_tokens: TokenIssuer,
+    bedrock: Bedrock,
 }
 
 impl Handler for Mock {
@@ -395,6 +476,13 @@ impl Handler for Mock {
                 "method_not_allowed",
                 "method not allowed on this path",
             )),
+            (_, p) if bedrock::is_bedrock_path(p) => {
+                self.in_flight.fetch_add(1, Ordering::Relaxed);
+                self.record(req, &bedrock::model_id(p));
+                let r = self.bedrock_call(req);
+                self.in_flight.fetch_sub(1, Ordering::Relaxed);
+                r
+            }
             _ => Response::error(&ApiError::new(
                 ErrorKind::NotFound,
                 "not_found",
@@ -901,6 +989,27 @@ impl Mock {
         }
     }
 
+    /// A Bedrock request, with what it takes from the flags shared with the OpenAI endpoints.
+    fn bedrock_call(&self, req: &Request) -> Response {
+        let draw_fault = || self.draw_fault();
+        let sample_latency = || {
+            if self.latency.is_zero() {
+                Duration::ZERO
+            } else {
+                self.latency
+                    .sample(self.rng.next_u64(), self.rng.next_u64())
+            }
+        };
+        let knobs = Knobs {
+            draw_fault: &draw_fault,
+            sample_latency: &sample_latency,
+            stream_chunks: self.stream_chunks,
+            chunk_delay: self.chunk_delay,
+            stall: self.stall,
+        };
+        self.bedrock.handle(req, &knobs)
+    }
+
     /// One draw against `--error-rate`, counted.
     fn draw_fault(&self) -> Option<Fault> {
         if self.errors.is_empty() {
@@ -1043,6 +1152,7 @@ impl Mock {
                 .lock()
                 .map(|v| v.clone())
                 .unwrap_or(Value::Null),
+            "bedrock": self.bedrock.stats(),
         });
         json_response(200, &body)
     }
@@ -1407,6 +1517,13 @@ fn main() -> ExitCode {
             }
         }
     }
+    let auth = match aws_auth(&opts) {
+        Ok(a) => a,
+        Err(msg) => {
+            eprintln!("deepintshield-mock: {msg}");
+            return ExitCode::from(2);
+        }
+    };
     let injected = opts
         .errors
         .faults()
@@ -1437,6 +1554,7 @@ fn main() -> ExitCode {
         last_token_request: Mutex::new(Value::Null),
         google: gemini::Counters::default(),
         google_tokens: TokenIssuer::new(accounts, Duration::from_secs(opts.token_ttl_s)),
+        bedrock: Bedrock::new(auth, opts.bedrock_bad_crc_after),
     });
     let buffers = ObjPool::new(
         "buffers",
@@ -1522,6 +1640,39 @@ mod tests {
     fn usage_names_the_tool_trigger() {
         let quoted = format!("\"{}\"", deepintshield_bench::tools::TOOL_TRIGGER);
         assert!(USAGE.contains(&quoted), "{quoted}");
+    }
+
+    #[test]
+    fn parses_aws_flags() {
+        let parse = |a: &[&str]| parse_args(a.iter().map(|s| s.to_string()));
+        let o = parse(&[
+            "--aws-access-key-id",
+            "AKID",
+            "--aws-secret-access-key=SECRET",
+            "--aws-region",
+            "eu-west-3",
+            "--bedrock-bad-crc-after",
+            "2",
+        ])
+        .unwrap()
+        .unwrap();
+        let auth = aws_auth(&o).unwrap().unwrap();
+        assert_eq!(
+            (auth.credentials.access_key_id(), auth.region.as_str()),
+            ("AKID", "eu-west-3")
+        );
+        assert_eq!(o.bedrock_bad_crc_after, Some(2));
+        assert!(parse(&["--aws-access-key-id", "AKID"]).is_err());
+        assert!(parse(&["--aws-session-token", "T"]).is_err());
+        assert!(parse(&[
+            "--aws-access-key-id",
+            "A",
+            "--aws-secret-access-key",
+            "S",
+            "--aws-region",
+            "US"
+        ])
+        .is_err());
     }
 
     fn stream(chunks: usize, fail: Option<usize>) -> (MockStream, Arc<StreamCounters>) {

@@ -17,7 +17,8 @@ use crate::job::ClientApi;
 /// stable `code`, or Anthropic's `{"type":"error","error":{...}}` with the type for the status.
 pub fn error_response(api: ClientApi, err: &ApiError) -> Response {
     let body = match api.format() {
-        Format::OpenAiChat => err.body(),
+        // No client speaks Bedrock (`ClientApi::format` never names it).
+        Format::OpenAiChat | Format::Bedrock => err.body(),
         Format::Anthropic => formats::anthropic::error_body(err.status(), None, &err.message, None),
         Format::Gemini => formats::gemini::error_body(err.status(), None, &err.message, None),
     };
@@ -32,7 +33,7 @@ pub fn error_response(api: ClientApi, err: &ApiError) -> Response {
 pub fn error_event(api: ClientApi, err: &ApiError) -> Vec<u8> {
     let mut out = Vec::with_capacity(128 + err.message.len());
     match api.format() {
-        Format::OpenAiChat => formats::openai_chat::error_event(
+        Format::OpenAiChat | Format::Bedrock => formats::openai_chat::error_event(
             err.status(),
             Some(err.kind.error_type()),
             &err.message,
@@ -52,7 +53,9 @@ pub fn error_event(api: ClientApi, err: &ApiError) -> Vec<u8> {
 pub fn keepalive_event(api: ClientApi) -> Vec<u8> {
     let mut out = Vec::with_capacity(48);
     match api.format() {
-        Format::OpenAiChat => formats::openai_chat::StreamEncoder::keepalive(&mut out),
+        Format::OpenAiChat | Format::Bedrock => {
+            formats::openai_chat::StreamEncoder::keepalive(&mut out)
+        }
         Format::Anthropic => formats::anthropic::StreamEncoder::ping(&mut out),
         Format::Gemini => formats::openai_chat::StreamEncoder::keepalive(&mut out),
     }

@@ -20,7 +20,9 @@ use serde::Deserialize;
 
 use crate::log::Level;
 
+pub mod aws_credentials;
 mod azure;
+mod bedrock;
 mod limits;
 mod presets;
 mod vertex;
@@ -29,6 +31,7 @@ pub use azure::{
     AzureApiStyle, AzureAuth, AzureConfig, EntraConfig, AZURE_API_VERSION_DEFAULT,
     AZURE_SCOPE_DEFAULT, AZURE_TOKEN_URL_DEFAULT,
 };
+pub use bedrock::{runtime_base_url, BedrockConfig};
 pub use limits::{
     BreakerConfig, Limits, MaxTokensField, StructuredOutputStyle, ThinkingStyle, ToolCallIdFormat,
 };
@@ -369,6 +372,8 @@ pub enum ProviderType {
     Gemini,
     /// Gemini models on Vertex AI (the same bodies; OAuth2 access tokens of a service account).
     Vertex,
+    /// AWS Bedrock's runtime (Converse, ConverseStream, InvokeModel), SigV4-signed.
+    Bedrock,
 }
 
 impl ProviderType {
@@ -386,6 +391,7 @@ impl ProviderType {
             ProviderType::Azure => "azure",
             ProviderType::Gemini => "gemini",
             ProviderType::Vertex => "vertex",
+            ProviderType::Bedrock => "bedrock",
         }
     }
 }
@@ -641,6 +647,7 @@ pub struct ProviderConfig {
     /// Required for `openai`; e.g. `https://api.openai.com/v1` (no trailing slash). Empty or
     /// unchecked for `mock`.
     pub base_url: String,
+    /// For `bedrock`: one implicit key standing for the AWS credentials (see `bedrock`).
     pub keys: Vec<KeyConfig>,
     /// Models listed by `GET /v1/models`; empty = none listed, any model accepted.
     pub models: Vec<String>,
@@ -662,6 +669,8 @@ pub struct ProviderConfig {
     pub max_tokens_default: u32,
     /// How requests of another format are encoded for this provider.
     pub translation: TranslationConfig,
+    /// Region and credentials of a `bedrock` provider; `None` for every other type.
+    pub bedrock: Option<BedrockConfig>,
     pub mock: MockConfig,
     pub pool: PoolConfig,
     pub retry: RetryConfig,
@@ -812,6 +821,7 @@ impl ProviderConfig {
             vertex: None,
             max_tokens_default: MAX_TOKENS_DEFAULT as u32,
             translation: TranslationConfig::default(),
+            bedrock: None,
             keys: Vec::new(),
             models: Vec::new(),
             headers: Vec::new(),
@@ -943,6 +953,7 @@ struct ProviderFile {
     parallel_tool_calls_supported: Option<bool>,
     reasoning_content_history: Option<bool>,
     keys: Option<Vec<KeyFile>>,
+    bedrock: Option<bedrock::BedrockFile>,
     mock: Option<MockFile>,
     azure: Option<azure::AzureFile>,
     vertex: Option<vertex::VertexFile>,
@@ -1560,6 +1571,9 @@ impl Checker<'_> {
         let keys_required = kind.is_some_and(|k| k.is_network() && k != ProviderType::Azure)
             && defaults.is_none_or(|d| d.keys_required);
         let keys = self.keys(&at, kind, keys_required, f.keys.unwrap_or_default());
+        let headers = self.headers(&format!("{at}.headers"), f.headers.unwrap_or_default());
+        let (bedrock, base_url, keys) =
+            self.bedrock_provider(&at, kind, f.bedrock, base_url, keys, &headers);
         let ca_file = f
             .ca_file
             .and_then(|p| self.ca_file(&format!("{at}.ca_file"), &p));
@@ -1572,7 +1586,7 @@ impl Checker<'_> {
             base_url,
             keys,
             models: self.models(&format!("{at}.models"), f.models.unwrap_or_default()),
-            headers: self.headers(&format!("{at}.headers"), f.headers.unwrap_or_default()),
+            headers,
             connect_timeout: self.timeout(
                 &format!("{at}.connect_timeout_ms"),
                 f.connect_timeout_ms,
@@ -1645,6 +1659,7 @@ impl Checker<'_> {
                     .or(defaults.map(|d| d.reasoning_content_history))
                     .unwrap_or(REASONING_CONTENT_HISTORY_DEFAULT),
             },
+            bedrock,
             stream_idle_timeout: self.timeout(
                 &format!("{at}.stream_idle_timeout_ms"),
                 f.stream_idle_timeout_ms,
@@ -1885,10 +1900,10 @@ impl Checker<'_> {
             Some("azure") => Some(ProviderType::Azure),
             Some("gemini") => Some(ProviderType::Gemini),
             Some("vertex") => Some(ProviderType::Vertex),
+            Some("bedrock") => Some(ProviderType::Bedrock),
             other => {
                 let found = other.map_or("missing".to_string(), |v| format!("found {v:?}"));
-                let types =
-                    "\"mock\", \"openai\", \"anthropic\", \"azure\", \"gemini\", \"vertex\"";
+                let types = "\"mock\", \"openai\", \"anthropic\", \"azure\", \"gemini\", \"vertex\", \"bedrock\"";
                 self.error(key, format!("expected one of {types} ({found})"));
                 None
             }
@@ -1931,7 +1946,10 @@ impl Checker<'_> {
             .unwrap_or("")
             .trim_end_matches('/')
             .to_string();
-        if !kind.is_some_and(ProviderType::is_network) {
+        // A `bedrock` provider's endpoint defaults from its region (`bedrock_provider`).
+        if !kind.is_some_and(ProviderType::is_network)
+            || (kind == Some(ProviderType::Bedrock) && value.is_none())
+        {
             return url;
         }
         if value.is_none() {
@@ -1969,7 +1987,9 @@ impl Checker<'_> {
                 models: Vec::new(),
             }];
         }
-        if let Some(kind) = kind.filter(|_| files.is_empty() && required) {
+        // A bedrock provider's one key stands for its AWS credentials (see `bedrock_provider`).
+        let implicit = kind == Some(ProviderType::Bedrock);
+        if let Some(kind) = kind.filter(|_| files.is_empty() && required && !implicit) {
             let example = "e.g. keys = [{ key = \"env:OPENAI_API_KEY\" }]";
             let name = kind.name();
             self.error(
@@ -2679,8 +2699,15 @@ worker_stack_kb = 64
             ("MISTRAL_API_KEY", "mk"),
             ("OPENROUTER_API_KEY", "sk-or"),
             ("GEMINI_API_KEY", "gem-key"),
+            ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
+            ("AWS_SECRET_ACCESS_KEY", "aws-secret"),
         ];
         let c = check_with(&uncommented, &env, Some(CORES)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.providers["bedrock"].kind, ProviderType::Bedrock);
+        assert_eq!(
+            c.providers["bedrock"].base_url,
+            "https://bedrock-runtime.us-east-1.amazonaws.com"
+        );
         assert_eq!(c.providers["openai"].base_url, "https://api.openai.com/v1");
         assert_eq!(
             c.providers["anthropic"].base_url,
@@ -2902,12 +2929,11 @@ worker_stack_kb = 64
             ),
             (
                 "[providers.x]\ntype = \"bedrock2\"\n",
-                "providers.x.type: expected one of \"mock\", \"openai\", \"anthropic\", \"azure\", \"gemini\", \"vertex\" (found \"bedrock2\")",
+                "providers.x.type: expected one of \"mock\", \"openai\", \"anthropic\", \"azure\", \"gemini\", \"vertex\", \"bedrock\" (found \"bedrock2\")",
             ),
             (
-                "[providers.x]
-",
-                "providers.x.type: expected one of \"mock\", \"openai\", \"anthropic\", \"azure\", \"gemini\", \"vertex\" (missing)",
+                "[providers.x]\n",
+                "providers.x.type: expected one of \"mock\", \"openai\", \"anthropic\", \"azure\", \"gemini\", \"vertex\", \"bedrock\" (missing)",
             ),
         ];
         for (text, expected) in cases {

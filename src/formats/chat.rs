@@ -69,6 +69,9 @@ pub enum Format {
     /// Google Gemini `generateContent` / `streamGenerateContent` (Google AI Studio and Vertex
     /// AI speak the same bodies).
     Gemini,
+    /// AWS Bedrock Converse (`POST /model/{modelId}/converse`, `/converse-stream`): a provider
+    /// format only; no client speaks it.
+    Bedrock,
 }
 
 /// One chat request, as decoded from a client's body.

@@ -3,7 +3,7 @@
 
 use super::chat::{ChatRequest, ChatResponse, Format, StreamError, StreamEvent};
 use super::{
-    anthropic, gemini, openai_chat, EncodeInfo, EncodeOptions, FormatError, UpstreamError,
+    anthropic, bedrock, gemini, openai_chat, EncodeInfo, EncodeOptions, FormatError, UpstreamError,
 };
 
 /// A client's request in `format`, decoded.
@@ -12,6 +12,10 @@ pub fn decode_request(format: Format, body: &[u8]) -> Result<ChatRequest, Format
         Format::OpenAiChat => openai_chat::decode_request(body),
         Format::Anthropic => anthropic::decode_request(body),
         Format::Gemini => gemini::decode_request(body),
+        Format::Bedrock => Err(FormatError::bad_request(
+            "unsupported_format",
+            "Bedrock Converse is a provider format; clients speak OpenAI or Anthropic",
+        )),
     }
 }
 
@@ -27,6 +31,7 @@ pub fn encode_request(
         Format::OpenAiChat => openai_chat::encode_request(req, upstream_model, opts, out),
         Format::Anthropic => anthropic::encode_request(req, upstream_model, opts, out),
         Format::Gemini => gemini::encode_request(req, upstream_model, opts, out),
+        Format::Bedrock => bedrock::encode_request(req, upstream_model, opts, out),
     }
 }
 
@@ -40,6 +45,7 @@ pub fn decode_response(
         Format::OpenAiChat => openai_chat::decode_response(body, info),
         Format::Anthropic => anthropic::decode_response(body, info),
         Format::Gemini => gemini::decode_response(body, info),
+        Format::Bedrock => bedrock::decode_response(body, info),
     }
 }
 
@@ -49,6 +55,7 @@ pub fn encode_response(format: Format, resp: &ChatResponse, client_model: &str, 
         Format::OpenAiChat => openai_chat::encode_response(resp, client_model, out),
         Format::Anthropic => anthropic::encode_response(resp, client_model, out),
         Format::Gemini => gemini::encode_response(resp, client_model, out),
+        Format::Bedrock => bedrock::encode_response(resp, client_model, out),
     }
 }
 
@@ -58,6 +65,7 @@ pub fn decode_error(format: Format, status: u16, body: &[u8]) -> UpstreamError {
         Format::OpenAiChat => openai_chat::decode_error(status, body),
         Format::Anthropic => anthropic::decode_error(status, body),
         Format::Gemini => gemini::decode_error(status, body),
+        Format::Bedrock => bedrock::decode_error(status, body),
     }
 }
 
@@ -73,6 +81,7 @@ pub fn error_body(
         Format::OpenAiChat => openai_chat::error_body(status, error_type, message, code),
         Format::Anthropic => anthropic::error_body(status, error_type, message, code),
         Format::Gemini => gemini::error_body(status, error_type, message, code),
+        Format::Bedrock => bedrock::error_body(status, error_type, message, code),
     }
 }
 
@@ -81,6 +90,7 @@ pub enum StreamDecoder {
     OpenAiChat(openai_chat::StreamDecoder),
     Anthropic(anthropic::StreamDecoder),
     Gemini(gemini::StreamDecoder),
+    Bedrock(bedrock::StreamDecoder),
 }
 
 impl StreamDecoder {
@@ -89,10 +99,12 @@ impl StreamDecoder {
             Format::OpenAiChat => StreamDecoder::OpenAiChat(openai_chat::StreamDecoder::new()),
             Format::Anthropic => StreamDecoder::Anthropic(anthropic::StreamDecoder::new(info)),
             Format::Gemini => StreamDecoder::Gemini(gemini::StreamDecoder::new()),
+            Format::Bedrock => StreamDecoder::Bedrock(bedrock::StreamDecoder::new(info)),
         }
     }
 
-    /// One SSE event (`event:` name if any, `data:` payload).
+    /// One event: its name (SSE `event:`, or an event stream's `:event-type`) if any, and its
+    /// payload (SSE `data:`).
     pub fn feed(
         &mut self,
         event: Option<&str>,
@@ -103,6 +115,7 @@ impl StreamDecoder {
             StreamDecoder::OpenAiChat(d) => d.feed(event, data, out),
             StreamDecoder::Anthropic(d) => d.feed(event, data, out),
             StreamDecoder::Gemini(d) => d.feed(event, data, out),
+            StreamDecoder::Bedrock(d) => d.feed(event, data, out),
         }
     }
 
@@ -113,6 +126,7 @@ impl StreamDecoder {
             StreamDecoder::OpenAiChat(d) => d.finish(),
             StreamDecoder::Anthropic(d) => d.finish(),
             StreamDecoder::Gemini(d) => d.finish(),
+            StreamDecoder::Bedrock(d) => d.finish(),
         }
     }
 
@@ -122,6 +136,23 @@ impl StreamDecoder {
             StreamDecoder::OpenAiChat(d) => d.is_complete(),
             StreamDecoder::Anthropic(d) => d.is_complete(),
             StreamDecoder::Gemini(d) => d.is_complete(),
+            StreamDecoder::Bedrock(d) => d.is_complete(),
+        }
+    }
+
+    /// An exception the provider sent in the stream, outside its events (an event stream's
+    /// `:message-type exception` named `error_type`, its payload `payload`): the error that
+    /// ends the stream. Formats without such messages report a 502 of that name.
+    pub fn exception(&mut self, error_type: &str, payload: &[u8]) -> StreamError {
+        match self {
+            StreamDecoder::Bedrock(d) => d.exception(error_type, payload),
+            StreamDecoder::OpenAiChat(_)
+            | StreamDecoder::Anthropic(_)
+            | StreamDecoder::Gemini(_) => StreamError {
+                status: 502,
+                error_type: error_type.to_owned(),
+                message: format!("the provider reported {error_type} in the stream"),
+            },
         }
     }
 }
@@ -138,11 +169,10 @@ impl StreamEncoder {
     /// the Unix time OpenAI chunks carry.
     pub fn new(format: Format, client_model: &str, include_usage: bool, created: u64) -> Self {
         match format {
-            Format::OpenAiChat => StreamEncoder::OpenAiChat(openai_chat::StreamEncoder::new(
-                client_model,
-                include_usage,
-                created,
-            )),
+            // No client speaks Bedrock (`ClientApi::format` never names it).
+            Format::OpenAiChat | Format::Bedrock => StreamEncoder::OpenAiChat(
+                openai_chat::StreamEncoder::new(client_model, include_usage, created),
+            ),
             Format::Anthropic => {
                 StreamEncoder::Anthropic(anthropic::StreamEncoder::new(client_model))
             }

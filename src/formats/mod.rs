@@ -1,11 +1,13 @@
 //! Wire formats and the translation between them: the format-neutral model of a chat exchange
-//! ([`chat`]) and one codec per wire format ([`openai_chat`], [`anthropic`], [`gemini`]), each turning a
+//! ([`chat`]) and one codec per wire format ([`openai_chat`], [`anthropic`], [`gemini`],
+//! [`bedrock`]), each turning a
 //! client's request into the neutral model, the neutral model into a provider's request, a
 //! provider's response and stream back into the neutral model, and that into the client's format.
 //! Pure functions and small state machines: no I/O, no clocks except the `created` stamp of an
 //! OpenAI answer that lacks one. What each direction drops or rejects: the README's Translation section.
 
 pub mod anthropic;
+pub mod bedrock;
 pub mod chat;
 pub mod codec;
 pub mod embeddings;

@@ -20,6 +20,9 @@ pub use crate::job::Operation;
 pub enum Framing {
     /// Server-Sent Events (`text/event-stream`).
     Sse,
+    /// AWS event stream messages (`application/vnd.amazon.eventstream`): binary frames with
+    /// CRCs, each an event (`:event-type`) or an exception (`:exception-type`).
+    EventStream,
 }
 
 /// One upstream request as it will be sent, for the adapter to authenticate: the final URL,
@@ -46,7 +49,8 @@ pub trait Adapter: Send + Sync {
     /// the attempt (the client gets it).
     fn authorize(&self, key: &str, req: &mut Outgoing<'_>) -> Result<(), ApiError>;
 
-    /// How the upstream frames a streamed answer, and the `accept` header that asks for it.
+    /// How the upstream frames a streamed answer, and its media type (the `accept` header that
+    /// asks for it, and the `content-type` a streamed answer must have).
     fn framing(&self) -> (Framing, &'static str) {
         (Framing::Sse, "text/event-stream")
     }

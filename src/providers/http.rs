@@ -8,13 +8,12 @@ use std::io::{BufReader, Read};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::adapter::{Adapter, Headers, Operation, Outgoing};
+use super::adapter::{Adapter, Framing, Headers, Operation, Outgoing};
+use super::frames::{EventSource, EventStreamReader, Frame, FrameError};
 use super::keys::{KeyPolicy, KeyPool, KeySnapshot, ModelMark, NoKey, ProbeOutcome};
 use super::redact::Redactor;
 use super::retry::{backoff, parse_retry_after, parse_retry_after_ms, RETRY_AFTER_MS};
-use super::sse::{
-    event_too_large_error, stream_duration_error, stream_idle_error, SseError, SseReader,
-};
+use super::sse::{event_too_large_error, stream_duration_error, stream_idle_error, SseReader};
 use super::status::{next_step, KeyEffect, NextStep, UpstreamVerdict};
 use super::translate::{self, Mode, Step};
 use super::{Call, StreamResult, StreamSink, WorkerCtx};
@@ -22,8 +21,9 @@ use crate::config::{
     HealthCheck, HealthConfig, KeyConfig, ProviderConfig, ProviderType, RetryConfig, Secret,
 };
 use crate::error::{ApiError, ErrorKind};
+use crate::formats::bedrock::embeddings::{self, INPUT_TOKENS_HEADER};
 use crate::formats::gemini::EmbeddingsDialect;
-use crate::formats::EncodeOptions;
+use crate::formats::{EncodeOptions, Format};
 use crate::job::{Answer, JobCtl, Usage};
 
 /// Largest upstream response body accepted, in bytes.
@@ -36,6 +36,8 @@ pub const UPSTREAM_BUFFER_BYTES: usize = 16 * 1024;
 pub const UPSTREAM_STREAM_BYTES_MAX: u64 = 1024 * 1024 * 1024;
 /// Read buffer of an upstream event stream.
 const STREAM_READ_BUF_BYTES: usize = 16 * 1024;
+/// Header in which AWS names the type of an error answer (`ThrottlingException:<namespace>`).
+const AWS_ERROR_TYPE_HEADER: &str = "x-amzn-errortype";
 /// How long an idle upstream connection is kept.
 pub const IDLE_CONNECTION_AGE: Duration = Duration::from_secs(60);
 /// Longest single sleep of a worker waiting (backoff, Retry-After), so a client that leaves is
@@ -180,6 +182,15 @@ impl HttpProvider {
     }
 
     pub fn call(&self, ctx: &mut WorkerCtx, call: &Call<'_>) -> Result<Answer, ApiError> {
+        if call.job.request.api.operation() == Operation::Embeddings {
+            let request = &call.job.request;
+            let model = call.job.upstream_model.as_str();
+            let wire = self.adapter.format();
+            if let Some(plan) = translate::embeddings_plan(request.api, wire, &request.body, model)?
+            {
+                return self.call_embeddings(ctx, call, plan);
+            }
+        }
         let prepared = match self.prepare(call, false) {
             Ok(prepared) => prepared,
             Err(answer) => return answer,
@@ -190,6 +201,60 @@ impl HttpProvider {
         match sent {
             Sent::Success(answer) | Sent::Answer(answer) => Ok(answer),
         }
+    }
+
+    /// An embeddings request translated for an upstream of another format: the plan's calls, one
+    /// after another (each with the retries of [`HttpProvider::send`]), joined into one answer.
+    /// The first call that ends in an error answer ends the request with it.
+    fn call_embeddings(
+        &self,
+        ctx: &mut WorkerCtx,
+        call: &Call<'_>,
+        mut plan: embeddings::Plan,
+    ) -> Result<Answer, ApiError> {
+        let model = call.job.upstream_model.as_str();
+        let Some(url) = self.adapter.url(Operation::Embeddings, model, false) else {
+            return Err(unsupported_operation(&self.name, Operation::Embeddings));
+        };
+        let bodies = std::mem::take(&mut plan.bodies);
+        let mut parts = Vec::with_capacity(bodies.len());
+        let mut headers = Vec::new();
+        for body in bodies {
+            let prepared = Prepared {
+                operation: Operation::Embeddings,
+                url: url.clone(),
+                body,
+                mode: Mode::Translated {
+                    client: Format::OpenAiChat,
+                    info: Default::default(),
+                },
+            };
+            let sent = self.send(ctx, call, &prepared, false, |resp| {
+                let tokens = resp
+                    .headers()
+                    .get(INPUT_TOKENS_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok());
+                let answer = self.read_whole(resp)?;
+                let part =
+                    translate::embeddings_part(&plan, &answer.body, tokens).map_err(|e| match e
+                        .kind
+                    {
+                        ErrorKind::UpstreamInvalid => self.invalid_response(&e.message),
+                        _ => e,
+                    })?;
+                Ok((part, answer.headers))
+            })?;
+            match sent {
+                Sent::Success((part, relayed)) => {
+                    parts.push(part);
+                    headers = relayed;
+                }
+                Sent::Answer(answer) => return Ok(answer),
+            }
+        }
+        translate::embeddings_answer(&plan, parts, model, headers)
+            .map_err(|e| self.invalid_response(&e.message))
     }
 
     /// `connect`: a TCP connection to the upstream's host and port. `get`: `GET <path>` with a
@@ -527,18 +592,30 @@ impl HttpProvider {
             inner: reader,
             ctl: &call.job.ctl,
         };
-        let mut events = SseReader::new(BufReader::with_capacity(STREAM_READ_BUF_BYTES, reader));
+        let buffered = BufReader::with_capacity(STREAM_READ_BUF_BYTES, reader);
+        let mut events: Box<dyn EventSource + '_> = match self.adapter.framing().0 {
+            Framing::Sse => Box::new(SseReader::new(buffered)),
+            Framing::EventStream => Box::new(EventStreamReader::new(buffered)),
+        };
         let mut out = Vec::new();
         loop {
-            let step = match events.next_event() {
-                Ok(Some(event)) => {
+            let step = match events.next_frame() {
+                Ok(Some(Frame::Event { name, data })) => {
                     // Error events are scanned for provider secrets; content is not.
-                    let redacted = match contains(event.data, b"\"error\"") {
-                        true => self.redact.redact(event.data),
+                    let redacted = match contains(data, b"\"error\"") {
+                        true => self.redact.redact(data),
                         false => None,
                     };
-                    let data = redacted.as_deref().unwrap_or(event.data);
-                    convert.event(event.name, data, &mut out)
+                    let data = redacted.as_deref().unwrap_or(data);
+                    convert.event(name, data, &mut out)
+                }
+                Ok(Some(Frame::Exception {
+                    error_type,
+                    payload,
+                })) => {
+                    let redacted = self.redact.redact(payload);
+                    let payload = redacted.as_deref().unwrap_or(payload);
+                    convert.exception(error_type, payload, &mut out)
                 }
                 Ok(None) => {
                     return Ok(match convert.end_of_body(&mut out) {
@@ -591,15 +668,22 @@ impl HttpProvider {
         }
     }
 
-    fn stream_error(&self, e: SseError) -> ApiError {
+    fn stream_error(&self, e: FrameError) -> ApiError {
         let e = match e {
-            SseError::TooLarge => {
+            FrameError::TooLarge => {
                 return event_too_large_error(format!(
                     "provider {}: an event is larger than the gateway accepts",
                     self.name
                 ))
             }
-            SseError::Io(e) => e,
+            FrameError::Corrupt(why) => {
+                return ApiError::new(
+                    ErrorKind::UpstreamInvalid,
+                    "upstream_stream_corrupt",
+                    format!("provider {}: the stream is corrupt: {why}", self.name),
+                )
+            }
+            FrameError::Io(e) => e,
         };
         let timeout = e
             .get_ref()
@@ -625,17 +709,18 @@ impl HttpProvider {
         }
     }
 
-    /// A 2xx to a stream request must be an event stream.
+    /// A 2xx to a stream request must be an event stream of the adapter's framing.
     fn event_stream(
         &self,
         resp: ureq::http::Response<ureq::Body>,
     ) -> Result<ureq::http::Response<ureq::Body>, ApiError> {
-        let is_sse = resp
+        let media_type = self.adapter.framing().1;
+        let is_stream = resp
             .headers()
             .get("content-type")
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| ct.starts_with("text/event-stream"));
-        if is_sse {
+            .is_some_and(|ct| ct.starts_with(media_type));
+        if is_stream {
             Ok(resp)
         } else {
             Err(self.invalid_response("a stream request was not answered with an event stream"))
@@ -679,11 +764,21 @@ impl HttpProvider {
         resp: ureq::http::Response<ureq::Body>,
         prepared: &Prepared,
     ) -> Result<Answer, ApiError> {
+        let error_type = resp
+            .headers()
+            .get(AWS_ERROR_TYPE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| crate::formats::bedrock::error_type_name(v).to_owned());
         let mut answer = self.read_whole(resp)?;
         if let Mode::Translated { .. } = prepared.mode {
             let body = std::mem::take(&mut answer.body);
-            answer.body =
-                translate::error_answer(&prepared.mode, self.adapter.format(), answer.status, body);
+            answer.body = translate::error_answer(
+                &prepared.mode,
+                self.adapter.format(),
+                answer.status,
+                body,
+                error_type.as_deref(),
+            );
             answer.content_type = "application/json";
         }
         if let Some(body) = self.redact.redact(&answer.body) {

@@ -9,6 +9,10 @@ pub mod azure;
 pub mod entra;
 pub mod gemini;
 pub mod google_auth;
+pub use crate::config::aws_credentials;
+pub mod bedrock;
+pub mod eventstream;
+pub mod frames;
 pub mod http;
 pub mod keys;
 pub mod mock;
@@ -16,6 +20,7 @@ pub mod openai;
 pub mod redact;
 pub mod resolve;
 pub mod retry;
+pub mod sigv4;
 pub mod sse;
 pub mod status;
 pub mod translate;
@@ -114,6 +119,12 @@ impl Provider {
                 Some(v) => Box::new(vertex::VertexAdapter::new(&cfg.name, &cfg.base_url, v)?),
                 None => return Err(format!("providers.{}.vertex: missing", cfg.name)),
             },
+            ProviderType::Bedrock => {
+                let Some(aws) = &cfg.bedrock else {
+                    return Err(format!("providers.{}.bedrock: missing", cfg.name));
+                };
+                Box::new(bedrock::BedrockAdapter::new(&cfg.name, &cfg.base_url, aws)?)
+            }
         };
         Ok(Provider::Http(Box::new(http::HttpProvider::new(
             cfg, adapter, redact,

@@ -16,6 +16,7 @@ use serde_json::value::RawValue;
 use super::adapter::Format;
 use super::sse::push_event;
 use crate::error::{ApiError, ErrorKind};
+use crate::formats::bedrock::embeddings;
 use crate::formats::codec::{self, StreamDecoder, StreamEncoder};
 use crate::formats::{EncodeInfo, EncodeOptions, StreamError, StreamEvent};
 use crate::job::{Answer, ClientApi, Usage};
@@ -200,12 +201,23 @@ pub fn success_answer(
 }
 
 /// An upstream error answer for the client: as it is when the formats match, else read and
-/// written again in the client's format (status kept).
-pub fn error_answer(mode: &Mode, wire: Format, status: u16, body: Vec<u8>) -> Vec<u8> {
+/// written again in the client's format (status kept). `error_type` is the type the upstream
+/// named outside the body (AWS's `x-amzn-errortype`); it prefixes the message.
+pub fn error_answer(
+    mode: &Mode,
+    wire: Format,
+    status: u16,
+    body: Vec<u8>,
+    error_type: Option<&str>,
+) -> Vec<u8> {
     match mode {
         Mode::Passthrough => body,
         Mode::Translated { client, .. } => {
-            let e = codec::decode_error(wire, status, &body);
+            let mut e = codec::decode_error(wire, status, &body);
+            if let Some(t) = error_type.filter(|t| !t.is_empty()) {
+                e.message = format!("{t}: {}", e.message);
+                e.error_type = t.to_owned();
+            }
             codec::error_body(
                 *client,
                 status,
@@ -215,6 +227,63 @@ pub fn error_answer(mode: &Mode, wire: Format, status: u16, body: Vec<u8>) -> Ve
             )
         }
     }
+}
+
+/// The calls that answer an embeddings request for an upstream of another format: `None` when
+/// the formats match (the request passes through); an error when the upstream's format has no
+/// embeddings the gateway can translate to (only Bedrock's InvokeModel has).
+pub fn embeddings_plan(
+    api: ClientApi,
+    wire: Format,
+    body: &[u8],
+    upstream_model: &str,
+) -> Result<Option<embeddings::Plan>, ApiError> {
+    if same_format(api, wire) {
+        return Ok(None);
+    }
+    match wire {
+        Format::Bedrock => Ok(Some(embeddings::plan(body, upstream_model)?)),
+        // Google's embeddings are one call, prepared like any other request.
+        Format::Gemini => Ok(None),
+        Format::OpenAiChat | Format::Anthropic => Err(ApiError::new(
+            ErrorKind::NotFound,
+            "unsupported_operation",
+            "this provider does not offer this operation",
+        )),
+    }
+}
+
+/// One call's answer of an embeddings plan; `input_tokens` is what the call's response headers
+/// reported, when they did.
+pub fn embeddings_part(
+    plan: &embeddings::Plan,
+    body: &[u8],
+    input_tokens: Option<u64>,
+) -> Result<embeddings::Vectors, ApiError> {
+    let mut part = embeddings::decode_answer(plan.family, body)?;
+    part.input_tokens = input_tokens.or(part.input_tokens);
+    Ok(part)
+}
+
+/// The client's answer from every call's vectors, with the usage.
+pub fn embeddings_answer(
+    plan: &embeddings::Plan,
+    parts: Vec<embeddings::Vectors>,
+    upstream_model: &str,
+    headers: Vec<(&'static str, String)>,
+) -> Result<Answer, ApiError> {
+    let mut body = Vec::new();
+    let tokens = embeddings::answer(plan, parts, upstream_model, &mut body)?;
+    Ok(Answer {
+        status: 200,
+        content_type: "application/json",
+        body,
+        headers,
+        usage: Usage {
+            input_tokens: tokens,
+            ..Usage::default()
+        },
+    })
 }
 
 /// Response header marking an answer the gateway estimated instead of asking the provider.
@@ -499,6 +568,11 @@ pub fn answer_usage(wire: Format, body: &[u8]) -> Option<Usage> {
             usage
         }
         Format::Gemini => crate::formats::gemini::answer_usage(body)?,
+        Format::Bedrock => {
+            codec::decode_response(Format::Bedrock, body, &EncodeInfo::default())
+                .ok()?
+                .usage
+        }
     })
 }
 
@@ -526,6 +600,22 @@ pub trait StreamConvert {
     /// client already; counted once the stream ends).
     fn take_reported_error(&mut self) -> Option<ApiError> {
         None
+    }
+
+    /// An exception the upstream reported outside its events (an AWS event stream's
+    /// `:message-type exception` or `error`): append the client's error event to `out`, or
+    /// return the error the client then gets as one.
+    fn exception(
+        &mut self,
+        error_type: &str,
+        _payload: &[u8],
+        _out: &mut Vec<u8>,
+    ) -> Result<Step, ApiError> {
+        Err(ApiError::new(
+            ErrorKind::UpstreamInvalid,
+            "upstream_stream_error",
+            format!("the provider reported {error_type} in the stream"),
+        ))
     }
 
     /// The upstream's body ended: `Ok` (with what closes the client's stream appended to `out`)
@@ -557,11 +647,13 @@ pub fn stream_converter(
                 Format::OpenAiChat => "[DONE]",
                 Format::Anthropic => "message_stop",
                 Format::Gemini => "a chunk with a finishReason",
+                Format::Bedrock => "messageStop",
             },
         }),
         (Mode::Passthrough, Format::Gemini) => Box::new(GeminiPassthrough::default()),
         (Mode::Passthrough, Format::Anthropic) => Box::new(AnthropicPassthrough::default()),
-        (Mode::Passthrough, Format::OpenAiChat) => Box::new(OpenAiPassthrough {
+        // No client speaks Bedrock: a Bedrock stream is always translated.
+        (Mode::Passthrough, Format::OpenAiChat | Format::Bedrock) => Box::new(OpenAiPassthrough {
             wants_usage,
             usage: Usage::default(),
             reported: None,
@@ -579,6 +671,21 @@ struct Translated {
     events: Vec<StreamEvent>,
     usage: Usage,
     terminator: &'static str,
+}
+
+impl Translated {
+    /// The client's error event for an error the upstream reported, and the step that ends the
+    /// stream with it: rate limits and 5xx count as the upstream's failure, the rest as an
+    /// unusable answer.
+    fn upstream_error(&mut self, e: StreamError, out: &mut Vec<u8>) -> Step {
+        self.encoder.error(&e, out);
+        let kind = if e.status == 429 || e.status >= 500 {
+            ErrorKind::UpstreamTransport
+        } else {
+            ErrorKind::UpstreamInvalid
+        };
+        Step::UpstreamError(ApiError::new(kind, "upstream_stream_error", e.message).already_sent())
+    }
 }
 
 impl StreamConvert for Translated {
@@ -601,15 +708,7 @@ impl StreamConvert for Translated {
             self.encoder.encode(ev, out);
         }
         if let Some(e) = error {
-            self.encoder.error(&e, out);
-            let kind = if e.status == 429 || e.status >= 500 {
-                ErrorKind::UpstreamTransport
-            } else {
-                ErrorKind::UpstreamInvalid
-            };
-            return Ok(Step::UpstreamError(
-                ApiError::new(kind, "upstream_stream_error", e.message).already_sent(),
-            ));
+            return Ok(self.upstream_error(e, out));
         }
         if self.decoder.is_complete() {
             self.encoder.finish(out);
@@ -624,6 +723,16 @@ impl StreamConvert for Translated {
 
     fn terminator(&self) -> &'static str {
         self.terminator
+    }
+
+    fn exception(
+        &mut self,
+        error_type: &str,
+        payload: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<Step, ApiError> {
+        let e = self.decoder.exception(error_type, payload);
+        Ok(self.upstream_error(e, out))
     }
 
     fn end_of_body(&mut self, out: &mut Vec<u8>) -> Result<(), ApiError> {
