@@ -17,7 +17,7 @@ use crate::job::ClientApi;
 /// stable `code`, or Anthropic's `{"type":"error","error":{...}}` with the type for the status.
 pub fn error_response(api: ClientApi, err: &ApiError) -> Response {
     let body = match api.format() {
-        Format::OpenAiChat => err.body(),
+        Format::OpenAiChat | Format::OpenAiResponses => err.body(),
         Format::Anthropic => formats::anthropic::error_body(err.status(), None, &err.message, None),
     };
     let mut r = Response::json(err.status(), body);
@@ -41,8 +41,27 @@ pub fn error_event(api: ClientApi, err: &ApiError) -> Vec<u8> {
         Format::Anthropic => {
             formats::anthropic::error_event(err.status(), None, &err.message, &mut out)
         }
+        Format::OpenAiResponses => {
+            responses_error_event(&formats::responses::StreamWatch::default(), err, &mut out)
+        }
     }
     out
+}
+
+/// The events that end a begun Responses stream with `err` (`error`, then `response.failed`),
+/// numbered after the events `watch` saw go by and naming the response it saw created.
+pub fn responses_error_event(
+    watch: &formats::responses::StreamWatch,
+    err: &ApiError,
+    out: &mut Vec<u8>,
+) {
+    watch.failure(
+        err.status(),
+        err.kind.error_type(),
+        &err.message,
+        Some(err.code),
+        out,
+    );
 }
 
 /// A keep-alive event for a stream of a client of `api` while the upstream is silent:
@@ -50,7 +69,9 @@ pub fn error_event(api: ClientApi, err: &ApiError) -> Vec<u8> {
 pub fn keepalive_event(api: ClientApi) -> Vec<u8> {
     let mut out = Vec::with_capacity(48);
     match api.format() {
-        Format::OpenAiChat => formats::openai_chat::StreamEncoder::keepalive(&mut out),
+        Format::OpenAiChat | Format::OpenAiResponses => {
+            formats::openai_chat::StreamEncoder::keepalive(&mut out)
+        }
         Format::Anthropic => formats::anthropic::StreamEncoder::ping(&mut out),
     }
     out
@@ -84,7 +105,20 @@ mod tests {
         );
         let event = String::from_utf8(error_event(ClientApi::OpenAiChat, &e)).unwrap();
         assert!(event.starts_with("data: {\"error\":{"), "{event}");
-        for api in [ClientApi::OpenAiChat, ClientApi::AnthropicMessages] {
+        let event = String::from_utf8(error_event(ClientApi::OpenAiResponses, &e)).unwrap();
+        assert!(
+            event.starts_with("event: error\ndata: {\"type\":\"error\""),
+            "{event}"
+        );
+        assert!(event.contains("event: response.failed\n"), "{event}");
+        let r = error_response(ClientApi::OpenAiResponses, &e);
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["error"]["code"], "model_not_found");
+        for api in [
+            ClientApi::OpenAiChat,
+            ClientApi::AnthropicMessages,
+            ClientApi::OpenAiResponses,
+        ] {
             assert!(keepalive_event(api).ends_with(b"\n\n"));
         }
     }

@@ -148,6 +148,11 @@ pub const MAX_TOKENS_RANGE: RangeInclusive<u64> = 1..=1_000_000;
 /// `reasoning_effort` (reasoning models do; OpenAI refuses it for the others), for requests
 /// translated from Anthropic clients. Off: their thinking request is dropped.
 pub const REASONING_EFFORT_DEFAULT: bool = false;
+/// `providers.<name>.responses`: whether an `openai` provider has OpenAI's Responses API
+/// (`POST {base_url}/responses`). On: a Responses client's request passes through to it
+/// unchanged but for the model. Off (compatible servers without it): it is translated to Chat
+/// Completions. Read by type `openai` only (accepted and ignored for the others).
+pub const RESPONSES_DEFAULT: bool = true;
 /// `providers.<name>.stream_duration_ms_max`: longest stream, from the upstream's answer head to
 /// its end, before it is ended with an error event. Generous: long generations and reasoning
 /// models stream for minutes; `request_timeout_ms` bounds only the wait for a stream to begin.
@@ -603,6 +608,8 @@ pub struct ProviderConfig {
     pub anthropic_version: String,
     /// `max_tokens` of a translated request without one, for providers that require it.
     pub max_tokens_default: u32,
+    /// An `openai` upstream has the Responses API; [`RESPONSES_DEFAULT`].
+    pub responses: bool,
     /// How requests of another format are encoded for this provider.
     pub translation: TranslationConfig,
     pub mock: MockConfig,
@@ -751,6 +758,7 @@ impl ProviderConfig {
             base_url: String::new(),
             anthropic_version: ANTHROPIC_VERSION_DEFAULT.to_string(),
             max_tokens_default: MAX_TOKENS_DEFAULT as u32,
+            responses: RESPONSES_DEFAULT,
             translation: TranslationConfig::default(),
             keys: Vec::new(),
             models: Vec::new(),
@@ -862,6 +870,7 @@ struct ProviderFile {
     ca_file: Option<String>,
     anthropic_version: Option<String>,
     max_tokens_default: Option<u64>,
+    responses: Option<bool>,
     reasoning_effort: Option<bool>,
     thinking_style: Option<String>,
     structured_output: Option<String>,
@@ -1473,6 +1482,7 @@ impl Checker<'_> {
                 MAX_TOKENS_DEFAULT,
                 &MAX_TOKENS_RANGE,
             ) as u32,
+            responses: f.responses.unwrap_or(RESPONSES_DEFAULT),
             translation: TranslationConfig {
                 reasoning_effort: f.reasoning_effort.unwrap_or(REASONING_EFFORT_DEFAULT),
                 thinking_style: self.choice(
@@ -2230,6 +2240,18 @@ mod tests {
         ));
         std::fs::write(&path, contents).unwrap();
         path
+    }
+
+    #[test]
+    fn the_responses_flag_defaults_to_on() {
+        let openai = |flag: &str| {
+            let c = format!("[providers.o]\ntype = \"openai\"\nbase_url = \"http://127.0.0.1:1/v1\"\nkeys = [{{ key = \"env:K\" }}]\n{flag}");
+            check_with(&c, &[("K", "sk-x")], Some(CORES)).map(|c| c.providers["o"].responses)
+        };
+        assert!(openai("").unwrap());
+        assert!(!openai("responses = false").unwrap());
+        let e = openai("responses = \"no\"").unwrap_err().to_string();
+        assert!(e.contains("expected a boolean"), "{e}");
     }
 
     #[test]

@@ -66,6 +66,8 @@ pub enum Format {
     OpenAiChat,
     /// Anthropic Messages (`POST /v1/messages`).
     Anthropic,
+    /// OpenAI Responses (`POST /v1/responses`).
+    OpenAiResponses,
 }
 
 /// One chat request, as decoded from a client's body.

@@ -2,13 +2,16 @@
 //! (the worker's executor, the built-in mock) names a format, never a codec module.
 
 use super::chat::{ChatRequest, ChatResponse, Format, StreamError, StreamEvent};
-use super::{anthropic, openai_chat, EncodeInfo, EncodeOptions, FormatError, UpstreamError};
+use super::{
+    anthropic, openai_chat, responses, EncodeInfo, EncodeOptions, FormatError, UpstreamError,
+};
 
 /// A client's request in `format`, decoded.
 pub fn decode_request(format: Format, body: &[u8]) -> Result<ChatRequest, FormatError> {
     match format {
         Format::OpenAiChat => openai_chat::decode_request(body),
         Format::Anthropic => anthropic::decode_request(body),
+        Format::OpenAiResponses => responses::decode_request(body),
     }
 }
 
@@ -23,6 +26,7 @@ pub fn encode_request(
     match format {
         Format::OpenAiChat => openai_chat::encode_request(req, upstream_model, opts, out),
         Format::Anthropic => anthropic::encode_request(req, upstream_model, opts, out),
+        Format::OpenAiResponses => responses::encode_request(req, upstream_model, opts, out),
     }
 }
 
@@ -35,6 +39,7 @@ pub fn decode_response(
     match format {
         Format::OpenAiChat => openai_chat::decode_response(body, info),
         Format::Anthropic => anthropic::decode_response(body, info),
+        Format::OpenAiResponses => responses::decode_response(body, info),
     }
 }
 
@@ -43,6 +48,7 @@ pub fn encode_response(format: Format, resp: &ChatResponse, client_model: &str, 
     match format {
         Format::OpenAiChat => openai_chat::encode_response(resp, client_model, out),
         Format::Anthropic => anthropic::encode_response(resp, client_model, out),
+        Format::OpenAiResponses => responses::encode_response(resp, client_model, out),
     }
 }
 
@@ -51,6 +57,7 @@ pub fn decode_error(format: Format, status: u16, body: &[u8]) -> UpstreamError {
     match format {
         Format::OpenAiChat => openai_chat::decode_error(status, body),
         Format::Anthropic => anthropic::decode_error(status, body),
+        Format::OpenAiResponses => responses::decode_error(status, body),
     }
 }
 
@@ -65,6 +72,7 @@ pub fn error_body(
     match format {
         Format::OpenAiChat => openai_chat::error_body(status, error_type, message, code),
         Format::Anthropic => anthropic::error_body(status, error_type, message, code),
+        Format::OpenAiResponses => responses::error_body(status, error_type, message, code),
     }
 }
 
@@ -72,6 +80,7 @@ pub fn error_body(
 pub enum StreamDecoder {
     OpenAiChat(openai_chat::StreamDecoder),
     Anthropic(anthropic::StreamDecoder),
+    OpenAiResponses(responses::StreamDecoder),
 }
 
 impl StreamDecoder {
@@ -79,6 +88,9 @@ impl StreamDecoder {
         match format {
             Format::OpenAiChat => StreamDecoder::OpenAiChat(openai_chat::StreamDecoder::new()),
             Format::Anthropic => StreamDecoder::Anthropic(anthropic::StreamDecoder::new(info)),
+            Format::OpenAiResponses => {
+                StreamDecoder::OpenAiResponses(responses::StreamDecoder::new())
+            }
         }
     }
 
@@ -92,6 +104,7 @@ impl StreamDecoder {
         match self {
             StreamDecoder::OpenAiChat(d) => d.feed(event, data, out),
             StreamDecoder::Anthropic(d) => d.feed(event, data, out),
+            StreamDecoder::OpenAiResponses(d) => d.feed(event, data, out),
         }
     }
 
@@ -101,6 +114,7 @@ impl StreamDecoder {
         match self {
             StreamDecoder::OpenAiChat(d) => d.finish(),
             StreamDecoder::Anthropic(d) => d.finish(),
+            StreamDecoder::OpenAiResponses(d) => d.finish(),
         }
     }
 
@@ -109,6 +123,7 @@ impl StreamDecoder {
         match self {
             StreamDecoder::OpenAiChat(d) => d.is_complete(),
             StreamDecoder::Anthropic(d) => d.is_complete(),
+            StreamDecoder::OpenAiResponses(d) => d.is_complete(),
         }
     }
 }
@@ -117,11 +132,12 @@ impl StreamDecoder {
 pub enum StreamEncoder {
     OpenAiChat(openai_chat::StreamEncoder),
     Anthropic(anthropic::StreamEncoder),
+    OpenAiResponses(responses::StreamEncoder),
 }
 
 impl StreamEncoder {
     /// `include_usage`: OpenAI's final usage chunk (`stream_options.include_usage`); `created`:
-    /// the Unix time OpenAI chunks carry.
+    /// the Unix time OpenAI chunks and Responses' `response` carry.
     pub fn new(format: Format, client_model: &str, include_usage: bool, created: u64) -> Self {
         match format {
             Format::OpenAiChat => StreamEncoder::OpenAiChat(openai_chat::StreamEncoder::new(
@@ -132,6 +148,9 @@ impl StreamEncoder {
             Format::Anthropic => {
                 StreamEncoder::Anthropic(anthropic::StreamEncoder::new(client_model))
             }
+            Format::OpenAiResponses => {
+                StreamEncoder::OpenAiResponses(responses::StreamEncoder::new(client_model, created))
+            }
         }
     }
 
@@ -139,6 +158,7 @@ impl StreamEncoder {
         match self {
             StreamEncoder::OpenAiChat(e) => e.encode(ev, out),
             StreamEncoder::Anthropic(e) => e.encode(ev, out),
+            StreamEncoder::OpenAiResponses(e) => e.encode(ev, out),
         }
     }
 
@@ -147,6 +167,7 @@ impl StreamEncoder {
         match self {
             StreamEncoder::OpenAiChat(e) => e.finish(out),
             StreamEncoder::Anthropic(e) => e.finish(out),
+            StreamEncoder::OpenAiResponses(e) => e.finish(out),
         }
     }
 
@@ -155,6 +176,7 @@ impl StreamEncoder {
         match self {
             StreamEncoder::OpenAiChat(e) => e.error(err, out),
             StreamEncoder::Anthropic(e) => e.error(err, out),
+            StreamEncoder::OpenAiResponses(e) => e.error(err, out),
         }
     }
 }
