@@ -3,7 +3,10 @@ loopback ports and stop them afterwards.
 
 The gateway serves three kinds of provider, each by its own model prefix:
 - `mock/...`: the built-in mock (models `gpt-4o-mini`, `echo`);
-- `up/...`: an `openai` provider on the bench mock's Chat Completions;
+- `up/...`: an `openai` provider on the bench mock's Chat Completions (and its Responses API, for
+  Responses clients);
+- `upchat/...`: an `openai` provider with `responses = false` on the same bench mock (Responses
+  clients are translated to its Chat Completions);
 - `anth/...`: an `anthropic` provider on the bench mock's Messages API.
 Every made-up string (tool arguments, structured answers) is TOOL_TEXT on both mocks.
 """
@@ -121,6 +124,15 @@ rate_limit_cooldown_ms_default = 200
 rate_limit_cooldown_ms_max = 200
 
 [providers.up.breaker]
+enabled = false
+
+[providers.upchat]
+type = "openai"
+base_url = "http://{mock}/v1"
+responses = false
+keys = [{{ key = "env:SDK_UPSTREAM_KEY" }}]
+
+[providers.upchat.breaker]
 enabled = false
 
 [providers.anth]
