@@ -274,20 +274,20 @@ impl StreamEncoder {
             self.error(&e, out);
             return;
         }
-        let seq = self.next_seq();
         let index = self.item_count.saturating_sub(1);
+        let (ty, content_index, summary_index) = match self.open.as_ref().map(|o| &o.kind) {
+            Some(ItemKind::Message) => ("response.output_text.delta", Some(0), false),
+            Some(ItemKind::FunctionCall { .. }) => {
+                ("response.function_call_arguments.delta", None, false)
+            }
+            Some(ItemKind::Reasoning) => ("response.reasoning_summary_text.delta", None, true),
+            Some(ItemKind::Skipped) | None => return,
+        };
+        let seq = self.next_seq();
         let Some(item) = self.open.as_mut() else {
             return;
         };
         item.text.push_str(text);
-        let (ty, content_index, summary_index) = match item.kind {
-            ItemKind::Message => ("response.output_text.delta", Some(0), false),
-            ItemKind::FunctionCall { .. } => {
-                ("response.function_call_arguments.delta", None, false)
-            }
-            ItemKind::Reasoning => ("response.reasoning_summary_text.delta", None, true),
-            ItemKind::Skipped => return,
-        };
         write_event(out, ty, seq, |o| {
             item_fields(o, &item.id, index, content_index);
             if summary_index {
@@ -910,6 +910,68 @@ mod tests {
         for (i, (_, v)) in evs.iter().enumerate() {
             assert_eq!(v["sequence_number"], i as u64);
         }
+    }
+
+    #[test]
+    fn redacted_reasoning_is_left_out_and_the_numbering_goes_on() {
+        let mut e = StreamEncoder::new("m", 5);
+        let mut out = Vec::new();
+        for ev in [
+            StreamEvent::PartStart {
+                index: 0,
+                kind: PartKind::RedactedReasoning { data: "x".into() },
+            },
+            StreamEvent::TextDelta {
+                index: 0,
+                text: "hidden".into(),
+            },
+            StreamEvent::PartStop { index: 0 },
+            StreamEvent::PartStart {
+                index: 1,
+                kind: PartKind::Text,
+            },
+            StreamEvent::TextDelta {
+                index: 1,
+                text: "shown".into(),
+            },
+        ] {
+            e.encode(&ev, &mut out);
+        }
+        e.finish(&mut out);
+        let evs = events(&out);
+        for (i, (_, v)) in evs.iter().enumerate() {
+            assert_eq!(v["sequence_number"], i as u64);
+        }
+        let output = &evs.last().unwrap().1["response"]["output"];
+        assert_eq!(output.as_array().unwrap().len(), 1);
+        assert_eq!(output[0]["content"][0]["text"], "shown");
+        assert_eq!(evs[2].1["output_index"], 0);
+    }
+
+    #[test]
+    fn an_answer_past_the_bound_ends_failed() {
+        let mut e = StreamEncoder::new("m", 5);
+        let mut out = Vec::new();
+        let long = "x".repeat(STREAM_OUTPUT_BYTES_MAX + 1);
+        e.encode(
+            &StreamEvent::TextDelta {
+                index: 0,
+                text: long,
+            },
+            &mut out,
+        );
+        e.encode(
+            &StreamEvent::TextDelta {
+                index: 0,
+                text: "more".into(),
+            },
+            &mut out,
+        );
+        e.finish(&mut out);
+        let evs = events(&out);
+        let names: Vec<&str> = evs.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names[names.len() - 2..], ["error", "response.failed"]);
+        assert!(out.len() < 64 * 1024, "nothing of the answer was written");
     }
 
     #[test]
