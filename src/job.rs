@@ -255,12 +255,14 @@ pub enum ClientApi {
     OpenAiEmbeddings,
     /// OpenAI legacy completions (`POST /v1/completions`).
     OpenAiCompletions,
+    /// OpenAI Responses (`POST /v1/responses`): a chat answer in the Responses API.
+    OpenAiResponses,
 }
 
 /// What a request asks of a provider.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Operation {
-    /// A chat answer (OpenAI Chat Completions, Anthropic Messages).
+    /// A chat answer (OpenAI Chat Completions, Anthropic Messages, OpenAI Responses).
     Chat,
     /// A token count of a chat request.
     CountTokens,
@@ -279,13 +281,16 @@ impl ClientApi {
                 Format::OpenAiChat
             }
             ClientApi::AnthropicMessages | ClientApi::AnthropicCountTokens => Format::Anthropic,
+            ClientApi::OpenAiResponses => Format::OpenAiResponses,
         }
     }
 
     /// What the request asks of the provider.
     pub fn operation(self) -> Operation {
         match self {
-            ClientApi::OpenAiChat | ClientApi::AnthropicMessages => Operation::Chat,
+            ClientApi::OpenAiChat | ClientApi::AnthropicMessages | ClientApi::OpenAiResponses => {
+                Operation::Chat
+            }
             ClientApi::AnthropicCountTokens => Operation::CountTokens,
             ClientApi::OpenAiEmbeddings => Operation::Embeddings,
             ClientApi::OpenAiCompletions => Operation::Completions,

@@ -17,6 +17,7 @@ pub mod procfs;
 pub mod report;
 pub mod request;
 pub mod response;
+pub mod responses;
 pub mod schedule;
 pub mod sse;
 pub mod tools;

@@ -1,10 +1,10 @@
 //! `deepintshield-mock`: an OpenAI-, Azure OpenAI-, Anthropic-, Gemini- and Bedrock-compatible
 //! mock upstream on the gateway's own HTTP layer, for end-to-end tests and load runs on loopback:
-//! chat completions, legacy completions, embeddings and Messages (whole and streamed, with tool
-//! calls), Azure's deployment and v1 routes with an Entra ID token endpoint, Gemini on AI Studio
-//! and Vertex AI with a token endpoint, AWS Bedrock's runtime (`/model/{modelId}/...`, see
-//! `bedrock.rs`), latency distributions, real SSE streams with paced chunks, fault injection by
-//! rate and by model name, and counters at `/mock/stats`.
+//! chat completions, Responses, legacy completions, embeddings and Messages (whole and streamed,
+//! with tool calls), Azure's deployment and v1 routes with an Entra ID token endpoint, Gemini on
+//! AI Studio and Vertex AI with a token endpoint, AWS Bedrock's runtime (`/model/{modelId}/...`,
+//! see `bedrock.rs`), latency distributions, real SSE streams with paced chunks, fault injection
+//! by rate and by model name, and counters at `/mock/stats`.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -34,6 +34,7 @@ use deepintshield_bench::faults::{ErrorRates, Fault};
 use deepintshield_bench::flags::Flags;
 use deepintshield_bench::gemini::{self, TokenIssuer};
 use deepintshield_bench::legacy::{self, TextChunkMeta, EMBEDDING_DIMENSIONS_DEFAULT};
+use deepintshield_bench::responses::{self, ResponseMeta};
 use deepintshield_bench::tools::fragments;
 use serde_json::{json, Value};
 
@@ -93,6 +94,21 @@ ENDPOINTS:
                                 `response_format: json_schema` -> content is a JSON object built
                                 from the schema; `tool` messages after the last user message ->
                                 \"mock: tool result: <their contents>\"
+    POST /v1/responses          OpenAI Responses: `model` and `input` (a string or items) or 400;
+                                a `previous_response_id` is 400 previous_response_not_found (the
+                                mock stores nothing). The request is read as the chat completion it
+                                amounts to (instructions and system/developer items as system
+                                messages, function_call / function_call_output items as tool calls
+                                and tool messages, function tools, tool_choice, text.format) and
+                                answered by the same rules, as a `response` (resp_..., one output
+                                item: a message or a function_call, usage); with `stream: true` the
+                                SSE events response.created, response.in_progress,
+                                response.output_item.added, response.content_part.added, the
+                                --stream-chunks response.output_text.delta (or
+                                response.function_call_arguments.delta) pieces, their .done events,
+                                response.output_item.done and response.completed, each with its
+                                sequence_number. failafter- sends an error event and
+                                response.failed
     POST /v1/messages           Anthropic Messages: needs `x-api-key` (else 401) and
                                 `anthropic-version` (else 400); `model`, `messages`, `max_tokens`
                                 (else 400 invalid_request_error). A `message` (msg_..., usage with
@@ -170,15 +186,16 @@ ENDPOINTS:
                                 MissingAuthenticationTokenException, IncompleteSignatureException,
                                 UnrecognizedClientException or InvalidSignatureException.
     GET  /mock/stats            counters (JSON):
-        requests            model calls received (chat completions and messages)
+        requests            model calls received (chat completions, responses and messages)
         messages_requests   of those, Anthropic messages
+        responses_requests  of those, OpenAI Responses
         count_tokens_requests   count_tokens calls
         in_flight           model calls being answered now (Bedrock ones too)
         ok                  non-streamed 200 answers
         tool_calls          answers that called a tool
         injected            {status_<code>, reset, stall}: faults drawn by --error-rate
         streams_started     streamed answers begun
-        streams_completed   streams that ended whole (data: [DONE] or message_stop)
+        streams_completed   streams that ended whole (data: [DONE], message_stop, response.completed)
         streams_aborted     streams whose client went away before the end
         streams_failed      streams ended by a failafter- error event
         streams_reset       streams cut by resetafter-
@@ -206,8 +223,8 @@ on both APIs, errors in each API's shape):
     chunks-<n>        that many content chunks instead of --stream-chunks
     chunkdelay-<ms>   that pause between content chunks instead of --chunk-delay-ms
     failafter-<k>     after k content chunks, send an error event and end (OpenAI:
-                      data: {\"error\":{...}} without [DONE]; Anthropic: event: error with an
-                      overloaded_error)
+                      data: {\"error\":{...}} without [DONE]; Responses: event: error and
+                      response.failed; Anthropic: event: error with an overloaded_error)
     resetafter-<k>    after k content chunks, close the connection abruptly
     retryms-<ms>      on an Azure route, a `status-` answer carries `retry-after-ms: <ms>`
                       (and no Retry-After)
@@ -406,6 +423,7 @@ struct Mock {
     /// Model calls: chat completions and messages (numbers their ids).
     requests: AtomicU64,
     messages_requests: AtomicU64,
+    responses_requests: AtomicU64,
     count_tokens_requests: AtomicU64,
     in_flight: AtomicU64,
     ok: AtomicU64,
@@ -440,6 +458,7 @@ impl Handler for Mock {
             (Method::Post, "/v1/completions") => self.model_call(req, Self::text_completion),
             (Method::Post, "/v1/embeddings") => self.model_call(req, Self::embeddings),
             (Method::Post, "/v1/messages") => self.model_call(req, Self::messages),
+            (Method::Post, "/v1/responses") => self.model_call(req, Self::responses),
             (Method::Post, "/v1/messages/count_tokens") => self.count_tokens(req),
             (Method::Get | Method::Head, "/v1/models") => {
                 if req.header("anthropic-version").is_some() {
@@ -467,6 +486,7 @@ impl Handler for Mock {
             (
                 _,
                 "/v1/chat/completions"
+                | "/v1/responses"
                 | "/v1/completions"
                 | "/v1/embeddings"
                 | "/v1/models"
@@ -637,6 +657,91 @@ impl Mock {
         });
         self.ok.fetch_add(1, Ordering::Relaxed);
         json_response(200, &answer)
+    }
+
+    /// `POST /v1/responses`: OpenAI's Responses API, answered by the chat completion rules.
+    fn responses(&self, req: &Request, n: u64) -> Response {
+        self.responses_requests.fetch_add(1, Ordering::Relaxed);
+        let parsed: Result<Value, _> = serde_json::from_slice(&req.body);
+        let model = model_of(&parsed);
+        self.record(req, &model);
+        let body = match parsed {
+            Ok(v) if v.is_object() => v,
+            _ => {
+                return Response::error(&ApiError::bad_request(
+                    "invalid_json",
+                    "the request body is not a JSON object",
+                ))
+            }
+        };
+        if model.is_empty() {
+            return Response::error(&ApiError::bad_request(
+                "missing_model",
+                "`model` is required",
+            ));
+        }
+        if !matches!(body.get("input"), Some(Value::String(_) | Value::Array(_))) {
+            return Response::error(&ApiError::bad_request(
+                "missing_input",
+                "`input` must be a string or an array of items",
+            ));
+        }
+        if body
+            .get("previous_response_id")
+            .is_some_and(|v| !v.is_null())
+        {
+            return Response::error(&ApiError::bad_request(
+                "previous_response_not_found",
+                "Previous response not found: the mock stores no responses",
+            ));
+        }
+        if let Some(r) = self.faults(req, &model, Api::OpenAi, "") {
+            return r;
+        }
+        let chat = responses::chat_view(&body);
+        let answer = chat_answer(&chat, &self.tool_text);
+        let answer_chars = match &answer {
+            ChatAnswer::Text(t) => t.chars().count(),
+            ChatAnswer::ToolCall { arguments, .. } => arguments.chars().count(),
+        };
+        let (id, call_id) = (format!("resp_mock{n:012}"), format!("call_mock{n:012}"));
+        let item_id = match &answer {
+            ChatAnswer::Text(_) => format!("msg_mock{n:012}"),
+            ChatAnswer::ToolCall { .. } => {
+                self.tool_calls.fetch_add(1, Ordering::Relaxed);
+                format!("fc_mock{n:012}")
+            }
+        };
+        let meta = ResponseMeta {
+            id: &id,
+            created: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            model: &model,
+            item_id: &item_id,
+            call_id: &call_id,
+            input_tokens: responses::prompt_chars(&chat).div_ceil(4) as u64,
+            output_tokens: answer_chars.div_ceil(4) as u64,
+        };
+        if body.get("stream").and_then(Value::as_bool) == Some(true) {
+            let plan = self.stream_plan(&model, req.abort_handle());
+            let texts = match &answer {
+                ChatAnswer::Text(t) => split_even(t, plan.chunks),
+                ChatAnswer::ToolCall { arguments, .. } => fragments(arguments, plan.chunks),
+            };
+            let (head, first) = meta.head(&answer);
+            let pieces: Vec<Vec<u8>> = texts
+                .iter()
+                .zip(first..)
+                .map(|(piece, seq)| meta.delta(&answer, piece, seq))
+                .collect();
+            let tail = meta.tail(&answer, first + pieces.len() as u64);
+            let failed_at = first + plan.fail_after.unwrap_or(0) as u64;
+            let failure = meta.failure("mock: injected mid-stream failure", failed_at);
+            return self.stream(plan, Some(head), pieces, tail, failure);
+        }
+        self.ok.fetch_add(1, Ordering::Relaxed);
+        json_response(200, &meta.whole(&answer))
     }
 
     /// `POST /v1/completions`: OpenAI's legacy completions.
@@ -1112,6 +1217,7 @@ impl Mock {
         let body = json!({
             "requests": get(&self.requests),
             "messages_requests": get(&self.messages_requests),
+            "responses_requests": get(&self.responses_requests),
             "count_tokens_requests": get(&self.count_tokens_requests),
             "in_flight": get(&self.in_flight),
             "ok": get(&self.ok),
@@ -1541,6 +1647,7 @@ fn main() -> ExitCode {
         rng: SharedRng::new(opts.seed),
         requests: AtomicU64::new(0),
         messages_requests: AtomicU64::new(0),
+        responses_requests: AtomicU64::new(0),
         count_tokens_requests: AtomicU64::new(0),
         in_flight: AtomicU64::new(0),
         ok: AtomicU64::new(0),

@@ -41,8 +41,12 @@ struct Seen {
     fallbacks: Option<Option<Vec<String>>>,
     messages_is_array: Option<bool>,
     has_max_tokens: bool,
-    /// `input` (embeddings) is present.
+    /// `input` (embeddings, Responses) is present.
     has_input: bool,
+    /// `input` is a string or an array (what the Responses API takes).
+    input_is_text_or_items: bool,
+    /// `previous_response_id` (Responses) is present and not null.
+    has_previous_response: bool,
     /// `prompt` (legacy completions) is present.
     has_prompt: bool,
 }
@@ -159,8 +163,13 @@ impl<'de> Deserialize<'de> for Seen {
                             map.next_value::<IgnoredAny>()?;
                         }
                         "input" => {
+                            let v: &serde_json::value::RawValue = map.next_value()?;
                             seen.has_input = true;
-                            map.next_value::<IgnoredAny>()?;
+                            seen.input_is_text_or_items = v.get().starts_with(['"', '[']);
+                        }
+                        "previous_response_id" => {
+                            let v: &serde_json::value::RawValue = map.next_value()?;
+                            seen.has_previous_response = v.get() != "null";
                         }
                         "prompt" => {
                             seen.has_prompt = true;
@@ -230,7 +239,9 @@ impl RouteHead {
             }
         };
         let required = match api {
-            ClientApi::OpenAiEmbeddings => Some(("input", seen.has_input)),
+            ClientApi::OpenAiEmbeddings | ClientApi::OpenAiResponses => {
+                Some(("input", seen.has_input))
+            }
             ClientApi::OpenAiCompletions => Some(("prompt", seen.has_prompt)),
             _ => None,
         };
@@ -259,6 +270,9 @@ impl RouteHead {
                     "you must provide a messages parameter",
                 ))
             }
+        }
+        if api == ClientApi::OpenAiResponses {
+            check_responses(seen.input_is_text_or_items, seen.has_previous_response)?;
         }
         if api == ClientApi::AnthropicMessages && !seen.has_max_tokens {
             return Err(ApiError::bad_request(
@@ -312,6 +326,25 @@ impl RouteHead {
             fallbacks,
         })
     }
+}
+
+/// The Responses API's own rules: `input` is a string or an array of items, and no
+/// `previous_response_id` (the gateway keeps no conversation state, for any provider: the next
+/// turn may go to another key, provider or fallback than the one that answered the last).
+fn check_responses(
+    input_is_text_or_items: bool,
+    has_previous_response: bool,
+) -> Result<(), ApiError> {
+    if !input_is_text_or_items {
+        return Err(ApiError::bad_request(
+            "invalid_input",
+            "`input` must be a string or an array of input items",
+        ));
+    }
+    if has_previous_response {
+        return Err(crate::formats::responses::previous_response_id_unsupported().into());
+    }
+    Ok(())
 }
 
 /// The JSON nesting depth of a body exceeds the limit (or the body is not balanced JSON).
@@ -378,6 +411,31 @@ mod tests {
                 fallbacks: vec!["a/b".into()],
             }
         );
+    }
+
+    #[test]
+    fn responses_need_input_and_no_previous_response() {
+        const RESPONSES: ClientApi = ClientApi::OpenAiResponses;
+        let head = RouteHead::parse(
+            RESPONSES,
+            br#"{"model":"m","input":"hi","stream":true,"previous_response_id":null}"#,
+            64,
+        )
+        .unwrap();
+        assert!(head.stream);
+        let items = br#"{"model":"m","input":[{"role":"user","content":"hi"}]}"#;
+        assert!(!RouteHead::parse(RESPONSES, items, 64).unwrap().stream);
+        for (body, code) in [
+            (&br#"{"model":"m"}"#[..], "missing_input"),
+            (br#"{"model":"m","input":{"a":1}}"#, "invalid_input"),
+            (
+                br#"{"model":"m","input":"hi","previous_response_id":"resp_1"}"#,
+                "previous_response_id_unsupported",
+            ),
+        ] {
+            let e = RouteHead::parse(RESPONSES, body, 64).unwrap_err();
+            assert_eq!((e.status(), e.code), (400, code));
+        }
     }
 
     #[test]

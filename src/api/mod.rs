@@ -18,7 +18,7 @@ use crate::job::ClientApi;
 pub fn error_response(api: ClientApi, err: &ApiError) -> Response {
     let body = match api.format() {
         // No client speaks Bedrock (`ClientApi::format` never names it).
-        Format::OpenAiChat | Format::Bedrock => err.body(),
+        Format::OpenAiChat | Format::OpenAiResponses | Format::Bedrock => err.body(),
         Format::Anthropic => formats::anthropic::error_body(err.status(), None, &err.message, None),
         Format::Gemini => formats::gemini::error_body(err.status(), None, &err.message, None),
     };
@@ -44,8 +44,27 @@ pub fn error_event(api: ClientApi, err: &ApiError) -> Vec<u8> {
             formats::anthropic::error_event(err.status(), None, &err.message, &mut out)
         }
         Format::Gemini => formats::gemini::error_event(err.status(), &err.message, None, &mut out),
+        Format::OpenAiResponses => {
+            responses_error_event(&formats::responses::StreamWatch::default(), err, &mut out)
+        }
     }
     out
+}
+
+/// The events that end a begun Responses stream with `err` (`error`, then `response.failed`),
+/// numbered after the events `watch` saw go by and naming the response it saw created.
+pub fn responses_error_event(
+    watch: &formats::responses::StreamWatch,
+    err: &ApiError,
+    out: &mut Vec<u8>,
+) {
+    watch.failure(
+        err.status(),
+        err.kind.error_type(),
+        &err.message,
+        Some(err.code),
+        out,
+    );
 }
 
 /// A keep-alive event for a stream of a client of `api` while the upstream is silent:
@@ -53,7 +72,7 @@ pub fn error_event(api: ClientApi, err: &ApiError) -> Vec<u8> {
 pub fn keepalive_event(api: ClientApi) -> Vec<u8> {
     let mut out = Vec::with_capacity(48);
     match api.format() {
-        Format::OpenAiChat | Format::Bedrock => {
+        Format::OpenAiChat | Format::OpenAiResponses | Format::Bedrock => {
             formats::openai_chat::StreamEncoder::keepalive(&mut out)
         }
         Format::Anthropic => formats::anthropic::StreamEncoder::ping(&mut out),
@@ -90,7 +109,20 @@ mod tests {
         );
         let event = String::from_utf8(error_event(ClientApi::OpenAiChat, &e)).unwrap();
         assert!(event.starts_with("data: {\"error\":{"), "{event}");
-        for api in [ClientApi::OpenAiChat, ClientApi::AnthropicMessages] {
+        let event = String::from_utf8(error_event(ClientApi::OpenAiResponses, &e)).unwrap();
+        assert!(
+            event.starts_with("event: error\ndata: {\"type\":\"error\""),
+            "{event}"
+        );
+        assert!(event.contains("event: response.failed\n"), "{event}");
+        let r = error_response(ClientApi::OpenAiResponses, &e);
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["error"]["code"], "model_not_found");
+        for api in [
+            ClientApi::OpenAiChat,
+            ClientApi::AnthropicMessages,
+            ClientApi::OpenAiResponses,
+        ] {
             assert!(keepalive_event(api).ends_with(b"\n\n"));
         }
     }

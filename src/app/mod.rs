@@ -1,6 +1,6 @@
 //! The API listener's application: one [`Gateway`] per config generation and the
 //! [`ApiHandler`] that dispatches each request to the client API it speaks (OpenAI Chat
-//! Completions, Anthropic Messages and token counting, the model list).
+//! Completions and Responses, Anthropic Messages and token counting, the model list).
 
 mod chat;
 mod models;
@@ -106,6 +106,7 @@ impl Endpoint {
             "/v1/messages/count_tokens" => Some(ClientApi::AnthropicCountTokens),
             "/v1/embeddings" | "/embeddings" => Some(ClientApi::OpenAiEmbeddings),
             "/v1/completions" | "/completions" => Some(ClientApi::OpenAiCompletions),
+            "/v1/responses" | "/responses" => Some(ClientApi::OpenAiResponses),
             _ => None,
         };
         let get = matches!(method, Method::Get | Method::Head);
@@ -266,6 +267,12 @@ mod tests {
         let post = |p| Endpoint::of(Method::Post, p);
         assert_eq!(post("/v1/chat/completions"), Endpoint::Chat(OpenAiChat));
         assert_eq!(post("/v1/messages"), Endpoint::Chat(AnthropicMessages));
+        assert_eq!(post("/v1/responses"), Endpoint::Chat(OpenAiResponses));
+        assert_eq!(post("/responses"), Endpoint::Chat(OpenAiResponses));
+        assert_eq!(
+            Endpoint::of(Method::Get, "/v1/responses"),
+            Endpoint::MethodNotAllowed
+        );
         assert_eq!(
             post("/anthropic/v1/messages"),
             Endpoint::Chat(AnthropicMessages)

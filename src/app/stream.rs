@@ -1,6 +1,7 @@
 //! A streamed answer on its way from a worker to the client: events in the client's format as
 //! the worker produces them, a keep-alive while the upstream is silent, and an error event in the
-//! client's format when the stream ends badly.
+//! client's format when the stream ends badly (for a Responses client, numbered after the events
+//! it got and naming its response: see [`StreamWatch`]).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::api;
 use crate::error::ApiError;
+use crate::formats::responses::StreamWatch;
 use crate::http::{BodyStream, StreamPoll};
 use crate::job::{clock_ms, CancelReason, ClientApi, Reply, ReplyChannel, StreamEnd, REPLY_GRACE};
 use crate::log::{self, AccessRecord};
@@ -32,6 +34,8 @@ pub struct GatewayStream {
     /// When the client was last written to (an event or a keep-alive).
     last_write: Instant,
     finished: bool,
+    /// For a Responses client: what its stream's failure events must continue.
+    responses: Option<StreamWatch>,
 }
 
 impl GatewayStream {
@@ -54,6 +58,7 @@ impl GatewayStream {
             last_message_ms: clock_ms(),
             last_write: now,
             finished: false,
+            responses: (api == ClientApi::OpenAiResponses).then(StreamWatch::default),
         }
     }
 
@@ -63,7 +68,14 @@ impl GatewayStream {
         if err.delivered {
             return StreamPoll::End;
         }
-        StreamPoll::Chunk(api::error_event(self.api, err))
+        match &self.responses {
+            Some(watch) => {
+                let mut out = Vec::with_capacity(1024);
+                api::responses_error_event(watch, err, &mut out);
+                StreamPoll::Chunk(out)
+            }
+            None => StreamPoll::Chunk(api::error_event(self.api, err)),
+        }
     }
 
     fn end(&mut self, end: StreamEnd) -> StreamPoll {
@@ -143,6 +155,9 @@ impl BodyStream for GatewayStream {
                 ctl.bytes_in_flight.fetch_sub(bytes.len(), Ordering::AcqRel);
                 self.last_message_ms = clock_ms();
                 self.last_write = Instant::now();
+                if let Some(watch) = &mut self.responses {
+                    watch.observe(&bytes);
+                }
                 StreamPoll::Chunk(bytes)
             }
             Ok(Reply::StreamEnd(end)) => self.end(*end),

@@ -178,6 +178,11 @@ pub const PARALLEL_TOOL_CALLS_SUPPORTED_DEFAULT: bool = true;
 /// `providers.<name>.reasoning_content_history`: whether earlier assistant turns' reasoning is sent
 /// back to an OpenAI-format provider as `reasoning_content` (DeepSeek's thinking mode needs it).
 pub const REASONING_CONTENT_HISTORY_DEFAULT: bool = false;
+/// `providers.<name>.responses`: whether an `openai` provider has OpenAI's Responses API
+/// (`POST {base_url}/responses`). On: a Responses client's request passes through to it
+/// unchanged but for the model. Off (compatible servers without it): it is translated to Chat
+/// Completions. Read by type `openai` only (accepted and ignored for the others).
+pub const RESPONSES_DEFAULT: bool = true;
 /// `providers.<name>.stream_duration_ms_max`: longest stream, from the upstream's answer head to
 /// its end, before it is ended with an error event. Generous: long generations and reasoning
 /// models stream for minutes; `request_timeout_ms` bounds only the wait for a stream to begin.
@@ -667,6 +672,8 @@ pub struct ProviderConfig {
     pub vertex: Option<VertexConfig>,
     /// `max_tokens` of a translated request without one, for providers that require it.
     pub max_tokens_default: u32,
+    /// An `openai` upstream has the Responses API; [`RESPONSES_DEFAULT`].
+    pub responses: bool,
     /// How requests of another format are encoded for this provider.
     pub translation: TranslationConfig,
     /// Region and credentials of a `bedrock` provider; `None` for every other type.
@@ -820,6 +827,7 @@ impl ProviderConfig {
             anthropic_version: ANTHROPIC_VERSION_DEFAULT.to_string(),
             vertex: None,
             max_tokens_default: MAX_TOKENS_DEFAULT as u32,
+            responses: RESPONSES_DEFAULT,
             translation: TranslationConfig::default(),
             bedrock: None,
             keys: Vec::new(),
@@ -943,6 +951,7 @@ struct ProviderFile {
     ca_file: Option<String>,
     anthropic_version: Option<String>,
     max_tokens_default: Option<u64>,
+    responses: Option<bool>,
     reasoning_effort: Option<bool>,
     thinking_style: Option<String>,
     structured_output: Option<String>,
@@ -1602,6 +1611,9 @@ impl Checker<'_> {
                 MAX_TOKENS_DEFAULT,
                 &MAX_TOKENS_RANGE,
             ) as u32,
+            responses: f
+                .responses
+                .unwrap_or(defaults.map_or(RESPONSES_DEFAULT, |d| d.responses)),
             translation: TranslationConfig {
                 reasoning_effort: f.reasoning_effort.unwrap_or(REASONING_EFFORT_DEFAULT),
                 thinking_style: self.choice(
@@ -2439,6 +2451,26 @@ mod tests {
         ));
         std::fs::write(&path, contents).unwrap();
         path
+    }
+
+    #[test]
+    fn the_responses_flag_defaults_to_on() {
+        let openai = |flag: &str| {
+            let c = format!("[providers.o]\ntype = \"openai\"\nbase_url = \"http://127.0.0.1:1/v1\"\nkeys = [{{ key = \"env:K\" }}]\n{flag}");
+            check_with(&c, &[("K", "sk-x")], Some(CORES)).map(|c| c.providers["o"].responses)
+        };
+        assert!(openai("").unwrap());
+        assert!(!openai("responses = false").unwrap());
+        let e = openai("responses = \"no\"").unwrap_err().to_string();
+        assert!(e.contains("expected a boolean"), "{e}");
+        // A preset without a Responses API turns it off unless the table says otherwise.
+        let preset = |p: &str, flag: &str| {
+            let c = format!("[providers.o]\ntype = \"openai\"\npreset = \"{p}\"\nkeys = [{{ key = \"env:K\" }}]\n{flag}");
+            check_with(&c, &[("K", "sk-x")], Some(CORES)).map(|c| c.providers["o"].responses)
+        };
+        assert!(!preset("ollama", "").unwrap());
+        assert!(preset("ollama", "responses = true").unwrap());
+        assert!(preset("groq", "").unwrap());
     }
 
     #[test]

@@ -42,6 +42,8 @@ pub struct PresetDefaults {
     pub parallel_tool_calls_supported: bool,
     /// `reasoning_content_history`.
     pub reasoning_content_history: bool,
+    /// `responses`: whether the service documents OpenAI's Responses API at `base_url`.
+    pub responses: bool,
 }
 
 /// OpenAI's own behaviour: what every preset starts from.
@@ -54,6 +56,14 @@ const OPENAI_LIKE: PresetDefaults = PresetDefaults {
     tools_supported: true,
     parallel_tool_calls_supported: true,
     reasoning_content_history: false,
+    responses: true,
+};
+
+/// A service or server without a documented Responses API: Responses clients are translated to
+/// its Chat Completions.
+const CHAT_ONLY: PresetDefaults = PresetDefaults {
+    responses: false,
+    ..OPENAI_LIKE
 };
 
 /// Every preset by its config name, in the order the README lists them.
@@ -87,7 +97,10 @@ impl Preset {
     }
 
     pub fn defaults(self) -> PresetDefaults {
-        let d = OPENAI_LIKE;
+        // Groq, xAI, OpenRouter and Fireworks document a Responses API at their base URL; the
+        // others (local servers included: theirs is partial and depends on the release) are
+        // given Responses clients by translation.
+        let (d, c) = (OPENAI_LIKE, CHAT_ONLY);
         match self {
             // Takes `max_completion_tokens` and `stream_options`; refuses `logprobs`,
             // `logit_bias`, `messages[].name` and n > 1 (never sent by a translated request).
@@ -103,7 +116,7 @@ impl Preset {
                 max_tokens_field: MaxTokensField::MaxTokens,
                 stream_usage: false,
                 tool_call_id_format: ToolCallIdFormat::Alphanumeric9,
-                ..d
+                ..c
             },
             // `https://api.deepseek.com` serves `/chat/completions` (`/v1` is an optional
             // alias). Thinking mode with tools needs the assistant turns' `reasoning_content`
@@ -112,7 +125,7 @@ impl Preset {
                 base_url: "https://api.deepseek.com",
                 max_tokens_field: MaxTokensField::MaxTokens,
                 reasoning_content_history: true,
-                ..d
+                ..c
             },
             Preset::Xai => PresetDefaults {
                 base_url: "https://api.x.ai/v1",
@@ -128,7 +141,7 @@ impl Preset {
             Preset::Together => PresetDefaults {
                 base_url: "https://api.together.xyz/v1",
                 max_tokens_field: MaxTokensField::MaxTokens,
-                ..d
+                ..c
             },
             Preset::Fireworks => PresetDefaults {
                 base_url: "https://api.fireworks.ai/inference/v1",
@@ -140,7 +153,7 @@ impl Preset {
             Preset::Cerebras => PresetDefaults {
                 base_url: "https://api.cerebras.ai/v1",
                 parallel_tool_calls_supported: false,
-                ..d
+                ..c
             },
             // No `/v1` in its path; no tool calling; usage comes in its stream chunks.
             Preset::Perplexity => PresetDefaults {
@@ -148,25 +161,25 @@ impl Preset {
                 max_tokens_field: MaxTokensField::MaxTokens,
                 stream_usage: false,
                 tools_supported: false,
-                ..d
+                ..c
             },
             // Local servers: no key needed (one is sent if configured).
             Preset::Ollama => PresetDefaults {
                 base_url: "http://127.0.0.1:11434/v1",
                 keys_required: false,
                 max_tokens_field: MaxTokensField::MaxTokens,
-                ..d
+                ..c
             },
             Preset::Vllm => PresetDefaults {
                 base_url: "http://127.0.0.1:8000/v1",
                 keys_required: false,
-                ..d
+                ..c
             },
             Preset::LmStudio => PresetDefaults {
                 base_url: "http://127.0.0.1:1234/v1",
                 keys_required: false,
                 max_tokens_field: MaxTokensField::MaxTokens,
-                ..d
+                ..c
             },
         }
     }
@@ -188,5 +201,15 @@ mod tests {
             );
         }
         assert_eq!(Preset::parse("openai"), None);
+    }
+
+    #[test]
+    fn only_services_with_a_documented_responses_api_get_responses_clients_passed_through() {
+        let with: Vec<&str> = PRESETS
+            .iter()
+            .filter(|(_, p)| p.defaults().responses)
+            .map(|(n, _)| *n)
+            .collect();
+        assert_eq!(with, ["groq", "xai", "openrouter", "fireworks"]);
     }
 }

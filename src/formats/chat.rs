@@ -72,6 +72,8 @@ pub enum Format {
     /// AWS Bedrock Converse (`POST /model/{modelId}/converse`, `/converse-stream`): a provider
     /// format only; no client speaks it.
     Bedrock,
+    /// OpenAI Responses (`POST /v1/responses`).
+    OpenAiResponses,
 }
 
 /// One chat request, as decoded from a client's body.

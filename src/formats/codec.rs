@@ -3,7 +3,8 @@
 
 use super::chat::{ChatRequest, ChatResponse, Format, StreamError, StreamEvent};
 use super::{
-    anthropic, bedrock, gemini, openai_chat, EncodeInfo, EncodeOptions, FormatError, UpstreamError,
+    anthropic, bedrock, gemini, openai_chat, responses, EncodeInfo, EncodeOptions, FormatError,
+    UpstreamError,
 };
 
 /// A client's request in `format`, decoded.
@@ -16,6 +17,7 @@ pub fn decode_request(format: Format, body: &[u8]) -> Result<ChatRequest, Format
             "unsupported_format",
             "Bedrock Converse is a provider format; clients speak OpenAI or Anthropic",
         )),
+        Format::OpenAiResponses => responses::decode_request(body),
     }
 }
 
@@ -32,6 +34,7 @@ pub fn encode_request(
         Format::Anthropic => anthropic::encode_request(req, upstream_model, opts, out),
         Format::Gemini => gemini::encode_request(req, upstream_model, opts, out),
         Format::Bedrock => bedrock::encode_request(req, upstream_model, opts, out),
+        Format::OpenAiResponses => responses::encode_request(req, upstream_model, opts, out),
     }
 }
 
@@ -46,6 +49,7 @@ pub fn decode_response(
         Format::Anthropic => anthropic::decode_response(body, info),
         Format::Gemini => gemini::decode_response(body, info),
         Format::Bedrock => bedrock::decode_response(body, info),
+        Format::OpenAiResponses => responses::decode_response(body, info),
     }
 }
 
@@ -56,6 +60,7 @@ pub fn encode_response(format: Format, resp: &ChatResponse, client_model: &str, 
         Format::Anthropic => anthropic::encode_response(resp, client_model, out),
         Format::Gemini => gemini::encode_response(resp, client_model, out),
         Format::Bedrock => bedrock::encode_response(resp, client_model, out),
+        Format::OpenAiResponses => responses::encode_response(resp, client_model, out),
     }
 }
 
@@ -66,6 +71,7 @@ pub fn decode_error(format: Format, status: u16, body: &[u8]) -> UpstreamError {
         Format::Anthropic => anthropic::decode_error(status, body),
         Format::Gemini => gemini::decode_error(status, body),
         Format::Bedrock => bedrock::decode_error(status, body),
+        Format::OpenAiResponses => responses::decode_error(status, body),
     }
 }
 
@@ -82,6 +88,7 @@ pub fn error_body(
         Format::Anthropic => anthropic::error_body(status, error_type, message, code),
         Format::Gemini => gemini::error_body(status, error_type, message, code),
         Format::Bedrock => bedrock::error_body(status, error_type, message, code),
+        Format::OpenAiResponses => responses::error_body(status, error_type, message, code),
     }
 }
 
@@ -91,6 +98,7 @@ pub enum StreamDecoder {
     Anthropic(anthropic::StreamDecoder),
     Gemini(gemini::StreamDecoder),
     Bedrock(bedrock::StreamDecoder),
+    OpenAiResponses(responses::StreamDecoder),
 }
 
 impl StreamDecoder {
@@ -100,6 +108,9 @@ impl StreamDecoder {
             Format::Anthropic => StreamDecoder::Anthropic(anthropic::StreamDecoder::new(info)),
             Format::Gemini => StreamDecoder::Gemini(gemini::StreamDecoder::new()),
             Format::Bedrock => StreamDecoder::Bedrock(bedrock::StreamDecoder::new(info)),
+            Format::OpenAiResponses => {
+                StreamDecoder::OpenAiResponses(responses::StreamDecoder::new())
+            }
         }
     }
 
@@ -116,6 +127,7 @@ impl StreamDecoder {
             StreamDecoder::Anthropic(d) => d.feed(event, data, out),
             StreamDecoder::Gemini(d) => d.feed(event, data, out),
             StreamDecoder::Bedrock(d) => d.feed(event, data, out),
+            StreamDecoder::OpenAiResponses(d) => d.feed(event, data, out),
         }
     }
 
@@ -127,6 +139,7 @@ impl StreamDecoder {
             StreamDecoder::Anthropic(d) => d.finish(),
             StreamDecoder::Gemini(d) => d.finish(),
             StreamDecoder::Bedrock(d) => d.finish(),
+            StreamDecoder::OpenAiResponses(d) => d.finish(),
         }
     }
 
@@ -137,6 +150,7 @@ impl StreamDecoder {
             StreamDecoder::Anthropic(d) => d.is_complete(),
             StreamDecoder::Gemini(d) => d.is_complete(),
             StreamDecoder::Bedrock(d) => d.is_complete(),
+            StreamDecoder::OpenAiResponses(d) => d.is_complete(),
         }
     }
 
@@ -148,7 +162,8 @@ impl StreamDecoder {
             StreamDecoder::Bedrock(d) => d.exception(error_type, payload),
             StreamDecoder::OpenAiChat(_)
             | StreamDecoder::Anthropic(_)
-            | StreamDecoder::Gemini(_) => StreamError {
+            | StreamDecoder::Gemini(_)
+            | StreamDecoder::OpenAiResponses(_) => StreamError {
                 status: 502,
                 error_type: error_type.to_owned(),
                 message: format!("the provider reported {error_type} in the stream"),
@@ -162,11 +177,12 @@ pub enum StreamEncoder {
     OpenAiChat(openai_chat::StreamEncoder),
     Anthropic(anthropic::StreamEncoder),
     Gemini(gemini::StreamEncoder),
+    OpenAiResponses(responses::StreamEncoder),
 }
 
 impl StreamEncoder {
     /// `include_usage`: OpenAI's final usage chunk (`stream_options.include_usage`); `created`:
-    /// the Unix time OpenAI chunks carry.
+    /// the Unix time OpenAI chunks and Responses' `response` carry.
     pub fn new(format: Format, client_model: &str, include_usage: bool, created: u64) -> Self {
         match format {
             // No client speaks Bedrock (`ClientApi::format` never names it).
@@ -177,6 +193,9 @@ impl StreamEncoder {
                 StreamEncoder::Anthropic(anthropic::StreamEncoder::new(client_model))
             }
             Format::Gemini => StreamEncoder::Gemini(gemini::StreamEncoder::new(client_model)),
+            Format::OpenAiResponses => {
+                StreamEncoder::OpenAiResponses(responses::StreamEncoder::new(client_model, created))
+            }
         }
     }
 
@@ -185,6 +204,7 @@ impl StreamEncoder {
             StreamEncoder::OpenAiChat(e) => e.encode(ev, out),
             StreamEncoder::Anthropic(e) => e.encode(ev, out),
             StreamEncoder::Gemini(e) => e.encode(ev, out),
+            StreamEncoder::OpenAiResponses(e) => e.encode(ev, out),
         }
     }
 
@@ -194,6 +214,7 @@ impl StreamEncoder {
             StreamEncoder::OpenAiChat(e) => e.finish(out),
             StreamEncoder::Anthropic(e) => e.finish(out),
             StreamEncoder::Gemini(e) => e.finish(out),
+            StreamEncoder::OpenAiResponses(e) => e.finish(out),
         }
     }
 
@@ -203,6 +224,7 @@ impl StreamEncoder {
             StreamEncoder::OpenAiChat(e) => e.error(err, out),
             StreamEncoder::Anthropic(e) => e.error(err, out),
             StreamEncoder::Gemini(e) => e.error(err, out),
+            StreamEncoder::OpenAiResponses(e) => e.error(err, out),
         }
     }
 }

@@ -1,10 +1,10 @@
 //! Wire formats and the translation between them: the format-neutral model of a chat exchange
-//! ([`chat`]) and one codec per wire format ([`openai_chat`], [`anthropic`], [`gemini`],
-//! [`bedrock`]), each turning a
-//! client's request into the neutral model, the neutral model into a provider's request, a
-//! provider's response and stream back into the neutral model, and that into the client's format.
-//! Pure functions and small state machines: no I/O, no clocks except the `created` stamp of an
-//! OpenAI answer that lacks one. What each direction drops or rejects: the README's Translation section.
+//! ([`chat`]) and one codec per wire format ([`openai_chat`], [`anthropic`], [`responses`],
+//! [`gemini`], [`bedrock`]), each turning a client's request into the neutral model, the neutral
+//! model into a provider's request, a provider's response and stream back into the neutral model,
+//! and that into the client's format. Pure functions and small state machines: no I/O, no clocks
+//! except the `created` stamp of an answer that lacks one. What each direction drops or rejects:
+//! the README's Translation section.
 
 pub mod anthropic;
 pub mod bedrock;
@@ -13,6 +13,7 @@ pub mod codec;
 pub mod embeddings;
 pub mod gemini;
 pub mod openai_chat;
+pub mod responses;
 
 mod json;
 
@@ -214,7 +215,7 @@ pub(crate) fn restyle_id(id: &str, prefix: &str) -> String {
     if id.starts_with(prefix) {
         return id.to_owned();
     }
-    let bare = ["chatcmpl-", "msg_"]
+    let bare = ["chatcmpl-", "msg_", "resp_"]
         .iter()
         .find_map(|p| id.strip_prefix(p))
         .unwrap_or(id);
@@ -269,6 +270,8 @@ mod tests {
         assert_eq!(restyle_id("chatcmpl-xyz", "msg_"), "msg_xyz");
         assert_eq!(restyle_id("msg_01ABC", "msg_"), "msg_01ABC");
         assert_eq!(restyle_id("gen-123", "msg_"), "msg_gen-123");
+        assert_eq!(restyle_id("chatcmpl-xyz", "resp_"), "resp_xyz");
+        assert_eq!(restyle_id("resp_xyz", "msg_"), "msg_xyz");
         let fresh = restyle_id("", "msg_");
         assert!(
             fresh.starts_with("msg_") && fresh.len() == 4 + 24,

@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use crate::error::ApiError;
 
 pub use crate::formats::Format;
-use crate::job::ClientRequest;
+use crate::job::{ClientApi, ClientRequest};
 
 /// Headers of one upstream request, in sending order.
 pub type Headers = Vec<(Cow<'static, str>, String)>;
@@ -43,6 +43,14 @@ pub trait Adapter: Send + Sync {
     /// The URL of `operation` for `model`; `None` when the upstream has no such endpoint (the
     /// executor then answers without calling it, e.g. a token count estimate).
     fn url(&self, operation: Operation, model: &str, stream: bool) -> Option<String>;
+
+    /// An endpoint of the upstream that speaks the client's API `api` itself although it is
+    /// not [`Adapter::format`] (OpenAI's Responses API beside Chat Completions): its format and
+    /// URL. The request then passes through unchanged but for its model. `None` (the default):
+    /// the request is translated to `format()` and sent to [`Adapter::url`].
+    fn native_endpoint(&self, _api: ClientApi, _model: &str) -> Option<(Format, String)> {
+        None
+    }
 
     /// Authentication (`key`, the secret the key pool chose) and protocol headers of one
     /// request. Runs on the worker thread and may block briefly (a token refresh); an error ends

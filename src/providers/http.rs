@@ -8,7 +8,7 @@ use std::io::{BufReader, Read};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::adapter::{Adapter, Framing, Headers, Operation, Outgoing};
+use super::adapter::{Adapter, Format, Framing, Headers, Operation, Outgoing};
 use super::frames::{EventSource, EventStreamReader, Frame, FrameError};
 use super::keys::{KeyPolicy, KeyPool, KeySnapshot, ModelMark, NoKey, ProbeOutcome};
 use super::redact::Redactor;
@@ -23,7 +23,7 @@ use crate::config::{
 use crate::error::{ApiError, ErrorKind};
 use crate::formats::bedrock::embeddings::{self, INPUT_TOKENS_HEADER};
 use crate::formats::gemini::EmbeddingsDialect;
-use crate::formats::{EncodeOptions, Format};
+use crate::formats::EncodeOptions;
 use crate::job::{Answer, JobCtl, Usage};
 
 /// Largest upstream response body accepted, in bytes.
@@ -47,6 +47,8 @@ const PAUSE_SLICE: Duration = Duration::from_millis(20);
 /// The upstream request of one job, built once and sent by every attempt.
 struct Prepared {
     operation: Operation,
+    /// The wire format of `url`: the adapter's, or the client's own at a native endpoint.
+    wire: Format,
     url: String,
     body: Vec<u8>,
     mode: Mode,
@@ -154,13 +156,18 @@ impl HttpProvider {
     fn prepare(&self, call: &Call<'_>, stream: bool) -> Result<Prepared, Result<Answer, ApiError>> {
         let request = &call.job.request;
         let operation = request.api.operation();
-        let wire = self.adapter.format();
         let model = call.job.upstream_model.as_str();
-        let Some(url) = self.adapter.url(operation, model, stream) else {
-            return Err(match operation {
-                Operation::CountTokens => translate::count_tokens_estimate(&request.body),
-                _ => Err(unsupported_operation(&self.name, operation)),
-            });
+        let (wire, url) = match self.adapter.native_endpoint(request.api, model) {
+            Some(native) => native,
+            None => match self.adapter.url(operation, model, stream) {
+                Some(url) => (self.adapter.format(), url),
+                None => {
+                    return Err(match operation {
+                        Operation::CountTokens => translate::count_tokens_estimate(&request.body),
+                        _ => Err(unsupported_operation(&self.name, operation)),
+                    })
+                }
+            },
         };
         let mut body = Vec::with_capacity(request.body.len() + 256);
         let mode = translate::prepare(
@@ -175,6 +182,7 @@ impl HttpProvider {
         .map_err(Err)?;
         Ok(Prepared {
             operation,
+            wire,
             url,
             body,
             mode,
@@ -223,6 +231,7 @@ impl HttpProvider {
             let prepared = Prepared {
                 operation: Operation::Embeddings,
                 url: url.clone(),
+                wire: self.adapter.format(),
                 body,
                 mode: Mode::Translated {
                     client: Format::OpenAiChat,
@@ -575,7 +584,7 @@ impl HttpProvider {
         let request = &call.job.request;
         let mut convert = translate::stream_converter(
             &prepared.mode,
-            self.adapter.format(),
+            prepared.wire,
             request.wants_usage,
             &call.job.upstream_model,
         );
@@ -737,13 +746,11 @@ impl HttpProvider {
     ) -> Result<Answer, ApiError> {
         let mut answer = self.read_whole(resp)?;
         let body = std::mem::take(&mut answer.body);
-        let (body, usage) =
-            translate::success_answer(&prepared.mode, self.adapter.format(), body, model).map_err(
-                |e| match e.kind {
-                    ErrorKind::UpstreamInvalid => self.invalid_response(&e.message),
-                    _ => e,
-                },
-            )?;
+        let (body, usage) = translate::success_answer(&prepared.mode, prepared.wire, body, model)
+            .map_err(|e| match e.kind {
+            ErrorKind::UpstreamInvalid => self.invalid_response(&e.message),
+            _ => e,
+        })?;
         answer.body = body;
         answer.content_type = "application/json";
         if prepared.operation != Operation::CountTokens {
@@ -774,7 +781,7 @@ impl HttpProvider {
             let body = std::mem::take(&mut answer.body);
             answer.body = translate::error_answer(
                 &prepared.mode,
-                self.adapter.format(),
+                prepared.wire,
                 answer.status,
                 body,
                 error_type.as_deref(),

@@ -105,7 +105,9 @@ impl Provider {
     ) -> Result<Provider, String> {
         let adapter: Box<dyn adapter::Adapter> = match cfg.kind {
             ProviderType::Mock => return Ok(Provider::Mock(mock::MockProvider::new(cfg))),
-            ProviderType::OpenAi => Box::new(openai::OpenAiAdapter::new(&cfg.base_url)),
+            ProviderType::OpenAi => {
+                Box::new(openai::OpenAiAdapter::new(&cfg.base_url, cfg.responses))
+            }
             ProviderType::Anthropic => Box::new(anthropic::AnthropicAdapter::new(
                 &cfg.base_url,
                 &cfg.anthropic_version,

@@ -18,6 +18,7 @@ use super::sse::push_event;
 use crate::error::{ApiError, ErrorKind};
 use crate::formats::bedrock::embeddings;
 use crate::formats::codec::{self, StreamDecoder, StreamEncoder};
+use crate::formats::responses::WireUsage as ResponsesUsage;
 use crate::formats::{EncodeInfo, EncodeOptions, StreamError, StreamEvent};
 use crate::job::{Answer, ClientApi, Usage};
 
@@ -60,7 +61,7 @@ pub fn same_format(api: ClientApi, wire: Format) -> bool {
         ) | (
             ClientApi::AnthropicMessages | ClientApi::AnthropicCountTokens,
             Format::Anthropic
-        )
+        ) | (ClientApi::OpenAiResponses, Format::OpenAiResponses)
     )
 }
 
@@ -245,7 +246,7 @@ pub fn embeddings_plan(
         Format::Bedrock => Ok(Some(embeddings::plan(body, upstream_model)?)),
         // Google's embeddings are one call, prepared like any other request.
         Format::Gemini => Ok(None),
-        Format::OpenAiChat | Format::Anthropic => Err(ApiError::new(
+        Format::OpenAiChat | Format::Anthropic | Format::OpenAiResponses => Err(ApiError::new(
             ErrorKind::NotFound,
             "unsupported_operation",
             "this provider does not offer this operation",
@@ -573,6 +574,11 @@ pub fn answer_usage(wire: Format, body: &[u8]) -> Option<Usage> {
                 .ok()?
                 .usage
         }
+        Format::OpenAiResponses => serde_json::from_slice::<WithUsage<ResponsesUsage>>(body)
+            .ok()?
+            .usage
+            .map(|u| u.to_neutral())
+            .unwrap_or_default(),
     })
 }
 
@@ -648,10 +654,12 @@ pub fn stream_converter(
                 Format::Anthropic => "message_stop",
                 Format::Gemini => "a chunk with a finishReason",
                 Format::Bedrock => "messageStop",
+                Format::OpenAiResponses => RESPONSES_TERMINATOR,
             },
         }),
         (Mode::Passthrough, Format::Gemini) => Box::new(GeminiPassthrough::default()),
         (Mode::Passthrough, Format::Anthropic) => Box::new(AnthropicPassthrough::default()),
+        (Mode::Passthrough, Format::OpenAiResponses) => Box::new(ResponsesPassthrough::default()),
         // No client speaks Bedrock: a Bedrock stream is always translated.
         (Mode::Passthrough, Format::OpenAiChat | Format::Bedrock) => Box::new(OpenAiPassthrough {
             wants_usage,
@@ -922,6 +930,95 @@ impl StreamConvert for GeminiPassthrough {
             ))
         }
     }
+}
+
+/// The event that completes a Responses stream (`response.incomplete` and `response.failed` end
+/// one too), for messages.
+const RESPONSES_TERMINATOR: &str = "response.completed";
+
+/// Responses events passed on as they are (names kept); the usage read from the event that ends
+/// the stream: `response.completed`, `response.incomplete` or `response.failed` (the last also
+/// ends it with the error the client just got). An `error` event is passed on and remembered;
+/// the stream goes on as the upstream sends it.
+#[derive(Default)]
+struct ResponsesPassthrough {
+    usage: Usage,
+    reported: Option<ApiError>,
+}
+
+impl ResponsesPassthrough {
+    fn read_usage(&mut self, data: &[u8]) {
+        #[derive(Deserialize)]
+        struct Terminal {
+            response: Option<WithUsage<ResponsesUsage>>,
+        }
+        if let Ok(Terminal {
+            response: Some(WithUsage { usage: Some(u) }),
+        }) = serde_json::from_slice(data)
+        {
+            self.usage = u.to_neutral();
+        }
+    }
+}
+
+impl StreamConvert for ResponsesPassthrough {
+    fn event(&mut self, name: &[u8], data: &[u8], out: &mut Vec<u8>) -> Result<Step, ApiError> {
+        push_event(out, name, data);
+        let typed;
+        let ty = if name.is_empty() {
+            typed = event_type(data);
+            typed.as_deref().unwrap_or_default().as_bytes()
+        } else {
+            name
+        };
+        let reported = || {
+            ApiError::new(
+                ErrorKind::UpstreamInvalid,
+                "upstream_stream_error",
+                "the provider reported an error in the stream",
+            )
+        };
+        match ty {
+            b"response.completed" | b"response.incomplete" => {
+                self.read_usage(data);
+                Ok(Step::Complete)
+            }
+            b"response.failed" => {
+                self.read_usage(data);
+                Ok(Step::UpstreamError(reported().already_sent()))
+            }
+            b"error" => {
+                self.reported.get_or_insert_with(reported);
+                Ok(Step::More)
+            }
+            _ => Ok(Step::More),
+        }
+    }
+
+    fn usage(&self) -> Usage {
+        self.usage
+    }
+
+    fn terminator(&self) -> &'static str {
+        RESPONSES_TERMINATOR
+    }
+
+    fn take_reported_error(&mut self) -> Option<ApiError> {
+        self.reported.take()
+    }
+}
+
+/// The `type` of an event's payload (for events sent without an `event:` name).
+fn event_type(data: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Typed<'a> {
+        #[serde(rename = "type", borrow)]
+        ty: Option<Cow<'a, str>>,
+    }
+    serde_json::from_slice::<Typed>(data)
+        .ok()?
+        .ty
+        .map(Cow::into_owned)
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {

@@ -3,7 +3,10 @@ loopback ports and stop them afterwards.
 
 The gateway serves three kinds of provider, each by its own model prefix:
 - `mock/...`: the built-in mock (models `gpt-4o-mini`, `echo`, `text-embedding-3-small`);
-- `up/...`: an `openai` provider on the bench mock's Chat Completions;
+- `up/...`: an `openai` provider on the bench mock's Chat Completions (and its Responses API, for
+  Responses clients);
+- `upchat/...`: an `openai` provider with `responses = false` on the same bench mock (Responses
+  clients are translated to its Chat Completions);
 - `anth/...`: an `anthropic` provider on the bench mock's Messages API;
 - `gem/...`: a `gemini` provider on the bench mock's Gemini API (Google AI Studio);
 - `vtx/...`, `vtx2/...`: `vertex` providers on the bench mock's Vertex AI endpoints, each with a
@@ -190,6 +193,15 @@ rate_limit_cooldown_ms_default = 200
 rate_limit_cooldown_ms_max = 200
 
 [providers.up.breaker]
+enabled = false
+
+[providers.upchat]
+type = "openai"
+base_url = "http://{mock}/v1"
+responses = false
+keys = [{{ key = "env:SDK_UPSTREAM_KEY" }}]
+
+[providers.upchat.breaker]
 enabled = false
 
 [providers.anth]

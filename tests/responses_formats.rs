@@ -1,0 +1,242 @@
+//! Golden tests of the OpenAI Responses codec (`tests/fixtures/responses/`): the API reference's
+//! own examples (a text answer, a function call, a text stream) decoded and encoded again must
+//! give back every field the reference has, with its values (but the ids of output items, which
+//! are the gateway's, and the request settings a translated answer does not echo); a Codex
+//! request is decoded and encoded for Anthropic and Chat Completions providers; the Anthropic
+//! and Chat Completions stream fixtures of `tests/fixtures/formats/` are written as Responses
+//! streams. The last two are compared with `tests/fixtures/responses/expected/` (JSON as values,
+//! SSE byte for byte); `FORMATS_UPDATE_GOLDEN=1 cargo test --test responses_formats` rewrites
+//! them after a deliberate change (review the diff).
+
+use std::fs;
+use std::path::PathBuf;
+
+use deepintshield::formats::{
+    anthropic, openai_chat, responses, EncodeInfo, EncodeOptions, StreamEvent,
+};
+use serde_json::Value;
+
+/// The `created_at` the stream encoder is given.
+const CREATED: u64 = 1_741_290_958;
+
+fn dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn input(name: &str) -> Vec<u8> {
+    fs::read(dir().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+fn updating() -> bool {
+    std::env::var_os("FORMATS_UPDATE_GOLDEN").is_some()
+}
+
+/// `actual` with every `"completed_at":<time>` set to 0 (the clock of the run).
+fn without_clock(actual: &[u8]) -> Vec<u8> {
+    const KEY: &[u8] = b"\"completed_at\":";
+    let mut out = Vec::with_capacity(actual.len());
+    let mut rest = actual;
+    while let Some(at) = rest.windows(KEY.len()).position(|w| w == KEY) {
+        out.extend_from_slice(&rest[..at + KEY.len()]);
+        rest = &rest[at + KEY.len()..];
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        if digits > 0 {
+            out.push(b'0');
+        }
+        rest = &rest[digits..];
+    }
+    out.extend_from_slice(rest);
+    out
+}
+
+fn golden(name: &str, actual: &[u8], json: bool) {
+    let actual = &without_clock(actual)[..];
+    let path = dir().join("responses/expected").join(name);
+    if updating() {
+        let text = match json {
+            true => {
+                let v: Value = serde_json::from_slice(actual).unwrap();
+                serde_json::to_string_pretty(&v).unwrap() + "\n"
+            }
+            false => String::from_utf8(actual.to_vec()).unwrap(),
+        };
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, text).unwrap();
+        return;
+    }
+    let expected = fs::read(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+    if json {
+        let a: Value = serde_json::from_slice(actual).unwrap();
+        let e: Value = serde_json::from_slice(&expected).unwrap();
+        assert!(
+            a == e,
+            "{name} differs\n--- expected\n{e:#}\n--- actual\n{a:#}"
+        );
+    } else {
+        assert!(
+            actual == expected.as_slice(),
+            "{name} differs\n--- expected\n{}\n--- actual\n{}",
+            String::from_utf8_lossy(&expected),
+            String::from_utf8_lossy(actual)
+        );
+    }
+}
+
+/// (name, data) of each SSE event, comments left out.
+fn sse(bytes: &[u8]) -> Vec<(String, String)> {
+    String::from_utf8(bytes.to_vec())
+        .unwrap()
+        .split("\n\n")
+        .filter(|e| !e.trim().is_empty() && !e.starts_with(':'))
+        .map(|e| {
+            let mut name = String::new();
+            let mut data = String::new();
+            for line in e.lines() {
+                if let Some(n) = line.strip_prefix("event: ") {
+                    name = n.to_string();
+                } else if let Some(d) = line.strip_prefix("data: ") {
+                    data = d.to_string();
+                }
+            }
+            (name, data)
+        })
+        .collect()
+}
+
+/// Fields where a translated answer legitimately differs from the reference: the ids of output
+/// items (the gateway's own), the time it completed, and the request settings it does not echo.
+const NOT_COMPARED: &[&str] = &[
+    "completed_at",
+    "instructions",
+    "temperature",
+    "top_p",
+    "store",
+    "tools",
+];
+
+/// `ours` has every field of `reference` with the same value (arrays element by element), but
+/// the fields of [`NOT_COMPARED`] and item ids (`id` inside `output` and `item`, `item_id`).
+fn assert_covers(ours: &Value, reference: &Value, path: &str) {
+    match (ours, reference) {
+        (Value::Object(o), Value::Object(r)) => {
+            for (k, rv) in r {
+                let at = format!("{path}.{k}");
+                let Some(ov) = o.get(k) else {
+                    panic!("{at} missing: ours {ours:#}");
+                };
+                let item_id = k == "item_id"
+                    || (k == "id" && (path.contains(".output[") || path.ends_with(".item")));
+                if NOT_COMPARED.contains(&k.as_str()) || item_id {
+                    continue;
+                }
+                assert_covers(ov, rv, &at);
+            }
+        }
+        (Value::Array(o), Value::Array(r)) => {
+            assert_eq!(o.len(), r.len(), "{path}: {ours} vs {reference}");
+            for (i, (ov, rv)) in o.iter().zip(r).enumerate() {
+                assert_covers(ov, rv, &format!("{path}[{i}]"));
+            }
+        }
+        _ => assert_eq!(ours, reference, "{path}"),
+    }
+}
+
+#[test]
+fn reference_answers_come_back_as_the_reference() {
+    for name in ["reference_response.json", "reference_function_call.json"] {
+        let body = input(&format!("responses/{name}"));
+        let reference: Value = serde_json::from_slice(&body).unwrap();
+        let resp = responses::decode_response(&body, &EncodeInfo::default()).unwrap();
+        let mut out = Vec::new();
+        responses::encode_response(&resp, reference["model"].as_str().unwrap(), &mut out);
+        let ours: Value = serde_json::from_slice(&out).unwrap();
+        assert_covers(&ours, &reference, name);
+    }
+}
+
+#[test]
+fn the_reference_stream_comes_back_as_the_reference() {
+    let transcript = input("responses/reference_stream.sse");
+    let reference = sse(&transcript);
+    let mut decoder = responses::StreamDecoder::new();
+    let mut neutral = Vec::new();
+    for (name, data) in &reference {
+        decoder
+            .feed(Some(name), data.as_bytes(), &mut neutral)
+            .unwrap();
+    }
+    assert!(decoder.is_complete());
+    let mut encoder = responses::StreamEncoder::new("gpt-5.4", CREATED);
+    let mut out = Vec::new();
+    for ev in &neutral {
+        encoder.encode(ev, &mut out);
+    }
+    encoder.finish(&mut out);
+    let ours = sse(&out);
+    let names =
+        |evs: &[(String, String)]| -> Vec<String> { evs.iter().map(|(n, _)| n.clone()).collect() };
+    assert_eq!(names(&ours), names(&reference));
+    for (i, ((name, o), (_, r))) in ours.iter().zip(&reference).enumerate() {
+        let o: Value = serde_json::from_str(o).unwrap();
+        let r: Value = serde_json::from_str(r).unwrap();
+        assert_covers(&o, &r, &format!("[{i}] {name}"));
+        assert_eq!(o["sequence_number"], i as u64, "{name}");
+    }
+}
+
+/// Neutral events of a stream fixture of another format.
+fn neutral_of(name: &str) -> Vec<StreamEvent> {
+    let transcript = input(&format!("formats/{name}"));
+    let mut events = Vec::new();
+    match name.starts_with("anthropic") {
+        true => {
+            let mut d = anthropic::StreamDecoder::new(&EncodeInfo::default());
+            for (n, data) in sse(&transcript) {
+                d.feed(Some(&n), data.as_bytes(), &mut events).unwrap();
+            }
+        }
+        false => {
+            let mut d = openai_chat::StreamDecoder::new();
+            for (n, data) in sse(&transcript) {
+                let name = (!n.is_empty()).then_some(n.as_str());
+                d.feed(name, data.as_bytes(), &mut events).unwrap();
+            }
+        }
+    }
+    events
+}
+
+#[test]
+fn other_formats_streams_become_responses_streams() {
+    for name in ["anthropic_stream.sse", "openai_stream.sse"] {
+        let mut encoder = responses::StreamEncoder::new("client-model", CREATED);
+        let mut out = Vec::new();
+        for ev in &neutral_of(name) {
+            encoder.encode(ev, &mut out);
+        }
+        encoder.finish(&mut out);
+        // Every event is well-formed and numbered in order.
+        for (i, (event, data)) in sse(&out).iter().enumerate() {
+            let v: Value = serde_json::from_str(data).unwrap();
+            assert_eq!(
+                (v["type"].as_str(), v["sequence_number"].as_u64()),
+                (Some(event.as_str()), Some(i as u64))
+            );
+        }
+        golden(&name.replace(".sse", ".to_responses.sse"), &out, false);
+    }
+}
+
+#[test]
+fn a_codex_request_is_translated_for_other_providers() {
+    let body = input("responses/codex_request.json");
+    let req = responses::decode_request(&body).unwrap();
+    let opts = EncodeOptions::default();
+    let mut out = Vec::new();
+    anthropic::encode_request(&req, "claude-sonnet-4-5", &opts, &mut out).unwrap();
+    golden("codex_request.to_anthropic.json", &out, true);
+    let mut out = Vec::new();
+    openai_chat::encode_request(&req, "gpt-4.1", &opts, &mut out).unwrap();
+    golden("codex_request.to_openai.json", &out, true);
+}
