@@ -1,20 +1,9 @@
-//! An optional extra check, not part of the suite that runs by default: AWS's SigV4 test suite
-//! (the `v4` cases of the AWS signing test suite, as shipped with the AWS Common Runtime's auth
-//! library: `<case>/request.txt`, `context.json`, `header-canonical-request.txt`,
+//! AWS's SigV4 test suite (the `v4` cases of the AWS signing test suite, as published with the
+//! AWS Common Runtime's auth library and vendored unchanged in `tests/fixtures/aws-sigv4/v4`:
+//! `<case>/request.txt`, `context.json`, `header-canonical-request.txt`,
 //! `header-string-to-sign.txt`, `header-signature.txt`, `header-signed-request.txt`) driven
 //! through `providers::sigv4`: every step of every case must match, and the verifier must accept
-//! what the signer produced.
-//!
-//! The suite is not part of this repository; the signer's committed known answers (AWS's
-//! documented examples and the AWS SDK's signatures) are unit tests in `src/providers/sigv4.rs`.
-//! To run this check, fetch the suite and point `DEEPINTSHIELD_SIGV4_SUITE` at its `v4` folder
-//! (or place it at `shared/aws-signing-test-suite/v4` inside or beside the checkout):
-//!
-//! ```text
-//! DEEPINTSHIELD_SIGV4_SUITE=/path/to/v4 cargo test --test sigv4_suite -- --ignored
-//! ```
-//!
-//! Run that way, a missing suite is a failure, not a pass.
+//! what the signer produced. `DEEPINTSHIELD_SIGV4_SUITE` points it at another copy of the folder.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
@@ -26,22 +15,19 @@ use deepintshield::providers::sigv4::{
 use serde_json::Value;
 
 const SUITE_ENV: &str = "DEEPINTSHIELD_SIGV4_SUITE";
-const SUITE_SUBDIR: &str = "shared/aws-signing-test-suite/v4";
+/// The vendored suite, relative to the crate.
+const SUITE_SUBDIR: &str = "tests/fixtures/aws-sigv4/v4";
+/// The cases of the vendored suite: all of them must be found and run.
+const SUITE_CASES: usize = 38;
 
-fn suite_dir() -> Option<PathBuf> {
-    if let Some(dir) = std::env::var_os(SUITE_ENV) {
-        let dir = PathBuf::from(dir);
-        assert!(
-            dir.is_dir(),
-            "{SUITE_ENV}={} is not a folder",
-            dir.display()
-        );
-        return Some(dir);
+fn suite_dir() -> (PathBuf, bool) {
+    match std::env::var_os(SUITE_ENV) {
+        Some(dir) => (PathBuf::from(dir), false),
+        None => (
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(SUITE_SUBDIR),
+            true,
+        ),
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    [root.join(SUITE_SUBDIR), root.join("..").join(SUITE_SUBDIR)]
-        .into_iter()
-        .find(|d| d.is_dir())
 }
 
 /// A parsed `request.txt`: request line, headers (continuation lines joined), body.
@@ -222,11 +208,9 @@ fn run_case(dir: &Path) -> Result<(), String> {
 }
 
 #[test]
-#[ignore = "needs AWS's SigV4 test suite, which is not in this repository (see the header)"]
 fn aws_sigv4_test_suite() {
-    let dir = suite_dir().unwrap_or_else(|| {
-        panic!("the AWS SigV4 test suite is not present: set {SUITE_ENV} to its v4 folder")
-    });
+    let (dir, vendored) = suite_dir();
+    assert!(dir.is_dir(), "{} is not a folder", dir.display());
     let mut cases: Vec<PathBuf> = std::fs::read_dir(&dir)
         .expect("read the suite folder")
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -234,6 +218,9 @@ fn aws_sigv4_test_suite() {
         .collect();
     cases.sort();
     assert!(!cases.is_empty(), "no cases in {}", dir.display());
+    if vendored {
+        assert_eq!(cases.len(), SUITE_CASES, "cases in {}", dir.display());
+    }
     let mut failures = Vec::new();
     for case in &cases {
         if let Err(e) = run_case(case) {
