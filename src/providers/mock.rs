@@ -76,13 +76,13 @@ impl MockProvider {
     /// Read the request, decide the answer, then wait the configured latency (time to the first
     /// token of a stream).
     fn reply(&self, call: &Call<'_>) -> Result<Reply, ApiError> {
-        #[cfg(debug_assertions)]
+        #[cfg(feature = "fault-injection")]
         if call.job.upstream_model == "__panic__" {
-            // Test-only trigger (compiled out of release builds): proves a panicking job is
-            // answered 500 and the worker lives on.
+            // Test-only trigger (the `fault-injection` feature, never in a release build): proves
+            // a panicking job is answered 500 and the worker lives on.
             panic!("mock provider asked to panic");
         }
-        #[cfg(debug_assertions)]
+        #[cfg(feature = "fault-injection")]
         if call.job.upstream_model == "__stall__" {
             // Test-only trigger: a call that ignores its deadline and cancellation, as a worker
             // stuck in a library call would; the supervisor must replace this worker.
