@@ -46,6 +46,7 @@ impl ServiceStats {
             "last_reload_ok_unix_s": g(&self.last_reload_ok_unix_s),
             "pools_draining": g(&self.pools_draining),
             "watchdog_failures": g(&self.watchdog_failures),
+            "log_lines_dropped": crate::log::dropped_lines(),
         })
     }
 }
