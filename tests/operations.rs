@@ -145,3 +145,100 @@ fn client_values_in_the_access_log_are_bounded_and_escaped() {
         .iter()
         .any(|l| l.starts_with("level=error msg=forged")));
 }
+
+// --- files behind the config --------------------------------------------------------------------
+
+/// `deepintshield --check <config>`: (exit code, stdout + stderr), or None when it ran past
+/// `timeout` (then it is killed).
+fn check_config(config: &std::path::Path, timeout: Duration) -> Option<(i32, String)> {
+    let mut child = std::process::Command::new(gateway_bin())
+        .arg("--check")
+        .arg(config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn --check");
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            let out = child.wait_with_output().expect("output");
+            let text = String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr);
+            return Some((status.code().unwrap_or(-1), text));
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A FIFO in the test temp dir that nobody writes to.
+fn fifo(name: &str) -> std::path::PathBuf {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let path = dir.join(format!("{name}-{}.fifo", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let status = std::process::Command::new("mkfifo")
+        .arg(&path)
+        .status()
+        .expect("mkfifo");
+    assert!(status.success());
+    path
+}
+
+#[test]
+fn a_fifo_secret_is_refused_without_hanging() {
+    let pipe = fifo("client-key");
+    let with_fifo = mock_config().replace(
+        "[server]\n",
+        &format!("[server]\nclient_keys = [\"file:{}\"]\n", pipe.display()),
+    );
+    // --check (the unit's ExecStartPre) answers at once.
+    let config = write_config(&with_fifo);
+    let (code, out) =
+        check_config(&config, Duration::from_secs(5)).expect("--check hung on a FIFO");
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("server.client_keys[0]") && out.contains("not a regular file"),
+        "{out}"
+    );
+
+    // A reload onto it fails at once; the gateway keeps serving and still stops on SIGTERM.
+    let (mut gw, log) = Gateway::start_logged(&mock_config(), &[]);
+    gw.reload_with(&with_fifo);
+    let failed = log.wait_for(Duration::from_secs(5), |l| l.contains("reload failed"));
+    let failed = failed.expect("the reload did not fail in time");
+    assert!(failed.contains("not a regular file"), "{failed}");
+    assert_eq!(gw.chat("mock/m", "still here").status, 200);
+    gw.proc.signal(libc::SIGTERM);
+    assert_eq!(gw.proc.wait_exit(Duration::from_secs(10)), Some(0));
+    std::fs::remove_file(pipe).unwrap();
+}
+
+#[test]
+fn check_refuses_a_ca_file_that_is_no_certificate() {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let ca = dir.join(format!("not-a-ca-{}.pem", std::process::id()));
+    std::fs::write(&ca, "this is not a certificate\n").unwrap();
+    let config = write_config(&format!(
+        "{}[providers.up]\ntype = \"openai\"\nbase_url = \"https://127.0.0.1:1/v1\"\nkeys = [{{ key = \"env:HOME\" }}]\nca_file = \"{}\"\n",
+        base_config(),
+        ca.display()
+    ));
+    let (code, out) = check_config(&config, Duration::from_secs(10)).expect("--check");
+    assert_eq!(code, 2, "--check accepted it: {out}");
+    assert!(
+        out.contains("providers.up.ca_file") && out.contains("no certificate found"),
+        "{out}"
+    );
+    // What --check refuses, start refuses the same way.
+    let out = std::process::Command::new(gateway_bin())
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("providers.up.ca_file"));
+}

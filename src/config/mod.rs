@@ -116,6 +116,8 @@ pub const FALLBACKS_MAX: usize = 8;
 pub const SECRET_FILE_BYTES_MAX: u64 = 64 * 1024;
 /// Largest config file, bytes.
 pub const CONFIG_FILE_BYTES_MAX: u64 = 4 * 1024 * 1024;
+/// Largest `ca_file`, bytes (a full public root bundle is about 250 KiB).
+pub const CA_FILE_BYTES_MAX: u64 = 4 * 1024 * 1024;
 
 /// `providers.<name>.mock.latency_ms`: fixed latency of each mock answer.
 pub const MOCK_LATENCY_MS_DEFAULT: u64 = 0;
@@ -643,15 +645,60 @@ impl Config {
 
 fn read_config_file(path: &Path) -> Result<String, ConfigError> {
     let fail = |e: &dyn fmt::Display| ConfigError(format!("{}: cannot read: {e}", path.display()));
-    let file = std::fs::File::open(path).map_err(|e| fail(&e))?;
-    let mut text = String::new();
-    file.take(CONFIG_FILE_BYTES_MAX + 1)
-        .read_to_string(&mut text)
-        .map_err(|e| fail(&e))?;
-    if text.len() as u64 > CONFIG_FILE_BYTES_MAX {
-        return Err(fail(&format!("larger than {CONFIG_FILE_BYTES_MAX} bytes")));
+    let bytes = read_regular_file(path, CONFIG_FILE_BYTES_MAX).map_err(|e| fail(&e))?;
+    String::from_utf8(bytes).map_err(|_| fail(&"not valid UTF-8"))
+}
+
+/// The contents of the regular file at `path`, at most `bytes_max` bytes. A FIFO, a device or a
+/// directory is refused without reading it: the file is opened non-blocking (opening a FIFO
+/// otherwise waits for a writer, and reading a device may never end), so `--check`, start-up and
+/// a reload (and with it SIGTERM, which waits for the reload) can never hang on a file. Messages
+/// never hold the contents.
+pub fn read_regular_file(path: &Path, bytes_max: u64) -> Result<Vec<u8>, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file (a FIFO, device or directory is refused)".into());
     }
-    Ok(text)
+    let mut bytes = Vec::new();
+    file.take(bytes_max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > bytes_max {
+        return Err(format!("larger than {bytes_max} bytes"));
+    }
+    Ok(bytes)
+}
+
+/// The root certificates of a provider's `ca_file`: PEM `CERTIFICATE` blocks (other blocks are
+/// skipped), each a valid X.509 certificate usable as a trust anchor, at least one. Both
+/// `--check` (and every config load) and the start of a provider's pool read it through here, so
+/// a file `--check` accepts is one the gateway starts with.
+pub fn ca_certificates(path: &Path) -> Result<Vec<ureq::tls::Certificate<'static>>, String> {
+    let pem = read_regular_file(path, CA_FILE_BYTES_MAX)?;
+    let mut certs: Vec<ureq::tls::Certificate<'static>> = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        match item.map_err(|e| e.to_string())? {
+            ureq::tls::PemItem::Certificate(c) => certs.push(c),
+            _ => continue,
+        }
+    }
+    if certs.is_empty() {
+        return Err("no certificate found (expected PEM \"BEGIN CERTIFICATE\" blocks)".into());
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for (i, cert) in certs.iter().enumerate() {
+        let der = rustls::pki_types::CertificateDer::from(cert.der().to_vec());
+        roots
+            .add(der)
+            .map_err(|e| format!("certificate {} of the file is not usable: {e}", i + 1))?;
+    }
+    Ok(certs)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1185,17 +1232,10 @@ impl Checker<'_> {
         }
         let full = self.dir.join(path);
         let shown = full.display();
-        let file = std::fs::File::open(&full)
+        let bytes = read_regular_file(&full, SECRET_FILE_BYTES_MAX)
             .map_err(|e| format!("cannot read secret file \"{shown}\": {e}"))?;
-        let mut text = String::new();
-        file.take(SECRET_FILE_BYTES_MAX + 1)
-            .read_to_string(&mut text)
-            .map_err(|e| format!("cannot read secret file \"{shown}\": {e}"))?;
-        if text.len() as u64 > SECRET_FILE_BYTES_MAX {
-            return Err(format!(
-                "secret file \"{shown}\" is larger than {SECRET_FILE_BYTES_MAX} bytes"
-            ));
-        }
+        let text = String::from_utf8(bytes)
+            .map_err(|_| format!("secret file \"{shown}\" is not valid UTF-8"))?;
         let value = text.trim_end_matches(['\n', '\r']);
         if value.is_empty() {
             return Err(format!("secret file \"{shown}\" is empty"));
@@ -1863,12 +1903,8 @@ impl Checker<'_> {
             return None;
         }
         let full = self.dir.join(path);
-        match std::fs::metadata(&full) {
-            Ok(meta) if meta.is_file() => Some(full),
-            Ok(_) => {
-                self.error(key, format!("\"{}\" is not a file", full.display()));
-                None
-            }
+        match ca_certificates(&full) {
+            Ok(_) => Some(full),
             Err(e) => {
                 self.error(key, format!("cannot read \"{}\": {e}", full.display()));
                 None
@@ -2310,7 +2346,7 @@ mod tests {
 
     #[test]
     fn full_example_parses() {
-        let ca = temp_file("ca.pem", "-----BEGIN CERTIFICATE-----\n");
+        let ca = temp_file("ca.pem", &ca_pem());
         let text = format!(
             r#"
 [server]
@@ -2802,6 +2838,82 @@ worker_stack_kb = 64
         let c = parse(&text, &at, &|_| None, Some(CORES)).unwrap();
         assert_eq!(c.server.client_keys[0].expose(), "sk-relative");
         std::fs::remove_file(secret).unwrap();
+    }
+
+    /// A self-signed certificate, PEM.
+    fn ca_pem() -> String {
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string()])
+            .unwrap()
+            .cert
+            .pem()
+    }
+
+    /// A FIFO under the temp dir (nobody ever opens it for writing).
+    fn temp_fifo(name: &str) -> PathBuf {
+        let path = std::env::temp_dir().join(format!(
+            "deepintshield-config-{}-{name}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&path);
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo with a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        path
+    }
+
+    #[test]
+    fn ca_file_must_hold_usable_certificates() {
+        let good = temp_file("ca-good.pem", &ca_pem());
+        let text = |p: &Path| format!("{MOCK}ca_file = {:?}\n", p.display().to_string());
+        assert!(check(&text(&good)).is_ok());
+        let cases = [
+            ("ca-text.pem", "not a certificate\n".to_string(), "no certificate found"),
+            (
+                "ca-key.pem",
+                "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA==\n-----END PRIVATE KEY-----\n"
+                    .to_string(),
+                "no certificate found",
+            ),
+            (
+                "ca-garbage.pem",
+                "-----BEGIN CERTIFICATE-----\nZ2FyYmFnZQ==\n-----END CERTIFICATE-----\n".to_string(),
+                "certificate 1 of the file is not usable",
+            ),
+        ];
+        for (name, contents, why) in cases {
+            let bad = temp_file(name, &contents);
+            let e = err(&text(&bad));
+            assert!(
+                e.contains("providers.mock.ca_file: cannot read") && e.contains(why),
+                "{e}"
+            );
+            std::fs::remove_file(bad).unwrap();
+        }
+        let e = err(&text(&std::env::temp_dir()));
+        assert!(e.contains("not a regular file"), "{e}");
+        std::fs::remove_file(good).unwrap();
+    }
+
+    #[test]
+    fn fifos_and_devices_are_refused_without_blocking() {
+        let fifo = temp_fifo("secret-fifo");
+        let text = |p: &Path| format!("[server]\nclient_keys = [\"file:{}\"]\n{MOCK}", p.display());
+        for path in [fifo.as_path(), Path::new("/dev/zero")] {
+            let e = err(&text(path));
+            assert!(
+                e.contains("server.client_keys[0]: cannot read secret file")
+                    && e.contains("not a regular file"),
+                "{e}"
+            );
+        }
+        let e = err(&format!(
+            "{MOCK}ca_file = {:?}\n",
+            fifo.display().to_string()
+        ));
+        assert!(e.contains("not a regular file"), "{e}");
+        let e = Config::load(&fifo).unwrap_err().to_string();
+        assert!(e.contains("cannot read: not a regular file"), "{e}");
+        std::fs::remove_file(fifo).unwrap();
     }
 
     #[test]
