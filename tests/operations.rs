@@ -242,3 +242,78 @@ fn check_refuses_a_ca_file_that_is_no_certificate() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("providers.up.ca_file"));
 }
+
+// --- the admin listener -----------------------------------------------------------------------
+
+const ADMIN_TOKEN: &str = "adm-7f3c9e21b4";
+
+#[test]
+fn the_admin_token_guards_stats_and_metrics_but_not_health() {
+    let cfg = mock_config().replace(
+        "[server]\n",
+        "[server]\nadmin_token = \"env:TEST_ADMIN_TOKEN\"\n",
+    );
+    let (gw, log) = Gateway::start_logged(&cfg, &[("TEST_ADMIN_TOKEN", ADMIN_TOKEN)]);
+    let get = |path: &str, auth: Option<&str>| {
+        let headers: Vec<(&str, &str)> = auth.map(|a| ("authorization", a)).into_iter().collect();
+        request(gw.admin, "GET", path, &headers, b"")
+    };
+    // Load balancers probe /health without credentials.
+    assert_eq!(get("/health", None).status, 200);
+    for path in ["/stats", "/metrics"] {
+        let r = get(path, None);
+        assert_eq!(r.status, 401, "{path}");
+        assert_eq!(r.error_code(), "missing_admin_token");
+        assert!(r
+            .header("www-authenticate")
+            .is_some_and(|v| v.starts_with("Bearer")));
+        let r = get(path, Some("Bearer wrong-token"));
+        assert_eq!(
+            (r.status, r.error_code()),
+            (401, "invalid_admin_token".into()),
+            "{path}"
+        );
+        assert!(!String::from_utf8_lossy(&r.body).contains(ADMIN_TOKEN));
+        let r = get(path, Some(&format!("Basic {ADMIN_TOKEN}")));
+        assert_eq!(r.status, 401, "{path}: only the Bearer scheme");
+        for scheme in ["Bearer", "bearer"] {
+            let r = get(path, Some(&format!("{scheme} {ADMIN_TOKEN}")));
+            assert_eq!(r.status, 200, "{path} with {scheme}");
+        }
+    }
+    // The API's client keys are another matter: the API needs none here.
+    assert_eq!(gw.chat("mock/m", "x").status, 200);
+    // On loopback with a token: no warning; the token never reaches the log.
+    assert!(
+        !log.lines()
+            .iter()
+            .any(|l| l.contains("admin_token") || l.contains(ADMIN_TOKEN)),
+        "{:?}",
+        log.lines()
+    );
+}
+
+#[test]
+fn an_open_admin_listener_beyond_loopback_is_warned_about() {
+    let open = mock_config().replace(
+        "admin_listen = \"127.0.0.1:0\"",
+        "admin_listen = \"0.0.0.0:0\"",
+    );
+    let (_gw, log) = Gateway::start_logged(&open, &[]);
+    let warning = log.wait_for(IO_TIMEOUT, |l| l.contains("server.admin_token is not set"));
+    let warning = warning.expect("no warning for an open admin listener");
+    assert!(warning.starts_with("level=warn") && warning.contains("admin_listen=0.0.0.0:"));
+
+    // With a token, the same listener is not warned about.
+    let guarded = open.replace(
+        "[server]\n",
+        "[server]\nadmin_token = \"env:TEST_ADMIN_TOKEN\"\n",
+    );
+    let (gw, log) = Gateway::start_logged(&guarded, &[("TEST_ADMIN_TOKEN", ADMIN_TOKEN)]);
+    assert_eq!(gw.chat("mock/m", "x").status, 200);
+    assert!(
+        !log.lines().iter().any(|l| l.contains("admin_token")),
+        "{:?}",
+        log.lines()
+    );
+}

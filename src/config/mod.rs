@@ -401,6 +401,8 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     /// Accepted client keys (`Authorization: Bearer` or `x-api-key`); empty = no client auth.
     pub client_keys: Vec<Secret>,
+    /// The token `/stats` and `/metrics` require (`Authorization: Bearer`); `None` = open.
+    pub admin_token: Option<Secret>,
 }
 
 #[derive(Clone, Debug)]
@@ -721,6 +723,7 @@ impl Default for ServerConfig {
             json_depth_max: JSON_DEPTH_MAX_DEFAULT as usize,
             shutdown_timeout: Duration::from_millis(SHUTDOWN_TIMEOUT_MS_DEFAULT),
             client_keys: Vec::new(),
+            admin_token: None,
         }
     }
 }
@@ -871,6 +874,7 @@ struct ServerFile {
     body_buffer_bytes_max: Option<u64>,
     shutdown_timeout_ms: Option<u64>,
     client_keys: Option<Vec<String>>,
+    admin_token: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1284,6 +1288,10 @@ impl Checker<'_> {
                 SHUTDOWN_TIMEOUT_MS_DEFAULT,
             ),
             client_keys: self.client_keys(f.client_keys.unwrap_or_default()),
+            admin_token: f
+                .admin_token
+                .as_deref()
+                .and_then(|reference| self.secret("server.admin_token", reference)),
         }
     }
 
@@ -2368,6 +2376,7 @@ connections_max = 1000
 body_buffer_bytes_max = 8388608
 shutdown_timeout_ms = 5000
 client_keys = ["env:DEEPINTSHIELD_CLIENT_KEY"]
+admin_token = "env:DEEPINTSHIELD_ADMIN_TOKEN"
 
 [stats]
 stdout_interval_ms = 0
@@ -2410,6 +2419,7 @@ worker_stack_kb = 64
         );
         let env = [
             ("DEEPINTSHIELD_CLIENT_KEY", "client-1"),
+            ("DEEPINTSHIELD_ADMIN_TOKEN", "admin-1"),
             ("OPENAI_API_KEY", "sk-one"),
             ("OPENAI_API_KEY_2", "sk-two"),
         ];
@@ -2439,6 +2449,7 @@ worker_stack_kb = 64
         assert_eq!(s.shutdown_timeout, Duration::from_millis(5000));
         assert_eq!(s.json_depth_max, 32);
         assert_eq!(s.client_keys[0].expose(), "client-1");
+        assert_eq!(s.admin_token.as_ref().map(Secret::expose), Some("admin-1"));
         assert_eq!(c.stats.stdout_interval, None);
         assert_eq!(c.stats.objpool_hit_ratio_warn, 0.5);
         assert_eq!((c.objpools.buffers, c.objpools.buffers_prefill), (64, 64));
