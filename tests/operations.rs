@@ -317,3 +317,91 @@ fn an_open_admin_listener_beyond_loopback_is_warned_about() {
         log.lines()
     );
 }
+
+// --- the descriptor limit ---------------------------------------------------------------------
+
+/// Start a gateway on `toml` under a soft descriptor limit of `soft` (hard `hard`, or unchanged).
+fn start_under_fd_limit(toml: &str, soft: u64, hard: Option<u64>) -> (Gateway, StderrLog) {
+    Gateway::start_logged_with(toml, move |cmd| {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: only async-signal-safe calls (getrlimit, setrlimit) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let mut l = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                l.rlim_max = hard.unwrap_or(l.rlim_max);
+                l.rlim_cur = soft.min(l.rlim_max);
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &l) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            })
+        };
+    })
+}
+
+/// `(soft, hard)` of "Max open files" in /proc/<pid>/limits.
+fn open_files_limit(pid: i32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("Max open files");
+    let values: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (values[0], values[1])
+}
+
+#[test]
+fn the_soft_descriptor_limit_is_raised_to_the_hard_one() {
+    let mut ours = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit into a valid rlimit.
+    assert_eq!(
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut ours) },
+        0
+    );
+    let hard = ours.rlim_max.min(1 << 20);
+    assert!(
+        hard >= 2048,
+        "this machine's hard limit ({hard}) is too low for the test"
+    );
+    // Enough descriptors once raised to the hard limit: no warning then.
+    let connections_max = 512;
+    let cfg = mock_config().replace(
+        "[server]\n",
+        &format!("[server]\nconnections_max = {connections_max}\n"),
+    );
+    let (gw, log) = start_under_fd_limit(&cfg, 256, Some(hard));
+    assert_eq!(open_files_limit(gw.proc.pid()), (hard, hard));
+    log.wait_for(IO_TIMEOUT, |l| {
+        l.contains("raised the file descriptor limit")
+    })
+    .expect("the raise is logged");
+    assert_eq!(gw.chat("mock/m", "x").status, 200);
+    assert!(
+        !log.lines()
+            .iter()
+            .any(|l| l.contains("file descriptor limit is below")),
+        "{:?}",
+        log.lines()
+    );
+
+    // A hard limit below what the listeners need: raised as far as it goes, then the warning.
+    let short = mock_config().replace("[server]\n", "[server]\nconnections_max = 4096\n");
+    let (gw, log) = start_under_fd_limit(&short, 256, Some(2048));
+    assert_eq!(open_files_limit(gw.proc.pid()), (2048, 2048));
+    let warning = log
+        .wait_for(IO_TIMEOUT, |l| l.contains("file descriptor limit is below"))
+        .expect("the warning");
+    assert!(warning.contains("limit=2048"), "{warning}");
+}

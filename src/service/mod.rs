@@ -44,10 +44,12 @@ const BUFFER_BYTES_INITIAL: usize = 8 * 1024;
 /// connections, the event loop and the journal.
 const FD_HEADROOM: u64 = 1024;
 
-/// Warn when the descriptor limit (`LimitNOFILE` under systemd) is reached before
-/// `server.connections_max`: past it, accept() fails (counted as `accept_fd_exhausted`) and new
+/// Raise the soft descriptor limit to the hard one (as the Go runtime and many servers do: the
+/// soft limit, often 1024, is a default for programs that may use `select`, which this one does
+/// not), then warn when it is still below `server.connections_max` plus headroom (`LimitNOFILE`
+/// under systemd sets both): past it, accept() fails (counted as `accept_fd_exhausted`) and new
 /// clients wait in the kernel's queue instead of getting a 503.
-fn warn_if_fd_limit_low(connections_max: usize) {
+fn raise_fd_limit(connections_max: usize) {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -57,10 +59,28 @@ fn warn_if_fd_limit_low(connections_max: usize) {
         return;
     }
     let wanted = (connections_max as u64).saturating_add(FD_HEADROOM);
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit reads the valid `rlimit` it is given; raising the soft limit up to
+        // the hard one needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            log::info(
+                "raised the file descriptor limit (soft) to the hard limit",
+                &[
+                    ("from", &limit.rlim_cur.to_string()),
+                    ("to", &raised.rlim_cur.to_string()),
+                ],
+            );
+            limit = raised;
+        }
+    }
     if limit.rlim_cur < wanted {
         log::warn(
             "the file descriptor limit is below server.connections_max plus headroom; raise \
-             LimitNOFILE (ulimit -n) or lower server.connections_max",
+             LimitNOFILE (ulimit -Hn) or lower server.connections_max",
             &[
                 ("limit", &limit.rlim_cur.to_string()),
                 ("connections_max", &connections_max.to_string()),
@@ -149,7 +169,7 @@ impl Service {
         let bind = |addr| {
             std::net::TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))
         };
-        warn_if_fd_limit_low(config.server.limits.connections_max);
+        raise_fd_limit(config.server.limits.connections_max);
         warn_if_admin_open(&config);
         let api_listener = bind(config.server.listen)?;
         let admin_listener = bind(config.server.admin_listen)?;

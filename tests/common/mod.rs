@@ -602,12 +602,19 @@ impl Gateway {
 
     /// Start a gateway on `toml` with extra environment, keeping its stderr (logs) for assertions.
     pub fn start_logged(toml: &str, env: &[(&str, &str)]) -> (Gateway, StderrLog) {
+        Self::start_logged_with(toml, |cmd| {
+            for (k, v) in env {
+                cmd.env(k, v);
+            }
+        })
+    }
+
+    /// [`Gateway::start_logged`] with the command set up by `setup` (environment, pre_exec).
+    pub fn start_logged_with(toml: &str, setup: impl FnOnce(&mut Command)) -> (Gateway, StderrLog) {
         let config_path = write_config(toml);
         let mut cmd = Command::new(gateway_bin());
         cmd.arg("--config").arg(&config_path);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
+        setup(&mut cmd);
         let (proc, log) = Proc::spawn_logged(cmd, "listening on");
         let addrs = listen_addrs(&proc.first_line);
         let gw = Gateway {
