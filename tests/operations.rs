@@ -405,3 +405,110 @@ fn the_soft_descriptor_limit_is_raised_to_the_hard_one() {
         .expect("the warning");
     assert!(warning.contains("limit=2048"), "{warning}");
 }
+
+// --- reloads ----------------------------------------------------------------------------------
+
+/// SIGHUPs of the burst, and the time between two.
+const RELOADS: usize = 60;
+const RELOAD_GAP: Duration = Duration::from_millis(25);
+/// Generations that may drain at once (`GENERATIONS_DRAINING_MAX` in src/service/reload.rs).
+const GENERATIONS_DRAINING_MAX: usize = 4;
+/// Workers of the test's one pool.
+const RELOAD_WORKERS: usize = 16;
+
+/// `Threads:` of /proc/<pid>/status.
+fn threads_of(pid: i32) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_burst_of_reloads_keeps_the_threads_bounded_and_serves_throughout() {
+    let cfg = format!(
+        "{}[providers.mock]\ntype = \"mock\"\n[providers.mock.pool]\nworkers = {RELOAD_WORKERS}\n",
+        base_config()
+    );
+    let gw = Gateway::start(&cfg);
+    let pid = gw.proc.pid();
+    assert_eq!(gw.chat("mock/m", "x").status, 200);
+    let base = threads_of(pid);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Watch the thread count, and keep a client busy, for the whole burst.
+    let (watch, stop_watch) = (Arc::new(Mutex::new(0usize)), Arc::clone(&stop));
+    let peak = Arc::clone(&watch);
+    let watcher = std::thread::spawn(move || {
+        while !stop_watch.load(std::sync::atomic::Ordering::Relaxed) {
+            let n = threads_of(pid);
+            let mut p = peak.lock().unwrap();
+            *p = (*p).max(n);
+            drop(p);
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    });
+    let (api, stop_client) = (gw.api, Arc::clone(&stop));
+    let client = std::thread::spawn(move || {
+        let mut answered = 0;
+        let body = r#"{"model":"mock/m","messages":[{"role":"user","content":"hi"}]}"#;
+        let req = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        // One keep-alive connection, as an SDK keeps one: its requests go to whichever
+        // generation is current when each arrives.
+        let mut conn = Conn::new(api);
+        while !stop_client.load(std::sync::atomic::Ordering::Relaxed) {
+            conn.send(req.as_bytes());
+            let r = conn.response().expect("an answer during the burst");
+            assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+            answered += 1;
+        }
+        answered
+    });
+    let mut gw = gw;
+    for i in 0..RELOADS {
+        gw.proc.signal(libc::SIGHUP);
+        std::thread::sleep(RELOAD_GAP);
+        if let Ok(Some(status)) = gw.proc.child.try_wait() {
+            panic!("the gateway exited during the burst, at SIGHUP {i}: {status:?}");
+        }
+        assert_eq!(request(gw.admin, "GET", "/health", &[], b"").status, 200);
+    }
+    // The reloads coalesced or not, they end; the generations left drain.
+    let settled = eventually(Duration::from_secs(20), || {
+        let s = gw.stats();
+        s["service"]["pools_draining"] == 0
+            && s["config"]["generation"].as_u64()
+                == s["service"]["reloads_ok"].as_u64().map(|n| n + 1)
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    watcher.join().unwrap();
+    let answered = client.join().unwrap();
+    let stats = gw.stats();
+    assert!(settled, "{}", stats["service"]);
+    let reloads = stats["service"]["reloads_ok"].as_u64().unwrap();
+    assert!(
+        reloads >= 1 && reloads <= RELOADS as u64,
+        "{reloads} reloads"
+    );
+    assert_eq!(stats["service"]["reloads_failed"], 0);
+    assert!(answered > 0);
+    // The running generation (in `base`), at most GENERATIONS_DRAINING_MAX draining ones, the
+    // next one starting, and abandoned ones for the milliseconds their workers take to exit:
+    // far below a generation per SIGHUP. A generation: its workers, its supervisor, and the
+    // thread that drains it once retired.
+    let per_generation = RELOAD_WORKERS + 2;
+    let bound = base + (GENERATIONS_DRAINING_MAX + 2) * per_generation;
+    let peak = *watch.lock().unwrap();
+    eprintln!(
+        "threads: {base} before, {peak} at most during {RELOADS} reloads ({reloads} applied)"
+    );
+    assert!(
+        peak <= bound,
+        "{peak} threads (bound {bound}, {base} before the burst)"
+    );
+    assert_eq!(gw.chat("mock/m", "after").status, 200);
+}

@@ -12,12 +12,12 @@ mod signals;
 mod watchdog;
 
 pub use notify::{monotonic_usec, watchdog_timeout, Notifier};
-pub use reload::{restart_only_changes, RETIRE_SUBMIT_GRACE};
+pub use reload::{restart_only_changes, GENERATIONS_DRAINING_MAX, RETIRE_SUBMIT_GRACE};
 pub use signals::{Event, SignalSet};
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
@@ -29,7 +29,7 @@ use crate::http::{self, ServerHandle};
 use crate::job::ReplyChannel;
 use crate::log;
 use crate::objpool::{ObjPool, ObjPoolStats};
-use crate::pool::{wait_until, waiters, ProviderPool};
+use crate::pool::{wait_until, waiters};
 use crate::stats::ServiceStats;
 
 /// Time past `shutdown_timeout` for the requests still running then to be answered 503
@@ -120,8 +120,9 @@ pub struct Service {
     notifier: Option<Arc<Notifier>>,
     watchdog: Option<watchdog::Watchdog>,
     stats: Arc<ServiceStats>,
-    /// Pools swapped out by reloads, while they drain: a shutdown stops them too.
-    retired: Mutex<Vec<Weak<ProviderPool>>>,
+    /// Generations of pools swapped out by reloads, while they drain (at most
+    /// [`GENERATIONS_DRAINING_MAX`]): a shutdown stops them too.
+    draining: Mutex<Vec<reload::Draining>>,
 }
 
 impl Service {
@@ -207,7 +208,7 @@ impl Service {
             notifier,
             watchdog: None,
             stats,
-            retired: Mutex::new(Vec::new()),
+            draining: Mutex::new(Vec::new()),
         };
         service.notify("READY=1", |n| n.ready(&service.status_line()));
         service.start_watchdog();
@@ -323,6 +324,10 @@ impl Service {
     /// Load, validate and apply the config at `path`; on error nothing changed.
     fn apply(&self, path: &Path) -> Result<(), String> {
         let mut config = Config::load(path).map_err(|e| e.to_string())?;
+        // Room for the generation this reload retires, before its successor's threads start:
+        // a burst of reloads never holds more than the bound of generations (plus the one
+        // running, and abandoned ones for the milliseconds their workers take to exit).
+        self.make_room();
         let old = self.gateway.load_full();
         for change in restart_only_changes(&old.config, &config) {
             log::warn(
@@ -350,13 +355,32 @@ impl Service {
         self.api.set_limits(config.server.limits.clone());
         self.admin.set_limits(config.server.limits.clone());
         self.gateway.store(Arc::new(next));
-        {
-            let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
-            retired.retain(|p| p.strong_count() > 0);
-            retired.extend(old.pools.iter().map(Arc::downgrade));
-        }
-        reload::retire(old.pools.clone(), Arc::clone(&self.stats));
+        let retiring = reload::retire(old.pools.clone(), Arc::clone(&self.stats));
+        self.draining
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(retiring);
         Ok(())
+    }
+
+    /// Abandon the oldest draining generations while a reload would leave more than
+    /// [`GENERATIONS_DRAINING_MAX`] draining (see [`reload::make_room`]).
+    fn make_room(&self) {
+        let mut draining = self.draining.lock().unwrap_or_else(|p| p.into_inner());
+        let abandoned = reload::make_room(&mut draining);
+        if abandoned > 0 {
+            self.stats
+                .generations_abandoned
+                .fetch_add(abandoned as u64, Ordering::Relaxed);
+            log::warn(
+                "reload: too many generations draining; abandoned the oldest (its requests are \
+                 answered 503 shutting_down)",
+                &[
+                    ("abandoned", &abandoned.to_string()),
+                    ("draining_max", &GENERATIONS_DRAINING_MAX.to_string()),
+                ],
+            );
+        }
     }
 
     /// Stop accepting, finish queued and in-flight requests up to `shutdown_timeout`, then answer
@@ -373,9 +397,9 @@ impl Service {
         let deadline = Instant::now() + gateway.config.server.shutdown_timeout;
         // Pools retired by a reload hold requests too.
         let mut pools = gateway.pools.clone();
-        let retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
-        pools.extend(retired.iter().filter_map(Weak::upgrade));
-        drop(retired);
+        let draining = self.draining.lock().unwrap_or_else(|p| p.into_inner());
+        pools.extend(draining.iter().flat_map(reload::Draining::pools));
+        drop(draining);
         for p in &pools {
             p.close();
         }
