@@ -512,3 +512,33 @@ fn a_burst_of_reloads_keeps_the_threads_bounded_and_serves_throughout() {
     );
     assert_eq!(gw.chat("mock/m", "after").status, 200);
 }
+
+// --- memory at start --------------------------------------------------------------------------
+
+#[test]
+fn check_refuses_what_would_exhaust_memory_at_start() {
+    // The largest prefill the old ranges allowed: 9.8 GB allocated before the first request.
+    let config = write_config(&format!(
+        "{}[objpools]\nbuffers = 1048576\nbuffers_prefill = 1048576\n",
+        mock_config()
+    ));
+    let (code, out) = check_config(&config, Duration::from_secs(10)).expect("--check");
+    assert_eq!(code, 2, "--check accepted it: {out}");
+    assert!(
+        out.contains("objpools.buffers_prefill: 1048576 is out of range 0..=16384")
+            && out.contains("8.0 GiB for 1048576"),
+        "{out}"
+    );
+    assert!(
+        out.contains("objpools.buffers: 1048576 is out of range 1..=65536"),
+        "{out}"
+    );
+    // The start refuses it the same way, before allocating anything.
+    let out = std::process::Command::new(gateway_bin())
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("objpools.buffers_prefill"));
+}

@@ -82,14 +82,23 @@ pub const LOG_LEVEL_DEFAULT: Level = Level::Info;
 /// `log.access`: one access-log line per chat request.
 pub const LOG_ACCESS_DEFAULT: bool = true;
 
-/// `objpools.buffers`: buffers held by the connection-buffer pool.
+/// `objpools.buffers`: buffers held by the connection-buffer pool (each connection takes two
+/// while open, one to read and one to write; past the pool's capacity they are made and freed).
 pub const OBJPOOL_BUFFERS_DEFAULT: u64 = 1024;
-pub const OBJPOOL_BUFFERS_RANGE: RangeInclusive<u64> = 1..=1_048_576;
-/// `objpools.buffers_prefill`: buffers made at start-up (at most `objpools.buffers`).
+pub const OBJPOOL_BUFFERS_RANGE: RangeInclusive<u64> = 1..=65_536;
+/// `objpools.buffers_prefill`: buffers made at start-up (at most `objpools.buffers`), each of
+/// [`OBJPOOL_BUFFER_BYTES_INITIAL`] plus a reply channel: the range's top costs about 150 MiB at
+/// start (its old top, 1,048,576, cost 9.8 GB).
 pub const OBJPOOL_BUFFERS_PREFILL_DEFAULT: u64 = 256;
+pub const OBJPOOL_BUFFERS_PREFILL_RANGE: RangeInclusive<u64> = 0..=16_384;
+/// Capacity of a connection buffer when it is made, bytes.
+pub const OBJPOOL_BUFFER_BYTES_INITIAL: usize = 8 * 1024;
 /// `objpools.buffer_retain_bytes_max`, bytes: larger buffers are dropped, not returned.
 pub const OBJPOOL_BUFFER_RETAIN_BYTES_MAX_DEFAULT: u64 = 1024 * 1024;
-pub const OBJPOOL_BUFFER_RETAIN_BYTES_MAX_RANGE: RangeInclusive<u64> = 1024..=1024 * 1024 * 1024;
+pub const OBJPOOL_BUFFER_RETAIN_BYTES_MAX_RANGE: RangeInclusive<u64> = 1024..=64 * 1024 * 1024;
+/// The most memory the idle buffers of the pool may keep, bytes: `objpools.buffers` x
+/// `objpools.buffer_retain_bytes_max` must not exceed it (the defaults keep at most 1 GiB).
+pub const OBJPOOL_RETAINED_BYTES_MAX: u64 = 8 * 1024 * 1024 * 1024;
 
 /// Most providers in one config.
 pub const PROVIDERS_MAX: usize = 256;
@@ -214,6 +223,17 @@ pub const POOL_QUEUE_WAIT_MS_MAX_DEFAULT: u64 = 1_000;
 pub const POOL_QUEUE_WAIT_MS_MAX_RANGE: RangeInclusive<u64> = 0..=3_600_000;
 /// `providers.<name>.pool.request_timeout_ms`: whole upstream request, queue wait included.
 pub const POOL_REQUEST_TIMEOUT_MS_DEFAULT: u64 = 60_000;
+/// Most worker threads of all pools together: the sum of every pool's `workers_max`.
+pub const POOL_WORKERS_TOTAL_MAX: u64 = 32_768;
+/// Most address space reserved for worker stacks by all pools together, bytes: the sum of every
+/// pool's `workers_max` x `worker_stack_kb` (a stack takes memory only as deep as it is used,
+/// but each is reserved whole when its thread starts).
+pub const POOL_WORKER_STACKS_BYTES_TOTAL_MAX: u64 = 32 * 1024 * 1024 * 1024;
+/// Bytes of one queue slot (a job and its stamp), allocated for the whole `queue_capacity` when a
+/// pool starts (and again for the new pools of each reload).
+pub const POOL_QUEUE_SLOT_BYTES: u64 = 128;
+/// Most queue slots of all pools together (the sum of every `queue_capacity`): 256 MiB of slots.
+pub const POOL_QUEUE_SLOTS_TOTAL_MAX: u64 = 2_097_152;
 /// `providers.<name>.pool.worker_stack_kb`, KiB per worker thread. Small floor so that pools of
 /// thousands of threads stay affordable.
 pub const POOL_WORKER_STACK_KB_DEFAULT: u64 = 256;
@@ -255,6 +275,22 @@ const _: () = assert!(
 );
 const _: () = assert!(within(OBJPOOL_BUFFERS_DEFAULT, &OBJPOOL_BUFFERS_RANGE));
 const _: () = assert!(OBJPOOL_BUFFERS_PREFILL_DEFAULT <= OBJPOOL_BUFFERS_DEFAULT);
+const _: () = assert!(within(
+    OBJPOOL_BUFFERS_PREFILL_DEFAULT,
+    &OBJPOOL_BUFFERS_PREFILL_RANGE
+));
+const _: () = assert!(*OBJPOOL_BUFFERS_PREFILL_RANGE.end() <= *OBJPOOL_BUFFERS_RANGE.end());
+// The default pool keeps at most its bound of idle buffer memory.
+const _: () = assert!(
+    OBJPOOL_BUFFERS_DEFAULT * OBJPOOL_BUFFER_RETAIN_BYTES_MAX_DEFAULT <= OBJPOOL_RETAINED_BYTES_MAX
+);
+// One pool at the top of its ranges fits the totals of all pools.
+const _: () = assert!(*POOL_WORKERS_RANGE.end() <= POOL_WORKERS_TOTAL_MAX);
+const _: () = assert!(*POOL_QUEUE_CAPACITY_RANGE.end() <= POOL_QUEUE_SLOTS_TOTAL_MAX);
+const _: () = assert!(
+    POOL_WORKERS_DEFAULT * POOL_WORKER_STACK_KB_DEFAULT * 1024 * PROVIDERS_MAX as u64
+        <= POOL_WORKER_STACKS_BYTES_TOTAL_MAX
+);
 const _: () = assert!(within(
     OBJPOOL_BUFFER_RETAIN_BYTES_MAX_DEFAULT,
     &OBJPOOL_BUFFER_RETAIN_BYTES_MAX_RANGE
@@ -1095,6 +1131,7 @@ impl Checker<'_> {
         let log = self.log(f.log.unwrap_or_default());
         let objpools = self.objpools(f.objpools.unwrap_or_default());
         let providers = self.providers(f.providers.unwrap_or_default());
+        self.pool_totals(&providers);
         let aliases = self.aliases(f.aliases.unwrap_or_default(), &providers);
         let fallbacks = self.fallbacks(f.fallbacks.unwrap_or_default(), &providers);
         Config {
@@ -1439,11 +1476,24 @@ impl Checker<'_> {
             OBJPOOL_BUFFERS_DEFAULT,
             &OBJPOOL_BUFFERS_RANGE,
         );
+        let prefill_top = *OBJPOOL_BUFFERS_PREFILL_RANGE.end();
+        if f.buffers_prefill.is_some_and(|n| n > prefill_top) {
+            let n = f.buffers_prefill.unwrap_or_default();
+            let each = OBJPOOL_BUFFER_BYTES_INITIAL as u64;
+            self.error(
+                "objpools.buffers_prefill",
+                format!(
+                    "{n} is out of range 0..={prefill_top}: each prefilled buffer takes \
+                     {each} bytes and a reply channel at start-up ({} for {n})",
+                    bytes_shown(n.saturating_mul(each))
+                ),
+            );
+        }
         let buffers_prefill = self.size(
             "objpools.buffers_prefill",
-            f.buffers_prefill,
+            f.buffers_prefill.filter(|n| *n <= prefill_top),
             OBJPOOL_BUFFERS_PREFILL_DEFAULT.min(buffers as u64),
-            &(0..=*OBJPOOL_BUFFERS_RANGE.end()),
+            &OBJPOOL_BUFFERS_PREFILL_RANGE,
         );
         if buffers_prefill > buffers {
             let message = format!("{buffers_prefill} is more than objpools.buffers ({buffers})");
@@ -1455,10 +1505,59 @@ impl Checker<'_> {
             OBJPOOL_BUFFER_RETAIN_BYTES_MAX_DEFAULT,
             &OBJPOOL_BUFFER_RETAIN_BYTES_MAX_RANGE,
         );
+        let retained = (buffers as u64).saturating_mul(buffer_retain_bytes_max as u64);
+        if retained > OBJPOOL_RETAINED_BYTES_MAX {
+            self.error(
+                "objpools.buffer_retain_bytes_max",
+                format!(
+                    "objpools.buffers ({buffers}) x buffer_retain_bytes_max \
+                     ({buffer_retain_bytes_max}) = {} that idle buffers may keep, more than {}; \
+                     lower either",
+                    bytes_shown(retained),
+                    bytes_shown(OBJPOOL_RETAINED_BYTES_MAX)
+                ),
+            );
+        }
         ObjPoolsConfig {
             buffers,
             buffers_prefill: buffers_prefill.min(buffers),
             buffer_retain_bytes_max,
+        }
+    }
+
+    /// What all pools together take: worker threads, their reserved stacks, and queue slots
+    /// (allocated when the pools start, and again by each reload).
+    fn pool_totals(&mut self, providers: &BTreeMap<String, ProviderConfig>) {
+        let pools = providers.values().map(|p| &p.pool);
+        let workers: u64 = pools.clone().map(|p| p.workers_max as u64).sum();
+        let stacks: u64 = pools
+            .clone()
+            .map(|p| (p.workers_max as u64).saturating_mul(p.worker_stack_bytes as u64))
+            .fold(0, u64::saturating_add);
+        let slots: u64 = pools.map(|p| p.queue_capacity as u64).sum();
+        if workers > POOL_WORKERS_TOTAL_MAX {
+            let message = format!(
+                "the pools' workers_max add up to {workers} worker threads, more than \
+                 {POOL_WORKERS_TOTAL_MAX}"
+            );
+            self.error("providers", message);
+        }
+        if stacks > POOL_WORKER_STACKS_BYTES_TOTAL_MAX {
+            let message = format!(
+                "the pools' workers_max x worker_stack_kb add up to {} of worker stacks, more \
+                 than {}",
+                bytes_shown(stacks),
+                bytes_shown(POOL_WORKER_STACKS_BYTES_TOTAL_MAX)
+            );
+            self.error("providers", message);
+        }
+        if slots > POOL_QUEUE_SLOTS_TOTAL_MAX {
+            let message = format!(
+                "the pools' queue_capacity add up to {slots} slots ({} allocated at start), \
+                 more than {POOL_QUEUE_SLOTS_TOTAL_MAX}",
+                bytes_shown(slots.saturating_mul(POOL_QUEUE_SLOT_BYTES))
+            );
+            self.error("providers", message);
         }
     }
 
@@ -2205,6 +2304,19 @@ fn describe_reference(reference: &str) -> String {
     }
 }
 
+/// A byte count for messages: `512 KiB`, `300 MiB`, `9.8 GiB`.
+fn bytes_shown(bytes: u64) -> String {
+    const KIB: u64 = 1024;
+    const MIB: u64 = 1024 * KIB;
+    const GIB: u64 = 1024 * MIB;
+    match bytes {
+        b if b >= GIB => format!("{:.1} GiB", b as f64 / GIB as f64),
+        b if b >= MIB => format!("{} MiB", b / MIB),
+        b if b >= KIB => format!("{} KiB", b / KIB),
+        b => format!("{b} bytes"),
+    }
+}
+
 /// `0-3,6,8-9` from a sorted list of core ids.
 fn core_ranges(cores: &[usize]) -> String {
     let mut parts: Vec<String> = Vec::new();
@@ -2925,6 +3037,58 @@ worker_stack_kb = 64
         let e = Config::load(&fifo).unwrap_err().to_string();
         assert!(e.contains("cannot read: not a regular file"), "{e}");
         std::fs::remove_file(fifo).unwrap();
+    }
+
+    #[test]
+    fn start_up_memory_is_bounded() {
+        let e = err(&format!(
+            "[objpools]\nbuffers = 65536\nbuffers_prefill = 1048576\n{MOCK}"
+        ));
+        assert!(
+            e.contains("objpools.buffers_prefill: 1048576 is out of range 0..=16384")
+                && e.contains("(8.0 GiB for 1048576)"),
+            "{e}"
+        );
+        let e = err(&format!("[objpools]\nbuffers = 1048576\n{MOCK}"));
+        assert!(
+            e.contains("objpools.buffers: 1048576 is out of range 1..=65536"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "[objpools]\nbuffers = 65536\nbuffer_retain_bytes_max = 16777216\n{MOCK}"
+        ));
+        assert!(
+            e.contains("objpools.buffer_retain_bytes_max: objpools.buffers (65536) x")
+                && e.contains("= 1024.0 GiB that idle buffers may keep, more than 8.0 GiB"),
+            "{e}"
+        );
+        // Each pool within its ranges, all of them together past the totals.
+        let pool = |name: &str, extra: &str| {
+            format!("[providers.{name}]\ntype = \"mock\"\n[providers.{name}.pool]\n{extra}\n")
+        };
+        let threads: String = (0..3)
+            .map(|i| pool(&format!("p{i}"), "workers = 16384"))
+            .collect();
+        let e = err(&threads);
+        assert!(
+            e.contains("providers: the pools' workers_max add up to 49152 worker threads"),
+            "{e}"
+        );
+        let stacks = pool("big", "workers = 4096\nworker_stack_kb = 16384");
+        let e = err(&stacks);
+        assert!(
+            e.contains("add up to 64.0 GiB of worker stacks, more than 32.0 GiB"),
+            "{e}"
+        );
+        let queues: String = (0..3)
+            .map(|i| pool(&format!("q{i}"), "queue_capacity = 1000000"))
+            .collect();
+        let e = err(&queues);
+        assert!(
+            e.contains("queue_capacity add up to 3000000 slots (366 MiB allocated at start)"),
+            "{e}"
+        );
+        assert!(check(&pool("ok", "workers = 16384\nqueue_capacity = 1000000")).is_ok());
     }
 
     #[test]

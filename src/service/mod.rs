@@ -38,8 +38,6 @@ use crate::stats::ServiceStats;
 /// itself at its next nudge.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 const _: () = assert!(SHUTDOWN_GRACE.as_millis() >= 2 * waiters::NUDGE_EVERY.as_millis());
-/// Initial capacity of a pooled connection buffer.
-const BUFFER_BYTES_INITIAL: usize = 8 * 1024;
 /// Descriptors wanted beyond the API listener's `connections_max`: admin connections, upstream
 /// connections, the event loop and the journal.
 const FD_HEADROOM: u64 = 1024;
@@ -146,7 +144,7 @@ impl Service {
             o.buffers,
             o.buffers_prefill,
             o.buffer_retain_bytes_max,
-            || Vec::with_capacity(BUFFER_BYTES_INITIAL),
+            || Vec::with_capacity(crate::config::OBJPOOL_BUFFER_BYTES_INITIAL),
         );
         let replies = ObjPool::new(
             "reply_channels",
