@@ -45,7 +45,10 @@ pub const ADMIN_LISTEN_DEFAULT: SocketAddr =
 pub const THREADS_DEFAULT: u64 = 0;
 pub const THREADS_RANGE: RangeInclusive<u64> = 0..=1024;
 /// `server.coroutine_stack_kb`, KiB per connection coroutine (default
-/// `limits::COROUTINE_STACK_KB_DEFAULT`). 64 KiB floor: 32 KiB overflowed on 100-deep JSON.
+/// `limits::COROUTINE_STACK_KB_DEFAULT`), guard page included. The floor keeps a 2.5x margin
+/// over the deepest connection measured (`tests/tls_upstream.rs`, `pools_and_connections_at_
+/// the_smallest_stacks_...`: a 2 MiB body, and JSON nested to `json_depth_max = 128` in every
+/// field routing reads, on both client APIs): 24 KiB in a debug build, less in a release build.
 pub const COROUTINE_STACK_KB_RANGE: RangeInclusive<u64> = 64..=65_536;
 /// `server.header_lines_max` (default `limits::HEADER_LINES_MAX_DEFAULT`).
 pub const HEADER_LINES_MAX_RANGE: RangeInclusive<u64> = 1..=4096;
@@ -234,10 +237,17 @@ pub const POOL_WORKER_STACKS_BYTES_TOTAL_MAX: u64 = 32 * 1024 * 1024 * 1024;
 pub const POOL_QUEUE_SLOT_BYTES: u64 = 128;
 /// Most queue slots of all pools together (the sum of every `queue_capacity`): 256 MiB of slots.
 pub const POOL_QUEUE_SLOTS_TOTAL_MAX: u64 = 2_097_152;
-/// `providers.<name>.pool.worker_stack_kb`, KiB per worker thread. Small floor so that pools of
-/// thousands of threads stay affordable.
+/// `providers.<name>.pool.worker_stack_kb`, KiB per worker thread, guard page included. The
+/// floor is above the deepest worker call measured (`tests/tls_upstream.rs`,
+/// `pools_and_connections_at_the_smallest_stacks_...`): a TLS handshake (rustls) to an HTTPS
+/// upstream and a 2 MiB Anthropic request with a tool schema nested to `json_depth_max = 128`
+/// translated for it, the mock answering the same request, and a panic unwinding: 144 KiB in a
+/// debug build, 48 KiB in a release build (the old floor, 32, crashed the process on the first
+/// HTTPS call). 256 KiB keeps a 1.7x margin in a debug build and 5x in a release build; a thread
+/// uses memory only as deep as its stack goes (about 28 KiB during a plain call, bench/README.md),
+/// so the floor costs address space, not resident memory.
 pub const POOL_WORKER_STACK_KB_DEFAULT: u64 = 256;
-pub const POOL_WORKER_STACK_KB_RANGE: RangeInclusive<u64> = 32..=65_536;
+pub const POOL_WORKER_STACK_KB_RANGE: RangeInclusive<u64> = 256..=65_536;
 
 /// Most validation errors listed in one [`ConfigError`]; the rest are counted.
 const ERRORS_SHOWN_MAX: usize = 50;
@@ -2522,7 +2532,7 @@ queue_policy = "block"
 queue_wait_ms_max = 500
 request_timeout_ms = 30000
 cores = [3]
-worker_stack_kb = 64
+worker_stack_kb = 512
 
 [aliases]
 "gpt-4o-mini" = "mock/gpt-4o-mini"
@@ -2590,7 +2600,7 @@ worker_stack_kb = 64
         assert_eq!(pool.request_timeout, Duration::from_secs(30));
         assert_eq!(
             (pool.cores.clone(), pool.worker_stack_bytes),
-            (vec![3], 64 * 1024)
+            (vec![3], 512 * 1024)
         );
         assert_eq!(c.aliases["best"], "openai/gpt-4o");
         assert_eq!(c.aliases["gpt-4o-mini"], "mock/gpt-4o-mini");
@@ -2695,8 +2705,8 @@ worker_stack_kb = 64
                 "providers.mock.pool.workers: 0 is out of range 1..=16384",
             ),
             (
-                "[providers.mock.pool]\nworker_stack_kb = 16\n",
-                "providers.mock.pool.worker_stack_kb: 16 is out of range",
+                "[providers.mock.pool]\nworker_stack_kb = 64\n",
+                "providers.mock.pool.worker_stack_kb: 64 is out of range 256..=65536",
             ),
             (
                 "[providers.mock.pool]\nqueue_capacity = 0\n",
