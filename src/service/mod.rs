@@ -319,7 +319,8 @@ impl Service {
         self.notify("READY=1", |n| n.ready(&status));
     }
 
-    /// Load, validate and apply the config at `path`; on error nothing changed.
+    /// Load, validate and apply the config at `path`; on error the running config stays (only a
+    /// draining generation abandoned to make room for the new one stays abandoned).
     fn apply(&self, path: &Path) -> Result<(), String> {
         let mut config = Config::load(path).map_err(|e| e.to_string())?;
         // Room for the generation this reload retires, before its successor's threads start:
