@@ -57,9 +57,9 @@ say "a stalled: 200 requests held (4 running 30 s, 196 queued)"
 load --body bench/bodies/isolation-a.json --rate 100 --duration 2s --warmup 0s \
   --connections 256 --timeout 60s > "$OUT/stall.log" 2>&1 &
 PIDS+=("$!")
-for _ in $(seq 100); do
+for _ in $(seq 200); do
   depth=$(curl -s "$ADMIN/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["pools"]["a"]["queue_depth"])')
-  [ "$depth" -ge 150 ] && break
+  [ "$depth" -ge 196 ] && break
   sleep 0.1
 done
 echo "a queue depth: $depth" | tee -a "$OUT/run.log"
