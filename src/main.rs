@@ -110,6 +110,16 @@ fn run(path: &Path) -> ExitCode {
         }
     };
     log::detect_journal();
+    log::start();
+    log::install_panic_hook();
+    let code = run_logged(path, &mut signals);
+    // The last lines (shutdown complete, or why the start failed) are written before the
+    // process exits, unless stderr stays stalled past the flush timeout.
+    log::flush();
+    code
+}
+
+fn run_logged(path: &Path, signals: &mut SignalSet) -> ExitCode {
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -119,7 +129,7 @@ fn run(path: &Path) -> ExitCode {
     };
     log::set_level(config.log.level);
     log::set_access(config.log.access);
-    match start(config, &mut signals) {
+    match start(config, signals) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error("cannot start", &[("error", &e)]);

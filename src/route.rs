@@ -135,7 +135,7 @@ pub fn bearer_token(value: &[u8]) -> Option<&[u8]> {
     (scheme.eq_ignore_ascii_case(SCHEME) && rest.first() == Some(&b' ')).then_some(rest)
 }
 
-fn trim_ascii(v: &[u8]) -> &[u8] {
+pub(crate) fn trim_ascii(v: &[u8]) -> &[u8] {
     let start = v
         .iter()
         .position(|b| !b.is_ascii_whitespace())
@@ -148,7 +148,7 @@ fn trim_ascii(v: &[u8]) -> &[u8] {
 }
 
 /// Compare without an early exit on the first differing byte (timing does not reveal the prefix).
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

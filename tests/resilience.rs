@@ -16,6 +16,10 @@ fn free_port() -> u16 {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "needs the fault-injection feature (tests/run enables it)"
+)]
 fn a_stalled_worker_is_replaced_and_its_client_answered() {
     let cfg = format!(
         "{}[providers.mock]\ntype = \"mock\"\n[providers.mock.pool]\nworkers = 1\nrequest_timeout_ms = 500\nqueue_wait_ms_max = 400\nstall_grace_ms = 300\n",

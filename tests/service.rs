@@ -573,11 +573,17 @@ fn metrics_have_the_documented_shape() {
         ) > 0.0
     );
 
-    for h in [
-        "deepintshield_pool_queue_wait_seconds",
-        "deepintshield_pool_upstream_duration_seconds",
-        "deepintshield_pool_request_duration_seconds",
-        "deepintshield_pool_time_to_first_token_seconds",
+    // The same histograms as /stats shows them (microseconds), read after the scrape with no
+    // request in between.
+    let latency = gw.stats()["pools"]["mock"]["latency_us"].clone();
+    for (h, in_stats) in [
+        ("deepintshield_pool_queue_wait_seconds", "queue_wait"),
+        ("deepintshield_pool_upstream_duration_seconds", "upstream"),
+        ("deepintshield_pool_request_duration_seconds", "total"),
+        (
+            "deepintshield_pool_time_to_first_token_seconds",
+            "time_to_first_token",
+        ),
     ] {
         let buckets: Vec<f64> = all
             .iter()
@@ -596,7 +602,16 @@ fn metrics_have_the_documented_shape() {
         );
         let expected = if h.contains("first_token") { 0.0 } else { 5.0 };
         assert_eq!(count, expected, "{h}");
-        assert!(value(&format!("{h}_sum"), pool) >= 0.0);
+        // Every value is recorded as at least 1 us, so a histogram with values sums above 0;
+        // the sum is count x mean of the same histogram in /stats (mean rounded to 0.1 us).
+        let sum = value(&format!("{h}_sum"), pool);
+        let mean_us = latency[in_stats]["mean"].as_f64().unwrap();
+        assert_eq!(latency[in_stats]["count"].as_f64().unwrap(), count, "{h}");
+        assert!(
+            (sum - mean_us * count / 1e6).abs() <= 1e-7 * count,
+            "{h}: sum {sum}, mean {mean_us} us"
+        );
+        assert_eq!(sum > 0.0, count > 0.0, "{h}: sum {sum}");
     }
     assert!(
         value(

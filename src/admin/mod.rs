@@ -1,5 +1,7 @@
 //! The admin listener: `GET /health`, `GET /stats` (JSON) and `GET /metrics` (Prometheus), read
-//! from the current gateway generation and the service counters.
+//! from the current gateway generation and the service counters, and the optional admin token
+//! (`server.admin_token`) that `/stats` and `/metrics` then require. `/health` stays open, for
+//! load balancers and probes that carry no credentials; it tells nothing but up or draining.
 
 use serde_json::json;
 use std::sync::atomic::Ordering;
@@ -8,7 +10,10 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::app::{method_not_allowed, not_found, Gateway};
+use crate::config::Config;
+use crate::error::{ApiError, ErrorKind};
 use crate::http::{Handler, Method, Request, Response};
+use crate::route::{bearer_token, constant_time_eq, trim_ascii};
 use crate::stats::ServiceStats;
 
 pub mod prometheus;
@@ -73,11 +78,59 @@ impl AdminHandler {
     }
 }
 
+/// Whether the running config leaves `/stats` and `/metrics` open to other hosts: the admin
+/// listener is not on a loopback address and no `server.admin_token` is set.
+pub fn admin_open_beyond_loopback(config: &Config) -> bool {
+    !config.server.admin_listen.ip().is_loopback() && config.server.admin_token.is_none()
+}
+
+/// With `server.admin_token` set, `/stats` and `/metrics` need `Authorization: Bearer <token>`
+/// (the scheme in any case), compared in constant time; `/health` needs nothing.
+fn check_token(g: &Gateway, req: &Request) -> Result<(), ApiError> {
+    let Some(token) = &g.config.server.admin_token else {
+        return Ok(());
+    };
+    if req.path == "/health" {
+        return Ok(());
+    }
+    let Some(presented) = req.header("authorization").and_then(bearer_token) else {
+        return Err(ApiError::new(
+            ErrorKind::Unauthorized,
+            "missing_admin_token",
+            "this admin endpoint needs the admin token: send Authorization: Bearer <token>",
+        ));
+    };
+    if constant_time_eq(token.expose().as_bytes(), trim_ascii(presented)) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ErrorKind::Unauthorized,
+            "invalid_admin_token",
+            "incorrect admin token",
+        ))
+    }
+}
+
+/// A 401 for the admin token, with the challenge RFC 9110 asks for.
+fn unauthorized(e: &ApiError) -> Response {
+    let mut resp = Response::error(e);
+    resp.headers.push((
+        "www-authenticate",
+        "Bearer realm=\"deepintshield-admin\"".into(),
+    ));
+    resp
+}
+
 impl Handler for AdminHandler {
-    /// Every admin endpoint is a `GET`: anything else is answered before its body is read.
+    /// Every admin endpoint is a `GET`: anything else is answered before its body is read, as is
+    /// a request without the admin token when one is set.
     fn admit(&self, req: &Request) -> Option<Response> {
         match (req.method, req.path.as_str()) {
-            (Method::Get | Method::Head, "/health" | "/stats" | "/metrics") => None,
+            (Method::Get | Method::Head, "/health" | "/stats" | "/metrics") => {
+                check_token(&self.gateway.load(), req)
+                    .err()
+                    .map(|e| unauthorized(&e))
+            }
             (_, "/health" | "/stats" | "/metrics") => {
                 Some(Response::error(&method_not_allowed(req.method)))
             }
@@ -88,6 +141,9 @@ impl Handler for AdminHandler {
     fn handle(&self, req: &mut Request) -> Response {
         let current = self.gateway.load_full();
         let g = &current;
+        if let Err(e) = check_token(g, req) {
+            return unauthorized(&e);
+        }
         match (req.method, req.path.as_str()) {
             (Method::Get | Method::Head, "/health") => {
                 if g.draining.load(Ordering::Relaxed) {

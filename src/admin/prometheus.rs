@@ -120,7 +120,9 @@ pub const CONFIG_LAST_RELOAD_OK: &str = "deepintshield_config_last_reload_succes
 pub const CONFIG_LAST_RELOAD_OK_TIME: &str =
     "deepintshield_config_last_reload_success_timestamp_seconds";
 pub const POOLS_DRAINING: &str = "deepintshield_pools_draining";
+pub const GENERATIONS_ABANDONED: &str = "deepintshield_config_generations_abandoned_total";
 pub const WATCHDOG_FAILURES: &str = "deepintshield_watchdog_check_failures_total";
+pub const LOG_LINES_DROPPED: &str = "deepintshield_log_lines_dropped_total";
 // The process (the names every Prometheus client library uses).
 pub const PROCESS_CPU: &str = "process_cpu_seconds_total";
 pub const PROCESS_RSS: &str = "process_resident_memory_bytes";
@@ -823,6 +825,20 @@ fn service(w: &mut Writer, s: &Scrape<'_>) {
         "Watchdog checks that failed (each withheld one WATCHDOG=1 ping).",
         &one,
         |w, _| w.sample(WATCHDOG_FAILURES, &[], load(&st.watchdog_failures)),
+    );
+    w.family(
+        GENERATIONS_ABANDONED,
+        Kind::Counter,
+        "Draining pool generations abandoned because a reload would have left too many draining.",
+        &one,
+        |w, _| w.sample(GENERATIONS_ABANDONED, &[], load(&st.generations_abandoned)),
+    );
+    w.family(
+        LOG_LINES_DROPPED,
+        Kind::Counter,
+        "Log lines dropped because stderr (the journal) was not read fast enough.",
+        &one,
+        |w, _| w.sample(LOG_LINES_DROPPED, &[], crate::log::dropped_lines()),
     );
 }
 

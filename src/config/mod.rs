@@ -62,7 +62,10 @@ pub const ADMIN_LISTEN_DEFAULT: SocketAddr =
 pub const THREADS_DEFAULT: u64 = 0;
 pub const THREADS_RANGE: RangeInclusive<u64> = 0..=1024;
 /// `server.coroutine_stack_kb`, KiB per connection coroutine (default
-/// `limits::COROUTINE_STACK_KB_DEFAULT`). 64 KiB floor: 32 KiB overflowed on 100-deep JSON.
+/// `limits::COROUTINE_STACK_KB_DEFAULT`), guard page included. The floor keeps a 2.5x margin
+/// over the deepest connection measured (`tests/tls_upstream.rs`, `pools_and_connections_at_
+/// the_smallest_stacks_...`: a 2 MiB body, and JSON nested to `json_depth_max = 128` in every
+/// field routing reads, on both client APIs): 24 KiB in a debug build, less in a release build.
 pub const COROUTINE_STACK_KB_RANGE: RangeInclusive<u64> = 64..=65_536;
 /// `server.header_lines_max` (default `limits::HEADER_LINES_MAX_DEFAULT`).
 pub const HEADER_LINES_MAX_RANGE: RangeInclusive<u64> = 1..=4096;
@@ -99,14 +102,23 @@ pub const LOG_LEVEL_DEFAULT: Level = Level::Info;
 /// `log.access`: one access-log line per chat request.
 pub const LOG_ACCESS_DEFAULT: bool = true;
 
-/// `objpools.buffers`: buffers held by the connection-buffer pool.
+/// `objpools.buffers`: buffers held by the connection-buffer pool (each connection takes two
+/// while open, one to read and one to write; past the pool's capacity they are made and freed).
 pub const OBJPOOL_BUFFERS_DEFAULT: u64 = 1024;
-pub const OBJPOOL_BUFFERS_RANGE: RangeInclusive<u64> = 1..=1_048_576;
-/// `objpools.buffers_prefill`: buffers made at start-up (at most `objpools.buffers`).
+pub const OBJPOOL_BUFFERS_RANGE: RangeInclusive<u64> = 1..=65_536;
+/// `objpools.buffers_prefill`: buffers made at start-up (at most `objpools.buffers`), each of
+/// [`OBJPOOL_BUFFER_BYTES_INITIAL`] plus a reply channel: the range's top costs about 150 MiB at
+/// start (its old top, 1,048,576, cost 9.8 GB).
 pub const OBJPOOL_BUFFERS_PREFILL_DEFAULT: u64 = 256;
+pub const OBJPOOL_BUFFERS_PREFILL_RANGE: RangeInclusive<u64> = 0..=16_384;
+/// Capacity of a connection buffer when it is made, bytes.
+pub const OBJPOOL_BUFFER_BYTES_INITIAL: usize = 8 * 1024;
 /// `objpools.buffer_retain_bytes_max`, bytes: larger buffers are dropped, not returned.
 pub const OBJPOOL_BUFFER_RETAIN_BYTES_MAX_DEFAULT: u64 = 1024 * 1024;
-pub const OBJPOOL_BUFFER_RETAIN_BYTES_MAX_RANGE: RangeInclusive<u64> = 1024..=1024 * 1024 * 1024;
+pub const OBJPOOL_BUFFER_RETAIN_BYTES_MAX_RANGE: RangeInclusive<u64> = 1024..=64 * 1024 * 1024;
+/// The most memory the idle buffers of the pool may keep, bytes: `objpools.buffers` x
+/// `objpools.buffer_retain_bytes_max` must not exceed it (the defaults keep at most 1 GiB).
+pub const OBJPOOL_RETAINED_BYTES_MAX: u64 = 8 * 1024 * 1024 * 1024;
 
 /// Most providers in one config.
 pub const PROVIDERS_MAX: usize = 256;
@@ -133,6 +145,8 @@ pub const FALLBACKS_MAX: usize = 8;
 pub const SECRET_FILE_BYTES_MAX: u64 = 64 * 1024;
 /// Largest config file, bytes.
 pub const CONFIG_FILE_BYTES_MAX: u64 = 4 * 1024 * 1024;
+/// Largest `ca_file`, bytes (a full public root bundle is about 250 KiB).
+pub const CA_FILE_BYTES_MAX: u64 = 4 * 1024 * 1024;
 
 /// `providers.<name>.mock.latency_ms`: fixed latency of each mock answer.
 pub const MOCK_LATENCY_MS_DEFAULT: u64 = 0;
@@ -247,10 +261,28 @@ pub const POOL_QUEUE_WAIT_MS_MAX_DEFAULT: u64 = 1_000;
 pub const POOL_QUEUE_WAIT_MS_MAX_RANGE: RangeInclusive<u64> = 0..=3_600_000;
 /// `providers.<name>.pool.request_timeout_ms`: whole upstream request, queue wait included.
 pub const POOL_REQUEST_TIMEOUT_MS_DEFAULT: u64 = 60_000;
-/// `providers.<name>.pool.worker_stack_kb`, KiB per worker thread. Small floor so that pools of
-/// thousands of threads stay affordable.
+/// Most worker threads of all pools together: the sum of every pool's `workers_max`.
+pub const POOL_WORKERS_TOTAL_MAX: u64 = 32_768;
+/// Most address space reserved for worker stacks by all pools together, bytes: the sum of every
+/// pool's `workers_max` x `worker_stack_kb` (a stack takes memory only as deep as it is used,
+/// but each is reserved whole when its thread starts).
+pub const POOL_WORKER_STACKS_BYTES_TOTAL_MAX: u64 = 32 * 1024 * 1024 * 1024;
+/// Bytes of one queue slot (a job and its stamp), allocated for the whole `queue_capacity` when a
+/// pool starts (and again for the new pools of each reload).
+pub const POOL_QUEUE_SLOT_BYTES: u64 = 128;
+/// Most queue slots of all pools together (the sum of every `queue_capacity`): 256 MiB of slots.
+pub const POOL_QUEUE_SLOTS_TOTAL_MAX: u64 = 2_097_152;
+/// `providers.<name>.pool.worker_stack_kb`, KiB per worker thread, guard page included. The
+/// floor is above the deepest worker call measured (`tests/tls_upstream.rs`,
+/// `pools_and_connections_at_the_smallest_stacks_...`): a TLS handshake (rustls) to an HTTPS
+/// upstream and a 2 MiB Anthropic request with a tool schema nested to `json_depth_max = 128`
+/// translated for it, the mock answering the same request, and a panic unwinding: 144 KiB in a
+/// debug build, 48 KiB in a release build (the old floor, 32, crashed the process on the first
+/// HTTPS call). 256 KiB keeps a 1.7x margin in a debug build and 5x in a release build; a thread
+/// uses memory only as deep as its stack goes (about 28 KiB during a plain call, bench/README.md),
+/// so the floor costs address space, not resident memory.
 pub const POOL_WORKER_STACK_KB_DEFAULT: u64 = 256;
-pub const POOL_WORKER_STACK_KB_RANGE: RangeInclusive<u64> = 32..=65_536;
+pub const POOL_WORKER_STACK_KB_RANGE: RangeInclusive<u64> = 256..=65_536;
 
 /// Most validation errors listed in one [`ConfigError`]; the rest are counted.
 const ERRORS_SHOWN_MAX: usize = 50;
@@ -288,6 +320,22 @@ const _: () = assert!(
 );
 const _: () = assert!(within(OBJPOOL_BUFFERS_DEFAULT, &OBJPOOL_BUFFERS_RANGE));
 const _: () = assert!(OBJPOOL_BUFFERS_PREFILL_DEFAULT <= OBJPOOL_BUFFERS_DEFAULT);
+const _: () = assert!(within(
+    OBJPOOL_BUFFERS_PREFILL_DEFAULT,
+    &OBJPOOL_BUFFERS_PREFILL_RANGE
+));
+const _: () = assert!(*OBJPOOL_BUFFERS_PREFILL_RANGE.end() <= *OBJPOOL_BUFFERS_RANGE.end());
+// The default pool keeps at most its bound of idle buffer memory.
+const _: () = assert!(
+    OBJPOOL_BUFFERS_DEFAULT * OBJPOOL_BUFFER_RETAIN_BYTES_MAX_DEFAULT <= OBJPOOL_RETAINED_BYTES_MAX
+);
+// One pool at the top of its ranges fits the totals of all pools.
+const _: () = assert!(*POOL_WORKERS_RANGE.end() <= POOL_WORKERS_TOTAL_MAX);
+const _: () = assert!(*POOL_QUEUE_CAPACITY_RANGE.end() <= POOL_QUEUE_SLOTS_TOTAL_MAX);
+const _: () = assert!(
+    POOL_WORKERS_DEFAULT * POOL_WORKER_STACK_KB_DEFAULT * 1024 * PROVIDERS_MAX as u64
+        <= POOL_WORKER_STACKS_BYTES_TOTAL_MAX
+);
 const _: () = assert!(within(
     OBJPOOL_BUFFER_RETAIN_BYTES_MAX_DEFAULT,
     &OBJPOOL_BUFFER_RETAIN_BYTES_MAX_RANGE
@@ -446,6 +494,8 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     /// Accepted client keys (`Authorization: Bearer` or `x-api-key`); empty = no client auth.
     pub client_keys: Vec<Secret>,
+    /// The token `/stats` and `/metrics` require (`Authorization: Bearer`); `None` = open.
+    pub admin_token: Option<Secret>,
 }
 
 #[derive(Clone, Debug)]
@@ -716,15 +766,60 @@ impl Config {
 
 fn read_config_file(path: &Path) -> Result<String, ConfigError> {
     let fail = |e: &dyn fmt::Display| ConfigError(format!("{}: cannot read: {e}", path.display()));
-    let file = std::fs::File::open(path).map_err(|e| fail(&e))?;
-    let mut text = String::new();
-    file.take(CONFIG_FILE_BYTES_MAX + 1)
-        .read_to_string(&mut text)
-        .map_err(|e| fail(&e))?;
-    if text.len() as u64 > CONFIG_FILE_BYTES_MAX {
-        return Err(fail(&format!("larger than {CONFIG_FILE_BYTES_MAX} bytes")));
+    let bytes = read_regular_file(path, CONFIG_FILE_BYTES_MAX).map_err(|e| fail(&e))?;
+    String::from_utf8(bytes).map_err(|_| fail(&"not valid UTF-8"))
+}
+
+/// The contents of the regular file at `path`, at most `bytes_max` bytes. A FIFO, a device or a
+/// directory is refused without reading it: the file is opened non-blocking (opening a FIFO
+/// otherwise waits for a writer, and reading a device may never end), so `--check`, start-up and
+/// a reload (and with it SIGTERM, which waits for the reload) can never hang on a file. Messages
+/// never hold the contents.
+pub fn read_regular_file(path: &Path, bytes_max: u64) -> Result<Vec<u8>, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file (a FIFO, device or directory is refused)".into());
     }
-    Ok(text)
+    let mut bytes = Vec::new();
+    file.take(bytes_max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > bytes_max {
+        return Err(format!("larger than {bytes_max} bytes"));
+    }
+    Ok(bytes)
+}
+
+/// The root certificates of a provider's `ca_file`: PEM `CERTIFICATE` blocks (other blocks are
+/// skipped), each a valid X.509 certificate usable as a trust anchor, at least one. Both
+/// `--check` (and every config load) and the start of a provider's pool read it through here, so
+/// a file `--check` accepts is one the gateway starts with.
+pub fn ca_certificates(path: &Path) -> Result<Vec<ureq::tls::Certificate<'static>>, String> {
+    let pem = read_regular_file(path, CA_FILE_BYTES_MAX)?;
+    let mut certs: Vec<ureq::tls::Certificate<'static>> = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        match item.map_err(|e| e.to_string())? {
+            ureq::tls::PemItem::Certificate(c) => certs.push(c),
+            _ => continue,
+        }
+    }
+    if certs.is_empty() {
+        return Err("no certificate found (expected PEM \"BEGIN CERTIFICATE\" blocks)".into());
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for (i, cert) in certs.iter().enumerate() {
+        let der = rustls::pki_types::CertificateDer::from(cert.der().to_vec());
+        roots
+            .add(der)
+            .map_err(|e| format!("certificate {} of the file is not usable: {e}", i + 1))?;
+    }
+    Ok(certs)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -747,6 +842,7 @@ impl Default for ServerConfig {
             json_depth_max: JSON_DEPTH_MAX_DEFAULT as usize,
             shutdown_timeout: Duration::from_millis(SHUTDOWN_TIMEOUT_MS_DEFAULT),
             client_keys: Vec::new(),
+            admin_token: None,
         }
     }
 }
@@ -912,6 +1008,7 @@ struct ServerFile {
     body_buffer_bytes_max: Option<u64>,
     shutdown_timeout_ms: Option<u64>,
     client_keys: Option<Vec<String>>,
+    admin_token: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1142,6 +1239,7 @@ impl Checker<'_> {
         let log = self.log(f.log.unwrap_or_default());
         let objpools = self.objpools(f.objpools.unwrap_or_default());
         let providers = self.providers(f.providers.unwrap_or_default());
+        self.pool_totals(&providers);
         let aliases = self.aliases(f.aliases.unwrap_or_default(), &providers);
         let fallbacks = self.fallbacks(f.fallbacks.unwrap_or_default(), &providers);
         Config {
@@ -1283,17 +1381,10 @@ impl Checker<'_> {
         }
         let full = self.dir.join(path);
         let shown = full.display();
-        let file = std::fs::File::open(&full)
+        let bytes = read_regular_file(&full, SECRET_FILE_BYTES_MAX)
             .map_err(|e| format!("cannot read secret file \"{shown}\": {e}"))?;
-        let mut text = String::new();
-        file.take(SECRET_FILE_BYTES_MAX + 1)
-            .read_to_string(&mut text)
-            .map_err(|e| format!("cannot read secret file \"{shown}\": {e}"))?;
-        if text.len() as u64 > SECRET_FILE_BYTES_MAX {
-            return Err(format!(
-                "secret file \"{shown}\" is larger than {SECRET_FILE_BYTES_MAX} bytes"
-            ));
-        }
+        let text = String::from_utf8(bytes)
+            .map_err(|_| format!("secret file \"{shown}\" is not valid UTF-8"))?;
         let value = text.trim_end_matches(['\n', '\r']);
         if value.is_empty() {
             return Err(format!("secret file \"{shown}\" is empty"));
@@ -1342,6 +1433,10 @@ impl Checker<'_> {
                 SHUTDOWN_TIMEOUT_MS_DEFAULT,
             ),
             client_keys: self.client_keys(f.client_keys.unwrap_or_default()),
+            admin_token: f
+                .admin_token
+                .as_deref()
+                .and_then(|reference| self.secret("server.admin_token", reference)),
         }
     }
 
@@ -1489,11 +1584,24 @@ impl Checker<'_> {
             OBJPOOL_BUFFERS_DEFAULT,
             &OBJPOOL_BUFFERS_RANGE,
         );
+        let prefill_top = *OBJPOOL_BUFFERS_PREFILL_RANGE.end();
+        if f.buffers_prefill.is_some_and(|n| n > prefill_top) {
+            let n = f.buffers_prefill.unwrap_or_default();
+            let each = OBJPOOL_BUFFER_BYTES_INITIAL as u64;
+            self.error(
+                "objpools.buffers_prefill",
+                format!(
+                    "{n} is out of range 0..={prefill_top}: each prefilled buffer takes \
+                     {each} bytes and a reply channel at start-up ({} for {n})",
+                    bytes_shown(n.saturating_mul(each))
+                ),
+            );
+        }
         let buffers_prefill = self.size(
             "objpools.buffers_prefill",
-            f.buffers_prefill,
+            f.buffers_prefill.filter(|n| *n <= prefill_top),
             OBJPOOL_BUFFERS_PREFILL_DEFAULT.min(buffers as u64),
-            &(0..=*OBJPOOL_BUFFERS_RANGE.end()),
+            &OBJPOOL_BUFFERS_PREFILL_RANGE,
         );
         if buffers_prefill > buffers {
             let message = format!("{buffers_prefill} is more than objpools.buffers ({buffers})");
@@ -1505,10 +1613,59 @@ impl Checker<'_> {
             OBJPOOL_BUFFER_RETAIN_BYTES_MAX_DEFAULT,
             &OBJPOOL_BUFFER_RETAIN_BYTES_MAX_RANGE,
         );
+        let retained = (buffers as u64).saturating_mul(buffer_retain_bytes_max as u64);
+        if retained > OBJPOOL_RETAINED_BYTES_MAX {
+            self.error(
+                "objpools.buffer_retain_bytes_max",
+                format!(
+                    "objpools.buffers ({buffers}) x buffer_retain_bytes_max \
+                     ({buffer_retain_bytes_max}) = {} that idle buffers may keep, more than {}; \
+                     lower either",
+                    bytes_shown(retained),
+                    bytes_shown(OBJPOOL_RETAINED_BYTES_MAX)
+                ),
+            );
+        }
         ObjPoolsConfig {
             buffers,
             buffers_prefill: buffers_prefill.min(buffers),
             buffer_retain_bytes_max,
+        }
+    }
+
+    /// What all pools together take: worker threads, their reserved stacks, and queue slots
+    /// (allocated when the pools start, and again by each reload).
+    fn pool_totals(&mut self, providers: &BTreeMap<String, ProviderConfig>) {
+        let pools = providers.values().map(|p| &p.pool);
+        let workers: u64 = pools.clone().map(|p| p.workers_max as u64).sum();
+        let stacks: u64 = pools
+            .clone()
+            .map(|p| (p.workers_max as u64).saturating_mul(p.worker_stack_bytes as u64))
+            .fold(0, u64::saturating_add);
+        let slots: u64 = pools.map(|p| p.queue_capacity as u64).sum();
+        if workers > POOL_WORKERS_TOTAL_MAX {
+            let message = format!(
+                "the pools' workers_max add up to {workers} worker threads, more than \
+                 {POOL_WORKERS_TOTAL_MAX}"
+            );
+            self.error("providers", message);
+        }
+        if stacks > POOL_WORKER_STACKS_BYTES_TOTAL_MAX {
+            let message = format!(
+                "the pools' workers_max x worker_stack_kb add up to {} of worker stacks, more \
+                 than {}",
+                bytes_shown(stacks),
+                bytes_shown(POOL_WORKER_STACKS_BYTES_TOTAL_MAX)
+            );
+            self.error("providers", message);
+        }
+        if slots > POOL_QUEUE_SLOTS_TOTAL_MAX {
+            let message = format!(
+                "the pools' queue_capacity add up to {slots} slots ({} allocated at start), \
+                 more than {POOL_QUEUE_SLOTS_TOTAL_MAX}",
+                bytes_shown(slots.saturating_mul(POOL_QUEUE_SLOT_BYTES))
+            );
+            self.error("providers", message);
         }
     }
 
@@ -2084,12 +2241,8 @@ impl Checker<'_> {
             return None;
         }
         let full = self.dir.join(path);
-        match std::fs::metadata(&full) {
-            Ok(meta) if meta.is_file() => Some(full),
-            Ok(_) => {
-                self.error(key, format!("\"{}\" is not a file", full.display()));
-                None
-            }
+        match ca_certificates(&full) {
+            Ok(_) => Some(full),
             Err(e) => {
                 self.error(key, format!("cannot read \"{}\": {e}", full.display()));
                 None
@@ -2382,6 +2535,19 @@ fn describe_reference(reference: &str) -> String {
     }
 }
 
+/// A byte count for messages: `512 KiB`, `300 MiB`, `9.8 GiB`.
+fn bytes_shown(bytes: u64) -> String {
+    const KIB: u64 = 1024;
+    const MIB: u64 = 1024 * KIB;
+    const GIB: u64 = 1024 * MIB;
+    match bytes {
+        b if b >= GIB => format!("{:.1} GiB", b as f64 / GIB as f64),
+        b if b >= MIB => format!("{} MiB", b / MIB),
+        b if b >= KIB => format!("{} KiB", b / KIB),
+        b => format!("{b} bytes"),
+    }
+}
+
 /// `0-3,6,8-9` from a sorted list of core ids.
 fn core_ranges(cores: &[usize]) -> String {
     let mut parts: Vec<String> = Vec::new();
@@ -2551,7 +2717,7 @@ mod tests {
 
     #[test]
     fn full_example_parses() {
-        let ca = temp_file("ca.pem", "-----BEGIN CERTIFICATE-----\n");
+        let ca = temp_file("ca.pem", &ca_pem());
         let text = format!(
             r#"
 [server]
@@ -2573,6 +2739,7 @@ connections_max = 1000
 body_buffer_bytes_max = 8388608
 shutdown_timeout_ms = 5000
 client_keys = ["env:DEEPINTSHIELD_CLIENT_KEY"]
+admin_token = "env:DEEPINTSHIELD_ADMIN_TOKEN"
 
 [stats]
 stdout_interval_ms = 0
@@ -2606,7 +2773,7 @@ queue_policy = "block"
 queue_wait_ms_max = 500
 request_timeout_ms = 30000
 cores = [3]
-worker_stack_kb = 64
+worker_stack_kb = 512
 
 [aliases]
 "gpt-4o-mini" = "mock/gpt-4o-mini"
@@ -2615,6 +2782,7 @@ worker_stack_kb = 64
         );
         let env = [
             ("DEEPINTSHIELD_CLIENT_KEY", "client-1"),
+            ("DEEPINTSHIELD_ADMIN_TOKEN", "admin-1"),
             ("OPENAI_API_KEY", "sk-one"),
             ("OPENAI_API_KEY_2", "sk-two"),
         ];
@@ -2644,6 +2812,7 @@ worker_stack_kb = 64
         assert_eq!(s.shutdown_timeout, Duration::from_millis(5000));
         assert_eq!(s.json_depth_max, 32);
         assert_eq!(s.client_keys[0].expose(), "client-1");
+        assert_eq!(s.admin_token.as_ref().map(Secret::expose), Some("admin-1"));
         assert_eq!(c.stats.stdout_interval, None);
         assert_eq!(c.stats.objpool_hit_ratio_warn, 0.5);
         assert_eq!((c.objpools.buffers, c.objpools.buffers_prefill), (64, 64));
@@ -2672,7 +2841,7 @@ worker_stack_kb = 64
         assert_eq!(pool.request_timeout, Duration::from_secs(30));
         assert_eq!(
             (pool.cores.clone(), pool.worker_stack_bytes),
-            (vec![3], 64 * 1024)
+            (vec![3], 512 * 1024)
         );
         assert_eq!(c.aliases["best"], "openai/gpt-4o");
         assert_eq!(c.aliases["gpt-4o-mini"], "mock/gpt-4o-mini");
@@ -2892,8 +3061,8 @@ worker_stack_kb = 64
                 "providers.mock.pool.workers: 0 is out of range 1..=16384",
             ),
             (
-                "[providers.mock.pool]\nworker_stack_kb = 16\n",
-                "providers.mock.pool.worker_stack_kb: 16 is out of range",
+                "[providers.mock.pool]\nworker_stack_kb = 64\n",
+                "providers.mock.pool.worker_stack_kb: 64 is out of range 256..=65536",
             ),
             (
                 "[providers.mock.pool]\nqueue_capacity = 0\n",
@@ -3158,6 +3327,134 @@ worker_stack_kb = 64
         let c = parse(&text, &at, &|_| None, Some(CORES)).unwrap();
         assert_eq!(c.server.client_keys[0].expose(), "sk-relative");
         std::fs::remove_file(secret).unwrap();
+    }
+
+    /// A self-signed certificate, PEM.
+    fn ca_pem() -> String {
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string()])
+            .unwrap()
+            .cert
+            .pem()
+    }
+
+    /// A FIFO under the temp dir (nobody ever opens it for writing).
+    fn temp_fifo(name: &str) -> PathBuf {
+        let path = std::env::temp_dir().join(format!(
+            "deepintshield-config-{}-{name}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&path);
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo with a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        path
+    }
+
+    #[test]
+    fn ca_file_must_hold_usable_certificates() {
+        let good = temp_file("ca-good.pem", &ca_pem());
+        let text = |p: &Path| format!("{MOCK}ca_file = {:?}\n", p.display().to_string());
+        assert!(check(&text(&good)).is_ok());
+        let cases = [
+            ("ca-text.pem", "not a certificate\n".to_string(), "no certificate found"),
+            (
+                "ca-key.pem",
+                "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA==\n-----END PRIVATE KEY-----\n"
+                    .to_string(),
+                "no certificate found",
+            ),
+            (
+                "ca-garbage.pem",
+                "-----BEGIN CERTIFICATE-----\nZ2FyYmFnZQ==\n-----END CERTIFICATE-----\n".to_string(),
+                "certificate 1 of the file is not usable",
+            ),
+        ];
+        for (name, contents, why) in cases {
+            let bad = temp_file(name, &contents);
+            let e = err(&text(&bad));
+            assert!(
+                e.contains("providers.mock.ca_file: cannot read") && e.contains(why),
+                "{e}"
+            );
+            std::fs::remove_file(bad).unwrap();
+        }
+        let e = err(&text(&std::env::temp_dir()));
+        assert!(e.contains("not a regular file"), "{e}");
+        std::fs::remove_file(good).unwrap();
+    }
+
+    #[test]
+    fn fifos_and_devices_are_refused_without_blocking() {
+        let fifo = temp_fifo("secret-fifo");
+        let text = |p: &Path| format!("[server]\nclient_keys = [\"file:{}\"]\n{MOCK}", p.display());
+        for path in [fifo.as_path(), Path::new("/dev/zero")] {
+            let e = err(&text(path));
+            assert!(
+                e.contains("server.client_keys[0]: cannot read secret file")
+                    && e.contains("not a regular file"),
+                "{e}"
+            );
+        }
+        let e = err(&format!(
+            "{MOCK}ca_file = {:?}\n",
+            fifo.display().to_string()
+        ));
+        assert!(e.contains("not a regular file"), "{e}");
+        let e = Config::load(&fifo).unwrap_err().to_string();
+        assert!(e.contains("cannot read: not a regular file"), "{e}");
+        std::fs::remove_file(fifo).unwrap();
+    }
+
+    #[test]
+    fn start_up_memory_is_bounded() {
+        let e = err(&format!(
+            "[objpools]\nbuffers = 65536\nbuffers_prefill = 1048576\n{MOCK}"
+        ));
+        assert!(
+            e.contains("objpools.buffers_prefill: 1048576 is out of range 0..=16384")
+                && e.contains("(8.0 GiB for 1048576)"),
+            "{e}"
+        );
+        let e = err(&format!("[objpools]\nbuffers = 1048576\n{MOCK}"));
+        assert!(
+            e.contains("objpools.buffers: 1048576 is out of range 1..=65536"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "[objpools]\nbuffers = 65536\nbuffer_retain_bytes_max = 16777216\n{MOCK}"
+        ));
+        assert!(
+            e.contains("objpools.buffer_retain_bytes_max: objpools.buffers (65536) x")
+                && e.contains("= 1024.0 GiB that idle buffers may keep, more than 8.0 GiB"),
+            "{e}"
+        );
+        // Each pool within its ranges, all of them together past the totals.
+        let pool = |name: &str, extra: &str| {
+            format!("[providers.{name}]\ntype = \"mock\"\n[providers.{name}.pool]\n{extra}\n")
+        };
+        let threads: String = (0..3)
+            .map(|i| pool(&format!("p{i}"), "workers = 16384"))
+            .collect();
+        let e = err(&threads);
+        assert!(
+            e.contains("providers: the pools' workers_max add up to 49152 worker threads"),
+            "{e}"
+        );
+        let stacks = pool("big", "workers = 4096\nworker_stack_kb = 16384");
+        let e = err(&stacks);
+        assert!(
+            e.contains("add up to 64.0 GiB of worker stacks, more than 32.0 GiB"),
+            "{e}"
+        );
+        let queues: String = (0..3)
+            .map(|i| pool(&format!("q{i}"), "queue_capacity = 1000000"))
+            .collect();
+        let e = err(&queues);
+        assert!(
+            e.contains("queue_capacity add up to 3000000 slots (366 MiB allocated at start)"),
+            "{e}"
+        );
+        assert!(check(&pool("ok", "workers = 16384\nqueue_capacity = 1000000")).is_ok());
     }
 
     #[test]

@@ -306,19 +306,29 @@ mod tests {
 
     #[test]
     fn opens_on_failure_ratio_and_a_failed_probe_reopens() {
+        // Long enough that the checks right after the reopen fall inside the cool-down even on
+        // a loaded machine.
+        let open_for = Duration::from_millis(500);
         let b = Breaker::new(BreakerConfig {
             consecutive_failures: 0,
+            open_for,
             ..cfg()
         });
         for i in 0..12 {
             b.record(i % 2 == 0);
         }
         assert_eq!(b.state(), State::Open);
-        std::thread::sleep(Duration::from_millis(60));
-        assert!(b.allow());
+        assert!(!b.allow(), "open: rejected at once");
+        assert_eq!(b.rejected.load(Ordering::Relaxed), 1);
+        std::thread::sleep(open_for + Duration::from_millis(10));
+        assert!(b.allow(), "after the cool-down: a half-open probe");
+        assert_eq!(b.state(), State::HalfOpen);
         b.record(false);
         assert_eq!(b.state(), State::Open);
-        assert!(b.rejected.load(Ordering::Relaxed) == 0 || !b.allow());
+        // The reopened breaker rejects (and counts it) for a whole new cool-down.
+        assert!(!b.allow(), "a failed probe reopens the breaker");
+        assert_eq!(b.rejected.load(Ordering::Relaxed), 2);
+        assert_eq!(b.transitions.load(Ordering::Relaxed), 3);
     }
 
     #[test]

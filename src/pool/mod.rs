@@ -23,6 +23,12 @@ use crate::providers::redact::Redactor;
 use crate::providers::Provider;
 use crate::stats::PoolStats;
 
+// A queue slot (a job and the channel's stamp) fits the size the config's memory bound assumes.
+const _: () = assert!(
+    std::mem::size_of::<Job>() + std::mem::size_of::<usize>()
+        <= crate::config::POOL_QUEUE_SLOT_BYTES as usize
+);
+
 /// `Retry-After` (seconds) sent with a `drop`-policy 429.
 pub const DROP_RETRY_AFTER_S: u32 = 1;
 /// Longest single sleep of a coroutine waiting for queue space under `block`.

@@ -898,29 +898,9 @@ impl HttpProvider {
 fn tls_config(cfg: &ProviderConfig) -> Result<ureq::tls::TlsConfig, String> {
     let mut roots = ureq::tls::RootCerts::WebPki;
     if let Some(path) = &cfg.ca_file {
-        let pem = std::fs::read(path)
+        // The same reading and checks as the config's (`--check` accepts only what starts).
+        let certs = crate::config::ca_certificates(path)
             .map_err(|e| format!("providers.{}.ca_file: {}: {e}", cfg.name, path.display()))?;
-        let mut certs: Vec<ureq::tls::Certificate<'static>> = Vec::new();
-        for item in ureq::tls::parse_pem(&pem) {
-            match item {
-                Ok(ureq::tls::PemItem::Certificate(c)) => certs.push(c),
-                Ok(_) => {}
-                Err(e) => {
-                    return Err(format!(
-                        "providers.{}.ca_file: {}: {e}",
-                        cfg.name,
-                        path.display()
-                    ))
-                }
-            }
-        }
-        if certs.is_empty() {
-            return Err(format!(
-                "providers.{}.ca_file: {}: no certificate found",
-                cfg.name,
-                path.display()
-            ));
-        }
         roots = ureq::tls::RootCerts::Specific(Arc::new(certs));
     }
     Ok(ureq::tls::TlsConfig::builder().root_certs(roots).build())

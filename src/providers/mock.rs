@@ -24,8 +24,10 @@ use super::http::unsupported_operation;
 use super::sse::{stream_duration_error, stream_idle_error};
 use super::translate::count_tokens_estimate;
 use super::{Call, StreamResult, StreamSink};
+use crate::api::head::check_json_depth;
 use crate::config::ProviderConfig;
 use crate::error::ApiError;
+use crate::formats::chat::RawJson;
 use crate::formats::codec::{self, StreamEncoder};
 use crate::formats::embeddings::{self, EmbeddingInput, EmbeddingsResponse};
 use crate::formats::estimate_tokens;
@@ -42,6 +44,10 @@ const SLEEP_SLICE: Duration = Duration::from_millis(20);
 const TOOL_TRIGGER: &str = "use tool";
 /// Deepest nesting of a schema the mock builds a value for.
 const SCHEMA_DEPTH_MAX: usize = 8;
+/// Deepest JSON of a schema the mock parses: every level it reads ([`SCHEMA_DEPTH_MAX`] schema
+/// objects, each with its `properties`, and an `enum` option). A deeper schema is not parsed (its
+/// arguments are `{}`), so a client's nesting never sets how deep a worker's stack goes.
+const SCHEMA_JSON_DEPTH_MAX: usize = 2 * SCHEMA_DEPTH_MAX + 2;
 /// Length of a mock embedding vector when the request names no `dimensions`.
 pub const MOCK_EMBEDDING_DIMENSIONS_DEFAULT: u32 = 1536;
 /// Longest mock embedding vector.
@@ -76,13 +82,13 @@ impl MockProvider {
     /// Read the request, decide the answer, then wait the configured latency (time to the first
     /// token of a stream).
     fn reply(&self, call: &Call<'_>) -> Result<Reply, ApiError> {
-        #[cfg(debug_assertions)]
+        #[cfg(feature = "fault-injection")]
         if call.job.upstream_model == "__panic__" {
-            // Test-only trigger (compiled out of release builds): proves a panicking job is
-            // answered 500 and the worker lives on.
+            // Test-only trigger (the `fault-injection` feature, never in a release build): proves
+            // a panicking job is answered 500 and the worker lives on.
             panic!("mock provider asked to panic");
         }
-        #[cfg(debug_assertions)]
+        #[cfg(feature = "fault-injection")]
         if call.job.upstream_model == "__stall__" {
             // Test-only trigger: a call that ignores its deadline and cancellation, as a worker
             // stuck in a library call would; the supervisor must replace this worker.
@@ -137,10 +143,7 @@ impl MockProvider {
             let tool = forced
                 .or_else(|| named_tool(&req.tools, said))
                 .unwrap_or(&req.tools[0]);
-            let schema = tool
-                .input_schema
-                .as_ref()
-                .and_then(|s| serde_json::from_str::<Value>(s.get()).ok());
+            let schema = tool.input_schema.as_ref().and_then(parse_schema);
             let arguments = self.value_for(schema.as_ref(), 0);
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             return Part::ToolCall {
@@ -152,16 +155,14 @@ impl MockProvider {
             };
         }
         if let Some(structured) = &req.structured_output {
-            let schema = structured
-                .schema
-                .as_ref()
-                .and_then(|s| serde_json::from_str::<Value>(s.get()).ok());
+            let schema = structured.schema.as_ref().and_then(parse_schema);
             return Part::text(self.value_for(schema.as_ref(), 0).to_string());
         }
         Part::text(format!("mock: {said}"))
     }
 
-    /// A value of `schema`'s type: an object holds every required property.
+    /// A value of `schema`'s type: an object holds every required property (to
+    /// [`SCHEMA_DEPTH_MAX`] levels).
     fn value_for(&self, schema: Option<&Value>, depth: usize) -> Value {
         let Some(schema) = schema.filter(|_| depth < SCHEMA_DEPTH_MAX) else {
             return Value::Object(Default::default());
@@ -524,6 +525,14 @@ fn split_even(text: &str, n: usize) -> Vec<&str> {
     (0..n)
         .map(|k| &text[bounds[k * chars / n]..bounds[(k + 1) * chars / n]])
         .collect()
+}
+
+/// A schema as JSON, when it nests at most [`SCHEMA_JSON_DEPTH_MAX`] levels (checked without
+/// recursion before serde_json recurses into it).
+fn parse_schema(schema: &RawJson) -> Option<Value> {
+    let text = schema.get();
+    check_json_depth(text.as_bytes(), SCHEMA_JSON_DEPTH_MAX).ok()?;
+    serde_json::from_str(text).ok()
 }
 
 #[cfg(test)]

@@ -12,24 +12,24 @@ mod signals;
 mod watchdog;
 
 pub use notify::{monotonic_usec, watchdog_timeout, Notifier};
-pub use reload::{restart_only_changes, RETIRE_SUBMIT_GRACE};
+pub use reload::{restart_only_changes, GENERATIONS_DRAINING_MAX, RETIRE_SUBMIT_GRACE};
 pub use signals::{Event, SignalSet};
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 
-use crate::admin::AdminHandler;
+use crate::admin::{admin_open_beyond_loopback, AdminHandler};
 use crate::app::{ApiHandler, Gateway};
 use crate::config::Config;
 use crate::http::{self, ServerHandle};
 use crate::job::ReplyChannel;
 use crate::log;
 use crate::objpool::{ObjPool, ObjPoolStats};
-use crate::pool::{wait_until, waiters, ProviderPool};
+use crate::pool::{wait_until, waiters};
 use crate::stats::ServiceStats;
 
 /// Time past `shutdown_timeout` for the requests still running then to be answered 503
@@ -38,16 +38,16 @@ use crate::stats::ServiceStats;
 /// itself at its next nudge.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 const _: () = assert!(SHUTDOWN_GRACE.as_millis() >= 2 * waiters::NUDGE_EVERY.as_millis());
-/// Initial capacity of a pooled connection buffer.
-const BUFFER_BYTES_INITIAL: usize = 8 * 1024;
 /// Descriptors wanted beyond the API listener's `connections_max`: admin connections, upstream
 /// connections, the event loop and the journal.
 const FD_HEADROOM: u64 = 1024;
 
-/// Warn when the descriptor limit (`LimitNOFILE` under systemd) is reached before
-/// `server.connections_max`: past it, accept() fails (counted as `accept_fd_exhausted`) and new
+/// Raise the soft descriptor limit to the hard one (as the Go runtime and many servers do: the
+/// soft limit, often 1024, is a default for programs that may use `select`, which this one does
+/// not), then warn when it is still below `server.connections_max` plus headroom (`LimitNOFILE`
+/// under systemd sets both): past it, accept() fails (counted as `accept_fd_exhausted`) and new
 /// clients wait in the kernel's queue instead of getting a 503.
-fn warn_if_fd_limit_low(connections_max: usize) {
+fn raise_fd_limit(connections_max: usize) {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -57,15 +57,47 @@ fn warn_if_fd_limit_low(connections_max: usize) {
         return;
     }
     let wanted = (connections_max as u64).saturating_add(FD_HEADROOM);
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit reads the valid `rlimit` it is given; raising the soft limit up to
+        // the hard one needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            log::info(
+                "raised the file descriptor limit (soft) to the hard limit",
+                &[
+                    ("from", &limit.rlim_cur.to_string()),
+                    ("to", &raised.rlim_cur.to_string()),
+                ],
+            );
+            limit = raised;
+        }
+    }
     if limit.rlim_cur < wanted {
         log::warn(
             "the file descriptor limit is below server.connections_max plus headroom; raise \
-             LimitNOFILE (ulimit -n) or lower server.connections_max",
+             LimitNOFILE (ulimit -Hn) or lower server.connections_max",
             &[
                 ("limit", &limit.rlim_cur.to_string()),
                 ("connections_max", &connections_max.to_string()),
                 ("headroom", &FD_HEADROOM.to_string()),
             ],
+        );
+    }
+}
+
+/// Warn when `/stats` and `/metrics` are open to other hosts: the admin listener is not on
+/// loopback and no `server.admin_token` is set (at start, and at each reload, which may change
+/// the token).
+fn warn_if_admin_open(config: &Config) {
+    if admin_open_beyond_loopback(config) {
+        log::warn(
+            "the admin listener is not on a loopback address and server.admin_token is not set: \
+             anyone who can reach it reads /stats and /metrics; set server.admin_token or listen \
+             on 127.0.0.1",
+            &[("admin_listen", &config.server.admin_listen.to_string())],
         );
     }
 }
@@ -86,8 +118,9 @@ pub struct Service {
     notifier: Option<Arc<Notifier>>,
     watchdog: Option<watchdog::Watchdog>,
     stats: Arc<ServiceStats>,
-    /// Pools swapped out by reloads, while they drain: a shutdown stops them too.
-    retired: Mutex<Vec<Weak<ProviderPool>>>,
+    /// Generations of pools swapped out by reloads, while they drain (at most
+    /// [`GENERATIONS_DRAINING_MAX`]): a shutdown stops them too.
+    draining: Mutex<Vec<reload::Draining>>,
 }
 
 impl Service {
@@ -111,7 +144,7 @@ impl Service {
             o.buffers,
             o.buffers_prefill,
             o.buffer_retain_bytes_max,
-            || Vec::with_capacity(BUFFER_BYTES_INITIAL),
+            || Vec::with_capacity(crate::config::OBJPOOL_BUFFER_BYTES_INITIAL),
         );
         let replies = ObjPool::new(
             "reply_channels",
@@ -135,7 +168,8 @@ impl Service {
         let bind = |addr| {
             std::net::TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))
         };
-        warn_if_fd_limit_low(config.server.limits.connections_max);
+        raise_fd_limit(config.server.limits.connections_max);
+        warn_if_admin_open(&config);
         let api_listener = bind(config.server.listen)?;
         let admin_listener = bind(config.server.admin_listen)?;
         let limits = config.server.limits.clone();
@@ -172,7 +206,7 @@ impl Service {
             notifier,
             watchdog: None,
             stats,
-            retired: Mutex::new(Vec::new()),
+            draining: Mutex::new(Vec::new()),
         };
         service.notify("READY=1", |n| n.ready(&service.status_line()));
         service.start_watchdog();
@@ -285,9 +319,14 @@ impl Service {
         self.notify("READY=1", |n| n.ready(&status));
     }
 
-    /// Load, validate and apply the config at `path`; on error nothing changed.
+    /// Load, validate and apply the config at `path`; on error the running config stays (only a
+    /// draining generation abandoned to make room for the new one stays abandoned).
     fn apply(&self, path: &Path) -> Result<(), String> {
         let mut config = Config::load(path).map_err(|e| e.to_string())?;
+        // Room for the generation this reload retires, before its successor's threads start:
+        // a burst of reloads never holds more than the bound of generations (plus the one
+        // running, and abandoned ones for the milliseconds their workers take to exit).
+        self.make_room();
         let old = self.gateway.load_full();
         for change in restart_only_changes(&old.config, &config) {
             log::warn(
@@ -311,16 +350,36 @@ impl Service {
         }
         log::set_level(config.log.level);
         log::set_access(config.log.access);
+        warn_if_admin_open(&config);
         self.api.set_limits(config.server.limits.clone());
         self.admin.set_limits(config.server.limits.clone());
         self.gateway.store(Arc::new(next));
-        {
-            let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
-            retired.retain(|p| p.strong_count() > 0);
-            retired.extend(old.pools.iter().map(Arc::downgrade));
-        }
-        reload::retire(old.pools.clone(), Arc::clone(&self.stats));
+        let retiring = reload::retire(old.pools.clone(), Arc::clone(&self.stats));
+        self.draining
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(retiring);
         Ok(())
+    }
+
+    /// Abandon the oldest draining generations while a reload would leave more than
+    /// [`GENERATIONS_DRAINING_MAX`] draining (see [`reload::make_room`]).
+    fn make_room(&self) {
+        let mut draining = self.draining.lock().unwrap_or_else(|p| p.into_inner());
+        let abandoned = reload::make_room(&mut draining);
+        if abandoned > 0 {
+            self.stats
+                .generations_abandoned
+                .fetch_add(abandoned as u64, Ordering::Relaxed);
+            log::warn(
+                "reload: too many generations draining; abandoned the oldest (its requests are \
+                 answered 503 shutting_down)",
+                &[
+                    ("abandoned", &abandoned.to_string()),
+                    ("draining_max", &GENERATIONS_DRAINING_MAX.to_string()),
+                ],
+            );
+        }
     }
 
     /// Stop accepting, finish queued and in-flight requests up to `shutdown_timeout`, then answer
@@ -337,9 +396,9 @@ impl Service {
         let deadline = Instant::now() + gateway.config.server.shutdown_timeout;
         // Pools retired by a reload hold requests too.
         let mut pools = gateway.pools.clone();
-        let retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
-        pools.extend(retired.iter().filter_map(Weak::upgrade));
-        drop(retired);
+        let draining = self.draining.lock().unwrap_or_else(|p| p.into_inner());
+        pools.extend(draining.iter().flat_map(reload::Draining::pools));
+        drop(draining);
         for p in &pools {
             p.close();
         }

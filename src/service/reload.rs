@@ -1,16 +1,22 @@
 //! Config reload (SIGHUP): what a reload can apply and what needs a restart, starting the new
 //! generation's pools (continuing the statistics of same-named pools), and retiring the old pools
-//! in the background: they keep serving what they hold while the new ones take new work.
+//! in the background: they keep serving what they hold while the new ones take new work. At most
+//! [`GENERATIONS_DRAINING_MAX`] retired generations drain at once (see [`Draining`]).
+//!
+//! Reloads never overlap: the signal loop runs one at a time, and SIGHUPs that arrive while one
+//! runs coalesce into one more (the kernel and the signal set keep at most one pending per
+//! signal). So a burst of SIGHUPs costs at most one running and one queued reload at any time,
+//! and the pools it leaves draining are bounded by [`GENERATIONS_DRAINING_MAX`].
 
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use super::ServiceStats;
 use crate::config::Config;
 use crate::job::REPLY_GRACE;
 use crate::log;
-use crate::pool::ProviderPool;
+use crate::pool::{wait_until, ProviderPool};
 use crate::providers::redact::Redactor;
 
 /// After a swap, how long retired pools still take jobs before they close: requests that loaded
@@ -18,6 +24,16 @@ use crate::providers::redact::Redactor;
 pub const RETIRE_SUBMIT_GRACE: Duration = Duration::from_secs(1);
 /// Extra time past the retired pools' deadline for their workers to answer what they abandoned.
 const RETIRE_WORKER_GRACE: Duration = Duration::from_millis(500);
+/// Generations of pools swapped out by reloads that may drain at once. Each holds its workers
+/// and supervisors (threads) until its last request ends, which may take a stream's longest
+/// duration; a reload that would leave more abandons the oldest draining generation first: its
+/// queued and running requests are answered 503 `shutting_down` (a stream that began: an SSE
+/// error event), as at the end of a shutdown, and its threads exit. So a burst of reloads keeps
+/// at most this many generations' threads beside the running one's. Reloads are never made to
+/// wait instead: a reload applies what the operator asked (a revoked key, a lowered limit) at
+/// once, even while long streams hold older generations.
+pub const GENERATIONS_DRAINING_MAX: usize = 4;
+const _: () = assert!(GENERATIONS_DRAINING_MAX >= 1);
 
 /// Start one pool per provider of `config`, in config order (the router's pool numbering). A pool
 /// replacing one of the same name in `previous` continues its statistics, so counters stay
@@ -106,13 +122,71 @@ pub fn keep_restart_only(running: &Config, new: &mut Config) {
     new.objpools = running.objpools.clone();
 }
 
+/// A generation of pools swapped out by a reload, draining in its own thread.
+pub struct Draining {
+    pools: Vec<Weak<ProviderPool>>,
+    /// Set when the generation has drained (its workers exited) and its thread ends.
+    done: Arc<AtomicBool>,
+}
+
+impl Draining {
+    /// Whether the generation has drained.
+    pub fn is_done(&self) -> bool {
+        self.done.load(Ordering::Acquire)
+    }
+
+    /// Its pools still alive.
+    pub fn pools(&self) -> impl Iterator<Item = Arc<ProviderPool>> + '_ {
+        self.pools.iter().filter_map(Weak::upgrade)
+    }
+
+    /// Whether it was abandoned already.
+    pub fn abandoned(&self) -> bool {
+        self.pools().any(|p| p.abandoned())
+    }
+
+    /// Stop draining now: answer what the generation holds 503 `shutting_down` and interrupt
+    /// its upstream calls; its thread then ends as soon as the workers exit.
+    pub fn abandon(&self) {
+        for p in self.pools() {
+            p.abandon();
+        }
+    }
+}
+
+/// Make room for one more draining generation: drop the drained ones from `draining`, and while
+/// [`GENERATIONS_DRAINING_MAX`] are still draining, abandon the oldest not yet abandoned (an
+/// abandoned one counts until its workers have exited, which takes milliseconds). Returns how
+/// many generations were abandoned.
+pub fn make_room(draining: &mut Vec<Draining>) -> usize {
+    draining.retain(|d| !d.is_done());
+    let mut abandoned = 0;
+    let mut live = draining.iter().filter(|d| !d.abandoned()).count();
+    for d in draining.iter() {
+        if live < GENERATIONS_DRAINING_MAX {
+            break;
+        }
+        if !d.abandoned() {
+            d.abandon();
+            live -= 1;
+            abandoned += 1;
+        }
+    }
+    abandoned
+}
+
 /// Retire `pools` (swapped out by a reload) in a background thread: they go on taking jobs for
 /// [`RETIRE_SUBMIT_GRACE`] plus their longest `block` wait, then close; queued and in-flight jobs
 /// finish (each is bounded by its own deadline, a stream by its longest duration) and the workers
-/// exit.
-pub fn retire(pools: Vec<Arc<ProviderPool>>, stats: Arc<ServiceStats>) {
+/// exit. An abandoned generation (see [`Draining::abandon`]) skips the rest of its grace.
+pub fn retire(pools: Vec<Arc<ProviderPool>>, stats: Arc<ServiceStats>) -> Draining {
+    let done = Arc::new(AtomicBool::new(pools.is_empty()));
+    let draining = Draining {
+        pools: pools.iter().map(Arc::downgrade).collect(),
+        done: Arc::clone(&done),
+    };
     if pools.is_empty() {
-        return;
+        return draining;
     }
     let count = pools.len() as u64;
     stats.pools_draining.fetch_add(count, Ordering::Relaxed);
@@ -130,9 +204,10 @@ pub fn retire(pools: Vec<Arc<ProviderPool>>, stats: Arc<ServiceStats>) {
         .max()
         .unwrap_or_default();
     let mine = Arc::clone(&stats);
+    let finished = Arc::clone(&done);
     let drain = move || {
         let started = Instant::now();
-        std::thread::sleep(grace);
+        wait_until(started + grace, || pools.iter().any(|p| p.abandoned()));
         for p in &pools {
             p.close();
         }
@@ -142,14 +217,20 @@ pub fn retire(pools: Vec<Arc<ProviderPool>>, stats: Arc<ServiceStats>) {
             p.shutdown(deadline, RETIRE_WORKER_GRACE);
         }
         let names: Vec<&str> = pools.iter().map(|p| p.name()).collect();
+        let abandoned = pools.iter().any(|p| p.abandoned());
         log::info(
-            "reload: retired pools drained",
+            if abandoned {
+                "reload: retired pools abandoned"
+            } else {
+                "reload: retired pools drained"
+            },
             &[
                 ("pools", &names.join(",")),
                 ("ms", &started.elapsed().as_millis().to_string()),
             ],
         );
         mine.pools_draining.fetch_sub(count, Ordering::Relaxed);
+        finished.store(true, Ordering::Release);
     };
     if let Err(e) = std::thread::Builder::new()
         .name("retire-pools".into())
@@ -157,11 +238,13 @@ pub fn retire(pools: Vec<Arc<ProviderPool>>, stats: Arc<ServiceStats>) {
     {
         // Without the thread the old pools stay open: their workers idle until exit.
         stats.pools_draining.fetch_sub(count, Ordering::Relaxed);
+        done.store(true, Ordering::Release);
         log::warn(
             "reload: cannot start the thread that drains retired pools; they stay idle until exit",
             &[("error", &e.to_string())],
         );
     }
+    draining
 }
 
 #[cfg(test)]
@@ -247,6 +330,43 @@ mod tests {
                 p.shutdown(Instant::now(), RETIRE_WORKER_GRACE);
             }
         }
+    }
+
+    #[test]
+    fn at_most_the_bound_of_generations_drain_at_once() {
+        let mut config = Config::default();
+        for p in config.providers.values_mut() {
+            p.pool.workers = 1;
+        }
+        let stats = Arc::new(ServiceStats::new());
+        let mut draining: Vec<Draining> = Vec::new();
+        let mut generations = Vec::new();
+        let mut abandoned = 0;
+        for _ in 0..GENERATIONS_DRAINING_MAX + 2 {
+            let pools = start_pools(&config, &[], &[]).unwrap();
+            abandoned += make_room(&mut draining);
+            draining.push(retire(pools.clone(), Arc::clone(&stats)));
+            generations.push(pools);
+            let live = draining.iter().filter(|d| !d.abandoned()).count();
+            assert!(live <= GENERATIONS_DRAINING_MAX, "{live} draining");
+        }
+        // The two oldest were abandoned, the newest are draining.
+        assert_eq!(abandoned, 2);
+        let first = |g: &Vec<Arc<ProviderPool>>| Arc::clone(&g[0]);
+        assert!(first(&generations[0]).abandoned() && first(&generations[1]).abandoned());
+        assert!(generations[2..].iter().all(|g| !first(g).abandoned()));
+        // An abandoned generation's workers exit at once, without waiting out the grace.
+        let soon = Instant::now() + RETIRE_SUBMIT_GRACE / 2;
+        assert!(wait_until(soon, || generations[..2]
+            .iter()
+            .all(|g| first(g).workers_exited())));
+        assert!(generations[2..].iter().all(|g| !first(g).workers_exited()));
+        for d in &draining {
+            d.abandon();
+        }
+        let end = Instant::now() + Duration::from_secs(5);
+        assert!(wait_until(end, || draining.iter().all(Draining::is_done)));
+        assert_eq!(stats.pools_draining.load(Ordering::Relaxed), 0);
     }
 
     #[test]

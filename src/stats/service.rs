@@ -20,6 +20,8 @@ pub struct ServiceStats {
     pub pools_draining: AtomicU64,
     /// Watchdog checks that failed (each withheld one `WATCHDOG=1`).
     pub watchdog_failures: AtomicU64,
+    /// Draining generations abandoned because a reload would have left too many draining.
+    pub generations_abandoned: AtomicU64,
 }
 
 impl ServiceStats {
@@ -33,6 +35,7 @@ impl ServiceStats {
             last_reload_ok_unix_s: AtomicU64::new(now.as_secs()),
             pools_draining: AtomicU64::new(0),
             watchdog_failures: AtomicU64::new(0),
+            generations_abandoned: AtomicU64::new(0),
         }
     }
 
@@ -45,7 +48,9 @@ impl ServiceStats {
             "last_reload_ok": self.last_reload_ok.load(Ordering::Relaxed),
             "last_reload_ok_unix_s": g(&self.last_reload_ok_unix_s),
             "pools_draining": g(&self.pools_draining),
+            "generations_abandoned": g(&self.generations_abandoned),
             "watchdog_failures": g(&self.watchdog_failures),
+            "log_lines_dropped": crate::log::dropped_lines(),
         })
     }
 }

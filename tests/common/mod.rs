@@ -5,7 +5,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStderr, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -544,15 +544,77 @@ impl Proc {
     }
 }
 
+impl Proc {
+    /// Start `cmd` and wait for its ready line on stdout; its stderr is a pipe handed back
+    /// unread (it fills as the child writes, as a stalled journal would).
+    pub fn spawn_stderr_held(mut cmd: Command, ready_prefix: &str) -> (Proc, ChildStderr) {
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null());
+        let mut child = cmd.spawn().expect("spawn");
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.contains(ready_prefix) => {
+                    let proc = Proc {
+                        child,
+                        first_line: line,
+                        stdout_lines: rx,
+                    };
+                    return (proc, stderr);
+                }
+                Ok(_) => continue,
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("process did not print {ready_prefix:?}");
+                }
+            }
+        }
+    }
+}
+
 impl Gateway {
-    /// Start a gateway on `toml` with extra environment, keeping its stderr (logs) for assertions.
-    pub fn start_logged(toml: &str, env: &[(&str, &str)]) -> (Gateway, StderrLog) {
+    /// Start a gateway on `toml` whose stderr (its logs) is a pipe handed back unread.
+    pub fn start_stderr_held(toml: &str) -> (Gateway, ChildStderr) {
         let config_path = write_config(toml);
         let mut cmd = Command::new(gateway_bin());
         cmd.arg("--config").arg(&config_path);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
+        let (proc, stderr) = Proc::spawn_stderr_held(cmd, "listening on");
+        let addrs = listen_addrs(&proc.first_line);
+        let gw = Gateway {
+            proc,
+            api: addrs[0],
+            admin: addrs[1],
+            config_path,
+        };
+        (gw, stderr)
+    }
+
+    /// Start a gateway on `toml` with extra environment, keeping its stderr (logs) for assertions.
+    pub fn start_logged(toml: &str, env: &[(&str, &str)]) -> (Gateway, StderrLog) {
+        Self::start_logged_with(toml, |cmd| {
+            for (k, v) in env {
+                cmd.env(k, v);
+            }
+        })
+    }
+
+    /// [`Gateway::start_logged`] with the command set up by `setup` (environment, pre_exec).
+    pub fn start_logged_with(toml: &str, setup: impl FnOnce(&mut Command)) -> (Gateway, StderrLog) {
+        let config_path = write_config(toml);
+        let mut cmd = Command::new(gateway_bin());
+        cmd.arg("--config").arg(&config_path);
+        setup(&mut cmd);
         let (proc, log) = Proc::spawn_logged(cmd, "listening on");
         let addrs = listen_addrs(&proc.first_line);
         let gw = Gateway {
