@@ -25,6 +25,11 @@ pub enum ErrorKind {
     HeadersTooLarge,
     /// Queue full under `queue_policy = "drop"`: 429 with `Retry-After`.
     QueueFull,
+    /// A virtual key's or team's rate limit: 429 with `Retry-After` and `x-ratelimit-*`.
+    RateLimited,
+    /// A virtual key's or team's budget is spent until its period turns: 429
+    /// (`insufficient_quota`), not worth retrying.
+    BudgetExceeded,
     /// Queue full under `error`/`block`, or the gateway shutting down: 503.
     Unavailable,
     /// The front is at a limit of its own (open connections, buffered body bytes): 503 with
@@ -58,7 +63,7 @@ impl ErrorKind {
             ErrorKind::ClientTimeout => 408,
             ErrorKind::PayloadTooLarge => 413,
             ErrorKind::HeadersTooLarge => 431,
-            ErrorKind::QueueFull => 429,
+            ErrorKind::QueueFull | ErrorKind::RateLimited | ErrorKind::BudgetExceeded => 429,
             ErrorKind::Unavailable | ErrorKind::ShuttingDown | ErrorKind::Overloaded => 503,
             ErrorKind::QueueTimeout | ErrorKind::RequestTimeout => 504,
             ErrorKind::UpstreamTransport | ErrorKind::UpstreamInvalid => 502,
@@ -78,7 +83,8 @@ impl ErrorKind {
             | ErrorKind::HeadersTooLarge => "invalid_request_error",
             ErrorKind::Unauthorized => "authentication_error",
             ErrorKind::Forbidden => "permission_error",
-            ErrorKind::QueueFull => "rate_limit_error",
+            ErrorKind::QueueFull | ErrorKind::RateLimited => "rate_limit_error",
+            ErrorKind::BudgetExceeded => "insufficient_quota",
             ErrorKind::Unavailable
             | ErrorKind::ShuttingDown
             | ErrorKind::ClientCancelled

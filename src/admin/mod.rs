@@ -1,5 +1,6 @@
 //! The admin listener: `GET /health`, `GET /stats` (JSON) and `GET /metrics` (Prometheus), read
-//! from the current gateway generation and the service counters.
+//! from the current gateway generation and the service counters, and the governance API under
+//! `/admin/` ([`governance`]).
 
 use serde_json::json;
 use std::sync::atomic::Ordering;
@@ -11,6 +12,7 @@ use crate::app::{method_not_allowed, not_found, Gateway};
 use crate::http::{Handler, Method, Request, Response};
 use crate::stats::ServiceStats;
 
+pub mod governance;
 pub mod prometheus;
 
 /// The `/stats` document of a gateway generation.
@@ -49,8 +51,10 @@ impl AdminHandler {
         for (name, p) in &g.config.providers {
             if let Some(pool) = v["pools"].get_mut(name) {
                 pool["keys"] = p.keys.len().into();
+                pool["plugins"] = g.plugins.stats.pool_json(name);
             }
         }
+        v["governance"] = governance::stats_json(g);
         v
     }
 
@@ -63,6 +67,8 @@ impl AdminHandler {
             generation: g.generation,
             draining: g.draining.load(Ordering::Relaxed),
         });
+        let mut text = text;
+        governance::metrics(g, &mut text);
         Response {
             status: 200,
             content_type: prometheus::CONTENT_TYPE,
@@ -76,6 +82,9 @@ impl AdminHandler {
 impl Handler for AdminHandler {
     /// Every admin endpoint is a `GET`: anything else is answered before its body is read.
     fn admit(&self, req: &Request) -> Option<Response> {
+        if req.path.starts_with(governance::PREFIX) {
+            return governance::admit(&self.gateway.load(), req);
+        }
         match (req.method, req.path.as_str()) {
             (Method::Get | Method::Head, "/health" | "/stats" | "/metrics") => None,
             (_, "/health" | "/stats" | "/metrics") => {
@@ -88,6 +97,9 @@ impl Handler for AdminHandler {
     fn handle(&self, req: &mut Request) -> Response {
         let current = self.gateway.load_full();
         let g = &current;
+        if req.path.starts_with(governance::PREFIX) {
+            return governance::handle(g, req);
+        }
         match (req.method, req.path.as_str()) {
             (Method::Get | Method::Head, "/health") => {
                 if g.draining.load(Ordering::Relaxed) {

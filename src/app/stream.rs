@@ -9,9 +9,11 @@ use std::time::{Duration, Instant};
 use crate::api;
 use crate::error::ApiError;
 use crate::http::{BodyStream, StreamPoll};
+use crate::job::Usage;
 use crate::job::{clock_ms, CancelReason, ClientApi, Reply, ReplyChannel, StreamEnd, REPLY_GRACE};
 use crate::log::{self, AccessRecord};
 use crate::objpool::Pooled;
+use crate::plugins::{Outcome, Pending, Target};
 use crate::pool::{waiters, ProviderPool};
 use crate::providers::sse::{stream_duration_error, stream_idle_error};
 
@@ -32,6 +34,12 @@ pub struct GatewayStream {
     /// When the client was last written to (an event or a keep-alive).
     last_write: Instant,
     finished: bool,
+    /// The request's post-hooks, run when the stream is dropped (its end, or the client gone).
+    pending: Option<Pending>,
+    /// The route streaming the answer.
+    served: Option<Target>,
+    /// The usage the worker reported at the stream's end.
+    usage: Usage,
 }
 
 impl GatewayStream {
@@ -54,7 +62,17 @@ impl GatewayStream {
             last_message_ms: clock_ms(),
             last_write: now,
             finished: false,
+            pending: None,
+            served: None,
+            usage: Usage::default(),
         }
+    }
+
+    /// Run `pending`'s post-hooks when the stream ends, as served by `served`.
+    pub fn with_post_hooks(mut self, pending: Option<Pending>, served: Target) -> GatewayStream {
+        self.pending = pending;
+        self.served = Some(served);
+        self
     }
 
     fn fail(&mut self, err: &ApiError) -> StreamPoll {
@@ -69,6 +87,7 @@ impl GatewayStream {
     fn end(&mut self, end: StreamEnd) -> StreamPoll {
         self.rec.prompt_tokens = end.usage.input_tokens;
         self.rec.completion_tokens = end.usage.output_tokens;
+        self.usage = end.usage;
         match end.error {
             Some(e) => self.fail(&e),
             None => {
@@ -173,5 +192,14 @@ impl Drop for GatewayStream {
     fn drop(&mut self) {
         self.rec.total_us = self.received_at.elapsed().as_micros() as u64;
         log::access(&self.rec);
+        if let Some(pending) = self.pending.take() {
+            pending.finish(Outcome {
+                status: self.rec.status,
+                served: self.served.take(),
+                usage: std::mem::take(&mut self.usage),
+                error_code: self.rec.error_code,
+                ..Outcome::default()
+            });
+        }
     }
 }

@@ -20,7 +20,13 @@ use serde::Deserialize;
 
 use crate::log::Level;
 
+mod governance;
 mod limits;
+
+pub use governance::{
+    hash_text, parse_hex32, sha256, AuthMode, KeyHash, PluginName, PluginsConfig, PricesConfig,
+    StoreConfig, HASH_PREFIX,
+};
 
 pub use limits::{BreakerConfig, Limits, MaxTokensField, StructuredOutputStyle, ThinkingStyle};
 use limits::{
@@ -379,6 +385,12 @@ pub struct Config {
     pub aliases: BTreeMap<String, String>,
     /// Model name as clients send it -> `provider/model`s tried in order when it fails.
     pub fallbacks: BTreeMap<String, Vec<String>>,
+    /// The plugin pipeline (`[plugins]`).
+    pub plugins: PluginsConfig,
+    /// The embedded database (`[store]`); `None` when `store.path` is not set.
+    pub store: Option<StoreConfig>,
+    /// The price table override (`[prices]`).
+    pub prices: PricesConfig,
 }
 
 #[derive(Clone, Debug)]
@@ -397,8 +409,14 @@ pub struct ServerConfig {
     pub json_depth_max: usize,
     /// Default [`SHUTDOWN_TIMEOUT_MS_DEFAULT`].
     pub shutdown_timeout: Duration,
-    /// Accepted client keys (`Authorization: Bearer` or `x-api-key`); empty = no client auth.
-    pub client_keys: Vec<Secret>,
+    /// Accepted static client keys, by their SHA-256 (`Authorization: Bearer`, `x-api-key` or
+    /// `api-key`).
+    pub client_keys: Vec<KeyHash>,
+    /// Whether API requests need a key (`server.auth`); the file's default is
+    /// [`AuthMode::Keys`].
+    pub auth: AuthMode,
+    /// The admin listener's token (`Authorization: Bearer`), by its SHA-256; `None`: no token.
+    pub admin_token: Option<KeyHash>,
 }
 
 #[derive(Clone, Debug)]
@@ -674,6 +692,8 @@ impl Default for ServerConfig {
             json_depth_max: JSON_DEPTH_MAX_DEFAULT as usize,
             shutdown_timeout: Duration::from_millis(SHUTDOWN_TIMEOUT_MS_DEFAULT),
             client_keys: Vec::new(),
+            auth: AuthMode::Keys,
+            admin_token: None,
         }
     }
 }
@@ -782,6 +802,9 @@ impl Default for Config {
             providers,
             aliases: BTreeMap::new(),
             fallbacks: BTreeMap::new(),
+            plugins: PluginsConfig { order: Vec::new() },
+            store: None,
+            prices: PricesConfig::default(),
         }
     }
 }
@@ -801,6 +824,9 @@ struct ConfigFile {
     providers: Option<BTreeMap<String, ProviderFile>>,
     aliases: Option<BTreeMap<String, String>>,
     fallbacks: Option<BTreeMap<String, Vec<String>>>,
+    plugins: Option<governance::PluginsFile>,
+    store: Option<governance::StoreFile>,
+    prices: Option<governance::PricesFile>,
 }
 
 #[derive(Deserialize, Default)]
@@ -824,6 +850,8 @@ struct ServerFile {
     body_buffer_bytes_max: Option<u64>,
     shutdown_timeout_ms: Option<u64>,
     client_keys: Option<Vec<String>>,
+    auth: Option<String>,
+    admin_token: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1046,7 +1074,10 @@ impl Checker<'_> {
         let providers = self.providers(f.providers.unwrap_or_default());
         let aliases = self.aliases(f.aliases.unwrap_or_default(), &providers);
         let fallbacks = self.fallbacks(f.fallbacks.unwrap_or_default(), &providers);
-        Config {
+        let plugins = self.plugins(f.plugins.unwrap_or_default());
+        let store = self.store(f.store.unwrap_or_default());
+        let prices = self.prices(f.prices.unwrap_or_default());
+        let config = Config {
             path: self.file.to_path_buf(),
             server,
             stats,
@@ -1055,7 +1086,12 @@ impl Checker<'_> {
             providers,
             aliases,
             fallbacks,
-        }
+            plugins,
+            store,
+            prices,
+        };
+        self.governance_rules(&config);
+        config
     }
 
     // --- scalars ---
@@ -1243,7 +1279,12 @@ impl Checker<'_> {
                 f.shutdown_timeout_ms,
                 SHUTDOWN_TIMEOUT_MS_DEFAULT,
             ),
-            client_keys: self.client_keys(f.client_keys.unwrap_or_default()),
+            client_keys: self.client_keys(f.client_keys.clone().unwrap_or_default()),
+            auth: self.auth(f.auth.as_deref()),
+            admin_token: f
+                .admin_token
+                .as_deref()
+                .and_then(|t| self.key_hash("server.admin_token", t)),
         }
     }
 
@@ -1325,7 +1366,7 @@ impl Checker<'_> {
         }
     }
 
-    fn client_keys(&mut self, references: Vec<String>) -> Vec<Secret> {
+    fn client_keys(&mut self, references: Vec<String>) -> Vec<KeyHash> {
         if references.len() > CLIENT_KEYS_MAX {
             self.error(
                 "server.client_keys",
@@ -1334,7 +1375,7 @@ impl Checker<'_> {
         }
         let mut keys = Vec::with_capacity(references.len());
         for (i, reference) in references.iter().enumerate() {
-            keys.extend(self.secret(&format!("server.client_keys[{i}]"), reference));
+            keys.extend(self.key_hash(&format!("server.client_keys[{i}]"), reference));
         }
         keys
     }
@@ -2402,7 +2443,7 @@ worker_stack_kb = 64
         assert_eq!(s.limits.body_buffer_bytes_max, 8 * 1024 * 1024);
         assert_eq!(s.shutdown_timeout, Duration::from_millis(5000));
         assert_eq!(s.json_depth_max, 32);
-        assert_eq!(s.client_keys[0].expose(), "client-1");
+        assert_eq!(s.client_keys[0].sha256, sha256(b"client-1"));
         assert_eq!(c.stats.stdout_interval, None);
         assert_eq!(c.stats.objpool_hit_ratio_warn, 0.5);
         assert_eq!((c.objpools.buffers, c.objpools.buffers_prefill), (64, 64));
@@ -2776,7 +2817,7 @@ worker_stack_kb = 64
         let empty = temp_file("secret-empty", "\n");
         let text = |p: &Path| format!("[server]\nclient_keys = [\"file:{}\"]\n{MOCK}", p.display());
         let c = check(&text(&good)).unwrap();
-        assert_eq!(c.server.client_keys[0].expose(), "sk-from-file");
+        assert_eq!(c.server.client_keys[0].sha256, sha256(b"sk-from-file"));
         let e = err(&text(&empty));
         assert!(
             e.contains("server.client_keys[0]: secret file") && e.contains("is empty"),
@@ -2800,7 +2841,7 @@ worker_stack_kb = 64
         let text = format!("[server]\nclient_keys = [\"file:{name}\"]\n{MOCK}");
         let at = std::env::temp_dir().join("deepintshield.toml");
         let c = parse(&text, &at, &|_| None, Some(CORES)).unwrap();
-        assert_eq!(c.server.client_keys[0].expose(), "sk-relative");
+        assert_eq!(c.server.client_keys[0].sha256, sha256(b"sk-relative"));
         std::fs::remove_file(secret).unwrap();
     }
 
