@@ -127,3 +127,98 @@ impl Auth {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PluginName;
+    use crate::store::records::{generate_key, KeyRecord, Limits};
+    use std::time::{Duration, Instant};
+
+    fn auth_with(key: &str) -> Auth {
+        let state = Arc::new(State::new());
+        let record = KeyRecord {
+            id: 1,
+            name: "k".into(),
+            hash: sha256(key.as_bytes()),
+            prefix: key[..10].into(),
+            owner: None,
+            team_id: None,
+            providers: Vec::new(),
+            models: Vec::new(),
+            limits: Limits::default(),
+            refuse_unknown_cost: false,
+            expires_at: None,
+            enabled: true,
+            created_at: 0,
+            updated_at: 0,
+        };
+        state.install(vec![record], Vec::new());
+        let mut config = Config::default();
+        config.plugins.order = vec![PluginName::Governance];
+        Auth::new(&config, &state)
+    }
+
+    fn request(header: &str, value: &str) -> Request {
+        let mut r = Request::empty(-1);
+        r.headers
+            .push((header.to_string(), value.as_bytes().to_vec()));
+        r
+    }
+
+    #[test]
+    fn keys_are_read_from_three_headers_only() {
+        let key = generate_key().unwrap();
+        let auth = auth_with(&key);
+        let bearer = format!("bEaReR {key}");
+        for (h, v) in [
+            ("authorization", bearer.as_str()),
+            ("x-api-key", &key),
+            ("api-key", &key),
+        ] {
+            assert!(
+                matches!(auth.authenticate(&request(h, v)), Ok(Principal::Key(_))),
+                "{h}"
+            );
+        }
+        for (h, v) in [("authorization", key.as_str()), ("x-auth-token", &key)] {
+            let e = auth.authenticate(&request(h, v)).unwrap_err();
+            assert_eq!(e.code, "missing_api_key", "{h}");
+        }
+        let e = auth.authenticate(&request("x-api-key", &key[..key.len() - 1]));
+        assert_eq!(e.unwrap_err().code, "invalid_api_key");
+    }
+
+    /// The least time of `rounds` batches of `batch` authentications of `req`.
+    fn fastest(auth: &Auth, req: &Request, batch: usize) -> Duration {
+        let started = Instant::now();
+        for _ in 0..batch {
+            let _ = std::hint::black_box(auth.authenticate(std::hint::black_box(req)));
+        }
+        started.elapsed()
+    }
+
+    /// A forged key that shares all but the last character of the real key takes as long to
+    /// refuse as one that differs from its first character: the comparison is of digests.
+    #[test]
+    fn refusal_time_does_not_depend_on_the_right_prefix() {
+        let key = generate_key().unwrap();
+        let auth = auth_with(&key);
+        let mut near = key.clone();
+        near.pop();
+        near.push(if key.ends_with('A') { 'B' } else { 'A' });
+        let mut far = String::from("x");
+        far.push_str(&"y".repeat(key.len() - 1));
+        let (near, far) = (request("x-api-key", &near), request("x-api-key", &far));
+        let (mut best_near, mut best_far) = (Duration::MAX, Duration::MAX);
+        for _ in 0..200 {
+            best_near = best_near.min(fastest(&auth, &near, 50));
+            best_far = best_far.min(fastest(&auth, &far, 50));
+        }
+        let ratio = best_near.as_nanos() as f64 / best_far.as_nanos() as f64;
+        assert!(
+            (0.75..=1.33).contains(&ratio),
+            "near {best_near:?}, far {best_far:?}"
+        );
+    }
+}

@@ -56,9 +56,10 @@ impl KeyEntry {
         Ok(())
     }
 
-    /// Whether the key may use `route` (asked for as `client_model`): its provider patterns
-    /// match the provider, and its model patterns match `provider/model` or the client's name.
-    pub fn allows(&self, route: &Target, client_model: &str) -> bool {
+    /// Whether the key may use `route`: its provider patterns match the provider, and its model
+    /// patterns match `provider/model`, or the name the client asked for (`client_model`, given
+    /// for the primary route only: a fallback is judged by where it goes).
+    pub fn allows(&self, route: &Target, client_model: Option<&str>) -> bool {
         let r = &self.record;
         let provider_ok = r.providers.is_empty()
             || r.providers
@@ -73,7 +74,7 @@ impl KeyEntry {
         let full = format!("{}/{}", route.provider, route.model);
         r.models.iter().any(|p| {
             glob_match(p.as_bytes(), full.as_bytes())
-                || glob_match(p.as_bytes(), client_model.as_bytes())
+                || client_model.is_some_and(|m| glob_match(p.as_bytes(), m.as_bytes()))
         })
     }
 }
@@ -470,7 +471,7 @@ impl Governance {
     fn check_routes(&self, entry: &KeyEntry, ctx: &mut RequestCtx, now_s: u64) -> Option<Pre> {
         let refuse_unknown = entry.record.refuse_unknown_cost;
         let primary = ctx.routes.first()?;
-        if !entry.allows(primary, &ctx.model) {
+        if !entry.allows(primary, Some(&ctx.model)) {
             let message = format!(
                 "this API key may not use the model `{}`",
                 truncate(&ctx.model, 200)
@@ -484,10 +485,15 @@ impl Governance {
             );
             return Some(self.forbid("model_cost_unknown", message));
         }
-        let model = ctx.model.clone();
         let prices = &self.prices;
+        let mut first = true;
         ctx.routes.retain(|t| {
-            entry.allows(t, &model) && (!refuse_unknown || prices.lookup(t, now_s).is_some())
+            // The primary passed above; fallbacks by where they go.
+            let keep = first
+                || (entry.allows(t, None)
+                    && (!refuse_unknown || prices.lookup(t, now_s).is_some()));
+            first = false;
+            keep
         });
         None
     }
