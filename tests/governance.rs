@@ -946,3 +946,110 @@ fn no_secret_in_logs_stats_metrics_the_ledger_or_error_bodies() {
     }
     assert!(files.len() > 20);
 }
+
+#[test]
+fn a_team_limits_and_budgets_every_key_in_it() {
+    let dir = test_dir("teams");
+    let gw = Gateway::start_with_env(&config(&dir, None, ""), &ENV);
+    let r = admin(
+        &gw,
+        "POST",
+        "/admin/teams",
+        &json!({"name": "ml", "rpm": 2}),
+    );
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let a = create_key(&gw, json!({"name": "ml-a", "team": "ml"}));
+    let b = create_key(&gw, json!({"name": "ml-b", "team": "ml"}));
+    assert_eq!(openai(&gw, &a, "mock/m").status, 200);
+    assert_eq!(openai(&gw, &b, "mock/m").status, 200);
+    // Each key is within its own (absent) limit; the team's two a minute bind both.
+    let r = openai(&gw, &a, "mock/m");
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("x-ratelimit-scope"), Some("team"));
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("team \"ml\""));
+    // A team budget: spent by one key, it refuses the other.
+    let r = admin(
+        &gw,
+        "POST",
+        "/admin/teams",
+        &json!({"name": "small", "budget_usd": "0.001/day"}),
+    );
+    assert_eq!(r.status, 201);
+    let c = create_key(&gw, json!({"name": "small-c", "team": "small"}));
+    let d = create_key(&gw, json!({"name": "small-d", "team": "small"}));
+    assert_eq!(openai(&gw, &c, "mock/m").status, 200);
+    let r = openai(&gw, &d, "mock/m");
+    assert_eq!(r.error_code(), "budget_exceeded");
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("team \"small\""));
+    // A disabled team refuses its keys.
+    assert_eq!(
+        admin(&gw, "POST", "/admin/teams/ml/disable", &Value::Null).status,
+        200
+    );
+    assert_eq!(openai(&gw, &b, "mock/m").error_code(), "team_disabled");
+    let u = usage(&gw, "group_by=team");
+    let teams: Vec<&str> = u["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["team"].as_str().unwrap())
+        .collect();
+    assert_eq!(teams, ["ml", "small"]);
+}
+
+#[test]
+fn prices_are_read_again_on_sighup_and_unknown_models_are_counted() {
+    let dir = test_dir("prices");
+    let toml = config(&dir, None, "");
+    let gw = Gateway::start_with_env(&toml, &ENV);
+    let key = create_key(&gw, json!({"name": "p"}));
+    let r = openai(&gw, &key, "mock/m");
+    let (input, output) = usage_of(&r.json());
+    let first = live_spend_usd(&gw, "p");
+    assert!((first - (input * 1000 + output * 2000) as f64 / 1e6).abs() < 1e-12);
+    // Ten times the price, from the next request on.
+    std::fs::write(
+        dir.join("prices.toml"),
+        "[[price]]\nproviders = [\"mock\"]\nmodels = [\"m\"]\ninput = 10000\noutput = 20000\n",
+    )
+    .unwrap();
+    gw.reload_with(&toml);
+    assert!(eventually(IO_TIMEOUT, || gw.stats()["service"]
+        ["reloads_ok"]
+        == 1));
+    let r = openai(&gw, &key, "mock/m");
+    let (input, output) = usage_of(&r.json());
+    let second = live_spend_usd(&gw, "p") - first;
+    assert!((second - (input * 10_000 + output * 20_000) as f64 / 1e6).abs() < 1e-12);
+    // A price file that does not parse fails the reload and keeps the table.
+    std::fs::write(dir.join("prices.toml"), "[[price]]\nmodels = 3\n").unwrap();
+    gw.reload_with(&toml);
+    assert!(eventually(IO_TIMEOUT, || gw.stats()["service"]
+        ["reloads_failed"]
+        == 1));
+    // A model without a price is "cost unknown", never $0.
+    let before = live_spend_usd(&gw, "p");
+    assert_eq!(openai(&gw, &key, "mock/unpriced").status, 200);
+    assert_eq!(live_spend_usd(&gw, "p"), before);
+    let u = usage(&gw, "group_by=model");
+    let unpriced = u["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["model"] == "unpriced")
+        .cloned()
+        .unwrap();
+    assert_eq!(unpriced["cost_unknown_requests"], 1);
+    assert_eq!(gw.stats()["governance"]["counters"]["cost_unknown"], 1);
+    let (_, metrics) = gw.metrics();
+    assert!(
+        metrics.contains("deepintshield_governance_cost_unknown_total 1\n"),
+        "{metrics}"
+    );
+}

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::{Receiver, TryRecvError};
 use rusqlite::{params, Connection};
 use serde::Serialize;
 
@@ -134,9 +134,11 @@ pub fn expire(conn: &Connection, retention_days: u32, now_ms: i64) -> rusqlite::
     }
 }
 
-/// The writer thread's loop: batches of up to `batch_rows_max` rows, committed when full or
-/// `batch_interval` after their first row; retention every [`RETENTION_EVERY`]. Returns when every
-/// sender is gone and the queue is drained.
+/// The writer thread's loop: every `batch_interval` it takes what is queued, committing it in
+/// batches of up to `batch_rows_max` rows (one transaction each), answers the flushes queued
+/// behind those rows, and every [`RETENTION_EVERY`] deletes what is past retention. It never
+/// blocks on the queue: a sender never has a sleeping receiver to wake, so queueing a row costs
+/// the request path no system call. Returns when every sender is gone and the queue is drained.
 pub(super) fn run_writer(
     mut conn: Connection,
     rx: Receiver<Message>,
@@ -147,34 +149,31 @@ pub(super) fn run_writer(
     let mut flushes: Vec<std::sync::mpsc::SyncSender<()>> = Vec::new();
     let mut next_expiry = Instant::now();
     loop {
-        let wait = if batch.is_empty() {
-            config.batch_interval.max(Duration::from_millis(100))
-        } else {
-            config.batch_interval
-        };
-        let mut closed = false;
-        match rx.recv_timeout(wait) {
-            Ok(m) => take(m, &mut batch, &mut flushes),
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => closed = true,
-        }
-        while batch.len() < config.batch_rows_max && flushes.is_empty() {
+        std::thread::sleep(config.batch_interval);
+        let closed = loop {
             match rx.try_recv() {
-                Ok(m) => take(m, &mut batch, &mut flushes),
-                Err(_) => break,
+                Ok(Message::Row(r)) => {
+                    batch.push(*r);
+                    if batch.len() >= config.batch_rows_max {
+                        commit(&mut conn, &mut batch, &counters);
+                    }
+                }
+                Ok(Message::Flush(f)) => {
+                    // Everything queued before the flush is in `batch` or committed.
+                    commit(&mut conn, &mut batch, &counters);
+                    flushes.push(f);
+                }
+                Err(TryRecvError::Empty) => break false,
+                Err(TryRecvError::Disconnected) => break true,
             }
-        }
-        let due = batch.len() >= config.batch_rows_max || !flushes.is_empty() || closed;
-        if !batch.is_empty() && (due || batch_is_old(&batch, config.batch_interval)) {
-            commit(&mut conn, &mut batch, &counters);
-        }
+        };
+        commit(&mut conn, &mut batch, &counters);
         for f in flushes.drain(..) {
             let _ = f.send(());
         }
         if Instant::now() >= next_expiry {
             next_expiry = Instant::now() + RETENTION_EVERY;
-            let now_ms = crate::cost::now_unix_ms();
-            match expire(&conn, config.retention_days, now_ms) {
+            match expire(&conn, config.retention_days, crate::cost::now_unix_ms()) {
                 Ok(n) => {
                     counters.expired.fetch_add(n, Ordering::Relaxed);
                 }
@@ -184,32 +183,16 @@ pub(super) fn run_writer(
                 ),
             }
         }
-        if closed && rx.is_empty() {
+        if closed {
             return;
         }
     }
 }
 
-fn take(
-    m: Message,
-    batch: &mut Vec<LedgerRow>,
-    flushes: &mut Vec<std::sync::mpsc::SyncSender<()>>,
-) {
-    match m {
-        Message::Row(r) => batch.push(*r),
-        Message::Flush(f) => flushes.push(f),
-    }
-}
-
-/// Whether the oldest row of `batch` was answered more than `interval` ago (its time stamp).
-fn batch_is_old(batch: &[LedgerRow], interval: Duration) -> bool {
-    let now_ms = crate::cost::now_unix_ms();
-    batch
-        .first()
-        .is_some_and(|r| now_ms - r.ts_ms >= interval.as_millis() as i64)
-}
-
 fn commit(conn: &mut Connection, batch: &mut Vec<LedgerRow>, counters: &LedgerCounters) {
+    if batch.is_empty() {
+        return;
+    }
     match insert_batch(conn, batch) {
         Ok(()) => {
             counters
