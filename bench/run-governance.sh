@@ -2,13 +2,14 @@
 # The cost of governance and the accuracy of its rate limits (method and recorded results:
 # bench/README.md, "Governance").
 #
-#   bench/run-governance.sh [OUT_DIR]      # about 6 minutes on a 2-core machine
+#   bench/run-governance.sh [OUT_DIR]      # about 9 minutes on a 2-core machine
 #   QUICK=1 bench/run-governance.sh        # the same steps, shortened (a smoke test)
 #
 # 1. Added latency with governance on (the ledger and governance plugins, two virtual keys whose
-#    limits and budgets do not bind, each on half the connections) against the same gateway
-#    config with governance off, in one interleaved `compare` run, at 1,000 and 5,000 requests/s
-#    (mock delay 10 ms).
+#    limits and budgets do not bind, each on half the connections), and with governance alone
+#    (no ledger), against the same gateway config with governance off, in one interleaved
+#    `compare` run, at 1,000 and 5,000 requests/s (mock delay 10 ms); then each gateway's CPU by
+#    thread.
 # 2. Rate limits held: a million requests over two keys (60,000 and 30,000 a minute) offered at
 #    5,000/s (2,500/s each); the requests each key was admitted, from the ledger, against the
 #    GCRA bound limit + limit x t / 60 s over the run's span t.
@@ -98,10 +99,19 @@ path = "$2"
 path = "$OUT/prices.toml"
 EOF
 }
-# key NAME OPTIONS...: create a key in $DB with the CLI; prints the key.
+# key NAME OPTIONS...: create a key in $DB with the CLI; prints the key (its first line).
 key() {
-  local name=$1; shift
-  "$BIN/deepintshield" keys create --db "$DB" --name "$name" "$@" | head -1
+  local name=$1 out; shift
+  out=$("$BIN/deepintshield" keys create --db "$DB" --name "$name" "$@")
+  echo "${out%%$'\n'*}"
+}
+# threads_cpu PID: CPU seconds of each thread of PID, by thread name, busiest first.
+threads_cpu() {
+  local t
+  for t in /proc/"$1"/task/*; do
+    awk -v tck="$(getconf CLK_TCK)" '{sub(/^[0-9]+ \(/, ""); n=$0; sub(/\).*/, "", n); sub(/^[^)]*\) /, "");
+      printf "%s %.2f\n", n, ($12 + $13) / tck}' "$t/stat"
+  done | awk '{c[$1] += $2} END {for (n in c) printf "  %-20s %.2f s\n", n, c[n]}' | sort -k2 -nr
 }
 
 say "build"
@@ -122,22 +132,32 @@ DB=$OUT/overhead.db
 rm -f "$DB"*
 sed "s/@MOCK_ADDR@/$MOCK_ADDR/" bench/config/overhead.toml > "$OUT/off.toml"
 governed_config bench/config/overhead.toml "$DB" "$OUT/on.toml"
+# The same without the ledger: what governance alone costs.
+sed 's/^order = \["ledger", "governance"\]$/order = ["governance"]/' "$OUT/on.toml" > "$OUT/gov-only.toml"
 KEY_A=$(key bench-a --rpm 100000000 --tpm 1000000000 --budget-usd 1000000/month)
 KEY_B=$(key bench-b --rpm 100000000 --tpm 1000000000 --budget-usd 1000000/month)
 start_gateway off "$OUT/off.toml"; OFF_URL=$GW_URL; OFF_PID=$GW_PID
 start_gateway on "$OUT/on.toml"; ON_URL=$GW_URL; ON_PID=$GW_PID; ON_ADMIN=$GW_ADMIN
+start_gateway gov-only "$OUT/gov-only.toml"; ONLY_URL=$GW_URL; ONLY_PID=$GW_PID
 for RATE in 1000 5000; do
   run timeout 300 "$BIN/deepintshield-load" compare \
     --target "mock=http://$MOCK_ADDR/v1/chat/completions" \
     --target "governance-off=$OFF_URL/v1/chat/completions" \
     --target "governance-on=$ON_URL/v1/chat/completions" \
+    --target "no-ledger=$ONLY_URL/v1/chat/completions" \
     --header "authorization: Bearer $KEY_A" --alt-header "authorization: Bearer $KEY_B" \
     --rate "$RATE" --rounds "$ROUNDS" --duration "$ROUND" --warmup "$WARM" --connections 128 \
-    --pid "governance-off=$OFF_PID" --pid "governance-on=$ON_PID" --json "$OUT/overhead-$RATE.json"
+    --pid "governance-off=$OFF_PID" --pid "governance-on=$ON_PID" --pid "no-ledger=$ONLY_PID" \
+    --json "$OUT/overhead-$RATE.json"
 done
 curl -s "$ON_ADMIN/stats" > "$OUT/on.stats.json"
 curl -s -H "authorization: Bearer $ADMIN_TOKEN" "$ON_ADMIN/admin/usage?group_by=key" > "$OUT/on.usage.json"
-stop "$OFF_PID" "$ON_PID" "$MOCK_PID"
+for g in "off $OFF_PID" "on $ON_PID" "no-ledger $ONLY_PID"; do
+  set -- $g
+  echo "CPU by thread, governance $1:"
+  threads_cpu "$2"
+done | tee "$OUT/threads-cpu.txt" | tee -a "$OUT/run.log"
+stop "$OFF_PID" "$ON_PID" "$ONLY_PID" "$MOCK_PID"
 
 say "2. rate limits: a million requests over two keys (60,000/min and 30,000/min) at 5,000/s"
 start_mock limits --threads 1
@@ -165,13 +185,16 @@ for rate in (1000, 5000):
     except (OSError, ValueError, KeyError):
         print(f"  {rate}/s: no result")
         continue
-    off, on = targets["governance-off"], targets["governance-on"]
-    diff = {q: on["added"][f"{q}_us"] - off["added"][f"{q}_us"] for q in ("p50", "p90", "p99")}
+    off = targets["governance-off"]
     cpu = lambda t: t.get("process", {}).get("cpu_us_per_request")
-    print(f"  {rate}/s: p50 {diff['p50']:+} p90 {diff['p90']:+} p99 {diff['p99']:+}"
-          f"  (off: p50 {off['added']['p50_us']:+} p99 {off['added']['p99_us']:+};"
-          f" cpu us/req off {cpu(off)} on {cpu(on)};"
-          f" errors off {sum(off['errors'].values())} on {sum(on['errors'].values())})")
+    print(f"  {rate}/s, governance off: added p50 {off['added']['p50_us']:+} p99"
+          f" {off['added']['p99_us']:+} over the mock, cpu us/req {cpu(off)}")
+    for name in ("governance-on", "no-ledger"):
+        on = targets[name]
+        diff = {q: on["added"][f"{q}_us"] - off["added"][f"{q}_us"] for q in ("p50", "p90", "p99")}
+        print(f"    {name}: p50 {diff['p50']:+} p90 {diff['p90']:+} p99 {diff['p99']:+};"
+              f" cpu us/req {cpu(on)} ({cpu(on) - cpu(off):+.1f});"
+              f" errors {sum(on['errors'].values())}")
 print("rate limits held (admitted against limit + limit x t / 60 s, t from the ledger):")
 db = sqlite3.connect(f"{out}/limits.db")
 rows = db.execute(

@@ -3,7 +3,7 @@
 //! notices key and team changes within `store.keys_poll_ms`). Errors go to stderr; the exit code
 //! is 0 on success, 1 when the operation failed, 2 on bad usage.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::PathBuf;
 
 use rusqlite::Connection;
@@ -64,8 +64,9 @@ fn store_config(t: &Target) -> Result<StoreConfig, String> {
 pub fn run(args: &[String], default_config: &str) -> u8 {
     match dispatch(args, default_config) {
         Ok(out) => {
+            // A reader that stops early (`| head -1`) is no failure of the command.
             if !out.is_empty() {
-                println!("{out}");
+                let _ = writeln!(std::io::stdout(), "{out}");
             }
             0
         }

@@ -372,6 +372,99 @@ impl super::Config {
 mod tests {
     use super::*;
 
+    const MOCK: &str = "[providers.mock]\ntype = \"mock\"\n";
+
+    fn load(text: &str) -> Result<super::super::Config, String> {
+        let env = |name: &str| (name == "TOKEN").then(|| std::ffi::OsString::from("t0ken"));
+        super::super::parse(text, std::path::Path::new("/etc/g.toml"), &env, None)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn governance_sections_parse_with_their_defaults() {
+        let c = load(&format!(
+            "[server]\nadmin_token = \"env:TOKEN\"\n[plugins]\norder = [\"ledger\", \"governance\"]\n\
+             [store]\npath = \"db/g.db\"\nretention_days = 30\n[prices]\npath = \"p.toml\"\n{MOCK}"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.plugins.order,
+            [PluginName::Ledger, PluginName::Governance]
+        );
+        let store = c.store.as_ref().unwrap();
+        assert_eq!(store.path, std::path::Path::new("/etc/db/g.db"));
+        assert_eq!(store.retention_days, 30);
+        assert_eq!(store.batch_rows_max, STORE_BATCH_ROWS_MAX_DEFAULT as usize);
+        assert_eq!(
+            c.prices.path.as_deref(),
+            Some(std::path::Path::new("/etc/p.toml"))
+        );
+        assert_eq!(
+            c.server.admin_token.as_ref().unwrap().sha256,
+            sha256(b"t0ken")
+        );
+        assert_eq!(c.server.auth, AuthMode::Keys);
+        assert!(c.auth_problem().is_none(), "governance accepts keys");
+        let hashed = load(&format!(
+            "[server]\nclient_keys = [\"{}\"]\n{MOCK}",
+            hash_text(b"k")
+        ))
+        .unwrap();
+        assert_eq!(hashed.server.client_keys[0].sha256, sha256(b"k"));
+        assert!(!hashed.server.client_keys[0].plain);
+    }
+
+    #[test]
+    fn governance_mistakes_are_named() {
+        let cases = [
+            (
+                "[plugins]\norder = [\"cache\"]\n",
+                "plugins.order[0]: unknown plugin \"cache\"",
+            ),
+            (
+                "[plugins]\norder = [\"ledger\", \"ledger\"]\n[store]\npath = \"x\"\n",
+                "listed twice",
+            ),
+            (
+                "[plugins]\norder = [\"governance\"]\n",
+                "the governance plugin needs a database",
+            ),
+            (
+                "[store]\nretention_days = 3\n",
+                "store.path: the [store] settings need a path",
+            ),
+            (
+                "[store]\npath = \"x\"\nretention_days = 0\n",
+                "store.retention_days: 0 is out of range",
+            ),
+            (
+                "[server]\nauth = \"maybe\"\n",
+                "server.auth: expected one of",
+            ),
+            (
+                "[server]\nauth = \"off\"\nclient_keys = [\"env:TOKEN\"]\n",
+                "server.auth: \"off\" admits",
+            ),
+            (
+                "[server]\nclient_keys = [\"sha256:abc\"]\n",
+                "a hash is \"sha256:\" and 64 hex digits",
+            ),
+            (
+                "[server]\nadmin_listen = \"0.0.0.0:9090\"\n[store]\npath = \"x\"\n",
+                "server.admin_token: the admin listener (0.0.0.0:9090) is not on loopback",
+            ),
+        ];
+        for (text, expected) in cases {
+            let e = load(&format!("{text}{MOCK}")).unwrap_err();
+            assert!(e.contains(expected), "{text}: {e}");
+        }
+        let open = load(MOCK).unwrap();
+        assert!(open
+            .auth_problem()
+            .unwrap()
+            .contains("server.auth: no key can be accepted"));
+    }
+
     #[test]
     fn hashes_round_trip() {
         let text = hash_text(b"dis-abc");
