@@ -17,6 +17,8 @@ pub enum ErrorKind {
     NotFound,
     /// Known path, wrong method: 405.
     MethodNotAllowed,
+    /// A name already taken (an admin call creating a key or team): 409.
+    Conflict,
     /// The client was too slow sending its request (header or body read timeout): 408.
     ClientTimeout,
     /// Body over `body_bytes_max`: 413.
@@ -60,6 +62,7 @@ impl ErrorKind {
             ErrorKind::Forbidden => 403,
             ErrorKind::NotFound => 404,
             ErrorKind::MethodNotAllowed => 405,
+            ErrorKind::Conflict => 409,
             ErrorKind::ClientTimeout => 408,
             ErrorKind::PayloadTooLarge => 413,
             ErrorKind::HeadersTooLarge => 431,
@@ -78,6 +81,7 @@ impl ErrorKind {
             ErrorKind::BadRequest
             | ErrorKind::NotFound
             | ErrorKind::MethodNotAllowed
+            | ErrorKind::Conflict
             | ErrorKind::ClientTimeout
             | ErrorKind::PayloadTooLarge
             | ErrorKind::HeadersTooLarge => "invalid_request_error",

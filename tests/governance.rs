@@ -712,9 +712,11 @@ fn hostile_keys_and_admin_calls_are_refused() {
     assert_eq!(list["keys"].as_array().unwrap().len(), 4);
     let u = usage(&gw, "group_by=key");
     assert_eq!(u["groups"].as_array().unwrap().len(), 4);
-    // A name of digits only would be read as an id: refused.
+    // A name of digits only would be read as an id: refused; a name taken: 409.
     let r = admin(&gw, "POST", "/admin/keys", &json!({"name": "42"}));
     assert_eq!(r.status, 400);
+    let r = admin(&gw, "POST", "/admin/keys", &json!({"name": "real"}));
+    assert_eq!((r.status, r.error_code().as_str()), (409, "conflict"));
 }
 
 fn encode(s: &str) -> String {

@@ -63,18 +63,14 @@ fn error(e: &StoreError) -> Response {
     let (kind, code) = match e {
         StoreError::Invalid(_) => (ErrorKind::BadRequest, "invalid_request"),
         StoreError::NotFound(_) => (ErrorKind::NotFound, "not_found"),
-        StoreError::Conflict(_) => (ErrorKind::BadRequest, "conflict"),
+        StoreError::Conflict(_) => (ErrorKind::Conflict, "conflict"),
         StoreError::Db(m) => {
             crate::log::error("admin: database error", &[("error", m)]);
             return Response::error(&ApiError::internal());
         }
         StoreError::Busy => (ErrorKind::Unavailable, "store_busy"),
     };
-    let mut r = Response::error(&ApiError::new(kind, code, e.to_string()));
-    if matches!(e, StoreError::Conflict(_)) {
-        r.status = 409;
-    }
-    r
+    Response::error(&ApiError::new(kind, code, e.to_string()))
 }
 
 fn ok(status: u16, v: &Value) -> Response {
