@@ -311,7 +311,7 @@ fn usage(store: &Store, query: &str) -> Response {
         Err(e) => return error(&e),
     };
     let (from, to, group) = (q.from_ms, q.to_ms, q.group.clone());
-    let rows = store.run(move |c| ledger::report(c, from, to, &group));
+    let rows = store.run_after_flush(move |c| ledger::report(c, from, to, &group));
     let groups = match rows {
         Ok(Ok(g)) => g,
         Ok(Err(e)) | Err(e) => return error(&e),

@@ -134,13 +134,33 @@ impl Store {
         R: Send + 'static,
         F: FnOnce(&mut Connection) -> R + Send + 'static,
     {
+        self.submit(f, false)
+    }
+
+    /// [`Store::run`] after the ledger rows queued before the call are committed (the writer
+    /// takes them within `batch_interval_ms`): for reports, which must read what was answered
+    /// before they were asked.
+    pub fn run_after_flush<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Connection) -> R + Send + 'static,
+    {
+        self.submit(f, true)
+    }
+
+    fn submit<R, F>(&self, f: F, flush: bool) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Connection) -> R + Send + 'static,
+    {
         let (tx, rx) = may::sync::mpsc::channel();
         let listener = self.listener_handle();
         let rows = self.rows.clone();
         let op: Op = Box::new(move |conn: &mut Connection| {
             let before = records::keys_version(conn).ok();
-            // Reports read what was answered before they were asked.
-            flush_rows(&rows);
+            if flush {
+                flush_rows(&rows);
+            }
             let out = f(conn);
             let after = records::keys_version(conn).ok();
             if after != before {
@@ -250,7 +270,7 @@ mod tests {
             });
         }
         let groups = store
-            .run(|c: &mut Connection| ledger::report(c, 0, i64::MAX, &[]))
+            .run_after_flush(|c: &mut Connection| ledger::report(c, 0, i64::MAX, &[]))
             .unwrap_or_else(|e| panic!("{e:?}"))
             .unwrap();
         assert_eq!((groups[0].requests, groups[0].input_tokens), (100, 200));
