@@ -17,6 +17,8 @@ pub enum ErrorKind {
     NotFound,
     /// Known path, wrong method: 405.
     MethodNotAllowed,
+    /// A name already taken (an admin call creating a key or team): 409.
+    Conflict,
     /// The client was too slow sending its request (header or body read timeout): 408.
     ClientTimeout,
     /// Body over `body_bytes_max`: 413.
@@ -25,6 +27,11 @@ pub enum ErrorKind {
     HeadersTooLarge,
     /// Queue full under `queue_policy = "drop"`: 429 with `Retry-After`.
     QueueFull,
+    /// A virtual key's or team's rate limit: 429 with `Retry-After` and `x-ratelimit-*`.
+    RateLimited,
+    /// A virtual key's or team's budget is spent until its period turns: 429
+    /// (`insufficient_quota`), not worth retrying.
+    BudgetExceeded,
     /// Queue full under `error`/`block`, or the gateway shutting down: 503.
     Unavailable,
     /// The front is at a limit of its own (open connections, buffered body bytes): 503 with
@@ -55,10 +62,11 @@ impl ErrorKind {
             ErrorKind::Forbidden => 403,
             ErrorKind::NotFound => 404,
             ErrorKind::MethodNotAllowed => 405,
+            ErrorKind::Conflict => 409,
             ErrorKind::ClientTimeout => 408,
             ErrorKind::PayloadTooLarge => 413,
             ErrorKind::HeadersTooLarge => 431,
-            ErrorKind::QueueFull => 429,
+            ErrorKind::QueueFull | ErrorKind::RateLimited | ErrorKind::BudgetExceeded => 429,
             ErrorKind::Unavailable | ErrorKind::ShuttingDown | ErrorKind::Overloaded => 503,
             ErrorKind::QueueTimeout | ErrorKind::RequestTimeout => 504,
             ErrorKind::UpstreamTransport | ErrorKind::UpstreamInvalid => 502,
@@ -73,12 +81,14 @@ impl ErrorKind {
             ErrorKind::BadRequest
             | ErrorKind::NotFound
             | ErrorKind::MethodNotAllowed
+            | ErrorKind::Conflict
             | ErrorKind::ClientTimeout
             | ErrorKind::PayloadTooLarge
             | ErrorKind::HeadersTooLarge => "invalid_request_error",
             ErrorKind::Unauthorized => "authentication_error",
             ErrorKind::Forbidden => "permission_error",
-            ErrorKind::QueueFull => "rate_limit_error",
+            ErrorKind::QueueFull | ErrorKind::RateLimited => "rate_limit_error",
+            ErrorKind::BudgetExceeded => "insufficient_quota",
             ErrorKind::Unavailable
             | ErrorKind::ShuttingDown
             | ErrorKind::ClientCancelled

@@ -25,6 +25,8 @@ usage: deepintshield [--config PATH]   run the gateway (default config: config/d
        deepintshield --check [PATH]    validate a config and exit (0 valid, 2 invalid)
        deepintshield --version
        deepintshield --help
+       deepintshield keys|teams|usage|hash-key ...   manage virtual keys, teams and usage
+                                       (deepintshield keys --help lists them)
 
 signals: SIGHUP re-reads the config (applied, or the old one kept if the new one is invalid);
          SIGTERM/SIGINT drain and exit 0
@@ -65,11 +67,24 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
     })
 }
 
+/// Commands of the governance command line (`deepintshield::cli`).
+const CLI_COMMANDS: [&str; 4] = ["keys", "teams", "usage", "hash-key"];
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args
+        .first()
+        .is_some_and(|a| CLI_COMMANDS.contains(&a.as_str()))
+    {
+        if args.iter().any(|a| a == "--help" || a == "-h") {
+            println!("{}", deepintshield::cli::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        return ExitCode::from(deepintshield::cli::run(&args, CONFIG_PATH_DEFAULT));
+    }
     match parse_args(&args) {
         Ok(Command::Run(path)) => run(&path),
-        Ok(Command::Check(path)) => match Config::load(&path) {
+        Ok(Command::Check(path)) => match check(&path) {
             Ok(c) => {
                 println!(
                     "config OK: {} ({} providers, {} aliases)",
@@ -97,6 +112,16 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `--check`: the config, whether it can accept keys, and its price table.
+fn check(path: &Path) -> Result<Config, String> {
+    let c = Config::load(path).map_err(|e| e.to_string())?;
+    if let Some(problem) = c.auth_problem() {
+        return Err(problem);
+    }
+    deepintshield::service::load_prices(&c)?;
+    Ok(c)
 }
 
 fn run(path: &Path) -> ExitCode {

@@ -1,8 +1,9 @@
-//! Model -> provider pool resolution (`provider/model` names and aliases) and client-key checks.
+//! Model -> provider pool resolution (`provider/model` names and aliases), and reading the
+//! `Authorization: Bearer` scheme.
 
 use std::collections::HashMap;
 
-use crate::config::{Config, Secret};
+use crate::config::Config;
 use crate::error::{ApiError, ErrorKind};
 
 /// Where a request goes.
@@ -24,7 +25,6 @@ pub struct Router {
     providers: HashMap<String, ProviderEntry>,
     aliases: HashMap<String, String>,
     fallbacks: HashMap<String, Vec<String>>,
-    client_keys: Vec<Secret>,
     /// Ids listed by `GET /v1/models` with their owner, in a stable order.
     listed: Vec<(String, String)>,
 }
@@ -56,7 +56,6 @@ impl Router {
             providers,
             aliases: config.aliases.clone().into_iter().collect(),
             fallbacks: config.fallbacks.clone().into_iter().collect(),
-            client_keys: config.server.client_keys.clone(),
             listed,
         }
     }
@@ -92,32 +91,9 @@ impl Router {
         self.fallbacks.get(model).map_or(&[], Vec::as_slice)
     }
 
-    /// Check the client key a request presents when keys are set.
-    pub fn authorize(&self, presented: Option<&[u8]>) -> Result<(), ApiError> {
-        if self.client_keys.is_empty() {
-            return Ok(());
-        }
-        let Some(presented) = presented else {
-            return Err(ApiError::new(
-                ErrorKind::Unauthorized,
-                "missing_api_key",
-                "no API key provided: send Authorization: Bearer <key>",
-            ));
-        };
-        let presented = trim_ascii(presented);
-        if self
-            .client_keys
-            .iter()
-            .any(|k| constant_time_eq(k.expose().as_bytes(), presented))
-        {
-            Ok(())
-        } else {
-            Err(ApiError::new(
-                ErrorKind::Unauthorized,
-                "invalid_api_key",
-                "incorrect API key provided",
-            ))
-        }
+    /// The pool of the provider named `provider` (pools are numbered in config order).
+    pub fn pool_index(&self, provider: &str) -> Option<usize> {
+        self.providers.get(provider).map(|e| e.pool)
     }
 
     /// `(id, owned_by)` of every model `GET /v1/models` lists.
@@ -135,26 +111,6 @@ pub fn bearer_token(value: &[u8]) -> Option<&[u8]> {
     (scheme.eq_ignore_ascii_case(SCHEME) && rest.first() == Some(&b' ')).then_some(rest)
 }
 
-pub(crate) fn trim_ascii(v: &[u8]) -> &[u8] {
-    let start = v
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(v.len());
-    let end = v
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(start, |e| e + 1);
-    &v[start..end]
-}
-
-/// Compare without an early exit on the first differing byte (timing does not reveal the prefix).
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 fn truncate(s: &str, max: usize) -> &str {
     match s.char_indices().nth(max) {
         Some((i, _)) => &s[..i],
@@ -165,14 +121,6 @@ fn truncate(s: &str, max: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ct_eq() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
-        assert_eq!(trim_ascii(b"  k \r"), b"k");
-    }
 
     #[test]
     fn bearer_scheme_is_case_insensitive() {

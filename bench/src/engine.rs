@@ -52,6 +52,9 @@ pub struct Target {
     pub addr: SocketAddr,
     /// The complete request bytes, written as is.
     pub request: Arc<Vec<u8>>,
+    /// When set, what odd-numbered connections send instead (another client's key, so that a
+    /// run loads two clients at once).
+    pub alt_request: Option<Arc<Vec<u8>>>,
     pub head_request: bool,
 }
 
@@ -537,7 +540,10 @@ impl<'a> Worker<'a> {
 
     /// Continue writing the request of connection `i`.
     fn write_more(&mut self, i: usize) {
-        let request = Arc::clone(&self.target.request);
+        let request = match &self.target.alt_request {
+            Some(alt) if i % 2 == 1 => Arc::clone(alt),
+            _ => Arc::clone(&self.target.request),
+        };
         let c = &mut self.conns[i];
         let Some(sock) = c.sock.as_mut() else {
             return self.fail(i, "closed");

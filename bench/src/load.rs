@@ -42,6 +42,8 @@ LOAD OPTIONS (all subcommands):
     --method M          HTTP method (default POST)
     --body FILE         request body (default: a small chat completion for model `bench`)
     --header 'K: V'     extra request header, repeatable
+    --alt-header 'K: V' odd-numbered connections send these headers instead of the --header
+                        ones (two clients in one run, e.g. two keys), repeatable
     --stream            parse SSE responses: time to first event and gaps between events
                         (default body then has `stream: true`)
     --json FILE         also write every number as JSON
@@ -90,6 +92,7 @@ struct Options {
     load: Load,
     method: String,
     headers: Vec<String>,
+    alt_headers: Vec<String>,
     body: Option<Vec<u8>>,
     json: Option<PathBuf>,
     /// `(name, url)`; `run` has one, named `target`.
@@ -130,6 +133,7 @@ fn parse_args(args: Vec<String>) -> Result<Option<Options>, String> {
         },
         method: "POST".to_string(),
         headers: Vec::new(),
+        alt_headers: Vec::new(),
         body: None,
         json: None,
         targets: Vec::new(),
@@ -159,6 +163,11 @@ fn parse_args(args: Vec<String>) -> Result<Option<Options>, String> {
                 let h = flags.value()?;
                 check_header(&h)?;
                 o.headers.push(h);
+            }
+            "--alt-header" => {
+                let h = flags.value()?;
+                check_header(&h)?;
+                o.alt_headers.push(h);
             }
             "--json" => o.json = Some(PathBuf::from(flags.value()?)),
             "--url" if mode == Mode::Run => {
@@ -275,6 +284,8 @@ fn targets(o: &Options) -> Vec<Target> {
             name: name.clone(),
             addr: url.addr,
             request: Arc::new(build_request(&o.method, url, &o.headers, body)),
+            alt_request: (!o.alt_headers.is_empty())
+                .then(|| Arc::new(build_request(&o.method, url, &o.alt_headers, body))),
             head_request: o.method.eq_ignore_ascii_case("HEAD"),
         })
         .collect()

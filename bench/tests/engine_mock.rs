@@ -46,6 +46,7 @@ impl Mock {
             name: "mock".into(),
             addr: self.addr,
             request: Arc::new(build_request("POST", &url, &[], body.as_bytes())),
+            alt_request: None,
             head_request: false,
         }
     }
@@ -148,6 +149,7 @@ fn stream_mode_reads_anthropic_messages_streams() {
         name: "mock".into(),
         addr: mock.addr,
         request: Arc::new(build_request("POST", &url, &headers, body)),
+        alt_request: None,
         head_request: false,
     };
     let r = engine::run(&target, &load(50.0, 200, true)).unwrap();

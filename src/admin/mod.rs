@@ -1,7 +1,9 @@
 //! The admin listener: `GET /health`, `GET /stats` (JSON) and `GET /metrics` (Prometheus), read
-//! from the current gateway generation and the service counters, and the optional admin token
-//! (`server.admin_token`) that `/stats` and `/metrics` then require. `/health` stays open, for
-//! load balancers and probes that carry no credentials; it tells nothing but up or draining.
+//! from the current gateway generation and the service counters, the governance API under
+//! `/admin/` ([`governance`]), and the optional admin token (`server.admin_token`) that
+//! `/stats`, `/metrics` and `/admin/` then require (`/admin/` is refused without one).
+//! `/health` stays open, for load balancers and probes that carry no credentials; it tells
+//! nothing but up or draining.
 
 use serde_json::json;
 use std::sync::atomic::Ordering;
@@ -13,9 +15,10 @@ use crate::app::{method_not_allowed, not_found, Gateway};
 use crate::config::Config;
 use crate::error::{ApiError, ErrorKind};
 use crate::http::{Handler, Method, Request, Response};
-use crate::route::{bearer_token, constant_time_eq, trim_ascii};
+use crate::route::bearer_token;
 use crate::stats::ServiceStats;
 
+pub mod governance;
 pub mod prometheus;
 
 /// The `/stats` document of a gateway generation.
@@ -54,8 +57,10 @@ impl AdminHandler {
         for (name, p) in &g.config.providers {
             if let Some(pool) = v["pools"].get_mut(name) {
                 pool["keys"] = p.keys.len().into();
+                pool["plugins"] = g.plugins.stats.pool_json(name);
             }
         }
+        v["governance"] = governance::stats_json(g);
         v
     }
 
@@ -68,6 +73,8 @@ impl AdminHandler {
             generation: g.generation,
             draining: g.draining.load(Ordering::Relaxed),
         });
+        let mut text = text;
+        governance::metrics(g, &mut text);
         Response {
             status: 200,
             content_type: prometheus::CONTENT_TYPE,
@@ -85,7 +92,7 @@ pub fn admin_open_beyond_loopback(config: &Config) -> bool {
 }
 
 /// With `server.admin_token` set, `/stats` and `/metrics` need `Authorization: Bearer <token>`
-/// (the scheme in any case), compared in constant time; `/health` needs nothing.
+/// (the scheme in any case), compared by its SHA-256 in constant time; `/health` needs nothing.
 fn check_token(g: &Gateway, req: &Request) -> Result<(), ApiError> {
     let Some(token) = &g.config.server.admin_token else {
         return Ok(());
@@ -93,14 +100,14 @@ fn check_token(g: &Gateway, req: &Request) -> Result<(), ApiError> {
     if req.path == "/health" {
         return Ok(());
     }
-    let Some(presented) = req.header("authorization").and_then(bearer_token) else {
+    if req.header("authorization").and_then(bearer_token).is_none() {
         return Err(ApiError::new(
             ErrorKind::Unauthorized,
             "missing_admin_token",
             "this admin endpoint needs the admin token: send Authorization: Bearer <token>",
         ));
-    };
-    if constant_time_eq(token.expose().as_bytes(), trim_ascii(presented)) {
+    }
+    if governance::token_ok(req, token) {
         Ok(())
     } else {
         Err(ApiError::new(
@@ -125,6 +132,9 @@ impl Handler for AdminHandler {
     /// Every admin endpoint is a `GET`: anything else is answered before its body is read, as is
     /// a request without the admin token when one is set.
     fn admit(&self, req: &Request) -> Option<Response> {
+        if req.path.starts_with(governance::PREFIX) {
+            return governance::admit(&self.gateway.load(), req);
+        }
         match (req.method, req.path.as_str()) {
             (Method::Get | Method::Head, "/health" | "/stats" | "/metrics") => {
                 check_token(&self.gateway.load(), req)
@@ -141,6 +151,12 @@ impl Handler for AdminHandler {
     fn handle(&self, req: &mut Request) -> Response {
         let current = self.gateway.load_full();
         let g = &current;
+        if req.path.starts_with(governance::PREFIX) {
+            return match governance::admit(g, req) {
+                Some(refused) => refused,
+                None => governance::handle(g, req),
+            };
+        }
         if let Err(e) = check_token(g, req) {
             return unauthorized(&e);
         }

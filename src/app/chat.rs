@@ -7,16 +7,18 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::stream::GatewayStream;
-use super::{ApiHandler, Gateway, PROVIDER_HEADER};
+use super::{error_for, ApiHandler, Gateway, PROVIDER_HEADER};
 use crate::api::RouteHead;
 use crate::error::{ApiError, ErrorKind};
 use crate::http::{Request, Response};
+use crate::job::Usage;
 use crate::job::{
     CancelReason, ClientApi, ClientRequest, FullReply, Job, Reply, ReplyChannel, StreamStart,
     REPLY_GRACE,
 };
 use crate::log::{self, AccessRecord};
 use crate::objpool::Pooled;
+use crate::plugins::{Outcome, Pending, RequestCtx, Stop, Target};
 use crate::pool::{waiters, ProviderPool};
 use crate::providers::status::UpstreamVerdict;
 
@@ -35,21 +37,134 @@ impl ApiHandler {
         api: ClientApi,
         rec: &mut AccessRecord,
     ) -> Result<Response, ApiError> {
-        g.authorize(req)?;
+        let principal = g.authorize(req)?;
         let head = RouteHead::parse(api, &req.body, g.json_depth_max)?;
         rec.model.clone_from(&head.model);
         rec.stream = head.stream;
+        let routes = g.targets(&head)?;
+        let body_bytes = req.body.len();
         let request = Arc::new(client_request(req, api, &head));
-        match g.chat(req, &request, &head, rec) {
+        let mut state = ChatState::default();
+        if !g.pipeline.is_empty() {
+            let mut ctx = RequestCtx {
+                request_id: req.id.clone(),
+                api,
+                model: head.model.clone(),
+                stream: head.stream,
+                principal,
+                routes,
+                body_bytes,
+                received_at: req.received_at,
+                tokens_estimated: 0,
+            };
+            let run = g.pipeline.pre(&mut ctx);
+            let pending = Pending {
+                pipeline: Arc::clone(&g.pipeline),
+                ctx,
+                ran: run.ran,
+            };
+            match run.stop {
+                None => state.pending = Some(pending),
+                Some(stop) => return Ok(stopped(req, rec, pending, stop)),
+            }
+        } else {
+            state.routes = routes;
+        }
+        let routes = match &state.pending {
+            Some(p) => p.ctx.routes.clone(),
+            None => std::mem::take(&mut state.routes),
+        };
+        let result = match g.chat(req, &request, &routes, rec, &mut state) {
             Err(e) if e.kind == ErrorKind::ShuttingDown => {
                 let current = self.0.load_full();
                 if Arc::ptr_eq(&current, g) {
-                    return Err(e);
+                    Err(e)
+                } else {
+                    current.chat(req, &request, &routes, rec, &mut state)
                 }
-                current.chat(req, &request, &head, rec)
             }
             other => other,
+        };
+        if let Some(pending) = state.pending.take() {
+            let (status, error_code) = match &result {
+                Ok(resp) => (resp.status, ""),
+                Err(e) => (e.status(), e.code),
+            };
+            pending.finish(Outcome {
+                status,
+                served: state.served.take(),
+                usage: state.usage,
+                error_code,
+                ..Outcome::default()
+            });
         }
+        result
+    }
+}
+
+/// The answer of a request a pre-hook stopped, after the post-hooks of the plugins that ran.
+fn stopped(req: &Request, rec: &mut AccessRecord, pending: Pending, stop: Stop) -> Response {
+    let resp = match stop {
+        Stop::Reject(r) => {
+            rec.error_code = r.error.code;
+            let mut resp = error_for(req, &r.error);
+            resp.headers.extend(r.headers);
+            resp
+        }
+        Stop::Answer(resp) => resp,
+    };
+    pending.finish(Outcome {
+        status: resp.status,
+        error_code: rec.error_code,
+        ..Outcome::default()
+    });
+    resp
+}
+
+/// The route that answered an attempt and the usage it reported.
+type Served = (Option<Target>, Usage);
+
+/// A request's progress through its routes, for its post-hooks: the pipeline state (taken by a
+/// stream, whose end runs them), the route that answered and the usage it reported.
+#[derive(Default)]
+pub(crate) struct ChatState {
+    pending: Option<Pending>,
+    routes: Vec<Target>,
+    served: Option<Target>,
+    usage: Usage,
+}
+
+impl Gateway {
+    /// The routes of a request: its model's, then the model's configured fallbacks, then the
+    /// request's own `fallbacks`.
+    fn targets(&self, head: &RouteHead) -> Result<Vec<Target>, ApiError> {
+        let target = |route: crate::route::Route| -> Result<Target, ApiError> {
+            let pool = self.pools.get(route.pool).ok_or_else(ApiError::internal)?;
+            let kind = self
+                .config
+                .providers
+                .get(pool.name())
+                .map_or("", |p| p.kind.name());
+            Ok(Target {
+                provider: pool.name().to_string(),
+                kind,
+                model: route.upstream_model,
+            })
+        };
+        let mut routes = vec![target(self.router.resolve(&head.model)?)?];
+        for name in self.router.fallbacks_for(&head.model) {
+            routes.push(target(self.router.resolve(name)?)?);
+        }
+        for name in &head.fallbacks {
+            let route = self.router.resolve(name).map_err(|_| {
+                ApiError::bad_request(
+                    "invalid_fallbacks",
+                    format!("fallback model `{name}` cannot be routed"),
+                )
+            })?;
+            routes.push(target(route)?);
+        }
+        Ok(routes)
     }
 }
 
@@ -104,36 +219,32 @@ impl Gateway {
         &self,
         req: &Request,
         request: &Arc<ClientRequest>,
-        head: &RouteHead,
+        routes: &[Target],
         rec: &mut AccessRecord,
+        state: &mut ChatState,
     ) -> Result<Response, ApiError> {
-        let mut routes = vec![self.router.resolve(&head.model)?];
-        for target in self.router.fallbacks_for(&head.model) {
-            routes.push(self.router.resolve(target)?);
-        }
-        for target in &head.fallbacks {
-            routes.push(self.router.resolve(target).map_err(|_| {
-                ApiError::bad_request(
-                    "invalid_fallbacks",
-                    format!("fallback model `{target}` cannot be routed"),
-                )
-            })?);
-        }
-        let mut primary: Option<(Result<Response, ApiError>, String)> = None;
-        for route in routes {
-            let pool = self.pools.get(route.pool).ok_or_else(ApiError::internal)?;
+        let mut primary: Option<(Result<Response, ApiError>, String, Served)> = None;
+        for target in routes {
+            let pool = self
+                .router
+                .pool_index(&target.provider)
+                .and_then(|i| self.pools.get(i))
+                .ok_or_else(ApiError::internal)?;
             rec.provider = pool.name().to_string();
-            match self.attempt(req, request, rec, pool, route.upstream_model) {
+            match self.attempt(req, request, rec, pool, target, state) {
                 Attempt::Done(result) => return result,
                 Attempt::TryNext(result) => {
                     if primary.is_none() {
-                        primary = Some((result, pool.name().to_string()));
+                        let served = (state.served.take(), std::mem::take(&mut state.usage));
+                        primary = Some((result, pool.name().to_string(), served));
                     }
                 }
             }
         }
-        let (result, provider) = primary.ok_or_else(ApiError::internal)?;
+        let (result, provider, (served, usage)) = primary.ok_or_else(ApiError::internal)?;
         rec.provider = provider;
+        state.served = served;
+        state.usage = usage;
         result
     }
 
@@ -144,8 +255,12 @@ impl Gateway {
         request: &Arc<ClientRequest>,
         rec: &mut AccessRecord,
         pool: &Arc<ProviderPool>,
-        upstream_model: String,
+        target: &Target,
+        state: &mut ChatState,
     ) -> Attempt {
+        state.served = None;
+        state.usage = Usage::default();
+        let upstream_model = target.model.clone();
         let deadline = req.received_at + pool.config().request_timeout;
         if Instant::now() >= deadline {
             return Attempt::TryNext(Err(ApiError::new(
@@ -202,6 +317,8 @@ impl Gateway {
                 };
                 rec.prompt_tokens = answer.usage.input_tokens;
                 rec.completion_tokens = answer.usage.output_tokens;
+                state.served = Some(target.clone());
+                state.usage = answer.usage;
                 let status = answer.status;
                 let mut resp = Response::json(status, answer.body);
                 resp.content_type = answer.content_type;
@@ -226,7 +343,8 @@ impl Gateway {
                     rec.clone(),
                     request.api,
                     req.received_at,
-                );
+                )
+                .with_post_hooks(state.pending.take(), target.clone());
                 let mut resp = Response::stream(200, "text/event-stream", Box::new(stream));
                 resp.headers.push(("cache-control", "no-cache".to_string()));
                 resp.headers.extend(headers);

@@ -14,11 +14,13 @@ use arc_swap::ArcSwap;
 
 use crate::api;
 use crate::config::Config;
+use crate::cost::PriceTable;
 use crate::error::{ApiError, ErrorKind};
 use crate::http::{FrontStats, Handler, Method, Request, Response};
 use crate::job::{ClientApi, ReplyChannel};
 use crate::log::{self, AccessRecord};
 use crate::objpool::{ObjPool, ObjPoolStats};
+use crate::plugins::{Auth, Pipeline, Principal, Shared};
 use crate::pool::ProviderPool;
 use crate::route::Router;
 
@@ -44,6 +46,12 @@ pub struct Gateway {
     pub config: Arc<Config>,
     /// 1 at start-up, +1 per applied reload.
     pub generation: u64,
+    /// This generation's plugins, in order.
+    pub pipeline: Arc<Pipeline>,
+    /// Who may send requests (client keys, virtual keys).
+    pub auth: Auth,
+    /// Plugin state shared by every generation (the store, key table, counters).
+    pub plugins: Arc<Shared>,
 }
 
 impl Gateway {
@@ -59,7 +67,16 @@ impl Gateway {
         generation: u64,
     ) -> Gateway {
         debug_assert_eq!(pools.len(), config.providers.len());
+        let plugins = Arc::new(Shared::empty());
+        let pipeline = Arc::new(Pipeline::new(
+            &config,
+            &plugins,
+            Arc::new(PriceTable::default()),
+        ));
         Gateway {
+            auth: Auth::new(&config, &plugins.governance),
+            pipeline,
+            plugins,
             router: Router::new(&config),
             pools,
             json_depth_max: config.server.json_depth_max,
@@ -73,19 +90,29 @@ impl Gateway {
         }
     }
 
-    /// Check the client key the request presents (`Authorization: Bearer`, `x-api-key`).
-    fn authorize(&self, req: &Request) -> Result<(), ApiError> {
-        self.router.authorize(presented_key(req))
+    /// This gateway with the plugins of its config over `shared` state, pricing with `prices`.
+    pub fn with_plugins(mut self, shared: Arc<Shared>, prices: Arc<PriceTable>) -> Gateway {
+        self.pipeline = Arc::new(Pipeline::new(&self.config, &shared, prices));
+        self.auth = Auth::new(&self.config, &shared.governance);
+        self.plugins = shared;
+        self
+    }
+
+    /// Who sent the request: what [`ApiHandler::admit`] found on its head, else worked out now.
+    fn authorize(&self, req: &Request) -> Result<Principal, ApiError> {
+        let found = req
+            .extension
+            .get()
+            .and_then(|e| e.downcast_ref::<Principal>())
+            .cloned();
+        match found {
+            Some(principal) => Ok(principal),
+            None => self.auth.authenticate(req),
+        }
     }
 }
 
-/// The client key of a request: `Authorization: Bearer <key>` (scheme in any case) or
-/// `x-api-key: <key>`.
-pub fn presented_key(req: &Request) -> Option<&[u8]> {
-    req.header("authorization")
-        .and_then(crate::route::bearer_token)
-        .or_else(|| req.header("x-api-key"))
-}
+pub use crate::plugins::auth::presented_key;
 
 /// What a request asks for, by method and path.
 #[derive(Debug, PartialEq, Eq)]
@@ -125,7 +152,7 @@ impl Endpoint {
 
 /// `%XX` escapes decoded (the openai SDK sends `mock%2Fgpt-4o`); invalid escapes and non-UTF-8
 /// results are kept as sent.
-fn percent_decode(s: &str) -> String {
+pub fn percent_decode(s: &str) -> String {
     if !s.contains('%') {
         return s.to_string();
     }
@@ -199,7 +226,13 @@ impl Handler for ApiHandler {
             Endpoint::MethodNotAllowed => method_not_allowed(req.method),
             Endpoint::NotFound => not_found(&req.path),
             endpoint => {
-                let e = self.0.load().authorize(req).err()?;
+                let e = match self.0.load().auth.authenticate(req) {
+                    Ok(principal) => {
+                        let _ = req.extension.set(Box::new(principal));
+                        return None;
+                    }
+                    Err(e) => e,
+                };
                 if matches!(endpoint, Endpoint::Chat(_)) {
                     log::access(&AccessRecord {
                         request_id: req.id.clone(),

@@ -11,9 +11,11 @@ use crate::api;
 use crate::error::ApiError;
 use crate::formats::responses::StreamWatch;
 use crate::http::{BodyStream, StreamPoll};
+use crate::job::Usage;
 use crate::job::{clock_ms, CancelReason, ClientApi, Reply, ReplyChannel, StreamEnd, REPLY_GRACE};
 use crate::log::{self, AccessRecord};
 use crate::objpool::Pooled;
+use crate::plugins::{Outcome, Pending, Target};
 use crate::pool::{waiters, ProviderPool};
 use crate::providers::sse::{stream_duration_error, stream_idle_error};
 
@@ -36,6 +38,12 @@ pub struct GatewayStream {
     finished: bool,
     /// For a Responses client: what its stream's failure events must continue.
     responses: Option<StreamWatch>,
+    /// The request's post-hooks, run when the stream is dropped (its end, or the client gone).
+    pending: Option<Pending>,
+    /// The route streaming the answer.
+    served: Option<Target>,
+    /// The usage the worker reported at the stream's end.
+    usage: Usage,
 }
 
 impl GatewayStream {
@@ -59,7 +67,17 @@ impl GatewayStream {
             last_write: now,
             finished: false,
             responses: (api == ClientApi::OpenAiResponses).then(StreamWatch::default),
+            pending: None,
+            served: None,
+            usage: Usage::default(),
         }
+    }
+
+    /// Run `pending`'s post-hooks when the stream ends, as served by `served`.
+    pub fn with_post_hooks(mut self, pending: Option<Pending>, served: Target) -> GatewayStream {
+        self.pending = pending;
+        self.served = Some(served);
+        self
     }
 
     fn fail(&mut self, err: &ApiError) -> StreamPoll {
@@ -81,6 +99,7 @@ impl GatewayStream {
     fn end(&mut self, end: StreamEnd) -> StreamPoll {
         self.rec.prompt_tokens = end.usage.input_tokens;
         self.rec.completion_tokens = end.usage.output_tokens;
+        self.usage = end.usage;
         match end.error {
             Some(e) => self.fail(&e),
             None => {
@@ -188,5 +207,14 @@ impl Drop for GatewayStream {
     fn drop(&mut self) {
         self.rec.total_us = self.received_at.elapsed().as_micros() as u64;
         log::access(&self.rec);
+        if let Some(pending) = self.pending.take() {
+            pending.finish(Outcome {
+                status: self.rec.status,
+                served: self.served.take(),
+                usage: std::mem::take(&mut self.usage),
+                error_code: self.rec.error_code,
+                ..Outcome::default()
+            });
+        }
     }
 }

@@ -23,6 +23,7 @@ use crate::log::Level;
 pub mod aws_credentials;
 mod azure;
 mod bedrock;
+mod governance;
 mod limits;
 mod presets;
 mod vertex;
@@ -32,6 +33,10 @@ pub use azure::{
     AZURE_SCOPE_DEFAULT, AZURE_TOKEN_URL_DEFAULT,
 };
 pub use bedrock::{runtime_base_url, BedrockConfig};
+pub use governance::{
+    hash_text, parse_hex32, sha256, AuthMode, KeyHash, PluginName, PluginsConfig, PricesConfig,
+    StoreConfig, HASH_PREFIX,
+};
 pub use limits::{
     BreakerConfig, Limits, MaxTokensField, StructuredOutputStyle, ThinkingStyle, ToolCallIdFormat,
 };
@@ -474,6 +479,12 @@ pub struct Config {
     pub aliases: BTreeMap<String, String>,
     /// Model name as clients send it -> `provider/model`s tried in order when it fails.
     pub fallbacks: BTreeMap<String, Vec<String>>,
+    /// The plugin pipeline (`[plugins]`).
+    pub plugins: PluginsConfig,
+    /// The embedded database (`[store]`); `None` when `store.path` is not set.
+    pub store: Option<StoreConfig>,
+    /// The price table override (`[prices]`).
+    pub prices: PricesConfig,
 }
 
 #[derive(Clone, Debug)]
@@ -492,10 +503,15 @@ pub struct ServerConfig {
     pub json_depth_max: usize,
     /// Default [`SHUTDOWN_TIMEOUT_MS_DEFAULT`].
     pub shutdown_timeout: Duration,
-    /// Accepted client keys (`Authorization: Bearer` or `x-api-key`); empty = no client auth.
-    pub client_keys: Vec<Secret>,
-    /// The token `/stats` and `/metrics` require (`Authorization: Bearer`); `None` = open.
-    pub admin_token: Option<Secret>,
+    /// Accepted static client keys, by their SHA-256 (`Authorization: Bearer`, `x-api-key` or
+    /// `api-key`).
+    pub client_keys: Vec<KeyHash>,
+    /// Whether API requests need a key (`server.auth`); the file's default is
+    /// [`AuthMode::Keys`].
+    pub auth: AuthMode,
+    /// The token the admin listener requires on `/stats`, `/metrics` and `/admin/`
+    /// (`Authorization: Bearer`), by its SHA-256; `None`: those are open.
+    pub admin_token: Option<KeyHash>,
 }
 
 #[derive(Clone, Debug)]
@@ -842,6 +858,7 @@ impl Default for ServerConfig {
             json_depth_max: JSON_DEPTH_MAX_DEFAULT as usize,
             shutdown_timeout: Duration::from_millis(SHUTDOWN_TIMEOUT_MS_DEFAULT),
             client_keys: Vec::new(),
+            auth: AuthMode::Keys,
             admin_token: None,
         }
     }
@@ -966,6 +983,9 @@ impl Default for Config {
             providers,
             aliases: BTreeMap::new(),
             fallbacks: BTreeMap::new(),
+            plugins: PluginsConfig { order: Vec::new() },
+            store: None,
+            prices: PricesConfig::default(),
         }
     }
 }
@@ -985,6 +1005,9 @@ struct ConfigFile {
     providers: Option<BTreeMap<String, ProviderFile>>,
     aliases: Option<BTreeMap<String, String>>,
     fallbacks: Option<BTreeMap<String, Vec<String>>>,
+    plugins: Option<governance::PluginsFile>,
+    store: Option<governance::StoreFile>,
+    prices: Option<governance::PricesFile>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1008,6 +1031,7 @@ struct ServerFile {
     body_buffer_bytes_max: Option<u64>,
     shutdown_timeout_ms: Option<u64>,
     client_keys: Option<Vec<String>>,
+    auth: Option<String>,
     admin_token: Option<String>,
 }
 
@@ -1242,7 +1266,10 @@ impl Checker<'_> {
         self.pool_totals(&providers);
         let aliases = self.aliases(f.aliases.unwrap_or_default(), &providers);
         let fallbacks = self.fallbacks(f.fallbacks.unwrap_or_default(), &providers);
-        Config {
+        let plugins = self.plugins(f.plugins.unwrap_or_default());
+        let store = self.store(f.store.unwrap_or_default());
+        let prices = self.prices(f.prices.unwrap_or_default());
+        let config = Config {
             path: self.file.to_path_buf(),
             server,
             stats,
@@ -1251,7 +1278,12 @@ impl Checker<'_> {
             providers,
             aliases,
             fallbacks,
-        }
+            plugins,
+            store,
+            prices,
+        };
+        self.governance_rules(&config);
+        config
     }
 
     // --- scalars ---
@@ -1432,11 +1464,12 @@ impl Checker<'_> {
                 f.shutdown_timeout_ms,
                 SHUTDOWN_TIMEOUT_MS_DEFAULT,
             ),
-            client_keys: self.client_keys(f.client_keys.unwrap_or_default()),
+            client_keys: self.client_keys(f.client_keys.clone().unwrap_or_default()),
+            auth: self.auth(f.auth.as_deref()),
             admin_token: f
                 .admin_token
                 .as_deref()
-                .and_then(|reference| self.secret("server.admin_token", reference)),
+                .and_then(|t| self.key_hash("server.admin_token", t)),
         }
     }
 
@@ -1518,7 +1551,7 @@ impl Checker<'_> {
         }
     }
 
-    fn client_keys(&mut self, references: Vec<String>) -> Vec<Secret> {
+    fn client_keys(&mut self, references: Vec<String>) -> Vec<KeyHash> {
         if references.len() > CLIENT_KEYS_MAX {
             self.error(
                 "server.client_keys",
@@ -1527,7 +1560,7 @@ impl Checker<'_> {
         }
         let mut keys = Vec::with_capacity(references.len());
         for (i, reference) in references.iter().enumerate() {
-            keys.extend(self.secret(&format!("server.client_keys[{i}]"), reference));
+            keys.extend(self.key_hash(&format!("server.client_keys[{i}]"), reference));
         }
         keys
     }
@@ -2811,8 +2844,8 @@ worker_stack_kb = 512
         assert_eq!(s.limits.body_buffer_bytes_max, 8 * 1024 * 1024);
         assert_eq!(s.shutdown_timeout, Duration::from_millis(5000));
         assert_eq!(s.json_depth_max, 32);
-        assert_eq!(s.client_keys[0].expose(), "client-1");
-        assert_eq!(s.admin_token.as_ref().map(Secret::expose), Some("admin-1"));
+        assert_eq!(s.client_keys[0].sha256, sha256(b"client-1"));
+        assert_eq!(s.admin_token.as_ref().map(|t| t.sha256), Some(sha256(b"admin-1")));
         assert_eq!(c.stats.stdout_interval, None);
         assert_eq!(c.stats.objpool_hit_ratio_warn, 0.5);
         assert_eq!((c.objpools.buffers, c.objpools.buffers_prefill), (64, 64));
@@ -3301,7 +3334,7 @@ worker_stack_kb = 512
         let empty = temp_file("secret-empty", "\n");
         let text = |p: &Path| format!("[server]\nclient_keys = [\"file:{}\"]\n{MOCK}", p.display());
         let c = check(&text(&good)).unwrap();
-        assert_eq!(c.server.client_keys[0].expose(), "sk-from-file");
+        assert_eq!(c.server.client_keys[0].sha256, sha256(b"sk-from-file"));
         let e = err(&text(&empty));
         assert!(
             e.contains("server.client_keys[0]: secret file") && e.contains("is empty"),
@@ -3325,7 +3358,7 @@ worker_stack_kb = 512
         let text = format!("[server]\nclient_keys = [\"file:{name}\"]\n{MOCK}");
         let at = std::env::temp_dir().join("deepintshield.toml");
         let c = parse(&text, &at, &|_| None, Some(CORES)).unwrap();
-        assert_eq!(c.server.client_keys[0].expose(), "sk-relative");
+        assert_eq!(c.server.client_keys[0].sha256, sha256(b"sk-relative"));
         std::fs::remove_file(secret).unwrap();
     }
 

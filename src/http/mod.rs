@@ -2,7 +2,9 @@
 //! configurable limits, Content-Length and chunked bodies, pipelining answered in order with one
 //! batched write, keep-alive, timeouts, and OpenAI-style JSON errors for every protocol fault.
 
+use std::any::Any;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 mod server;
@@ -55,6 +57,9 @@ pub struct Request {
     /// Whether [`Request::client_gone`] may send an interim `100 Continue` to tell a client that
     /// half-closed its side from one that is gone (a [`Probe`] value).
     pub(crate) probe: AtomicU8,
+    /// What [`Handler::admit`] learnt from the head for the handler (who sent the request), so
+    /// that nothing is worked out twice. Empty for each new request.
+    pub extension: OnceLock<Box<dyn Any + Send + Sync>>,
 }
 
 /// States of [`Request::probe`].
@@ -84,6 +89,7 @@ impl Request {
             received_at: Instant::now(),
             fd,
             probe: AtomicU8::new(Probe::Off as u8),
+            extension: OnceLock::new(),
         }
     }
 
@@ -346,6 +352,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
+        409 => "Conflict",
         413 => "Payload Too Large",
         422 => "Unprocessable Entity",
         429 => "Too Many Requests",

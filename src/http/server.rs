@@ -1216,6 +1216,7 @@ fn fill_request(
         req.body.clear();
     }
     req.id.clear();
+    req.extension.take();
 
     let mut framing = Framing::default();
     for h in parsed.headers.iter() {

@@ -24,11 +24,13 @@ use arc_swap::ArcSwap;
 
 use crate::admin::{admin_open_beyond_loopback, AdminHandler};
 use crate::app::{ApiHandler, Gateway};
-use crate::config::Config;
+use crate::config::{AuthMode, Config};
+use crate::cost::PriceTable;
 use crate::http::{self, ServerHandle};
 use crate::job::ReplyChannel;
 use crate::log;
 use crate::objpool::{ObjPool, ObjPoolStats};
+use crate::plugins::Shared;
 use crate::pool::{wait_until, waiters};
 use crate::stats::ServiceStats;
 
@@ -102,6 +104,33 @@ fn warn_if_admin_open(config: &Config) {
     }
 }
 
+/// Warnings about how authentication is set: off on a listener other machines reach, or static
+/// client keys given as plain text rather than hashes.
+fn warn_about_auth(config: &Config) {
+    let s = &config.server;
+    if s.auth == AuthMode::Off && !s.listen.ip().is_loopback() {
+        log::warn(
+            "client authentication is off (server.auth = \"off\") on a listener other machines \
+             can reach: anyone who can connect spends the provider keys",
+            &[("listen", &s.listen.to_string())],
+        );
+    }
+    let plain = s.client_keys.iter().filter(|k| k.plain).count();
+    if plain > 0 {
+        log::warn(
+            "server.client_keys holds plain-text keys (env:/file: references), which is \
+             deprecated: write each as its hash, \"sha256:<hex>\" (deepintshield hash-key prints \
+             it), or use virtual keys",
+            &[("keys", &plain.to_string())],
+        );
+    }
+}
+
+/// The price table of `config`: the bundled one read over by `[prices] path`.
+pub fn load_prices(config: &Config) -> Result<Arc<PriceTable>, String> {
+    PriceTable::load(config.prices.path.as_deref()).map(Arc::new)
+}
+
 fn unix_now() -> Duration {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -134,6 +163,12 @@ impl Service {
                 None
             }
         };
+        if let Some(problem) = config.auth_problem() {
+            return Err(problem);
+        }
+        warn_about_auth(&config);
+        let prices = load_prices(&config)?;
+        let shared = Arc::new(Shared::start(&config)?);
         let config = Arc::new(config);
         let core_ids = core_affinity::get_core_ids().unwrap_or_default();
         let pools = reload::start_pools(&config, &core_ids, &[])?;
@@ -161,7 +196,8 @@ impl Service {
             objpools,
             Instant::now(),
             1,
-        );
+        )
+        .with_plugins(shared, prices);
         let gateway = Arc::new(ArcSwap::from_pointee(gateway));
         let stats = Arc::new(ServiceStats::new());
 
@@ -323,6 +359,10 @@ impl Service {
     /// draining generation abandoned to make room for the new one stays abandoned).
     fn apply(&self, path: &Path) -> Result<(), String> {
         let mut config = Config::load(path).map_err(|e| e.to_string())?;
+        if let Some(problem) = config.auth_problem() {
+            return Err(problem);
+        }
+        let prices = load_prices(&config)?;
         // Room for the generation this reload retires, before its successor's threads start:
         // a burst of reloads never holds more than the bound of generations (plus the one
         // running, and abandoned ones for the milliseconds their workers take to exit).
@@ -335,6 +375,13 @@ impl Service {
             );
         }
         reload::keep_restart_only(&old.config, &mut config);
+        warn_about_auth(&config);
+        // The store opens once; a reload that first names one opens it.
+        let shared = if old.plugins.store.is_none() && config.store.is_some() {
+            Arc::new(Shared::start(&config)?)
+        } else {
+            Arc::clone(&old.plugins)
+        };
         let config = Arc::new(config);
         let pools = reload::start_pools(&config, &self.core_ids, &old.pools)?;
         let next = Gateway::new(
@@ -344,7 +391,8 @@ impl Service {
             old.objpools.clone(),
             old.started,
             old.generation + 1,
-        );
+        )
+        .with_plugins(shared, prices);
         if let Some(front) = old.front.get() {
             let _ = next.front.set(Arc::clone(front));
         }
@@ -425,6 +473,9 @@ impl Service {
             p.finish();
         }
         self.admin.stop_accepting();
+        if let Some(store) = &gateway.plugins.store {
+            store.close();
+        }
         log::info("shutdown complete", &[]);
     }
 }

@@ -93,6 +93,33 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
         format!("{:?}", o.cores),
         format!("{:?}", n.cores),
     );
+    if old.store.is_some() {
+        let path = |c: &Config| c.store.as_ref().map(|s| s.path.display().to_string());
+        differ(
+            "store.path",
+            path(old).unwrap_or_default(),
+            path(new).unwrap_or_default(),
+        );
+        let settings = |c: &Config| {
+            c.store.as_ref().map(|s| {
+                format!(
+                    "queue_capacity={} batch_rows_max={} batch_interval_ms={} retention_days={} \
+                     busy_timeout_ms={} keys_poll_ms={}",
+                    s.queue_capacity,
+                    s.batch_rows_max,
+                    s.batch_interval.as_millis(),
+                    s.retention_days,
+                    s.busy_timeout.as_millis(),
+                    s.keys_poll_interval.as_millis()
+                )
+            })
+        };
+        differ(
+            "[store]",
+            settings(old).unwrap_or_default(),
+            settings(new).unwrap_or_default(),
+        );
+    }
     let (o, n) = (&old.objpools, &new.objpools);
     differ(
         "objpools.buffers",
@@ -120,6 +147,9 @@ pub fn keep_restart_only(running: &Config, new: &mut Config) {
     new.server.threads = running.server.threads;
     new.server.cores.clone_from(&running.server.cores);
     new.objpools = running.objpools.clone();
+    if running.store.is_some() {
+        new.store.clone_from(&running.store);
+    }
 }
 
 /// A generation of pools swapped out by a reload, draining in its own thread.
@@ -269,6 +299,7 @@ mod tests {
     #[test]
     fn a_request_holding_a_retired_gateway_is_served_by_the_current_one() {
         let mut config = Config::default();
+        config.server.auth = crate::config::AuthMode::Off;
         for p in config.providers.values_mut() {
             p.pool.workers = 1;
         }

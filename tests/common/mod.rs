@@ -109,14 +109,33 @@ pub struct Gateway {
     pub config_path: PathBuf,
 }
 
-/// Write `toml` to a fresh file in the test temp dir.
+/// Write `toml` to a fresh file in the test temp dir (see [`auth_off_unless_keyed`]).
 pub fn write_config(toml: &str) -> PathBuf {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let path = dir.join(format!("gw-{}-{n}.toml", std::process::id()));
-    std::fs::write(&path, toml).expect("write config");
+    std::fs::write(&path, auth_off_unless_keyed(toml)).expect("write config");
     path
+}
+
+/// `toml` with `server.auth = "off"` added when it sets no authentication of its own (no
+/// `auth`, no client keys, no governance plugin): authentication is on unless switched off, and
+/// most tests are not about it.
+pub fn auth_off_unless_keyed(toml: &str) -> String {
+    let keyed = toml.contains("client_keys = [\"")
+        || toml.contains("\nauth =")
+        || toml.contains("\"governance\"");
+    if keyed {
+        return toml.to_string();
+    }
+    match toml.find("[server]\n") {
+        Some(at) => {
+            let end = at + "[server]\n".len();
+            format!("{}auth = \"off\"\n{}", &toml[..end], &toml[end..])
+        }
+        None => format!("[server]\nauth = \"off\"\n\n{toml}"),
+    }
 }
 
 /// A minimal config header with both listeners on free ports and quiet stdout stats.
@@ -628,7 +647,7 @@ impl Gateway {
 
     /// Rewrite the config file with `toml` and send SIGHUP (the reload is asynchronous).
     pub fn reload_with(&self, toml: &str) {
-        std::fs::write(&self.config_path, toml).expect("rewrite config");
+        std::fs::write(&self.config_path, auth_off_unless_keyed(toml)).expect("rewrite config");
         self.proc.signal(libc::SIGHUP);
     }
 

@@ -172,6 +172,7 @@ enabled = false
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
 threads = 2
+auth = "off"
 
 [stats]
 stdout_interval_ms = 0
