@@ -2845,7 +2845,10 @@ worker_stack_kb = 512
         assert_eq!(s.shutdown_timeout, Duration::from_millis(5000));
         assert_eq!(s.json_depth_max, 32);
         assert_eq!(s.client_keys[0].sha256, sha256(b"client-1"));
-        assert_eq!(s.admin_token.as_ref().map(|t| t.sha256), Some(sha256(b"admin-1")));
+        assert_eq!(
+            s.admin_token.as_ref().map(|t| t.sha256),
+            Some(sha256(b"admin-1"))
+        );
         assert_eq!(c.stats.stdout_interval, None);
         assert_eq!(c.stats.objpool_hit_ratio_warn, 0.5);
         assert_eq!((c.objpools.buffers, c.objpools.buffers_prefill), (64, 64));

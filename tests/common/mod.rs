@@ -123,9 +123,21 @@ pub fn write_config(toml: &str) -> PathBuf {
 /// `auth`, no client keys, no governance plugin): authentication is on unless switched off, and
 /// most tests are not about it.
 pub fn auth_off_unless_keyed(toml: &str) -> String {
-    let keyed = toml.contains("client_keys = [\"")
-        || toml.contains("\nauth =")
-        || toml.contains("\"governance\"");
+    // A config that does not parse is written as it is: the test is about the error.
+    let Ok(doc) = toml.parse::<toml::Table>() else {
+        return toml.to_string();
+    };
+    let server = doc.get("server").and_then(toml::Value::as_table);
+    let keyed = server.is_some_and(|s| {
+        s.contains_key("auth")
+            || s.get("client_keys")
+                .and_then(toml::Value::as_array)
+                .is_some_and(|k| !k.is_empty())
+    }) || doc
+        .get("plugins")
+        .and_then(|p| p.get("order"))
+        .and_then(toml::Value::as_array)
+        .is_some_and(|o| o.iter().any(|p| p.as_str() == Some("governance")));
     if keyed {
         return toml.to_string();
     }

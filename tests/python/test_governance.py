@@ -19,12 +19,15 @@ KINDS = list(MODELS)
 
 
 @pytest.fixture(scope="module")
-def governed(mock):
+def governed(mock, accounts):
     workdir = tempfile.mkdtemp(prefix="gov-sdk-")
     prices = os.path.join(workdir, "prices.toml")
     with open(prices, "w") as f:
-        # Every model of the three test providers, at a price that makes one answer cost cents.
-        f.write('[[price]]\nproviders = ["mock", "up", "anth"]\nmodels = ["*"]\ninput = 1000\noutput = 2000\n')
+        # Every model of the test providers, at a price that makes one answer cost cents.
+        f.write(
+            '[[price]]\nproviders = ["mock", "up", "anth", "gem", "vtx"]\nmodels = ["*"]\n'
+            "input = 1000\noutput = 2000\n"
+        )
     config = f"""
 [server]
 listen = "127.0.0.1:0"
@@ -57,6 +60,21 @@ keys = [{{ key = "env:SDK_UPSTREAM_KEY" }}]
 type = "anthropic"
 base_url = "http://{mock}"
 keys = [{{ key = "env:SDK_UPSTREAM_KEY" }}]
+
+[providers.gem]
+type = "gemini"
+base_url = "http://{mock}/v1beta"
+keys = [{{ key = "env:SDK_UPSTREAM_KEY" }}]
+
+[providers.vtx]
+type = "vertex"
+base_url = "http://{mock}/v1"
+
+[providers.vtx.vertex]
+project = "mock-project"
+location = "us-central1"
+credentials_file = "file:{accounts["vtx"]}"
+token_uri = "http://{mock}/token"
 """
     path = os.path.join(workdir, "gateway.toml")
     with open(path, "w") as f:
