@@ -119,7 +119,17 @@ ENDPOINTS:
                                 message -> a tool_use block (toolu_..., the tool it names else the
                                 first, input from its input_schema), stop_reason \"tool_use\",
                                 streamed as input_json_delta pieces; `tool_result` blocks in the
-                                last user message -> \"mock: tool result: <their text>\". Errors
+                                last user message -> \"mock: tool result: <their text>\". With
+                                `thinking` enabled (type enabled or adaptive) a signed thinking
+                                block comes first (empty text with display omitted; a
+                                redacted_thinking block when the last user message holds
+                                Anthropic's redacted-thinking test string), streamed as
+                                thinking_delta and signature_delta; thinking blocks sent back
+                                with a signature (or data) the mock did not give are refused (400
+                                \"Invalid `signature` in `thinking` block\"), and with thinking
+                                enabled a turn returning tool results whose last assistant message
+                                does not start with its thinking block is refused (400 \"Expected
+                                `thinking` or `redacted_thinking`, but found ...\"). Errors
                                 in Anthropic's shape ({\"type\":\"error\",\"error\":{...}}), a
                                 `request-id` header on every answer
     POST /v1/completions        a legacy text_completion answering \"mock: <prompt>\" (the prompt
@@ -963,17 +973,22 @@ impl Mock {
             Ok(body) => body,
             Err(r) => return r,
         };
+        if let Some(msg) = anthropic::thinking_error(&body) {
+            return anthropic_error(400, &msg, &request_id, None);
+        }
         if let Some(r) = self.faults(req, &model, Api::Anthropic, &request_id) {
             return r;
         }
 
         let answer = anthropic::answer(&body, &self.tool_text);
+        let thinking = anthropic::thinking(&body);
         let tool_id = format!("toolu_mock{n:012}");
         let msg_id = format!("msg_mock{n:012}");
         let meta = MessageMeta {
             id: &msg_id,
             model: &model,
             input_tokens: anthropic::input_tokens(&body),
+            thinking: thinking.as_ref(),
         };
         if matches!(answer, anthropic::Answer::ToolUse { .. }) {
             self.tool_calls.fetch_add(1, Ordering::Relaxed);
