@@ -236,6 +236,7 @@ impl HttpProvider {
                 mode: Mode::Translated {
                     client: Format::OpenAiChat,
                     info: Default::default(),
+                    reasoning_state: false,
                 },
             };
             let sent = self.send(ctx, call, &prepared, false, |resp| {
