@@ -174,7 +174,7 @@ impl HttpProvider {
             request.api,
             wire,
             &request.body,
-            &self.adapter.body_model(model),
+            &self.adapter.body_model(model, wire),
             stream,
             &self.encode,
             &mut body,
