@@ -125,8 +125,12 @@ impl StreamEncoder {
             StreamEvent::Ping => out.extend_from_slice(KEEPALIVE_EVENT),
             StreamEvent::Error(e) => self.error(e, out),
             StreamEvent::SignatureDelta { index, signature } => {
-                if let Some(item) = self.open.as_mut().filter(|o| o.part == *index) {
-                    if item.kind == ItemKind::Reasoning {
+                let reasoning = self
+                    .open
+                    .as_ref()
+                    .is_some_and(|o| o.part == *index && o.kind == ItemKind::Reasoning);
+                if reasoning && self.holds(signature.len(), out) {
+                    if let Some(item) = self.open.as_mut() {
                         item.signature.push_str(signature);
                     }
                 }
@@ -191,6 +195,27 @@ impl StreamEncoder {
             Some(&self.usage),
         );
         self.done = true;
+    }
+
+    /// Whether `more` bytes can be held for the final events within
+    /// [`STREAM_OUTPUT_BYTES_MAX`]; if not, the stream ends with `response.failed`.
+    fn holds(&mut self, more: usize, out: &mut Vec<u8>) -> bool {
+        let open = self
+            .open
+            .as_ref()
+            .map_or(0, |o| o.text.len() + o.signature.len());
+        if self.items.len() + open + more <= STREAM_OUTPUT_BYTES_MAX {
+            return true;
+        }
+        let e = StreamError {
+            status: 502,
+            error_type: "upstream_error".to_owned(),
+            message: format!(
+                "the answer is longer than {STREAM_OUTPUT_BYTES_MAX} bytes, the most the gateway streams in the Responses API"
+            ),
+        };
+        self.error(&e, out);
+        false
     }
 
     fn next_seq(&mut self) -> u64 {
@@ -285,16 +310,7 @@ impl StreamEncoder {
             self.start("", out);
             self.open_item(part, &PartKind::Text, out);
         }
-        let held = self.items.len() + self.open.as_ref().map_or(0, |o| o.text.len());
-        if held + text.len() > STREAM_OUTPUT_BYTES_MAX {
-            let e = StreamError {
-                status: 502,
-                error_type: "upstream_error".to_owned(),
-                message: format!(
-                    "the answer is longer than {STREAM_OUTPUT_BYTES_MAX} bytes, the most the gateway streams in the Responses API"
-                ),
-            };
-            self.error(&e, out);
+        if !self.holds(text.len(), out) {
             return;
         }
         let index = self.item_count.saturating_sub(1);
@@ -1116,6 +1132,33 @@ mod tests {
         assert_eq!(output.as_array().unwrap().len(), 1);
         assert_eq!(output[0]["content"][0]["text"], "shown");
         assert_eq!(evs[2].1["output_index"], 0);
+    }
+
+    #[test]
+    fn a_signature_past_the_bound_ends_failed() {
+        let mut e = StreamEncoder::new("m", 5, true);
+        let mut out = Vec::new();
+        e.encode(
+            &StreamEvent::PartStart {
+                index: 0,
+                kind: PartKind::Reasoning,
+            },
+            &mut out,
+        );
+        let half = "s".repeat(STREAM_OUTPUT_BYTES_MAX / 2 + 1);
+        for _ in 0..2 {
+            e.encode(
+                &StreamEvent::SignatureDelta {
+                    index: 0,
+                    signature: half.clone(),
+                },
+                &mut out,
+            );
+        }
+        e.finish(&mut out);
+        let evs = events(&out);
+        let names: Vec<&str> = evs.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names[names.len() - 2..], ["error", "response.failed"]);
     }
 
     #[test]
