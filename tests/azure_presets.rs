@@ -3,7 +3,8 @@
 //! `api-key`), Entra ID tokens fetched, refreshed before they expire and never shown, Azure's
 //! `retry-after-ms` taken as the wait; presets' defaults reaching the upstream (`max_tokens`,
 //! no `stream_options`, 9-character tool-call ids, reasoning sent back, no `parallel_tool_calls`,
-//! tools refused, no key for local servers); legacy completions streamed with their usage.
+//! tools refused, no key for local servers); legacy completions streamed with their usage;
+//! Responses clients passed through to Azure's Responses API on both of its URL shapes.
 
 mod common;
 
@@ -74,6 +75,14 @@ tenant = "env:AZ_TENANT"
 client_id = "env:AZ_CLIENT"
 client_secret = "env:AZ_SECRET"
 token_url = "http://{m}/entra/{{tenant}}/oauth2/v2.0/token"
+
+[providers.aznores]
+type = "azure"
+keys = [{{ key = "env:AZ_KEY" }}]
+responses = false
+[providers.aznores.azure]
+endpoint = "http://{m}"
+deployments = {{ "gpt-4o" = "prod-4o" }}
 
 [providers.badentra]
 type = "azure"
@@ -215,6 +224,92 @@ fn entra_failures_are_502_without_secrets() {
     assert!(text.contains("status 401 (invalid_client)"), "{text}");
     assert!(!text.contains("wrong-secret"), "{text}");
     assert_eq!(mock.stats()["azure_requests"], 0, "no call without a token");
+}
+
+/// A Responses request (with a field no translation would keep) to `model`, whole or streamed.
+fn responses_request(model: &str, stream: bool) -> serde_json::Value {
+    serde_json::json!({"model": model, "input": "hi", "stream": stream,
+        "zz_future_field": {"kept": [1, true]}, "store": false})
+}
+
+/// The `data:` payloads of a Responses stream, as JSON.
+fn responses_events(r: &SseResponse) -> Vec<serde_json::Value> {
+    r.events
+        .iter()
+        .map(|(e, _)| {
+            let data = e
+                .lines()
+                .find_map(|l| l.strip_prefix("data: "))
+                .unwrap_or(e);
+            serde_json::from_str(data).unwrap_or_else(|_| panic!("bad event {e}"))
+        })
+        .collect()
+}
+
+#[test]
+fn azure_responses_pass_through_on_both_url_shapes() {
+    let mock = Mock::start(&[]);
+    let gw = Gateway::start_with_env(&azure_config(&mock), &azure_env());
+    // Deployments style: `/openai/responses` with the Responses API's preview version, the
+    // deployment as the body's model, every other field as the client wrote it.
+    let r = post(&gw, "/v1/responses", &responses_request("az/gpt-4o", false));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["output"][0]["content"][0]["text"], "mock: hi");
+    let s = mock.stats();
+    assert_eq!(s["last_path"], "/openai/responses");
+    assert_eq!(s["last_azure_api_version"], "2025-04-01-preview");
+    assert_eq!(s["last_model"], "prod-4o");
+    assert_eq!(
+        s["last_body"]["zz_future_field"],
+        serde_json::json!({"kept": [1, true]})
+    );
+    assert_eq!(s["last_azure_api_key"], AZ_KEY);
+    assert_eq!(s["responses_requests"], 1);
+    // v1 style, streamed: `/openai/v1/responses`, an Entra token.
+    let r = stream(
+        &gw,
+        "/v1/responses",
+        &responses_request("azv1/gpt-4o", true),
+    );
+    assert_eq!(r.status, 200);
+    let events = responses_events(&r);
+    assert_eq!(events[0]["type"], "response.created");
+    let last = events.last().unwrap();
+    assert_eq!(last["type"], "response.completed", "{events:#?}");
+    assert_eq!(
+        last["response"]["output"][0]["content"][0]["text"],
+        "mock: hi"
+    );
+    let s = mock.stats();
+    assert_eq!(s["last_path"], "/openai/v1/responses");
+    assert_eq!(s["last_query"], "");
+    assert_eq!(s["last_model"], "v1-4o");
+    assert_eq!(s["last_authorization"], "Bearer mocktoken-1");
+    assert_eq!(s["responses_requests"], 2);
+    // `responses = false`: translated to the deployment's chat completions.
+    let r = post(
+        &gw,
+        "/v1/responses",
+        &responses_request("aznores/gpt-4o", false),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["object"], "response");
+    let s = mock.stats();
+    assert_eq!(
+        s["last_path"],
+        "/openai/deployments/prod-4o/chat/completions"
+    );
+    assert!(s["last_body"].get("zz_future_field").is_none());
+    assert_eq!(s["responses_requests"], 2);
+    // Azure's refusals come back as Azure wrote them (an injected 429 with its retry-after-ms).
+    let r = post(
+        &gw,
+        "/v1/responses",
+        &responses_request("az/status-429-retryms-1500", false),
+    );
+    assert_eq!(r.status, 429);
+    assert_eq!(r.json()["error"]["code"], "429");
+    assert_eq!(r.header("retry-after-ms"), Some("1500"));
 }
 
 #[test]

@@ -149,7 +149,7 @@ fn reference_answers_come_back_as_the_reference() {
         let reference: Value = serde_json::from_slice(&body).unwrap();
         let resp = responses::decode_response(&body, &EncodeInfo::default()).unwrap();
         let mut out = Vec::new();
-        responses::encode_response(&resp, reference["model"].as_str().unwrap(), &mut out);
+        responses::encode_response(&resp, reference["model"].as_str().unwrap(), false, &mut out);
         let ours: Value = serde_json::from_slice(&out).unwrap();
         assert_covers(&ours, &reference, name);
     }
@@ -167,7 +167,7 @@ fn the_reference_stream_comes_back_as_the_reference() {
             .unwrap();
     }
     assert!(decoder.is_complete());
-    let mut encoder = responses::StreamEncoder::new("gpt-5.4", CREATED);
+    let mut encoder = responses::StreamEncoder::new("gpt-5.4", CREATED, false);
     let mut out = Vec::new();
     for ev in &neutral {
         encoder.encode(ev, &mut out);
@@ -210,21 +210,31 @@ fn neutral_of(name: &str) -> Vec<StreamEvent> {
 #[test]
 fn other_formats_streams_become_responses_streams() {
     for name in ["anthropic_stream.sse", "openai_stream.sse"] {
-        let mut encoder = responses::StreamEncoder::new("client-model", CREATED);
-        let mut out = Vec::new();
-        for ev in &neutral_of(name) {
-            encoder.encode(ev, &mut out);
+        for state in [false, true] {
+            let mut encoder = responses::StreamEncoder::new("client-model", CREATED, state);
+            let mut out = Vec::new();
+            for ev in &neutral_of(name) {
+                encoder.encode(ev, &mut out);
+            }
+            encoder.finish(&mut out);
+            // Every event is well-formed and numbered in order.
+            for (i, (event, data)) in sse(&out).iter().enumerate() {
+                let v: Value = serde_json::from_str(data).unwrap();
+                assert_eq!(
+                    (v["type"].as_str(), v["sequence_number"].as_u64()),
+                    (Some(event.as_str()), Some(i as u64))
+                );
+            }
+            let suffix = if state {
+                ".to_responses_with_reasoning_state.sse"
+            } else {
+                ".to_responses.sse"
+            };
+            // Only Anthropic's stream has reasoning state to carry.
+            if !state || name.starts_with("anthropic") {
+                golden(&name.replace(".sse", suffix), &out, false);
+            }
         }
-        encoder.finish(&mut out);
-        // Every event is well-formed and numbered in order.
-        for (i, (event, data)) in sse(&out).iter().enumerate() {
-            let v: Value = serde_json::from_str(data).unwrap();
-            assert_eq!(
-                (v["type"].as_str(), v["sequence_number"].as_u64()),
-                (Some(event.as_str()), Some(i as u64))
-            );
-        }
-        golden(&name.replace(".sse", ".to_responses.sse"), &out, false);
     }
 }
 
@@ -239,4 +249,88 @@ fn a_codex_request_is_translated_for_other_providers() {
     let mut out = Vec::new();
     openai_chat::encode_request(&req, "gpt-4.1", &opts, &mut out).unwrap();
     golden("codex_request.to_openai.json", &out, true);
+}
+
+/// A provider's answer with signed and redacted reasoning, written for a Responses client that
+/// asked for `reasoning.encrypted_content`, then the client's next turn (the output items sent
+/// back, with a result for each call), decoded: the reasoning comes back signed, and redacted,
+/// as the provider wrote it.
+fn next_turn_after(mut answer: deepintshield::formats::ChatResponse, name: &str) -> Vec<u8> {
+    // What a provider may leave out (Bedrock names no answer id) is fixed, not the clock's.
+    answer.created = Some(CREATED);
+    if answer.id.is_empty() {
+        answer.id = format!("msg_{name}");
+    }
+    let mut out = Vec::new();
+    responses::encode_response(&answer, "client-model", true, &mut out);
+    golden(&format!("{name}.to_responses.json"), &out, true);
+    let response: Value = serde_json::from_slice(&out).unwrap();
+    let output = response["output"].as_array().unwrap();
+    let mut input = vec![serde_json::json!({"role": "user", "content": "What is the weather?"})];
+    input.extend(output.iter().cloned());
+    for call in output.iter().filter(|i| i["type"] == "function_call") {
+        input.push(serde_json::json!({
+            "type": "function_call_output", "call_id": call["call_id"], "output": "sunny"
+        }));
+    }
+    serde_json::to_vec(&serde_json::json!({
+        "model": "client-model", "input": input, "reasoning": {"effort": "high"},
+        "include": ["reasoning.encrypted_content"], "store": false,
+    }))
+    .unwrap()
+}
+
+#[test]
+fn anthropic_reasoning_survives_a_responses_round_trip() {
+    let body = input("formats/anthropic_response.json");
+    let answer = anthropic::decode_response(&body, &EncodeInfo::default()).unwrap();
+    let next = next_turn_after(answer, "anthropic_response");
+    let req = responses::decode_request(&next).unwrap();
+    let mut out = Vec::new();
+    let opts = EncodeOptions::default();
+    anthropic::encode_request(&req, "claude-sonnet-4-5", &opts, &mut out).unwrap();
+    golden("anthropic_response.next_turn.to_anthropic.json", &out, true);
+    // The assistant turn starts with the thinking blocks exactly as Anthropic wrote them.
+    let sent: Value = serde_json::from_slice(&out).unwrap();
+    let original: Value = serde_json::from_slice(&body).unwrap();
+    let turn = &sent["messages"][1]["content"];
+    assert_eq!(turn[0], original["content"][0], "{sent:#}");
+    assert_eq!(turn[1], original["content"][1], "{sent:#}");
+}
+
+#[test]
+fn bedrock_reasoning_survives_a_responses_round_trip() {
+    use deepintshield::formats::bedrock;
+    let body = input("formats/bedrock_response_reasoning.json");
+    let answer = bedrock::decode_response(&body, &EncodeInfo::default()).unwrap();
+    let next = next_turn_after(answer, "bedrock_response_reasoning");
+    let req = responses::decode_request(&next).unwrap();
+    let mut out = Vec::new();
+    let opts = EncodeOptions::default();
+    bedrock::encode_request(&req, "anthropic.claude-sonnet-4-5", &opts, &mut out).unwrap();
+    golden(
+        "bedrock_response_reasoning.next_turn.to_bedrock.json",
+        &out,
+        true,
+    );
+    let sent: Value = serde_json::from_slice(&out).unwrap();
+    let original: Value = serde_json::from_slice(&body).unwrap();
+    let turn = &sent["messages"][1]["content"];
+    let reasoning = &original["output"]["message"]["content"];
+    assert_eq!(turn[0], reasoning[0], "{sent:#}");
+    assert_eq!(turn[1], reasoning[1], "{sent:#}");
+}
+
+#[test]
+fn without_include_the_reasoning_state_is_not_written() {
+    let body = input("formats/anthropic_response.json");
+    let answer = anthropic::decode_response(&body, &EncodeInfo::default()).unwrap();
+    let mut out = Vec::new();
+    responses::encode_response(&answer, "client-model", false, &mut out);
+    let response: Value = serde_json::from_slice(&out).unwrap();
+    let output = response["output"].as_array().unwrap();
+    assert!(output.iter().all(|i| i.get("encrypted_content").is_none()));
+    // The redacted thinking has no item; the signed one is its summary alone.
+    let reasoning: Vec<&Value> = output.iter().filter(|i| i["type"] == "reasoning").collect();
+    assert_eq!(reasoning.len(), 1, "{response:#}");
 }

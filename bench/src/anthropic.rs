@@ -1,7 +1,11 @@
 //! What the mock answers on Anthropic's Messages API: the text and tool calls of a `message`, its
 //! SSE event sequence (`message_start` ... `message_stop`), error bodies and their types by status,
-//! the model list and the token count of a request.
+//! the model list and the token count of a request; with extended thinking enabled, a signed
+//! `thinking` block (or a `redacted_thinking` one) before the answer, and the API's rules for the
+//! thinking blocks a client sends back (signatures checked, and the last assistant turn of a tool
+//! round trip must start with its thinking).
 
+use base64::Engine as _;
 use serde_json::{json, Value};
 
 use crate::completion::message_text;
@@ -194,6 +198,159 @@ pub fn output_tokens(answer: &Answer) -> u64 {
     chars.div_ceil(4) as u64
 }
 
+/// The thinking the mock writes before its answer (thinking tokens count as output).
+pub const THINKING_TEXT: &str = "mock: thinking about the request";
+/// The prompt text that makes Anthropic answer with a `redacted_thinking` block (documented for
+/// testing how clients handle one); the mock does the same.
+pub const REDACTED_THINKING_TRIGGER: &str = "ANTHROPIC_MAGIC_STRING_TRIGGER_REDACTED_THINKING_46C9A13E193C177646C7398A98432ECCCE4C1253D5E2D82641AC0E52CC2876CB";
+
+/// A thinking block the mock writes before its answer.
+#[derive(Debug, PartialEq)]
+pub enum Thinking {
+    /// `{"type":"thinking","thinking":...,"signature":...}` (the text empty with
+    /// `display: "omitted"`).
+    Signed { text: String, signature: String },
+    /// `{"type":"redacted_thinking","data":...}`.
+    Redacted { data: String },
+}
+
+impl Thinking {
+    fn block(&self) -> Value {
+        match self {
+            Thinking::Signed { text, signature } => {
+                json!({"type": "thinking", "thinking": text, "signature": signature})
+            }
+            Thinking::Redacted { data } => json!({"type": "redacted_thinking", "data": data}),
+        }
+    }
+
+    fn output_tokens(&self) -> u64 {
+        match self {
+            Thinking::Signed { text, .. } => text.chars().count().div_ceil(4) as u64,
+            Thinking::Redacted { .. } => 0,
+        }
+    }
+}
+
+/// What the mock signs a thinking block's text (or a redacted block) with: base64 of a digest of
+/// the kind and the text, so a block sent back with its text or signature changed is refused, as
+/// Anthropic refuses one.
+fn seal(kind: &str, text: &str) -> String {
+    // FNV-1a, 64 bits.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in kind.bytes().chain([0]).chain(text.bytes()) {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    let bytes = format!("mock-{kind}:{h:016x}");
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// Whether the request enables extended thinking (`thinking.type` `enabled` or `adaptive`).
+pub fn thinking_enabled(body: &Value) -> bool {
+    matches!(
+        body.pointer("/thinking/type").and_then(Value::as_str),
+        Some("enabled" | "adaptive")
+    )
+}
+
+/// The thinking block of the answer to `body`: none unless thinking is enabled; redacted when
+/// the last user message holds [`REDACTED_THINKING_TRIGGER`]; else signed, its text empty when
+/// `thinking.display` is `omitted`.
+pub fn thinking(body: &Value) -> Option<Thinking> {
+    if !thinking_enabled(body) {
+        return None;
+    }
+    let last_user = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .and_then(|ms| {
+            ms.iter()
+                .rev()
+                .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+        });
+    if last_user.is_some_and(|m| message_text(m).contains(REDACTED_THINKING_TRIGGER)) {
+        return Some(Thinking::Redacted {
+            data: seal("redacted_thinking", ""),
+        });
+    }
+    let omitted = body.pointer("/thinking/display").and_then(Value::as_str) == Some("omitted");
+    let text = if omitted { "" } else { THINKING_TEXT };
+    Some(Thinking::Signed {
+        text: text.to_string(),
+        signature: seal("thinking", text),
+    })
+}
+
+/// Why the thinking blocks of a request are refused, in the API's words (400
+/// `invalid_request_error`), or `None`: every `thinking` block must carry the signature the mock
+/// gave its text, every `redacted_thinking` block the data it gave; and with thinking enabled,
+/// when the last user message returns tool results, the last assistant message (the one with
+/// the calls) must start with its thinking block.
+pub fn thinking_error(body: &Value) -> Option<String> {
+    let messages = body.get("messages").and_then(Value::as_array)?;
+    for (i, m) in messages.iter().enumerate() {
+        let Some(blocks) = m.get("content").and_then(Value::as_array) else {
+            continue;
+        };
+        for (j, b) in blocks.iter().enumerate() {
+            let field = |name: &str| b.get(name).and_then(Value::as_str).unwrap_or_default();
+            match b.get("type").and_then(Value::as_str) {
+                Some("thinking") if field("signature") != seal("thinking", field("thinking")) => {
+                    return Some(format!(
+                        "messages.{i}.content.{j}: Invalid `signature` in `thinking` block"
+                    ))
+                }
+                Some("redacted_thinking") if field("data") != seal("redacted_thinking", "") => {
+                    return Some(format!(
+                        "messages.{i}.content.{j}: Invalid `data` in `redacted_thinking` block"
+                    ))
+                }
+                _ => {}
+            }
+        }
+    }
+    if !thinking_enabled(body) {
+        return None;
+    }
+    let role = |m: &Value| m.get("role").and_then(Value::as_str).map(str::to_owned);
+    let last_user = messages
+        .iter()
+        .rposition(|m| role(m).as_deref() == Some("user"))?;
+    let returns_results = messages[last_user]
+        .get("content")
+        .and_then(Value::as_array)
+        .is_some_and(|bs| {
+            bs.iter()
+                .any(|b| b.get("type").and_then(Value::as_str) == Some("tool_result"))
+        });
+    if !returns_results {
+        return None;
+    }
+    let at = messages[..last_user]
+        .iter()
+        .rposition(|m| role(m).as_deref() == Some("assistant"))?;
+    let first = match messages[at].get("content") {
+        Some(Value::Array(blocks)) => blocks
+            .first()
+            .and_then(|b| b.get("type"))
+            .and_then(Value::as_str)
+            .unwrap_or("nothing")
+            .to_string(),
+        _ => "text".to_string(),
+    };
+    if matches!(first.as_str(), "thinking" | "redacted_thinking") {
+        return None;
+    }
+    Some(format!(
+        "messages.{at}.content.0.type: Expected `thinking` or `redacted_thinking`, but found \
+         `{first}`. When `thinking` is enabled, a final `assistant` message must start with a \
+         thinking block (preceeding the lastmost set of `tool_use` and `tool_result` blocks). \
+         We recommend you include thinking blocks from previous turns. To avoid this \
+         requirement, disable `thinking`. Please consult our documentation at \
+         https://docs.claude.com/en/docs/build-with-claude/extended-thinking"
+    ))
+}
+
 /// One SSE event: `event: <name>` and its JSON data, whose `"type":"<name>"` comes first as the
 /// API writes it (some clients and load tools classify events by the start of the line).
 pub fn event(name: &str, data: &Value) -> Vec<u8> {
@@ -228,9 +385,21 @@ pub struct MessageMeta<'a> {
     pub id: &'a str,
     pub model: &'a str,
     pub input_tokens: u64,
+    /// The thinking block before the answer (block 0; the answer is then block 1).
+    pub thinking: Option<&'a Thinking>,
 }
 
 impl MessageMeta<'_> {
+    /// The index of the answer's block.
+    fn answer_index(&self) -> u64 {
+        u64::from(self.thinking.is_some())
+    }
+
+    /// Output tokens of the answer and its thinking.
+    fn output_tokens(&self, answer: &Answer) -> u64 {
+        output_tokens(answer) + self.thinking.map_or(0, Thinking::output_tokens)
+    }
+
     fn usage(&self, output_tokens: u64) -> Value {
         json!({
             "input_tokens": self.input_tokens,
@@ -242,13 +411,19 @@ impl MessageMeta<'_> {
 
     /// The whole `message` object; `tool_id` (`toolu_...`) names a tool call.
     pub fn message(&self, answer: &Answer, tool_id: &str) -> Value {
-        let (content, stop) = match answer {
-            Answer::Text(t) => (json!([{"type": "text", "text": t}]), "end_turn"),
+        let (block, stop) = match answer {
+            Answer::Text(t) => (json!({"type": "text", "text": t}), "end_turn"),
             Answer::ToolUse { name, input } => (
-                json!([{"type": "tool_use", "id": tool_id, "name": name, "input": input}]),
+                json!({"type": "tool_use", "id": tool_id, "name": name, "input": input}),
                 "tool_use",
             ),
         };
+        let content: Vec<Value> = self
+            .thinking
+            .map(Thinking::block)
+            .into_iter()
+            .chain([block])
+            .collect();
         json!({
             "id": self.id,
             "type": "message",
@@ -257,13 +432,15 @@ impl MessageMeta<'_> {
             "content": content,
             "stop_reason": stop,
             "stop_sequence": null,
-            "usage": self.usage(output_tokens(answer)),
+            "usage": self.usage(self.output_tokens(answer)),
         })
     }
 
     /// The events before the first delta: `message_start` (empty content, one output token so
-    /// far), `content_block_start` of block 0 (empty text, or the tool call with `input: {}`) and a
-    /// `ping`.
+    /// far); with thinking, its whole block 0 (a signed block's `content_block_start` with empty
+    /// text and signature, a `thinking_delta` with its text unless empty, a `signature_delta` and
+    /// `content_block_stop`; a redacted block's start and stop); then `content_block_start` of the
+    /// answer's block (empty text, or the tool call with `input: {}`) and a `ping`.
     pub fn head(&self, answer: &Answer, tool_id: &str) -> Vec<u8> {
         let start = json!({"type": "message_start", "message": {
             "id": self.id, "type": "message", "role": "assistant", "model": self.model,
@@ -276,15 +453,20 @@ impl MessageMeta<'_> {
             }
         };
         let mut out = event("message_start", &start);
+        if let Some(thinking) = self.thinking {
+            out.extend(thinking_events(thinking));
+        }
         out.extend(event(
             "content_block_start",
-            &json!({"type": "content_block_start", "index": 0, "content_block": block}),
+            &json!({"type": "content_block_start", "index": self.answer_index(),
+                    "content_block": block}),
         ));
         out.extend(event("ping", &json!({"type": "ping"})));
         out
     }
 
-    /// One `content_block_delta` of block 0: a `text_delta`, or an `input_json_delta` fragment.
+    /// One `content_block_delta` of the answer's block: a `text_delta`, or an
+    /// `input_json_delta` fragment.
     pub fn delta(&self, answer: &Answer, piece: &str) -> Vec<u8> {
         let delta = match answer {
             Answer::Text(_) => json!({"type": "text_delta", "text": piece}),
@@ -292,7 +474,7 @@ impl MessageMeta<'_> {
         };
         event(
             "content_block_delta",
-            &json!({"type": "content_block_delta", "index": 0, "delta": delta}),
+            &json!({"type": "content_block_delta", "index": self.answer_index(), "delta": delta}),
         )
     }
 
@@ -304,17 +486,53 @@ impl MessageMeta<'_> {
         };
         let mut out = event(
             "content_block_stop",
-            &json!({"type": "content_block_stop", "index": 0}),
+            &json!({"type": "content_block_stop", "index": self.answer_index()}),
         );
         out.extend(event(
             "message_delta",
             &json!({"type": "message_delta",
                     "delta": {"stop_reason": stop, "stop_sequence": null},
-                    "usage": {"output_tokens": output_tokens(answer)}}),
+                    "usage": {"output_tokens": self.output_tokens(answer)}}),
         ));
         out.extend(event("message_stop", &json!({"type": "message_stop"})));
         out
     }
+}
+
+/// A thinking block streamed whole as block 0, as the API streams one.
+fn thinking_events(thinking: &Thinking) -> Vec<u8> {
+    let start = |block: Value| {
+        event(
+            "content_block_start",
+            &json!({"type": "content_block_start", "index": 0, "content_block": block}),
+        )
+    };
+    let delta = |delta: Value| {
+        event(
+            "content_block_delta",
+            &json!({"type": "content_block_delta", "index": 0, "delta": delta}),
+        )
+    };
+    let mut out = Vec::new();
+    match thinking {
+        Thinking::Signed { text, signature } => {
+            out.extend(start(
+                json!({"type": "thinking", "thinking": "", "signature": ""}),
+            ));
+            if !text.is_empty() {
+                out.extend(delta(json!({"type": "thinking_delta", "thinking": text})));
+            }
+            out.extend(delta(
+                json!({"type": "signature_delta", "signature": signature}),
+            ));
+        }
+        Thinking::Redacted { .. } => out.extend(start(thinking.block())),
+    }
+    out.extend(event(
+        "content_block_stop",
+        &json!({"type": "content_block_stop", "index": 0}),
+    ));
+    out
 }
 
 /// `GET /v1/models` in Anthropic's shape.
@@ -463,6 +681,7 @@ mod tests {
             id: "msg_1",
             model: "m",
             input_tokens: 7,
+            thinking: None,
         };
         let text = Answer::Text("mock: hi".into());
         let m = meta.message(&text, "toolu_1");
@@ -540,6 +759,157 @@ mod tests {
         );
         let raw = String::from_utf8(meta.tail(&tool)).unwrap();
         assert!(raw.ends_with("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"));
+    }
+
+    /// A tool round trip's second request: the assistant turn `assistant` (its calls), then the
+    /// results, with thinking enabled.
+    fn tool_turn(assistant: Value) -> Value {
+        json!({"model": "m", "max_tokens": 2048, "thinking": {"type": "enabled", "budget_tokens": 1024},
+               "messages": [
+                   {"role": "user", "content": "use tool"},
+                   {"role": "assistant", "content": assistant},
+                   {"role": "user", "content": [
+                       {"type": "tool_result", "tool_use_id": "toolu_1", "content": "ok"}]}]})
+    }
+
+    #[test]
+    fn thinking_comes_first_and_must_come_back_signed() {
+        let call = json!({"type": "tool_use", "id": "toolu_1", "name": "Bash", "input": {}});
+        let plain = json!({"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]});
+        assert_eq!(thinking(&plain), None);
+        let mut asked = plain.clone();
+        asked["thinking"] = json!({"type": "adaptive"});
+        let Some(Thinking::Signed { text, signature }) = thinking(&asked) else {
+            panic!("{:?}", thinking(&asked));
+        };
+        assert_eq!(text, THINKING_TEXT);
+        let block = json!({"type": "thinking", "thinking": text, "signature": signature});
+        // Sent back unchanged before the calls: accepted.
+        assert_eq!(
+            thinking_error(&tool_turn(json!([block.clone(), call.clone()]))),
+            None
+        );
+        // Without it, Anthropic's refusal.
+        let e = thinking_error(&tool_turn(json!([call.clone()]))).unwrap();
+        assert!(
+            e.starts_with("messages.1.content.0.type: Expected `thinking` or `redacted_thinking`, but found `tool_use`."),
+            "{e}"
+        );
+        // Changed text or signature: refused wherever it is.
+        let mut forged = block.clone();
+        forged["thinking"] = json!("something else");
+        let e = thinking_error(&tool_turn(json!([forged, call.clone()]))).unwrap();
+        assert_eq!(
+            e,
+            "messages.1.content.0: Invalid `signature` in `thinking` block"
+        );
+        let mut unsigned = block.clone();
+        unsigned["signature"] = json!("");
+        assert!(thinking_error(&tool_turn(json!([unsigned, call.clone()]))).is_some());
+        // With thinking off, no thinking block is required.
+        let mut off = tool_turn(json!([call.clone()]));
+        off["thinking"] = json!({"type": "disabled"});
+        assert_eq!(thinking_error(&off), None);
+        // `display: omitted`: empty text, still signed.
+        asked["thinking"]["display"] = json!("omitted");
+        let Some(Thinking::Signed { text, signature }) = thinking(&asked) else {
+            panic!();
+        };
+        assert!(text.is_empty());
+        let block = json!({"type": "thinking", "thinking": "", "signature": signature});
+        assert_eq!(
+            thinking_error(&tool_turn(json!([block, call.clone()]))),
+            None
+        );
+        // The test string: a redacted block, whose data must come back as given.
+        asked["messages"][0]["content"] = json!(REDACTED_THINKING_TRIGGER);
+        let Some(Thinking::Redacted { data }) = thinking(&asked) else {
+            panic!();
+        };
+        let block = json!({"type": "redacted_thinking", "data": data});
+        assert_eq!(
+            thinking_error(&tool_turn(json!([block, call.clone()]))),
+            None
+        );
+        let block = json!({"type": "redacted_thinking", "data": "forged"});
+        let e = thinking_error(&tool_turn(json!([block, call]))).unwrap();
+        assert_eq!(
+            e,
+            "messages.1.content.0: Invalid `data` in `redacted_thinking` block"
+        );
+    }
+
+    #[test]
+    fn thinking_is_block_zero_whole_and_streamed() {
+        let thinking = Thinking::Signed {
+            text: "hmm".into(),
+            signature: "c2ln".into(),
+        };
+        let meta = MessageMeta {
+            id: "msg_1",
+            model: "m",
+            input_tokens: 7,
+            thinking: Some(&thinking),
+        };
+        let text = Answer::Text("mock: hi".into());
+        let m = meta.message(&text, "toolu_1");
+        assert_eq!(
+            m["content"],
+            json!([{"type": "thinking", "thinking": "hmm", "signature": "c2ln"},
+                   {"type": "text", "text": "mock: hi"}])
+        );
+        // "hmm" is one more output token.
+        assert_eq!(m["usage"]["output_tokens"], 3);
+        let mut stream = meta.head(&text, "toolu_1");
+        stream.extend(meta.delta(&text, "mock: hi"));
+        stream.extend(meta.tail(&text));
+        let evs = events(&stream);
+        let shape: Vec<(String, Value)> = evs
+            .iter()
+            .map(|(n, v)| (n.clone(), v["index"].clone()))
+            .collect();
+        let at = |n: &str, i: Value| (n.to_string(), i);
+        assert_eq!(
+            shape,
+            [
+                at("message_start", Value::Null),
+                at("content_block_start", json!(0)),
+                at("content_block_delta", json!(0)),
+                at("content_block_delta", json!(0)),
+                at("content_block_stop", json!(0)),
+                at("content_block_start", json!(1)),
+                at("ping", Value::Null),
+                at("content_block_delta", json!(1)),
+                at("content_block_stop", json!(1)),
+                at("message_delta", Value::Null),
+                at("message_stop", Value::Null),
+            ]
+        );
+        assert_eq!(
+            evs[1].1["content_block"],
+            json!({"type": "thinking", "thinking": "", "signature": ""})
+        );
+        assert_eq!(
+            evs[2].1["delta"],
+            json!({"type": "thinking_delta", "thinking": "hmm"})
+        );
+        assert_eq!(
+            evs[3].1["delta"],
+            json!({"type": "signature_delta", "signature": "c2ln"})
+        );
+        let redacted = Thinking::Redacted {
+            data: "ZW5j".into(),
+        };
+        let meta = MessageMeta {
+            thinking: Some(&redacted),
+            ..meta
+        };
+        let evs = events(&meta.head(&text, "toolu_1"));
+        assert_eq!(
+            evs[1].1["content_block"],
+            json!({"type": "redacted_thinking", "data": "ZW5j"})
+        );
+        assert_eq!(evs[2].0, "content_block_stop");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The mock upstream as Azure OpenAI: its routes (`/openai/deployments/{deployment}/...` with an
-//! `api-version` query parameter, and `/openai/v1/...`), its error bodies
+//! `api-version` query parameter, `/openai/v1/...`, and the Responses API at
+//! `/openai/v1/responses` and `/openai/responses?api-version=`), its error bodies
 //! (`{"error":{"code":"<status>","message":...}}`), and a Microsoft Entra ID token endpoint for
 //! the client credentials grant, whose tokens the Azure routes accept as `Authorization: Bearer`.
 
@@ -16,6 +17,11 @@ endpoint. Make sure to provide a valid key for an active subscription and use a 
 API endpoint for your resource.";
 /// Tokens the mock remembers as issued (older ones are no longer accepted).
 pub const TOKENS_KEPT_MAX: usize = 64;
+/// The first `api-version` with which Azure serves the Responses API on `/openai/responses`.
+pub const RESPONSES_API_VERSION_MIN: &str = "2025-03-01-preview";
+/// Azure's message for the Responses API asked with an older `api-version` (400).
+pub const RESPONSES_VERSION_REQUIRED: &str =
+    "Azure OpenAI Responses API is enabled only for api-version 2025-03-01-preview and later";
 
 /// Which operation an Azure route serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,14 +29,20 @@ pub enum AzureOp {
     Chat,
     Completions,
     Embeddings,
+    /// The Responses API (`/openai/v1/responses`, `/openai/responses`).
+    Responses,
 }
 
 /// A request path on Azure's data plane.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AzureRoute<'a> {
-    /// The deployment named in the path; `None` on `/openai/v1/...` (the body's `model` names it).
+    /// The deployment named in the path; `None` on `/openai/v1/...` and `/openai/responses`
+    /// (the body's `model` names it).
     pub deployment: Option<&'a str>,
     pub op: AzureOp,
+    /// The route needs an `api-version` (the deployment routes and `/openai/responses`; the v1
+    /// API does not).
+    pub versioned: bool,
 }
 
 fn op_of(rest: &str) -> Option<AzureOp> {
@@ -45,9 +57,21 @@ fn op_of(rest: &str) -> Option<AzureOp> {
 /// The Azure route of `path`, if it is one.
 pub fn route(path: &str) -> Option<AzureRoute<'_>> {
     if let Some(rest) = path.strip_prefix("/openai/v1") {
+        let op = match rest {
+            "/responses" => AzureOp::Responses,
+            _ => op_of(rest)?,
+        };
         return Some(AzureRoute {
             deployment: None,
-            op: op_of(rest)?,
+            op,
+            versioned: false,
+        });
+    }
+    if path == "/openai/responses" {
+        return Some(AzureRoute {
+            deployment: None,
+            op: AzureOp::Responses,
+            versioned: true,
         });
     }
     let rest = path.strip_prefix("/openai/deployments/")?;
@@ -58,7 +82,25 @@ pub fn route(path: &str) -> Option<AzureRoute<'_>> {
     Some(AzureRoute {
         deployment: Some(deployment),
         op: op_of(rest)?,
+        versioned: true,
     })
+}
+
+/// Whether `/openai/responses` serves `api_version`: a dated preview from
+/// [`RESPONSES_API_VERSION_MIN`] on (`YYYY-MM-DD-preview`).
+pub fn responses_version_ok(api_version: &str) -> bool {
+    let Some(date) = api_version.strip_suffix("-preview") else {
+        return false;
+    };
+    let dated = date.len() == 10
+        && date.bytes().enumerate().all(|(i, b)| {
+            if i == 4 || i == 7 {
+                b == b'-'
+            } else {
+                b.is_ascii_digit()
+            }
+        });
+    dated && api_version >= RESPONSES_API_VERSION_MIN
 }
 
 /// The tenant of a token endpoint path `/entra/{tenant}/oauth2/v2.0/token`.
@@ -161,7 +203,8 @@ mod tests {
             route("/openai/deployments/my-4o/chat/completions"),
             Some(AzureRoute {
                 deployment: Some("my-4o"),
-                op: AzureOp::Chat
+                op: AzureOp::Chat,
+                versioned: true,
             })
         );
         assert_eq!(
@@ -172,9 +215,28 @@ mod tests {
             route("/openai/v1/completions"),
             Some(AzureRoute {
                 deployment: None,
-                op: AzureOp::Completions
+                op: AzureOp::Completions,
+                versioned: false,
             })
         );
+        // The Responses API: under v1, and the versioned route without a deployment.
+        assert_eq!(
+            route("/openai/v1/responses"),
+            Some(AzureRoute {
+                deployment: None,
+                op: AzureOp::Responses,
+                versioned: false,
+            })
+        );
+        assert_eq!(
+            route("/openai/responses"),
+            Some(AzureRoute {
+                deployment: None,
+                op: AzureOp::Responses,
+                versioned: true,
+            })
+        );
+        assert_eq!(route("/openai/deployments/d/responses"), None);
         assert_eq!(route("/openai/deployments//chat/completions"), None);
         assert_eq!(route("/openai/deployments/x/images"), None);
         assert_eq!(route("/v1/chat/completions"), None);
@@ -183,6 +245,26 @@ mod tests {
             Some("contoso")
         );
         assert_eq!(token_tenant("/entra//oauth2/v2.0/token"), None);
+    }
+
+    #[test]
+    fn responses_need_a_recent_preview_version() {
+        for ok in [
+            "2025-03-01-preview",
+            "2025-04-01-preview",
+            "2026-01-01-preview",
+        ] {
+            assert!(responses_version_ok(ok), "{ok}");
+        }
+        for old in [
+            "2024-10-21",
+            "2025-01-01-preview",
+            "preview",
+            "2025-4-01-preview",
+            "",
+        ] {
+            assert!(!responses_version_ok(old), "{old}");
+        }
     }
 
     #[test]

@@ -119,7 +119,17 @@ ENDPOINTS:
                                 message -> a tool_use block (toolu_..., the tool it names else the
                                 first, input from its input_schema), stop_reason \"tool_use\",
                                 streamed as input_json_delta pieces; `tool_result` blocks in the
-                                last user message -> \"mock: tool result: <their text>\". Errors
+                                last user message -> \"mock: tool result: <their text>\". With
+                                `thinking` enabled (type enabled or adaptive) a signed thinking
+                                block comes first (empty text with display omitted; a
+                                redacted_thinking block when the last user message holds
+                                Anthropic's redacted-thinking test string), streamed as
+                                thinking_delta and signature_delta; thinking blocks sent back
+                                with a signature (or data) the mock did not give are refused (400
+                                \"Invalid `signature` in `thinking` block\"), and with thinking
+                                enabled a turn returning tool results whose last assistant message
+                                does not start with its thinking block is refused (400 \"Expected
+                                `thinking` or `redacted_thinking`, but found ...\"). Errors
                                 in Anthropic's shape ({\"type\":\"error\",\"error\":{...}}), a
                                 `request-id` header on every answer
     POST /v1/completions        a legacy text_completion answering \"mock: <prompt>\" (the prompt
@@ -136,9 +146,15 @@ ENDPOINTS:
                                 `Authorization: Bearer <a token the endpoint below issued, not
                                 expired>` (else 401); then answers as the OpenAI route. Errors in
                                 Azure's shape ({\"error\":{\"code\":\"<status>\",...}})
-    POST /openai/v1/chat/completions (and /completions, /embeddings)
+    POST /openai/v1/chat/completions (and /completions, /embeddings, /responses)
                                 Azure OpenAI's v1 API: the same without `api-version`, the
-                                deployment named by the body's `model`
+                                deployment named by the body's `model`; /responses answers as
+                                /v1/responses
+    POST /openai/responses      Azure's Responses API in the deployments style: needs
+                                `api-version` (else 404) of 2025-03-01-preview or later (else 400
+                                \"Azure OpenAI Responses API is enabled only for api-version
+                                2025-03-01-preview and later\"), the deployment named by the
+                                body's `model`; then as /v1/responses
     POST /entra/{tenant}/oauth2/v2.0/token
                                 Entra ID client credentials: a form with grant_type
                                 client_credentials, client_id, client_secret and scope (else 400
@@ -661,6 +677,11 @@ impl Mock {
 
     /// `POST /v1/responses`: OpenAI's Responses API, answered by the chat completion rules.
     fn responses(&self, req: &Request, n: u64) -> Response {
+        self.responses_as(req, n, Api::OpenAi)
+    }
+
+    /// The Responses API on `api`'s routes (injected faults in its error shape).
+    fn responses_as(&self, req: &Request, n: u64, api: Api) -> Response {
         self.responses_requests.fetch_add(1, Ordering::Relaxed);
         let parsed: Result<Value, _> = serde_json::from_slice(&req.body);
         let model = model_of(&parsed);
@@ -695,7 +716,7 @@ impl Mock {
                 "Previous response not found: the mock stores no responses",
             ));
         }
-        if let Some(r) = self.faults(req, &model, Api::OpenAi, "") {
+        if let Some(r) = self.faults(req, &model, api, "") {
             return r;
         }
         let chat = responses::chat_view(&body);
@@ -876,11 +897,17 @@ impl Mock {
     /// as Azure does, then the OpenAI answer is given, with errors in Azure's shape.
     fn azure(&self, req: &Request, route: AzureRoute<'_>) -> Response {
         self.azure_requests.fetch_add(1, Ordering::Relaxed);
-        let has_version =
-            azure::form_value(&req.query, "api-version").is_some_and(|v| !v.is_empty());
-        if route.deployment.is_some() && !has_version {
+        let version = azure::form_value(&req.query, "api-version").filter(|v| !v.is_empty());
+        if route.versioned && version.is_none() {
             self.record(req, "");
             return azure_error(404, "Resource not found", None);
+        }
+        let old_responses = route.op == AzureOp::Responses
+            && route.versioned
+            && !version.as_deref().is_some_and(azure::responses_version_ok);
+        if old_responses {
+            self.record(req, "");
+            return azure_error(400, azure::RESPONSES_VERSION_REQUIRED, None);
         }
         let bearer = req
             .header("authorization")
@@ -896,6 +923,7 @@ impl Mock {
             AzureOp::Chat => Self::chat_completion_as,
             AzureOp::Completions => Self::text_completion_as,
             AzureOp::Embeddings => Self::embeddings_as,
+            AzureOp::Responses => Self::responses_as,
         };
         let n = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
         self.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -963,17 +991,22 @@ impl Mock {
             Ok(body) => body,
             Err(r) => return r,
         };
+        if let Some(msg) = anthropic::thinking_error(&body) {
+            return anthropic_error(400, &msg, &request_id, None);
+        }
         if let Some(r) = self.faults(req, &model, Api::Anthropic, &request_id) {
             return r;
         }
 
         let answer = anthropic::answer(&body, &self.tool_text);
+        let thinking = anthropic::thinking(&body);
         let tool_id = format!("toolu_mock{n:012}");
         let msg_id = format!("msg_mock{n:012}");
         let meta = MessageMeta {
             id: &msg_id,
             model: &model,
             input_tokens: anthropic::input_tokens(&body),
+            thinking: thinking.as_ref(),
         };
         if matches!(answer, anthropic::Answer::ToolUse { .. }) {
             self.tool_calls.fetch_add(1, Ordering::Relaxed);

@@ -11,8 +11,13 @@ use super::{check_base_url, is_model_name, Checker, Secret, MODELS_MAX};
 /// `azure.api_version` of the `deployments` style: the latest generally available data-plane
 /// version (the `v1` style needs none).
 pub const AZURE_API_VERSION_DEFAULT: &str = "2024-10-21";
-/// Longest `azure.api_version`, bytes.
+/// Longest `azure.api_version` and `azure.responses_api_version`, bytes.
 pub const AZURE_API_VERSION_BYTES_MAX: usize = 64;
+/// `azure.responses_api_version`: the `api-version` of the `deployments` style's Responses API
+/// (`{endpoint}/openai/responses?api-version=...`). Azure serves Responses there only from
+/// `2025-03-01-preview` on (the generally available `2024-10-21` of [`AZURE_API_VERSION_DEFAULT`]
+/// predates it); this is the version Microsoft's documentation shows for it.
+pub const AZURE_RESPONSES_API_VERSION_DEFAULT: &str = "2025-04-01-preview";
 /// Longest deployment name, bytes (Azure allows 64: letters, digits, `-`, `_`, `.`).
 pub const AZURE_DEPLOYMENT_BYTES_MAX: usize = 64;
 /// `azure.token_url`: Microsoft Entra ID's token endpoint; `{tenant}` is replaced by the tenant.
@@ -62,6 +67,10 @@ pub struct AzureConfig {
     /// The `api-version` query parameter; always set for `deployments` (default
     /// [`AZURE_API_VERSION_DEFAULT`]), only when configured for `v1`.
     pub api_version: Option<String>,
+    /// The `api-version` of the `deployments` style's Responses API (default
+    /// [`AZURE_RESPONSES_API_VERSION_DEFAULT`]); the `v1` style's Responses API takes
+    /// `api_version` like its other routes.
+    pub responses_api_version: String,
     /// Model name -> deployment name; a model without an entry is its own deployment name.
     pub deployments: BTreeMap<String, String>,
     pub auth: AzureAuth,
@@ -80,6 +89,7 @@ pub(super) struct AzureFile {
     endpoint: Option<String>,
     api_style: Option<String>,
     api_version: Option<String>,
+    responses_api_version: Option<String>,
     deployments: Option<BTreeMap<String, String>>,
     auth: Option<String>,
     tenant: Option<String>,
@@ -146,6 +156,27 @@ impl Checker<'_> {
                 );
                 self.error(&key("api_version"), rule);
                 Some(v)
+            }
+        };
+        let responses_api_version = match (f.responses_api_version, api_style) {
+            (None, _) => AZURE_RESPONSES_API_VERSION_DEFAULT.to_string(),
+            (Some(v), AzureApiStyle::V1) => {
+                self.error(
+                    &key("responses_api_version"),
+                    "only used with api_style = \"deployments\" (the v1 API's Responses route \
+                     takes api_version like its other routes)",
+                );
+                v
+            }
+            (Some(v), AzureApiStyle::Deployments) => {
+                if !is_name(&v, AZURE_API_VERSION_BYTES_MAX) {
+                    let rule = format!(
+                        "1..={AZURE_API_VERSION_BYTES_MAX} letters, digits, '.', '_' or '-', \
+                         e.g. \"{AZURE_RESPONSES_API_VERSION_DEFAULT}\""
+                    );
+                    self.error(&key("responses_api_version"), rule);
+                }
+                v
             }
         };
         let deployments = f.deployments.unwrap_or_default();
@@ -223,6 +254,7 @@ impl Checker<'_> {
             endpoint,
             api_style,
             api_version,
+            responses_api_version,
             deployments,
             auth,
         })

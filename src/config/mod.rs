@@ -30,7 +30,7 @@ mod vertex;
 
 pub use azure::{
     AzureApiStyle, AzureAuth, AzureConfig, EntraConfig, AZURE_API_VERSION_DEFAULT,
-    AZURE_SCOPE_DEFAULT, AZURE_TOKEN_URL_DEFAULT,
+    AZURE_RESPONSES_API_VERSION_DEFAULT, AZURE_SCOPE_DEFAULT, AZURE_TOKEN_URL_DEFAULT,
 };
 pub use bedrock::{runtime_base_url, BedrockConfig};
 pub use governance::{
@@ -198,9 +198,11 @@ pub const PARALLEL_TOOL_CALLS_SUPPORTED_DEFAULT: bool = true;
 /// back to an OpenAI-format provider as `reasoning_content` (DeepSeek's thinking mode needs it).
 pub const REASONING_CONTENT_HISTORY_DEFAULT: bool = false;
 /// `providers.<name>.responses`: whether an `openai` provider has OpenAI's Responses API
-/// (`POST {base_url}/responses`). On: a Responses client's request passes through to it
-/// unchanged but for the model. Off (compatible servers without it): it is translated to Chat
-/// Completions. Read by type `openai` only (accepted and ignored for the others).
+/// (`POST {base_url}/responses`), or an `azure` provider Azure's (`{endpoint}/openai/v1/responses`,
+/// or `{endpoint}/openai/responses?api-version=` in the `deployments` style). On: a Responses
+/// client's request passes through to it unchanged but for the model (an Azure deployment).
+/// Off (compatible servers without it, a region or deployment without it): it is translated to
+/// Chat Completions. Read by types `openai` and `azure` (accepted and ignored for the others).
 pub const RESPONSES_DEFAULT: bool = true;
 /// `providers.<name>.stream_duration_ms_max`: longest stream, from the upstream's answer head to
 /// its end, before it is ended with an error event. Generous: long generations and reasoning
@@ -3768,11 +3770,26 @@ worker_stack_kb = 512
         );
         assert_eq!(a.api_style, AzureApiStyle::Deployments);
         assert_eq!(a.api_version.as_deref(), Some(AZURE_API_VERSION_DEFAULT));
+        assert_eq!(a.responses_api_version, AZURE_RESPONSES_API_VERSION_DEFAULT);
+        assert!(
+            p.responses,
+            "Azure has the Responses API unless told otherwise"
+        );
         assert_eq!(
             (a.deployment("gpt-4o"), a.deployment("o3")),
             ("prod-4o", "o3")
         );
         assert!(matches!(a.auth, AzureAuth::ApiKey));
+        let off = format!(
+            "{base}keys = [{{ key = \"env:AZ\" }}]\nresponses = false\n[providers.az.azure]\n\
+             endpoint = \"https://res.openai.azure.com\"\nresponses_api_version = \"2025-03-01-preview\"\n"
+        );
+        let p = check_with(&off, &env, Some(CORES)).unwrap().providers["az"].clone();
+        assert!(!p.responses);
+        assert_eq!(
+            p.azure.as_ref().unwrap().responses_api_version,
+            "2025-03-01-preview"
+        );
 
         let entra = format!(
             "{base}[providers.az.azure]\nendpoint = \"https://res.openai.azure.com\"\napi_style = \"v1\"\n\
@@ -3805,6 +3822,8 @@ worker_stack_kb = 512
             ("[providers.az.azure]\nendpoint = \"https://x\"\n", "providers.az.keys: required for type \"azure\" with auth = \"api_key\""),
             ("[providers.az.azure]\nendpoint = \"https://x\"\ndeployments = { m = \"a/b\" }\n", "deployment names are"),
             ("[providers.az.azure]\nendpoint = \"https://x\"\napi_version = \"2024 10\"\n", "providers.az.azure.api_version"),
+            ("[providers.az.azure]\nendpoint = \"https://x\"\nresponses_api_version = \"a?b\"\n", "providers.az.azure.responses_api_version: 1..=64 letters"),
+            ("[providers.az.azure]\nendpoint = \"https://x\"\napi_style = \"v1\"\nresponses_api_version = \"preview\"\n", "providers.az.azure.responses_api_version: only used with api_style = \"deployments\""),
             ("[providers.az.azure]\nendpoint = \"https://x\"\nauth = \"entra\"\n", "providers.az.azure.client_id: required with auth = \"entra\""),
             ("[providers.az.azure]\nendpoint = \"https://x\"\nauth = \"entra\"\nclient_id = \"env:CLIENT\"\nclient_secret = \"literal\"\ntenant = \"env:TENANT\"\n", "providers.az.azure.client_secret: literal secrets are not allowed"),
             ("[providers.az.azure]\nendpoint = \"https://x\"\ntenant = \"env:TENANT\"\n", "providers.az.azure.tenant: only used with auth = \"entra\""),

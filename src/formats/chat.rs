@@ -113,6 +113,11 @@ pub struct ChatRequest {
     /// The client asked for usage in the stream (OpenAI `stream_options.include_usage`;
     /// Anthropic streams always carry usage).
     pub stream_usage: bool,
+    /// The client asked for the provider's opaque reasoning state with the answer (a Responses
+    /// client's `include: ["reasoning.encrypted_content"]`), so that it can send it back with
+    /// the next turn. Clients of other formats get it in their own form whenever their format
+    /// has one (Anthropic's signatures) and never ask.
+    pub reasoning_state: bool,
     /// The format the request was decoded from: decides who may re-emit `extra`,
     /// `native_tools` and [`Part::Opaque`].
     pub source: Format,

@@ -3,8 +3,8 @@
 
 use super::chat::{ChatRequest, ChatResponse, Format, StreamError, StreamEvent};
 use super::{
-    anthropic, bedrock, gemini, openai_chat, responses, EncodeInfo, EncodeOptions, FormatError,
-    UpstreamError,
+    anthropic, bedrock, gemini, openai_chat, responses, AnswerOptions, EncodeInfo, EncodeOptions,
+    FormatError, UpstreamError,
 };
 
 /// A client's request in `format`, decoded.
@@ -53,14 +53,22 @@ pub fn decode_response(
     }
 }
 
-/// A whole answer for a client of `format`, appended to `out`.
-pub fn encode_response(format: Format, resp: &ChatResponse, client_model: &str, out: &mut Vec<u8>) {
+/// A whole answer for a client of `format`, appended to `out`, in the form `opts` asks.
+pub fn encode_response(
+    format: Format,
+    resp: &ChatResponse,
+    client_model: &str,
+    opts: AnswerOptions,
+    out: &mut Vec<u8>,
+) {
     match format {
         Format::OpenAiChat => openai_chat::encode_response(resp, client_model, out),
         Format::Anthropic => anthropic::encode_response(resp, client_model, out),
         Format::Gemini => gemini::encode_response(resp, client_model, out),
         Format::Bedrock => bedrock::encode_response(resp, client_model, out),
-        Format::OpenAiResponses => responses::encode_response(resp, client_model, out),
+        Format::OpenAiResponses => {
+            responses::encode_response(resp, client_model, opts.reasoning_state, out)
+        }
     }
 }
 
@@ -181,21 +189,21 @@ pub enum StreamEncoder {
 }
 
 impl StreamEncoder {
-    /// `include_usage`: OpenAI's final usage chunk (`stream_options.include_usage`); `created`:
-    /// the Unix time OpenAI chunks and Responses' `response` carry.
-    pub fn new(format: Format, client_model: &str, include_usage: bool, created: u64) -> Self {
+    /// `opts`: the form the client asked for (OpenAI's final usage chunk, Responses' reasoning
+    /// state); `created`: the Unix time OpenAI chunks and Responses' `response` carry.
+    pub fn new(format: Format, client_model: &str, opts: AnswerOptions, created: u64) -> Self {
         match format {
             // No client speaks Bedrock (`ClientApi::format` never names it).
             Format::OpenAiChat | Format::Bedrock => StreamEncoder::OpenAiChat(
-                openai_chat::StreamEncoder::new(client_model, include_usage, created),
+                openai_chat::StreamEncoder::new(client_model, opts.include_usage, created),
             ),
             Format::Anthropic => {
                 StreamEncoder::Anthropic(anthropic::StreamEncoder::new(client_model))
             }
             Format::Gemini => StreamEncoder::Gemini(gemini::StreamEncoder::new(client_model)),
-            Format::OpenAiResponses => {
-                StreamEncoder::OpenAiResponses(responses::StreamEncoder::new(client_model, created))
-            }
+            Format::OpenAiResponses => StreamEncoder::OpenAiResponses(
+                responses::StreamEncoder::new(client_model, created, opts.reasoning_state),
+            ),
         }
     }
 

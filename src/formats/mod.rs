@@ -154,6 +154,17 @@ impl Default for EncodeOptions {
     }
 }
 
+/// What the client asked of its answer's form, beyond the content the provider gave.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AnswerOptions {
+    /// OpenAI's usage chunk at the end of a stream (`stream_options.include_usage`).
+    pub include_usage: bool,
+    /// Reasoning items carry the provider's opaque reasoning state in `encrypted_content` (a
+    /// Responses client's `include: ["reasoning.encrypted_content"]`; see
+    /// [`ChatRequest::reasoning_state`]).
+    pub reasoning_state: bool,
+}
+
 /// What a request encoder did that the response and stream decoders must undo.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EncodeInfo {

@@ -9,8 +9,11 @@
 //! provider, so the decoder keeps only what a chat provider can carry: hosted tools (`web_search`,
 //! `file_search`, `namespace`, MCP, ...) and the items they produced are dropped, state kept by
 //! OpenAI (`previous_response_id`, `conversation`, stored prompts, item references) is refused.
+//! A provider's opaque reasoning state (signatures of thinking blocks, redacted thinking) rides
+//! through the client in reasoning items' `encrypted_content` (see `responses/reasoning_state.rs`).
 //! What each field becomes: the README's Translation section.
 
+mod reasoning_state;
 mod request;
 mod response;
 mod stream;
@@ -20,6 +23,7 @@ use serde::Deserialize;
 use super::chat::{FinishReason, Usage};
 use super::json::{sse_begin, sse_end, write_key, write_str, write_u64};
 
+pub use reasoning_state::{decode as decode_reasoning_state, ReasoningState};
 pub use request::{decode_request, encode_request, previous_response_id_unsupported};
 pub use response::{decode_response, encode_response};
 pub use stream::{StreamDecoder, StreamEncoder, StreamWatch};
@@ -287,15 +291,27 @@ fn write_function_call_item(
     out.push(b'}');
 }
 
-/// A `reasoning` item whose summary is `summary` (none when `None`).
-fn write_reasoning_item(out: &mut Vec<u8>, id: &str, summary: Option<&str>) {
+/// A `reasoning` item whose summary is `summary` (none when `None` or empty), with the
+/// provider's opaque state as `encrypted_content` when given (in the gateway's envelope, see
+/// `reasoning_state`).
+fn write_reasoning_item(
+    out: &mut Vec<u8>,
+    id: &str,
+    summary: Option<&str>,
+    state: Option<&ReasoningState>,
+) {
     out.extend_from_slice(b"{\"id\":");
     write_str(out, id);
     out.extend_from_slice(b",\"type\":\"reasoning\",\"summary\":[");
-    if let Some(text) = summary {
+    if let Some(text) = summary.filter(|t| !t.is_empty()) {
         write_summary_text(out, text);
     }
-    out.extend_from_slice(b"]}");
+    out.push(b']');
+    if let Some(state) = state {
+        out.extend_from_slice(b",\"encrypted_content\":");
+        write_str(out, &reasoning_state::encode(state));
+    }
+    out.push(b'}');
 }
 
 /// A `summary_text` part.

@@ -66,8 +66,9 @@ pub trait Adapter: Send + Sync {
     /// `GET <path>` with `key` for health probes: the URL and the headers.
     fn probe(&self, path: &str, key: &str) -> (String, Headers);
 
-    /// The model named in the upstream body for `model` (e.g. an Azure deployment name).
-    fn body_model<'a>(&self, model: &'a str) -> Cow<'a, str> {
+    /// The model named in the upstream body for `model` (e.g. an Azure deployment name), in a
+    /// body of format `wire` (the adapter's own, or a native endpoint's).
+    fn body_model<'a>(&self, model: &'a str, _wire: Format) -> Cow<'a, str> {
         Cow::Borrowed(model)
     }
 

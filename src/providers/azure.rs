@@ -2,9 +2,12 @@
 //! deployments. URLs in one of two shapes (`api_style`): `deployments`
 //! (`{endpoint}/openai/deployments/{deployment}/{operation}?api-version={version}`, the
 //! deployment chosen by the model's entry in `deployments`, else the model's own name) or `v1`
-//! (`{endpoint}/openai/v1/{operation}`, the deployment named as the body's `model`).
-//! Authenticated with the `api-key` header from the key pool, or with an Entra ID bearer token
-//! ([`super::entra`]).
+//! (`{endpoint}/openai/v1/{operation}`, the deployment named as the body's `model`). Responses
+//! clients pass through to Azure's Responses API (unless the provider's `responses = false`):
+//! `{endpoint}/openai/v1/responses`, or in the `deployments` style
+//! `{endpoint}/openai/responses?api-version={responses_api_version}`, the deployment named as the
+//! body's `model` in both. Authenticated with the `api-key` header from the key pool, or with an
+//! Entra ID bearer token ([`super::entra`]).
 
 use std::borrow::Cow;
 
@@ -12,15 +15,18 @@ use super::adapter::{Adapter, Format, Headers, Operation, Outgoing};
 use super::entra::EntraTokens;
 use crate::config::{AzureApiStyle, AzureAuth, AzureConfig};
 use crate::error::ApiError;
+use crate::job::ClientApi;
 
 pub struct AzureAdapter {
     cfg: AzureConfig,
     /// Set for `auth = "entra"`.
     tokens: Option<EntraTokens>,
+    /// Responses clients pass through to Azure's Responses API (the provider's `responses`).
+    responses: bool,
 }
 
 impl AzureAdapter {
-    pub fn new(provider: &str, cfg: &AzureConfig) -> Self {
+    pub fn new(provider: &str, cfg: &AzureConfig, responses: bool) -> Self {
         let tokens = match &cfg.auth {
             AzureAuth::ApiKey => None,
             AzureAuth::Entra(entra) => Some(EntraTokens::new(provider, entra)),
@@ -28,6 +34,20 @@ impl AzureAdapter {
         AzureAdapter {
             cfg: cfg.clone(),
             tokens,
+            responses,
+        }
+    }
+
+    /// Azure's Responses API: `{endpoint}/openai/v1/responses` (with `?api-version=` only when
+    /// configured), or `{endpoint}/openai/responses?api-version={responses_api_version}`. Neither
+    /// names the deployment: the body's `model` does ([`Adapter::body_model`]).
+    fn responses_url(&self) -> String {
+        match self.cfg.api_style {
+            AzureApiStyle::V1 => self.url_of(None, "/responses"),
+            AzureApiStyle::Deployments => format!(
+                "{}/openai/responses?api-version={}",
+                self.cfg.endpoint, self.cfg.responses_api_version
+            ),
         }
     }
 
@@ -80,6 +100,11 @@ impl Adapter for AzureAdapter {
         Some(self.url_of(Some(model), path))
     }
 
+    fn native_endpoint(&self, api: ClientApi, _model: &str) -> Option<(Format, String)> {
+        (self.responses && api == ClientApi::OpenAiResponses)
+            .then(|| (Format::OpenAiResponses, self.responses_url()))
+    }
+
     fn authorize(&self, key: &str, req: &mut Outgoing<'_>) -> Result<(), ApiError> {
         req.headers.push(self.credential(key)?);
         Ok(())
@@ -92,11 +117,14 @@ impl Adapter for AzureAdapter {
         (url, self.credential(key).into_iter().collect())
     }
 
-    /// The `v1` style names the deployment in the body; the `deployments` style in the URL.
-    fn body_model<'a>(&self, model: &'a str) -> Cow<'a, str> {
-        match self.cfg.api_style {
-            AzureApiStyle::V1 => Cow::Owned(self.cfg.deployment(model).to_string()),
-            AzureApiStyle::Deployments => Cow::Borrowed(model),
+    /// The `v1` style names the deployment in the body; the `deployments` style in the URL, but
+    /// for the Responses API, whose URL names none.
+    fn body_model<'a>(&self, model: &'a str, wire: Format) -> Cow<'a, str> {
+        match (self.cfg.api_style, wire) {
+            (AzureApiStyle::V1, _) | (_, Format::OpenAiResponses) => {
+                Cow::Owned(self.cfg.deployment(model).to_string())
+            }
+            (AzureApiStyle::Deployments, _) => Cow::Borrowed(model),
         }
     }
 
@@ -128,6 +156,10 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn adapter(style: AzureApiStyle, version: Option<&str>) -> AzureAdapter {
+        adapter_with(style, version, true)
+    }
+
+    fn adapter_with(style: AzureApiStyle, version: Option<&str>, responses: bool) -> AzureAdapter {
         let mut deployments = BTreeMap::new();
         deployments.insert("gpt-4o".to_string(), "prod-4o".to_string());
         AzureAdapter::new(
@@ -136,9 +168,11 @@ mod tests {
                 endpoint: "https://res.openai.azure.com".into(),
                 api_style: style,
                 api_version: version.map(str::to_string),
+                responses_api_version: crate::config::AZURE_RESPONSES_API_VERSION_DEFAULT.into(),
                 deployments,
                 auth: AzureAuth::ApiKey,
             },
+            responses,
         )
     }
 
@@ -158,7 +192,7 @@ mod tests {
             "https://res.openai.azure.com/openai/deployments/a%20b%2Fc/completions?api-version=2024-10-21"
         );
         assert_eq!(a.url(Operation::CountTokens, "gpt-4o", false), None);
-        assert_eq!(a.body_model("gpt-4o"), "gpt-4o");
+        assert_eq!(a.body_model("gpt-4o", Format::OpenAiChat), "gpt-4o");
         assert_eq!(
             a.probe("/models", "k").0,
             "https://res.openai.azure.com/openai/models?api-version=2024-10-21"
@@ -172,13 +206,47 @@ mod tests {
             a.url(Operation::Chat, "gpt-4o", true).unwrap(),
             "https://res.openai.azure.com/openai/v1/chat/completions"
         );
-        assert_eq!(a.body_model("gpt-4o"), "prod-4o");
-        assert_eq!(a.body_model("other"), "other");
+        assert_eq!(a.body_model("gpt-4o", Format::OpenAiChat), "prod-4o");
+        assert_eq!(a.body_model("other", Format::OpenAiChat), "other");
         let a = adapter(AzureApiStyle::V1, Some("preview"));
         assert_eq!(
             a.url(Operation::Embeddings, "x", false).unwrap(),
             "https://res.openai.azure.com/openai/v1/embeddings?api-version=preview"
         );
+    }
+
+    #[test]
+    fn responses_urls_of_both_styles() {
+        let native = |a: &AzureAdapter| a.native_endpoint(ClientApi::OpenAiResponses, "gpt-4o");
+        let responses = |url: &str| Some((Format::OpenAiResponses, url.to_string()));
+        // Deployments: Azure's Responses route names no deployment and takes its own preview
+        // api-version; the body's model is the deployment.
+        let a = adapter(AzureApiStyle::Deployments, Some("2024-10-21"));
+        assert_eq!(
+            native(&a),
+            responses(
+                "https://res.openai.azure.com/openai/responses?api-version=2025-04-01-preview"
+            )
+        );
+        assert_eq!(a.body_model("gpt-4o", Format::OpenAiResponses), "prod-4o");
+        assert_eq!(a.body_model("o3", Format::OpenAiResponses), "o3");
+        // v1: under /openai/v1, api-version only when configured.
+        let a = adapter(AzureApiStyle::V1, None);
+        assert_eq!(
+            native(&a),
+            responses("https://res.openai.azure.com/openai/v1/responses")
+        );
+        assert_eq!(a.body_model("gpt-4o", Format::OpenAiResponses), "prod-4o");
+        let a = adapter(AzureApiStyle::V1, Some("preview"));
+        assert_eq!(
+            native(&a),
+            responses("https://res.openai.azure.com/openai/v1/responses?api-version=preview")
+        );
+        // Other client APIs, or `responses = false`: translated to chat completions.
+        assert_eq!(a.native_endpoint(ClientApi::OpenAiChat, "gpt-4o"), None);
+        for style in [AzureApiStyle::Deployments, AzureApiStyle::V1] {
+            assert_eq!(native(&adapter_with(style, Some("x"), false)), None);
+        }
     }
 
     #[test]

@@ -174,7 +174,7 @@ impl HttpProvider {
             request.api,
             wire,
             &request.body,
-            &self.adapter.body_model(model),
+            &self.adapter.body_model(model, wire),
             stream,
             &self.encode,
             &mut body,
@@ -236,6 +236,7 @@ impl HttpProvider {
                 mode: Mode::Translated {
                     client: Format::OpenAiChat,
                     info: Default::default(),
+                    reasoning_state: false,
                 },
             };
             let sent = self.send(ctx, call, &prepared, false, |resp| {

@@ -32,7 +32,8 @@ use crate::formats::codec::{self, StreamEncoder};
 use crate::formats::embeddings::{self, EmbeddingInput, EmbeddingsResponse};
 use crate::formats::estimate_tokens;
 use crate::formats::{
-    ChatRequest, ChatResponse, FinishReason, Part, PartKind, Role, StreamEvent, Tool, ToolChoice,
+    AnswerOptions, ChatRequest, ChatResponse, FinishReason, Part, PartKind, Role, StreamEvent,
+    Tool, ToolChoice,
 };
 use crate::job::{Answer, JobCtl, Operation, Usage};
 
@@ -223,7 +224,9 @@ impl MockProvider {
         let usage = reply.usage;
         let resp = self.response(call, reply);
         let mut body = Vec::with_capacity(512);
-        codec::encode_response(request.api.format(), &resp, &resp.model, &mut body);
+        // The mock answers no reasoning: there is no reasoning state to carry.
+        let opts = AnswerOptions::default();
+        codec::encode_response(request.api.format(), &resp, &resp.model, opts, &mut body);
         Ok(Answer {
             status: 200,
             content_type: "application/json",
@@ -254,10 +257,14 @@ impl MockProvider {
         }
         let until = Instant::now() + call.stream_duration_max;
         let resp = self.response(call, reply);
+        let opts = AnswerOptions {
+            include_usage: request.wants_usage,
+            reasoning_state: false,
+        };
         let mut encoder = StreamEncoder::new(
             request.api.format(),
             &resp.model,
-            request.wants_usage,
+            opts,
             resp.created.unwrap_or(0),
         );
         let mut out = Vec::with_capacity(512);

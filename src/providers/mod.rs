@@ -113,7 +113,7 @@ impl Provider {
                 &cfg.anthropic_version,
             )),
             ProviderType::Azure => match &cfg.azure {
-                Some(azure) => Box::new(azure::AzureAdapter::new(&cfg.name, azure)),
+                Some(azure) => Box::new(azure::AzureAdapter::new(&cfg.name, azure, cfg.responses)),
                 None => return Err(format!("providers.{}.azure: missing", cfg.name)),
             },
             ProviderType::Gemini => Box::new(gemini::GeminiAdapter::new(&cfg.base_url)),

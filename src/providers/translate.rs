@@ -19,7 +19,7 @@ use crate::error::{ApiError, ErrorKind};
 use crate::formats::bedrock::embeddings;
 use crate::formats::codec::{self, StreamDecoder, StreamEncoder};
 use crate::formats::responses::WireUsage as ResponsesUsage;
-use crate::formats::{EncodeInfo, EncodeOptions, StreamError, StreamEvent};
+use crate::formats::{AnswerOptions, EncodeInfo, EncodeOptions, StreamError, StreamEvent};
 use crate::job::{Answer, ClientApi, Usage};
 
 /// Response headers of an upstream passed on to the client: rate-limit state and `Retry-After`.
@@ -70,8 +70,14 @@ pub fn same_format(api: ClientApi, wire: Format) -> bool {
 pub enum Mode {
     /// The same format: the body passed through with its model replaced.
     Passthrough,
-    /// Translated from the client's format; `info` is what the encoder did.
-    Translated { client: Format, info: EncodeInfo },
+    /// Translated from the client's format; `info` is what the encoder did; `reasoning_state`:
+    /// the client asked for the provider's reasoning state with the answer (see
+    /// [`crate::formats::ChatRequest::reasoning_state`]).
+    Translated {
+        client: Format,
+        info: EncodeInfo,
+        reasoning_state: bool,
+    },
 }
 
 /// The upstream body of a job, appended to `out`: the client's body rewritten when the formats
@@ -110,7 +116,11 @@ pub fn prepare(
     let mut req = codec::decode_request(client, body)?;
     req.stream = stream;
     let info = codec::encode_request(wire, &req, upstream_model, opts, out)?;
-    Ok(Mode::Translated { client, info })
+    Ok(Mode::Translated {
+        client,
+        info,
+        reasoning_state: req.reasoning_state,
+    })
 }
 
 /// An OpenAI embeddings request for a Google provider (AI Studio's `batchEmbedContents` or
@@ -134,6 +144,7 @@ fn prepare_google_embeddings(
             embeddings: Some(embeddings),
             ..EncodeInfo::default()
         },
+        reasoning_state: false,
     })
 }
 
@@ -187,7 +198,11 @@ pub fn success_answer(
             };
             Ok((out, usage))
         }
-        Mode::Translated { client, info } => {
+        Mode::Translated {
+            client,
+            info,
+            reasoning_state,
+        } => {
             let resp = codec::decode_response(wire, &body, info)?;
             let model = if resp.model.is_empty() {
                 upstream_model
@@ -195,7 +210,11 @@ pub fn success_answer(
                 resp.model.as_str()
             };
             let mut out = Vec::with_capacity(body.len() + 256);
-            codec::encode_response(*client, &resp, model, &mut out);
+            let opts = AnswerOptions {
+                include_usage: false,
+                reasoning_state: *reasoning_state,
+            };
+            codec::encode_response(*client, &resp, model, opts, &mut out);
             Ok((out, resp.usage))
         }
     }
@@ -644,9 +663,24 @@ pub fn stream_converter(
     model: &str,
 ) -> Box<dyn StreamConvert> {
     match (mode, wire) {
-        (Mode::Translated { client, info }, _) => Box::new(Translated {
+        (
+            Mode::Translated {
+                client,
+                info,
+                reasoning_state,
+            },
+            _,
+        ) => Box::new(Translated {
             decoder: StreamDecoder::new(wire, info),
-            encoder: StreamEncoder::new(*client, model, wants_usage, crate::formats::unix_now_s()),
+            encoder: StreamEncoder::new(
+                *client,
+                model,
+                AnswerOptions {
+                    include_usage: wants_usage,
+                    reasoning_state: *reasoning_state,
+                },
+                crate::formats::unix_now_s(),
+            ),
             events: Vec::new(),
             usage: Usage::default(),
             terminator: match wire {

@@ -1,7 +1,9 @@
 """Azure OpenAI and OpenAI-compatible presets behind the gateway, driven by the official SDKs: the
 clients speak OpenAI (or Anthropic) to the gateway, the gateway speaks Azure to the bench mock
 (deployment routes with the deployment map and api-key, the v1 API with Entra ID tokens from the
-mock's token endpoint, refreshed before they expire) or a preset's OpenAI dialect."""
+mock's token endpoint, refreshed before they expire) or a preset's OpenAI dialect. Responses
+clients (the openai SDK, Codex CLI) pass through to Azure's Responses API on both of its URL
+shapes."""
 
 import os
 import tempfile
@@ -238,3 +240,79 @@ def test_mistral_preset_applies_its_settings(client, azure_env):
     sent_id = body["messages"][1]["tool_calls"][0]["id"]
     assert len(sent_id) == 9 and sent_id.isalnum()
     assert body["messages"][2]["tool_call_id"] == sent_id
+
+
+# Azure's Responses API on both URL shapes: the deployments style's `/openai/responses` (with the
+# Responses API's preview api-version) and the v1 API's `/openai/v1/responses`; the deployment is
+# the body's model in both, and the request passes through as the client wrote it.
+AZURE_RESPONSES = [
+    ("az/gpt-4o", "/openai/responses", "prod-4o"),
+    ("azv1/gpt-4o", "/openai/v1/responses", "v1-gpt4o"),
+]
+RESPONSES_WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "The weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
+
+
+@pytest.mark.parametrize("model, path, deployment", AZURE_RESPONSES)
+def test_responses_pass_through_to_azure(client, azure_env, model, path, deployment):
+    before = stats(azure_env)["responses_requests"]
+    resp = client.responses.create(model=model, input="Hello Azure", extra_body={"zz_future_field": [1]})
+    assert resp.output_text == "mock: Hello Azure"
+    assert resp.usage.total_tokens == resp.usage.input_tokens + resp.usage.output_tokens
+    seen = stats(azure_env)
+    assert seen["responses_requests"] == before + 1
+    assert (seen["last_path"], seen["last_model"]) == (path, deployment)
+    assert seen["last_body"]["zz_future_field"] == [1]
+    if model.startswith("az/"):
+        assert seen["last_azure_api_version"] == "2025-04-01-preview"
+        assert seen["last_azure_api_key"] == AZ_KEY
+    else:
+        assert seen["last_query"] == ""
+        assert seen["last_authorization"].startswith("Bearer mocktoken-")
+
+
+@pytest.mark.parametrize("model, path, deployment", AZURE_RESPONSES)
+def test_streamed_responses_from_azure(client, azure_env, model, path, deployment):
+    events = list(client.responses.create(model=model, input="stream from Azure", stream=True))
+    types = [e.type for e in events]
+    assert types[0] == "response.created" and types[-1] == "response.completed", types
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert events[-1].response.output_text == "mock: stream from Azure"
+    assert stats(azure_env)["last_path"] == path
+
+
+@pytest.mark.parametrize("model, path, deployment", AZURE_RESPONSES)
+def test_responses_tool_round_trip_through_azure(client, azure_env, model, path, deployment):
+    history = [{"role": "user", "content": "use tool get_weather"}]
+    first = client.responses.create(model=model, input=history, tools=[RESPONSES_WEATHER])
+    [call] = [item for item in first.output if item.type == "function_call"]
+    assert json.loads(call.arguments) == {"city": TOOL_TEXT}
+    history += [item.model_dump(exclude_none=True) for item in first.output]
+    history.append({"type": "function_call_output", "call_id": call.call_id, "output": "sunny"})
+    with client.responses.stream(model=model, input=history, tools=[RESPONSES_WEATHER]) as stream:
+        second = stream.get_final_response()
+    assert second.output_text == "mock: tool result: sunny"
+    assert stats(azure_env)["last_path"] == path
+
+
+@pytest.mark.parametrize("model, path, deployment", AZURE_RESPONSES)
+def test_codex_through_azure(azure_env, model, path, deployment):
+    """Codex CLI's shell tool round trip with the gateway's Azure providers behind it."""
+    import test_codex
+
+    if not os.access(test_codex.CODEX, os.X_OK):
+        pytest.skip(f"Codex CLI not installed at {test_codex.CODEX} (tests/run installs it)")
+    assert TOOL_TEXT == "echo hello"
+    before = stats(azure_env)["responses_requests"]
+    rc, out, err = test_codex.codex(azure_env, model, "use tool exec_command")
+    assert rc == 0, (out, err)
+    assert out.startswith("mock: tool result: "), (out, err)
+    assert out.rstrip().endswith("Output:\nhello"), (out, err)
+    seen = stats(azure_env)
+    # The tool call, then the answer to its result, both on Azure's Responses API.
+    assert seen["responses_requests"] - before == 2
+    assert (seen["last_path"], seen["last_model"]) == (path, deployment)

@@ -7,7 +7,8 @@ Codex sends what it always sends (developer-role items, `store: false`, encrypte
 asked for, function tools, a `namespace` tool and the hosted `web_search` tool) and needs an
 event stream that ends in `response.completed`. In the tool turn the model calls Codex's shell
 tool `exec_command` with the mocks' tool text (`echo hello`), Codex runs it and sends its output
-back, and the mock answers `mock: tool result: ...` with that output.
+back, and the mock answers `mock: tool result: ...` with that output. With a reasoning effort set
+for Anthropic, the round trip also carries the signed thinking block Anthropic requires back.
 
 The CLI is found at $DEEPINTSHIELD_CODEX, by default .npm-tools/node_modules/.bin/codex (tests/run
 installs a pinned version there); without it these tests are skipped (tests/run fails instead
@@ -56,12 +57,13 @@ plugins = false
 """
 
 
-def codex(gateway, model, prompt):
-    """Run `codex exec PROMPT` on MODEL against the gateway: (exit code, stdout, stderr)."""
+def codex(gateway, model, prompt, settings=""):
+    """Run `codex exec PROMPT` on MODEL against the gateway, with SETTINGS (top-level config.toml
+    lines) added: (exit code, stdout, stderr)."""
     with tempfile.TemporaryDirectory() as home, tempfile.TemporaryDirectory() as cwd:
         os.makedirs(os.path.join(home, ".codex"))
         with open(os.path.join(home, ".codex", "config.toml"), "w") as f:
-            f.write(CONFIG.format(model=model, api=gateway["api"]))
+            f.write(settings + CONFIG.format(model=model, api=gateway["api"]))
         env = {
             "PATH": "/usr/local/bin:/usr/bin:/bin",
             "HOME": home,
@@ -136,6 +138,25 @@ def test_shell_tool_round_trip(gateway, kind):
     assert "exited with code 0" in out, (out, err)
     # The tool call, then the answer to its result.
     assert accepted(gateway, pool) - before == 2
+
+
+def test_shell_tool_round_trip_with_anthropic_thinking(gateway):
+    """With `model_reasoning_effort` set, Codex 0.171 sends `reasoning.effort` for a model it does
+    not know (without it, none), which becomes Anthropic's extended thinking: the bench mock
+    answers a signed thinking block before the call and, as Anthropic does, refuses the tool
+    result's turn unless the thinking block comes back first, signature intact. Codex keeps the
+    reasoning item with its `encrypted_content` (the gateway's envelope of the signature) and
+    sends it back."""
+    model = MODELS["anthropic"]
+    rc, out, err = codex(gateway, model, "use tool exec_command", 'model_reasoning_effort = "high"\n')
+    assert rc == 0, (out, err)
+    assert out.startswith("mock: tool result: "), (out, err)
+    assert out.rstrip().endswith("Output:\nhello"), (out, err)
+    body = mock_stats(gateway)["last_body"]
+    assert body["thinking"]["type"] == "adaptive", body
+    turn = body["messages"][1]["content"]
+    assert [b["type"] for b in turn] == ["thinking", "tool_use"], turn
+    assert turn[0]["thinking"] == "mock: thinking about the request"
 
 
 @pytest.mark.parametrize("kind", ["openai", "anthropic", "gemini"])

@@ -160,3 +160,50 @@ def test_mid_stream_failure_reaches_the_sdk(client, kind):
 def test_upstream_error_status_reaches_the_sdk(client, kind):
     with pytest.raises(openai.RateLimitError):
         client.responses.create(model=KINDS[kind].split("/")[0] + "/status-429", input="x")
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_anthropic_thinking_survives_the_tool_round_trip(client, gateway, streamed):
+    """With extended thinking on (`reasoning.effort`), the bench mock answers a signed thinking
+    block before its tool call and, as Anthropic does, refuses the tool result's turn unless the
+    assistant turn starts with that block, signature intact. The client asks for
+    `reasoning.encrypted_content` and sends the reasoning item back: the gateway's envelope in it
+    carries the signature to Anthropic and back."""
+    model = KINDS["anthropic"]
+    history = [{"role": "user", "content": "use tool get_weather please"}]
+    asked = dict(tools=[WEATHER], reasoning={"effort": "high"}, include=["reasoning.encrypted_content"])
+
+    def create(**kw):
+        if not streamed:
+            return client.responses.create(model=model, input=history, **asked, **kw)
+        with client.responses.stream(model=model, input=history, **asked, **kw) as stream:
+            return stream.get_final_response()
+
+    first = create()
+    assert [item.type for item in first.output] == ["reasoning", "function_call"], first.output
+    reasoning = first.output[0]
+    assert reasoning.summary[0].text == "mock: thinking about the request"
+    assert reasoning.encrypted_content.startswith("deepintshield:v1:")
+    [call] = function_calls(first)
+    turn = [item.model_dump(exclude_none=True) for item in first.output]
+    result = {"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}
+
+    # Without the reasoning state, Anthropic's refusal reaches the SDK.
+    lost = [dict(item, encrypted_content=None) if item["type"] == "reasoning" else item for item in turn]
+    with pytest.raises(openai.BadRequestError) as e:
+        client.responses.create(model=model, input=history + lost + [result], **asked)
+    assert "Expected `thinking` or `redacted_thinking`" in e.value.message
+
+    history += turn + [result]
+    second = create()
+    assert second.output_text == "mock: tool result: sunny"
+    sent = mock_stats(gateway)["last_body"]["messages"][1]["content"]
+    assert [b["type"] for b in sent] == ["thinking", "tool_use"], sent
+
+
+def test_reasoning_state_only_when_asked(client):
+    resp = client.responses.create(
+        model=KINDS["anthropic"], input="use tool get_weather", tools=[WEATHER], reasoning={"effort": "low"}
+    )
+    assert resp.output[0].type == "reasoning"
+    assert resp.output[0].encrypted_content is None

@@ -8,6 +8,7 @@ use serde::de::{IgnoredAny, MapAccess};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use super::reasoning_state::{self, ReasoningState};
 use crate::formats::chat::{
     split_tool_call_id, ChatRequest, Format, Message, Part, ReasoningEffort, ReasoningRequest,
     Role, StructuredOutput, TextBlock, Tool, ToolChoice,
@@ -35,6 +36,8 @@ struct Wire<'a> {
     stream: Option<bool>,
     previous_response_id: Option<CowStr<'a>>,
     background: Option<bool>,
+    /// `include`: what the answer should carry beyond its defaults.
+    include: Option<Vec<CowStr<'a>>>,
     /// Fields that need state kept at OpenAI (`conversation`, `prompt`): present and not null.
     stateful: Option<&'static str>,
     /// Unknown fields are not kept: no provider of another API could use them.
@@ -61,6 +64,7 @@ impl<'de> TopLevel<'de> for Wire<'de> {
             "stream" => self.stream = map.next_value()?,
             "previous_response_id" => self.previous_response_id = map.next_value()?,
             "background" => self.background = map.next_value()?,
+            "include" => self.include = map.next_value()?,
             "conversation" | "prompt" => {
                 let v: Option<&RawValue> = map.next_value()?;
                 if v.is_some() {
@@ -71,7 +75,7 @@ impl<'de> TopLevel<'de> for Wire<'de> {
                     });
                 }
             }
-            // Everything else (`store`, `include`, `metadata`, `prompt_cache_key`,
+            // Everything else (`store`, `metadata`, `prompt_cache_key`,
             // `service_tier`, `truncation`, `stream_options`, the gateway's own `fallbacks`,
             // fields added later) has no meaning for another provider.
             _ => {
@@ -134,6 +138,9 @@ struct WireItem<'a> {
     output: Option<StrOrSeq<'a, &'a RawValue>>,
     #[serde(borrow, default)]
     summary: Option<Vec<WireText<'a>>>,
+    /// A reasoning item's opaque state: the gateway's envelope, or OpenAI's own.
+    #[serde(borrow, default)]
+    encrypted_content: Option<Cow<'a, str>>,
 }
 
 /// A content part of a message, a tool output, or a reasoning item's summary or content.
@@ -183,6 +190,9 @@ struct WireToolChoice<'a> {
     tools: Option<Vec<WireToolChoice<'a>>>,
 }
 
+/// The `include` entry that asks for reasoning items' `encrypted_content`.
+const INCLUDE_REASONING_STATE: &str = "reasoning.encrypted_content";
+
 fn unsupported(what: impl Into<Cow<'static, str>>) -> FormatError {
     FormatError::bad_request("unsupported_parameter", what)
 }
@@ -191,7 +201,9 @@ fn unsupported(what: impl Into<Cow<'static, str>>) -> FormatError {
 /// `previous_response_id` (`previous_response_id_unsupported`), `conversation`, `prompt`,
 /// `background: true`, `top_logprobs` above 0, item references, a `tool_choice` that forces a
 /// hosted or custom tool, and stored files (`file_id`). Dropped: hosted and custom tools and the
-/// items of hosted tool calls, encrypted reasoning, and every field without a neutral meaning.
+/// items of hosted tool calls, `encrypted_content` the gateway did not write (OpenAI's), and
+/// every field without a neutral meaning. A reasoning item whose `encrypted_content` is the
+/// gateway's envelope becomes the signed or redacted reasoning it carries.
 pub fn decode_request(body: &[u8]) -> Result<ChatRequest, FormatError> {
     let w: Wire = decode_top_level(body)?;
     let model = match w.model {
@@ -230,6 +242,11 @@ pub fn decode_request(body: &[u8]) -> Result<ChatRequest, FormatError> {
         top_p: w.top_p,
         user_id: w.user.or(w.safety_identifier).map(|u| u.0.into_owned()),
         stream: w.stream.unwrap_or(false),
+        reasoning_state: w
+            .include
+            .iter()
+            .flatten()
+            .any(|i| i.0 == INCLUDE_REASONING_STATE),
         ..ChatRequest::default()
     };
     if let Some(CowStr(text)) = w.instructions {
@@ -390,19 +407,8 @@ fn decode_items(items: &[&RawValue], req: &mut ChatRequest) -> Result<(), Format
             }
             "reasoning" => {
                 leading = false;
-                // The summary is what the client saw; `encrypted_content` is OpenAI's own.
-                let text: Vec<Cow<str>> = item
-                    .summary
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter_map(|s| s.text)
-                    .filter(|t| !t.is_empty())
-                    .collect();
-                if !text.is_empty() {
-                    assistant_turn(req).push(Part::Reasoning {
-                        text: text.join("\n\n"),
-                        signature: None,
-                    });
+                if let Some(part) = reasoning_part(item) {
+                    assistant_turn(req).push(part);
                 }
             }
             "item_reference" => {
@@ -423,6 +429,36 @@ fn decode_items(items: &[&RawValue], req: &mut ChatRequest) -> Result<(), Format
         }
     }
     Ok(())
+}
+
+/// The neutral part of a `reasoning` item: the reasoning the gateway's envelope in
+/// `encrypted_content` carries (a signed thinking block, the summary its text, even when empty;
+/// or a redacted one), else the summary alone, unsigned (`None` when empty). Content the
+/// gateway did not write (OpenAI's own) is dropped: no other provider could read it.
+fn reasoning_part(item: WireItem) -> Option<Part> {
+    let text: Vec<Cow<str>> = item
+        .summary
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|s| s.text)
+        .filter(|t| !t.is_empty())
+        .collect();
+    let text = text.join("\n\n");
+    match item
+        .encrypted_content
+        .as_deref()
+        .and_then(reasoning_state::decode)
+    {
+        Some(ReasoningState::Signature(signature)) => Some(Part::Reasoning {
+            text,
+            signature: Some(signature),
+        }),
+        Some(ReasoningState::Redacted(data)) => Some(Part::RedactedReasoning { data }),
+        None => (!text.is_empty()).then_some(Part::Reasoning {
+            text,
+            signature: None,
+        }),
+    }
 }
 
 /// The parts of the assistant turn being built: the last message when it is the assistant's,
@@ -622,6 +658,55 @@ mod tests {
         assert!(r.native_tools.is_empty() && r.extra.is_empty());
         assert_eq!(r.tool_choice, Some(ToolChoice::Auto));
         assert_eq!(r.reasoning, None);
+    }
+
+    #[test]
+    fn the_gateways_reasoning_state_comes_back_signed_or_redacted() {
+        let signed = reasoning_state::encode(&ReasoningState::Signature("sig-1".into()));
+        let redacted = reasoning_state::encode(&ReasoningState::Redacted("data-1".into()));
+        let body = format!(
+            r#"{{"model":"m","include":["reasoning.encrypted_content"],"input":[
+              {{"role":"user","content":"x"}},
+              {{"type":"reasoning","id":"rs_1","summary":[{{"type":"summary_text","text":"thought"}}],"encrypted_content":"{signed}"}},
+              {{"type":"reasoning","id":"rs_2","summary":[],"encrypted_content":"{redacted}"}},
+              {{"type":"reasoning","id":"rs_3","summary":[],"encrypted_content":"{signed}"}},
+              {{"type":"reasoning","id":"rs_4","summary":[],"encrypted_content":"gAAAAABforeign"}},
+              {{"type":"function_call","call_id":"c","name":"f","arguments":"{{}}"}}
+            ]}}"#
+        );
+        let r = decode(&body);
+        assert!(r.reasoning_state);
+        assert_eq!(
+            r.messages[1].content,
+            vec![
+                Part::Reasoning {
+                    text: "thought".into(),
+                    signature: Some("sig-1".into())
+                },
+                Part::RedactedReasoning {
+                    data: "data-1".into()
+                },
+                // Signed reasoning whose text the provider did not show still goes back.
+                Part::Reasoning {
+                    text: String::new(),
+                    signature: Some("sig-1".into())
+                },
+                // OpenAI's own content, without a summary: nothing.
+                Part::ToolCall {
+                    id: "c".into(),
+                    name: "f".into(),
+                    arguments_json: "{}".into(),
+                    cache_control: None,
+                    signature: None,
+                },
+            ]
+        );
+        // `include` without the reasoning state, or none: not asked.
+        assert!(
+            !decode(r#"{"model":"m","input":"x","include":["message.output_text.logprobs"]}"#)
+                .reasoning_state
+        );
+        assert!(!decode(r#"{"model":"m","input":"x","include":null}"#).reasoning_state);
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
+use super::reasoning_state::{self, ReasoningState};
 use super::{
     finish_of, write_function_call_item, write_message_item, write_reasoning_item, write_response,
     Head, Outcome, State, WireUsage, FUNCTION_CALL_ID_PREFIX, MESSAGE_ID_PREFIX,
@@ -15,9 +16,17 @@ use crate::formats::{restyle_id, unix_now_s, EncodeInfo, FormatError};
 
 /// A whole answer as a `response` object: one output item per part, in order (a `reasoning`
 /// item with the reasoning as its summary, a `message` with one `output_text` per text part, a
-/// `function_call` per tool call; signatures and redacted reasoning are dropped), `status`
-/// `completed` or `incomplete` (with `incomplete_details`), and the usage.
-pub fn encode_response(resp: &ChatResponse, client_model: &str, out: &mut Vec<u8>) {
+/// `function_call` per tool call), `status` `completed` or `incomplete` (with
+/// `incomplete_details`), and the usage. `reasoning_state` (the client's `include` asked for
+/// `reasoning.encrypted_content`): a signed reasoning part's signature, and redacted reasoning
+/// as an item of its own with an empty summary, go in the item's `encrypted_content` (see
+/// `reasoning_state`); otherwise signatures and redacted reasoning are dropped.
+pub fn encode_response(
+    resp: &ChatResponse,
+    client_model: &str,
+    reasoning_state: bool,
+    out: &mut Vec<u8>,
+) {
     let head = Head {
         id: restyle_id(&resp.id, RESPONSE_ID_PREFIX),
         model: client_model.to_owned(),
@@ -52,9 +61,18 @@ pub fn encode_response(resp: &ChatResponse, client_model: &str, out: &mut Vec<u8
                     arguments_json,
                 );
             }
-            Part::Reasoning { text, .. } => {
+            Part::Reasoning { text, signature } => {
                 let id = head.item_id(REASONING_ID_PREFIX, n);
-                write_reasoning_item(&mut items, &id, Some(text));
+                let state = signature
+                    .as_ref()
+                    .filter(|s| reasoning_state && !s.is_empty())
+                    .map(|s| ReasoningState::Signature(s.clone()));
+                write_reasoning_item(&mut items, &id, Some(text), state.as_ref());
+            }
+            Part::RedactedReasoning { data } if reasoning_state => {
+                let id = head.item_id(REASONING_ID_PREFIX, n);
+                let state = ReasoningState::Redacted(data.clone());
+                write_reasoning_item(&mut items, &id, None, Some(&state));
             }
             Part::Image { .. }
             | Part::ToolResult { .. }
@@ -110,6 +128,8 @@ pub(super) struct WireOutputItem<'a> {
     pub(super) name: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     pub(super) arguments: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub(super) encrypted_content: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -122,7 +142,8 @@ pub(super) struct WireOutputPart<'a> {
 
 /// Decode a provider's `response` object: `message` text (and refusals) as text parts,
 /// `function_call` items as tool calls, `reasoning` summaries (else their reasoning text) as
-/// reasoning; items of hosted tools are skipped.
+/// reasoning, signed or redacted when `encrypted_content` is the gateway's envelope; items of
+/// hosted tools are skipped.
 pub fn decode_response(body: &[u8], _info: &EncodeInfo) -> Result<ChatResponse, FormatError> {
     let w: WireResponse = serde_json::from_slice(body).map_err(|e| {
         FormatError::upstream(
@@ -173,16 +194,27 @@ fn output_part(item: WireOutputItem) -> Option<Part> {
             signature: None,
         }),
         "reasoning" => {
+            let state = item
+                .encrypted_content
+                .as_deref()
+                .and_then(reasoning_state::decode);
             let summary = text_of(item.summary);
             let text = if summary.is_empty() {
                 text_of(item.content)
             } else {
                 summary
             };
-            (!text.is_empty()).then_some(Part::Reasoning {
-                text,
-                signature: None,
-            })
+            match state {
+                Some(ReasoningState::Redacted(data)) => Some(Part::RedactedReasoning { data }),
+                Some(ReasoningState::Signature(signature)) => Some(Part::Reasoning {
+                    text,
+                    signature: Some(signature),
+                }),
+                None => (!text.is_empty()).then_some(Part::Reasoning {
+                    text,
+                    signature: None,
+                }),
+            }
         }
         _ => None,
     }
@@ -212,7 +244,7 @@ mod tests {
 
     fn encode(resp: &ChatResponse) -> serde_json::Value {
         let mut out = Vec::new();
-        encode_response(resp, "client-model", &mut out);
+        encode_response(resp, "client-model", false, &mut out);
         serde_json::from_slice(&out).unwrap()
     }
 
@@ -262,6 +294,58 @@ mod tests {
     }
 
     #[test]
+    fn asked_for_reasoning_state_goes_in_encrypted_content() {
+        let resp = answer(
+            vec![
+                Part::Reasoning {
+                    text: String::new(),
+                    signature: Some("sig".into()),
+                },
+                Part::RedactedReasoning {
+                    data: "opaque".into(),
+                },
+                Part::Reasoning {
+                    text: "unsigned".into(),
+                    signature: None,
+                },
+                Part::text("hi"),
+            ],
+            FinishReason::Stop,
+        );
+        let mut out = Vec::new();
+        encode_response(&resp, "m", true, &mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        let output = v["output"].as_array().unwrap();
+        assert_eq!(output.len(), 4, "{v:#}");
+        // Signed reasoning without text: an item with an empty summary and its state.
+        assert_eq!(output[0]["summary"], serde_json::json!([]));
+        let state = |i: usize| {
+            output[i]["encrypted_content"]
+                .as_str()
+                .map(reasoning_state::decode)
+        };
+        assert_eq!(
+            state(0),
+            Some(Some(ReasoningState::Signature("sig".into())))
+        );
+        assert_eq!(output[1]["type"], "reasoning");
+        assert_eq!(output[1]["id"], "rs_abc_1");
+        assert_eq!(
+            state(1),
+            Some(Some(ReasoningState::Redacted("opaque".into())))
+        );
+        assert!(output[2].get("encrypted_content").is_none());
+        // And it decodes back to the same parts.
+        let back = decode_response(&out, &EncodeInfo::default()).unwrap();
+        assert_eq!(back.content, resp.content);
+        // Not asked: the signature and the redacted reasoning are left out.
+        let v = encode(&resp);
+        let output = v["output"].as_array().unwrap();
+        assert_eq!(output.len(), 3, "{v:#}");
+        assert!(output.iter().all(|i| i.get("encrypted_content").is_none()));
+    }
+
+    #[test]
     fn a_token_limit_is_incomplete() {
         let v = encode(&answer(vec![Part::text("cut")], FinishReason::Length));
         assert_eq!(v["status"], "incomplete");
@@ -289,7 +373,7 @@ mod tests {
             FinishReason::ToolCalls,
         );
         let mut out = Vec::new();
-        encode_response(&resp, "up", &mut out);
+        encode_response(&resp, "up", false, &mut out);
         let back = decode_response(&out, &EncodeInfo::default()).unwrap();
         assert_eq!(back.id, "resp_abc");
         assert_eq!(back.content, resp.content);

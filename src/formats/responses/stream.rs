@@ -6,6 +6,7 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
+use super::reasoning_state::ReasoningState;
 use super::response::{WireIncomplete, WireOutputItem};
 use super::{
     failure_code, finish_of, write_event, write_failure, write_function_call_item,
@@ -36,7 +37,13 @@ enum ItemKind {
         name: String,
     },
     Reasoning,
-    /// A part with no Responses form (redacted reasoning): its events are dropped.
+    /// Redacted reasoning, for a client that asked for the reasoning state: an item with an
+    /// empty summary and the data in its `encrypted_content`.
+    Redacted {
+        data: String,
+    },
+    /// A part with no Responses form (redacted reasoning, for a client that did not ask for the
+    /// reasoning state): its events are dropped.
     Skipped,
 }
 
@@ -48,6 +55,8 @@ struct OpenItem {
     id: String,
     /// Its text, arguments or reasoning so far.
     text: String,
+    /// A reasoning part's signature so far.
+    signature: String,
 }
 
 /// Writes neutral events as the Responses API's event sequence: `response.created` and
@@ -55,13 +64,17 @@ struct OpenItem {
 /// `response.content_part.added`, `response.output_text.delta`s, `response.output_text.done`,
 /// `response.content_part.done`; for a tool call `response.function_call_arguments.delta`s and
 /// `.done`; for reasoning `response.reasoning_summary_part.added`,
-/// `response.reasoning_summary_text.delta`s, `.done` and `response.reasoning_summary_part.done`;
-/// then `response.output_item.done` with the whole item; and at [`StreamEncoder::finish`]
-/// `response.completed` (or `response.incomplete`) with every item and the usage. Every event
-/// carries `sequence_number`, counting from 0. Output items count from 0 in the order parts
-/// start; each text part is a message of its own.
+/// `response.reasoning_summary_text.delta`s, `.done` and `response.reasoning_summary_part.done`
+/// (none of them for reasoning without text); then `response.output_item.done` with the whole
+/// item; and at [`StreamEncoder::finish`] `response.completed` (or `response.incomplete`) with
+/// every item and the usage. Every event carries `sequence_number`, counting from 0. Output
+/// items count from 0 in the order parts start; each text part is a message of its own. With
+/// `reasoning_state` (the client asked for `reasoning.encrypted_content`) a reasoning item's
+/// signature, and redacted reasoning as an item of its own, go in the item's
+/// `encrypted_content` in `response.output_item.done` and `response.completed`.
 pub struct StreamEncoder {
     head: Head,
+    reasoning_state: bool,
     started: bool,
     seq: u64,
     open: Option<OpenItem>,
@@ -74,14 +87,16 @@ pub struct StreamEncoder {
 }
 
 impl StreamEncoder {
-    /// `created_at`: the Unix time the `response` carries.
-    pub fn new(client_model: &str, created_at: u64) -> Self {
+    /// `created_at`: the Unix time the `response` carries; `reasoning_state`: reasoning items
+    /// carry the provider's opaque state (see the type's header).
+    pub fn new(client_model: &str, created_at: u64, reasoning_state: bool) -> Self {
         StreamEncoder {
             head: Head {
                 id: String::new(),
                 model: client_model.to_owned(),
                 created_at,
             },
+            reasoning_state,
             started: false,
             seq: 0,
             open: None,
@@ -109,7 +124,17 @@ impl StreamEncoder {
             StreamEvent::Finish(r) => self.finish = Some(r.clone()),
             StreamEvent::Ping => out.extend_from_slice(KEEPALIVE_EVENT),
             StreamEvent::Error(e) => self.error(e, out),
-            StreamEvent::SignatureDelta { .. } => {}
+            StreamEvent::SignatureDelta { index, signature } => {
+                let reasoning = self
+                    .open
+                    .as_ref()
+                    .is_some_and(|o| o.part == *index && o.kind == ItemKind::Reasoning);
+                if reasoning && self.holds(signature.len(), out) {
+                    if let Some(item) = self.open.as_mut() {
+                        item.signature.push_str(signature);
+                    }
+                }
+            }
             StreamEvent::PartStart { index, kind } => {
                 self.start("", out);
                 self.open_item(*index, kind, out);
@@ -172,6 +197,27 @@ impl StreamEncoder {
         self.done = true;
     }
 
+    /// Whether `more` bytes can be held for the final events within
+    /// [`STREAM_OUTPUT_BYTES_MAX`]; if not, the stream ends with `response.failed`.
+    fn holds(&mut self, more: usize, out: &mut Vec<u8>) -> bool {
+        let open = self
+            .open
+            .as_ref()
+            .map_or(0, |o| o.text.len() + o.signature.len());
+        if self.items.len() + open + more <= STREAM_OUTPUT_BYTES_MAX {
+            return true;
+        }
+        let e = StreamError {
+            status: 502,
+            error_type: "upstream_error".to_owned(),
+            message: format!(
+                "the answer is longer than {STREAM_OUTPUT_BYTES_MAX} bytes, the most the gateway streams in the Responses API"
+            ),
+        };
+        self.error(&e, out);
+        false
+    }
+
     fn next_seq(&mut self) -> u64 {
         let seq = self.seq;
         self.seq += 1;
@@ -218,6 +264,10 @@ impl StreamEncoder {
                 ItemKind::Reasoning,
                 self.head.item_id(REASONING_ID_PREFIX, index),
             ),
+            PartKind::RedactedReasoning { data } if self.reasoning_state => (
+                ItemKind::Redacted { data: data.clone() },
+                self.head.item_id(REASONING_ID_PREFIX, index),
+            ),
             PartKind::RedactedReasoning { .. } => (ItemKind::Skipped, String::new()),
         };
         let item = OpenItem {
@@ -225,6 +275,7 @@ impl StreamEncoder {
             kind,
             id,
             text: String::new(),
+            signature: String::new(),
         };
         if item.kind != ItemKind::Skipped {
             self.item_count += 1;
@@ -235,25 +286,16 @@ impl StreamEncoder {
                 o.extend_from_slice(b",\"item\":");
                 write_item(o, &item, "in_progress", false);
             });
-            match &item.kind {
-                ItemKind::Message => {
-                    let seq = self.next_seq();
-                    write_event(out, "response.content_part.added", seq, |o| {
-                        item_fields(o, &item.id, index, Some(0));
-                        o.extend_from_slice(b",\"part\":");
-                        write_output_text(o, "");
-                    });
-                }
-                ItemKind::Reasoning => {
-                    let seq = self.next_seq();
-                    write_event(out, "response.reasoning_summary_part.added", seq, |o| {
-                        item_fields(o, &item.id, index, None);
-                        o.extend_from_slice(b",\"summary_index\":0,\"part\":");
-                        write_summary_text(o, "");
-                    });
-                }
-                ItemKind::FunctionCall { .. } | ItemKind::Skipped => {}
+            if item.kind == ItemKind::Message {
+                let seq = self.next_seq();
+                write_event(out, "response.content_part.added", seq, |o| {
+                    item_fields(o, &item.id, index, Some(0));
+                    o.extend_from_slice(b",\"part\":");
+                    write_output_text(o, "");
+                });
             }
+            // A reasoning item's summary part is added with its first text: reasoning without
+            // text (only a signature) has an empty summary.
         }
         self.open = Some(item);
     }
@@ -268,16 +310,7 @@ impl StreamEncoder {
             self.start("", out);
             self.open_item(part, &PartKind::Text, out);
         }
-        let held = self.items.len() + self.open.as_ref().map_or(0, |o| o.text.len());
-        if held + text.len() > STREAM_OUTPUT_BYTES_MAX {
-            let e = StreamError {
-                status: 502,
-                error_type: "upstream_error".to_owned(),
-                message: format!(
-                    "the answer is longer than {STREAM_OUTPUT_BYTES_MAX} bytes, the most the gateway streams in the Responses API"
-                ),
-            };
-            self.error(&e, out);
+        if !self.holds(text.len(), out) {
             return;
         }
         let index = self.item_count.saturating_sub(1);
@@ -287,8 +320,18 @@ impl StreamEncoder {
                 ("response.function_call_arguments.delta", None, false)
             }
             Some(ItemKind::Reasoning) => ("response.reasoning_summary_text.delta", None, true),
-            Some(ItemKind::Skipped) | None => return,
+            Some(ItemKind::Redacted { .. } | ItemKind::Skipped) | None => return,
         };
+        if summary_index && self.open.as_ref().is_some_and(|o| o.text.is_empty()) {
+            let seq = self.next_seq();
+            if let Some(item) = self.open.as_ref() {
+                write_event(out, "response.reasoning_summary_part.added", seq, |o| {
+                    item_fields(o, &item.id, index, None);
+                    o.extend_from_slice(b",\"summary_index\":0,\"part\":");
+                    write_summary_text(o, "");
+                });
+            }
+        }
         let seq = self.next_seq();
         let Some(item) = self.open.as_mut() else {
             return;
@@ -342,7 +385,7 @@ impl StreamEncoder {
                     write_str(o, &item.text);
                 });
             }
-            ItemKind::Reasoning => {
+            ItemKind::Reasoning if !item.text.is_empty() => {
                 let seq = self.next_seq();
                 write_event(out, "response.reasoning_summary_text.done", seq, |o| {
                     item_fields(o, &item.id, index, None);
@@ -356,19 +399,20 @@ impl StreamEncoder {
                     write_summary_text(o, &item.text);
                 });
             }
-            ItemKind::Skipped => {}
+            ItemKind::Reasoning | ItemKind::Redacted { .. } | ItemKind::Skipped => {}
         }
         let seq = self.next_seq();
+        let state = self.reasoning_state;
         write_event(out, "response.output_item.done", seq, |o| {
             o.extend_from_slice(b",\"output_index\":");
             write_u64(o, index as u64);
             o.extend_from_slice(b",\"item\":");
-            write_item(o, &item, "completed", true);
+            write_item(o, &item, "completed", state);
         });
         if !self.items.is_empty() {
             self.items.push(b',');
         }
-        write_item(&mut self.items, &item, "completed", true);
+        write_item(&mut self.items, &item, "completed", state);
     }
 }
 
@@ -384,9 +428,12 @@ fn item_fields(out: &mut Vec<u8>, id: &str, output_index: usize, content_index: 
     }
 }
 
-/// The item as `output_item.added` (`whole` false: no content yet) or `.done` shows it.
-fn write_item(out: &mut Vec<u8>, item: &OpenItem, status: &str, whole: bool) {
+/// The item as `output_item.added` (`status` `in_progress`: no content yet) or `.done` shows
+/// it; `reasoning_state`: a reasoning item done carries the provider's state.
+fn write_item(out: &mut Vec<u8>, item: &OpenItem, status: &str, reasoning_state: bool) {
+    let whole = status != "in_progress";
     let text = whole.then_some(item.text.as_str());
+    let with_state = whole && reasoning_state;
     match &item.kind {
         ItemKind::Message => write_message_item(out, &item.id, status, text),
         ItemKind::FunctionCall { call_id, name } => write_function_call_item(
@@ -397,7 +444,15 @@ fn write_item(out: &mut Vec<u8>, item: &OpenItem, status: &str, whole: bool) {
             name,
             text.unwrap_or_default(),
         ),
-        ItemKind::Reasoning => write_reasoning_item(out, &item.id, text),
+        ItemKind::Reasoning => {
+            let state = (with_state && !item.signature.is_empty())
+                .then(|| ReasoningState::Signature(item.signature.clone()));
+            write_reasoning_item(out, &item.id, text, state.as_ref());
+        }
+        ItemKind::Redacted { data } => {
+            let state = with_state.then(|| ReasoningState::Redacted(data.clone()));
+            write_reasoning_item(out, &item.id, None, state.as_ref());
+        }
         ItemKind::Skipped => {}
     }
 }
@@ -579,7 +634,20 @@ impl StreamDecoder {
                     });
                 }
             }
-            "response.content_part.done" | "response.output_item.done" => self.close_part(out),
+            "response.output_item.done" => {
+                // A reasoning item's signature, in the gateway's envelope, comes whole here.
+                let signature = ev
+                    .item
+                    .and_then(|i| i.encrypted_content)
+                    .and_then(|c| super::reasoning_state::decode(&c));
+                if let (Some(index), Some(ReasoningState::Signature(signature))) =
+                    (self.open, signature)
+                {
+                    out.push(StreamEvent::SignatureDelta { index, signature });
+                }
+                self.close_part(out);
+            }
+            "response.content_part.done" => self.close_part(out),
             "response.completed" | "response.incomplete" => {
                 self.close_part(out);
                 let r = ev.response;
@@ -738,7 +806,7 @@ mod tests {
     }
 
     fn text_stream(finish: FinishReason) -> Vec<u8> {
-        let mut e = StreamEncoder::new("m", 5);
+        let mut e = StreamEncoder::new("m", 5, false);
         let mut out = Vec::new();
         for ev in [
             StreamEvent::MessageStart {
@@ -818,7 +886,7 @@ mod tests {
 
     #[test]
     fn tool_calls_and_reasoning_stream_as_items() {
-        let mut e = StreamEncoder::new("m", 5);
+        let mut e = StreamEncoder::new("m", 5, false);
         let mut out = Vec::new();
         for ev in [
             StreamEvent::PartStart {
@@ -889,9 +957,119 @@ mod tests {
         assert_eq!(output[1]["arguments"], "{\"cmd\":\"echo hello\"}");
     }
 
+    /// Signed reasoning (`text` may be empty), redacted reasoning, then text, encoded with and
+    /// without the reasoning state.
+    fn reasoning_stream(text: &str, state: bool) -> Vec<(String, serde_json::Value)> {
+        let mut e = StreamEncoder::new("m", 5, state);
+        let mut out = Vec::new();
+        let mut evs = vec![StreamEvent::PartStart {
+            index: 0,
+            kind: PartKind::Reasoning,
+        }];
+        if !text.is_empty() {
+            evs.push(StreamEvent::ReasoningDelta {
+                index: 0,
+                text: text.into(),
+            });
+        }
+        evs.extend([
+            StreamEvent::SignatureDelta {
+                index: 0,
+                signature: "si".into(),
+            },
+            StreamEvent::SignatureDelta {
+                index: 0,
+                signature: "g".into(),
+            },
+            StreamEvent::PartStop { index: 0 },
+            StreamEvent::PartStart {
+                index: 1,
+                kind: PartKind::RedactedReasoning {
+                    data: "opaque".into(),
+                },
+            },
+            StreamEvent::PartStop { index: 1 },
+            StreamEvent::PartStart {
+                index: 2,
+                kind: PartKind::Text,
+            },
+            StreamEvent::TextDelta {
+                index: 2,
+                text: "hi".into(),
+            },
+        ]);
+        for ev in &evs {
+            e.encode(ev, &mut out);
+        }
+        e.finish(&mut out);
+        let evs = events(&out);
+        for (i, (_, v)) in evs.iter().enumerate() {
+            assert_eq!(v["sequence_number"], i as u64);
+        }
+        evs
+    }
+
+    #[test]
+    fn asked_for_reasoning_state_rides_in_the_done_items() {
+        let evs = reasoning_stream("think", true);
+        let names: Vec<&str> = evs.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names[2..12],
+            [
+                "response.output_item.added",
+                "response.reasoning_summary_part.added",
+                "response.reasoning_summary_text.delta",
+                "response.reasoning_summary_text.done",
+                "response.reasoning_summary_part.done",
+                "response.output_item.done",
+                "response.output_item.added",
+                "response.output_item.done",
+                "response.output_item.added",
+                "response.content_part.added",
+            ]
+        );
+        let state = |item: &serde_json::Value| {
+            item["encrypted_content"]
+                .as_str()
+                .and_then(super::super::reasoning_state::decode)
+        };
+        assert!(evs[2].1["item"].get("encrypted_content").is_none());
+        let signed = &evs[7].1["item"];
+        assert_eq!(signed["summary"][0]["text"], "think");
+        assert_eq!(state(signed), Some(ReasoningState::Signature("sig".into())));
+        let redacted = &evs[9].1["item"];
+        assert_eq!(redacted["type"], "reasoning");
+        assert_eq!(evs[9].1["output_index"], 1);
+        assert_eq!(redacted["summary"], serde_json::json!([]));
+        assert_eq!(
+            state(redacted),
+            Some(ReasoningState::Redacted("opaque".into()))
+        );
+        let output = &evs.last().unwrap().1["response"]["output"];
+        assert_eq!(output.as_array().unwrap().len(), 3);
+        assert_eq!(&output[0], signed);
+        assert_eq!(&output[1], redacted);
+        // Not asked: no state, and the redacted reasoning has no item.
+        let evs = reasoning_stream("think", false);
+        let output = &evs.last().unwrap().1["response"]["output"];
+        assert_eq!(output.as_array().unwrap().len(), 2);
+        assert!(output[0].get("encrypted_content").is_none());
+    }
+
+    #[test]
+    fn reasoning_without_text_has_an_empty_summary() {
+        let evs = reasoning_stream("", true);
+        let names: Vec<&str> = evs.iter().map(|(n, _)| n.as_str()).collect();
+        assert!(!names.iter().any(|n| n.contains("summary")), "{names:?}");
+        let item = &evs[3].1["item"];
+        assert_eq!(evs[3].0, "response.output_item.done");
+        assert_eq!(item["summary"], serde_json::json!([]));
+        assert!(item["encrypted_content"].is_string());
+    }
+
     #[test]
     fn errors_end_the_stream_with_failed() {
-        let mut e = StreamEncoder::new("m", 5);
+        let mut e = StreamEncoder::new("m", 5, false);
         let mut out = Vec::new();
         e.encode(
             &StreamEvent::TextDelta {
@@ -922,7 +1100,7 @@ mod tests {
 
     #[test]
     fn redacted_reasoning_is_left_out_and_the_numbering_goes_on() {
-        let mut e = StreamEncoder::new("m", 5);
+        let mut e = StreamEncoder::new("m", 5, false);
         let mut out = Vec::new();
         for ev in [
             StreamEvent::PartStart {
@@ -957,8 +1135,35 @@ mod tests {
     }
 
     #[test]
+    fn a_signature_past_the_bound_ends_failed() {
+        let mut e = StreamEncoder::new("m", 5, true);
+        let mut out = Vec::new();
+        e.encode(
+            &StreamEvent::PartStart {
+                index: 0,
+                kind: PartKind::Reasoning,
+            },
+            &mut out,
+        );
+        let half = "s".repeat(STREAM_OUTPUT_BYTES_MAX / 2 + 1);
+        for _ in 0..2 {
+            e.encode(
+                &StreamEvent::SignatureDelta {
+                    index: 0,
+                    signature: half.clone(),
+                },
+                &mut out,
+            );
+        }
+        e.finish(&mut out);
+        let evs = events(&out);
+        let names: Vec<&str> = evs.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names[names.len() - 2..], ["error", "response.failed"]);
+    }
+
+    #[test]
     fn an_answer_past_the_bound_ends_failed() {
-        let mut e = StreamEncoder::new("m", 5);
+        let mut e = StreamEncoder::new("m", 5, false);
         let mut out = Vec::new();
         let long = "x".repeat(STREAM_OUTPUT_BYTES_MAX + 1);
         e.encode(
