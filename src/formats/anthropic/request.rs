@@ -13,7 +13,8 @@ use crate::formats::chat::{
     ToolChoice,
 };
 use crate::formats::json::{
-    append_fields, decode_top_level, is_object, own, parse_raw, CowStr, StrOrSeq, TopLevel,
+    append_fields, decode_top_level, own, parse_raw, raw_const, request_arguments, CowStr,
+    StrOrSeq, TopLevel,
 };
 use crate::formats::{
     thinking_budget_tokens, EncodeInfo, EncodeOptions, FormatError, StructuredOutputStyle,
@@ -741,12 +742,6 @@ pub fn encode_request(
     Ok(info)
 }
 
-/// One of the JSON constants above, borrowed (no allocation).
-fn raw_const(json: &'static str) -> &'static RawValue {
-    // The constants are valid JSON (checked by a test).
-    serde_json::from_str(json).unwrap_or(RawValue::NULL)
-}
-
 /// Reject an OpenAI request that needs what Anthropic cannot do.
 fn reject_foreign(req: &ChatRequest) -> Result<(), FormatError> {
     let unsupported = |what: &str| {
@@ -999,12 +994,7 @@ pub(super) fn out_blocks(parts: &[Part], native: bool) -> Result<Vec<OutBlock<'_
                 ty: "tool_use",
                 id: Cow::Borrowed(id),
                 name,
-                input: tool_input(arguments_json).ok_or_else(|| {
-                    FormatError::bad_request(
-                        "invalid_tool_arguments",
-                        format!("the arguments of tool call `{id}` are not a JSON object"),
-                    )
-                })?,
+                input: request_arguments(id, arguments_json)?,
                 cache_control: cache_control.as_deref(),
             },
             Part::ToolResult {
@@ -1058,16 +1048,6 @@ pub(super) fn out_source(source: &ImageSource) -> OutSource<'_> {
         ImageSource::Url(url) => OutSource::Url { url },
         ImageSource::Base64 { media_type, data } => OutSource::Base64 { media_type, data },
     }
-}
-
-/// Tool-call arguments as Anthropic's `input` object (empty arguments are `{}`); `None` when
-/// they are not a JSON object.
-pub(super) fn tool_input(arguments_json: &str) -> Option<&RawValue> {
-    let s = arguments_json.trim();
-    let s = if s.is_empty() { "{}" } else { s };
-    serde_json::from_str::<&RawValue>(s)
-        .ok()
-        .filter(|raw| is_object(raw))
 }
 
 #[cfg(test)]
@@ -1191,13 +1171,6 @@ mod tests {
 
     #[test]
     fn tool_arguments_must_be_objects() {
-        assert!(tool_input("").is_some());
-        assert_eq!(
-            tool_input(" {\"a\":1} ").map(RawValue::get),
-            Some("{\"a\":1}")
-        );
-        assert!(tool_input("[1]").is_none());
-        assert!(tool_input("{\"a\":").is_none());
         let req = from_openai(
             r#"{"model":"m","messages":[{"role":"assistant","tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{oops"}}]}]}"#,
         );

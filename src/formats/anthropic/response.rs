@@ -6,10 +6,10 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::request::{out_source, tool_input, OutBlock, WireBlock};
+use super::request::{out_source, OutBlock, WireBlock};
 use super::{stop_reason_from, stop_reason_str, OutUsage, WireUsage};
 use crate::formats::chat::{client_tool_call_id, ChatResponse, FinishReason, Part};
-use crate::formats::json::own;
+use crate::formats::json::{arguments_object, own, raw_const};
 use crate::formats::{restyle_id, EncodeInfo, FormatError};
 
 #[derive(Deserialize)]
@@ -123,7 +123,7 @@ struct OutMessage<'a> {
 /// not a JSON object are sent as `{}` (the `input` of a `tool_use` must be an object); reasoning
 /// without a signature gets an empty one.
 pub fn encode_response(resp: &ChatResponse, client_model: &str, out: &mut Vec<u8>) {
-    let empty: &RawValue = empty_object();
+    let empty: &RawValue = raw_const("{}");
     let content = resp
         .content
         .iter()
@@ -156,7 +156,7 @@ pub fn encode_response(resp: &ChatResponse, client_model: &str, out: &mut Vec<u8
                         Some(_) => Cow::Owned(client_tool_call_id(id, signature.as_deref())),
                     },
                     name,
-                    input: tool_input(arguments_json).unwrap_or(empty),
+                    input: arguments_object(arguments_json).unwrap_or(empty),
                     cache_control: None,
                 },
                 Part::Image { source, .. } => OutBlock::Image {
@@ -201,10 +201,6 @@ fn part_len(p: &Part) -> usize {
         Part::Opaque { raw, .. } => raw.get().len(),
         Part::Image { .. } | Part::ToolResult { .. } => 0,
     }
-}
-
-fn empty_object() -> &'static RawValue {
-    serde_json::from_str("{}").unwrap_or(RawValue::NULL)
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use crate::formats::chat::{
     ChatRequest, Format, ImageSource, Part, ReasoningEffort, ReasoningMode, Role, StructuredOutput,
     ToolChoice,
 };
-use crate::formats::json::{is_object, write_value};
+use crate::formats::json::{raw_const, request_arguments, write_value};
 use crate::formats::{
     thinking_budget_tokens, truncate_message, EncodeInfo, EncodeOptions, FormatError,
     STRUCTURED_OUTPUT_TOOL_NAME_DEFAULT, THINKING_BUDGET_MIN_TOKENS,
@@ -341,12 +341,6 @@ fn inference_config<'a>(
     any.then_some(inference)
 }
 
-/// One of the JSON constants above, borrowed (no allocation).
-fn raw_const(json: &'static str) -> &'static RawValue {
-    // The constants are valid JSON (checked by a test).
-    serde_json::from_str(json).unwrap_or(RawValue::NULL)
-}
-
 fn unsupported(what: &str) -> FormatError {
     FormatError::bad_request(
         "unsupported_parameter",
@@ -587,12 +581,7 @@ fn out_blocks(parts: &[Part]) -> Result<Vec<OutBlock<'_>>, FormatError> {
                     tool_use: OutToolUse {
                         tool_use_id: id,
                         name,
-                        input: tool_input(arguments_json).ok_or_else(|| {
-                            FormatError::bad_request(
-                                "invalid_tool_arguments",
-                                format!("the arguments of tool call `{id}` are not a JSON object"),
-                            )
-                        })?,
+                        input: request_arguments(id, arguments_json)?,
                     },
                 });
                 cache_point(&mut out, cache_control.is_some());
@@ -687,16 +676,6 @@ fn out_image(source: &ImageSource) -> Result<OutImage<'_>, FormatError> {
             })
         }
     }
-}
-
-/// Tool-call arguments as Converse's `input` object (empty arguments are `{}`); `None` when they
-/// are not a JSON object.
-fn tool_input(arguments_json: &str) -> Option<&RawValue> {
-    let s = arguments_json.trim();
-    let s = if s.is_empty() { "{}" } else { s };
-    serde_json::from_str::<&RawValue>(s)
-        .ok()
-        .filter(|raw| is_object(raw))
 }
 
 #[cfg(test)]

@@ -6,10 +6,10 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::request::{call_args, image_part, OutCall, OutPart};
+use super::request::{image_part, OutCall, OutPart};
 use super::{finish_reason_from, finish_reason_str, OutUsage, WireError, WireUsage};
 use crate::formats::chat::{ChatResponse, FinishReason, ImageSource, Part};
-use crate::formats::json::write_value;
+use crate::formats::json::{arguments_object, raw_const, write_value};
 use crate::formats::{restyle_id, EncodeInfo, FormatError};
 
 /// One chunk of a stream, or a whole answer.
@@ -268,7 +268,7 @@ pub(super) struct OutContent<'a> {
 
 /// The parts of an answer for a Gemini client.
 pub(super) fn out_parts(content: &[Part]) -> Vec<OutPart<'_>> {
-    let empty = empty_object();
+    let empty = raw_const("{}");
     content
         .iter()
         .filter_map(|p| {
@@ -291,7 +291,7 @@ pub(super) fn out_parts(content: &[Part]) -> Vec<OutPart<'_>> {
                 } => OutPart::Call {
                     function_call: OutCall {
                         name,
-                        args: call_args(arguments_json).unwrap_or(empty),
+                        args: arguments_object(arguments_json).unwrap_or(empty),
                     },
                     thought_signature: signature.as_deref(),
                 },
@@ -320,10 +320,6 @@ pub fn encode_response(resp: &ChatResponse, client_model: &str, out: &mut Vec<u8
         response_id: &resp.id,
     };
     write_value(out, &wire);
-}
-
-fn empty_object() -> &'static RawValue {
-    serde_json::from_str("{}").unwrap_or(RawValue::NULL)
 }
 
 #[cfg(test)]
