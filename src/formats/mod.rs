@@ -176,6 +176,22 @@ pub struct EncodeInfo {
     pub embeddings: Option<gemini::EmbeddingsInfo>,
 }
 
+impl EncodeInfo {
+    /// The provider's stop reason as the client sees it: a stop for tool use whose only tool
+    /// call was the structured answer (`other_calls`: whether the model made any other) is a
+    /// natural stop.
+    pub(crate) fn client_finish(&self, finish: FinishReason, other_calls: bool) -> FinishReason {
+        if finish == FinishReason::ToolCalls
+            && self.structured_output_tool.is_some()
+            && !other_calls
+        {
+            FinishReason::Stop
+        } else {
+            finish
+        }
+    }
+}
+
 /// The thinking budget asked of an Anthropic model for an effort level, tokens.
 ///
 /// | effort | budget |

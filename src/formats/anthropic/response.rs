@@ -52,10 +52,9 @@ pub fn decode_response(body: &[u8], info: &EncodeInfo) -> Result<ChatResponse, F
         id: w.id.map(Cow::into_owned).unwrap_or_default(),
         model: w.model.map(Cow::into_owned).unwrap_or_default(),
         created: None,
-        finish: structured_finish(
+        finish: info.client_finish(
             finish,
             content.iter().any(|p| matches!(p, Part::ToolCall { .. })),
-            info,
         ),
         content,
         usage: w.usage.unwrap_or_default().to_neutral(),
@@ -90,19 +89,6 @@ fn response_part(b: WireBlock, raw: &RawValue, info: &EncodeInfo) -> Part {
             kind: other.to_owned(),
             raw: own(raw),
         },
-    }
-}
-
-/// A stop for tool use whose only tool call was the structured answer is a natural stop.
-pub(super) fn structured_finish(
-    finish: FinishReason,
-    has_calls: bool,
-    info: &EncodeInfo,
-) -> FinishReason {
-    if finish == FinishReason::ToolCalls && info.structured_output_tool.is_some() && !has_calls {
-        FinishReason::Stop
-    } else {
-        finish
     }
 }
 

@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use serde::Deserialize;
 
 use super::request::WireBlock;
-use super::response::structured_finish;
 use super::{
     error_event, status_for_error_type, stop_reason_from, stop_reason_str, OutUsage, WireUsage,
 };
@@ -204,7 +203,7 @@ impl StreamDecoder {
     }
 
     fn answer_finish(&self, finish: FinishReason) -> FinishReason {
-        structured_finish(finish, self.tool_calls, &self.info)
+        self.info.client_finish(finish, self.tool_calls)
     }
 
     fn role(&self, index: u32) -> BlockRole {

@@ -10,7 +10,7 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
-use super::response::{structured_finish, WireAdditional};
+use super::response::WireAdditional;
 use super::{status_for_error_type, stop_reason_from, WireUsage};
 use crate::formats::chat::{PartKind, StreamError, StreamEvent};
 use crate::formats::{truncate_message, EncodeInfo, FormatError, UPSTREAM_ERROR_MESSAGE_BYTES_MAX};
@@ -199,11 +199,9 @@ impl StreamDecoder {
                     ev.stop_reason.as_deref().unwrap_or("end_turn"),
                     stop_sequence,
                 );
-                out.push(StreamEvent::Finish(structured_finish(
-                    finish,
-                    self.tool_calls,
-                    &self.info,
-                )));
+                out.push(StreamEvent::Finish(
+                    self.info.client_finish(finish, self.tool_calls),
+                ));
             }
             "metadata" => {
                 if let Some(u) = ev.usage {
