@@ -13,7 +13,10 @@ use crate::formats::chat::{
     ToolChoice,
 };
 use crate::formats::json::{request_arguments, write_value};
-use crate::formats::{thinking_budget_tokens, EncodeInfo, EncodeOptions, FormatError};
+use crate::formats::openai_chat::needs_openai;
+use crate::formats::{
+    reject_foreign, thinking_budget_tokens, EncodeInfo, EncodeOptions, FormatError,
+};
 
 /// The largest thinking budget sent for an effort level, tokens: the highest every Gemini 2.5
 /// model accepts (Flash and Flash-Lite stop at 24576; Pro at 32768).
@@ -208,7 +211,7 @@ pub fn encode_request(
 ) -> Result<EncodeInfo, FormatError> {
     let native = req.source == Format::Gemini;
     if !native {
-        reject_foreign(req)?;
+        reject_foreign(req, "a Gemini provider", needs_more_than_gemini)?;
     }
     let (system, contents) = encode_contents(req, native)?;
     let functions: Vec<OutFunction> = req
@@ -313,39 +316,9 @@ fn thinking(req: &ChatRequest) -> Option<OutThinking> {
     })
 }
 
-/// Reject an OpenAI or Anthropic request that needs what Gemini cannot do.
-fn reject_foreign(req: &ChatRequest) -> Result<(), FormatError> {
-    for (k, v) in &req.extra {
-        let v = v.get().trim();
-        let rejected = match k.as_str() {
-            "n" => !matches!(v, "1" | "null"),
-            "logprobs" => v == "true",
-            "top_logprobs" => !matches!(v, "0" | "null"),
-            "audio" | "functions" | "function_call" | "web_search_options" | "tool_choice" => {
-                v != "null"
-            }
-            "modalities" => v.contains("\"audio\""),
-            "logit_bias" => !matches!(v.replace(char::is_whitespace, "").as_str(), "{}" | "null"),
-            "mcp_servers" => v != "null" && v != "[]",
-            _ => false,
-        };
-        if rejected {
-            return Err(FormatError::bad_request(
-                "unsupported_parameter",
-                format!(
-                    "`{k}` = {} cannot be used with a Gemini provider",
-                    crate::formats::truncate_message(v, 64)
-                ),
-            ));
-        }
-    }
-    if !req.native_tools.is_empty() {
-        return Err(FormatError::bad_request(
-            "unsupported_tool",
-            "only function tools can be used with a Gemini provider",
-        ));
-    }
-    Ok(())
+/// What an OpenAI or Anthropic request asked that Gemini cannot do.
+fn needs_more_than_gemini(key: &str, value: &str) -> bool {
+    needs_openai(key, value) || (key == "mcp_servers" && value != "null" && value != "[]")
 }
 
 type SystemAndContents<'a> = (Vec<OutPart<'a>>, Vec<OutContent<'a>>);

@@ -736,6 +736,26 @@ pub fn encode_request(
     Ok(EncodeInfo::default())
 }
 
+/// Whether a field an OpenAI client sent (kept in `extra`; `value` its trimmed JSON) asks for
+/// what a provider of another format cannot do: several choices, log probabilities, audio,
+/// legacy functions, web search, a tool choice without a neutral form, token biases.
+pub(crate) fn needs_openai(key: &str, value: &str) -> bool {
+    match key {
+        "n" => !matches!(value, "1" | "null"),
+        "logprobs" => value == "true",
+        "top_logprobs" => !matches!(value, "0" | "null"),
+        "audio" | "functions" | "function_call" | "web_search_options" | "tool_choice" => {
+            value != "null"
+        }
+        "modalities" => value.contains("\"audio\""),
+        "logit_bias" => !matches!(
+            value.replace(char::is_whitespace, "").as_str(),
+            "{}" | "null"
+        ),
+        _ => false,
+    }
+}
+
 fn reject_foreign(req: &ChatRequest) -> Result<(), FormatError> {
     if let Some(raw) = req.native_tools.first() {
         #[derive(Deserialize)]
