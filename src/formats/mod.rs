@@ -81,6 +81,37 @@ impl FormatError {
     }
 }
 
+impl FormatError {
+    /// The provider's answer is not `what` ("a message"): 502 `upstream_invalid_response`.
+    pub(crate) fn invalid_answer(what: &str, e: impl fmt::Display) -> Self {
+        Self::upstream(
+            "upstream_invalid_response",
+            format!("the provider's answer is not {what}: {e}"),
+        )
+    }
+
+    /// A provider's stream sent `what` ("stream event") that cannot be read: 502
+    /// `upstream_invalid_stream`.
+    pub(crate) fn invalid_event(what: impl fmt::Display, e: impl fmt::Display) -> Self {
+        Self::upstream(
+            "upstream_invalid_stream",
+            format!("the provider sent an unreadable {what}: {e}"),
+        )
+    }
+
+    /// At the end of a provider's stream: `Ok` when its terminator was read, else 502
+    /// `upstream_stream_incomplete` naming `terminator`.
+    pub(crate) fn stream_end(terminated: bool, terminator: &str) -> Result<(), Self> {
+        if terminated {
+            return Ok(());
+        }
+        Err(Self::upstream(
+            "upstream_stream_incomplete",
+            format!("the provider's stream ended before {terminator}"),
+        ))
+    }
+}
+
 impl fmt::Display for FormatError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} ({}): {}", self.status, self.code, self.message)

@@ -32,12 +32,7 @@ struct WireMessage<'a> {
 /// becomes the answer's text (its input JSON), and stopping for it alone is a natural stop.
 /// Blocks without a neutral form (server tool use and results) are kept opaque.
 pub fn decode_response(body: &[u8], info: &EncodeInfo) -> Result<ChatResponse, FormatError> {
-    let invalid = |e: &dyn std::fmt::Display| {
-        FormatError::upstream(
-            "upstream_invalid_response",
-            format!("the provider's answer is not a message: {e}"),
-        )
-    };
+    let invalid = |e: &dyn std::fmt::Display| FormatError::invalid_answer("a message", e);
     let w: WireMessage = serde_json::from_slice(body).map_err(|e| invalid(&e))?;
     let mut content = Vec::with_capacity(w.content.len());
     for raw in &w.content {

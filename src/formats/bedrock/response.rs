@@ -106,12 +106,7 @@ struct WireBytes<'a> {
 /// without a neutral form (citations, documents, ...) are kept opaque, named by their member.
 /// Converse answers carry no id and no model name: both are left empty.
 pub fn decode_response(body: &[u8], info: &EncodeInfo) -> Result<ChatResponse, FormatError> {
-    let invalid = |e: &dyn std::fmt::Display| {
-        FormatError::upstream(
-            "upstream_invalid_response",
-            format!("the provider's answer is not a Converse response: {e}"),
-        )
-    };
+    let invalid = |e: &dyn std::fmt::Display| FormatError::invalid_answer("a Converse response", e);
     let w: WireResponse = serde_json::from_slice(body).map_err(|e| invalid(&e))?;
     let raw_blocks = w
         .output

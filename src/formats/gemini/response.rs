@@ -198,12 +198,8 @@ pub(super) fn push_joined(content: &mut Vec<Part>, part: Part) {
 /// filter answers with what it has and finish reason `ContentFilter`; a prompt blocked before
 /// any candidate (`promptFeedback.blockReason`) is a 400 `content_filter` error.
 pub fn decode_response(body: &[u8], _info: &EncodeInfo) -> Result<ChatResponse, FormatError> {
-    let w: WireResponse = serde_json::from_slice(body).map_err(|e| {
-        FormatError::upstream(
-            "upstream_invalid_response",
-            format!("the provider's answer is not a GenerateContentResponse: {e}"),
-        )
-    })?;
+    let w: WireResponse = serde_json::from_slice(body)
+        .map_err(|e| FormatError::invalid_answer("a GenerateContentResponse", e))?;
     let mut content = Vec::new();
     let mut reason = None;
     match w.first() {
