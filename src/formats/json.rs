@@ -164,6 +164,18 @@ impl<'de: 'a, 'a, T: Deserialize<'de>> Visitor<'de> for StrOrSeqVisitor<'a, T> {
     }
 }
 
+/// A request's `model`, which must be given and not empty: 400 `missing_model` with `message`
+/// (in the words of the client's API) otherwise.
+pub(crate) fn required_model(
+    model: Option<CowStr>,
+    message: &'static str,
+) -> Result<String, FormatError> {
+    match model {
+        Some(CowStr(m)) if !m.is_empty() => Ok(m.into_owned()),
+        _ => Err(FormatError::bad_request("missing_model", message)),
+    }
+}
+
 /// Parse one raw element (a content block, a tool) into its typed form.
 pub(crate) fn parse_raw<'a, T: Deserialize<'a>>(
     raw: &'a RawValue,

@@ -13,8 +13,8 @@ use crate::formats::chat::{
     ToolChoice,
 };
 use crate::formats::json::{
-    append_fields, decode_top_level, own, parse_raw, raw_const, request_arguments, CowStr,
-    StrOrSeq, TopLevel,
+    append_fields, decode_top_level, own, parse_raw, raw_const, request_arguments, required_model,
+    CowStr, StrOrSeq, TopLevel,
 };
 use crate::formats::openai_chat::needs_openai;
 use crate::formats::{
@@ -185,15 +185,7 @@ struct WireTool<'a> {
 /// Unknown top-level fields are kept in `extra`.
 pub fn decode_request(body: &[u8]) -> Result<ChatRequest, FormatError> {
     let w: Wire = decode_top_level(body)?;
-    let model = match w.model {
-        Some(CowStr(m)) if !m.is_empty() => m.into_owned(),
-        _ => {
-            return Err(FormatError::bad_request(
-                "missing_model",
-                "model: Field required",
-            ))
-        }
-    };
+    let model = required_model(w.model, "model: Field required")?;
     let Some(wire_messages) = w.messages else {
         return Err(FormatError::bad_request(
             "missing_messages",

@@ -9,10 +9,10 @@ use serde_json::value::RawValue;
 
 use crate::formats::chat::{
     split_tool_call_id, ChatRequest, Format, ImageSource, Message, Part, RawJson, ReasoningEffort,
-    ReasoningMode, ReasoningRequest, Role, StructuredOutput, TextBlock, Tool, ToolChoice,
+    ReasoningMode, ReasoningRequest, Role, StructuredOutput, Tool, ToolChoice,
 };
 use crate::formats::json::{
-    append_fields, decode_top_level, own, parse_raw, CowStr, StrOrSeq, TopLevel,
+    append_fields, decode_top_level, own, parse_raw, required_model, CowStr, StrOrSeq, TopLevel,
 };
 use crate::formats::{
     effort_for_budget, EncodeInfo, EncodeOptions, FormatError, MaxTokensField, ToolCallIdFormat,
@@ -195,15 +195,7 @@ struct WireJsonSchema<'a> {
 /// are kept in `extra`; the gateway's own `fallbacks` is left out.
 pub fn decode_request(body: &[u8]) -> Result<ChatRequest, FormatError> {
     let w: Wire = decode_top_level(body)?;
-    let model = match w.model {
-        Some(CowStr(m)) if !m.is_empty() => m.into_owned(),
-        _ => {
-            return Err(FormatError::bad_request(
-                "missing_model",
-                "you must provide a model parameter",
-            ))
-        }
-    };
+    let model = required_model(w.model, "you must provide a model parameter")?;
     let Some(wire_messages) = w.messages else {
         return Err(FormatError::bad_request(
             "missing_messages",
@@ -281,17 +273,7 @@ fn decode_messages(wire: Vec<WireMessage>, req: &mut ChatRequest) -> Result<(), 
         let role = match &*m.role {
             "system" | "developer" => {
                 if leading {
-                    if req.system.is_empty() {
-                        req.system_as_developer = m.role == "developer";
-                    }
-                    for part in content_parts(m.content, i)? {
-                        if let Part::Text { text, .. } = part {
-                            req.system.push(TextBlock {
-                                text,
-                                cache_control: None,
-                            });
-                        }
-                    }
+                    req.push_system_message(&m.role, content_parts(m.content, i)?);
                     continue;
                 }
                 Role::System
