@@ -9,74 +9,26 @@
 //! After a deliberate change of output, `FORMATS_UPDATE_GOLDEN=1 cargo test --test
 //! bedrock_formats` rewrites the expected files; review the diff before committing it.
 
-use std::fs;
-use std::io::{BufReader, Read};
-use std::path::PathBuf;
+mod common;
 
+use std::io::{BufReader, Read};
+
+use common::golden::{dump, encode_stream, Golden};
 use deepintshield::formats::{
-    anthropic, bedrock, openai_chat, ChatRequest, EncodeInfo, EncodeOptions, StreamEvent,
+    anthropic, bedrock, openai_chat, AnswerOptions, ChatRequest, EncodeInfo, EncodeOptions, Format,
+    StreamEvent,
 };
 use deepintshield::providers::eventstream;
 use deepintshield::providers::frames::{EventSource, EventStreamReader, Frame};
 use serde_json::Value;
 
+const GOLDEN: Golden = Golden {
+    inputs: "formats",
+    expected: "formats/expected",
+};
+
 /// The `created` stamp the OpenAI encoders are given in these tests.
 const CREATED: u64 = 1_700_000_000;
-
-fn dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/formats")
-}
-
-fn input(name: &str) -> Vec<u8> {
-    fs::read(dir().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
-}
-
-fn updating() -> bool {
-    std::env::var_os("FORMATS_UPDATE_GOLDEN").is_some()
-}
-
-fn pretty(v: &Value) -> String {
-    serde_json::to_string_pretty(v).unwrap()
-}
-
-/// `actual` must be the JSON of `expected/<name>`.
-fn golden_json(name: &str, actual: &[u8]) {
-    let actual: Value = serde_json::from_slice(actual).unwrap_or_else(|e| {
-        panic!(
-            "{name}: output is not JSON ({e}): {}",
-            String::from_utf8_lossy(actual)
-        )
-    });
-    let path = dir().join("expected").join(name);
-    if updating() {
-        fs::write(&path, pretty(&actual) + "\n").unwrap();
-        return;
-    }
-    let expected: Value =
-        serde_json::from_slice(&fs::read(&path).unwrap_or_else(|e| panic!("{name}: {e}"))).unwrap();
-    assert!(
-        actual == expected,
-        "{name} differs\n--- expected\n{}\n--- actual\n{}",
-        pretty(&expected),
-        pretty(&actual)
-    );
-}
-
-/// `actual` must be the bytes of `expected/<name>`.
-fn golden_text(name: &str, actual: &[u8]) {
-    let path = dir().join("expected").join(name);
-    if updating() {
-        fs::write(&path, actual).unwrap();
-        return;
-    }
-    let expected = fs::read(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
-    assert!(
-        actual == expected,
-        "{name} differs\n--- expected\n{}\n--- actual\n{}",
-        String::from_utf8_lossy(&expected),
-        String::from_utf8_lossy(actual)
-    );
-}
 
 fn encode_for_bedrock(req: &ChatRequest) -> (Vec<u8>, EncodeInfo) {
     let mut out = Vec::new();
@@ -87,25 +39,27 @@ fn encode_for_bedrock(req: &ChatRequest) -> (Vec<u8>, EncodeInfo) {
 
 #[test]
 fn openai_request_to_bedrock() {
-    let req = openai_chat::decode_request(&input("bedrock_openai_request.json")).unwrap();
+    let req = openai_chat::decode_request(&GOLDEN.input("bedrock_openai_request.json")).unwrap();
     let (body, info) = encode_for_bedrock(&req);
     assert_eq!(info, EncodeInfo::default());
-    golden_json("bedrock_openai_request.to_bedrock.json", &body);
+    GOLDEN.json("bedrock_openai_request.to_bedrock.json", &body);
 }
 
 #[test]
 fn anthropic_request_to_bedrock() {
-    let req = anthropic::decode_request(&input("bedrock_anthropic_request.json")).unwrap();
+    let req = anthropic::decode_request(&GOLDEN.input("bedrock_anthropic_request.json")).unwrap();
     let (body, _) = encode_for_bedrock(&req);
-    golden_json("bedrock_anthropic_request.to_bedrock.json", &body);
+    GOLDEN.json("bedrock_anthropic_request.to_bedrock.json", &body);
 }
 
 #[test]
 fn responses_to_both_clients() {
     for name in ["bedrock_response_tool", "bedrock_response_reasoning"] {
-        let resp =
-            bedrock::decode_response(&input(&format!("{name}.json")), &EncodeInfo::default())
-                .unwrap();
+        let resp = bedrock::decode_response(
+            &GOLDEN.input(&format!("{name}.json")),
+            &EncodeInfo::default(),
+        )
+        .unwrap();
         let mut out = Vec::new();
         openai_chat::encode_response(&resp, "claude-via-bedrock", &mut out);
         let mut v: Value = serde_json::from_slice(&out).unwrap();
@@ -116,14 +70,14 @@ fn responses_to_both_clients() {
         let created = v["created"].as_u64().unwrap();
         assert!(created > CREATED, "stamped now");
         v["created"] = Value::from(CREATED);
-        golden_json(&format!("{name}.to_openai.json"), v.to_string().as_bytes());
+        GOLDEN.json(&format!("{name}.to_openai.json"), v.to_string().as_bytes());
 
         let mut out = Vec::new();
         anthropic::encode_response(&resp, "claude-via-bedrock", &mut out);
         let mut v: Value = serde_json::from_slice(&out).unwrap();
         assert!(v["id"].as_str().unwrap().starts_with("msg_"));
         v["id"] = Value::from("msg_fresh");
-        golden_json(
+        GOLDEN.json(
             &format!("{name}.to_anthropic.json"),
             v.to_string().as_bytes(),
         );
@@ -131,7 +85,8 @@ fn responses_to_both_clients() {
         // And back into Converse: the same answer (the metrics are not carried).
         let mut out = Vec::new();
         bedrock::encode_response(&resp, "m", &mut out);
-        let mut fixture: Value = serde_json::from_slice(&input(&format!("{name}.json"))).unwrap();
+        let mut fixture: Value =
+            serde_json::from_slice(&GOLDEN.input(&format!("{name}.json"))).unwrap();
         fixture.as_object_mut().unwrap().remove("metrics");
         assert_eq!(serde_json::from_slice::<Value>(&out).unwrap(), fixture);
     }
@@ -139,7 +94,7 @@ fn responses_to_both_clients() {
 
 /// The transcript's events: `:event-type` and JSON payload.
 fn transcript() -> Vec<(String, Vec<u8>)> {
-    String::from_utf8(input("bedrock_stream.jsonl"))
+    String::from_utf8(GOLDEN.input("bedrock_stream.jsonl"))
         .unwrap()
         .lines()
         .map(|l| {
@@ -163,54 +118,50 @@ fn decode(events: &[(String, Vec<u8>)]) -> Vec<StreamEvent> {
     out
 }
 
-fn dump(events: &[StreamEvent]) -> Vec<u8> {
-    events
-        .iter()
-        .map(|e| format!("{e:?}\n"))
-        .collect::<String>()
-        .into_bytes()
+/// A stream whose id is fresh, with every use of that id (the first `"id"`) renamed `named`.
+fn with_id_named(stream: Vec<u8>, named: &str) -> Vec<u8> {
+    let text = String::from_utf8(stream).unwrap();
+    let id = text
+        .split("\"id\":\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap()
+        .to_owned();
+    text.replace(&id, named).into_bytes()
 }
 
 #[test]
 fn stream_to_both_clients() {
     let events = decode(&transcript());
-    golden_text("bedrock_stream.events.txt", &dump(&events));
+    GOLDEN.text("bedrock_stream.events.txt", &dump(&events));
 
-    let mut enc = openai_chat::StreamEncoder::new("claude-via-bedrock", true, CREATED);
-    let mut out = Vec::new();
-    for ev in &events {
-        enc.encode(ev, &mut out);
-    }
-    enc.finish(&mut out);
-    // The stream's id is fresh: name it.
-    let text = String::from_utf8(out).unwrap();
-    let id = text
-        .split("\"id\":\"")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .unwrap()
-        .to_owned();
-    golden_text(
+    let opts = AnswerOptions {
+        include_usage: true,
+        ..AnswerOptions::default()
+    };
+    let out = encode_stream(
+        Format::OpenAiChat,
+        "claude-via-bedrock",
+        opts,
+        CREATED,
+        &events,
+    );
+    GOLDEN.text(
         "bedrock_stream.to_openai.sse",
-        text.replace(&id, "chatcmpl-fresh").as_bytes(),
+        &with_id_named(out, "chatcmpl-fresh"),
     );
 
-    let mut enc = anthropic::StreamEncoder::new("claude-via-bedrock");
-    let mut out = Vec::new();
-    for ev in &events {
-        enc.encode(ev, &mut out);
-    }
-    enc.finish(&mut out);
-    let text = String::from_utf8(out).unwrap();
-    let id = text
-        .split("\"id\":\"")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .unwrap()
-        .to_owned();
-    golden_text(
+    let opts = AnswerOptions::default();
+    let out = encode_stream(
+        Format::Anthropic,
+        "claude-via-bedrock",
+        opts,
+        CREATED,
+        &events,
+    );
+    GOLDEN.text(
         "bedrock_stream.to_anthropic.sse",
-        text.replace(&id, "msg_fresh").as_bytes(),
+        &with_id_named(out, "msg_fresh"),
     );
 }
 

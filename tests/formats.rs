@@ -6,154 +6,34 @@
 //! After a deliberate change of output, `FORMATS_UPDATE_GOLDEN=1 cargo test --test formats`
 //! rewrites the expected files; review the diff before committing it.
 
-use std::fs;
-use std::path::PathBuf;
+mod common;
 
+use common::golden::{decode_sse, dump, encode_stream, parse_sse, Golden};
 use deepintshield::formats::{
-    anthropic, gemini, openai_chat, ChatResponse, EncodeInfo, EncodeOptions, FinishReason, Part,
-    PartKind, StreamEvent,
+    anthropic, gemini, openai_chat, AnswerOptions, ChatResponse, EncodeInfo, EncodeOptions,
+    FinishReason, Format, Part, PartKind, StreamEvent,
 };
 use serde_json::{json, Value};
+
+const GOLDEN: Golden = Golden {
+    inputs: "formats",
+    expected: "formats/expected",
+};
 
 /// The `created` stamp the OpenAI encoders are given in these tests.
 const CREATED: u64 = 1_700_000_000;
 
-fn dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/formats")
-}
-
-fn input(name: &str) -> Vec<u8> {
-    fs::read(dir().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
-}
-
-fn updating() -> bool {
-    std::env::var_os("FORMATS_UPDATE_GOLDEN").is_some()
-}
-
-fn pretty(v: &Value) -> String {
-    serde_json::to_string_pretty(v).unwrap()
-}
-
-/// `actual` must be the JSON of `expected/<name>`.
-fn golden_json(name: &str, actual: &[u8]) {
-    let actual: Value = serde_json::from_slice(actual).unwrap_or_else(|e| {
-        panic!(
-            "{name}: output is not JSON ({e}): {}",
-            String::from_utf8_lossy(actual)
-        )
-    });
-    let path = dir().join("expected").join(name);
-    if updating() {
-        fs::write(&path, pretty(&actual) + "\n").unwrap();
-        return;
-    }
-    let expected: Value =
-        serde_json::from_slice(&fs::read(&path).unwrap_or_else(|e| panic!("{name}: {e}"))).unwrap();
-    assert!(
-        actual == expected,
-        "{name} differs\n--- expected\n{}\n--- actual\n{}",
-        pretty(&expected),
-        pretty(&actual)
-    );
-}
-
-/// `actual` must be the bytes of `expected/<name>`.
-fn golden_text(name: &str, actual: &[u8]) {
-    let path = dir().join("expected").join(name);
-    if updating() {
-        fs::write(&path, actual).unwrap();
-        return;
-    }
-    let expected = fs::read(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
-    assert!(
-        actual == expected,
-        "{name} differs\n--- expected\n{}\n--- actual\n{}",
-        String::from_utf8_lossy(&expected),
-        String::from_utf8_lossy(actual)
-    );
-}
-
-/// One SSE event of a transcript: its `event:` name and its `data:` lines joined.
-struct Sse {
-    event: Option<String>,
-    data: String,
-}
-
-/// The events of an SSE transcript (comments and empty events skipped).
-fn parse_sse(bytes: &[u8]) -> Vec<Sse> {
-    let text = String::from_utf8(bytes.to_vec())
-        .unwrap()
-        .replace("\r\n", "\n");
-    let mut events = Vec::new();
-    for block in text.split("\n\n") {
-        let (mut event, mut data): (Option<String>, Option<String>) = (None, None);
-        for line in block.lines() {
-            if let Some(name) = line.strip_prefix("event:") {
-                event = Some(name.trim().to_owned());
-            } else if let Some(d) = line.strip_prefix("data:") {
-                let d = d.strip_prefix(' ').unwrap_or(d);
-                data = Some(match data {
-                    Some(prev) => prev + "\n" + d,
-                    None => d.to_owned(),
-                });
-            }
-        }
-        if let Some(data) = data {
-            events.push(Sse { event, data });
-        }
-    }
-    events
-}
-
-fn openai_events(transcript: &[u8]) -> Vec<StreamEvent> {
-    let mut dec = openai_chat::StreamDecoder::new();
-    let mut events = Vec::new();
-    for e in parse_sse(transcript) {
-        dec.feed(e.event.as_deref(), e.data.as_bytes(), &mut events)
-            .unwrap();
-    }
-    dec.finish().unwrap();
-    events
-}
-
-fn anthropic_events(transcript: &[u8], info: &EncodeInfo) -> Vec<StreamEvent> {
-    let mut dec = anthropic::StreamDecoder::new(info);
-    let mut events = Vec::new();
-    for e in parse_sse(transcript) {
-        dec.feed(e.event.as_deref(), e.data.as_bytes(), &mut events)
-            .unwrap();
-    }
-    dec.finish().unwrap();
-    events
-}
-
 fn to_anthropic_sse(events: &[StreamEvent], model: &str) -> Vec<u8> {
-    let mut enc = anthropic::StreamEncoder::new(model);
-    let mut out = Vec::new();
-    for ev in events {
-        enc.encode(ev, &mut out);
-    }
-    enc.finish(&mut out);
-    out
+    let opts = AnswerOptions::default();
+    encode_stream(Format::Anthropic, model, opts, CREATED, events)
 }
 
 fn to_openai_sse(events: &[StreamEvent], model: &str, include_usage: bool) -> Vec<u8> {
-    let mut enc = openai_chat::StreamEncoder::new(model, include_usage, CREATED);
-    let mut out = Vec::new();
-    for ev in events {
-        enc.encode(ev, &mut out);
-    }
-    enc.finish(&mut out);
-    out
-}
-
-/// The neutral events, one per line.
-fn dump(events: &[StreamEvent]) -> Vec<u8> {
-    events
-        .iter()
-        .map(|e| format!("{e:?}\n"))
-        .collect::<String>()
-        .into_bytes()
+    let opts = AnswerOptions {
+        include_usage,
+        ..AnswerOptions::default()
+    };
+    encode_stream(Format::OpenAiChat, model, opts, CREATED, events)
 }
 
 fn encode_anthropic_request(body: &[u8], opts: &EncodeOptions) -> (Vec<u8>, EncodeInfo) {
@@ -168,15 +48,17 @@ fn encode_anthropic_request(body: &[u8], opts: &EncodeOptions) -> (Vec<u8>, Enco
 
 #[test]
 fn openai_request_to_anthropic() {
-    let (out, info) =
-        encode_anthropic_request(&input("openai_request.json"), &EncodeOptions::default());
+    let (out, info) = encode_anthropic_request(
+        &GOLDEN.input("openai_request.json"),
+        &EncodeOptions::default(),
+    );
     assert_eq!(info, EncodeInfo::default());
-    golden_json("openai_request.to_anthropic.json", &out);
+    GOLDEN.json("openai_request.to_anthropic.json", &out);
 }
 
 #[test]
 fn openai_request_to_openai_keeps_unknown_fields() {
-    let req = openai_chat::decode_request(&input("openai_request.json")).unwrap();
+    let req = openai_chat::decode_request(&GOLDEN.input("openai_request.json")).unwrap();
     let mut out = Vec::new();
     openai_chat::encode_request(
         &req,
@@ -185,7 +67,7 @@ fn openai_request_to_openai_keeps_unknown_fields() {
         &mut out,
     )
     .unwrap();
-    golden_json("openai_request.to_openai.json", &out);
+    GOLDEN.json("openai_request.to_openai.json", &out);
     let v: Value = serde_json::from_slice(&out).unwrap();
     for field in [
         "seed",
@@ -194,7 +76,7 @@ fn openai_request_to_openai_keeps_unknown_fields() {
         "store",
         "metadata",
     ] {
-        let original: Value = serde_json::from_slice(&input("openai_request.json")).unwrap();
+        let original: Value = serde_json::from_slice(&GOLDEN.input("openai_request.json")).unwrap();
         assert_eq!(v[field], original[field], "{field}");
     }
     assert!(v.get("fallbacks").is_none());
@@ -202,17 +84,17 @@ fn openai_request_to_openai_keeps_unknown_fields() {
 
 #[test]
 fn anthropic_request_to_openai() {
-    let req = anthropic::decode_request(&input("anthropic_request.json")).unwrap();
+    let req = anthropic::decode_request(&GOLDEN.input("anthropic_request.json")).unwrap();
     let mut out = Vec::new();
     let info =
         openai_chat::encode_request(&req, "gpt-4.1", &EncodeOptions::default(), &mut out).unwrap();
     assert_eq!(info, EncodeInfo::default());
-    golden_json("anthropic_request.to_openai.json", &out);
+    GOLDEN.json("anthropic_request.to_openai.json", &out);
 }
 
 #[test]
 fn anthropic_request_to_anthropic_is_faithful() {
-    let body = input("anthropic_request.json");
+    let body = GOLDEN.input("anthropic_request.json");
     let req = anthropic::decode_request(&body).unwrap();
     let mut out = Vec::new();
     anthropic::encode_request(
@@ -222,7 +104,7 @@ fn anthropic_request_to_anthropic_is_faithful() {
         &mut out,
     )
     .unwrap();
-    golden_json("anthropic_request.to_anthropic.json", &out);
+    GOLDEN.json("anthropic_request.to_anthropic.json", &out);
     // Everything the client sent comes back, apart from the default-valued
     // `disable_parallel_tool_use: false`.
     let mut original: Value = serde_json::from_slice(&body).unwrap();
@@ -234,37 +116,42 @@ fn anthropic_request_to_anthropic_is_faithful() {
 #[test]
 fn structured_output_goes_to_anthropic_as_a_forced_tool() {
     let (out, info) = encode_anthropic_request(
-        &input("openai_request_structured.json"),
+        &GOLDEN.input("openai_request_structured.json"),
         &EncodeOptions::default(),
     );
     assert_eq!(
         info.structured_output_tool.as_deref(),
         Some("math_reasoning")
     );
-    golden_json("openai_request_structured.to_anthropic.json", &out);
+    GOLDEN.json("openai_request_structured.to_anthropic.json", &out);
 }
 
 #[test]
 fn structured_answer_comes_back_as_text() {
     let (_, info) = encode_anthropic_request(
-        &input("openai_request_structured.json"),
+        &GOLDEN.input("openai_request_structured.json"),
         &EncodeOptions::default(),
     );
     let mut resp =
-        anthropic::decode_response(&input("anthropic_response_structured.json"), &info).unwrap();
+        anthropic::decode_response(&GOLDEN.input("anthropic_response_structured.json"), &info)
+            .unwrap();
     assert_eq!(resp.finish, FinishReason::Stop);
     resp.created = Some(CREATED);
     let mut out = Vec::new();
     openai_chat::encode_response(&resp, "gpt-4o-2024-08-06", &mut out);
-    golden_json("anthropic_response_structured.to_openai.json", &out);
+    GOLDEN.json("anthropic_response_structured.to_openai.json", &out);
     let v: Value = serde_json::from_slice(&out).unwrap();
     let answer: Value =
         serde_json::from_str(v["choices"][0]["message"]["content"].as_str().unwrap()).unwrap();
     assert_eq!(answer["final_answer"], "x = -15/4");
 
-    let events = anthropic_events(&input("anthropic_stream_structured.sse"), &info);
+    let events = decode_sse(
+        Format::Anthropic,
+        &info,
+        &GOLDEN.input("anthropic_stream_structured.sse"),
+    );
     let sse = to_openai_sse(&events, "gpt-4o-2024-08-06", false);
-    golden_text("anthropic_stream_structured.to_openai.sse", &sse);
+    GOLDEN.text("anthropic_stream_structured.to_openai.sse", &sse);
     let text: String = events
         .iter()
         .filter_map(|e| match e {
@@ -320,9 +207,11 @@ fn tool_choice_crosses_both_ways() {
 
 #[test]
 fn anthropic_response_to_openai() {
-    let mut resp =
-        anthropic::decode_response(&input("anthropic_response.json"), &EncodeInfo::default())
-            .unwrap();
+    let mut resp = anthropic::decode_response(
+        &GOLDEN.input("anthropic_response.json"),
+        &EncodeInfo::default(),
+    )
+    .unwrap();
     assert_eq!(
         (
             resp.usage.input_tokens,
@@ -334,16 +223,16 @@ fn anthropic_response_to_openai() {
     resp.created = Some(CREATED);
     let mut out = Vec::new();
     openai_chat::encode_response(&resp, "gpt-4o", &mut out);
-    golden_json("anthropic_response.to_openai.json", &out);
+    GOLDEN.json("anthropic_response.to_openai.json", &out);
 }
 
 #[test]
 fn anthropic_response_to_anthropic_is_faithful() {
-    let body = input("anthropic_response.json");
+    let body = GOLDEN.input("anthropic_response.json");
     let resp = anthropic::decode_response(&body, &EncodeInfo::default()).unwrap();
     let mut out = Vec::new();
     anthropic::encode_response(&resp, "claude-sonnet-4-5-20250929", &mut out);
-    golden_json("anthropic_response.to_anthropic.json", &out);
+    GOLDEN.json("anthropic_response.to_anthropic.json", &out);
     let mut original: Value = serde_json::from_slice(&body).unwrap();
     original["usage"]
         .as_object_mut()
@@ -354,8 +243,11 @@ fn anthropic_response_to_anthropic_is_faithful() {
 
 #[test]
 fn openai_response_to_anthropic() {
-    let resp = openai_chat::decode_response(&input("openai_response.json"), &EncodeInfo::default())
-        .unwrap();
+    let resp = openai_chat::decode_response(
+        &GOLDEN.input("openai_response.json"),
+        &EncodeInfo::default(),
+    )
+    .unwrap();
     assert_eq!(
         (
             resp.usage.input_tokens,
@@ -366,16 +258,19 @@ fn openai_response_to_anthropic() {
     );
     let mut out = Vec::new();
     anthropic::encode_response(&resp, "claude-sonnet-4-5", &mut out);
-    golden_json("openai_response.to_anthropic.json", &out);
+    GOLDEN.json("openai_response.to_anthropic.json", &out);
 }
 
 #[test]
 fn openai_response_to_openai() {
-    let resp = openai_chat::decode_response(&input("openai_response.json"), &EncodeInfo::default())
-        .unwrap();
+    let resp = openai_chat::decode_response(
+        &GOLDEN.input("openai_response.json"),
+        &EncodeInfo::default(),
+    )
+    .unwrap();
     let mut out = Vec::new();
     openai_chat::encode_response(&resp, "o4-mini", &mut out);
-    golden_json("openai_response.to_openai.json", &out);
+    GOLDEN.json("openai_response.to_openai.json", &out);
 }
 
 #[test]
@@ -441,8 +336,12 @@ fn finish_reasons_cross_both_ways() {
 
 #[test]
 fn openai_stream_to_anthropic() {
-    let events = openai_events(&input("openai_stream.sse"));
-    golden_text("openai_stream.events.txt", &dump(&events));
+    let events = decode_sse(
+        Format::OpenAiChat,
+        &EncodeInfo::default(),
+        &GOLDEN.input("openai_stream.sse"),
+    );
+    GOLDEN.text("openai_stream.events.txt", &dump(&events));
     // Two parallel tool calls, each with its arguments reassembled from the fragments.
     let mut calls: Vec<(String, String)> = Vec::new();
     for e in &events {
@@ -459,7 +358,7 @@ fn openai_stream_to_anthropic() {
     for (_, args) in &calls {
         serde_json::from_str::<Value>(args).unwrap();
     }
-    golden_text(
+    GOLDEN.text(
         "openai_stream.to_anthropic.sse",
         &to_anthropic_sse(&events, "claude-sonnet-4-5"),
     );
@@ -467,9 +366,13 @@ fn openai_stream_to_anthropic() {
 
 #[test]
 fn anthropic_stream_to_openai() {
-    let events = anthropic_events(&input("anthropic_stream.sse"), &EncodeInfo::default());
-    golden_text("anthropic_stream.events.txt", &dump(&events));
-    golden_text(
+    let events = decode_sse(
+        Format::Anthropic,
+        &EncodeInfo::default(),
+        &GOLDEN.input("anthropic_stream.sse"),
+    );
+    GOLDEN.text("anthropic_stream.events.txt", &dump(&events));
+    GOLDEN.text(
         "anthropic_stream.to_openai.sse",
         &to_openai_sse(&events, "gpt-4o", true),
     );
@@ -482,13 +385,17 @@ fn anthropic_stream_to_openai() {
 
 #[test]
 fn stream_round_trips_keep_the_sequence() {
-    let events = anthropic_events(&input("anthropic_stream.sse"), &EncodeInfo::default());
-    golden_text(
+    let events = decode_sse(
+        Format::Anthropic,
+        &EncodeInfo::default(),
+        &GOLDEN.input("anthropic_stream.sse"),
+    );
+    GOLDEN.text(
         "anthropic_stream.to_anthropic.sse",
         &to_anthropic_sse(&events, "claude-sonnet-4-5-20250929"),
     );
     // The same events, in the same order, as the provider sent them (pings aside).
-    let sent: Vec<_> = parse_sse(&input("anthropic_stream.sse"))
+    let sent: Vec<_> = parse_sse(&GOLDEN.input("anthropic_stream.sse"))
         .into_iter()
         .map(|e| e.event.unwrap())
         .collect();
@@ -498,8 +405,12 @@ fn stream_round_trips_keep_the_sequence() {
         .collect();
     assert_eq!(sent, again);
 
-    let events = openai_events(&input("openai_stream.sse"));
-    golden_text(
+    let events = decode_sse(
+        Format::OpenAiChat,
+        &EncodeInfo::default(),
+        &GOLDEN.input("openai_stream.sse"),
+    );
+    GOLDEN.text(
         "openai_stream.to_openai.sse",
         &to_openai_sse(&events, "gpt-4o-2024-08-06", true),
     );
@@ -576,7 +487,7 @@ fn upstream_errors_translate_into_the_client_format() {
 
 #[test]
 fn count_tokens_of_a_claude_code_request() {
-    let req = anthropic::decode_request(&input("anthropic_request.json")).unwrap();
+    let req = anthropic::decode_request(&GOLDEN.input("anthropic_request.json")).unwrap();
     let n = anthropic::count_tokens(&req);
     // Three images and about 1.4 KB of text, schemas and arguments.
     assert!(
@@ -650,17 +561,6 @@ fn stable_call_ids(text: &str) -> String {
     out
 }
 
-fn gemini_events(transcript: &[u8]) -> Vec<StreamEvent> {
-    let mut dec = gemini::StreamDecoder::new();
-    let mut events = Vec::new();
-    for e in parse_sse(transcript) {
-        dec.feed(e.event.as_deref(), e.data.as_bytes(), &mut events)
-            .unwrap();
-    }
-    dec.finish().unwrap();
-    events
-}
-
 fn encode_gemini(req: &deepintshield::formats::ChatRequest) -> Vec<u8> {
     let mut out = Vec::new();
     gemini::encode_request(req, "gemini-2.5-flash", &EncodeOptions::default(), &mut out).unwrap();
@@ -669,20 +569,20 @@ fn encode_gemini(req: &deepintshield::formats::ChatRequest) -> Vec<u8> {
 
 #[test]
 fn openai_request_to_gemini() {
-    let req = openai_chat::decode_request(&input("openai_request.json")).unwrap();
-    golden_json("openai_request.to_gemini.json", &encode_gemini(&req));
+    let req = openai_chat::decode_request(&GOLDEN.input("openai_request.json")).unwrap();
+    GOLDEN.json("openai_request.to_gemini.json", &encode_gemini(&req));
 }
 
 #[test]
 fn anthropic_request_to_gemini() {
-    let req = anthropic::decode_request(&input("anthropic_request.json")).unwrap();
-    golden_json("anthropic_request.to_gemini.json", &encode_gemini(&req));
+    let req = anthropic::decode_request(&GOLDEN.input("anthropic_request.json")).unwrap();
+    GOLDEN.json("anthropic_request.to_gemini.json", &encode_gemini(&req));
 }
 
 #[test]
 fn structured_output_goes_to_gemini_as_a_response_schema() {
-    let req = openai_chat::decode_request(&input("openai_request_structured.json")).unwrap();
-    golden_json(
+    let req = openai_chat::decode_request(&GOLDEN.input("openai_request_structured.json")).unwrap();
+    GOLDEN.json(
         "openai_request_structured.to_gemini.json",
         &encode_gemini(&req),
     );
@@ -690,8 +590,11 @@ fn structured_output_goes_to_gemini_as_a_response_schema() {
 
 #[test]
 fn gemini_response_to_both_clients() {
-    let mut resp =
-        gemini::decode_response(&input("gemini_response.json"), &EncodeInfo::default()).unwrap();
+    let mut resp = gemini::decode_response(
+        &GOLDEN.input("gemini_response.json"),
+        &EncodeInfo::default(),
+    )
+    .unwrap();
     resp.created = Some(CREATED);
     assert_eq!(resp.finish, FinishReason::ToolCalls);
     assert_eq!(
@@ -705,49 +608,56 @@ fn gemini_response_to_both_clients() {
     let mut out = Vec::new();
     openai_chat::encode_response(&resp, "gemini-2.5-flash", &mut out);
     let text = stable_call_ids(&String::from_utf8(out).unwrap());
-    golden_json("gemini_response.to_openai.json", text.as_bytes());
+    GOLDEN.json("gemini_response.to_openai.json", text.as_bytes());
     let mut out = Vec::new();
     anthropic::encode_response(&resp, "gemini-2.5-flash", &mut out);
     let text = stable_call_ids(&String::from_utf8(out).unwrap());
-    golden_json("gemini_response.to_anthropic.json", text.as_bytes());
+    GOLDEN.json("gemini_response.to_anthropic.json", text.as_bytes());
 }
 
 #[test]
 fn gemini_safety_stop_and_blocked_prompt() {
     let mut resp = gemini::decode_response(
-        &input("gemini_response_safety.json"),
+        &GOLDEN.input("gemini_response_safety.json"),
         &EncodeInfo::default(),
     )
     .unwrap();
     resp.created = Some(CREATED);
     let mut out = Vec::new();
     openai_chat::encode_response(&resp, "gemini-2.0-flash", &mut out);
-    golden_json("gemini_response_safety.to_openai.json", &out);
+    GOLDEN.json("gemini_response_safety.to_openai.json", &out);
     let mut out = Vec::new();
     anthropic::encode_response(&resp, "gemini-2.0-flash", &mut out);
-    golden_json("gemini_response_safety.to_anthropic.json", &out);
-    let e =
-        gemini::decode_response(&input("gemini_blocked.json"), &EncodeInfo::default()).unwrap_err();
+    GOLDEN.json("gemini_response_safety.to_anthropic.json", &out);
+    let e = gemini::decode_response(&GOLDEN.input("gemini_blocked.json"), &EncodeInfo::default())
+        .unwrap_err();
     assert_eq!((e.status, e.code), (400, "content_filter"));
 }
 
 #[test]
 fn gemini_stream_to_both_clients() {
-    let events = gemini_events(&input("gemini_stream.sse"));
+    let events = decode_sse(
+        Format::Gemini,
+        &EncodeInfo::default(),
+        &GOLDEN.input("gemini_stream.sse"),
+    );
     let dumped = stable_call_ids(&String::from_utf8(dump(&events)).unwrap());
-    golden_text("gemini_stream.events.txt", dumped.as_bytes());
+    GOLDEN.text("gemini_stream.events.txt", dumped.as_bytes());
     let sse = to_openai_sse(&events, "gemini-2.5-flash", true);
     let text = stable_call_ids(&String::from_utf8(sse).unwrap());
-    golden_text("gemini_stream.to_openai.sse", text.as_bytes());
+    GOLDEN.text("gemini_stream.to_openai.sse", text.as_bytes());
     let sse = to_anthropic_sse(&events, "gemini-2.5-flash");
     let text = stable_call_ids(&String::from_utf8(sse).unwrap());
-    golden_text("gemini_stream.to_anthropic.sse", text.as_bytes());
+    GOLDEN.text("gemini_stream.to_anthropic.sse", text.as_bytes());
 }
 
 #[test]
 fn thought_signatures_survive_an_openai_round_trip() {
-    let resp =
-        gemini::decode_response(&input("gemini_response.json"), &EncodeInfo::default()).unwrap();
+    let resp = gemini::decode_response(
+        &GOLDEN.input("gemini_response.json"),
+        &EncodeInfo::default(),
+    )
+    .unwrap();
     let mut out = Vec::new();
     openai_chat::encode_response(&resp, "gemini-2.5-flash", &mut out);
     let answer: Value = serde_json::from_slice(&out).unwrap();

@@ -1069,3 +1069,60 @@ fn prices_are_read_again_on_sighup_and_unknown_models_are_counted() {
         "{metrics}"
     );
 }
+
+#[test]
+fn a_key_lists_and_describes_only_the_models_it_may_use() {
+    let mock = Mock::start(&[]);
+    let dir = test_dir("models");
+    let cfg = config(&dir, Some(&mock), "")
+        .replace(
+            "[providers.mock]\ntype = \"mock\"\n",
+            "[providers.mock]\ntype = \"mock\"\nmodels = [\"a\", \"b\"]\n",
+        )
+        .replace(
+            "[providers.up]\ntype = \"openai\"\n",
+            "[providers.up]\ntype = \"openai\"\nmodels = [\"m\"]\n",
+        );
+    let gw = Gateway::start_with_env(&cfg, &ENV);
+    let narrow = create_key(&gw, json!({"name": "narrow", "models": ["mock/a"]}));
+    let wide = create_key(&gw, json!({"name": "wide"}));
+    let get = |key: &str, path: &str, anthropic: bool| {
+        let auth = format!("Bearer {key}");
+        let mut headers = vec![("authorization", auth.as_str())];
+        if anthropic {
+            headers.push(("anthropic-version", "2023-06-01"));
+        }
+        request(gw.api, "GET", path, &headers, b"")
+    };
+    let ids = |r: Response| -> Vec<String> {
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        r.json()["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(ids(get(&narrow, "/v1/models", false)), ["mock/a"]);
+    assert_eq!(ids(get(&narrow, "/v1/models", true)), ["mock/a"]);
+    let all = ids(get(&wide, "/v1/models", false));
+    assert!(
+        ["mock/a", "mock/b", "up/m"]
+            .iter()
+            .all(|m| all.contains(&m.to_string())),
+        "{all:?}"
+    );
+    // One model: the allowed one is described, the others are as if they did not exist.
+    assert_eq!(get(&narrow, "/v1/models/mock/a", false).status, 200);
+    for path in ["/v1/models/mock/b", "/v1/models/up/m"] {
+        let r = get(&narrow, path, false);
+        assert_eq!(
+            (r.status, r.error_code()),
+            (404, "model_not_found".into()),
+            "{path}"
+        );
+        assert_eq!(get(&wide, path, false).status, 200, "{path}");
+    }
+    // Without a key: 401, as for every API request.
+    assert_eq!(request(gw.api, "GET", "/v1/models", &[], b"").status, 401);
+}

@@ -8,28 +8,23 @@
 //! SSE byte for byte); `FORMATS_UPDATE_GOLDEN=1 cargo test --test responses_formats` rewrites
 //! them after a deliberate change (review the diff).
 
-use std::fs;
-use std::path::PathBuf;
+mod common;
 
+use common::golden::{decode_sse, encode_stream, parse_sse, Golden, Sse};
 use deepintshield::formats::{
-    anthropic, openai_chat, responses, EncodeInfo, EncodeOptions, StreamEvent,
+    anthropic, openai_chat, responses, AnswerOptions, EncodeInfo, EncodeOptions, Format,
+    StreamEvent,
 };
 use serde_json::Value;
 
+/// Inputs are named from `tests/fixtures/` (`responses/...`, `formats/...`).
+const GOLDEN: Golden = Golden {
+    inputs: "",
+    expected: "responses/expected",
+};
+
 /// The `created_at` the stream encoder is given.
 const CREATED: u64 = 1_741_290_958;
-
-fn dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-fn input(name: &str) -> Vec<u8> {
-    fs::read(dir().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
-}
-
-fn updating() -> bool {
-    std::env::var_os("FORMATS_UPDATE_GOLDEN").is_some()
-}
 
 /// `actual` with every `"completed_at":<time>` set to 0 (the clock of the run).
 fn without_clock(actual: &[u8]) -> Vec<u8> {
@@ -49,58 +44,13 @@ fn without_clock(actual: &[u8]) -> Vec<u8> {
     out
 }
 
+/// `actual`, without its clock, must be expected file `name` (JSON compared as values).
 fn golden(name: &str, actual: &[u8], json: bool) {
-    let actual = &without_clock(actual)[..];
-    let path = dir().join("responses/expected").join(name);
-    if updating() {
-        let text = match json {
-            true => {
-                let v: Value = serde_json::from_slice(actual).unwrap();
-                serde_json::to_string_pretty(&v).unwrap() + "\n"
-            }
-            false => String::from_utf8(actual.to_vec()).unwrap(),
-        };
-        fs::create_dir_all(path.parent().unwrap()).unwrap();
-        fs::write(&path, text).unwrap();
-        return;
+    let actual = without_clock(actual);
+    match json {
+        true => GOLDEN.json(name, &actual),
+        false => GOLDEN.text(name, &actual),
     }
-    let expected = fs::read(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
-    if json {
-        let a: Value = serde_json::from_slice(actual).unwrap();
-        let e: Value = serde_json::from_slice(&expected).unwrap();
-        assert!(
-            a == e,
-            "{name} differs\n--- expected\n{e:#}\n--- actual\n{a:#}"
-        );
-    } else {
-        assert!(
-            actual == expected.as_slice(),
-            "{name} differs\n--- expected\n{}\n--- actual\n{}",
-            String::from_utf8_lossy(&expected),
-            String::from_utf8_lossy(actual)
-        );
-    }
-}
-
-/// (name, data) of each SSE event, comments left out.
-fn sse(bytes: &[u8]) -> Vec<(String, String)> {
-    String::from_utf8(bytes.to_vec())
-        .unwrap()
-        .split("\n\n")
-        .filter(|e| !e.trim().is_empty() && !e.starts_with(':'))
-        .map(|e| {
-            let mut name = String::new();
-            let mut data = String::new();
-            for line in e.lines() {
-                if let Some(n) = line.strip_prefix("event: ") {
-                    name = n.to_string();
-                } else if let Some(d) = line.strip_prefix("data: ") {
-                    data = d.to_string();
-                }
-            }
-            (name, data)
-        })
-        .collect()
 }
 
 /// Fields where a translated answer legitimately differs from the reference: the ids of output
@@ -145,7 +95,7 @@ fn assert_covers(ours: &Value, reference: &Value, path: &str) {
 #[test]
 fn reference_answers_come_back_as_the_reference() {
     for name in ["reference_response.json", "reference_function_call.json"] {
-        let body = input(&format!("responses/{name}"));
+        let body = GOLDEN.input(&format!("responses/{name}"));
         let reference: Value = serde_json::from_slice(&body).unwrap();
         let resp = responses::decode_response(&body, &EncodeInfo::default()).unwrap();
         let mut out = Vec::new();
@@ -155,74 +105,52 @@ fn reference_answers_come_back_as_the_reference() {
     }
 }
 
+/// Neutral events written as a Responses stream (with the reasoning state when `state`).
+fn responses_stream(events: &[StreamEvent], model: &str, state: bool) -> Vec<u8> {
+    let opts = AnswerOptions {
+        reasoning_state: state,
+        ..AnswerOptions::default()
+    };
+    encode_stream(Format::OpenAiResponses, model, opts, CREATED, events)
+}
+
+/// The names of SSE events.
+fn names(events: &[Sse]) -> Vec<Option<&str>> {
+    events.iter().map(|e| e.event.as_deref()).collect()
+}
+
 #[test]
 fn the_reference_stream_comes_back_as_the_reference() {
-    let transcript = input("responses/reference_stream.sse");
-    let reference = sse(&transcript);
-    let mut decoder = responses::StreamDecoder::new();
-    let mut neutral = Vec::new();
-    for (name, data) in &reference {
-        decoder
-            .feed(Some(name), data.as_bytes(), &mut neutral)
-            .unwrap();
-    }
-    assert!(decoder.is_complete());
-    let mut encoder = responses::StreamEncoder::new("gpt-5.4", CREATED, false);
-    let mut out = Vec::new();
-    for ev in &neutral {
-        encoder.encode(ev, &mut out);
-    }
-    encoder.finish(&mut out);
-    let ours = sse(&out);
-    let names =
-        |evs: &[(String, String)]| -> Vec<String> { evs.iter().map(|(n, _)| n.clone()).collect() };
+    let transcript = GOLDEN.input("responses/reference_stream.sse");
+    let reference = parse_sse(&transcript);
+    let neutral = decode_sse(Format::OpenAiResponses, &EncodeInfo::default(), &transcript);
+    let ours = parse_sse(&responses_stream(&neutral, "gpt-5.4", false));
     assert_eq!(names(&ours), names(&reference));
-    for (i, ((name, o), (_, r))) in ours.iter().zip(&reference).enumerate() {
-        let o: Value = serde_json::from_str(o).unwrap();
-        let r: Value = serde_json::from_str(r).unwrap();
+    for (i, (o, r)) in ours.iter().zip(&reference).enumerate() {
+        let name = o.event.as_deref().unwrap_or_default();
+        let o: Value = serde_json::from_str(&o.data).unwrap();
+        let r: Value = serde_json::from_str(&r.data).unwrap();
         assert_covers(&o, &r, &format!("[{i}] {name}"));
         assert_eq!(o["sequence_number"], i as u64, "{name}");
     }
 }
 
-/// Neutral events of a stream fixture of another format.
-fn neutral_of(name: &str) -> Vec<StreamEvent> {
-    let transcript = input(&format!("formats/{name}"));
-    let mut events = Vec::new();
-    match name.starts_with("anthropic") {
-        true => {
-            let mut d = anthropic::StreamDecoder::new(&EncodeInfo::default());
-            for (n, data) in sse(&transcript) {
-                d.feed(Some(&n), data.as_bytes(), &mut events).unwrap();
-            }
-        }
-        false => {
-            let mut d = openai_chat::StreamDecoder::new();
-            for (n, data) in sse(&transcript) {
-                let name = (!n.is_empty()).then_some(n.as_str());
-                d.feed(name, data.as_bytes(), &mut events).unwrap();
-            }
-        }
-    }
-    events
-}
-
 #[test]
 fn other_formats_streams_become_responses_streams() {
-    for name in ["anthropic_stream.sse", "openai_stream.sse"] {
+    for (name, format) in [
+        ("anthropic_stream.sse", Format::Anthropic),
+        ("openai_stream.sse", Format::OpenAiChat),
+    ] {
+        let transcript = GOLDEN.input(&format!("formats/{name}"));
+        let neutral = decode_sse(format, &EncodeInfo::default(), &transcript);
         for state in [false, true] {
-            let mut encoder = responses::StreamEncoder::new("client-model", CREATED, state);
-            let mut out = Vec::new();
-            for ev in &neutral_of(name) {
-                encoder.encode(ev, &mut out);
-            }
-            encoder.finish(&mut out);
+            let out = responses_stream(&neutral, "client-model", state);
             // Every event is well-formed and numbered in order.
-            for (i, (event, data)) in sse(&out).iter().enumerate() {
-                let v: Value = serde_json::from_str(data).unwrap();
+            for (i, e) in parse_sse(&out).iter().enumerate() {
+                let v: Value = serde_json::from_str(&e.data).unwrap();
                 assert_eq!(
                     (v["type"].as_str(), v["sequence_number"].as_u64()),
-                    (Some(event.as_str()), Some(i as u64))
+                    (e.event.as_deref(), Some(i as u64))
                 );
             }
             let suffix = if state {
@@ -231,7 +159,7 @@ fn other_formats_streams_become_responses_streams() {
                 ".to_responses.sse"
             };
             // Only Anthropic's stream has reasoning state to carry.
-            if !state || name.starts_with("anthropic") {
+            if !state || format == Format::Anthropic {
                 golden(&name.replace(".sse", suffix), &out, false);
             }
         }
@@ -240,7 +168,7 @@ fn other_formats_streams_become_responses_streams() {
 
 #[test]
 fn a_codex_request_is_translated_for_other_providers() {
-    let body = input("responses/codex_request.json");
+    let body = GOLDEN.input("responses/codex_request.json");
     let req = responses::decode_request(&body).unwrap();
     let opts = EncodeOptions::default();
     let mut out = Vec::new();
@@ -282,7 +210,7 @@ fn next_turn_after(mut answer: deepintshield::formats::ChatResponse, name: &str)
 
 #[test]
 fn anthropic_reasoning_survives_a_responses_round_trip() {
-    let body = input("formats/anthropic_response.json");
+    let body = GOLDEN.input("formats/anthropic_response.json");
     let answer = anthropic::decode_response(&body, &EncodeInfo::default()).unwrap();
     let next = next_turn_after(answer, "anthropic_response");
     let req = responses::decode_request(&next).unwrap();
@@ -301,7 +229,7 @@ fn anthropic_reasoning_survives_a_responses_round_trip() {
 #[test]
 fn bedrock_reasoning_survives_a_responses_round_trip() {
     use deepintshield::formats::bedrock;
-    let body = input("formats/bedrock_response_reasoning.json");
+    let body = GOLDEN.input("formats/bedrock_response_reasoning.json");
     let answer = bedrock::decode_response(&body, &EncodeInfo::default()).unwrap();
     let next = next_turn_after(answer, "bedrock_response_reasoning");
     let req = responses::decode_request(&next).unwrap();
@@ -323,7 +251,7 @@ fn bedrock_reasoning_survives_a_responses_round_trip() {
 
 #[test]
 fn without_include_the_reasoning_state_is_not_written() {
-    let body = input("formats/anthropic_response.json");
+    let body = GOLDEN.input("formats/anthropic_response.json");
     let answer = anthropic::decode_response(&body, &EncodeInfo::default()).unwrap();
     let mut out = Vec::new();
     responses::encode_response(&answer, "client-model", false, &mut out);

@@ -1,11 +1,11 @@
 //! End-to-end: the mock's Bedrock runtime endpoints over loopback, with requests signed by the
 //! gateway's SigV4 signer and streams read by its event stream decoder.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, SystemTime};
+mod common;
 
+use std::time::SystemTime;
+
+use common::{Mock, Reply};
 use deepintshield::providers::aws_credentials::Credentials;
 use deepintshield::providers::eventstream::{DecodeError, Decoder, Message, MessageKind};
 use deepintshield::providers::sigv4::{
@@ -17,48 +17,21 @@ const AKID: &str = "AKIDMOCKTEST";
 const SECRET: &str = "mock/secret+key";
 const ARN: &str = "arn:aws:bedrock:us-east-1:123456789012:inference-profile/\
                    us.anthropic.claude-3-5-sonnet-20240620-v1:0";
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The mock, killed when dropped.
-struct Mock {
-    child: Child,
-    addr: SocketAddr,
+/// The mock with four chunks a stream, the test credentials, and `extra`.
+fn start(extra: &[&str]) -> Mock {
+    let base = [
+        "--stream-chunks",
+        "4",
+        "--aws-access-key-id",
+        AKID,
+        "--aws-secret-access-key",
+        SECRET,
+    ];
+    Mock::start(&[&base[..], extra].concat())
 }
 
 impl Mock {
-    fn start(extra: &[&str]) -> Mock {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_deepintshield-mock"))
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--threads",
-                "1",
-                "--stream-chunks",
-                "4",
-            ])
-            .args([
-                "--aws-access-key-id",
-                AKID,
-                "--aws-secret-access-key",
-                SECRET,
-            ])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start the mock");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("the mock's first line");
-        let addr = line
-            .trim()
-            .rsplit(' ')
-            .next()
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no address in {line:?}"));
-        Mock { child, addr }
-    }
-
     fn signer(&self, secret: &str, token: Option<&str>) -> Signer {
         Signer::new(
             Credentials::new(AKID, secret, token).unwrap(),
@@ -93,22 +66,11 @@ impl Mock {
     }
 
     fn send(&self, path: &str, headers: &[(String, String)], body: &[u8]) -> Reply {
-        let mut req = format!(
-            "POST {path} HTTP/1.1\r\nhost: {}\r\ncontent-length: {}\r\nconnection: close\r\n",
-            self.addr,
-            body.len()
-        );
-        for (n, v) in headers {
-            req.push_str(&format!("{n}: {v}\r\n"));
-        }
-        req.push_str("\r\n");
-        let mut s = TcpStream::connect(self.addr).unwrap();
-        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        s.write_all(req.as_bytes()).unwrap();
-        s.write_all(body).unwrap();
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).unwrap();
-        Reply::parse(&raw)
+        let headers: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        self.call("POST", path, &headers, body)
     }
 
     fn converse(&self, model: &str, op: &str, body: &Value) -> Reply {
@@ -119,77 +81,9 @@ impl Mock {
             Some(&signer),
         )
     }
-
-    fn stats(&self) -> Value {
-        let mut s = TcpStream::connect(self.addr).unwrap();
-        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        s.write_all(b"GET /mock/stats HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-            .unwrap();
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).unwrap();
-        serde_json::from_slice(&Reply::parse(&raw).body).unwrap()
-    }
-}
-
-impl Drop for Mock {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
 }
 
 impl Reply {
-    fn parse(raw: &[u8]) -> Reply {
-        let split = raw
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .expect("a response head");
-        let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-        let mut lines = head.split("\r\n");
-        let status = lines
-            .next()
-            .unwrap()
-            .split(' ')
-            .nth(1)
-            .unwrap()
-            .parse()
-            .unwrap();
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
-            .collect();
-        let mut body = raw[split + 4..].to_vec();
-        if headers
-            .iter()
-            .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"))
-        {
-            body = dechunk(&body);
-        }
-        Reply {
-            status,
-            headers,
-            body,
-        }
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
-    }
-
     /// The AWS error type (`x-amzn-errortype` before its `:namespace`).
     fn error_type(&self) -> &str {
         self.header("x-amzn-errortype")
@@ -206,24 +100,6 @@ impl Reply {
         }
         d.finish()?;
         Ok(out)
-    }
-}
-
-fn dechunk(mut b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let eol = b
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .expect("chunk size line");
-        let size =
-            usize::from_str_radix(std::str::from_utf8(&b[..eol]).unwrap().trim(), 16).unwrap();
-        b = &b[eol + 2..];
-        if size == 0 {
-            return out;
-        }
-        out.extend_from_slice(&b[..size]);
-        b = &b[size + 2..];
     }
 }
 
@@ -260,7 +136,7 @@ fn weather_tools() -> Value {
 
 #[test]
 fn converse_echoes_for_model_ids_and_arns() {
-    let mock = Mock::start(&[]);
+    let mock = start(&[]);
     let mut body = user("Hello Bedrock");
     body["system"] = json!([{"text": "be brief"}, {"cachePoint": {"type": "default"}}]);
     let r = mock.converse(ARN, "converse", &body);
@@ -299,7 +175,7 @@ fn converse_echoes_for_model_ids_and_arns() {
 
 #[test]
 fn converse_calls_a_tool_when_asked() {
-    let mock = Mock::start(&[]);
+    let mock = start(&[]);
     let mut body = user("Please use tool for Paris");
     body["toolConfig"] = weather_tools();
     let v = mock.converse("m.v1:0", "converse", &body).json();
@@ -330,7 +206,7 @@ fn converse_calls_a_tool_when_asked() {
 
 #[test]
 fn converse_stream_is_a_faithful_event_stream() {
-    let mock = Mock::start(&[]);
+    let mock = start(&[]);
     let r = mock.converse(ARN, "converse-stream", &user("stream this text"));
     assert_eq!(r.status, 200);
     assert_eq!(
@@ -412,7 +288,7 @@ fn converse_stream_is_a_faithful_event_stream() {
 
 #[test]
 fn signatures_are_checked_as_aws_does() {
-    let mock = Mock::start(&[]);
+    let mock = start(&[]);
     let path = bedrock_model_path(ARN, "converse");
     let body = serde_json::to_vec(&user("x")).unwrap();
     let check = |r: Reply, ty: &str| {
@@ -497,7 +373,7 @@ fn signatures_are_checked_as_aws_does() {
 
 #[test]
 fn session_tokens_are_required_when_configured() {
-    let mock = Mock::start(&[
+    let mock = start(&[
         "--aws-session-token",
         "FwoGZXIvYXdzEXAMPLE",
         "--aws-region",
@@ -527,7 +403,7 @@ fn session_tokens_are_required_when_configured() {
 
 #[test]
 fn injected_errors_have_bedrock_types() {
-    let mock = Mock::start(&[]);
+    let mock = start(&[]);
     for (model, status, ty) in [
         ("mock.status-429", 429, "ThrottlingException"),
         ("mock.status-400", 400, "ValidationException"),
@@ -543,7 +419,7 @@ fn injected_errors_have_bedrock_types() {
     }
     let r = mock.converse("m", "converse", &json!({"messages": "nope"}));
     assert_eq!((r.status, r.error_type()), (400, "ValidationException"));
-    let throttled = Mock::start(&["--error-rate", "429:1"]);
+    let throttled = start(&["--error-rate", "429:1"]);
     let r = throttled.converse("m", "converse", &user("x"));
     assert_eq!((r.status, r.error_type()), (429, "ThrottlingException"));
     assert_eq!(throttled.stats()["injected"]["status_429"], 1);
@@ -551,7 +427,7 @@ fn injected_errors_have_bedrock_types() {
 
 #[test]
 fn mid_stream_exceptions_errors_and_bad_crcs() {
-    let mock = Mock::start(&[]);
+    let mock = start(&[]);
     let stream =
         |model: &str| mock.converse(model, "converse-stream", &user("a longer answer here"));
     let msgs = stream("mock.failafter-2").events().unwrap();
@@ -583,7 +459,7 @@ fn mid_stream_exceptions_errors_and_bad_crcs() {
         (Some(3), Some(1))
     );
 
-    let always = Mock::start(&["--bedrock-bad-crc-after", "0"]);
+    let always = start(&["--bedrock-bad-crc-after", "0"]);
     let r = always.converse("m", "converse-stream", &user("x"));
     let mut d = Decoder::new();
     let mut out = Vec::new();
@@ -594,7 +470,7 @@ fn mid_stream_exceptions_errors_and_bad_crcs() {
 
 #[test]
 fn embeddings_through_invoke() {
-    let mock = Mock::start(&[]);
+    let mock = start(&[]);
     let invoke = |model: &str, body: Value| mock.converse(model, "invoke", &body);
     let r = invoke(
         "amazon.titan-embed-text-v2:0",
@@ -632,7 +508,7 @@ fn embeddings_through_invoke() {
 
 #[test]
 fn unknown_operations_and_unencoded_arns_are_not_found() {
-    let mock = Mock::start(&[]);
+    let mock = start(&[]);
     let signer = mock.signer(SECRET, None);
     let body = serde_json::to_vec(&user("x")).unwrap();
     for path in [

@@ -1,45 +1,17 @@
 //! End-to-end: the load engine against the real mock binary on loopback. Checks behaviour (every
 //! request accounted for, faults classified, stream events timed), not speed.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::Mock;
 use deepintshield_bench::engine::{self, Load, Target};
 use deepintshield_bench::report::Summary;
 use deepintshield_bench::request::{build_request, Url, DEFAULT_CHAT_BODY, DEFAULT_STREAM_BODY};
-use serde_json::Value;
-
-/// The mock, killed when dropped.
-struct Mock {
-    child: Child,
-    addr: SocketAddr,
-}
 
 impl Mock {
-    fn start(args: &[&str]) -> Mock {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_deepintshield-mock"))
-            .args(["--listen", "127.0.0.1:0", "--threads", "1"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start the mock");
-        let mut line = String::new();
-        let stdout = child.stdout.take().expect("mock stdout");
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("mock's first line");
-        let addr = line
-            .trim()
-            .rsplit(' ')
-            .next()
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no address in {line:?}"));
-        Mock { child, addr }
-    }
-
     fn target(&self, body: &str) -> Target {
         let url = Url::parse(&format!("http://{}/v1/chat/completions", self.addr)).unwrap();
         Target {
@@ -49,25 +21,6 @@ impl Mock {
             alt_request: None,
             head_request: false,
         }
-    }
-
-    fn stats(&self) -> Value {
-        let url = Url::parse(&format!("http://{}/mock/stats", self.addr)).unwrap();
-        let request = build_request("GET", &url, &["Connection: close".into()], b"");
-        let mut s = std::net::TcpStream::connect(self.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        std::io::Write::write_all(&mut s, &request).unwrap();
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut s, &mut text).unwrap();
-        let body = text.split("\r\n\r\n").nth(1).expect("a body");
-        serde_json::from_str(body).expect("stats JSON")
-    }
-}
-
-impl Drop for Mock {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -2,62 +2,18 @@
 //! imitates: Anthropic's Messages (whole, streamed, tool use, errors, count_tokens, models) and the
 //! tool calls and `json_schema` answers of its OpenAI chat completions.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+mod common;
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
+use common::{Mock, Reply, IO_TIMEOUT};
 use serde_json::{json, Value};
 
 const KEY: &str = "sk-ant-mock-key";
 const VERSION: &str = "2023-06-01";
 
-/// The mock, killed when dropped.
-struct Mock {
-    child: Child,
-    addr: SocketAddr,
-}
-
 impl Mock {
-    fn start(args: &[&str]) -> Mock {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_deepintshield-mock"))
-            .args(["--listen", "127.0.0.1:0", "--threads", "1"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start the mock");
-        let mut line = String::new();
-        let stdout = child.stdout.take().expect("mock stdout");
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("mock's first line");
-        let addr = line
-            .trim()
-            .rsplit(' ')
-            .next()
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no address in {line:?}"));
-        Mock { child, addr }
-    }
-
-    fn call(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
-        let mut s = TcpStream::connect(self.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut req = format!(
-            "{method} {path} HTTP/1.1\r\nhost: mock\r\nconnection: close\r\ncontent-length: {}\r\n",
-            body.len()
-        );
-        for (n, v) in headers {
-            req.push_str(&format!("{n}: {v}\r\n"));
-        }
-        req.push_str("\r\n");
-        s.write_all(req.as_bytes()).unwrap();
-        s.write_all(body).unwrap();
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).unwrap();
-        Reply::parse(&raw)
-    }
-
     /// `POST /v1/messages` (or another Anthropic path) with the key and version headers.
     fn anthropic(&self, path: &str, body: &Value) -> Reply {
         let headers = [("x-api-key", KEY), ("anthropic-version", VERSION)];
@@ -72,75 +28,9 @@ impl Mock {
             body.to_string().as_bytes(),
         )
     }
-
-    fn stats(&self) -> Value {
-        self.call("GET", "/mock/stats", &[], b"").json()
-    }
-}
-
-impl Drop for Mock {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
 }
 
 impl Reply {
-    fn parse(raw: &[u8]) -> Reply {
-        let split = raw
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .expect("end of head");
-        let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-        let mut lines = head.split("\r\n");
-        let status = lines
-            .next()
-            .unwrap()
-            .split(' ')
-            .nth(1)
-            .unwrap()
-            .parse()
-            .unwrap();
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|l| l.split_once(": "))
-            .map(|(n, v)| (n.to_ascii_lowercase(), v.to_string()))
-            .collect();
-        let mut body = raw[split + 4..].to_vec();
-        if headers
-            .iter()
-            .any(|(n, v)| n == "transfer-encoding" && v == "chunked")
-        {
-            body = dechunk(&body);
-        }
-        Reply {
-            status,
-            headers,
-            body,
-        }
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8(self.body.clone()).unwrap()
-    }
-
     /// Anthropic SSE: (event name, data) pairs; every data's `type` is checked against the name.
     fn events(&self) -> Vec<(String, Value)> {
         self.text()
@@ -171,20 +61,6 @@ impl Reply {
             out.push(serde_json::from_str(data).unwrap());
         }
         (out, false)
-    }
-}
-
-fn dechunk(mut b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let eol = b.windows(2).position(|w| w == b"\r\n").expect("chunk size");
-        let size =
-            usize::from_str_radix(std::str::from_utf8(&b[..eol]).unwrap().trim(), 16).unwrap();
-        if size == 0 {
-            return out;
-        }
-        out.extend_from_slice(&b[eol + 2..eol + 2 + size]);
-        b = &b[eol + 2 + size + 2..];
     }
 }
 
@@ -427,7 +303,7 @@ fn anthropic_stream_failure_and_reset() {
     // resetafter-: the connection is cut after one delta, never a message_stop.
     body["model"] = json!("claude-resetafter-1");
     let mut s = TcpStream::connect(mock.addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     let payload = body.to_string();
     let head = format!(
         "POST /v1/messages HTTP/1.1\r\nhost: mock\r\nx-api-key: {KEY}\r\n\

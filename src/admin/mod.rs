@@ -12,7 +12,6 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::app::{method_not_allowed, not_found, Gateway};
-use crate::config::Config;
 use crate::error::{ApiError, ErrorKind};
 use crate::http::{Handler, Method, Request, Response};
 use crate::route::bearer_token;
@@ -83,12 +82,6 @@ impl AdminHandler {
             stream: None,
         }
     }
-}
-
-/// Whether the running config leaves `/stats` and `/metrics` open to other hosts: the admin
-/// listener is not on a loopback address and no `server.admin_token` is set.
-pub fn admin_open_beyond_loopback(config: &Config) -> bool {
-    !config.server.admin_listen.ip().is_loopback() && config.server.admin_token.is_none()
 }
 
 /// With `server.admin_token` set, `/stats` and `/metrics` need `Authorization: Bearer <token>`

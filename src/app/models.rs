@@ -7,8 +7,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use super::Gateway;
 use crate::api::anthropic::{ModelInfo, ModelPage};
 use crate::api::openai::{ModelList, ModelObject};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorKind};
 use crate::http::{Request, Response};
+use crate::plugins::{Principal, Target};
 
 /// Seconds since the Unix epoch.
 pub fn unix_now_s() -> u64 {
@@ -50,10 +51,40 @@ impl Gateway {
         unix_now_s().saturating_sub(self.started.elapsed().as_secs())
     }
 
+    /// Whether `principal` may use model `id` (as a client names it): a virtual key's provider
+    /// and model patterns, judged as for a request; everyone else may use every model.
+    fn may_use(&self, principal: &Principal, id: &str) -> bool {
+        let Principal::Key(key) = principal else {
+            return true;
+        };
+        let Ok(route) = self.router.resolve(id) else {
+            return false;
+        };
+        let Some(pool) = self.pools.get(route.pool) else {
+            return false;
+        };
+        let target = Target {
+            provider: pool.name().to_string(),
+            kind: self
+                .config
+                .providers
+                .get(pool.name())
+                .map_or("", |p| p.kind.name()),
+            model: route.upstream_model,
+        };
+        key.allows(&target, Some(id))
+    }
+
     pub(super) fn models(&self, req: &Request) -> Result<Response, ApiError> {
-        self.authorize(req)?;
+        let principal = self.authorize(req)?;
         let created = self.created_s();
-        let listed = self.router.listed_models();
+        // A virtual key sees the models it may use.
+        let listed: Vec<&(String, String)> = self
+            .router
+            .listed_models()
+            .iter()
+            .filter(|(id, _)| self.may_use(&principal, id))
+            .collect();
         let body = if anthropic_shape(req) {
             let at = rfc3339(created);
             let page = ModelPage {
@@ -90,7 +121,19 @@ impl Gateway {
     }
 
     pub(super) fn model(&self, req: &Request, id: &str) -> Result<Response, ApiError> {
-        self.authorize(req)?;
+        let principal = self.authorize(req)?;
+        // A model the key may not use is described as one that does not exist, as providers do.
+        if !self.may_use(&principal, id) {
+            self.router.resolve(id)?;
+            return Err(ApiError::new(
+                ErrorKind::NotFound,
+                "model_not_found",
+                format!(
+                    "The model `{}` does not exist or this API key may not use it",
+                    id.chars().take(200).collect::<String>()
+                ),
+            ));
+        }
         let listed = self.router.listed_models().iter().find(|(m, _)| m == id);
         let owner = match listed {
             Some((_, owner)) => owner.as_str(),

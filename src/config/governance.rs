@@ -337,12 +337,12 @@ impl Checker<'_> {
                 "\"off\" admits requests without a key, yet server.client_keys is set: remove one",
             );
         }
-        if config.store.is_some() && s.admin_token.is_none() && !s.admin_listen.ip().is_loopback() {
+        if s.admin_token.is_none() && !s.admin_listen.ip().is_loopback() {
             self.error(
                 "server.admin_token",
                 format!(
-                    "the admin listener ({}) is not on loopback and manages keys and usage: \
-                     it needs an admin token",
+                    "the admin listener ({}) is not on loopback: set an admin token (it guards \
+                     /stats, /metrics and the admin API of keys and usage) or listen on 127.0.0.1",
                     s.admin_listen
                 ),
             );
@@ -452,6 +452,10 @@ mod tests {
             (
                 "[server]\nadmin_listen = \"0.0.0.0:9090\"\n[store]\npath = \"x\"\n",
                 "server.admin_token: the admin listener (0.0.0.0:9090) is not on loopback",
+            ),
+            (
+                "[server]\nadmin_listen = \"[::]:9090\"\n",
+                "server.admin_token: the admin listener ([::]:9090) is not on loopback",
             ),
         ];
         for (text, expected) in cases {

@@ -136,6 +136,23 @@ impl ChatRequest {
             .map(|(_, v)| &**v)
     }
 
+    /// The text of a leading `system` or `developer` message (`role`; how OpenAI's clients give
+    /// instructions), added to the system prompt; the first such message decides
+    /// [`ChatRequest::system_as_developer`].
+    pub(crate) fn push_system_message(&mut self, role: &str, parts: Vec<Part>) {
+        if self.system.is_empty() {
+            self.system_as_developer = role == "developer";
+        }
+        for part in parts {
+            if let Part::Text { text, .. } = part {
+                self.system.push(TextBlock {
+                    text,
+                    cache_control: None,
+                });
+            }
+        }
+    }
+
     /// A rough size of the request as JSON, bytes: sizes output buffers before encoding.
     pub fn approx_json_bytes(&self) -> usize {
         let mut n = 256 + self.model.len();

@@ -164,6 +164,18 @@ impl<'de: 'a, 'a, T: Deserialize<'de>> Visitor<'de> for StrOrSeqVisitor<'a, T> {
     }
 }
 
+/// A request's `model`, which must be given and not empty: 400 `missing_model` with `message`
+/// (in the words of the client's API) otherwise.
+pub(crate) fn required_model(
+    model: Option<CowStr>,
+    message: &'static str,
+) -> Result<String, FormatError> {
+    match model {
+        Some(CowStr(m)) if !m.is_empty() => Ok(m.into_owned()),
+        _ => Err(FormatError::bad_request("missing_model", message)),
+    }
+}
+
 /// Parse one raw element (a content block, a tool) into its typed form.
 pub(crate) fn parse_raw<'a, T: Deserialize<'a>>(
     raw: &'a RawValue,
@@ -181,6 +193,35 @@ pub(crate) fn own(raw: &RawValue) -> RawJson {
 /// Whether a raw JSON value is an object.
 pub(crate) fn is_object(raw: &RawValue) -> bool {
     raw.get().trim_start().starts_with('{')
+}
+
+/// One of the codecs' JSON constants, borrowed (no allocation). The constants are valid JSON
+/// (checked by the tests beside them).
+pub(crate) fn raw_const(json: &'static str) -> &'static RawValue {
+    serde_json::from_str(json).unwrap_or(RawValue::NULL)
+}
+
+/// Tool-call arguments as a JSON object (empty arguments are `{}`); `None` when they are not one.
+pub(crate) fn arguments_object(arguments_json: &str) -> Option<&RawValue> {
+    let s = arguments_json.trim();
+    let s = if s.is_empty() { "{}" } else { s };
+    serde_json::from_str::<&RawValue>(s)
+        .ok()
+        .filter(|raw| is_object(raw))
+}
+
+/// The arguments of tool call `id` of a request, for a provider that takes them as a JSON
+/// object: 400 `invalid_tool_arguments` when they are not one.
+pub(crate) fn request_arguments<'a>(
+    id: &str,
+    arguments_json: &'a str,
+) -> Result<&'a RawValue, FormatError> {
+    arguments_object(arguments_json).ok_or_else(|| {
+        FormatError::bad_request(
+            "invalid_tool_arguments",
+            format!("the arguments of tool call `{id}` are not a JSON object"),
+        )
+    })
 }
 
 /// Append `s` as a JSON string.
@@ -307,6 +348,19 @@ mod tests {
                 .code,
             "invalid_field"
         );
+    }
+
+    #[test]
+    fn tool_arguments_must_be_objects() {
+        assert_eq!(arguments_object("").map(RawValue::get), Some("{}"));
+        assert_eq!(
+            arguments_object(" {\"a\":1} ").map(RawValue::get),
+            Some("{\"a\":1}")
+        );
+        assert!(arguments_object("[1]").is_none());
+        assert!(arguments_object("{\"a\":").is_none());
+        let e = request_arguments("c", "{oops").unwrap_err();
+        assert_eq!((e.status, e.code), (400, "invalid_tool_arguments"));
     }
 
     #[test]

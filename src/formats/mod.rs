@@ -20,6 +20,8 @@ mod json;
 use std::borrow::Cow;
 use std::fmt;
 
+use serde_json::value::RawValue;
+
 use crate::error::{ApiError, ErrorKind};
 
 pub use chat::{
@@ -37,6 +39,14 @@ pub const UPSTREAM_ERROR_MESSAGE_BYTES_MAX: usize = 2048;
 /// Name of the tool that carries a structured answer to Anthropic when the client's schema has
 /// no name of its own (OpenAI `json_object`, Anthropic-style schemas).
 pub const STRUCTURED_OUTPUT_TOOL_NAME_DEFAULT: &str = "json_response";
+/// What the tool that carries a structured answer tells the model when the client's schema has
+/// no description.
+const STRUCTURED_OUTPUT_TOOL_DESCRIPTION: &str =
+    "Give the final answer by calling this tool once; its input is the answer.";
+/// The input schema of a tool that declares none.
+pub(crate) const EMPTY_OBJECT_SCHEMA: &str = r#"{"type":"object","properties":{}}"#;
+/// The schema of a structured answer whose client asked only for "a JSON object".
+pub(crate) const ANY_OBJECT_SCHEMA: &str = r#"{"type":"object"}"#;
 
 const _: () = assert!(THINKING_BUDGET_MIN_TOKENS < MAX_TOKENS_DEFAULT);
 
@@ -68,6 +78,37 @@ impl FormatError {
             code,
             message: message.into(),
         }
+    }
+}
+
+impl FormatError {
+    /// The provider's answer is not `what` ("a message"): 502 `upstream_invalid_response`.
+    pub(crate) fn invalid_answer(what: &str, e: impl fmt::Display) -> Self {
+        Self::upstream(
+            "upstream_invalid_response",
+            format!("the provider's answer is not {what}: {e}"),
+        )
+    }
+
+    /// A provider's stream sent `what` ("stream event") that cannot be read: 502
+    /// `upstream_invalid_stream`.
+    pub(crate) fn invalid_event(what: impl fmt::Display, e: impl fmt::Display) -> Self {
+        Self::upstream(
+            "upstream_invalid_stream",
+            format!("the provider sent an unreadable {what}: {e}"),
+        )
+    }
+
+    /// At the end of a provider's stream: `Ok` when its terminator was read, else 502
+    /// `upstream_stream_incomplete` naming `terminator`.
+    pub(crate) fn stream_end(terminated: bool, terminator: &str) -> Result<(), Self> {
+        if terminated {
+            return Ok(());
+        }
+        Err(Self::upstream(
+            "upstream_stream_incomplete",
+            format!("the provider's stream ended before {terminator}"),
+        ))
     }
 }
 
@@ -174,6 +215,90 @@ pub struct EncodeInfo {
     /// An OpenAI embeddings request was translated for a Google provider (see
     /// [`gemini::EmbeddingsInfo`]).
     pub embeddings: Option<gemini::EmbeddingsInfo>,
+}
+
+impl EncodeInfo {
+    /// The provider's stop reason as the client sees it: a stop for tool use whose only tool
+    /// call was the structured answer (`other_calls`: whether the model made any other) is a
+    /// natural stop.
+    pub(crate) fn client_finish(&self, finish: FinishReason, other_calls: bool) -> FinishReason {
+        if finish == FinishReason::ToolCalls
+            && self.structured_output_tool.is_some()
+            && !other_calls
+        {
+            FinishReason::Stop
+        } else {
+            finish
+        }
+    }
+}
+
+/// The tool that carries a structured answer to `provider` ("an Anthropic provider"), whose
+/// models answer in a forced tool call: its name (the schema's own, or
+/// [`STRUCTURED_OUTPUT_TOOL_NAME_DEFAULT`]) after checking that no tool of the client has it
+/// and that `schema` describes an object (tool inputs are objects), and its description.
+pub(crate) fn structured_output_tool<'a>(
+    req: &'a ChatRequest,
+    so: &'a StructuredOutput,
+    schema: &RawValue,
+    provider: &str,
+) -> Result<(&'a str, &'a str), FormatError> {
+    #[derive(serde::Deserialize)]
+    struct Root<'b> {
+        #[serde(rename = "type", borrow, default)]
+        ty: Option<Cow<'b, str>>,
+    }
+    let root: Option<Root> = serde_json::from_str(schema.get()).ok();
+    if root.and_then(|r| r.ty).as_deref() != Some("object") {
+        return Err(FormatError::bad_request(
+            "unsupported_parameter",
+            format!("`response_format.json_schema.schema` must describe an object (`\"type\": \"object\"`) for {provider}"),
+        ));
+    }
+    let name = so
+        .name
+        .as_deref()
+        .unwrap_or(STRUCTURED_OUTPUT_TOOL_NAME_DEFAULT);
+    if req.tools.iter().any(|t| t.name == name) {
+        return Err(FormatError::bad_request(
+            "unsupported_parameter",
+            format!("the response format's name `{name}` is also the name of a tool"),
+        ));
+    }
+    let description = so
+        .description
+        .as_deref()
+        .unwrap_or(STRUCTURED_OUTPUT_TOOL_DESCRIPTION);
+    Ok((name, description))
+}
+
+/// Refuse (400) a request of another format that `provider` ("a Gemini provider") cannot
+/// honour: a field kept in `extra` that `rejected` names (given the key and the trimmed JSON
+/// value; `unsupported_parameter`), or server tools (`unsupported_tool`).
+pub(crate) fn reject_foreign(
+    req: &ChatRequest,
+    provider: &str,
+    rejected: impl Fn(&str, &str) -> bool,
+) -> Result<(), FormatError> {
+    for (k, v) in &req.extra {
+        let v = v.get().trim();
+        if rejected(k, v) {
+            return Err(FormatError::bad_request(
+                "unsupported_parameter",
+                format!(
+                    "`{k}` = {} cannot be used with {provider}",
+                    truncate_message(v, 64)
+                ),
+            ));
+        }
+    }
+    if !req.native_tools.is_empty() {
+        return Err(FormatError::bad_request(
+            "unsupported_tool",
+            format!("only function tools can be used with {provider}"),
+        ));
+    }
+    Ok(())
 }
 
 /// The thinking budget asked of an Anthropic model for an effort level, tokens.
@@ -303,6 +428,13 @@ mod tests {
         assert_eq!(effort_for_budget(1024), ReasoningEffort::Low);
         assert_eq!(effort_for_budget(100_000), ReasoningEffort::High);
         assert_eq!(thinking_budget_tokens(ReasoningEffort::Minimal), 1024);
+    }
+
+    #[test]
+    fn schema_constants_are_json() {
+        for c in [EMPTY_OBJECT_SCHEMA, ANY_OBJECT_SCHEMA] {
+            assert_eq!(json::raw_const(c).get(), c);
+        }
     }
 
     #[test]

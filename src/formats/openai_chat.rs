@@ -17,8 +17,8 @@ use super::chat::{FinishReason, Usage};
 use super::json::{sse_begin, sse_end, write_value};
 use super::{truncate_message, UpstreamError, UPSTREAM_ERROR_MESSAGE_BYTES_MAX};
 
-pub(crate) use request::image_source;
 pub use request::{decode_request, encode_request};
+pub(crate) use request::{image_source, needs_openai};
 pub use response::{decode_response, encode_response};
 pub use stream::{StreamDecoder, StreamEncoder};
 

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 
-use crate::admin::{admin_open_beyond_loopback, AdminHandler};
+use crate::admin::AdminHandler;
 use crate::app::{ApiHandler, Gateway};
 use crate::config::{AuthMode, Config};
 use crate::cost::PriceTable;
@@ -86,20 +86,6 @@ fn raise_fd_limit(connections_max: usize) {
                 ("connections_max", &connections_max.to_string()),
                 ("headroom", &FD_HEADROOM.to_string()),
             ],
-        );
-    }
-}
-
-/// Warn when `/stats` and `/metrics` are open to other hosts: the admin listener is not on
-/// loopback and no `server.admin_token` is set (at start, and at each reload, which may change
-/// the token).
-fn warn_if_admin_open(config: &Config) {
-    if admin_open_beyond_loopback(config) {
-        log::warn(
-            "the admin listener is not on a loopback address and server.admin_token is not set: \
-             anyone who can reach it reads /stats and /metrics; set server.admin_token or listen \
-             on 127.0.0.1",
-            &[("admin_listen", &config.server.admin_listen.to_string())],
         );
     }
 }
@@ -205,7 +191,6 @@ impl Service {
             std::net::TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))
         };
         raise_fd_limit(config.server.limits.connections_max);
-        warn_if_admin_open(&config);
         let api_listener = bind(config.server.listen)?;
         let admin_listener = bind(config.server.admin_listen)?;
         let limits = config.server.limits.clone();
@@ -398,7 +383,6 @@ impl Service {
         }
         log::set_level(config.log.level);
         log::set_access(config.log.access);
-        warn_if_admin_open(&config);
         self.api.set_limits(config.server.limits.clone());
         self.admin.set_limits(config.server.limits.clone());
         self.gateway.store(Arc::new(next));

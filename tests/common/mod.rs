@@ -2,6 +2,8 @@
 //! on free loopback ports, talk HTTP to them, and stop every process on drop.
 #![allow(dead_code)]
 
+pub mod golden;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;

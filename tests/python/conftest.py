@@ -16,13 +16,14 @@ The gateway serves three kinds of provider, each by its own model prefix:
 Every made-up string (tool arguments, structured answers) is TOOL_TEXT on both mocks.
 """
 
+import contextlib
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import tempfile
 import threading
-import time
 import urllib.request
 
 import pytest
@@ -102,6 +103,40 @@ def binary(name):
     return str(path)
 
 
+def start_mock(*args):
+    """The bench mock on a free loopback port with one thread and ARGS: (its Proc, its address)."""
+    p = Proc([binary("deepintshield-mock"), "--listen", "127.0.0.1:0", "--threads", "1", *args])
+    return p, p.first_line.rsplit(" ", 1)[1]
+
+
+@contextlib.contextmanager
+def running_gateway(config, env, server='auth = "off"'):
+    """The gateway on loopback with CONFIG (TOML text after its [server] and [stats] tables; SERVER:
+    more [server] lines) and ENV added to its environment: yields its API and admin addresses.
+    Afterwards it is stopped with SIGTERM, which it must end with exit code 0."""
+    text = f"""
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+threads = 2
+{server}
+
+[stats]
+stdout_interval_ms = 0
+{config}"""
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "gateway.toml")
+        with open(path, "w") as f:
+            f.write(text)
+        p = Proc([binary("deepintshield"), "--config", path], env=env)
+        try:
+            api, admin = [part.split(" ")[0] for part in p.first_line.split("http://")[1:]]
+            yield api, admin
+        finally:
+            p.stop()
+    assert p.p.returncode == 0, f"gateway exited with {p.p.returncode} on SIGTERM"
+
+
 def service_account_file(directory, name):
     """A service-account key file (Google's JSON layout) with a fresh RSA key, made for the test."""
     key = subprocess.run(
@@ -136,12 +171,7 @@ def accounts():
 @pytest.fixture(scope="session")
 def mock(accounts):
     known = [arg for name in ("vtx", "vtx2") for arg in ("--vertex-credentials", accounts[name])]
-    p = Proc(
-        [binary("deepintshield-mock"), "--listen", "127.0.0.1:0", "--threads", "1", "--tool-text", TOOL_TEXT]
-        + known
-        + ["--token-ttl-s", str(TOKEN_TTL_S)]
-    )
-    addr = p.first_line.rsplit(" ", 1)[1]
+    p, addr = start_mock("--tool-text", TOOL_TEXT, *known, "--token-ttl-s", str(TOKEN_TTL_S))
     yield addr
     p.stop()
 
@@ -168,15 +198,6 @@ enabled = false
         for name in ACCOUNTS
     )
     config = f"""
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-threads = 2
-auth = "off"
-
-[stats]
-stdout_interval_ms = 0
-
 [providers.mock]
 type = "mock"
 models = ["gpt-4o-mini", "echo", "text-embedding-3-small"]
@@ -229,18 +250,46 @@ enabled = false
 [aliases]
 "gpt-4o-mini" = "mock/gpt-4o-mini"
 """
-    with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
-        f.write(config)
-        path = f.name
-    p = Proc([binary("deepintshield"), "--config", path], env={"SDK_UPSTREAM_KEY": UPSTREAM_KEY})
-    api, admin = [part.split(" ")[0] for part in p.first_line.split("http://")[1:]]
-    yield {"api": api, "admin": admin, "mock": mock}
-    p.stop()
-    os.unlink(path)
-    assert p.p.returncode == 0, f"gateway exited with {p.p.returncode} on SIGTERM"
+    with running_gateway(config, {"SDK_UPSTREAM_KEY": UPSTREAM_KEY}) as (api, admin):
+        yield {"api": api, "admin": admin, "mock": mock}
 
 
 def mock_stats(gateway):
     """The bench mock's `GET /mock/stats` (counters and what the last call carried)."""
     with urllib.request.urlopen(f"http://{gateway['mock']}/mock/stats", timeout=5) as r:
         return json.load(r)
+
+
+def accepted(gateway, pool):
+    """Requests the gateway's pool POOL has accepted so far (its `/stats`)."""
+    with urllib.request.urlopen(f"http://{gateway['admin']}/stats", timeout=5) as r:
+        return json.load(r)["pools"][pool]["counters"]["accepted"]
+
+
+def run_cli(argv, env, cwd, timeout_s):
+    """Run a client's CLI (ARGV) in CWD with ENV as its whole environment, stdin closed, in a
+    process group of its own that is killed afterwards (with anything it left running, a tool's
+    shell): (exit code, stdout, stderr). A run past TIMEOUT_S fails the test."""
+    p = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=cwd,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = p.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        out, err = p.communicate()
+        name = os.path.basename(argv[0])
+        pytest.fail(f"{name} ran past {timeout_s} s; stdout {out!r}, stderr {err!r}")
+    finally:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return p.returncode, out, err

@@ -5,17 +5,15 @@ mock's token endpoint, refreshed before they expire) or a preset's OpenAI dialec
 clients (the openai SDK, Codex CLI) pass through to Azure's Responses API on both of its URL
 shapes."""
 
-import os
-import tempfile
-import time
-import urllib.request
 import json
+import os
+import time
 
 import anthropic
 import openai
 import pytest
 
-from conftest import TOOL_TEXT, Proc, binary
+from conftest import TOOL_TEXT, mock_stats, running_gateway, start_mock
 
 AZ_KEY = "azure-sdk-key-0123456789"
 PRESET_KEY = "preset-sdk-key-0123"
@@ -34,27 +32,8 @@ WEATHER_TOOL = {
 
 @pytest.fixture(scope="module")
 def azure_env():
-    mock = Proc(
-        [
-            binary("deepintshield-mock"),
-            "--listen", "127.0.0.1:0",
-            "--threads", "1",
-            "--tool-text", TOOL_TEXT,
-            "--token-expires-s", str(TOKEN_LIFETIME_S),
-        ]
-    )
-    m = mock.first_line.rsplit(" ", 1)[1]
+    mock, m = start_mock("--tool-text", TOOL_TEXT, "--token-expires-s", str(TOKEN_LIFETIME_S))
     config = f"""
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-threads = 2
-# The SDKs send a placeholder key: these tests are about the provider, not client keys.
-auth = "off"
-
-[stats]
-stdout_interval_ms = 0
-
 [providers.az]
 type = "azure"
 keys = [{{ key = "env:AZ_KEY" }}]
@@ -89,9 +68,6 @@ preset = "mistral"
 base_url = "http://{m}/v1"
 keys = [{{ key = "env:PRESET_KEY" }}]
 """
-    with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
-        f.write(config)
-        path = f.name
     env = {
         "AZ_KEY": AZ_KEY,
         "AZ_TENANT": "contoso",
@@ -99,17 +75,12 @@ keys = [{{ key = "env:PRESET_KEY" }}]
         "AZ_CLIENT_SECRET": "sdk-client-secret",
         "PRESET_KEY": PRESET_KEY,
     }
-    gw = Proc([binary("deepintshield"), "--config", path], env=env)
-    api = gw.first_line.split("http://")[1].split(" ")[0]
-    yield {"api": api, "mock": m}
-    gw.stop()
-    mock.stop()
-    os.unlink(path)
-
-
-def stats(env):
-    with urllib.request.urlopen(f"http://{env['mock']}/mock/stats", timeout=5) as r:
-        return json.load(r)
+    # The SDKs send a placeholder key: these tests are about the provider, not client keys.
+    try:
+        with running_gateway(config, env) as (api, _):
+            yield {"api": api, "mock": m}
+    finally:
+        mock.stop()
 
 
 @pytest.fixture()
@@ -121,7 +92,7 @@ def test_chat_to_azure_deployment(client, azure_env):
     resp = client.chat.completions.create(model="az/gpt-4o", messages=[{"role": "user", "content": "Hello Azure"}])
     assert resp.choices[0].message.content == "mock: Hello Azure"
     assert resp.usage.total_tokens == resp.usage.prompt_tokens + resp.usage.completion_tokens
-    seen = stats(azure_env)
+    seen = mock_stats(azure_env)
     assert seen["last_path"] == "/openai/deployments/prod-4o/chat/completions"
     assert seen["last_azure_deployment"] == "prod-4o"
     assert seen["last_azure_api_version"] == "2024-10-21"
@@ -144,7 +115,7 @@ def test_stream_to_azure_v1_with_an_entra_token(client, azure_env):
         usage = chunk.usage or usage
     assert text == "mock: stream please"
     assert usage is not None and usage.completion_tokens > 0
-    seen = stats(azure_env)
+    seen = mock_stats(azure_env)
     assert seen["last_path"] == "/openai/v1/chat/completions"
     assert seen["last_model"] == "v1-gpt4o"
     assert seen["last_authorization"].startswith("Bearer mocktoken-")
@@ -172,19 +143,19 @@ def test_embeddings_to_azure(client, azure_env):
     b64 = client.embeddings.create(model="az/text-embedding-3-small", input=["a", "b"])
     assert [len(d.embedding) for d in floats.data] == [8, 8]
     assert floats.data[0].embedding == pytest.approx(b64.data[0].embedding)
-    seen = stats(azure_env)
+    seen = mock_stats(azure_env)
     assert seen["last_path"] == "/openai/deployments/embed-small/embeddings"
 
 
 def test_entra_token_refreshed_before_it_expires(client, azure_env):
-    first = stats(azure_env)["token_requests"]
+    first = mock_stats(azure_env)["token_requests"]
     deadline = time.monotonic() + 4 * TOKEN_LIFETIME_S
-    while stats(azure_env)["token_requests"] <= first:
+    while mock_stats(azure_env)["token_requests"] <= first:
         assert time.monotonic() < deadline, "the token was never refreshed"
         resp = client.chat.completions.create(model="azv1/gpt-4o", messages=[{"role": "user", "content": "tick"}])
         assert resp.choices[0].message.content == "mock: tick"
         time.sleep(0.1)
-    seen = stats(azure_env)
+    seen = mock_stats(azure_env)
     assert seen["last_authorization"] == f"Bearer mocktoken-{seen['token_requests']}"
 
 
@@ -201,7 +172,7 @@ def test_groq_preset_with_its_base_url_overridden(client, azure_env):
         model="groq/llama-3.3-70b-versatile", messages=[{"role": "user", "content": "fast"}], stream=True
     )
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "mock: fast"
-    seen = stats(azure_env)
+    seen = mock_stats(azure_env)
     assert seen["last_path"] == "/v1/chat/completions"
     assert seen["last_authorization"] == f"Bearer {PRESET_KEY}"
     # Groq takes stream_options: the gateway asks for the usage.
@@ -216,7 +187,7 @@ def test_mistral_preset_applies_its_settings(client, azure_env):
         stream_options={"include_usage": True},
     )
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "mock: bonjour"
-    assert "stream_options" not in stats(azure_env)["last_body"]
+    assert "stream_options" not in mock_stats(azure_env)["last_body"]
 
     claude = anthropic.Anthropic(base_url=f"http://{azure_env['api']}", api_key="client-key", max_retries=0, timeout=10)
     tool = {"name": "get_weather", "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}
@@ -235,7 +206,7 @@ def test_mistral_preset_applies_its_settings(client, azure_env):
     ]
     final = claude.messages.create(model="mistral/mistral-large-latest", max_tokens=100, tools=[tool], messages=history)
     assert final.content[0].text == "mock: tool result: rain"
-    body = stats(azure_env)["last_body"]
+    body = mock_stats(azure_env)["last_body"]
     assert body["max_tokens"] == 100 and "max_completion_tokens" not in body
     sent_id = body["messages"][1]["tool_calls"][0]["id"]
     assert len(sent_id) == 9 and sent_id.isalnum()
@@ -259,11 +230,11 @@ RESPONSES_WEATHER = {
 
 @pytest.mark.parametrize("model, path, deployment", AZURE_RESPONSES)
 def test_responses_pass_through_to_azure(client, azure_env, model, path, deployment):
-    before = stats(azure_env)["responses_requests"]
+    before = mock_stats(azure_env)["responses_requests"]
     resp = client.responses.create(model=model, input="Hello Azure", extra_body={"zz_future_field": [1]})
     assert resp.output_text == "mock: Hello Azure"
     assert resp.usage.total_tokens == resp.usage.input_tokens + resp.usage.output_tokens
-    seen = stats(azure_env)
+    seen = mock_stats(azure_env)
     assert seen["responses_requests"] == before + 1
     assert (seen["last_path"], seen["last_model"]) == (path, deployment)
     assert seen["last_body"]["zz_future_field"] == [1]
@@ -282,7 +253,7 @@ def test_streamed_responses_from_azure(client, azure_env, model, path, deploymen
     assert types[0] == "response.created" and types[-1] == "response.completed", types
     assert [e.sequence_number for e in events] == list(range(len(events)))
     assert events[-1].response.output_text == "mock: stream from Azure"
-    assert stats(azure_env)["last_path"] == path
+    assert mock_stats(azure_env)["last_path"] == path
 
 
 @pytest.mark.parametrize("model, path, deployment", AZURE_RESPONSES)
@@ -296,7 +267,7 @@ def test_responses_tool_round_trip_through_azure(client, azure_env, model, path,
     with client.responses.stream(model=model, input=history, tools=[RESPONSES_WEATHER]) as stream:
         second = stream.get_final_response()
     assert second.output_text == "mock: tool result: sunny"
-    assert stats(azure_env)["last_path"] == path
+    assert mock_stats(azure_env)["last_path"] == path
 
 
 @pytest.mark.parametrize("model, path, deployment", AZURE_RESPONSES)
@@ -307,12 +278,12 @@ def test_codex_through_azure(azure_env, model, path, deployment):
     if not os.access(test_codex.CODEX, os.X_OK):
         pytest.skip(f"Codex CLI not installed at {test_codex.CODEX} (tests/run installs it)")
     assert TOOL_TEXT == "echo hello"
-    before = stats(azure_env)["responses_requests"]
+    before = mock_stats(azure_env)["responses_requests"]
     rc, out, err = test_codex.codex(azure_env, model, "use tool exec_command")
     assert rc == 0, (out, err)
     assert out.startswith("mock: tool result: "), (out, err)
     assert out.rstrip().endswith("Output:\nhello"), (out, err)
-    seen = stats(azure_env)
+    seen = mock_stats(azure_env)
     # The tool call, then the answer to its result, both on Azure's Responses API.
     assert seen["responses_requests"] - before == 2
     assert (seen["last_path"], seen["last_model"]) == (path, deployment)

@@ -10,16 +10,13 @@ Its own mock and gateway, so that the mock can require AWS signatures:
 
 import base64
 import json
-import os
 import struct
-import tempfile
-import urllib.request
 
 import anthropic
 import openai
 import pytest
 
-from conftest import Proc, binary
+from conftest import mock_stats, running_gateway, start_mock
 
 AKID = "AKIDSDKTEST"
 SECRET = "sdk-test-secret/K7MDENG+bPxRfiCYEX"
@@ -43,14 +40,10 @@ LOOKUP_TOOL = {
 
 @pytest.fixture(scope="module")
 def bedrock_gateway():
-    mock = Proc(
-        [
-            binary("deepintshield-mock"), "--listen", "127.0.0.1:0", "--threads", "1",
-            "--aws-access-key-id", AKID, "--aws-secret-access-key", SECRET,
-            "--aws-session-token", TOKEN, "--aws-region", REGION, "--stream-chunks", "4",
-        ]
+    mock, mock_addr = start_mock(
+        "--aws-access-key-id", AKID, "--aws-secret-access-key", SECRET,
+        "--aws-session-token", TOKEN, "--aws-region", REGION, "--stream-chunks", "4",
     )
-    mock_addr = mock.first_line.rsplit(" ", 1)[1]
 
     def provider(name, secret_var):
         return f"""
@@ -69,40 +62,26 @@ session_token = "env:SDK_AWS_TOKEN"
 """
 
     config = f"""
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-threads = 2
-# The SDKs send a placeholder key: these tests are about the provider, not client keys.
-auth = "off"
-
-[stats]
-stdout_interval_ms = 0
 {provider("bed", "SDK_AWS_SECRET")}
 {provider("badsig", "SDK_AWS_WRONG_SECRET")}
 """
-    with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
-        f.write(config)
-        path = f.name
     env = {
         "SDK_AWS_AKID": AKID,
         "SDK_AWS_SECRET": SECRET,
         "SDK_AWS_WRONG_SECRET": "not-the-secret",
         "SDK_AWS_TOKEN": TOKEN,
     }
-    gw = Proc([binary("deepintshield"), "--config", path], env=env)
-    api = gw.first_line.split("http://")[1].split(" ")[0]
-    yield {"api": api, "mock": mock_addr}
-    gw.stop()
-    mock.stop()
-    os.unlink(path)
-    assert gw.p.returncode == 0, f"gateway exited with {gw.p.returncode} on SIGTERM"
+    # The SDKs send a placeholder key: these tests are about the provider, not client keys.
+    try:
+        with running_gateway(config, env) as (api, _):
+            yield {"api": api, "mock": mock_addr}
+    finally:
+        mock.stop()
 
 
 def bedrock_stats(gw):
     """The bench mock's Bedrock counters."""
-    with urllib.request.urlopen(f"http://{gw['mock']}/mock/stats", timeout=5) as r:
-        return json.load(r)["bedrock"]
+    return mock_stats(gw)["bedrock"]
 
 
 @pytest.fixture()

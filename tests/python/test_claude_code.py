@@ -11,16 +11,13 @@ gateway (the settings below make Claude Code send nothing else), in a fresh HOME
 directory, with an otherwise empty environment, stdin closed, and bounded by CLAUDE_TIMEOUT_S; on
 timeout its whole process group is killed."""
 
-import json
 import os
-import signal
 import subprocess
 import tempfile
-import urllib.request
 
 import pytest
 
-from conftest import MODELS, ROOT, TOOL_TEXT, mock_stats
+from conftest import MODELS, ROOT, TOOL_TEXT, accepted, mock_stats, run_cli
 
 # Set but empty: tests/run found no way to install it.
 CLAUDE = os.environ.get("DEEPINTSHIELD_CLAUDE", str(ROOT / ".npm-tools/node_modules/.bin/claude"))
@@ -45,34 +42,7 @@ def claude(gateway, model, prompt, *args):
             "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
             "CLAUDE_CODE_MAX_RETRIES": "0",
         }
-        p = subprocess.Popen(
-            [CLAUDE, "-p", prompt, "--model", model, *args],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            cwd=cwd,
-            text=True,
-            start_new_session=True,
-        )
-        try:
-            out, err = p.communicate(timeout=CLAUDE_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            out, err = p.communicate()
-            pytest.fail(f"claude ran past {CLAUDE_TIMEOUT_S} s; stdout {out!r}, stderr {err!r}")
-        finally:
-            # Anything it left running (a tool's shell) goes with it.
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        return p.returncode, out, err
-
-
-def accepted(gateway, pool):
-    with urllib.request.urlopen(f"http://{gateway['admin']}/stats", timeout=5) as r:
-        return json.load(r)["pools"][pool]["counters"]["accepted"]
+        return run_cli([CLAUDE, "-p", prompt, "--model", model, *args], env, cwd, CLAUDE_TIMEOUT_S)
 
 
 def test_claude_code_version():

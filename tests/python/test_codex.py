@@ -17,16 +17,13 @@ gateway (the config below turns off analytics and plugins, the only other traffi
 in a fresh HOME and working directory, with an otherwise empty environment, stdin closed, no
 retries, and bounded by CODEX_TIMEOUT_S; on timeout its whole process group is killed."""
 
-import json
 import os
-import signal
 import subprocess
 import tempfile
-import urllib.request
 
 import pytest
 
-from conftest import MODELS, ROOT, TOOL_TEXT, mock_stats
+from conftest import MODELS, ROOT, TOOL_TEXT, accepted, mock_stats, run_cli
 
 # Set but empty: tests/run found no way to install it.
 CODEX = os.environ.get("DEEPINTSHIELD_CODEX", str(ROOT / ".npm-tools/node_modules/.bin/codex"))
@@ -70,34 +67,7 @@ def codex(gateway, model, prompt, settings=""):
             "TERM": "dumb",
             "GATEWAY_API_KEY": "codex-client-key",
         }
-        p = subprocess.Popen(
-            [CODEX, "exec", "--skip-git-repo-check", prompt],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            cwd=cwd,
-            text=True,
-            start_new_session=True,
-        )
-        try:
-            out, err = p.communicate(timeout=CODEX_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            out, err = p.communicate()
-            pytest.fail(f"codex ran past {CODEX_TIMEOUT_S} s; stdout {out!r}, stderr {err!r}")
-        finally:
-            # Anything it left running (a tool's shell) goes with it.
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        return p.returncode, out, err
-
-
-def accepted(gateway, pool):
-    with urllib.request.urlopen(f"http://{gateway['admin']}/stats", timeout=5) as r:
-        return json.load(r)["pools"][pool]["counters"]["accepted"]
+        return run_cli([CODEX, "exec", "--skip-git-repo-check", prompt], env, cwd, CODEX_TIMEOUT_S)
 
 
 def test_codex_version():

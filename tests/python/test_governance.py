@@ -12,7 +12,7 @@ import anthropic
 import openai
 import pytest
 
-from conftest import MODELS, UPSTREAM_KEY, Proc, binary
+from conftest import MODELS, UPSTREAM_KEY, running_gateway
 
 ADMIN_TOKEN = "sdk-admin-token-4b2e8f1c6d3a"
 KINDS = list(MODELS)
@@ -29,15 +29,6 @@ def governed(mock, accounts):
             "input = 1000\noutput = 2000\n"
         )
     config = f"""
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-threads = 2
-admin_token = "env:GOV_ADMIN"
-
-[stats]
-stdout_interval_ms = 0
-
 [plugins]
 order = ["ledger", "governance"]
 
@@ -76,17 +67,9 @@ location = "us-central1"
 credentials_file = "file:{accounts["vtx"]}"
 token_uri = "http://{mock}/token"
 """
-    path = os.path.join(workdir, "gateway.toml")
-    with open(path, "w") as f:
-        f.write(config)
-    p = Proc(
-        [binary("deepintshield"), "--config", path],
-        env={"SDK_UPSTREAM_KEY": UPSTREAM_KEY, "GOV_ADMIN": ADMIN_TOKEN},
-    )
-    api, admin = [part.split(" ")[0] for part in p.first_line.split("http://")[1:]]
-    yield {"api": api, "admin": admin}
-    p.stop()
-    assert p.p.returncode == 0
+    env = {"SDK_UPSTREAM_KEY": UPSTREAM_KEY, "GOV_ADMIN": ADMIN_TOKEN}
+    with running_gateway(config, env, server='admin_token = "env:GOV_ADMIN"') as (api, admin):
+        yield {"api": api, "admin": admin}
 
 
 def admin(governed, method, path, body=None):

@@ -1,12 +1,9 @@
 """The official `openai` Python SDK, unchanged, against the gateway."""
 
-import json
-import urllib.request
-
 import openai
 import pytest
 
-from conftest import UPSTREAM_KEY
+from conftest import UPSTREAM_KEY, mock_stats
 
 
 @pytest.fixture()
@@ -38,8 +35,7 @@ def test_chat_completion_through_openai_provider(client, gateway):
     assert resp.choices[0].message.content == "mock: via upstream"
     assert raw.headers["x-deepintshield-provider"] == "up"
     assert raw.headers["x-request-id"]
-    with urllib.request.urlopen(f"http://{gateway['mock']}/mock/stats", timeout=5) as r:
-        stats = json.load(r)
+    stats = mock_stats(gateway)
     assert stats["last_authorization"] == f"Bearer {UPSTREAM_KEY}"
     assert stats["last_model"] == "gpt-upstream"
 

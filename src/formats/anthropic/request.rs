@@ -13,20 +13,18 @@ use crate::formats::chat::{
     ToolChoice,
 };
 use crate::formats::json::{
-    append_fields, decode_top_level, is_object, own, parse_raw, CowStr, StrOrSeq, TopLevel,
+    append_fields, decode_top_level, own, parse_raw, raw_const, request_arguments, required_model,
+    CowStr, StrOrSeq, TopLevel,
 };
+use crate::formats::openai_chat::needs_openai;
 use crate::formats::{
-    thinking_budget_tokens, EncodeInfo, EncodeOptions, FormatError, StructuredOutputStyle,
-    ThinkingStyle, STRUCTURED_OUTPUT_TOOL_NAME_DEFAULT, THINKING_BUDGET_MIN_TOKENS,
+    reject_foreign, structured_output_tool, thinking_budget_tokens, EncodeInfo, EncodeOptions,
+    FormatError, StructuredOutputStyle, ThinkingStyle, ANY_OBJECT_SCHEMA, EMPTY_OBJECT_SCHEMA,
+    THINKING_BUDGET_MIN_TOKENS,
 };
 
-/// What the tool that carries a structured answer tells the model.
-const STRUCTURED_OUTPUT_TOOL_DESCRIPTION: &str =
-    "Give the final answer by calling this tool once; its input is the answer.";
-/// The input schema of a tool that declares none.
-const EMPTY_OBJECT_SCHEMA: &str = r#"{"type":"object","properties":{}}"#;
-/// The schema of a structured answer whose client asked only for "a JSON object".
-const ANY_OBJECT_SCHEMA: &str = r#"{"type":"object"}"#;
+/// How an Anthropic provider is named in the refusals of what it cannot do.
+const PROVIDER: &str = "an Anthropic provider";
 
 #[derive(Default)]
 struct Wire<'a> {
@@ -187,15 +185,7 @@ struct WireTool<'a> {
 /// Unknown top-level fields are kept in `extra`.
 pub fn decode_request(body: &[u8]) -> Result<ChatRequest, FormatError> {
     let w: Wire = decode_top_level(body)?;
-    let model = match w.model {
-        Some(CowStr(m)) if !m.is_empty() => m.into_owned(),
-        _ => {
-            return Err(FormatError::bad_request(
-                "missing_model",
-                "model: Field required",
-            ))
-        }
-    };
+    let model = required_model(w.model, "model: Field required")?;
     let Some(wire_messages) = w.messages else {
         return Err(FormatError::bad_request(
             "missing_messages",
@@ -638,7 +628,7 @@ pub fn encode_request(
 ) -> Result<EncodeInfo, FormatError> {
     let native = req.source == Format::Anthropic;
     if !native {
-        reject_foreign(req)?;
+        reject_foreign(req, PROVIDER, needs_openai)?;
     }
     let max_tokens = req.max_tokens.unwrap_or(opts.max_tokens_default);
     let structured_style = if native {
@@ -673,14 +663,10 @@ pub fn encode_request(
                 })
             }
             StructuredOutputStyle::ForcedTool => {
-                let name = structured_tool(req, so, schema)?;
+                let (name, description) = structured_output_tool(req, so, schema, PROVIDER)?;
                 tools.push(OutTool::Custom {
                     name,
-                    description: Some(
-                        so.description
-                            .as_deref()
-                            .unwrap_or(STRUCTURED_OUTPUT_TOOL_DESCRIPTION),
-                    ),
+                    description: Some(description),
                     input_schema: schema,
                     strict: None,
                     cache_control: None,
@@ -739,82 +725,6 @@ pub fn encode_request(
         append_fields(out, &req.extra);
     }
     Ok(info)
-}
-
-/// One of the JSON constants above, borrowed (no allocation).
-fn raw_const(json: &'static str) -> &'static RawValue {
-    // The constants are valid JSON (checked by a test).
-    serde_json::from_str(json).unwrap_or(RawValue::NULL)
-}
-
-/// Reject an OpenAI request that needs what Anthropic cannot do.
-fn reject_foreign(req: &ChatRequest) -> Result<(), FormatError> {
-    let unsupported = |what: &str| {
-        Err(FormatError::bad_request(
-            "unsupported_parameter",
-            format!("{what} cannot be used with an Anthropic provider"),
-        ))
-    };
-    for (k, v) in &req.extra {
-        let v = v.get().trim();
-        let rejected = match k.as_str() {
-            "n" => !matches!(v, "1" | "null"),
-            "logprobs" => v == "true",
-            "top_logprobs" => !matches!(v, "0" | "null"),
-            "audio" | "functions" | "function_call" | "web_search_options" | "tool_choice" => {
-                v != "null"
-            }
-            "modalities" => v.contains("\"audio\""),
-            "logit_bias" => !matches!(v.replace(char::is_whitespace, "").as_str(), "{}" | "null"),
-            _ => false,
-        };
-        if rejected {
-            return unsupported(&format!(
-                "`{k}` = {}",
-                crate::formats::truncate_message(v, 64)
-            ));
-        }
-    }
-    if !req.native_tools.is_empty() {
-        return Err(FormatError::bad_request(
-            "unsupported_tool",
-            "only function tools can be used with an Anthropic provider",
-        ));
-    }
-    Ok(())
-}
-
-/// The name of the tool that carries the structured answer (the schema's own name, or the
-/// default), after checking that it is free and that the schema describes an object (Anthropic
-/// tool inputs are objects).
-fn structured_tool<'a>(
-    req: &'a ChatRequest,
-    so: &'a StructuredOutput,
-    schema: &RawValue,
-) -> Result<&'a str, FormatError> {
-    #[derive(Deserialize)]
-    struct Root<'b> {
-        #[serde(rename = "type", borrow, default)]
-        ty: Option<Cow<'b, str>>,
-    }
-    let root: Option<Root> = serde_json::from_str(schema.get()).ok();
-    if root.and_then(|r| r.ty).as_deref() != Some("object") {
-        return Err(FormatError::bad_request(
-            "unsupported_parameter",
-            "`response_format.json_schema.schema` must describe an object (`\"type\": \"object\"`) for an Anthropic provider",
-        ));
-    }
-    let name = so
-        .name
-        .as_deref()
-        .unwrap_or(STRUCTURED_OUTPUT_TOOL_NAME_DEFAULT);
-    if req.tools.iter().any(|t| t.name == name) {
-        return Err(FormatError::bad_request(
-            "unsupported_parameter",
-            format!("the response format's name `{name}` is also the name of a tool"),
-        ));
-    }
-    Ok(name)
 }
 
 /// The client's choice; a structured answer sent as a tool forces that tool (or, when the
@@ -999,12 +909,7 @@ pub(super) fn out_blocks(parts: &[Part], native: bool) -> Result<Vec<OutBlock<'_
                 ty: "tool_use",
                 id: Cow::Borrowed(id),
                 name,
-                input: tool_input(arguments_json).ok_or_else(|| {
-                    FormatError::bad_request(
-                        "invalid_tool_arguments",
-                        format!("the arguments of tool call `{id}` are not a JSON object"),
-                    )
-                })?,
+                input: request_arguments(id, arguments_json)?,
                 cache_control: cache_control.as_deref(),
             },
             Part::ToolResult {
@@ -1058,16 +963,6 @@ pub(super) fn out_source(source: &ImageSource) -> OutSource<'_> {
         ImageSource::Url(url) => OutSource::Url { url },
         ImageSource::Base64 { media_type, data } => OutSource::Base64 { media_type, data },
     }
-}
-
-/// Tool-call arguments as Anthropic's `input` object (empty arguments are `{}`); `None` when
-/// they are not a JSON object.
-pub(super) fn tool_input(arguments_json: &str) -> Option<&RawValue> {
-    let s = arguments_json.trim();
-    let s = if s.is_empty() { "{}" } else { s };
-    serde_json::from_str::<&RawValue>(s)
-        .ok()
-        .filter(|raw| is_object(raw))
 }
 
 #[cfg(test)]
@@ -1191,13 +1086,6 @@ mod tests {
 
     #[test]
     fn tool_arguments_must_be_objects() {
-        assert!(tool_input("").is_some());
-        assert_eq!(
-            tool_input(" {\"a\":1} ").map(RawValue::get),
-            Some("{\"a\":1}")
-        );
-        assert!(tool_input("[1]").is_none());
-        assert!(tool_input("{\"a\":").is_none());
         let req = from_openai(
             r#"{"model":"m","messages":[{"role":"assistant","tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{oops"}}]}]}"#,
         );
@@ -1281,13 +1169,6 @@ mod tests {
             panic!("not a tool result");
         };
         assert!(matches!(&content[0], Part::Opaque { kind, .. } if kind == "tool_result"));
-    }
-
-    #[test]
-    fn schema_constants_are_json() {
-        for c in [EMPTY_OBJECT_SCHEMA, ANY_OBJECT_SCHEMA] {
-            assert_eq!(raw_const(c).get(), c);
-        }
     }
 
     #[test]

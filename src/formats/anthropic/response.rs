@@ -6,10 +6,10 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::request::{out_source, tool_input, OutBlock, WireBlock};
+use super::request::{out_source, OutBlock, WireBlock};
 use super::{stop_reason_from, stop_reason_str, OutUsage, WireUsage};
 use crate::formats::chat::{client_tool_call_id, ChatResponse, FinishReason, Part};
-use crate::formats::json::own;
+use crate::formats::json::{arguments_object, own, raw_const};
 use crate::formats::{restyle_id, EncodeInfo, FormatError};
 
 #[derive(Deserialize)]
@@ -32,12 +32,7 @@ struct WireMessage<'a> {
 /// becomes the answer's text (its input JSON), and stopping for it alone is a natural stop.
 /// Blocks without a neutral form (server tool use and results) are kept opaque.
 pub fn decode_response(body: &[u8], info: &EncodeInfo) -> Result<ChatResponse, FormatError> {
-    let invalid = |e: &dyn std::fmt::Display| {
-        FormatError::upstream(
-            "upstream_invalid_response",
-            format!("the provider's answer is not a message: {e}"),
-        )
-    };
+    let invalid = |e: &dyn std::fmt::Display| FormatError::invalid_answer("a message", e);
     let w: WireMessage = serde_json::from_slice(body).map_err(|e| invalid(&e))?;
     let mut content = Vec::with_capacity(w.content.len());
     for raw in &w.content {
@@ -52,10 +47,9 @@ pub fn decode_response(body: &[u8], info: &EncodeInfo) -> Result<ChatResponse, F
         id: w.id.map(Cow::into_owned).unwrap_or_default(),
         model: w.model.map(Cow::into_owned).unwrap_or_default(),
         created: None,
-        finish: structured_finish(
+        finish: info.client_finish(
             finish,
             content.iter().any(|p| matches!(p, Part::ToolCall { .. })),
-            info,
         ),
         content,
         usage: w.usage.unwrap_or_default().to_neutral(),
@@ -93,19 +87,6 @@ fn response_part(b: WireBlock, raw: &RawValue, info: &EncodeInfo) -> Part {
     }
 }
 
-/// A stop for tool use whose only tool call was the structured answer is a natural stop.
-pub(super) fn structured_finish(
-    finish: FinishReason,
-    has_calls: bool,
-    info: &EncodeInfo,
-) -> FinishReason {
-    if finish == FinishReason::ToolCalls && info.structured_output_tool.is_some() && !has_calls {
-        FinishReason::Stop
-    } else {
-        finish
-    }
-}
-
 #[derive(Serialize)]
 struct OutMessage<'a> {
     id: String,
@@ -123,7 +104,7 @@ struct OutMessage<'a> {
 /// not a JSON object are sent as `{}` (the `input` of a `tool_use` must be an object); reasoning
 /// without a signature gets an empty one.
 pub fn encode_response(resp: &ChatResponse, client_model: &str, out: &mut Vec<u8>) {
-    let empty: &RawValue = empty_object();
+    let empty: &RawValue = raw_const("{}");
     let content = resp
         .content
         .iter()
@@ -156,7 +137,7 @@ pub fn encode_response(resp: &ChatResponse, client_model: &str, out: &mut Vec<u8
                         Some(_) => Cow::Owned(client_tool_call_id(id, signature.as_deref())),
                     },
                     name,
-                    input: tool_input(arguments_json).unwrap_or(empty),
+                    input: arguments_object(arguments_json).unwrap_or(empty),
                     cache_control: None,
                 },
                 Part::Image { source, .. } => OutBlock::Image {
@@ -201,10 +182,6 @@ fn part_len(p: &Part) -> usize {
         Part::Opaque { raw, .. } => raw.get().len(),
         Part::Image { .. } | Part::ToolResult { .. } => 0,
     }
-}
-
-fn empty_object() -> &'static RawValue {
-    serde_json::from_str("{}").unwrap_or(RawValue::NULL)
 }
 
 #[cfg(test)]

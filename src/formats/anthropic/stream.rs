@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use serde::Deserialize;
 
 use super::request::WireBlock;
-use super::response::structured_finish;
 use super::{
     error_event, status_for_error_type, stop_reason_from, stop_reason_str, OutUsage, WireUsage,
 };
@@ -111,14 +110,7 @@ impl StreamDecoder {
 
     /// At the end of the provider's stream: an error when `message_stop` never came.
     pub fn finish(&self) -> Result<(), FormatError> {
-        if self.done {
-            Ok(())
-        } else {
-            Err(FormatError::upstream(
-                "upstream_stream_incomplete",
-                "the provider's stream ended before `message_stop`",
-            ))
-        }
+        FormatError::stream_end(self.done, "`message_stop`")
     }
 
     /// Feed one SSE event. The type comes from the payload's `type`, else the `event:` name.
@@ -132,12 +124,8 @@ impl StreamDecoder {
         if data.is_empty() || self.done {
             return Ok(());
         }
-        let ev: WireEvent = serde_json::from_slice(data).map_err(|e| {
-            FormatError::upstream(
-                "upstream_invalid_stream",
-                format!("the provider sent an unreadable stream event: {e}"),
-            )
-        })?;
+        let ev: WireEvent = serde_json::from_slice(data)
+            .map_err(|e| FormatError::invalid_event("stream event", e))?;
         let ty = ev.ty.as_deref().or(event).unwrap_or_default();
         match ty {
             "message_start" => {
@@ -204,7 +192,7 @@ impl StreamDecoder {
     }
 
     fn answer_finish(&self, finish: FinishReason) -> FinishReason {
-        structured_finish(finish, self.tool_calls, &self.info)
+        self.info.client_finish(finish, self.tool_calls)
     }
 
     fn role(&self, index: u32) -> BlockRole {

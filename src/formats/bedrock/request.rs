@@ -1,29 +1,22 @@
 //! Converse requests: the neutral model into the body of `POST /model/{modelId}/converse` (or
 //! `/converse-stream`; the body is the same, and the model travels in the path, not the body).
 
-use std::borrow::Cow;
-
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::value::RawValue;
 
 use super::image_format;
 use crate::formats::chat::{
-    ChatRequest, Format, ImageSource, Part, ReasoningEffort, ReasoningMode, Role, StructuredOutput,
-    ToolChoice,
+    ChatRequest, Format, ImageSource, Part, ReasoningEffort, ReasoningMode, Role, ToolChoice,
 };
-use crate::formats::json::{is_object, write_value};
+use crate::formats::json::{raw_const, request_arguments, write_value};
+use crate::formats::openai_chat::needs_openai;
 use crate::formats::{
-    thinking_budget_tokens, truncate_message, EncodeInfo, EncodeOptions, FormatError,
-    STRUCTURED_OUTPUT_TOOL_NAME_DEFAULT, THINKING_BUDGET_MIN_TOKENS,
+    reject_foreign, structured_output_tool, thinking_budget_tokens, truncate_message, EncodeInfo,
+    EncodeOptions, FormatError, ANY_OBJECT_SCHEMA, EMPTY_OBJECT_SCHEMA, THINKING_BUDGET_MIN_TOKENS,
 };
 
-/// What the tool that carries a structured answer tells the model.
-const STRUCTURED_OUTPUT_TOOL_DESCRIPTION: &str =
-    "Give the final answer by calling this tool once; its input is the answer.";
-/// The input schema of a tool that declares none.
-const EMPTY_OBJECT_SCHEMA: &str = r#"{"type":"object","properties":{}}"#;
-/// The schema of a structured answer whose client asked only for "a JSON object".
-const ANY_OBJECT_SCHEMA: &str = r#"{"type":"object"}"#;
+/// How a Bedrock provider is named in the refusals of what it cannot do.
+const PROVIDER: &str = "a Bedrock provider";
 /// The only cache point type Converse defines.
 const CACHE_POINT: CachePoint = CachePoint { ty: "default" };
 /// Fields of an Anthropic client's request that need what Converse cannot do.
@@ -245,7 +238,7 @@ pub fn encode_request(
     opts: &EncodeOptions,
     out: &mut Vec<u8>,
 ) -> Result<EncodeInfo, FormatError> {
-    reject_foreign(req)?;
+    reject_foreign(req, PROVIDER, |k, v| needs_more_than_converse(req, k, v))?;
     let mut info = EncodeInfo::default();
     let (system, messages) = encode_messages(req)?;
     let (tools, forced_tool) = tools(req)?;
@@ -297,11 +290,7 @@ fn tools(req: &ChatRequest) -> Result<(Vec<OutTool<'_>>, Option<&str>), FormatEr
         return Ok((tools, None));
     };
     let schema = so.schema.as_deref().unwrap_or(raw_const(ANY_OBJECT_SCHEMA));
-    let name = structured_tool(req, so, schema)?;
-    let description = so
-        .description
-        .as_deref()
-        .unwrap_or(STRUCTURED_OUTPUT_TOOL_DESCRIPTION);
+    let (name, description) = structured_output_tool(req, so, schema, PROVIDER)?;
     tools.push(OutTool::Spec {
         tool_spec: OutToolSpec {
             name,
@@ -341,81 +330,13 @@ fn inference_config<'a>(
     any.then_some(inference)
 }
 
-/// One of the JSON constants above, borrowed (no allocation).
-fn raw_const(json: &'static str) -> &'static RawValue {
-    // The constants are valid JSON (checked by a test).
-    serde_json::from_str(json).unwrap_or(RawValue::NULL)
-}
-
-fn unsupported(what: &str) -> FormatError {
-    FormatError::bad_request(
-        "unsupported_parameter",
-        format!("{what} cannot be used with a Bedrock provider"),
-    )
-}
-
-/// Reject what the source format asked that Converse cannot do.
-fn reject_foreign(req: &ChatRequest) -> Result<(), FormatError> {
-    for (k, v) in &req.extra {
-        let v = v.get().trim();
-        let rejected = match (req.source, k.as_str()) {
-            (Format::OpenAiChat, "n") => !matches!(v, "1" | "null"),
-            (Format::OpenAiChat, "logprobs") => v == "true",
-            (Format::OpenAiChat, "top_logprobs") => !matches!(v, "0" | "null"),
-            (
-                Format::OpenAiChat,
-                "audio" | "functions" | "function_call" | "web_search_options" | "tool_choice",
-            ) => v != "null",
-            (Format::OpenAiChat, "modalities") => v.contains("\"audio\""),
-            (Format::OpenAiChat, "logit_bias") => {
-                !matches!(v.replace(char::is_whitespace, "").as_str(), "{}" | "null")
-            }
-            (Format::Anthropic, field) => ANTHROPIC_FIELDS_REJECTED.contains(&field),
-            _ => false,
-        };
-        if rejected {
-            return Err(unsupported(&format!("`{k}` = {}", truncate_message(v, 64))));
-        }
+/// What the source format asked that Converse cannot do.
+fn needs_more_than_converse(req: &ChatRequest, key: &str, value: &str) -> bool {
+    match req.source {
+        Format::OpenAiChat => needs_openai(key, value),
+        Format::Anthropic => ANTHROPIC_FIELDS_REJECTED.contains(&key),
+        _ => false,
     }
-    if !req.native_tools.is_empty() {
-        return Err(FormatError::bad_request(
-            "unsupported_tool",
-            "only function tools can be used with a Bedrock provider",
-        ));
-    }
-    Ok(())
-}
-
-/// The tool that carries the structured answer: the schema's own name or the default, after
-/// checking that it is free and that the schema describes an object (tool inputs are objects).
-fn structured_tool<'a>(
-    req: &'a ChatRequest,
-    so: &'a StructuredOutput,
-    schema: &RawValue,
-) -> Result<&'a str, FormatError> {
-    #[derive(Deserialize)]
-    struct Root<'b> {
-        #[serde(rename = "type", borrow, default)]
-        ty: Option<Cow<'b, str>>,
-    }
-    let root: Option<Root> = serde_json::from_str(schema.get()).ok();
-    if root.and_then(|r| r.ty).as_deref() != Some("object") {
-        return Err(FormatError::bad_request(
-            "unsupported_parameter",
-            "`response_format.json_schema.schema` must describe an object (`\"type\": \"object\"`) for a Bedrock provider",
-        ));
-    }
-    let name = so
-        .name
-        .as_deref()
-        .unwrap_or(STRUCTURED_OUTPUT_TOOL_NAME_DEFAULT);
-    if req.tools.iter().any(|t| t.name == name) {
-        return Err(FormatError::bad_request(
-            "unsupported_parameter",
-            format!("the response format's name `{name}` is also the name of a tool"),
-        ));
-    }
-    Ok(name)
 }
 
 /// `toolConfig`: the tools and the choice. Converse has no "none": a `none` choice leaves the
@@ -587,12 +508,7 @@ fn out_blocks(parts: &[Part]) -> Result<Vec<OutBlock<'_>>, FormatError> {
                     tool_use: OutToolUse {
                         tool_use_id: id,
                         name,
-                        input: tool_input(arguments_json).ok_or_else(|| {
-                            FormatError::bad_request(
-                                "invalid_tool_arguments",
-                                format!("the arguments of tool call `{id}` are not a JSON object"),
-                            )
-                        })?,
+                        input: request_arguments(id, arguments_json)?,
                     },
                 });
                 cache_point(&mut out, cache_control.is_some());
@@ -689,16 +605,6 @@ fn out_image(source: &ImageSource) -> Result<OutImage<'_>, FormatError> {
     }
 }
 
-/// Tool-call arguments as Converse's `input` object (empty arguments are `{}`); `None` when they
-/// are not a JSON object.
-fn tool_input(arguments_json: &str) -> Option<&RawValue> {
-    let s = arguments_json.trim();
-    let s = if s.is_empty() { "{}" } else { s };
-    serde_json::from_str::<&RawValue>(s)
-        .ok()
-        .filter(|raw| is_object(raw))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -717,13 +623,6 @@ mod tests {
 
     fn from_anthropic(body: Value) -> ChatRequest {
         anthropic::decode_request(body.to_string().as_bytes()).unwrap()
-    }
-
-    #[test]
-    fn constants_are_json() {
-        for c in [EMPTY_OBJECT_SCHEMA, ANY_OBJECT_SCHEMA] {
-            assert!(serde_json::from_str::<Value>(c).is_ok());
-        }
     }
 
     #[test]

@@ -106,12 +106,7 @@ struct WireBytes<'a> {
 /// without a neutral form (citations, documents, ...) are kept opaque, named by their member.
 /// Converse answers carry no id and no model name: both are left empty.
 pub fn decode_response(body: &[u8], info: &EncodeInfo) -> Result<ChatResponse, FormatError> {
-    let invalid = |e: &dyn std::fmt::Display| {
-        FormatError::upstream(
-            "upstream_invalid_response",
-            format!("the provider's answer is not a Converse response: {e}"),
-        )
-    };
+    let invalid = |e: &dyn std::fmt::Display| FormatError::invalid_answer("a Converse response", e);
     let w: WireResponse = serde_json::from_slice(body).map_err(|e| invalid(&e))?;
     let raw_blocks = w
         .output
@@ -138,7 +133,7 @@ pub fn decode_response(body: &[u8], info: &EncodeInfo) -> Result<ChatResponse, F
         id: String::new(),
         model: String::new(),
         created: None,
-        finish: structured_finish(finish, has_calls, info),
+        finish: info.client_finish(finish, has_calls),
         content,
         usage: w.usage.unwrap_or_default().to_neutral(),
     })
@@ -200,19 +195,6 @@ fn block_kind(raw: &RawValue) -> String {
         .ok()
         .and_then(|m| m.keys().next().cloned())
         .unwrap_or_default()
-}
-
-/// A stop for tool use whose only tool call was the structured answer is a natural stop.
-pub(super) fn structured_finish(
-    finish: FinishReason,
-    has_calls: bool,
-    info: &EncodeInfo,
-) -> FinishReason {
-    if finish == FinishReason::ToolCalls && info.structured_output_tool.is_some() && !has_calls {
-        FinishReason::Stop
-    } else {
-        finish
-    }
 }
 
 #[derive(Serialize)]

@@ -10,7 +10,7 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
-use super::response::{structured_finish, WireAdditional};
+use super::response::WireAdditional;
 use super::{status_for_error_type, stop_reason_from, WireUsage};
 use crate::formats::chat::{PartKind, StreamError, StreamEvent};
 use crate::formats::{truncate_message, EncodeInfo, FormatError, UPSTREAM_ERROR_MESSAGE_BYTES_MAX};
@@ -133,14 +133,7 @@ impl StreamDecoder {
 
     /// At the end of the provider's stream: an error when `messageStop` never came.
     pub fn finish(&self) -> Result<(), FormatError> {
-        if self.stopped {
-            Ok(())
-        } else {
-            Err(FormatError::upstream(
-                "upstream_stream_incomplete",
-                "the provider's stream ended before `messageStop`",
-            ))
-        }
+        FormatError::stream_end(self.stopped, "`messageStop`")
     }
 
     /// Feed one event: `event` is its `:event-type`, `data` its JSON payload. Event types added
@@ -157,12 +150,8 @@ impl StreamDecoder {
         if self.done {
             return Ok(());
         }
-        let ev: WireEvent = serde_json::from_slice(data).map_err(|e| {
-            FormatError::upstream(
-                "upstream_invalid_stream",
-                format!("the provider sent an unreadable `{event}` event: {e}"),
-            )
-        })?;
+        let ev: WireEvent = serde_json::from_slice(data)
+            .map_err(|e| FormatError::invalid_event(format_args!("`{event}` event"), e))?;
         match event {
             "messageStart" => out.push(StreamEvent::MessageStart {
                 id: String::new(),
@@ -199,11 +188,9 @@ impl StreamDecoder {
                     ev.stop_reason.as_deref().unwrap_or("end_turn"),
                     stop_sequence,
                 );
-                out.push(StreamEvent::Finish(structured_finish(
-                    finish,
-                    self.tool_calls,
-                    &self.info,
-                )));
+                out.push(StreamEvent::Finish(
+                    self.info.client_finish(finish, self.tool_calls),
+                ));
             }
             "metadata" => {
                 if let Some(u) = ev.usage {

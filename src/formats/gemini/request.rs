@@ -12,8 +12,11 @@ use crate::formats::chat::{
     ChatRequest, Format, ImageSource, Part, ReasoningEffort, ReasoningMode, Role, ThinkingDisplay,
     ToolChoice,
 };
-use crate::formats::json::{is_object, write_value};
-use crate::formats::{thinking_budget_tokens, EncodeInfo, EncodeOptions, FormatError};
+use crate::formats::json::{request_arguments, write_value};
+use crate::formats::openai_chat::needs_openai;
+use crate::formats::{
+    reject_foreign, thinking_budget_tokens, EncodeInfo, EncodeOptions, FormatError,
+};
 
 /// The largest thinking budget sent for an effort level, tokens: the highest every Gemini 2.5
 /// model accepts (Flash and Flash-Lite stop at 24576; Pro at 32768).
@@ -208,7 +211,7 @@ pub fn encode_request(
 ) -> Result<EncodeInfo, FormatError> {
     let native = req.source == Format::Gemini;
     if !native {
-        reject_foreign(req)?;
+        reject_foreign(req, "a Gemini provider", needs_more_than_gemini)?;
     }
     let (system, contents) = encode_contents(req, native)?;
     let functions: Vec<OutFunction> = req
@@ -313,39 +316,9 @@ fn thinking(req: &ChatRequest) -> Option<OutThinking> {
     })
 }
 
-/// Reject an OpenAI or Anthropic request that needs what Gemini cannot do.
-fn reject_foreign(req: &ChatRequest) -> Result<(), FormatError> {
-    for (k, v) in &req.extra {
-        let v = v.get().trim();
-        let rejected = match k.as_str() {
-            "n" => !matches!(v, "1" | "null"),
-            "logprobs" => v == "true",
-            "top_logprobs" => !matches!(v, "0" | "null"),
-            "audio" | "functions" | "function_call" | "web_search_options" | "tool_choice" => {
-                v != "null"
-            }
-            "modalities" => v.contains("\"audio\""),
-            "logit_bias" => !matches!(v.replace(char::is_whitespace, "").as_str(), "{}" | "null"),
-            "mcp_servers" => v != "null" && v != "[]",
-            _ => false,
-        };
-        if rejected {
-            return Err(FormatError::bad_request(
-                "unsupported_parameter",
-                format!(
-                    "`{k}` = {} cannot be used with a Gemini provider",
-                    crate::formats::truncate_message(v, 64)
-                ),
-            ));
-        }
-    }
-    if !req.native_tools.is_empty() {
-        return Err(FormatError::bad_request(
-            "unsupported_tool",
-            "only function tools can be used with a Gemini provider",
-        ));
-    }
-    Ok(())
+/// What an OpenAI or Anthropic request asked that Gemini cannot do.
+fn needs_more_than_gemini(key: &str, value: &str) -> bool {
+    needs_openai(key, value) || (key == "mcp_servers" && value != "null" && value != "[]")
 }
 
 type SystemAndContents<'a> = (Vec<OutPart<'a>>, Vec<OutContent<'a>>);
@@ -422,12 +395,7 @@ fn encode_part<'a>(
         } => parts.push(OutPart::Call {
             function_call: OutCall {
                 name,
-                args: call_args(arguments_json).ok_or_else(|| {
-                    FormatError::bad_request(
-                        "invalid_tool_arguments",
-                        format!("the arguments of tool call `{id}` are not a JSON object"),
-                    )
-                })?,
+                args: request_arguments(id, arguments_json)?,
             },
             thought_signature: signature.as_deref().filter(|s| !s.is_empty()),
         }),
@@ -528,16 +496,6 @@ pub(super) fn mime_of_url(url: &str) -> &'static str {
         "pdf" => "application/pdf",
         _ => "image/jpeg",
     }
-}
-
-/// Tool-call arguments as Gemini's `args` object (empty arguments are `{}`); `None` when they
-/// are not a JSON object.
-pub(super) fn call_args(arguments_json: &str) -> Option<&RawValue> {
-    let s = arguments_json.trim();
-    let s = if s.is_empty() { "{}" } else { s };
-    serde_json::from_str::<&RawValue>(s)
-        .ok()
-        .filter(|raw| is_object(raw))
 }
 
 #[cfg(test)]
@@ -646,8 +604,6 @@ mod tests {
 
     #[test]
     fn bad_arguments_are_refused() {
-        assert!(call_args("").is_some());
-        assert!(call_args("[1]").is_none());
         let req = from_openai(
             r#"{"model":"m","messages":[{"role":"assistant","tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{oops"}}]}]}"#,
         );

@@ -6,10 +6,10 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::request::{call_args, image_part, OutCall, OutPart};
+use super::request::{image_part, OutCall, OutPart};
 use super::{finish_reason_from, finish_reason_str, OutUsage, WireError, WireUsage};
 use crate::formats::chat::{ChatResponse, FinishReason, ImageSource, Part};
-use crate::formats::json::write_value;
+use crate::formats::json::{arguments_object, raw_const, write_value};
 use crate::formats::{restyle_id, EncodeInfo, FormatError};
 
 /// One chunk of a stream, or a whole answer.
@@ -198,12 +198,8 @@ pub(super) fn push_joined(content: &mut Vec<Part>, part: Part) {
 /// filter answers with what it has and finish reason `ContentFilter`; a prompt blocked before
 /// any candidate (`promptFeedback.blockReason`) is a 400 `content_filter` error.
 pub fn decode_response(body: &[u8], _info: &EncodeInfo) -> Result<ChatResponse, FormatError> {
-    let w: WireResponse = serde_json::from_slice(body).map_err(|e| {
-        FormatError::upstream(
-            "upstream_invalid_response",
-            format!("the provider's answer is not a GenerateContentResponse: {e}"),
-        )
-    })?;
+    let w: WireResponse = serde_json::from_slice(body)
+        .map_err(|e| FormatError::invalid_answer("a GenerateContentResponse", e))?;
     let mut content = Vec::new();
     let mut reason = None;
     match w.first() {
@@ -268,7 +264,7 @@ pub(super) struct OutContent<'a> {
 
 /// The parts of an answer for a Gemini client.
 pub(super) fn out_parts(content: &[Part]) -> Vec<OutPart<'_>> {
-    let empty = empty_object();
+    let empty = raw_const("{}");
     content
         .iter()
         .filter_map(|p| {
@@ -291,7 +287,7 @@ pub(super) fn out_parts(content: &[Part]) -> Vec<OutPart<'_>> {
                 } => OutPart::Call {
                     function_call: OutCall {
                         name,
-                        args: call_args(arguments_json).unwrap_or(empty),
+                        args: arguments_object(arguments_json).unwrap_or(empty),
                     },
                     thought_signature: signature.as_deref(),
                 },
@@ -320,10 +316,6 @@ pub fn encode_response(resp: &ChatResponse, client_model: &str, out: &mut Vec<u8
         response_id: &resp.id,
     };
     write_value(out, &wire);
-}
-
-fn empty_object() -> &'static RawValue {
-    serde_json::from_str("{}").unwrap_or(RawValue::NULL)
 }
 
 #[cfg(test)]

@@ -50,14 +50,7 @@ impl StreamDecoder {
     /// At the end of the provider's body: complete when the last chunk with a candidate carried
     /// a `finishReason`.
     pub fn finish(&self) -> Result<(), FormatError> {
-        if self.finished {
-            Ok(())
-        } else {
-            Err(FormatError::upstream(
-                "upstream_stream_incomplete",
-                "the provider's stream ended before a chunk with a finishReason",
-            ))
-        }
+        FormatError::stream_end(self.finished, "a chunk with a finishReason")
     }
 
     /// Feed one SSE event's `data:` payload (Gemini's events are unnamed).
@@ -71,12 +64,8 @@ impl StreamDecoder {
         if data.is_empty() {
             return Ok(());
         }
-        let chunk: WireResponse = serde_json::from_slice(data).map_err(|e| {
-            FormatError::upstream(
-                "upstream_invalid_stream",
-                format!("the provider sent an unreadable stream chunk: {e}"),
-            )
-        })?;
+        let chunk: WireResponse = serde_json::from_slice(data)
+            .map_err(|e| FormatError::invalid_event("stream chunk", e))?;
         if let Some(e) = chunk.error {
             let status = e
                 .code

@@ -9,10 +9,10 @@ use serde_json::value::RawValue;
 
 use crate::formats::chat::{
     split_tool_call_id, ChatRequest, Format, ImageSource, Message, Part, RawJson, ReasoningEffort,
-    ReasoningMode, ReasoningRequest, Role, StructuredOutput, TextBlock, Tool, ToolChoice,
+    ReasoningMode, ReasoningRequest, Role, StructuredOutput, Tool, ToolChoice,
 };
 use crate::formats::json::{
-    append_fields, decode_top_level, own, parse_raw, CowStr, StrOrSeq, TopLevel,
+    append_fields, decode_top_level, own, parse_raw, required_model, CowStr, StrOrSeq, TopLevel,
 };
 use crate::formats::{
     effort_for_budget, EncodeInfo, EncodeOptions, FormatError, MaxTokensField, ToolCallIdFormat,
@@ -195,15 +195,7 @@ struct WireJsonSchema<'a> {
 /// are kept in `extra`; the gateway's own `fallbacks` is left out.
 pub fn decode_request(body: &[u8]) -> Result<ChatRequest, FormatError> {
     let w: Wire = decode_top_level(body)?;
-    let model = match w.model {
-        Some(CowStr(m)) if !m.is_empty() => m.into_owned(),
-        _ => {
-            return Err(FormatError::bad_request(
-                "missing_model",
-                "you must provide a model parameter",
-            ))
-        }
-    };
+    let model = required_model(w.model, "you must provide a model parameter")?;
     let Some(wire_messages) = w.messages else {
         return Err(FormatError::bad_request(
             "missing_messages",
@@ -281,17 +273,7 @@ fn decode_messages(wire: Vec<WireMessage>, req: &mut ChatRequest) -> Result<(), 
         let role = match &*m.role {
             "system" | "developer" => {
                 if leading {
-                    if req.system.is_empty() {
-                        req.system_as_developer = m.role == "developer";
-                    }
-                    for part in content_parts(m.content, i)? {
-                        if let Part::Text { text, .. } = part {
-                            req.system.push(TextBlock {
-                                text,
-                                cache_control: None,
-                            });
-                        }
-                    }
+                    req.push_system_message(&m.role, content_parts(m.content, i)?);
                     continue;
                 }
                 Role::System
@@ -734,6 +716,26 @@ pub fn encode_request(
         );
     }
     Ok(EncodeInfo::default())
+}
+
+/// Whether a field an OpenAI client sent (kept in `extra`; `value` its trimmed JSON) asks for
+/// what a provider of another format cannot do: several choices, log probabilities, audio,
+/// legacy functions, web search, a tool choice without a neutral form, token biases.
+pub(crate) fn needs_openai(key: &str, value: &str) -> bool {
+    match key {
+        "n" => !matches!(value, "1" | "null"),
+        "logprobs" => value == "true",
+        "top_logprobs" => !matches!(value, "0" | "null"),
+        "audio" | "functions" | "function_call" | "web_search_options" | "tool_choice" => {
+            value != "null"
+        }
+        "modalities" => value.contains("\"audio\""),
+        "logit_bias" => !matches!(
+            value.replace(char::is_whitespace, "").as_str(),
+            "{}" | "null"
+        ),
+        _ => false,
+    }
 }
 
 fn reject_foreign(req: &ChatRequest) -> Result<(), FormatError> {

@@ -52,12 +52,8 @@ struct WireAnswer<'a> {
 
 /// Decode a provider's `chat.completion` (its first choice). A refusal is kept as text.
 pub fn decode_response(body: &[u8], _info: &EncodeInfo) -> Result<ChatResponse, FormatError> {
-    let w: WireCompletion = serde_json::from_slice(body).map_err(|e| {
-        FormatError::upstream(
-            "upstream_invalid_response",
-            format!("the provider's answer is not a chat completion: {e}"),
-        )
-    })?;
+    let w: WireCompletion = serde_json::from_slice(body)
+        .map_err(|e| FormatError::invalid_answer("a chat completion", e))?;
     let position = w
         .choices
         .iter()

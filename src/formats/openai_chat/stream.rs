@@ -115,12 +115,8 @@ impl StreamDecoder {
         if self.done || data.is_empty() {
             return Ok(());
         }
-        let chunk: WireChunk = serde_json::from_slice(data).map_err(|e| {
-            FormatError::upstream(
-                "upstream_invalid_stream",
-                format!("the provider sent an unreadable stream chunk: {e}"),
-            )
-        })?;
+        let chunk: WireChunk = serde_json::from_slice(data)
+            .map_err(|e| FormatError::invalid_event("stream chunk", e))?;
         if chunk.error.is_some() {
             let e = decode_error(500, data);
             let status = e
@@ -164,14 +160,7 @@ impl StreamDecoder {
 
     /// At the end of the provider's stream: an error when `[DONE]` never came.
     pub fn finish(&self) -> Result<(), FormatError> {
-        if self.done {
-            Ok(())
-        } else {
-            Err(FormatError::upstream(
-                "upstream_stream_incomplete",
-                "the provider's stream ended before `[DONE]`",
-            ))
-        }
+        FormatError::stream_end(self.done, "`[DONE]`")
     }
 
     fn delta(&mut self, d: WireDelta, out: &mut Vec<StreamEvent>) -> Result<(), FormatError> {

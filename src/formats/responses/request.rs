@@ -13,7 +13,9 @@ use crate::formats::chat::{
     split_tool_call_id, ChatRequest, Format, Message, Part, ReasoningEffort, ReasoningRequest,
     Role, StructuredOutput, TextBlock, Tool, ToolChoice,
 };
-use crate::formats::json::{decode_top_level, own, parse_raw, CowStr, StrOrSeq, TopLevel};
+use crate::formats::json::{
+    decode_top_level, own, parse_raw, required_model, CowStr, StrOrSeq, TopLevel,
+};
 use crate::formats::openai_chat::image_source;
 use crate::formats::{EncodeInfo, EncodeOptions, FormatError};
 
@@ -206,15 +208,7 @@ fn unsupported(what: impl Into<Cow<'static, str>>) -> FormatError {
 /// gateway's envelope becomes the signed or redacted reasoning it carries.
 pub fn decode_request(body: &[u8]) -> Result<ChatRequest, FormatError> {
     let w: Wire = decode_top_level(body)?;
-    let model = match w.model {
-        Some(CowStr(m)) if !m.is_empty() => m.into_owned(),
-        _ => {
-            return Err(FormatError::bad_request(
-                "missing_model",
-                "you must provide a model parameter",
-            ))
-        }
-    };
+    let model = required_model(w.model, "you must provide a model parameter")?;
     if w.previous_response_id.is_some() {
         return Err(previous_response_id_unsupported());
     }
@@ -328,17 +322,7 @@ fn decode_items(items: &[&RawValue], req: &mut ChatRequest) -> Result<(), Format
             "message" => {
                 let role = item.role.as_deref().unwrap_or_default();
                 if leading && matches!(role, "system" | "developer") {
-                    if req.system.is_empty() {
-                        req.system_as_developer = role == "developer";
-                    }
-                    for part in content_parts(item.content, i)? {
-                        if let Part::Text { text, .. } = part {
-                            req.system.push(TextBlock {
-                                text,
-                                cache_control: None,
-                            });
-                        }
-                    }
+                    req.push_system_message(role, content_parts(item.content, i)?);
                     continue;
                 }
                 let role = match role {

@@ -145,12 +145,8 @@ pub(super) struct WireOutputPart<'a> {
 /// reasoning, signed or redacted when `encrypted_content` is the gateway's envelope; items of
 /// hosted tools are skipped.
 pub fn decode_response(body: &[u8], _info: &EncodeInfo) -> Result<ChatResponse, FormatError> {
-    let w: WireResponse = serde_json::from_slice(body).map_err(|e| {
-        FormatError::upstream(
-            "upstream_invalid_response",
-            format!("the provider's answer is not a Responses `response`: {e}"),
-        )
-    })?;
+    let w: WireResponse = serde_json::from_slice(body)
+        .map_err(|e| FormatError::invalid_answer("a Responses `response`", e))?;
     let mut content = Vec::with_capacity(w.output.len());
     for item in w.output {
         if let Some(part) = output_part(item) {

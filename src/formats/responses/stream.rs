@@ -540,14 +540,7 @@ impl StreamDecoder {
 
     /// At the end of the provider's stream: an error when no terminating event came.
     pub fn finish(&self) -> Result<(), FormatError> {
-        if self.done {
-            Ok(())
-        } else {
-            Err(FormatError::upstream(
-                "upstream_stream_incomplete",
-                "the provider's stream ended before `response.completed`",
-            ))
-        }
+        FormatError::stream_end(self.done, "`response.completed`")
     }
 
     /// Feed one SSE event. The type comes from the payload's `type`, else the `event:` name.
@@ -561,12 +554,8 @@ impl StreamDecoder {
         if data.is_empty() || self.done {
             return Ok(());
         }
-        let ev: WireEvent = serde_json::from_slice(data).map_err(|e| {
-            FormatError::upstream(
-                "upstream_invalid_stream",
-                format!("the provider sent an unreadable stream event: {e}"),
-            )
-        })?;
+        let ev: WireEvent = serde_json::from_slice(data)
+            .map_err(|e| FormatError::invalid_event("stream event", e))?;
         let ty = ev.ty.as_deref().or(event).unwrap_or_default();
         match ty {
             "response.created" => {
