@@ -1498,7 +1498,6 @@ enum OutFraming {
     UntilClose,
 }
 
-/// Append `n` in lower-case hex (a chunk size line).
 /// Append one piece of a streamed body: as a chunk of the chunked encoding, or as it is.
 fn frame_chunk(out: &mut Vec<u8>, bytes: &[u8], chunked: bool) {
     if chunked {
@@ -1511,6 +1510,7 @@ fn frame_chunk(out: &mut Vec<u8>, bytes: &[u8], chunked: bool) {
     }
 }
 
+/// Append `n` in lower-case hex (a chunk size line).
 fn push_hex_len(out: &mut Vec<u8>, n: usize) {
     let digits = (usize::BITS - n.leading_zeros()).div_ceil(4).max(1);
     for i in (0..digits).rev() {
