@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use crossbeam_queue::ArrayQueue;
+
 use crate::error::ApiError;
 use crate::formats::Format;
 pub use crate::formats::Usage;
@@ -79,6 +81,13 @@ pub const STREAM_EVENTS_IN_FLIGHT_MAX: usize = 64;
 /// would let one slow client hold 64 of them. One event is always let through, whatever its size.
 pub const STREAM_BYTES_IN_FLIGHT_MAX: usize = 8 * 1024 * 1024;
 
+/// Event buffers a stream's coroutine gives back to its worker once written, so that a running
+/// stream carries its events without an allocation each (two: one being filled, one in flight).
+pub const STREAM_SPARE_BUFFERS: usize = 2;
+/// A buffer that grew past this is freed instead of given back (bounds what a pooled reply
+/// channel can hold: 2 x 16 KiB while its stream runs, nothing once recycled).
+pub const STREAM_SPARE_BYTES_MAX: usize = 16 * 1024;
+
 /// Milliseconds on the process's monotonic clock (0 at its first use): the time stamps that
 /// workers, the supervisor and waiting coroutines share through [`JobCtl`] and worker slots.
 pub fn clock_ms() -> u64 {
@@ -123,7 +132,6 @@ impl CancelReason {
 }
 
 /// Shared by a job's waiting coroutine and the worker running it (and seen by the supervisor).
-#[derive(Default)]
 pub struct JobCtl {
     /// 0 while running, else a [`CancelReason`] code (the first reason wins).
     cancelled: AtomicU8,
@@ -140,9 +148,41 @@ pub struct JobCtl {
     stream_until_ms: AtomicU64,
     /// The stream's terminator was sent to the client: nothing may follow it but the end.
     complete: AtomicBool,
+    /// Written event buffers on their way back to the worker (see [`STREAM_SPARE_BUFFERS`]).
+    spare: ArrayQueue<Vec<u8>>,
+}
+
+impl Default for JobCtl {
+    fn default() -> Self {
+        JobCtl {
+            cancelled: AtomicU8::new(0),
+            agent: Mutex::new(None),
+            events_in_flight: AtomicUsize::new(0),
+            bytes_in_flight: AtomicUsize::new(0),
+            activity_ms: AtomicU64::new(0),
+            stream_until_ms: AtomicU64::new(0),
+            complete: AtomicBool::new(false),
+            spare: ArrayQueue::new(STREAM_SPARE_BUFFERS),
+        }
+    }
 }
 
 impl JobCtl {
+    /// An empty buffer for the next stream events: one given back by the client's coroutine, or
+    /// a new one while none is.
+    pub fn take_spare(&self) -> Vec<u8> {
+        self.spare.pop().unwrap_or_default()
+    }
+
+    /// A buffer whose events were written to the client, for the worker to fill again (freed
+    /// when it grew past [`STREAM_SPARE_BYTES_MAX`] or enough are waiting).
+    pub fn give_spare(&self, mut buf: Vec<u8>) {
+        if buf.capacity() <= STREAM_SPARE_BYTES_MAX {
+            buf.clear();
+            let _ = self.spare.push(buf);
+        }
+    }
+
     /// The client went away: stop the job, interrupting its upstream call at once.
     pub fn cancel(&self) {
         self.cancel_for(CancelReason::Client);
@@ -237,6 +277,8 @@ impl JobCtl {
         self.activity_ms.store(0, Ordering::Release);
         self.stream_until_ms.store(0, Ordering::Release);
         self.complete.store(false, Ordering::Release);
+        // An idle channel holds no event buffers.
+        while self.spare.pop().is_some() {}
         self.detach();
     }
 }
@@ -389,6 +431,38 @@ impl Recycle for ReplyChannel {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn event_buffers_go_round_and_stay_bounded() {
+        use super::{JobCtl, STREAM_SPARE_BUFFERS, STREAM_SPARE_BYTES_MAX};
+        let ctl = JobCtl::default();
+        assert_eq!(
+            ctl.take_spare().capacity(),
+            0,
+            "none given back yet: a new one"
+        );
+        let mut buf = Vec::with_capacity(512);
+        buf.extend_from_slice(b"data: {}\n\n");
+        let at = buf.as_ptr();
+        ctl.give_spare(buf);
+        let again = ctl.take_spare();
+        assert!(again.is_empty(), "given back cleared");
+        assert_eq!(again.as_ptr(), at, "the same allocation comes back");
+        // Too large: freed. More than the bound: the extra ones freed.
+        ctl.give_spare(Vec::with_capacity(STREAM_SPARE_BYTES_MAX + 1));
+        assert_eq!(ctl.take_spare().capacity(), 0);
+        for _ in 0..STREAM_SPARE_BUFFERS + 3 {
+            ctl.give_spare(Vec::with_capacity(64));
+        }
+        let kept = std::iter::from_fn(|| Some(ctl.take_spare()))
+            .take_while(|b| b.capacity() > 0)
+            .count();
+        assert_eq!(kept, STREAM_SPARE_BUFFERS);
+        // A recycled channel holds none.
+        ctl.give_spare(Vec::with_capacity(64));
+        ctl.reset();
+        assert_eq!(ctl.take_spare().capacity(), 0);
+    }
+
     #[test]
     fn replies_stay_small() {
         // Each reply channel's queue holds 64 of them per block (see `Reply`).

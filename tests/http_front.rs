@@ -52,6 +52,53 @@ impl BodyStream for Ticker {
     }
 }
 
+/// Chunks handed back by the server for reuse, across all tests.
+static RECYCLED: AtomicUsize = AtomicUsize::new(0);
+
+/// Yields `left` chunks that are all ready at once: the server takes the first with `poll` and
+/// the rest with `try_poll`, counting `poll`s in `polls`.
+struct Burst {
+    left: usize,
+    n: usize,
+    polls: Arc<AtomicUsize>,
+}
+
+impl Burst {
+    fn next(&mut self) -> StreamPoll {
+        if self.left == 0 {
+            return StreamPoll::End;
+        }
+        self.left -= 1;
+        self.n += 1;
+        StreamPoll::Chunk(format!("data: burst {}\n\n", self.n).into_bytes())
+    }
+}
+
+impl BodyStream for Burst {
+    fn poll(&mut self, _wait: Duration) -> StreamPoll {
+        self.polls.fetch_add(1, Ordering::SeqCst);
+        self.next()
+    }
+
+    fn try_poll(&mut self) -> Option<StreamPoll> {
+        Some(self.next())
+    }
+
+    fn recycle(&mut self, chunk: Vec<u8>) {
+        assert!(
+            chunk.starts_with(b"data: burst "),
+            "a written chunk comes back whole"
+        );
+        RECYCLED.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn cancel(&mut self) {}
+}
+
+/// `poll` calls of the `/burst` streams, across all tests.
+static BURST_POLLS: std::sync::LazyLock<Arc<AtomicUsize>> =
+    std::sync::LazyLock::new(|| Arc::new(AtomicUsize::new(0)));
+
 impl Handler for EchoHandler {
     /// `/refuse` is answered 403 from the head alone.
     fn admit(&self, req: &Request) -> Option<Response> {
@@ -82,6 +129,14 @@ impl Handler for EchoHandler {
                     next_at: Instant::now(),
                 };
                 return Response::stream(200, "text/event-stream", Box::new(ticker));
+            }
+            "/burst" => {
+                let burst = Burst {
+                    left: 5,
+                    n: 0,
+                    polls: Arc::clone(&BURST_POLLS),
+                };
+                return Response::stream(200, "text/event-stream", Box::new(burst));
             }
             "/big" => {
                 let mut r = Response::json(200, vec![b'x'; 200 * 1024]);
@@ -872,6 +927,35 @@ fn streamed_response_arrives_chunk_by_chunk_and_keeps_the_connection() {
     let r = c.request(&get("/after"));
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["path"], "/after");
+}
+
+#[test]
+fn chunks_ready_together_go_out_in_order_and_come_back_for_reuse() {
+    let server = start(test_limits());
+    let mut c = Client::connect(server.local_addr());
+    let (polls, recycled) = (
+        BURST_POLLS.load(Ordering::SeqCst),
+        RECYCLED.load(Ordering::SeqCst),
+    );
+    c.send(&get("/burst"));
+    let head_end = loop {
+        if let Some(p) = c.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+        assert!(c.read_more().unwrap() > 0);
+    };
+    c.buf.drain(..head_end);
+    let chunks = read_chunks(&mut c);
+    let got: Vec<_> = chunks.iter().map(|(data, _)| data.clone()).collect();
+    let want: Vec<_> = (1..=5)
+        .map(|i| format!("data: burst {i}\n\n").into_bytes())
+        .collect();
+    assert_eq!(got, want, "each chunk framed on its own, in order");
+    // One wait for the first; the four behind it were taken as ready, into the same write.
+    assert_eq!(BURST_POLLS.load(Ordering::SeqCst) - polls, 1);
+    assert_eq!(RECYCLED.load(Ordering::SeqCst) - recycled, 5);
+    let r = c.request(&get("/after"));
+    assert_eq!(r.status, 200, "the connection stays usable");
 }
 
 #[test]

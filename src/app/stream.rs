@@ -160,15 +160,12 @@ impl GatewayStream {
     }
 }
 
-impl BodyStream for GatewayStream {
-    /// Waits for the next event without a timer; the nudges of [`waiters`] (every
-    /// `STREAM_POLL_WAIT`, the server's `wait`) bound the wait.
-    fn poll(&mut self, _wait: Duration) -> StreamPoll {
-        if self.finished {
-            return StreamPoll::End;
-        }
-        match self.channel.rx.recv() {
-            Ok(Reply::Event(bytes)) => {
+impl GatewayStream {
+    /// What a message from the worker means for the client; `None` for one that brings nothing
+    /// to write (a stray start, or a nudge while events are flowing).
+    fn on_reply(&mut self, reply: Reply) -> Option<StreamPoll> {
+        match reply {
+            Reply::Event(bytes) => {
                 let ctl = &self.channel.ctl;
                 ctl.events_in_flight.fetch_sub(1, Ordering::AcqRel);
                 ctl.bytes_in_flight.fetch_sub(bytes.len(), Ordering::AcqRel);
@@ -177,17 +174,48 @@ impl BodyStream for GatewayStream {
                 if let Some(watch) = &mut self.responses {
                     watch.observe(&bytes);
                 }
-                StreamPoll::Chunk(bytes)
+                Some(StreamPoll::Chunk(bytes))
             }
-            Ok(Reply::StreamEnd(end)) => self.end(*end),
-            Ok(Reply::Full(_) | Reply::StreamStart(_)) => StreamPoll::Pending,
+            Reply::StreamEnd(end) => Some(self.end(*end)),
+            Reply::Full(_) | Reply::StreamStart(_) | Reply::Nudge => None,
+        }
+    }
+}
+
+impl BodyStream for GatewayStream {
+    /// Waits for the next event without a timer; the nudges of [`waiters`] (every
+    /// `STREAM_POLL_WAIT`, the server's `wait`) bound the wait.
+    fn poll(&mut self, _wait: Duration) -> StreamPoll {
+        if self.finished {
+            return StreamPoll::End;
+        }
+        match self.channel.rx.recv() {
+            Ok(Reply::Nudge) => self.silent(),
+            Ok(reply) => self.on_reply(reply).unwrap_or(StreamPoll::Pending),
             // The channel holds a sender of its own: it cannot disconnect.
             Err(_) => {
                 self.channel.mark_single_use();
                 self.fail(&ApiError::internal())
             }
-            Ok(Reply::Nudge) => self.silent(),
         }
+    }
+
+    /// An event the worker already sent, if any (a nudge among them is passed over: events are
+    /// flowing, so the stream is not silent).
+    fn try_poll(&mut self) -> Option<StreamPoll> {
+        if self.finished {
+            return Some(StreamPoll::End);
+        }
+        loop {
+            let reply = self.channel.rx.try_recv().ok()?;
+            if let Some(poll) = self.on_reply(reply) {
+                return Some(poll);
+            }
+        }
+    }
+
+    fn recycle(&mut self, chunk: Vec<u8>) {
+        self.channel.ctl.give_spare(chunk);
     }
 
     fn cancel(&mut self) {

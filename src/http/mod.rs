@@ -252,11 +252,19 @@ pub enum StreamPoll {
 }
 
 /// A response body produced piece by piece (Server-Sent Events). The server writes every chunk as
-/// soon as it is yielded, with chunked transfer encoding, so the connection stays reusable.
+/// soon as it is yielded (with those already waiting behind it, in one write), with chunked
+/// transfer encoding, so the connection stays reusable.
 pub trait BodyStream: Send {
     /// Wait up to `wait` for the next piece. Runs in the connection coroutine: wait only on
     /// `may`-aware primitives.
     fn poll(&mut self, wait: Duration) -> StreamPoll;
+    /// The next piece if one is ready now, without waiting; `None` when nothing is. The server
+    /// writes the pieces that are ready together, in one write.
+    fn try_poll(&mut self) -> Option<StreamPoll> {
+        None
+    }
+    /// A chunk's allocation, back once its bytes are written, for the stream to reuse.
+    fn recycle(&mut self, _chunk: Vec<u8>) {}
     /// The client went away or a write failed: stop producing (free the upstream call).
     fn cancel(&mut self);
 }

@@ -30,6 +30,9 @@ use crate::objpool::{ObjPool, Pooled};
 const READ_BUF_BYTES_INITIAL: usize = 8 * 1024;
 /// Pending pipelined responses are written once the write buffer holds this much.
 const WRITE_BUF_FLUSH_BYTES: usize = 64 * 1024;
+/// While a stream's chunks flow, how often the socket is looked at for a client that reset the
+/// connection (a write to it fails anyway, one chunk later).
+const STREAM_PEER_CHECK_EVERY: Duration = Duration::from_millis(50);
 /// Longest chunk-size line (with extensions) or trailer line of a chunked body.
 const CHUNK_LINE_BYTES_MAX: usize = 4 * 1024;
 /// Most bytes of trailer fields after the last chunk.
@@ -895,41 +898,51 @@ impl<'s> Conn<'s> {
         }
     }
 
-    /// Move chunks from `stream` to the socket until the stream ends or the client is gone.
+    /// Move chunks from `stream` to the socket until the stream ends or the client is gone. The
+    /// chunks that are ready together go out in one write (at most [`WRITE_BUF_FLUSH_BYTES`]
+    /// gathered), and each chunk's allocation goes back to the stream. A client that reset the
+    /// connection is noticed at the next failed write, or when the stream is quiet, by a look at
+    /// the socket at most every [`STREAM_PEER_CHECK_EVERY`] while chunks flow.
     fn pump(&mut self, stream: &mut dyn BodyStream, chunked: bool) -> Result<(), End> {
         self.write_all_counted(None)?;
+        let mut peer_checked = Instant::now();
         loop {
-            match stream.poll(STREAM_POLL_WAIT) {
-                StreamPoll::Chunk(bytes) => {
-                    if bytes.is_empty() {
-                        continue;
+            let mut next = Some(stream.poll(STREAM_POLL_WAIT));
+            let mut wrote = false;
+            let mut ended = false;
+            while let Some(poll) = next.take() {
+                match poll {
+                    StreamPoll::Chunk(bytes) => {
+                        if !bytes.is_empty() {
+                            frame_chunk(&mut self.wbuf, &bytes, chunked);
+                            wrote = true;
+                        }
+                        stream.recycle(bytes);
+                        if self.wbuf.len() < WRITE_BUF_FLUSH_BYTES {
+                            next = stream.try_poll();
+                        }
                     }
-                    if chunked {
-                        push_hex_len(&mut self.wbuf, bytes.len());
-                        self.wbuf.extend_from_slice(b"\r\n");
-                        self.wbuf.extend_from_slice(&bytes);
-                        self.wbuf.extend_from_slice(b"\r\n");
-                    } else {
-                        self.wbuf.extend_from_slice(&bytes);
-                    }
-                    self.write_all_counted(None)?;
-                    if peer_state(self.req.fd) == Peer::Gone {
-                        return Err(End::Quiet);
-                    }
-                }
-                // End-of-file alone is not the end: a client may half-close its side and still
-                // read. A closed client answers the chunks written since with a reset.
-                StreamPoll::Pending => {
-                    if peer_state(self.req.fd) == Peer::Gone {
-                        return Err(End::Quiet);
+                    StreamPoll::Pending => {}
+                    StreamPoll::End => {
+                        if chunked {
+                            self.wbuf.extend_from_slice(b"0\r\n\r\n");
+                        }
+                        ended = true;
                     }
                 }
-                StreamPoll::End => {
-                    if chunked {
-                        self.wbuf.extend_from_slice(b"0\r\n\r\n");
-                        self.write_all_counted(None)?;
-                    }
-                    return Ok(());
+            }
+            if !self.wbuf.is_empty() {
+                self.write_all_counted(None)?;
+            }
+            if ended {
+                return Ok(());
+            }
+            // End-of-file alone is not the end: a client may half-close its side and still
+            // read. A closed client answers the chunks written since with a reset.
+            if !wrote || peer_checked.elapsed() >= STREAM_PEER_CHECK_EVERY {
+                peer_checked = Instant::now();
+                if peer_state(self.req.fd) == Peer::Gone {
+                    return Err(End::Quiet);
                 }
             }
         }
@@ -1483,6 +1496,18 @@ enum OutFraming {
     Chunked,
     /// HTTP/1.0 streams: the body ends when the connection closes.
     UntilClose,
+}
+
+/// Append one piece of a streamed body: as a chunk of the chunked encoding, or as it is.
+fn frame_chunk(out: &mut Vec<u8>, bytes: &[u8], chunked: bool) {
+    if chunked {
+        push_hex_len(out, bytes.len());
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(bytes);
+        out.extend_from_slice(b"\r\n");
+    } else {
+        out.extend_from_slice(bytes);
+    }
 }
 
 /// Append `n` in lower-case hex (a chunk size line).

@@ -91,7 +91,7 @@ fn run(shared: &Shared, slot: &WorkerSlot, n: usize, shard: usize) -> bool {
     let seed = (n as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ std::process::id() as u64;
     let mut ctx = shared.provider.worker_ctx(seed);
     let rx = &shared.rx;
-    let me = Parker::current();
+    let me = Parker::current(shard);
     let retired = loop {
         // Idle workers sleep until a job comes, the pool closes, or a long poll passes (to
         // retire when scaled down): no busy polling by idle thousands.
@@ -416,7 +416,7 @@ impl StreamSink for Sink<'_> {
             .is_ok()
     }
 
-    fn event(&mut self, bytes: Vec<u8>) -> bool {
+    fn event(&mut self, out: &mut Vec<u8>) -> bool {
         let ctl = &self.job.ctl;
         ctl.touch();
         let waited_since = Instant::now();
@@ -451,6 +451,7 @@ impl StreamSink for Sink<'_> {
             Some(_) => stats.record_gap(self.shard, now.saturating_duration_since(self.last_event)),
         }
         self.last_event = now;
+        let bytes = std::mem::replace(out, ctl.take_spare());
         let counters = &stats.counters;
         PoolCounters::inc(&counters.stream_events);
         counters

@@ -630,7 +630,7 @@ impl HttpProvider {
                 Ok(None) => {
                     return Ok(match convert.end_of_body(&mut out) {
                         Ok(()) => {
-                            if !out.is_empty() && sink.event(std::mem::take(&mut out)) {
+                            if !out.is_empty() && sink.event(&mut out) {
                                 sink.complete();
                             }
                             end(None, convert.usage())
@@ -654,7 +654,7 @@ impl HttpProvider {
                 Ok(step) => step,
                 Err(e) => return Ok(end(Some(e), convert.usage())),
             };
-            if !out.is_empty() && !sink.event(std::mem::take(&mut out)) {
+            if !out.is_empty() && !sink.event(&mut out) {
                 return Ok(end(None, convert.usage()));
             }
             match step {

@@ -272,7 +272,7 @@ impl MockProvider {
             for ev in events {
                 encoder.encode(ev, out);
             }
-            out.is_empty() || sink.event(std::mem::take(out))
+            out.is_empty() || sink.event(out)
         };
         let start = StreamEvent::MessageStart {
             id: resp.id.clone(),
@@ -345,7 +345,7 @@ impl MockProvider {
             encoder.encode(ev, &mut out);
         }
         encoder.finish(&mut out);
-        if sink.event(out) {
+        if sink.event(&mut out) {
             sink.complete();
         }
         Ok(done(None))

@@ -51,9 +51,11 @@ pub trait StreamSink {
     /// The upstream accepted the request: the client's stream begins, with `headers` of the
     /// upstream's answer passed on (rate-limit state). False: stop (client gone).
     fn start(&mut self, headers: Vec<(&'static str, String)>) -> bool;
-    /// Complete events in the client's format; also counts as activity of the stream. False:
-    /// stop reading (the job was stopped, or its client does not read; the worker reports why).
-    fn event(&mut self, bytes: Vec<u8>) -> bool;
+    /// Complete events in the client's format, taken out of `bytes` (left empty, with an
+    /// allocation the client's coroutine gave back: no allocation per event once a stream
+    /// runs); also counts as activity of the stream. False: stop reading (the job was stopped,
+    /// or its client does not read; the worker reports why).
+    fn event(&mut self, bytes: &mut Vec<u8>) -> bool;
     /// The stream's terminator reached the client: whatever stops the call now, the stream is
     /// complete.
     fn complete(&mut self);

@@ -6,6 +6,10 @@
 //! * The first write of a request (its head) is held back and goes out with the body in one
 //!   `writev`, so the upstream reads one segment instead of being woken twice; anything held is
 //!   written before the first read.
+//! * ureq probes a connection twice per request: when it goes back to the pool after an answer
+//!   and when it is taken out for the next one. The first probe is answered without a system
+//!   call: the second sees everything it would (bytes after the answer, a close), before the
+//!   connection is used again.
 //! * Socket timeouts are set only when the time left differs from the one already set by more than
 //!   [`TIMEOUT_SLACK`] (ureq sets them whenever they differ, which a per-request deadline makes
 //!   every time): a read or write may end up to that much off its deadline.
@@ -92,6 +96,9 @@ pub struct LeanTcpTransport {
     held: Vec<u8>,
     /// The next write starts a request (nothing written since the last read).
     first_write: bool,
+    /// An answer was read and nothing written since: the next open-check is ureq's as the
+    /// connection goes back to the pool, and the one before its next use follows.
+    answer_read: bool,
 }
 
 impl std::fmt::Debug for LeanTcpTransport {
@@ -140,6 +147,7 @@ impl LeanTcpTransport {
             write_timeout: None,
             held: Vec::new(),
             first_write: true,
+            answer_read: false,
         }
     }
 
@@ -183,6 +191,7 @@ impl Transport for LeanTcpTransport {
     }
 
     fn transmit_output(&mut self, amount: usize, timeout: NextTimeout) -> Result<(), ureq::Error> {
+        self.answer_read = false;
         let timeout = timeout.for_write();
         if self.first_write && amount <= HOLD_BYTES_MAX {
             self.first_write = false;
@@ -235,12 +244,17 @@ impl Transport for LeanTcpTransport {
             }
         };
         self.buffers.input_appended(amount);
+        self.answer_read = true;
         Ok(amount > 0)
     }
 
     fn is_open(&mut self) -> bool {
         if !self.held.is_empty() {
             return false;
+        }
+        if std::mem::take(&mut self.answer_read) {
+            // Going back to the pool: the probe before the next use decides (see the module docs).
+            return true;
         }
         let mut byte = 0u8;
         // SAFETY: a one-byte peek into a local through the socket this transport owns.
@@ -359,6 +373,28 @@ mod tests {
         let (mut t, _server) = pair();
         send(&mut t, b"GET / HTTP/1.1\r\n\r\n");
         assert!(!t.is_open(), "a request half sent is never reused");
+    }
+
+    #[test]
+    fn a_connection_is_probed_once_per_request_before_its_use() {
+        let (mut t, server) = pair();
+        // An answer was read: the check as it goes back to the pool passes without a look ...
+        (&server)
+            .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+            .unwrap();
+        assert!(t.await_input(NextTimeout::default()).unwrap());
+        let len = t.buffers().input().len();
+        t.buffers().input_consume(len);
+        (&server).write_all(b"stray").unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(t.is_open(), "the return to the pool is not probed");
+        // ... and the check before the next use sees what came after the answer.
+        assert!(!t.is_open(), "the probe before reuse sees the stray bytes");
+        // Without an answer read since the last request, a closed peer is seen at once.
+        let (mut t, server) = pair();
+        drop(server);
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!t.is_open());
     }
 
     #[test]
