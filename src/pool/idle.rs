@@ -66,11 +66,11 @@ impl IdleWorkers {
         p
     }
 
-    /// Call after queueing a job: wake one waiting worker, if one waits.
-    pub fn wake_one(&self) {
+    /// Call after queueing a job: wake one waiting worker, if one waits. False when none waited.
+    pub fn wake_one(&self) -> bool {
         fence(Ordering::SeqCst);
         if self.len.load(Ordering::Relaxed) == 0 {
-            return;
+            return false;
         }
         // Entries of workers that found a job on their own are stale: skip them.
         while let Some(p) = self.pop() {
@@ -79,9 +79,10 @@ impl IdleWorkers {
                 .is_ok()
             {
                 p.thread.unpark();
-                return;
+                return true;
             }
         }
+        false
     }
 
     /// Wake every listed worker (the pool is closing).

@@ -288,7 +288,14 @@ impl ProviderPool {
             Ok(()) => {
                 let counters = &self.shared.stats.counters;
                 counters.accepted.fetch_add(1, Ordering::Relaxed);
-                self.shared.idle.wake_one();
+                // No worker waited for it: a pool that may grow grows now, not at its next
+                // scaling interval (a burst of long streams is served instead of queued).
+                if !self.shared.idle.wake_one()
+                    && self.shared.workers_target.load(Ordering::Relaxed)
+                        < self.shared.cfg.workers_max
+                {
+                    self.shared.supervisor.want_workers();
+                }
                 Ok(Ok(()))
             }
             Err(TrySendError::Disconnected(_)) => Ok(Err(shutting_down())),

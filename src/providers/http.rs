@@ -29,7 +29,8 @@ use crate::job::{Answer, JobCtl, Usage};
 /// Largest upstream response body accepted, in bytes.
 pub const UPSTREAM_BODY_BYTES_MAX: u64 = 64 * 1024 * 1024;
 /// Idle upstream connections each worker keeps for reuse.
-pub const IDLE_CONNECTIONS_PER_WORKER: usize = 4;
+pub const IDLE_CONNECTIONS_PER_WORKER: usize =
+    crate::config::UPSTREAM_CONNECTIONS_PER_WORKER as usize;
 /// Read and write buffers of each upstream connection, bytes.
 pub const UPSTREAM_BUFFER_BYTES: usize = 16 * 1024;
 /// Most bytes of one upstream event stream.
