@@ -17,9 +17,9 @@ BIN=target/release
 CONFIGS=bench/config
 
 if [ "$QUICK" = 1 ]; then
-  ROUNDS=1 ROUND=2s WARM=1s SWEEP_STEP_S=2s BIFROST_S=10 TOOL_S=2s
+  ROUNDS=1 ROUND=2s WARM=1s SWEEP_STEP_S=2s BIFROST_S=10 TOOL_S=2s STREAMS_N=2000 STREAMS_S=10
 else
-  ROUNDS=3 ROUND=5s WARM=1s SWEEP_STEP_S=4s BIFROST_S=60 TOOL_S=5s
+  ROUNDS=3 ROUND=5s WARM=1s SWEEP_STEP_S=4s BIFROST_S=60 TOOL_S=5s STREAMS_N=10000 STREAMS_S=60
 fi
 
 PIDS=()
@@ -199,9 +199,45 @@ run timeout $((BIFROST_S + 90)) "$BIN/deepintshield-load" run \
 ALIVE=0; kill -0 "$GW_PID" 2>/dev/null && ALIVE=1
 [ "$ALIVE" = 1 ] && awk '/^VmHWM:/{print $2}' "/proc/$GW_PID/status" >> "$OUT/bifrost-hwm.samples"
 PEAK=$(sort -n "$OUT/bifrost-hwm.samples" | tail -1)
-echo "gateway after the run: alive=$ALIVE peak_rss_kb=${PEAK:-0}" | tee -a "$OUT/run.log" | tee "$OUT/bifrost-rss.txt"
+echo "gateway after the run: alive=$ALIVE peak_rss_kb=${PEAK:-0} idle_rss_kb=$RSS in_flight=7500" | tee -a "$OUT/run.log" | tee "$OUT/bifrost-rss.txt"
 [ "$ALIVE" = 1 ] || grep -m3 -E 'panicked|fatal|error' "$OUT/bifrost.gw.err" | tee -a "$OUT/run.log" || true
 stop "$GW_PID" "$MOCK_PID" "$SAMPLER"
+
+say "7. long streams: $STREAMS_N streams held open for $STREAMS_S s at once, one event per second each"
+# The mock answers each stream with STREAMS_S chunks a second apart; the streams arrive within 5 s
+# and are all open together for most of the run. The pool starts at workers_min = 8 and grows
+# with them (config/streams.toml).
+start_mock streams --threads 1 --delay-ms 10 --stream-chunks "$STREAMS_S" --chunk-delay-ms 1000
+start_gateway streams "$CONFIGS/streams.toml"
+sleep 1
+read -r RSS HWM <<< "$(memory "$GW_PID")"
+( while kill -0 "$GW_PID" 2>/dev/null; do
+    awk '/^VmHWM:/{h=$2} /^Threads:/{t=$2} END{print h, t}' "/proc/$GW_PID/status" 2>/dev/null || true
+    sleep 1
+  done ) > "$OUT/streams-hwm.samples" &
+SAMPLER=$!; PIDS+=("$SAMPLER")
+run timeout $((STREAMS_S + 120)) "$BIN/deepintshield-load" run --stream \
+  --url "$GW_URL/v1/chat/completions" --rate $((STREAMS_N / 5)) --duration 5s --warmup 0s \
+  --connections $((STREAMS_N + 500)) --timeout $((STREAMS_S + 60))s --json "$OUT/streams.json"
+ALIVE=0; kill -0 "$GW_PID" 2>/dev/null && ALIVE=1
+PEAK=$(sort -n "$OUT/streams-hwm.samples" | tail -1 | cut -d' ' -f1)
+THREADS=$(sort -n -k2 "$OUT/streams-hwm.samples" | tail -1 | cut -d' ' -f2)
+echo "gateway: alive=$ALIVE idle_rss_kb=$RSS peak_rss_kb=${PEAK:-0} peak_threads=${THREADS:-0} in_flight=$STREAMS_N" \
+  | tee -a "$OUT/run.log" | tee "$OUT/streams-rss.txt"
+stop "$GW_PID" "$MOCK_PID" "$SAMPLER"
+
+say "8. scale-up reaction: a burst of 2,000 streams (10 s each) on a pool at workers_min = 8"
+# Time to first token of a burst that needs 250 times the pool's idle size, against the mock's
+# own 10 ms: what growing the pool on demand costs the first tokens. The pool's scaling events
+# (from /stats) show how it grew.
+start_mock burst --threads 1 --delay-ms 10 --stream-chunks 10 --chunk-delay-ms 1000
+start_gateway burst "$CONFIGS/streams.toml"
+ADMIN_URL=$(wait_line "$OUT/burst.gw.out" 'http://127\.0\.0\.1:[0-9]+' | tail -1)
+run timeout 120 "$BIN/deepintshield-load" run --stream \
+  --url "$GW_URL/v1/chat/completions" --rate 4000 --duration 500ms --warmup 0s \
+  --connections 2500 --timeout 60s --json "$OUT/burst.json"
+curl -s "$ADMIN_URL/stats" > "$OUT/burst-stats.json" || true
+stop "$GW_PID" "$MOCK_PID"
 
 say "summary (the bar: bench/README.md)"
 python3 bench/summary.py "$OUT" | tee "$OUT/summary.txt"

@@ -121,6 +121,9 @@ fn check(path: &Path) -> Result<Config, String> {
         return Err(problem);
     }
     deepintshield::service::load_prices(&c)?;
+    for warning in c.systemd_unit_warnings() {
+        eprintln!("deepintshield: warning: {warning}");
+    }
     Ok(c)
 }
 

@@ -404,7 +404,7 @@ fn the_soft_descriptor_limit_is_raised_to_the_hard_one() {
     assert!(
         !log.lines()
             .iter()
-            .any(|l| l.contains("file descriptor limit is below")),
+            .any(|l| l.contains("file descriptors, more than")),
         "{:?}",
         log.lines()
     );
@@ -414,9 +414,12 @@ fn the_soft_descriptor_limit_is_raised_to_the_hard_one() {
     let (gw, log) = start_under_fd_limit(&short, 256, Some(2048));
     assert_eq!(open_files_limit(gw.proc.pid()), (2048, 2048));
     let warning = log
-        .wait_for(IO_TIMEOUT, |l| l.contains("file descriptor limit is below"))
+        .wait_for(IO_TIMEOUT, |l| l.contains("file descriptors, more than"))
         .expect("the warning");
-    assert!(warning.contains("limit=2048"), "{warning}");
+    assert!(
+        warning.contains("more than 2048 (this process's RLIMIT_NOFILE"),
+        "{warning}"
+    );
 }
 
 // --- reloads ----------------------------------------------------------------------------------

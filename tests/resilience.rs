@@ -159,6 +159,42 @@ fn pool_scales_up_under_a_burst_and_back_down_when_idle() {
 }
 
 #[test]
+fn a_burst_of_long_requests_grows_the_pool_at_once_instead_of_queueing() {
+    // The interval scaler would take seconds per doubling here (scale_min_interval_ms = 3000 by
+    // default): 100 requests of 1 s each on 2 workers finish in about 2 s only if the pool grows
+    // as the jobs are queued.
+    let cfg = format!(
+        "{}[providers.mock]\ntype = \"mock\"\n[providers.mock.mock]\nlatency_ms = 1000\n[providers.mock.pool]\nworkers = 2\nworkers_min = 2\nworkers_max = 256\nqueue_capacity = 1000\nrequest_timeout_ms = 20000\n",
+        base_config()
+    );
+    let gw = Gateway::start(&cfg);
+    let addr = gw.api;
+    let t0 = Instant::now();
+    let burst: Vec<_> = (0..100)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let body = r#"{"model":"mock/m","messages":[{"role":"user","content":"b"}]}"#;
+                request(addr, "POST", "/v1/chat/completions", &[], body.as_bytes()).status
+            })
+        })
+        .collect();
+    assert!(burst.into_iter().all(|h| h.join().unwrap() == 200));
+    let took = t0.elapsed();
+    let pool = &gw.stats()["pools"]["mock"];
+    assert!(
+        took < Duration::from_millis(3500),
+        "100 requests of 1 s took {took:?}: {pool}"
+    );
+    let alive = pool["workers_alive"].as_u64().unwrap();
+    assert!(
+        (100..=256).contains(&alive),
+        "grown to cover the burst: {pool}"
+    );
+    let events = pool["supervisor"]["scaling_events"].as_array().unwrap();
+    assert_eq!(events[0]["reason"], "queued", "{events:?}");
+}
+
+#[test]
 fn health_probes_run_at_start_up_and_report_in_stats() {
     let mock = Mock::start(&[]);
     let dead = free_port();

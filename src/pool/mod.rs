@@ -149,7 +149,6 @@ impl ProviderPool {
             stats.unwrap_or_else(|| Arc::new(PoolStats::new(&cfg.name, cores.len().max(1))));
         let (tx, rx) = crossbeam_channel::bounded(cfg.pool.queue_capacity);
         let workers = cfg.pool.workers;
-        let core_list: Vec<usize> = cores.iter().map(|c| c.id).collect();
         let shared = Arc::new(Shared {
             name: cfg.name.clone(),
             provider,
@@ -170,7 +169,7 @@ impl ProviderPool {
             handles: Mutex::new(Vec::with_capacity(workers)),
             epoch: Instant::now(),
             supervisor: supervisor::State::new(&cfg.health),
-            idle: idle::IdleWorkers::new(&core_list),
+            idle: idle::IdleWorkers::default(),
         });
         for _ in 0..workers {
             worker::spawn(&shared)?;
@@ -289,7 +288,14 @@ impl ProviderPool {
             Ok(()) => {
                 let counters = &self.shared.stats.counters;
                 counters.accepted.fetch_add(1, Ordering::Relaxed);
-                self.shared.idle.wake_one();
+                // No worker waited for it: a pool that may grow grows now, not at its next
+                // scaling interval (a burst of long streams is served instead of queued).
+                if !self.shared.idle.wake_one()
+                    && self.shared.workers_target.load(Ordering::Relaxed)
+                        < self.shared.cfg.workers_max
+                {
+                    self.shared.supervisor.want_workers();
+                }
                 Ok(Ok(()))
             }
             Err(TrySendError::Disconnected(_)) => Ok(Err(shutting_down())),

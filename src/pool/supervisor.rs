@@ -1,13 +1,15 @@
 //! The pool supervisor: one thread per pool that replaces stuck workers (stall detection: a job
 //! past its deadline, or a running stream without activity or past its longest duration), scales
-//! the pool between `workers_min` and `workers_max`, suggests a pool size from Little's law, runs
+//! the pool between `workers_min` and `workers_max` (on its interval, and at once when a job is
+//! queued with no idle worker to take it), suggests a pool size from Little's law, runs
 //! the provider's optional health probe at start-up and while its breaker is open, and re-probes
 //! provider keys whose disable has expired (never on a request's path). Every decision is logged
 //! and kept for `/stats`.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use super::{worker, Shared};
@@ -32,6 +34,10 @@ pub struct State {
     pub suggested_workers: AtomicU64,
     /// Workers that the configured upstream rate limit can keep busy (0 = no limit configured).
     pub workers_for_rate_limit: AtomicU64,
+    /// The supervisor's thread, unparked when the pool should grow at once.
+    thread: OnceLock<Thread>,
+    /// A job was queued with no idle worker to take it, and the supervisor has not looked yet.
+    grow_wanted: AtomicBool,
 }
 
 impl State {
@@ -46,6 +52,18 @@ impl State {
             events: Mutex::new(VecDeque::new()),
             suggested_workers: AtomicU64::new(0),
             workers_for_rate_limit: AtomicU64::new(0),
+            thread: OnceLock::new(),
+            grow_wanted: AtomicBool::new(false),
+        }
+    }
+
+    /// A job was queued and no idle worker took it: have the supervisor grow the pool now (one
+    /// wake-up until it has looked, however many jobs ask).
+    pub fn want_workers(&self) {
+        if !self.grow_wanted.swap(true, Ordering::AcqRel) {
+            if let Some(thread) = self.thread.get() {
+                thread.unpark();
+            }
         }
     }
 
@@ -92,8 +110,22 @@ fn run(shared: &Arc<Shared>, health: &HealthConfig) {
     let mut last_completed = 0u64;
     let mut last_scale_at = started;
     let mut next_health = started;
+    let mut next_tick = started + TICK;
+    let sup = &shared.supervisor;
+    let _ = sup.thread.set(std::thread::current());
     loop {
-        std::thread::sleep(TICK);
+        // Parked until the next tick, or until a queued job finds no idle worker.
+        let now = Instant::now();
+        if now < next_tick {
+            std::thread::park_timeout(next_tick - now);
+        }
+        if sup.grow_wanted.swap(false, Ordering::AcqRel) && !shared.closed.load(Ordering::Acquire) {
+            grow(shared, &mut last_change);
+        }
+        if Instant::now() < next_tick {
+            continue;
+        }
+        next_tick = Instant::now() + TICK;
         let closed = shared.closed.load(Ordering::Acquire);
         if closed && shared.workers_alive.load(Ordering::Acquire) == 0 {
             return;
@@ -233,15 +265,70 @@ fn scale(shared: &Arc<Shared>, rate: f64, last_change: &mut Instant) {
     let utilization = busy / target.max(1) as f64;
     let depth = shared.rx.len();
     let queue_wait_hot = queue_wait_p99_us > cfg.scale_queue_wait_p99_max.as_micros() as u64;
-    let new = if (utilization >= cfg.scale_up_utilization || queue_wait_hot)
+    let (new, reason) = if (utilization >= cfg.scale_up_utilization || queue_wait_hot)
         && target < cfg.workers_max
     {
-        ((target as f64 * cfg.scale_up_factor).ceil() as usize).clamp(target + 1, cfg.workers_max)
+        let new = ((target as f64 * cfg.scale_up_factor).ceil() as usize)
+            .clamp(target + 1, cfg.workers_max);
+        (
+            new,
+            if queue_wait_hot {
+                "queue_wait_p99"
+            } else {
+                "utilization"
+            },
+        )
     } else if utilization < cfg.scale_down_utilization && depth == 0 && target > cfg.workers_min {
-        ((target as f64 / cfg.scale_up_factor).floor() as usize).clamp(cfg.workers_min, target - 1)
+        let new = ((target as f64 / cfg.scale_up_factor).floor() as usize)
+            .clamp(cfg.workers_min, target - 1);
+        (new, "idle")
     } else {
         return;
     };
+    let why = Why {
+        reason,
+        utilization,
+        queue_wait_p99_us,
+        depth,
+    };
+    resize(shared, target, new, &why, last_change);
+}
+
+/// A job waits with no idle worker to take it: grow at once towards `workers_max`, by the scale
+/// factor or by the jobs waiting, whichever is more. The queue is the evidence, so neither
+/// `scale_interval_ms` nor `scale_min_interval_ms` applies; shrinking still waits for both.
+fn grow(shared: &Arc<Shared>, last_change: &mut Instant) {
+    let cfg = &shared.cfg;
+    let target = shared.workers_target.load(Ordering::Acquire);
+    let depth = shared.rx.len();
+    if cfg.workers_min >= cfg.workers_max || target >= cfg.workers_max || depth == 0 {
+        return;
+    }
+    let new = ((target as f64 * cfg.scale_up_factor).ceil() as usize)
+        .max(target + depth)
+        .clamp(target + 1, cfg.workers_max);
+    let busy = shared.stats.counters.busy_workers.load(Ordering::Relaxed) as f64;
+    let why = Why {
+        reason: "queued",
+        utilization: busy / target.max(1) as f64,
+        queue_wait_p99_us: 0,
+        depth,
+    };
+    resize(shared, target, new, &why, last_change);
+}
+
+/// What a scaling decision was based on (logged and kept for `/stats`).
+struct Why {
+    reason: &'static str,
+    utilization: f64,
+    queue_wait_p99_us: u64,
+    depth: usize,
+}
+
+/// Move the pool's target from `target` to `new`: start the workers a growing pool lacks (idle
+/// workers above a lower target retire themselves after their current job).
+fn resize(shared: &Arc<Shared>, target: usize, new: usize, why: &Why, last_change: &mut Instant) {
+    let sup = &shared.supervisor;
     shared.workers_target.store(new, Ordering::Release);
     *last_change = Instant::now();
     let up = new > target;
@@ -262,25 +349,18 @@ fn scale(shared: &Arc<Shared>, rate: f64, last_change: &mut Instant) {
             }
         }
     }
-    // Scaling down: idle workers above the target retire themselves after their current job.
-    let reason = if up {
-        if queue_wait_hot {
-            "queue_wait_p99"
-        } else {
-            "utilization"
-        }
-    } else {
-        "idle"
-    };
     let (from, to) = (target.to_string(), new.to_string());
-    let (util, qw) = (format!("{utilization:.2}"), queue_wait_p99_us.to_string());
+    let (util, qw) = (
+        format!("{:.2}", why.utilization),
+        why.queue_wait_p99_us.to_string(),
+    );
     log::info(
         "pool scaled",
         &[
             ("pool", &shared.name),
             ("from", &from),
             ("to", &to),
-            ("reason", reason),
+            ("reason", why.reason),
             ("utilization", &util),
             ("queue_wait_us_p99", &qw),
         ],
@@ -289,10 +369,10 @@ fn scale(shared: &Arc<Shared>, rate: f64, last_change: &mut Instant) {
         "at_s": shared.epoch.elapsed().as_secs_f64(),
         "from": target,
         "to": new,
-        "reason": reason,
-        "utilization": utilization,
-        "queue_wait_us_p99": queue_wait_p99_us,
-        "queue_depth": depth,
+        "reason": why.reason,
+        "utilization": why.utilization,
+        "queue_wait_us_p99": why.queue_wait_p99_us,
+        "queue_depth": why.depth,
     }));
 }
 

@@ -29,13 +29,16 @@ use crate::job::{Answer, JobCtl, Usage};
 /// Largest upstream response body accepted, in bytes.
 pub const UPSTREAM_BODY_BYTES_MAX: u64 = 64 * 1024 * 1024;
 /// Idle upstream connections each worker keeps for reuse.
-pub const IDLE_CONNECTIONS_PER_WORKER: usize = 4;
-/// Read and write buffers of each upstream connection, bytes.
-pub const UPSTREAM_BUFFER_BYTES: usize = 16 * 1024;
+pub const IDLE_CONNECTIONS_PER_WORKER: usize =
+    crate::config::UPSTREAM_CONNECTIONS_PER_WORKER as usize;
+/// Read and write buffers of each upstream connection, bytes (each allocated whole, and zeroed,
+/// at the connection's first use: 16 KiB per worker with a connection). An answer's head must fit
+/// the read buffer (providers send 1 to 3 KiB); bodies stream through both.
+pub const UPSTREAM_BUFFER_BYTES: usize = 8 * 1024;
 /// Most bytes of one upstream event stream.
 pub const UPSTREAM_STREAM_BYTES_MAX: u64 = 1024 * 1024 * 1024;
 /// Read buffer of an upstream event stream.
-const STREAM_READ_BUF_BYTES: usize = 16 * 1024;
+const STREAM_READ_BUF_BYTES: usize = 4 * 1024;
 /// Header in which AWS names the type of an error answer (`ThrottlingException:<namespace>`).
 const AWS_ERROR_TYPE_HEADER: &str = "x-amzn-errortype";
 /// How long an idle upstream connection is kept.

@@ -40,53 +40,80 @@ use crate::stats::ServiceStats;
 /// itself at its next nudge.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 const _: () = assert!(SHUTDOWN_GRACE.as_millis() >= 2 * waiters::NUDGE_EVERY.as_millis());
-/// Descriptors wanted beyond the API listener's `connections_max`: admin connections, upstream
-/// connections, the event loop and the journal.
-const FD_HEADROOM: u64 = 1024;
-
 /// Raise the soft descriptor limit to the hard one (as the Go runtime and many servers do: the
 /// soft limit, often 1024, is a default for programs that may use `select`, which this one does
-/// not), then warn when it is still below `server.connections_max` plus headroom (`LimitNOFILE`
-/// under systemd sets both): past it, accept() fails (counted as `accept_fd_exhausted`) and new
-/// clients wait in the kernel's queue instead of getting a 503.
-fn raise_fd_limit(connections_max: usize) {
+/// not), then warn when it, or the tasks this process may start (its cgroup's `pids.max`, which
+/// systemd's `TasksMax` sets, and `RLIMIT_NPROC`), is below what the config can use at its most
+/// ([`Config::os_needs`]): past the descriptors, accept() fails (counted as
+/// `accept_fd_exhausted`) and new clients wait in the kernel's queue instead of getting a 503;
+/// past the tasks, a pool cannot grow and a reload fails.
+fn check_os_limits(config: &Config) {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit writes into the valid `rlimit` it is given.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return;
-    }
-    let wanted = (connections_max as u64).saturating_add(FD_HEADROOM);
-    if limit.rlim_cur < limit.rlim_max {
-        let raised = libc::rlimit {
-            rlim_cur: limit.rlim_max,
-            rlim_max: limit.rlim_max,
-        };
-        // SAFETY: setrlimit reads the valid `rlimit` it is given; raising the soft limit up to
-        // the hard one needs no privilege.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-            log::info(
-                "raised the file descriptor limit (soft) to the hard limit",
-                &[
-                    ("from", &limit.rlim_cur.to_string()),
-                    ("to", &raised.rlim_cur.to_string()),
-                ],
-            );
-            limit = raised;
+    let nofile = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        None
+    } else {
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            // SAFETY: setrlimit reads the valid `rlimit` it is given; raising the soft limit up
+            // to the hard one needs no privilege.
+            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+                log::info(
+                    "raised the file descriptor limit (soft) to the hard limit",
+                    &[
+                        ("from", &limit.rlim_cur.to_string()),
+                        ("to", &raised.rlim_cur.to_string()),
+                    ],
+                );
+                limit = raised;
+            }
         }
+        Some(limit.rlim_cur)
+    };
+    for warning in config.os_limit_warnings(
+        tasks_limit(),
+        nofile,
+        (
+            "this process's task limit: its cgroup's pids.max, which TasksMax sets, or RLIMIT_NPROC",
+            "this process's RLIMIT_NOFILE, which LimitNOFILE sets",
+        ),
+    ) {
+        log::warn(&warning, &[]);
     }
-    if limit.rlim_cur < wanted {
-        log::warn(
-            "the file descriptor limit is below server.connections_max plus headroom; raise \
-             LimitNOFILE (ulimit -Hn) or lower server.connections_max",
-            &[
-                ("limit", &limit.rlim_cur.to_string()),
-                ("connections_max", &connections_max.to_string()),
-                ("headroom", &FD_HEADROOM.to_string()),
-            ],
-        );
+}
+
+/// The most tasks (threads) this process may have: the smaller of its cgroup's `pids.max`
+/// (cgroup v2; what systemd's `TasksMax` sets) and `RLIMIT_NPROC` (counted per user, so an
+/// upper bound); `None` when neither is set.
+fn tasks_limit() -> Option<u64> {
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup")
+        .ok()
+        .and_then(|text| {
+            let path = text
+                .lines()
+                .find_map(|l| l.strip_prefix("0::"))?
+                .trim()
+                .to_owned();
+            let max = std::fs::read_to_string(format!("/sys/fs/cgroup{path}/pids.max")).ok()?;
+            max.trim().parse::<u64>().ok()
+        });
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the valid `rlimit` it is given.
+    let nproc = (unsafe { libc::getrlimit(libc::RLIMIT_NPROC, &mut limit) } == 0
+        && limit.rlim_cur != libc::RLIM_INFINITY)
+        .then_some(limit.rlim_cur);
+    match (cgroup, nproc) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -190,7 +217,7 @@ impl Service {
         let bind = |addr| {
             std::net::TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))
         };
-        raise_fd_limit(config.server.limits.connections_max);
+        check_os_limits(&config);
         let api_listener = bind(config.server.listen)?;
         let admin_listener = bind(config.server.admin_listen)?;
         let limits = config.server.limits.clone();

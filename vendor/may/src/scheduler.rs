@@ -216,7 +216,7 @@ impl Scheduler {
         let global = unsafe { self.global_queues.get_unchecked(thread_id) };
         global.push(co);
         // signal one waiting thread if any
-        self.get_selector().wakeup_if_sleeping(thread_id);
+        self.get_selector().wakeup(thread_id);
     }
 
     /// put the coroutine to global queue so that next time it can be scheduled
@@ -227,13 +227,7 @@ impl Scheduler {
         let global = unsafe { self.global_queues.get_unchecked(thread_id) };
         global.push(co);
         // signal one waiting thread if any
-        self.get_selector().wakeup_if_sleeping(thread_id);
-    }
-
-    /// Whether coroutines wait on thread `id`'s global queue.
-    #[inline]
-    pub fn has_global(&self, id: usize) -> bool {
-        !unsafe { self.global_queues.get_unchecked(id) }.is_empty()
+        self.get_selector().wakeup(thread_id);
     }
 
     #[inline]

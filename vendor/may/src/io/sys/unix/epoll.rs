@@ -1,7 +1,7 @@
 use std::io;
 use std::os::fd::AsFd;
 use std::os::fd::BorrowedFd;
-use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 #[cfg(feature = "io_timeout")]
 use std::time::Duration;
@@ -27,9 +27,6 @@ struct SingleSelector {
     #[cfg(feature = "io_timeout")]
     timer_list: TimerList,
     free_ev: Queue<Arc<EventData>>,
-    /// Set while the selector thread is in (or about to enter) `epoll_wait` with a timeout:
-    /// only then does a coroutine scheduled from another thread need the eventfd to wake it.
-    sleeping: AtomicBool,
 }
 
 impl SingleSelector {
@@ -49,7 +46,6 @@ impl SingleSelector {
             free_ev: Queue::new(),
             #[cfg(feature = "io_timeout")]
             timer_list: TimerList::new(),
-            sleeping: AtomicBool::new(false),
         })
     }
 }
@@ -93,20 +89,8 @@ impl Selector {
         let single_selector = &self.vec[id];
         let epoll = &single_selector.epoll;
 
-        // Announce the sleep, then look at the global queue once more: a coroutine pushed before
-        // the announcement is seen here (and the wait does not block), one pushed after it finds
-        // the flag set and writes the eventfd (see `wakeup_if_sleeping`).
-        single_selector.sleeping.store(true, Ordering::SeqCst);
-        fence(Ordering::SeqCst);
-        let timeout_ms = if scheduler.has_global(id) {
-            EpollTimeout::ZERO
-        } else {
-            timeout_ms
-        };
         // Wait for epoll events for at most timeout_ms milliseconds
-        let n = epoll.wait(events, timeout_ms);
-        single_selector.sleeping.store(false, Ordering::SeqCst);
-        let n = n?;
+        let n = epoll.wait(events, timeout_ms)?;
         // println!("epoll_wait = {}", n);
 
         // collect coroutines
@@ -162,17 +146,6 @@ impl Selector {
         let buf = 1u64.to_le_bytes();
         let ret = write(&self.vec[id].evfd, &buf);
         trace!("wakeup id={:?}, ret={:?}", id, ret);
-    }
-
-    /// Wake selector `id` for a coroutine just pushed on its global queue, unless it is awake:
-    /// an awake selector collects its global queue before it sleeps again. Saves an eventfd
-    /// write (and the selector's read of it) per cross-thread wake-up of a busy scheduler.
-    #[inline]
-    pub fn wakeup_if_sleeping(&self, id: usize) {
-        fence(Ordering::SeqCst);
-        if self.vec[id].sleeping.swap(false, Ordering::SeqCst) {
-            self.wakeup(id);
-        }
     }
 
     // register io event to the selector

@@ -192,12 +192,6 @@ impl Selector {
         Ok(next_expire)
     }
 
-    /// Wake selector `id` for a coroutine pushed on its global queue (always, here).
-    #[inline]
-    pub fn wakeup_if_sleeping(&self, id: usize) {
-        self.wakeup(id);
-    }
-
     // this will post an os event so that we can wakeup the event loop
     #[inline]
     pub fn wakeup(&self, id: usize) {
