@@ -121,7 +121,8 @@ fn check(path: &Path) -> Result<Config, String> {
         return Err(problem);
     }
     deepintshield::service::load_prices(&c)?;
-    for warning in c.systemd_unit_warnings() {
+    let maps = deepintshield::service::max_map_count().and_then(|max| c.map_count_warning(max));
+    for warning in c.systemd_unit_warnings().into_iter().chain(maps) {
         eprintln!("deepintshield: warning: {warning}");
     }
     Ok(c)

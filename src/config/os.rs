@@ -14,6 +14,9 @@ pub const THREADS_BESIDE_WORKERS: u64 = 32;
 /// Descriptors beside client and upstream connections: the event loop, the journal, the
 /// database, config and secret files being read.
 pub const FDS_BESIDE_CONNECTIONS: u64 = 1024;
+/// Memory maps a thread takes: its stack and guard page, and its alternate signal stack and
+/// guard page.
+pub const MAPS_PER_THREAD: u64 = 4;
 /// Idle keep-alive connections a worker keeps to its upstream (each a descriptor).
 pub const UPSTREAM_CONNECTIONS_PER_WORKER: u64 = 4;
 
@@ -84,6 +87,24 @@ impl Config {
         out
     }
 
+    /// A warning when the pools at their `workers_max` would take more than seven eighths of
+    /// `max_map_count` memory maps (the kernel's `vm.max_map_count`): each thread takes
+    /// [`MAPS_PER_THREAD`], each client connection two, and a thread that cannot map its signal
+    /// stack aborts the process (pools stop growing short of it instead).
+    pub fn map_count_warning(&self, max_map_count: u64) -> Option<String> {
+        let maps = self.os_needs().threads * MAPS_PER_THREAD;
+        (maps > max_map_count - max_map_count / 8).then(|| {
+            format!(
+                "the pools' workers_max can take {} threads of {MAPS_PER_THREAD} memory maps each \
+                 ({maps} maps, and each client connection takes 2 more), near or past \
+                 vm.max_map_count ({max_map_count}): pools will stop growing short of \
+                 workers_max; raise it (sysctl -w vm.max_map_count=262144, and in \
+                 /etc/sysctl.d/) or lower workers_max",
+                self.os_needs().threads
+            )
+        })
+    }
+
     /// The warnings against the shipped systemd unit's `TasksMax` and `LimitNOFILE` (`--check`).
     pub fn systemd_unit_warnings(&self) -> Vec<String> {
         self.os_limit_warnings(
@@ -137,6 +158,9 @@ mod tests {
             w[1]
         );
         assert!(c.os_limit_warnings(None, None, ("", "")).is_empty());
+        assert!(c.map_count_warning(262_144).is_none());
+        let w = c.map_count_warning(16_384).expect("4,136 threads x 4 maps");
+        assert!(w.contains("(16544 maps"), "{w}");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 pub mod breaker;
 mod idle;
+mod room;
 mod supervisor;
 pub mod waiters;
 mod worker;

@@ -20,6 +20,9 @@ use crate::stats::PoolCounters;
 
 /// How often the supervisor looks at its pool.
 const TICK: Duration = Duration::from_millis(100);
+/// After a growth fell short (threads could not start), the wait before growing again on a
+/// queued job.
+const GROW_RETRY_MS: u64 = 1_000;
 /// Scaling decisions kept for `/stats`.
 const EVENTS_MAX: usize = 16;
 /// Disabled provider keys re-probed per tick (each probe waits up to `health.timeout_ms`, and the
@@ -38,6 +41,8 @@ pub struct State {
     thread: OnceLock<Thread>,
     /// A job was queued with no idle worker to take it, and the supervisor has not looked yet.
     grow_wanted: AtomicBool,
+    /// Growing on a queued job waits until then ([`clock_ms`]) after a growth fell short.
+    grow_blocked_until_ms: AtomicU64,
 }
 
 impl State {
@@ -54,6 +59,7 @@ impl State {
             workers_for_rate_limit: AtomicU64::new(0),
             thread: OnceLock::new(),
             grow_wanted: AtomicBool::new(false),
+            grow_blocked_until_ms: AtomicU64::new(0),
         }
     }
 
@@ -301,7 +307,15 @@ fn grow(shared: &Arc<Shared>, last_change: &mut Instant) {
     let cfg = &shared.cfg;
     let target = shared.workers_target.load(Ordering::Acquire);
     let depth = shared.rx.len();
-    if cfg.workers_min >= cfg.workers_max || target >= cfg.workers_max || depth == 0 {
+    if cfg.workers_min >= cfg.workers_max
+        || target >= cfg.workers_max
+        || depth == 0
+        || clock_ms()
+            < shared
+                .supervisor
+                .grow_blocked_until_ms
+                .load(Ordering::Acquire)
+    {
         return;
     }
     let new = ((target as f64 * cfg.scale_up_factor).ceil() as usize)
@@ -339,7 +353,20 @@ fn resize(shared: &Arc<Shared>, target: usize, new: usize, why: &Why, last_chang
         &counters.scale_downs
     });
     if up {
-        for _ in shared.workers_effective()..new {
+        let want = new.saturating_sub(shared.workers_effective());
+        let room = super::room::threads_room().unwrap_or(usize::MAX);
+        if room < want {
+            log::warn(
+                "a pool cannot grow as far as it should: the process is near the kernel's limit \
+                 of memory maps (each thread takes 4; raise it with sysctl vm.max_map_count)",
+                &[
+                    ("pool", &shared.name),
+                    ("wanted", &want.to_string()),
+                    ("room", &room.to_string()),
+                ],
+            );
+        }
+        for _ in 0..want.min(room) {
             if let Err(e) = worker::spawn(shared) {
                 log::error(
                     "cannot start a worker",
@@ -347,6 +374,16 @@ fn resize(shared: &Arc<Shared>, target: usize, new: usize, why: &Why, last_chang
                 );
                 break;
             }
+        }
+        let running = shared.workers_effective();
+        if running < new {
+            // What runs is the target; growing again waits a second (each look reads the
+            // process's memory maps).
+            shared
+                .workers_target
+                .store(running.max(target), Ordering::Release);
+            sup.grow_blocked_until_ms
+                .store(clock_ms() + GROW_RETRY_MS, Ordering::Release);
         }
     }
     let (from, to) = (target.to_string(), new.to_string());

@@ -86,6 +86,18 @@ fn check_os_limits(config: &Config) {
     ) {
         log::warn(&warning, &[]);
     }
+    if let Some(warning) = max_map_count().and_then(|max| config.map_count_warning(max)) {
+        log::warn(&warning, &[]);
+    }
+}
+
+/// The kernel's `vm.max_map_count`, when it can be read.
+pub fn max_map_count() -> Option<u64> {
+    std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// The most tasks (threads) this process may have: the smaller of its cgroup's `pids.max`
