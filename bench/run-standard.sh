@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The standard DeepIntShield benchmark suite (method, bar and recorded results: bench/README.md).
 #
-#   bench/run-standard.sh [OUT_DIR]        # about 8 minutes on a 2-core machine
+#   bench/run-standard.sh [OUT_DIR]        # about 11 minutes on a 2-core machine
 #   QUICK=1 bench/run-standard.sh          # the same steps, shortened (a smoke test, ~2 minutes)
 #
 # Builds the release binaries, then starts and stops every process it needs, on 127.0.0.1 only,
