@@ -307,9 +307,13 @@ fn grow(shared: &Arc<Shared>, last_change: &mut Instant) {
     let cfg = &shared.cfg;
     let target = shared.workers_target.load(Ordering::Acquire);
     let depth = shared.rx.len();
+    // Workers started by the last growth may not have taken their jobs yet: count them, so that
+    // one burst does not double the pool twice.
+    let busy = shared.stats.counters.busy_workers.load(Ordering::Relaxed);
+    let free = shared.workers_effective().saturating_sub(busy as usize);
     if cfg.workers_min >= cfg.workers_max
         || target >= cfg.workers_max
-        || depth == 0
+        || depth <= free
         || clock_ms()
             < shared
                 .supervisor
@@ -319,12 +323,11 @@ fn grow(shared: &Arc<Shared>, last_change: &mut Instant) {
         return;
     }
     let new = ((target as f64 * cfg.scale_up_factor).ceil() as usize)
-        .max(target + depth)
+        .max(target + depth - free)
         .clamp(target + 1, cfg.workers_max);
-    let busy = shared.stats.counters.busy_workers.load(Ordering::Relaxed) as f64;
     let why = Why {
         reason: "queued",
-        utilization: busy / target.max(1) as f64,
+        utilization: busy as f64 / target.max(1) as f64,
         queue_wait_p99_us: 0,
         depth,
     };
