@@ -62,6 +62,11 @@ fn default_config_serves_the_builtin_mock() {
         .map(|m| m["id"].as_str().unwrap().to_string())
         .collect();
     assert!(ids.contains(&"gpt-4o-mini".to_string()), "{ids:?}");
+    // Embeddings as OpenAI SDK code asks for them, from the mock's deterministic vectors.
+    let body = br#"{"model":"text-embedding-3-small","input":["a","b"]}"#;
+    let e = request(gw.api, "POST", "/v1/embeddings", &[], body);
+    assert_eq!(e.status, 200, "{}", String::from_utf8_lossy(&e.body));
+    assert_eq!(e.json()["data"].as_array().map(Vec::len), Some(2));
 
     let health = request(gw.admin, "GET", "/health", &[], b"");
     assert_eq!(health.status, 200);
