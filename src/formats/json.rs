@@ -185,6 +185,21 @@ pub(crate) fn parse_raw<'a, T: Deserialize<'a>>(
         .map_err(|e| FormatError::bad_request("invalid_field", format!("{what}: {e}")))
 }
 
+/// One SSE event's JSON payload, or `None` for an empty one or one after the stream's
+/// terminating event (`done`), which is ignored.
+pub(crate) fn stream_event<'a, T: Deserialize<'a>>(
+    data: &'a [u8],
+    done: bool,
+) -> Result<Option<T>, FormatError> {
+    let data = data.trim_ascii();
+    if data.is_empty() || done {
+        return Ok(None);
+    }
+    serde_json::from_slice(data)
+        .map(Some)
+        .map_err(|e| FormatError::invalid_event("stream event", e))
+}
+
 /// A raw JSON value copied out of a borrowed one.
 pub(crate) fn own(raw: &RawValue) -> RawJson {
     RawJson::copy_of(raw)

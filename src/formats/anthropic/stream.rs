@@ -13,7 +13,7 @@ use super::{
 use crate::formats::chat::{
     client_tool_call_id, FinishReason, PartKind, StreamError, StreamEvent, Usage,
 };
-use crate::formats::json::{sse_begin, sse_end, write_str, write_u64, write_value};
+use crate::formats::json::{sse_begin, sse_end, stream_event, write_str, write_u64, write_value};
 use crate::formats::{restyle_id, EncodeInfo, FormatError};
 
 #[derive(Deserialize)]
@@ -120,12 +120,9 @@ impl StreamDecoder {
         data: &[u8],
         out: &mut Vec<StreamEvent>,
     ) -> Result<(), FormatError> {
-        let data = data.trim_ascii();
-        if data.is_empty() || self.done {
+        let Some(ev) = stream_event::<WireEvent>(data, self.done)? else {
             return Ok(());
-        }
-        let ev: WireEvent = serde_json::from_slice(data)
-            .map_err(|e| FormatError::invalid_event("stream event", e))?;
+        };
         let ty = ev.ty.as_deref().or(event).unwrap_or_default();
         match ty {
             "message_start" => {

@@ -17,8 +17,8 @@ use super::{
 use crate::formats::chat::{
     client_tool_call_id, FinishReason, PartKind, StreamError, StreamEvent, Usage,
 };
-use crate::formats::json::write_str;
 use crate::formats::json::write_u64;
+use crate::formats::json::{stream_event, write_str};
 use crate::formats::{restyle_id, FormatError};
 
 /// Most bytes of output one streamed answer may accumulate (the text, arguments and reasoning
@@ -550,12 +550,9 @@ impl StreamDecoder {
         data: &[u8],
         out: &mut Vec<StreamEvent>,
     ) -> Result<(), FormatError> {
-        let data = data.trim_ascii();
-        if data.is_empty() || self.done {
+        let Some(ev) = stream_event::<WireEvent>(data, self.done)? else {
             return Ok(());
-        }
-        let ev: WireEvent = serde_json::from_slice(data)
-            .map_err(|e| FormatError::invalid_event("stream event", e))?;
+        };
         let ty = ev.ty.as_deref().or(event).unwrap_or_default();
         match ty {
             "response.created" => {
