@@ -525,8 +525,9 @@ impl StderrLog {
 }
 
 impl Proc {
-    /// Start `cmd` and wait for its ready line; every stderr line is echoed and kept in the log.
-    pub fn spawn_logged(mut cmd: Command, ready_prefix: &str) -> (Proc, StderrLog) {
+    /// Start `cmd` with stdout and stderr piped: the child, its stderr, and its stdout lines as
+    /// a reader thread receives them.
+    fn start_piped(mut cmd: Command) -> (Child, ChildStderr, mpsc::Receiver<String>) {
         cmd.stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .stdin(Stdio::null());
@@ -540,6 +541,44 @@ impl Proc {
                 let _ = tx.send(line);
             }
         });
+        (child, stderr, rx)
+    }
+
+    /// Wait up to 20 s for the stdout line holding `ready_prefix`; else kill the child and panic
+    /// with what `why` says of it.
+    fn wait_ready(
+        mut child: Child,
+        rx: mpsc::Receiver<String>,
+        ready_prefix: &str,
+        why: impl FnOnce() -> String,
+    ) -> Proc {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.contains(ready_prefix) => {
+                    return Proc {
+                        child,
+                        first_line: line,
+                        stdout_lines: rx,
+                    };
+                }
+                Ok(_) => continue,
+                Err(_) => {
+                    let _ = child.kill();
+                    let status = child.wait().ok();
+                    panic!(
+                        "process did not print {ready_prefix:?} (exit {status:?}){}",
+                        why()
+                    );
+                }
+            }
+        }
+    }
+
+    /// Start `cmd` and wait for its ready line; every stderr line is echoed and kept in the log.
+    pub fn spawn_logged(cmd: Command, ready_prefix: &str) -> (Proc, StderrLog) {
+        let (child, stderr, rx) = Proc::start_piped(cmd);
         let log = StderrLog::default();
         let kept = log.clone();
         std::thread::spawn(move || {
@@ -551,68 +590,20 @@ impl Proc {
                 }
             }
         });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) if line.contains(ready_prefix) => {
-                    let proc = Proc {
-                        child,
-                        first_line: line,
-                        stdout_lines: rx,
-                    };
-                    return (proc, log);
-                }
-                Ok(_) => continue,
-                Err(_) => {
-                    let _ = child.kill();
-                    let status = child.wait().ok();
-                    panic!(
-                        "process did not print {ready_prefix:?} (exit {status:?}); stderr: {:?}",
-                        log.lines()
-                    );
-                }
-            }
-        }
+        let proc = Proc::wait_ready(child, rx, ready_prefix, || {
+            format!("; stderr: {:?}", log.lines())
+        });
+        (proc, log)
     }
-}
 
-impl Proc {
     /// Start `cmd` and wait for its ready line on stdout; its stderr is a pipe handed back
     /// unread (it fills as the child writes, as a stalled journal would).
-    pub fn spawn_stderr_held(mut cmd: Command, ready_prefix: &str) -> (Proc, ChildStderr) {
-        cmd.stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .stdin(Stdio::null());
-        let mut child = cmd.spawn().expect("spawn");
-        let stdout = child.stdout.take().expect("stdout");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) if line.contains(ready_prefix) => {
-                    let proc = Proc {
-                        child,
-                        first_line: line,
-                        stdout_lines: rx,
-                    };
-                    return (proc, stderr);
-                }
-                Ok(_) => continue,
-                Err(_) => {
-                    let _ = child.kill();
-                    panic!("process did not print {ready_prefix:?}");
-                }
-            }
-        }
+    pub fn spawn_stderr_held(cmd: Command, ready_prefix: &str) -> (Proc, ChildStderr) {
+        let (child, stderr, rx) = Proc::start_piped(cmd);
+        (
+            Proc::wait_ready(child, rx, ready_prefix, String::new),
+            stderr,
+        )
     }
 }
 
