@@ -557,26 +557,35 @@ impl Mock {
         self.chat_completion_as(req, n, Api::OpenAi)
     }
 
-    fn chat_completion_as(&self, req: &Request, n: u64, api: Api) -> Response {
+    /// An OpenAI-shaped request's body and model, recorded; an OpenAI error when the body is not
+    /// a JSON object or names no model.
+    fn openai_body(&self, req: &Request) -> Result<(Value, String), Response> {
         let parsed: Result<Value, _> = serde_json::from_slice(&req.body);
         let model = model_of(&parsed);
         self.record(req, &model);
-
         let body = match parsed {
             Ok(v) if v.is_object() => v,
             _ => {
-                return Response::error(&ApiError::bad_request(
+                return Err(Response::error(&ApiError::bad_request(
                     "invalid_json",
                     "the request body is not a JSON object",
-                ))
+                )))
             }
         };
         if model.is_empty() {
-            return Response::error(&ApiError::bad_request(
+            return Err(Response::error(&ApiError::bad_request(
                 "missing_model",
                 "`model` is required",
-            ));
+            )));
         }
+        Ok((body, model))
+    }
+
+    fn chat_completion_as(&self, req: &Request, n: u64, api: Api) -> Response {
+        let (body, model) = match self.openai_body(req) {
+            Ok(parsed) => parsed,
+            Err(r) => return r,
+        };
         let Some(messages) = body.get("messages").and_then(Value::as_array) else {
             return Response::error(&ApiError::bad_request(
                 "missing_messages",
@@ -683,24 +692,10 @@ impl Mock {
     /// The Responses API on `api`'s routes (injected faults in its error shape).
     fn responses_as(&self, req: &Request, n: u64, api: Api) -> Response {
         self.responses_requests.fetch_add(1, Ordering::Relaxed);
-        let parsed: Result<Value, _> = serde_json::from_slice(&req.body);
-        let model = model_of(&parsed);
-        self.record(req, &model);
-        let body = match parsed {
-            Ok(v) if v.is_object() => v,
-            _ => {
-                return Response::error(&ApiError::bad_request(
-                    "invalid_json",
-                    "the request body is not a JSON object",
-                ))
-            }
+        let (body, model) = match self.openai_body(req) {
+            Ok(parsed) => parsed,
+            Err(r) => return r,
         };
-        if model.is_empty() {
-            return Response::error(&ApiError::bad_request(
-                "missing_model",
-                "`model` is required",
-            ));
-        }
         if !matches!(body.get("input"), Some(Value::String(_) | Value::Array(_))) {
             return Response::error(&ApiError::bad_request(
                 "missing_input",
@@ -772,24 +767,10 @@ impl Mock {
 
     fn text_completion_as(&self, req: &Request, n: u64, api: Api) -> Response {
         self.completions_requests.fetch_add(1, Ordering::Relaxed);
-        let parsed: Result<Value, _> = serde_json::from_slice(&req.body);
-        let model = model_of(&parsed);
-        self.record(req, &model);
-        let Ok(body) = parsed.map_err(|_| ()).and_then(|v| match v {
-            Value::Object(_) => Ok(v),
-            _ => Err(()),
-        }) else {
-            return Response::error(&ApiError::bad_request(
-                "invalid_json",
-                "the request body is not a JSON object",
-            ));
+        let (body, model) = match self.openai_body(req) {
+            Ok(parsed) => parsed,
+            Err(r) => return r,
         };
-        if model.is_empty() {
-            return Response::error(&ApiError::bad_request(
-                "missing_model",
-                "`model` is required",
-            ));
-        }
         let Some(prompt) = legacy::prompt_text(&body) else {
             return Response::error(&ApiError::bad_request(
                 "invalid_prompt",
