@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 fn free_port() -> u16 {
@@ -115,6 +116,18 @@ fn per_request_fallbacks_are_honoured() {
     );
 }
 
+/// `n` chat requests to `mock/m` at once, each on its own thread; join for their statuses.
+fn burst_of_chats(addr: SocketAddr, n: usize) -> Vec<std::thread::JoinHandle<u16>> {
+    (0..n)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let body = r#"{"model":"mock/m","messages":[{"role":"user","content":"b"}]}"#;
+                request(addr, "POST", "/v1/chat/completions", &[], body.as_bytes()).status
+            })
+        })
+        .collect()
+}
+
 #[test]
 fn pool_scales_up_under_a_burst_and_back_down_when_idle() {
     let cfg = format!(
@@ -123,14 +136,7 @@ fn pool_scales_up_under_a_burst_and_back_down_when_idle() {
     );
     let gw = Gateway::start(&cfg);
     let addr = gw.api;
-    let burst: Vec<_> = (0..40)
-        .map(|_| {
-            std::thread::spawn(move || {
-                let body = r#"{"model":"mock/m","messages":[{"role":"user","content":"b"}]}"#;
-                request(addr, "POST", "/v1/chat/completions", &[], body.as_bytes()).status
-            })
-        })
-        .collect();
+    let burst = burst_of_chats(addr, 40);
     let mut peak = 0;
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_secs(4) {
@@ -170,14 +176,7 @@ fn a_burst_of_long_requests_grows_the_pool_at_once_instead_of_queueing() {
     let gw = Gateway::start(&cfg);
     let addr = gw.api;
     let t0 = Instant::now();
-    let burst: Vec<_> = (0..100)
-        .map(|_| {
-            std::thread::spawn(move || {
-                let body = r#"{"model":"mock/m","messages":[{"role":"user","content":"b"}]}"#;
-                request(addr, "POST", "/v1/chat/completions", &[], body.as_bytes()).status
-            })
-        })
-        .collect();
+    let burst = burst_of_chats(addr, 100);
     assert!(burst.into_iter().all(|h| h.join().unwrap() == 200));
     let took = t0.elapsed();
     let pool = &gw.stats()["pools"]["mock"];

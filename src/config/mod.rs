@@ -47,7 +47,7 @@ use limits::{
     HEADER_BYTES_MAX_DEFAULT, HEADER_LINES_MAX_DEFAULT, HEADER_READ_TIMEOUT_MS_DEFAULT,
     IDLE_TIMEOUT_MS_DEFAULT, WRITE_TIMEOUT_MS_DEFAULT,
 };
-pub use os::{OsNeeds, SYSTEMD_TASKS_MAX, UPSTREAM_CONNECTIONS_PER_WORKER};
+pub use os::{OsNeeds, MAPS_PER_THREAD, SYSTEMD_TASKS_MAX, UPSTREAM_CONNECTIONS_PER_WORKER};
 pub use presets::{Preset, PresetDefaults, PRESETS};
 pub use vertex::{
     vertex_base_url, PrivateKey, ServiceAccount, VertexConfig, GEMINI_BASE_URL_DEFAULT,

@@ -4,8 +4,8 @@
 //! whole process; the kernel's limit is `vm.max_map_count` (65,530 by default). Connection
 //! coroutines take two each (stack and guard page), so a share of the limit is kept for them.
 
-/// Memory maps a thread takes.
-pub const MAPS_PER_THREAD: usize = 4;
+use crate::config::MAPS_PER_THREAD;
+
 /// The share of `vm.max_map_count` kept free for everything but new threads (connection
 /// coroutines, allocator arenas, buffers): one eighth, 8,191 maps by default.
 const RESERVE_DIVISOR: usize = 8;
@@ -27,7 +27,7 @@ pub fn threads_room() -> Option<usize> {
 fn room(max: usize, used: usize) -> usize {
     max.saturating_sub(max / RESERVE_DIVISOR)
         .saturating_sub(used)
-        / MAPS_PER_THREAD
+        / MAPS_PER_THREAD as usize
 }
 
 #[cfg(test)]
