@@ -183,9 +183,26 @@ fn test_limits() -> Limits {
 }
 
 fn start(limits: Limits) -> ServerHandle {
+    start_with_buffers(limits).0
+}
+
+/// A server and the pool that lends its connections' buffers.
+fn start_with_buffers(limits: Limits) -> (ServerHandle, Arc<ObjPool<Vec<u8>>>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let buffers = ObjPool::new("buffers", 64, 8, 1 << 20, Vec::new);
-    serve(listener, limits, Arc::new(EchoHandler), buffers).expect("serve")
+    let server = serve(
+        listener,
+        limits,
+        Arc::new(EchoHandler),
+        Arc::clone(&buffers),
+    );
+    (server.expect("serve"), buffers)
+}
+
+/// Buffers the pool has lent and not got back: (gets, lent now).
+fn buffers_lent(pool: &ObjPool<Vec<u8>>) -> (u64, u64) {
+    let s = pool.snapshot();
+    (s.gets, s.gets - s.returns - s.discards)
 }
 
 #[derive(Debug)]
@@ -396,6 +413,40 @@ fn keep_alive_serves_several_requests_on_one_connection() {
         server.stats().connections_accepted.load(Ordering::Relaxed),
         1
     );
+}
+
+#[test]
+fn connections_hold_buffers_only_while_they_use_them() {
+    let (server, pool) = start_with_buffers(test_limits());
+    let mut clients: Vec<Client> = (0..16)
+        .map(|_| Client::connect(server.local_addr()))
+        .collect();
+    // While their requests are with the handler, the connections hold no buffer.
+    for c in &mut clients {
+        c.send(&get("/sleep?ms=1000"));
+    }
+    let active = || server.stats().connections_active.load(Ordering::Relaxed);
+    wait_until("16 requests read and handed on", READ_TIMEOUT, || {
+        let (gets, lent) = buffers_lent(&pool);
+        gets >= 16 && lent == 0 && active() == 16
+    });
+    for c in &mut clients {
+        assert_eq!(c.response().status, 200);
+    }
+    // Idle keep-alive connections give theirs back after the first idle poll (500 ms).
+    wait_until(
+        "idle connections to return their buffers",
+        READ_TIMEOUT,
+        || buffers_lent(&pool).1 == 0 && active() == 16,
+    );
+    // They still serve requests, pipelined ones too, in order.
+    for (i, c) in clients.iter_mut().enumerate() {
+        let mut two = get(&format!("/a{i}"));
+        two.extend_from_slice(&get(&format!("/b{i}")));
+        c.send(&two);
+        assert_eq!(c.response().json()["path"], format!("/a{i}"));
+        assert_eq!(c.response().json()["path"], format!("/b{i}"));
+    }
 }
 
 #[test]

@@ -1,9 +1,12 @@
 //! Connection loop: accept, read, parse, dispatch to the handler, write.
 //!
 //! One `may` coroutine accepts; each connection gets its own coroutine that reads into a pooled
-//! buffer, parses request heads with `httparse` (header slots sized from [`Limits`]), decodes
-//! Content-Length or chunked bodies, calls the [`Handler`] under `catch_unwind`, and appends the
-//! responses of pipelined requests to one pooled write buffer that is written in a single call.
+//! buffer, parses request heads with `httparse` (header slots on its stack, up to the limit in
+//! [`Limits`]), decodes Content-Length or chunked bodies, calls the [`Handler`] under
+//! `catch_unwind`, and appends the responses of pipelined requests to one pooled write buffer that
+//! is written in a single call. A connection holds its read and write buffers only while they hold
+//! bytes: not while its request is with a worker, nor once it has been idle for a while, so that
+//! thousands of calls in flight or idle keep-alive connections do not each keep 16 KiB.
 //! Every protocol fault is answered with the gateway's JSON error body and, where the framing can no
 //! longer be trusted, the connection is closed (no request smuggling).
 
@@ -461,16 +464,16 @@ struct Head {
 struct Conn<'s> {
     stream: TcpStream,
     shared: &'s Shared,
-    /// Always fully initialised (`len` is the usable size); bytes `rpos..rend` are unconsumed.
-    rbuf: Pooled<Vec<u8>>,
+    /// Lent by `shared.buffers` while bytes are read into it or wait in it (`None` otherwise,
+    /// and then `rpos == rend == 0`). Always fully initialised (`len` is the usable size); bytes
+    /// `rpos..rend` are unconsumed.
+    rbuf: Option<Pooled<Vec<u8>>>,
     rpos: usize,
     rend: usize,
-    /// Responses not yet written.
-    wbuf: Pooled<Vec<u8>>,
+    /// Responses not yet written; lent while it holds some.
+    wbuf: Option<Pooled<Vec<u8>>>,
     /// Responses in `wbuf` counted in `requests_in_flight`.
     wpending: u64,
-    /// httparse header slots, `header_lines_max` of them, reused for every request.
-    slots: Vec<MaybeUninit<httparse::Header<'static>>>,
     req: Request,
     /// The current request's head was parsed (its path and headers are known).
     head_parsed: bool,
@@ -495,21 +498,14 @@ impl Drop for Conn<'_> {
 impl<'s> Conn<'s> {
     fn new(stream: TcpStream, shared: &'s Shared) -> Self {
         let fd = stream.as_raw_fd();
-        let mut rbuf = shared.buffers.get();
-        let size = rbuf.capacity().max(READ_BUF_BYTES_INITIAL);
-        rbuf.resize(size, 0);
-        let slots = (0..shared.limits.header_lines_max.max(1))
-            .map(|_| MaybeUninit::uninit())
-            .collect();
         Conn {
             stream,
             shared,
-            rbuf,
+            rbuf: None,
             rpos: 0,
             rend: 0,
-            wbuf: shared.buffers.get(),
+            wbuf: None,
             wpending: 0,
-            slots,
             req: Request::empty(fd),
             head_parsed: false,
             read_timeout: None,
@@ -526,7 +522,7 @@ impl<'s> Conn<'s> {
     fn serve_one(&mut self) -> Result<(), End> {
         loop {
             // Stray CRLFs between requests are tolerated (RFC 9112 section 2.2).
-            while self.rpos < self.rend && matches!(self.rbuf[self.rpos], b'\r' | b'\n') {
+            while self.rpos < self.rend && matches!(self.unread()[0], b'\r' | b'\n') {
                 self.consume(1);
             }
             if self.rpos < self.rend {
@@ -560,9 +556,13 @@ impl<'s> Conn<'s> {
     }
 
     /// Wait for the first bytes of the next request, up to `idle_timeout`, closing early when the
-    /// server stops.
+    /// server stops. The first wait reads straight into the read buffer (a busy connection's next
+    /// request usually follows at once); after that the buffer goes back to the pool and the
+    /// connection only watches its socket (a peek) until bytes arrive.
     fn wait_idle(&mut self) -> Result<(), End> {
+        debug_assert_eq!(self.rpos, self.rend);
         let deadline = Instant::now() + self.shared.limits.idle_timeout;
+        let mut first = true;
         loop {
             if self.stopping() {
                 return Err(End::Quiet);
@@ -572,13 +572,47 @@ impl<'s> Conn<'s> {
                 bump(&self.shared.stats.idle_timeouts);
                 return Err(End::Quiet);
             }
-            let cap = self.rbuf.len();
-            match self.fill(left.min(Duration::from_millis(IDLE_POLL_MS)), cap) {
+            let wait = left.min(Duration::from_millis(IDLE_POLL_MS));
+            let got = if first {
+                first = false;
+                self.fill(wait, READ_BUF_BYTES_INITIAL)
+            } else {
+                self.rbuf = None;
+                self.peek(wait)
+            };
+            match got {
                 Ok(0) => return Err(End::Quiet),
                 Ok(_) => return Ok(()),
                 Err(e) if is_timeout(&e) => continue,
                 Err(_) => return Err(End::Quiet),
             }
+        }
+    }
+
+    /// Wait up to `timeout` for bytes without taking them (`Ok(0)`: the peer closed).
+    fn peek(&mut self, timeout: Duration) -> io::Result<usize> {
+        self.set_read_timeout(timeout)?;
+        let mut one = [0u8; 1];
+        loop {
+            match self.stream.peek(&mut one) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                other => return other,
+            }
+        }
+    }
+
+    /// The bytes read and not yet consumed.
+    fn unread(&self) -> &[u8] {
+        match &self.rbuf {
+            Some(buf) => &buf[self.rpos..self.rend],
+            None => &[],
+        }
+    }
+
+    /// Give the read buffer back to the pool when it holds nothing unconsumed.
+    fn return_read_buf(&mut self) {
+        if self.rpos == self.rend {
+            self.rbuf = None;
         }
     }
 
@@ -592,8 +626,11 @@ impl<'s> Conn<'s> {
         let deadline = Instant::now() + limits.header_read_timeout;
         let cap = limits.header_bytes_max.max(READ_BUF_BYTES_INITIAL);
         loop {
-            let buf = &self.rbuf[self.rpos..self.rend];
-            match parse_head(buf, &mut self.slots, &mut self.req) {
+            let buf = match &self.rbuf {
+                Some(buf) => &buf[self.rpos..self.rend],
+                None => &[],
+            };
+            match parse_head(buf, limits.header_lines_max, &mut self.req) {
                 Ok(Some(head)) => {
                     self.head_parsed = true;
                     if head.len > limits.header_bytes_max {
@@ -633,15 +670,16 @@ impl<'s> Conn<'s> {
         };
         let have = (self.rend - self.rpos).min(len);
         self.reserve_body(have)?;
-        self.req
-            .body
-            .extend_from_slice(&self.rbuf[self.rpos..self.rpos + have]);
+        if let Some(buf) = &self.rbuf {
+            let unread = &buf[self.rpos..self.rpos + have];
+            self.req.body.extend_from_slice(unread);
+        }
         self.consume(have);
         if have == len {
             return Ok(());
         }
         if head.expect_continue && have == 0 && head.minor_version == 1 {
-            self.wbuf.extend_from_slice(CONTINUE_100);
+            lend(&mut self.wbuf, &self.shared.buffers).extend_from_slice(CONTINUE_100);
         }
         self.flush()?;
         // The rest is read straight into the body, never past it (the next pipelined request
@@ -684,7 +722,10 @@ impl<'s> Conn<'s> {
                 let grown = self.req.body.capacity().saturating_mul(2);
                 self.reserve_body(room.max(grown).min(body_max))?;
             }
-            let input = &self.rbuf[self.rpos..self.rend];
+            let input = match &self.rbuf {
+                Some(buf) => &buf[self.rpos..self.rend],
+                None => &[],
+            };
             let step = decoder.decode(input, &mut self.req.body, body_max);
             let (used, done) = match step {
                 Ok(step) => step,
@@ -698,12 +739,15 @@ impl<'s> Conn<'s> {
                 return Ok(());
             }
             if !asked_continue {
-                self.wbuf.extend_from_slice(CONTINUE_100);
+                lend(&mut self.wbuf, &self.shared.buffers).extend_from_slice(CONTINUE_100);
                 asked_continue = true;
             }
             self.flush()?;
             let wait = self.body_wait()?;
-            let cap = self.rbuf.len();
+            let cap = self
+                .rbuf
+                .as_ref()
+                .map_or(READ_BUF_BYTES_INITIAL, |b| b.len());
             match self.fill(wait, cap) {
                 Ok(0) => return Err(End::Quiet),
                 Ok(_) => {}
@@ -818,8 +862,11 @@ impl<'s> Conn<'s> {
         stats.requests_in_flight.fetch_add(1, Ordering::Relaxed);
         self.wpending += 1;
         let handler = &self.shared.handler;
+        // While the handler runs (a worker makes the upstream call), a read buffer with nothing
+        // pipelined in it serves other connections.
+        self.return_read_buf();
         // A 1xx probe may go out while the handler runs only if nothing is queued before it.
-        let probe = if head.minor_version >= 1 && self.wbuf.is_empty() {
+        let probe = if head.minor_version >= 1 && self.wbuf.is_none() {
             Probe::Ready
         } else {
             Probe::Off
@@ -846,7 +893,11 @@ impl<'s> Conn<'s> {
         if !keep_alive {
             return Err(End::Linger);
         }
-        if self.wbuf.len() >= WRITE_BUF_FLUSH_BYTES {
+        if self
+            .wbuf
+            .as_ref()
+            .is_some_and(|b| b.len() >= WRITE_BUF_FLUSH_BYTES)
+        {
             self.flush()?;
         }
         Ok(())
@@ -874,7 +925,8 @@ impl<'s> Conn<'s> {
         } else {
             OutFraming::UntilClose
         };
-        write_response_head(&mut self.wbuf, response, &id, conn_header, framing);
+        let wbuf = lend(&mut self.wbuf, &self.shared.buffers);
+        write_response_head(wbuf, response, &id, conn_header, framing);
         if head.is_head {
             stream.cancel();
             return if keep_alive { Ok(()) } else { Err(End::Linger) };
@@ -913,25 +965,28 @@ impl<'s> Conn<'s> {
             while let Some(poll) = next.take() {
                 match poll {
                     StreamPoll::Chunk(bytes) => {
+                        let wbuf = lend(&mut self.wbuf, &self.shared.buffers);
                         if !bytes.is_empty() {
-                            frame_chunk(&mut self.wbuf, &bytes, chunked);
+                            frame_chunk(wbuf, &bytes, chunked);
                             wrote = true;
                         }
+                        let full = wbuf.len() >= WRITE_BUF_FLUSH_BYTES;
                         stream.recycle(bytes);
-                        if self.wbuf.len() < WRITE_BUF_FLUSH_BYTES {
+                        if !full {
                             next = stream.try_poll();
                         }
                     }
                     StreamPoll::Pending => {}
                     StreamPoll::End => {
                         if chunked {
-                            self.wbuf.extend_from_slice(b"0\r\n\r\n");
+                            lend(&mut self.wbuf, &self.shared.buffers)
+                                .extend_from_slice(b"0\r\n\r\n");
                         }
                         ended = true;
                     }
                 }
             }
-            if !self.wbuf.is_empty() {
+            if self.wbuf.is_some() {
                 self.write_all_counted(None)?;
             }
             if ended {
@@ -971,18 +1026,13 @@ impl<'s> Conn<'s> {
             fresh_id = generate_request_id();
             fresh_id.as_str()
         };
-        let body = write_response_head(
-            &mut self.wbuf,
-            response,
-            id,
-            conn_header,
-            OutFraming::Length,
-        );
+        let wbuf = lend(&mut self.wbuf, &self.shared.buffers);
+        let body = write_response_head(wbuf, response, id, conn_header, OutFraming::Length);
         if head_only || body.is_empty() {
             return Ok(());
         }
-        if self.wbuf.len() + body.len() <= WRITE_BUF_FLUSH_BYTES {
-            self.wbuf.extend_from_slice(body);
+        if wbuf.len() + body.len() <= WRITE_BUF_FLUSH_BYTES {
+            wbuf.extend_from_slice(body);
             return Ok(());
         }
         // Large body: write what is queued, then the body itself, without copying it.
@@ -1018,7 +1068,7 @@ impl<'s> Conn<'s> {
 
     /// Write every queued response.
     fn flush(&mut self) -> Result<(), End> {
-        if self.wbuf.is_empty() {
+        if self.wbuf.is_none() {
             return Ok(());
         }
         let result = self.write_all_counted(None);
@@ -1030,15 +1080,16 @@ impl<'s> Conn<'s> {
         result
     }
 
-    /// Write `extra`, or the write buffer (then cleared) when `None`; a timeout is counted.
+    /// Write `extra`, or the write buffer (then given back to the pool) when `None`; a timeout is
+    /// counted.
     fn write_all_counted(&mut self, extra: Option<&[u8]>) -> Result<(), End> {
-        let result = match extra {
-            Some(bytes) => self.stream.write_all(bytes),
-            None => {
-                let r = self.stream.write_all(&self.wbuf);
-                self.wbuf.clear();
-                r
+        let result = match (extra, self.wbuf.take()) {
+            (Some(bytes), wbuf) => {
+                self.wbuf = wbuf;
+                self.stream.write_all(bytes)
             }
+            (None, Some(wbuf)) => self.stream.write_all(&wbuf),
+            (None, None) => Ok(()),
         };
         match result {
             Ok(()) => Ok(()),
@@ -1065,7 +1116,8 @@ impl<'s> Conn<'s> {
             if left.is_zero() || self.set_read_timeout(left).is_err() {
                 return;
             }
-            match self.stream.read(&mut self.rbuf[..]) {
+            let buf = lend_read(&mut self.rbuf, &self.shared.buffers);
+            match self.stream.read(buf) {
                 Ok(0) | Err(_) => return,
                 Ok(n) => drained += n,
             }
@@ -1083,21 +1135,22 @@ impl<'s> Conn<'s> {
 
     /// Read more input after `rend`, making room by compacting or growing up to `cap` bytes.
     fn fill(&mut self, timeout: Duration, cap: usize) -> io::Result<usize> {
-        if self.rend == self.rbuf.len() {
+        self.set_read_timeout(timeout)?;
+        let rbuf = lend_read(&mut self.rbuf, &self.shared.buffers);
+        if self.rend == rbuf.len() {
             if self.rpos > 0 {
-                self.rbuf.copy_within(self.rpos..self.rend, 0);
+                rbuf.copy_within(self.rpos..self.rend, 0);
                 self.rend -= self.rpos;
                 self.rpos = 0;
-            } else if self.rbuf.len() < cap {
-                let size = self.rbuf.len().saturating_mul(2).max(1).min(cap);
-                self.rbuf.resize(size, 0);
+            } else if rbuf.len() < cap {
+                let size = rbuf.len().saturating_mul(2).max(1).min(cap);
+                rbuf.resize(size, 0);
             } else {
                 return Err(io::Error::other("read buffer full"));
             }
         }
-        self.set_read_timeout(timeout)?;
         loop {
-            match self.stream.read(&mut self.rbuf[self.rend..]) {
+            match self.stream.read(&mut rbuf[self.rend..]) {
                 Ok(n) => {
                     self.rend += n;
                     return Ok(n);
@@ -1118,6 +1171,27 @@ impl<'s> Conn<'s> {
     }
 }
 
+/// The connection's write buffer, borrowed from `pool` if it has none.
+fn lend<'a>(
+    slot: &'a mut Option<Pooled<Vec<u8>>>,
+    pool: &Arc<ObjPool<Vec<u8>>>,
+) -> &'a mut Vec<u8> {
+    slot.get_or_insert_with(|| pool.get())
+}
+
+/// The connection's read buffer, borrowed from `pool` (and zero-filled to its initial size) if
+/// it has none.
+fn lend_read<'a>(
+    slot: &'a mut Option<Pooled<Vec<u8>>>,
+    pool: &Arc<ObjPool<Vec<u8>>>,
+) -> &'a mut Vec<u8> {
+    slot.get_or_insert_with(|| {
+        let mut buf = pool.get();
+        buf.resize(READ_BUF_BYTES_INITIAL, 0);
+        buf
+    })
+}
+
 fn is_timeout(e: &io::Error) -> bool {
     matches!(
         e.kind(),
@@ -1129,34 +1203,33 @@ fn is_timeout(e: &io::Error) -> bool {
 // Request heads
 // ---------------------------------------------------------------------------------------------
 
-/// Run `f` with the connection's header slots retyped to borrow `'b`. The slots hold no values
-/// between requests, so mapping each to a fresh `uninit` is free; collecting a `vec::IntoIter`
-/// through `map` into a same-layout element type reuses the allocation (std's in-place collect),
-/// which keeps this safe and allocation-free.
-fn with_header_slots<'b, R>(
-    slots: &mut Vec<MaybeUninit<httparse::Header<'static>>>,
-    f: impl FnOnce(&mut [MaybeUninit<httparse::Header<'b>>]) -> R,
-) -> R {
-    let mut borrowed: Vec<MaybeUninit<httparse::Header<'b>>> = std::mem::take(slots)
-        .into_iter()
-        .map(|_| MaybeUninit::uninit())
-        .collect();
-    let result = f(&mut borrowed);
-    *slots = borrowed
-        .into_iter()
-        .map(|_| MaybeUninit::uninit())
-        .collect();
-    result
+/// Header lines a head is first parsed with, in slots on the coroutine's stack; a head with more
+/// (up to `header_lines_max`) is parsed again with slots on the heap. Connections keep no slots.
+const HEADER_SLOTS_ON_STACK: usize = 32;
+
+/// Parse a request head of at most `lines_max` header lines at the start of `buf` into `req`.
+/// `Ok(None)`: incomplete, read more. `req` is only touched once the head is complete.
+fn parse_head(buf: &[u8], lines_max: usize, req: &mut Request) -> Result<Option<Head>, Fault> {
+    let lines_max = lines_max.max(1);
+    let first = lines_max.min(HEADER_SLOTS_ON_STACK);
+    let mut slots =
+        [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; HEADER_SLOTS_ON_STACK];
+    match parse_head_with(buf, &mut slots[..first], req) {
+        Err(Fault::HeadersTooLarge(_)) if lines_max > first => {
+            let mut slots: Vec<MaybeUninit<httparse::Header<'_>>> =
+                (0..lines_max).map(|_| MaybeUninit::uninit()).collect();
+            parse_head_with(buf, &mut slots, req)
+        }
+        other => other,
+    }
 }
 
-/// Parse a request head at the start of `buf` into `req`. `Ok(None)`: incomplete, read more.
-/// `req` is only touched once the head is complete.
-fn parse_head(
-    buf: &[u8],
-    slots: &mut Vec<MaybeUninit<httparse::Header<'static>>>,
+fn parse_head_with<'b>(
+    buf: &'b [u8],
+    slots: &mut [MaybeUninit<httparse::Header<'b>>],
     req: &mut Request,
 ) -> Result<Option<Head>, Fault> {
-    with_header_slots(slots, |slots| {
+    {
         let mut parsed = httparse::Request::new(&mut []);
         match parsed.parse_with_uninit_headers(buf, slots) {
             Ok(httparse::Status::Complete(len)) if has_bare_lf(&buf[..len]) => {
@@ -1179,7 +1252,7 @@ fn parse_head(
                 "the request line or headers are malformed",
             )),
         }
-    })
+    }
 }
 
 /// Whether a request head has an LF not preceded by CR. httparse takes a bare LF as the end of a
@@ -1815,10 +1888,46 @@ mod tests {
     }
 
     fn parse(buf: &[u8]) -> (Result<Option<Head>, Fault>, Request) {
-        let mut slots = (0..100).map(|_| MaybeUninit::uninit()).collect();
         let mut req = Request::empty(-1);
-        let r = parse_head(buf, &mut slots, &mut req);
+        let r = parse_head(buf, 100, &mut req);
         (r, req)
+    }
+
+    #[test]
+    fn heads_with_more_lines_than_the_stack_slots_parse_up_to_the_limit() {
+        let head = |lines: usize| {
+            let mut h = String::from("GET /v1/models HTTP/1.1\r\n");
+            for i in 0..lines {
+                h.push_str(&format!("x-h{i}: v{i}\r\n"));
+            }
+            h.push_str("\r\n");
+            h
+        };
+        for (lines, max, ok) in [
+            (HEADER_SLOTS_ON_STACK, 100, true),
+            (HEADER_SLOTS_ON_STACK + 1, 100, true),
+            (100, 100, true),
+            (101, 100, false),
+            (11, 10, false),
+            (10, 10, true),
+            (HEADER_SLOTS_ON_STACK + 5, HEADER_SLOTS_ON_STACK + 4, false),
+        ] {
+            let mut req = Request::empty(-1);
+            let r = parse_head(head(lines).as_bytes(), max, &mut req);
+            if ok {
+                assert!(matches!(r, Ok(Some(_))), "{lines} lines, max {max}: {r:?}");
+                assert_eq!(req.headers.len(), lines);
+                assert_eq!(
+                    req.headers[lines - 1].1,
+                    format!("v{}", lines - 1).into_bytes()
+                );
+            } else {
+                assert!(
+                    matches!(r, Err(Fault::HeadersTooLarge(_))),
+                    "{lines} lines, max {max}: {r:?}"
+                );
+            }
+        }
     }
 
     #[test]
@@ -1899,21 +2008,6 @@ mod tests {
         assert!(has_bare_lf(b"GET / HTTP/1.1\r\nA: 1\nB: 2\r\n\r\n"));
         assert!(has_bare_lf(b"\n"));
         assert!(!has_bare_lf(b""));
-    }
-
-    #[test]
-    fn header_slots_are_reused_in_place() {
-        let mut slots: Vec<MaybeUninit<httparse::Header<'static>>> =
-            (0..100).map(|_| MaybeUninit::uninit()).collect();
-        let before = slots.as_ptr() as usize;
-        let n = with_header_slots(&mut slots, |s| s.len());
-        assert_eq!(n, 100);
-        assert_eq!(slots.len(), 100);
-        assert_eq!(
-            slots.as_ptr() as usize,
-            before,
-            "in-place collect reallocated"
-        );
     }
 
     #[test]
