@@ -13,6 +13,10 @@
 //! * Socket timeouts are set only when the time left differs from the one already set by more than
 //!   [`TIMEOUT_SLACK`] (ureq sets them whenever they differ, which a per-request deadline makes
 //!   every time): a read or write may end up to that much off its deadline.
+//! * A connection's output buffer is lent from a process-wide pool only while a request is being
+//!   written, and its read buffer stays at its configured size ([`UpstreamBuffers`]): a worker
+//!   waiting for an answer holds one buffer, not two (ureq's `LazyBuffers` keep both, zero-filled,
+//!   for the connection's life and grow the read buffer to 10 KiB on every request with a body).
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -21,14 +25,171 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use ureq::unversioned::transport::{
-    Buffers, ConnectionDetails, Connector, Either, LazyBuffers, NextTimeout, ShutdownHandle,
-    Transport,
+    Buffers, ConnectionDetails, Connector, Either, NextTimeout, ShutdownHandle, Transport,
 };
+
+use crate::objpool::{ObjPool, Pooled, Recycle};
 
 /// How far an already-set socket timeout may be from the time actually left.
 pub const TIMEOUT_SLACK: Duration = Duration::from_millis(20);
 /// Most bytes of a first write held back to go out with the next one.
 const HOLD_BYTES_MAX: usize = 8 * 1024;
+/// Size of the output buffers the process-wide pool lends (the gateway's agents all use it); an
+/// agent configured with another size gets its own buffer per connection instead.
+pub const LENT_OUTPUT_BYTES: usize = 8 * 1024;
+/// Output buffers the pool keeps for reuse: about the number of requests being written at once.
+const LENT_OUTPUTS_KEPT_MAX: usize = 1024;
+/// Scratch space ureq reads a chunked request body into (the read buffer's free part) is grown
+/// to at least this; a sized body is read straight into the output buffer.
+const TMP_BYTES_MIN: usize = 4 * 1024;
+
+/// An output buffer as the pool keeps it: zero-filled once when made, never cleared (ureq writes
+/// what it sends before sending it).
+pub struct OutputBuf(Box<[u8]>);
+
+impl Recycle for OutputBuf {
+    fn reset(&mut self) {}
+    fn retained_bytes(&self) -> usize {
+        self.0.len()
+    }
+}
+
+/// The pool lending output buffers of [`LENT_OUTPUT_BYTES`].
+pub fn output_buffers() -> &'static Arc<ObjPool<OutputBuf>> {
+    static POOL: std::sync::OnceLock<Arc<ObjPool<OutputBuf>>> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        ObjPool::new(
+            "upstream_output_buffers",
+            LENT_OUTPUTS_KEPT_MAX,
+            0,
+            usize::MAX,
+            || OutputBuf(vec![0; LENT_OUTPUT_BYTES].into_boxed_slice()),
+        )
+    })
+}
+
+enum Output {
+    /// Nothing is being written.
+    None,
+    Lent(Pooled<OutputBuf>),
+    /// Another size than the pool's: kept with the connection.
+    Own(Box<[u8]>),
+}
+
+/// The read and write buffers of one upstream connection ([`Buffers`], as ureq's `LazyBuffers`
+/// behave, with the output buffer lent only while a request is written).
+pub struct UpstreamBuffers {
+    /// Zero-filled to `input_size` at the first read; bytes `consumed..filled` are unconsumed.
+    input: Vec<u8>,
+    input_size: usize,
+    filled: usize,
+    consumed: usize,
+    /// The last consume took bytes (ureq parses the input again only after progress).
+    progress: bool,
+    output_size: usize,
+    output: Output,
+}
+
+impl UpstreamBuffers {
+    pub fn new(input_size: usize, output_size: usize) -> Self {
+        UpstreamBuffers {
+            input: Vec::new(),
+            input_size: input_size.max(1),
+            filled: 0,
+            consumed: 0,
+            progress: false,
+            output_size: output_size.max(1),
+            output: Output::None,
+        }
+    }
+
+    /// The input's free part, after moving unconsumed bytes to the front when that frees half.
+    fn input_free(&mut self) -> &mut [u8] {
+        if self.input.len() < self.input_size {
+            self.input.resize(self.input_size, 0);
+        }
+        if self.consumed > 0 {
+            if self.consumed == self.filled {
+                (self.consumed, self.filled) = (0, 0);
+            } else if self.filled > self.input.len() / 2 {
+                self.input.copy_within(self.consumed..self.filled, 0);
+                self.filled -= self.consumed;
+                self.consumed = 0;
+            }
+        }
+        &mut self.input[self.filled..]
+    }
+
+    /// The request is written: a lent output buffer goes back to the pool.
+    pub fn release_output(&mut self) {
+        if matches!(self.output, Output::Lent(_)) {
+            self.output = Output::None;
+        }
+    }
+
+    /// Whether an output buffer is held now.
+    pub fn holds_output(&self) -> bool {
+        !matches!(self.output, Output::None)
+    }
+}
+
+/// The output buffer, lent (or made) if none is held.
+fn output_of(output: &mut Output, size: usize) -> &mut [u8] {
+    if matches!(output, Output::None) {
+        *output = if size == LENT_OUTPUT_BYTES {
+            Output::Lent(output_buffers().get())
+        } else {
+            Output::Own(vec![0; size].into_boxed_slice())
+        };
+    }
+    match output {
+        Output::Lent(buf) => &mut buf.0,
+        Output::Own(buf) => buf,
+        Output::None => &mut [],
+    }
+}
+
+impl Buffers for UpstreamBuffers {
+    fn output(&mut self) -> &mut [u8] {
+        output_of(&mut self.output, self.output_size)
+    }
+
+    fn input(&self) -> &[u8] {
+        &self.input[self.consumed..self.filled]
+    }
+
+    fn input_append_buf(&mut self) -> &mut [u8] {
+        self.input_free()
+    }
+
+    fn input_appended(&mut self, amount: usize) {
+        self.filled += amount;
+        assert!(
+            self.filled <= self.input.len(),
+            "appended past the input buffer"
+        );
+    }
+
+    fn input_consume(&mut self, amount: usize) {
+        self.progress = amount > 0;
+        self.consumed += amount;
+        assert!(self.consumed <= self.filled, "consumed past the input");
+    }
+
+    fn tmp_and_output(&mut self) -> (&mut [u8], &mut [u8]) {
+        let free = self.input_free().len();
+        if free < TMP_BYTES_MIN {
+            let grown = self.input.len() + (TMP_BYTES_MIN - free);
+            self.input.resize(grown, 0);
+        }
+        let output = output_of(&mut self.output, self.output_size);
+        (&mut self.input[self.filled..], output)
+    }
+
+    fn can_use_input(&self) -> bool {
+        self.consumed < self.filled && self.progress
+    }
+}
 
 /// Opens plain TCP connections (see the module docs); passes on a connection an earlier
 /// connector in the chain made (a proxy tunnel).
@@ -68,7 +229,10 @@ impl<In: Transport> Connector<In> for LeanTcpConnector {
                     }
                     let transport = LeanTcpTransport::new(
                         stream,
-                        LazyBuffers::new(config.input_buffer_size(), config.output_buffer_size()),
+                        UpstreamBuffers::new(
+                            config.input_buffer_size(),
+                            config.output_buffer_size(),
+                        ),
                     );
                     (details.register_shutdown)(
                         Arc::downgrade(&transport.stream) as Weak<dyn ShutdownHandle>
@@ -89,7 +253,7 @@ impl<In: Transport> Connector<In> for LeanTcpConnector {
 
 pub struct LeanTcpTransport {
     stream: Arc<TcpStream>,
-    buffers: LazyBuffers,
+    buffers: UpstreamBuffers,
     read_timeout: Option<Duration>,
     write_timeout: Option<Duration>,
     /// A first write held back to go out with the next.
@@ -139,7 +303,7 @@ fn map_io(e: io::Error, timeout: &NextTimeout) -> ureq::Error {
 }
 
 impl LeanTcpTransport {
-    pub fn new(stream: TcpStream, buffers: LazyBuffers) -> Self {
+    pub fn new(stream: TcpStream, buffers: UpstreamBuffers) -> Self {
         LeanTcpTransport {
             stream: Arc::new(stream),
             buffers,
@@ -166,7 +330,10 @@ impl LeanTcpTransport {
     fn write_with_held(&mut self, rest_len: usize) -> io::Result<()> {
         let mut stream = &*self.stream;
         let held = std::mem::take(&mut self.held);
-        let rest = &self.buffers.output()[..rest_len];
+        let rest = match rest_len {
+            0 => &[][..],
+            n => &self.buffers.output()[..n],
+        };
         let (mut a, mut b) = (&held[..], rest);
         while !a.is_empty() || !b.is_empty() {
             let n = match stream.write_vectored(&[IoSlice::new(a), IoSlice::new(b)]) {
@@ -213,6 +380,8 @@ impl Transport for LeanTcpTransport {
             self.write_with_held(0)
                 .map_err(|e| map_io(e, &write_timeout))?;
         }
+        // The request is out: its output buffer serves another worker's while this one waits.
+        self.buffers.release_output();
         self.first_write = true;
         let timeout = timeout.for_read();
         if timeout.after.is_zero() {
@@ -296,7 +465,7 @@ mod tests {
             .set_read_timeout(Some(Duration::from_secs(5)))
             .unwrap();
         (
-            LeanTcpTransport::new(client, LazyBuffers::new(4096, 4096)),
+            LeanTcpTransport::new(client, UpstreamBuffers::new(4096, 4096)),
             server,
         )
     }
@@ -357,6 +526,92 @@ mod tests {
         send(&mut t, head);
         std::thread::sleep(Duration::from_millis(20));
         assert!(nothing_to_read(&server));
+    }
+
+    #[test]
+    fn the_output_buffer_is_lent_while_a_request_is_written() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        let mut t = LeanTcpTransport::new(
+            client,
+            UpstreamBuffers::new(LENT_OUTPUT_BYTES, LENT_OUTPUT_BYTES),
+        );
+        let pool = output_buffers();
+        let returns = pool.snapshot().returns;
+        assert!(!t.buffers.holds_output());
+        let head = b"POST / HTTP/1.1\r\ncontent-length: 2\r\n\r\n";
+        send(&mut t, head);
+        send(&mut t, b"{}");
+        assert!(
+            t.buffers.holds_output(),
+            "held while the request is written"
+        );
+        (&server)
+            .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+            .unwrap();
+        assert!(t.await_input(NextTimeout::default()).unwrap());
+        assert!(
+            !t.buffers.holds_output(),
+            "given back once the answer is awaited"
+        );
+        assert!(pool.snapshot().returns > returns);
+        assert_eq!(
+            read_exactly(&mut server, head.len() + 2).len(),
+            head.len() + 2
+        );
+        // Another size than the pool's is the connection's own and kept.
+        let (mut t, _server) = pair();
+        send(&mut t, b"GET / HTTP/1.1\r\n\r\n");
+        assert!(matches!(t.buffers.output, Output::Own(ref b) if b.len() == 4096));
+    }
+
+    #[test]
+    fn upstream_buffers_consume_shift_and_keep_their_size() {
+        let mut b = UpstreamBuffers::new(64, 32);
+        assert!(b.input().is_empty() && !b.can_use_input());
+        let free = b.input_append_buf();
+        assert_eq!(free.len(), 64);
+        free[..10].copy_from_slice(b"0123456789");
+        b.input_appended(10);
+        assert_eq!(b.input(), b"0123456789");
+        assert!(!b.can_use_input(), "no progress yet: read more first");
+        b.input_consume(4);
+        assert!(b.can_use_input());
+        assert_eq!(b.input(), b"456789");
+        b.input_consume(0);
+        assert!(
+            !b.can_use_input(),
+            "a consume of nothing asks for more input"
+        );
+        // Everything consumed: the next append starts at the front again.
+        b.input_consume(6);
+        assert_eq!(b.input_append_buf().len(), 64);
+        // More than half filled: unconsumed bytes move to the front.
+        b.input_append_buf()[..40].fill(b'x');
+        b.input_appended(40);
+        b.input_consume(30);
+        assert_eq!(b.input_append_buf().len(), 54);
+        assert_eq!(b.input(), b"xxxxxxxxxx");
+        b.input_consume(10);
+        // A request body's scratch space is the free input; the buffer keeps its size.
+        let (tmp, out) = b.tmp_and_output();
+        assert_eq!((tmp.len(), out.len()), (TMP_BYTES_MIN, 32));
+        assert_eq!(
+            b.input.len(),
+            TMP_BYTES_MIN,
+            "grown once to the scratch minimum"
+        );
+        let mut b = UpstreamBuffers::new(LENT_OUTPUT_BYTES, LENT_OUTPUT_BYTES);
+        for _ in 0..3 {
+            let (tmp, out) = b.tmp_and_output();
+            assert_eq!(
+                (tmp.len(), out.len()),
+                (LENT_OUTPUT_BYTES, LENT_OUTPUT_BYTES)
+            );
+            b.release_output();
+        }
+        assert_eq!(b.input.len(), LENT_OUTPUT_BYTES);
     }
 
     #[test]
