@@ -109,8 +109,9 @@ pub const LOG_LEVEL_DEFAULT: Level = Level::Info;
 /// `log.access`: one access-log line per chat request.
 pub const LOG_ACCESS_DEFAULT: bool = true;
 
-/// `objpools.buffers`: buffers held by the connection-buffer pool (each connection takes two
-/// while open, one to read and one to write; past the pool's capacity they are made and freed).
+/// `objpools.buffers`: buffers held by the connection-buffer pool (a connection borrows one to
+/// read while a request arrives and one to write while its answer goes out, and holds none while
+/// its request is with a worker or once idle; past the pool's capacity they are made and freed).
 pub const OBJPOOL_BUFFERS_DEFAULT: u64 = 1024;
 pub const OBJPOOL_BUFFERS_RANGE: RangeInclusive<u64> = 1..=65_536;
 /// `objpools.buffers_prefill`: buffers made at start-up (at most `objpools.buffers`), each of
