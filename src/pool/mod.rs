@@ -150,6 +150,7 @@ impl ProviderPool {
             stats.unwrap_or_else(|| Arc::new(PoolStats::new(&cfg.name, cores.len().max(1))));
         let (tx, rx) = crossbeam_channel::bounded(cfg.pool.queue_capacity);
         let workers = cfg.pool.workers;
+        let core_list: Vec<usize> = cores.iter().map(|c| c.id).collect();
         let shared = Arc::new(Shared {
             name: cfg.name.clone(),
             provider,
@@ -170,7 +171,7 @@ impl ProviderPool {
             handles: Mutex::new(Vec::with_capacity(workers)),
             epoch: Instant::now(),
             supervisor: supervisor::State::new(&cfg.health),
-            idle: idle::IdleWorkers::default(),
+            idle: idle::IdleWorkers::new(&core_list),
         });
         for _ in 0..workers {
             worker::spawn(&shared)?;

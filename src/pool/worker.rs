@@ -91,7 +91,7 @@ fn run(shared: &Shared, slot: &WorkerSlot, n: usize, shard: usize) -> bool {
     let seed = (n as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ std::process::id() as u64;
     let mut ctx = shared.provider.worker_ctx(seed);
     let rx = &shared.rx;
-    let me = Parker::current();
+    let me = Parker::current(shard);
     let retired = loop {
         // Idle workers sleep until a job comes, the pool closes, or a long poll passes (to
         // retire when scaled down): no busy polling by idle thousands.
