@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deepintshield::http::{
-    serve, BodyStream, Handler, Limits, Method, Request, Response, ServerHandle, StreamPoll,
+    serve, BodyStream, ConnBuf, Handler, Limits, Method, Request, Response, ServerHandle,
+    StreamPoll,
 };
 use deepintshield::objpool::ObjPool;
 
@@ -187,9 +188,9 @@ fn start(limits: Limits) -> ServerHandle {
 }
 
 /// A server and the pool that lends its connections' buffers.
-fn start_with_buffers(limits: Limits) -> (ServerHandle, Arc<ObjPool<Vec<u8>>>) {
+fn start_with_buffers(limits: Limits) -> (ServerHandle, Arc<ObjPool<ConnBuf>>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let buffers = ObjPool::new("buffers", 64, 8, 1 << 20, Vec::new);
+    let buffers = ObjPool::new("buffers", 64, 8, 1 << 20, ConnBuf::default);
     let server = serve(
         listener,
         limits,
@@ -200,7 +201,7 @@ fn start_with_buffers(limits: Limits) -> (ServerHandle, Arc<ObjPool<Vec<u8>>>) {
 }
 
 /// Buffers the pool has lent and not got back: (gets, lent now).
-fn buffers_lent(pool: &ObjPool<Vec<u8>>) -> (u64, u64) {
+fn buffers_lent(pool: &ObjPool<ConnBuf>) -> (u64, u64) {
     let s = pool.snapshot();
     (s.gets, s.gets - s.returns - s.discards)
 }

@@ -18,7 +18,7 @@ use deepintshield::formats::embeddings::{
     decode_openai_request, encode_openai_response, EmbeddingInput, EmbeddingsResponse,
 };
 use deepintshield::http::{
-    serve, AbortHandle, BodyStream, Handler, Limits, Method, Request, Response, StreamPoll,
+    serve, AbortHandle, BodyStream, ConnBuf, Handler, Limits, Method, Request, Response, StreamPoll,
 };
 use deepintshield::objpool::ObjPool;
 use deepintshield::providers::aws_credentials::Credentials;
@@ -1595,8 +1595,8 @@ fn models() -> Response {
     Response::json(200, serde_json::to_vec(&body).unwrap_or_default())
 }
 
-fn new_buffer() -> Vec<u8> {
-    Vec::with_capacity(BUFFER_BYTES_INITIAL)
+fn new_buffer() -> ConnBuf {
+    ConnBuf(Vec::with_capacity(BUFFER_BYTES_INITIAL))
 }
 
 fn main() -> ExitCode {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 mod server;
 
-pub use server::{serve, FrontStats, ServerHandle};
+pub use server::{serve, ConnBuf, FrontStats, ServerHandle};
 
 /// Largest wait of one [`BodyStream::poll`]; between polls the server checks the client is there.
 pub const STREAM_POLL_WAIT: Duration = Duration::from_millis(250);

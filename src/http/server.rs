@@ -27,7 +27,7 @@ use super::{
 };
 use crate::error::{ApiError, ErrorKind};
 use crate::log;
-use crate::objpool::{ObjPool, Pooled};
+use crate::objpool::{ObjPool, Pooled, Recycle};
 
 /// Initial size of a connection's read buffer; it grows up to `header_bytes_max` for large heads.
 const READ_BUF_BYTES_INITIAL: usize = 8 * 1024;
@@ -136,7 +136,7 @@ fn bump(c: &AtomicU64) {
 struct Shared {
     limits: Limits,
     handler: Arc<dyn Handler>,
-    buffers: Arc<ObjPool<Vec<u8>>>,
+    buffers: Arc<ObjPool<ConnBuf>>,
     stats: Arc<FrontStats>,
     /// The same flag in every version of `Shared` of a listener.
     stopping: Arc<AtomicBool>,
@@ -199,7 +199,7 @@ pub fn serve(
     listener: std::net::TcpListener,
     limits: Limits,
     handler: Arc<dyn Handler>,
-    buffers: Arc<ObjPool<Vec<u8>>>,
+    buffers: Arc<ObjPool<ConnBuf>>,
 ) -> io::Result<ServerHandle> {
     use std::os::unix::io::{FromRawFd, IntoRawFd};
 
@@ -467,11 +467,11 @@ struct Conn<'s> {
     /// Lent by `shared.buffers` while bytes are read into it or wait in it (`None` otherwise,
     /// and then `rpos == rend == 0`). Always fully initialised (`len` is the usable size); bytes
     /// `rpos..rend` are unconsumed.
-    rbuf: Option<Pooled<Vec<u8>>>,
+    rbuf: Option<Pooled<ConnBuf>>,
     rpos: usize,
     rend: usize,
     /// Responses not yet written; lent while it holds some.
-    wbuf: Option<Pooled<Vec<u8>>>,
+    wbuf: Option<Pooled<ConnBuf>>,
     /// Responses in `wbuf` counted in `requests_in_flight`.
     wpending: u64,
     req: Request,
@@ -604,7 +604,7 @@ impl<'s> Conn<'s> {
     /// The bytes read and not yet consumed.
     fn unread(&self) -> &[u8] {
         match &self.rbuf {
-            Some(buf) => &buf[self.rpos..self.rend],
+            Some(buf) => &buf.0[self.rpos..self.rend],
             None => &[],
         }
     }
@@ -627,7 +627,7 @@ impl<'s> Conn<'s> {
         let cap = limits.header_bytes_max.max(READ_BUF_BYTES_INITIAL);
         loop {
             let buf = match &self.rbuf {
-                Some(buf) => &buf[self.rpos..self.rend],
+                Some(buf) => &buf.0[self.rpos..self.rend],
                 None => &[],
             };
             match parse_head(buf, limits.header_lines_max, &mut self.req) {
@@ -671,7 +671,7 @@ impl<'s> Conn<'s> {
         let have = (self.rend - self.rpos).min(len);
         self.reserve_body(have)?;
         if let Some(buf) = &self.rbuf {
-            let unread = &buf[self.rpos..self.rpos + have];
+            let unread = &buf.0[self.rpos..self.rpos + have];
             self.req.body.extend_from_slice(unread);
         }
         self.consume(have);
@@ -723,7 +723,7 @@ impl<'s> Conn<'s> {
                 self.reserve_body(room.max(grown).min(body_max))?;
             }
             let input = match &self.rbuf {
-                Some(buf) => &buf[self.rpos..self.rend],
+                Some(buf) => &buf.0[self.rpos..self.rend],
                 None => &[],
             };
             let step = decoder.decode(input, &mut self.req.body, body_max);
@@ -747,7 +747,7 @@ impl<'s> Conn<'s> {
             let cap = self
                 .rbuf
                 .as_ref()
-                .map_or(READ_BUF_BYTES_INITIAL, |b| b.len());
+                .map_or(READ_BUF_BYTES_INITIAL, |b| b.0.len());
             match self.fill(wait, cap) {
                 Ok(0) => return Err(End::Quiet),
                 Ok(_) => {}
@@ -896,7 +896,7 @@ impl<'s> Conn<'s> {
         if self
             .wbuf
             .as_ref()
-            .is_some_and(|b| b.len() >= WRITE_BUF_FLUSH_BYTES)
+            .is_some_and(|b| b.0.len() >= WRITE_BUF_FLUSH_BYTES)
         {
             self.flush()?;
         }
@@ -1088,7 +1088,7 @@ impl<'s> Conn<'s> {
                 self.wbuf = wbuf;
                 self.stream.write_all(bytes)
             }
-            (None, Some(wbuf)) => self.stream.write_all(&wbuf),
+            (None, Some(wbuf)) => self.stream.write_all(&wbuf.0),
             (None, None) => Ok(()),
         };
         match result {
@@ -1171,25 +1171,46 @@ impl<'s> Conn<'s> {
     }
 }
 
-/// The connection's write buffer, borrowed from `pool` if it has none.
-fn lend<'a>(
-    slot: &'a mut Option<Pooled<Vec<u8>>>,
-    pool: &Arc<ObjPool<Vec<u8>>>,
-) -> &'a mut Vec<u8> {
-    slot.get_or_insert_with(|| pool.get())
+/// A connection buffer as a listener's pool keeps it: its bytes stay as they were (`Vec::len`
+/// is how many are initialised), so a read buffer is lent again without being zero-filled again;
+/// a write buffer is emptied when lent.
+#[derive(Default)]
+pub struct ConnBuf(pub Vec<u8>);
+
+impl Recycle for ConnBuf {
+    fn reset(&mut self) {}
+    fn retained_bytes(&self) -> usize {
+        self.0.capacity()
+    }
 }
 
-/// The connection's read buffer, borrowed from `pool` (and zero-filled to its initial size) if
-/// it has none.
-fn lend_read<'a>(
-    slot: &'a mut Option<Pooled<Vec<u8>>>,
-    pool: &Arc<ObjPool<Vec<u8>>>,
+/// The connection's write buffer, empty, borrowed from `pool` if it has none.
+fn lend<'a>(
+    slot: &'a mut Option<Pooled<ConnBuf>>,
+    pool: &Arc<ObjPool<ConnBuf>>,
 ) -> &'a mut Vec<u8> {
-    slot.get_or_insert_with(|| {
+    let buf = slot.get_or_insert_with(|| {
         let mut buf = pool.get();
-        buf.resize(READ_BUF_BYTES_INITIAL, 0);
+        buf.0.clear();
         buf
-    })
+    });
+    &mut buf.0
+}
+
+/// The connection's read buffer, borrowed from `pool` if it has none: all of it is usable, at
+/// least its initial size (only bytes never initialised before are zero-filled).
+fn lend_read<'a>(
+    slot: &'a mut Option<Pooled<ConnBuf>>,
+    pool: &Arc<ObjPool<ConnBuf>>,
+) -> &'a mut Vec<u8> {
+    let buf = slot.get_or_insert_with(|| {
+        let mut buf = pool.get();
+        if buf.0.len() < READ_BUF_BYTES_INITIAL {
+            buf.0.resize(READ_BUF_BYTES_INITIAL, 0);
+        }
+        buf
+    });
+    &mut buf.0
 }
 
 fn is_timeout(e: &io::Error) -> bool {

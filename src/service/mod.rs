@@ -204,7 +204,11 @@ impl Service {
             o.buffers,
             o.buffers_prefill,
             o.buffer_retain_bytes_max,
-            || Vec::with_capacity(crate::config::OBJPOOL_BUFFER_BYTES_INITIAL),
+            || {
+                http::ConnBuf(Vec::with_capacity(
+                    crate::config::OBJPOOL_BUFFER_BYTES_INITIAL,
+                ))
+            },
         );
         let replies = ObjPool::new(
             "reply_channels",
