@@ -401,11 +401,7 @@ impl Bedrock {
         let Some(auth) = &self.auth else {
             return Ok(());
         };
-        let headers: Vec<(&str, &[u8])> = req
-            .headers
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_slice()))
-            .collect();
+        let headers: Vec<(&str, &[u8])> = req.headers.iter().collect();
         let method = match req.method {
             Method::Post => "POST",
             Method::Get => "GET",

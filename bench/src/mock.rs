@@ -1193,7 +1193,7 @@ impl Mock {
             headers: req
                 .headers
                 .iter()
-                .map(|(n, v)| (n.clone(), Value::String(header(v))))
+                .map(|(n, v)| (n.to_string(), Value::String(header(v))))
                 .collect(),
             path: req.path.clone(),
             query: req.query.clone(),

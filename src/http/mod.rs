@@ -47,7 +47,7 @@ pub struct Request {
     /// The query string without `?`, empty when none.
     pub query: String,
     /// Header names lower-cased; values as sent.
-    pub headers: Vec<(String, Vec<u8>)>,
+    pub headers: Headers,
     /// The decoded body (Content-Length or chunked).
     pub body: Vec<u8>,
     /// When the request's headers were fully read.
@@ -84,7 +84,7 @@ impl Request {
             method: Method::Other,
             path: String::new(),
             query: String::new(),
-            headers: Vec::new(),
+            headers: Headers::default(),
             body: Vec::new(),
             received_at: Instant::now(),
             fd,
@@ -138,10 +138,61 @@ impl Request {
 
     /// First header of that name (ASCII case-insensitive).
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_slice())
+        self.headers.get(name)
+    }
+}
+
+/// A request's header fields in the order sent: names lower-cased, values as sent, all in one
+/// buffer that the connection reuses from request to request (no allocation per field).
+#[derive(Debug, Default)]
+pub struct Headers {
+    bytes: Vec<u8>,
+    /// Each field's name start, name end (its value's start) and value end in `bytes`.
+    fields: Vec<(usize, usize, usize)>,
+}
+
+impl Headers {
+    /// Append a field; `name` is stored lower-cased.
+    pub fn push(&mut self, name: &str, value: &[u8]) {
+        let start = self.bytes.len();
+        self.bytes
+            .extend(name.bytes().map(|b| b.to_ascii_lowercase()));
+        let name_end = self.bytes.len();
+        self.bytes.extend_from_slice(value);
+        self.fields.push((start, name_end, self.bytes.len()));
+    }
+
+    /// Forget every field, keeping the buffers.
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.fields.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.fields.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty()
+    }
+
+    /// The value of the first field named `name` (ASCII case-insensitive).
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        let name = name.as_bytes();
+        self.fields.iter().find_map(|&(start, name_end, end)| {
+            self.bytes[start..name_end]
+                .eq_ignore_ascii_case(name)
+                .then(|| &self.bytes[name_end..end])
+        })
+    }
+
+    /// Every field as (lower-cased name, value), in the order sent. Names are HTTP tokens
+    /// (ASCII), so each is valid UTF-8.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
+        self.fields.iter().map(|&(start, name_end, end)| {
+            let name = std::str::from_utf8(&self.bytes[start..name_end]).unwrap_or_default();
+            (name, &self.bytes[name_end..end])
+        })
     }
 }
 
@@ -372,5 +423,37 @@ pub fn reason_phrase(status: u16) -> &'static str {
         504 => "Gateway Timeout",
         505 => "HTTP Version Not Supported",
         _ => "Unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_keep_order_lower_case_names_and_reuse_their_buffer() {
+        let mut h = Headers::default();
+        assert!(h.is_empty() && h.get("host").is_none());
+        h.push("Host", b"a");
+        h.push("X-Stainless-Lang", b"python");
+        h.push("host", b"second");
+        h.push("X-Bytes", b"\x80\xff ok");
+        assert_eq!(h.len(), 4);
+        assert_eq!(h.get("HOST"), Some(&b"a"[..]), "the first of two");
+        assert_eq!(h.get("x-stainless-lang"), Some(&b"python"[..]));
+        assert_eq!(h.get("x-bytes"), Some(&b"\x80\xff ok"[..]));
+        assert_eq!(h.get("x-missing"), None);
+        let fields: Vec<(&str, &[u8])> = h.iter().collect();
+        assert_eq!(fields[1], ("x-stainless-lang", &b"python"[..]));
+        assert_eq!(fields[2], ("host", &b"second"[..]));
+        let cap = h.bytes.capacity();
+        h.clear();
+        assert!(h.is_empty() && h.get("host").is_none());
+        h.push("Content-Length", b"2");
+        assert_eq!(
+            h.iter().collect::<Vec<_>>(),
+            [("content-length", &b"2"[..])]
+        );
+        assert_eq!(h.bytes.capacity(), cap, "the buffer is kept");
     }
 }

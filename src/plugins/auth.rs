@@ -165,8 +165,7 @@ mod tests {
 
     fn request(header: &str, value: &str) -> Request {
         let mut r = Request::empty(-1);
-        r.headers
-            .push((header.to_string(), value.as_bytes().to_vec()));
+        r.headers.push(header, value.as_bytes());
         r
     }
 
