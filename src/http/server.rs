@@ -603,10 +603,7 @@ impl<'s> Conn<'s> {
 
     /// The bytes read and not yet consumed.
     fn unread(&self) -> &[u8] {
-        match &self.rbuf {
-            Some(buf) => &buf.0[self.rpos..self.rend],
-            None => &[],
-        }
+        unread(&self.rbuf, self.rpos, self.rend)
     }
 
     /// Give the read buffer back to the pool when it holds nothing unconsumed.
@@ -626,10 +623,7 @@ impl<'s> Conn<'s> {
         let deadline = Instant::now() + limits.header_read_timeout;
         let cap = limits.header_bytes_max.max(READ_BUF_BYTES_INITIAL);
         loop {
-            let buf = match &self.rbuf {
-                Some(buf) => &buf.0[self.rpos..self.rend],
-                None => &[],
-            };
+            let buf = unread(&self.rbuf, self.rpos, self.rend);
             match parse_head(buf, limits.header_lines_max, &mut self.req) {
                 Ok(Some(head)) => {
                     self.head_parsed = true;
@@ -670,10 +664,8 @@ impl<'s> Conn<'s> {
         };
         let have = (self.rend - self.rpos).min(len);
         self.reserve_body(have)?;
-        if let Some(buf) = &self.rbuf {
-            let unread = &buf.0[self.rpos..self.rpos + have];
-            self.req.body.extend_from_slice(unread);
-        }
+        let unread = unread(&self.rbuf, self.rpos, self.rpos + have);
+        self.req.body.extend_from_slice(unread);
         self.consume(have);
         if have == len {
             return Ok(());
@@ -722,10 +714,7 @@ impl<'s> Conn<'s> {
                 let grown = self.req.body.capacity().saturating_mul(2);
                 self.reserve_body(room.max(grown).min(body_max))?;
             }
-            let input = match &self.rbuf {
-                Some(buf) => &buf.0[self.rpos..self.rend],
-                None => &[],
-            };
+            let input = unread(&self.rbuf, self.rpos, self.rend);
             let step = decoder.decode(input, &mut self.req.body, body_max);
             let (used, done) = match step {
                 Ok(step) => step,
@@ -1168,6 +1157,14 @@ impl<'s> Conn<'s> {
             self.read_timeout = timeout;
         }
         Ok(())
+    }
+}
+
+/// Bytes `from..to` of a connection's read buffer (none when it has no buffer: then both are 0).
+fn unread(rbuf: &Option<Pooled<ConnBuf>>, from: usize, to: usize) -> &[u8] {
+    match rbuf {
+        Some(buf) => &buf.0[from..to],
+        None => &[],
     }
 }
 
