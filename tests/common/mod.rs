@@ -66,6 +66,11 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        // A child that ended on its own is reported (a failing test's output then shows a crash,
+        // with its signal, instead of only the connections it closed).
+        if let Ok(Some(status)) = self.child.try_wait() {
+            eprintln!("[child {} had exited: {status}]", self.child.id());
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
