@@ -341,21 +341,18 @@ mod tests {
         };
         let far = parked(0);
         let near = parked(1);
-        tx.send(1).unwrap();
-        idle.wake_one();
-        assert_eq!(
-            near.state.load(Ordering::SeqCst),
-            WOKEN,
-            "this core's worker"
-        );
-        assert_eq!(far.state.load(Ordering::SeqCst), WAITING);
-        tx.send(2).unwrap();
-        idle.wake_one();
-        assert_eq!(
-            far.state.load(Ordering::SeqCst),
-            WOKEN,
-            "then another core's"
-        );
+        let state = |p: &Arc<Parker>| p.state.load(Ordering::SeqCst);
+        for (job, woken, what) in [
+            (1, &near, "this core's worker"),
+            (2, &far, "then another core's"),
+        ] {
+            tx.send(job).unwrap();
+            assert!(idle.wake_one(), "{what}");
+            assert_eq!(state(woken), WOKEN, "{what}");
+            if job == 1 {
+                assert_eq!(state(&far), WAITING, "the other core's waits meanwhile");
+            }
+        }
         assert_eq!(idle.listed(), 0);
     }
 }
