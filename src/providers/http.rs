@@ -31,12 +31,13 @@ pub const UPSTREAM_BODY_BYTES_MAX: u64 = 64 * 1024 * 1024;
 /// Idle upstream connections each worker keeps for reuse.
 pub const IDLE_CONNECTIONS_PER_WORKER: usize =
     crate::config::UPSTREAM_CONNECTIONS_PER_WORKER as usize;
-/// Read and write buffers of each upstream connection, bytes. The read buffer is the
-/// connection's (zero-filled at its first read); on plain TCP the write buffer is lent only while
-/// a request is written (`transport::UpstreamBuffers`). An answer's head must fit the read buffer
+/// Read and write buffers of each upstream connection, bytes. Our TCP transport lends both from
+/// one process-wide pool only while bytes are in them (`transport::UpstreamBuffers`); over TLS
+/// these are the encrypted side's, and ureq's TLS layer keeps a plaintext pair of this size per
+/// connection. An answer's head must fit the read buffer
 /// (providers send 1 to 3 KiB) and the longest line of a request head the write buffer; bodies
 /// stream through both.
-pub const UPSTREAM_BUFFER_BYTES: usize = super::transport::LENT_OUTPUT_BYTES;
+pub const UPSTREAM_BUFFER_BYTES: usize = super::transport::LENT_BUFFER_BYTES;
 /// Most bytes of one upstream event stream.
 pub const UPSTREAM_STREAM_BYTES_MAX: u64 = 1024 * 1024 * 1024;
 /// Read buffer of an upstream event stream.

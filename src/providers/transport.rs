@@ -13,10 +13,12 @@
 //! * Socket timeouts are set only when the time left differs from the one already set by more than
 //!   [`TIMEOUT_SLACK`] (ureq sets them whenever they differ, which a per-request deadline makes
 //!   every time): a read or write may end up to that much off its deadline.
-//! * A connection's output buffer is lent from a process-wide pool only while a request is being
-//!   written, and its read buffer stays at its configured size ([`UpstreamBuffers`]): a worker
-//!   waiting for an answer holds one buffer, not two (ureq's `LazyBuffers` keep both, zero-filled,
-//!   for the connection's life and grow the read buffer to 10 KiB on every request with a body).
+//! * A connection's buffers are lent from a process-wide pool only while bytes are in them
+//!   ([`UpstreamBuffers`]): the output buffer while a request is written, the read buffer from an
+//!   answer's first byte to its last. A worker waiting for an answer waits for its first byte with
+//!   a one-byte peek (one system call more per request) and holds no buffer; a connection idle in
+//!   the pool holds none either (ureq's `LazyBuffers` keep both, zero-filled, for the connection's
+//!   life and grow the read buffer to 10 KiB on every request with a body).
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -34,36 +36,37 @@ use crate::objpool::{ObjPool, Pooled, Recycle};
 pub const TIMEOUT_SLACK: Duration = Duration::from_millis(20);
 /// Most bytes of a first write held back to go out with the next one.
 const HOLD_BYTES_MAX: usize = 8 * 1024;
-/// Size of the output buffers the process-wide pool lends (the gateway's agents all use it); an
-/// agent configured with another size gets its own buffer per connection instead.
-pub const LENT_OUTPUT_BYTES: usize = 8 * 1024;
-/// Output buffers the pool keeps for reuse: about the number of requests being written at once.
-const LENT_OUTPUTS_KEPT_MAX: usize = 1024;
+/// Size of the buffers the process-wide pool lends (the gateway's agents use it for both
+/// directions); an agent configured with another size gets its own buffers per connection instead.
+pub const LENT_BUFFER_BYTES: usize = 8 * 1024;
+/// Buffers the pool keeps for reuse: about the number of requests being written or answers being
+/// read at once.
+const LENT_BUFFERS_KEPT_MAX: usize = 1024;
 /// Scratch space ureq reads a chunked request body into (the read buffer's free part) is grown
 /// to at least this; a sized body is read straight into the output buffer.
 const TMP_BYTES_MIN: usize = 4 * 1024;
 
-/// An output buffer as the pool keeps it: zero-filled once when made, never cleared (ureq writes
-/// what it sends before sending it).
-pub struct OutputBuf(Box<[u8]>);
+/// A buffer as the pool keeps it: zero-filled once when made, never cleared (ureq writes what it
+/// sends before sending it, and reads only the bytes a read put in).
+pub struct LentBuf(Box<[u8]>);
 
-impl Recycle for OutputBuf {
+impl Recycle for LentBuf {
     fn reset(&mut self) {}
     fn retained_bytes(&self) -> usize {
         self.0.len()
     }
 }
 
-/// The pool lending output buffers of [`LENT_OUTPUT_BYTES`].
-pub fn output_buffers() -> &'static Arc<ObjPool<OutputBuf>> {
-    static POOL: std::sync::OnceLock<Arc<ObjPool<OutputBuf>>> = std::sync::OnceLock::new();
+/// The pool lending the buffers of [`LENT_BUFFER_BYTES`].
+pub fn lent_buffers() -> &'static Arc<ObjPool<LentBuf>> {
+    static POOL: std::sync::OnceLock<Arc<ObjPool<LentBuf>>> = std::sync::OnceLock::new();
     POOL.get_or_init(|| {
         ObjPool::new(
-            "upstream_output_buffers",
-            LENT_OUTPUTS_KEPT_MAX,
+            "upstream_buffers",
+            LENT_BUFFERS_KEPT_MAX,
             0,
             usize::MAX,
-            || OutputBuf(vec![0; LENT_OUTPUT_BYTES].into_boxed_slice()),
+            || LentBuf(vec![0; LENT_BUFFER_BYTES].into_boxed_slice()),
         )
     })
 }
@@ -71,16 +74,25 @@ pub fn output_buffers() -> &'static Arc<ObjPool<OutputBuf>> {
 enum Output {
     /// Nothing is being written.
     None,
-    Lent(Pooled<OutputBuf>),
+    Lent(Pooled<LentBuf>),
     /// Another size than the pool's: kept with the connection.
     Own(Box<[u8]>),
 }
 
+enum Input {
+    /// No unconsumed bytes and no read under way.
+    None,
+    Lent(Pooled<LentBuf>),
+    /// Another size than the pool's, or grown past it (scratch space for a chunked request
+    /// body): kept with the connection.
+    Own(Vec<u8>),
+}
+
 /// The read and write buffers of one upstream connection ([`Buffers`], as ureq's `LazyBuffers`
-/// behave, with the output buffer lent only while a request is written).
+/// behave, with each buffer lent only while bytes are in it).
 pub struct UpstreamBuffers {
-    /// Zero-filled to `input_size` at the first read; bytes `consumed..filled` are unconsumed.
-    input: Vec<u8>,
+    /// At least `input_size` bytes while held; bytes `consumed..filled` are unconsumed.
+    input: Input,
     input_size: usize,
     filled: usize,
     consumed: usize,
@@ -93,7 +105,7 @@ pub struct UpstreamBuffers {
 impl UpstreamBuffers {
     pub fn new(input_size: usize, output_size: usize) -> Self {
         UpstreamBuffers {
-            input: Vec::new(),
+            input: Input::None,
             input_size: input_size.max(1),
             filled: 0,
             consumed: 0,
@@ -103,21 +115,63 @@ impl UpstreamBuffers {
         }
     }
 
+    /// The input buffer, lent (or made) if none is held.
+    fn input_buf(&mut self) -> &mut [u8] {
+        if matches!(self.input, Input::None) {
+            self.input = if self.input_size == LENT_BUFFER_BYTES {
+                Input::Lent(lent_buffers().get())
+            } else {
+                Input::Own(vec![0; self.input_size])
+            };
+        }
+        match &mut self.input {
+            Input::Lent(buf) => &mut buf.0,
+            Input::Own(buf) => buf,
+            Input::None => &mut [],
+        }
+    }
+
+    /// Grow the input buffer to `len` bytes (it becomes the connection's own).
+    fn grow_input(&mut self, len: usize) {
+        let mut grown = Vec::with_capacity(len);
+        grown.extend_from_slice(self.input_buf());
+        grown.resize(len, 0);
+        self.input = Input::Own(grown);
+    }
+
     /// The input's free part, after moving unconsumed bytes to the front when that frees half.
     fn input_free(&mut self) -> &mut [u8] {
-        if self.input.len() < self.input_size {
-            self.input.resize(self.input_size, 0);
-        }
-        if self.consumed > 0 {
-            if self.consumed == self.filled {
+        let (consumed, filled) = (self.consumed, self.filled);
+        let input = self.input_buf();
+        if consumed > 0 {
+            if consumed == filled {
                 (self.consumed, self.filled) = (0, 0);
-            } else if self.filled > self.input.len() / 2 {
-                self.input.copy_within(self.consumed..self.filled, 0);
-                self.filled -= self.consumed;
+            } else if filled > input.len() / 2 {
+                input.copy_within(consumed..filled, 0);
+                self.filled -= consumed;
                 self.consumed = 0;
             }
         }
-        &mut self.input[self.filled..]
+        let filled = self.filled;
+        &mut self.input_buf()[filled..]
+    }
+
+    /// Whether unconsumed input is held.
+    pub fn input_is_empty(&self) -> bool {
+        self.consumed == self.filled
+    }
+
+    /// Nothing unconsumed: a lent input buffer goes back to the pool.
+    pub fn release_input(&mut self) {
+        if self.input_is_empty() && matches!(self.input, Input::Lent(_)) {
+            self.input = Input::None;
+            (self.consumed, self.filled) = (0, 0);
+        }
+    }
+
+    /// Whether an input buffer is held now.
+    pub fn holds_input(&self) -> bool {
+        !matches!(self.input, Input::None)
     }
 
     /// The request is written: a lent output buffer goes back to the pool.
@@ -136,8 +190,8 @@ impl UpstreamBuffers {
 /// The output buffer, lent (or made) if none is held.
 fn output_of(output: &mut Output, size: usize) -> &mut [u8] {
     if matches!(output, Output::None) {
-        *output = if size == LENT_OUTPUT_BYTES {
-            Output::Lent(output_buffers().get())
+        *output = if size == LENT_BUFFER_BYTES {
+            Output::Lent(lent_buffers().get())
         } else {
             Output::Own(vec![0; size].into_boxed_slice())
         };
@@ -155,7 +209,11 @@ impl Buffers for UpstreamBuffers {
     }
 
     fn input(&self) -> &[u8] {
-        &self.input[self.consumed..self.filled]
+        match &self.input {
+            Input::Lent(buf) => &buf.0[self.consumed..self.filled],
+            Input::Own(buf) => &buf[self.consumed..self.filled],
+            Input::None => &[],
+        }
     }
 
     fn input_append_buf(&mut self) -> &mut [u8] {
@@ -165,7 +223,7 @@ impl Buffers for UpstreamBuffers {
     fn input_appended(&mut self, amount: usize) {
         self.filled += amount;
         assert!(
-            self.filled <= self.input.len(),
+            self.filled <= self.input_buf().len(),
             "appended past the input buffer"
         );
     }
@@ -179,11 +237,17 @@ impl Buffers for UpstreamBuffers {
     fn tmp_and_output(&mut self) -> (&mut [u8], &mut [u8]) {
         let free = self.input_free().len();
         if free < TMP_BYTES_MIN {
-            let grown = self.input.len() + (TMP_BYTES_MIN - free);
-            self.input.resize(grown, 0);
+            let grown = self.input_buf().len() + (TMP_BYTES_MIN - free);
+            self.grow_input(grown);
         }
-        let output = output_of(&mut self.output, self.output_size);
-        (&mut self.input[self.filled..], output)
+        let filled = self.filled;
+        self.input_buf();
+        let input = match &mut self.input {
+            Input::Lent(buf) => &mut buf.0[filled..],
+            Input::Own(buf) => &mut buf[filled..],
+            Input::None => &mut [],
+        };
+        (input, output_of(&mut self.output, self.output_size))
     }
 
     fn can_use_input(&self) -> bool {
@@ -263,6 +327,9 @@ pub struct LeanTcpTransport {
     /// An answer was read and nothing written since: the next open-check is ureq's as the
     /// connection goes back to the pool, and the one before its next use follows.
     answer_read: bool,
+    /// A request was written and nothing read since: the wait for its answer is the upstream's
+    /// whole think time, made without a read buffer.
+    awaiting_answer: bool,
 }
 
 impl std::fmt::Debug for LeanTcpTransport {
@@ -312,6 +379,7 @@ impl LeanTcpTransport {
             held: Vec::new(),
             first_write: true,
             answer_read: false,
+            awaiting_answer: false,
         }
     }
 
@@ -352,6 +420,43 @@ impl LeanTcpTransport {
     }
 }
 
+/// One read (or a peek, which leaves the bytes in the socket) into `buf`, blocking until bytes
+/// or the end of the stream arrive, or `timeout` (counted from `started`) passes. `read_timeout`
+/// is the socket timeout now set.
+fn read_within(
+    stream: &TcpStream,
+    read_timeout: &mut Option<Duration>,
+    timeout: &NextTimeout,
+    started: std::time::Instant,
+    buf: &mut [u8],
+    peek: bool,
+) -> Result<usize, ureq::Error> {
+    loop {
+        let got = if peek {
+            stream.peek(buf)
+        } else {
+            (&*stream).read(buf)
+        };
+        match got {
+            Ok(n) => return Ok(n),
+            // Linux does not restart a socket read with a timeout after a signal: go on with
+            // the time left.
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                let Some(t) = timeout.not_zero() else {
+                    return Err(e.into());
+                };
+                let left = t.saturating_sub(started.elapsed());
+                if left.is_zero() {
+                    return Err(ureq::Error::Timeout(timeout.reason));
+                }
+                stream.set_read_timeout(Some(left))?;
+                *read_timeout = Some(left);
+            }
+            Err(e) => return Err(map_io(e, timeout)),
+        }
+    }
+}
+
 impl Transport for LeanTcpTransport {
     fn buffers(&mut self) -> &mut dyn Buffers {
         &mut self.buffers
@@ -359,6 +464,7 @@ impl Transport for LeanTcpTransport {
 
     fn transmit_output(&mut self, amount: usize, timeout: NextTimeout) -> Result<(), ureq::Error> {
         self.answer_read = false;
+        self.awaiting_answer = true;
         let timeout = timeout.for_write();
         if self.first_write && amount <= HOLD_BYTES_MAX {
             self.first_write = false;
@@ -392,28 +498,33 @@ impl Transport for LeanTcpTransport {
             stream.set_read_timeout(t)
         })?;
         let started = std::time::Instant::now();
+        if self.awaiting_answer && self.buffers.input_is_empty() {
+            // Nothing unconsumed: wait for the answer's first byte without a read buffer. (Between
+            // the events of a stream the buffer stays: a peek per event costs more CPU than the
+            // buffer's memory is worth.)
+            self.buffers.release_input();
+            let mut byte = [0u8; 1];
+            read_within(
+                &stream,
+                &mut self.read_timeout,
+                &timeout,
+                started,
+                &mut byte,
+                true,
+            )?;
+        }
         let input = self.buffers.input_append_buf();
-        let amount = loop {
-            match (&*stream).read(input) {
-                Ok(n) => break n,
-                // Linux does not restart a socket read with a timeout after a signal: go on with
-                // the time left.
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                    let Some(t) = timeout.not_zero() else {
-                        return Err(e.into());
-                    };
-                    let left = t.saturating_sub(started.elapsed());
-                    if left.is_zero() {
-                        return Err(ureq::Error::Timeout(timeout.reason));
-                    }
-                    stream.set_read_timeout(Some(left))?;
-                    self.read_timeout = Some(left);
-                }
-                Err(e) => return Err(map_io(e, &timeout)),
-            }
-        };
+        let amount = read_within(
+            &stream,
+            &mut self.read_timeout,
+            &timeout,
+            started,
+            input,
+            false,
+        )?;
         self.buffers.input_appended(amount);
         self.answer_read = true;
+        self.awaiting_answer = false;
         Ok(amount > 0)
     }
 
@@ -421,6 +532,9 @@ impl Transport for LeanTcpTransport {
         if !self.held.is_empty() {
             return false;
         }
+        // Probed as it goes back to the pool or before its next use: nothing unconsumed is kept
+        // for a next request, so an idle connection holds no read buffer.
+        self.buffers.release_input();
         if std::mem::take(&mut self.answer_read) {
             // Going back to the pool: the probe before the next use decides (see the module docs).
             return true;
@@ -535,9 +649,9 @@ mod tests {
         let (mut server, _) = listener.accept().unwrap();
         let mut t = LeanTcpTransport::new(
             client,
-            UpstreamBuffers::new(LENT_OUTPUT_BYTES, LENT_OUTPUT_BYTES),
+            UpstreamBuffers::new(LENT_BUFFER_BYTES, LENT_BUFFER_BYTES),
         );
-        let pool = output_buffers();
+        let pool = lent_buffers();
         let returns = pool.snapshot().returns;
         assert!(!t.buffers.holds_output());
         let head = b"POST / HTTP/1.1\r\ncontent-length: 2\r\n\r\n";
@@ -597,21 +711,81 @@ mod tests {
         // A request body's scratch space is the free input; the buffer keeps its size.
         let (tmp, out) = b.tmp_and_output();
         assert_eq!((tmp.len(), out.len()), (TMP_BYTES_MIN, 32));
-        assert_eq!(
-            b.input.len(),
-            TMP_BYTES_MIN,
+        assert!(
+            matches!(b.input, Input::Own(ref buf) if buf.len() == TMP_BYTES_MIN),
             "grown once to the scratch minimum"
         );
-        let mut b = UpstreamBuffers::new(LENT_OUTPUT_BYTES, LENT_OUTPUT_BYTES);
+        let mut b = UpstreamBuffers::new(LENT_BUFFER_BYTES, LENT_BUFFER_BYTES);
         for _ in 0..3 {
             let (tmp, out) = b.tmp_and_output();
             assert_eq!(
                 (tmp.len(), out.len()),
-                (LENT_OUTPUT_BYTES, LENT_OUTPUT_BYTES)
+                (LENT_BUFFER_BYTES, LENT_BUFFER_BYTES)
             );
             b.release_output();
         }
-        assert_eq!(b.input.len(), LENT_OUTPUT_BYTES);
+        assert!(matches!(b.input, Input::Lent(ref buf) if buf.0.len() == LENT_BUFFER_BYTES));
+        // Unconsumed bytes keep the buffer; once they are consumed it can go back.
+        b.input_append_buf()[..3].copy_from_slice(b"abc");
+        b.input_appended(3);
+        b.release_input();
+        assert_eq!(b.input(), b"abc");
+        b.input_consume(3);
+        b.release_input();
+        assert!(!b.holds_input() && b.input().is_empty() && !b.can_use_input());
+        assert_eq!(b.input_append_buf().len(), LENT_BUFFER_BYTES);
+    }
+
+    #[test]
+    fn the_read_buffer_is_lent_only_while_an_answer_is_read() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let mut t = LeanTcpTransport::new(
+            client,
+            UpstreamBuffers::new(LENT_BUFFER_BYTES, LENT_BUFFER_BYTES),
+        );
+        // An answer in two parts: the buffer is held while a part is unconsumed.
+        (&server).write_all(b"HTTP/1.1 200 OK\r\n").unwrap();
+        assert!(t.await_input(NextTimeout::default()).unwrap());
+        assert!(t.buffers.holds_input());
+        assert_eq!(t.buffers().input(), b"HTTP/1.1 200 OK\r\n");
+        // More is needed with bytes unconsumed: read straight into the held buffer.
+        (&server).write_all(b"content-length: 0\r\n\r\n").unwrap();
+        assert!(t.await_input(NextTimeout::default()).unwrap());
+        let len = t.buffers().input().len();
+        assert_eq!(len, 17 + 21);
+        t.buffers().input_consume(len);
+        assert!(
+            t.buffers.holds_input(),
+            "kept until the connection is probed"
+        );
+        // Back to the pool: the probe gives the buffer back.
+        assert!(t.is_open());
+        assert!(!t.buffers.holds_input());
+        // Waiting for an answer that does not come holds no buffer, before or after the wait.
+        send(&mut t, b"GET / HTTP/1.1\r\n\r\n");
+        let timeout = NextTimeout {
+            after: ureq::unversioned::transport::time::Duration::from(Duration::from_millis(30)),
+            ..NextTimeout::default()
+        };
+        assert!(t.await_input(timeout).is_err());
+        assert!(!t.buffers.holds_input());
+        // A byte after the wait is read whole, not consumed by the wait.
+        (&server).write_all(b"xyz").unwrap();
+        assert!(t.await_input(NextTimeout::default()).unwrap());
+        assert_eq!(t.buffers().input(), b"xyz");
+        // Later reads of the same answer (a stream's events) keep the buffer between them.
+        t.buffers().input_consume(3);
+        (&server).write_all(b"more").unwrap();
+        assert!(t.await_input(NextTimeout::default()).unwrap());
+        assert_eq!(t.buffers().input(), b"more");
+        t.buffers().input_consume(4);
+        assert!(t.buffers.holds_input());
+        // The end of the stream after a wait is an empty read.
+        send(&mut t, b"GET / HTTP/1.1\r\n\r\n");
+        server.shutdown(std::net::Shutdown::Write).unwrap();
+        assert!(!t.await_input(NextTimeout::default()).unwrap());
     }
 
     #[test]
