@@ -159,6 +159,7 @@ impl HttpProvider {
     /// The upstream request of the job (the client's body with its model replaced when both speak
     /// the same format, else translated), or `Err(Ok(answer))` when the gateway answers by itself
     /// (a token count the upstream has no endpoint for).
+    #[inline(never)]
     fn prepare(&self, call: &Call<'_>, stream: bool) -> Result<Prepared, Result<Answer, ApiError>> {
         let request = &call.job.request;
         let operation = request.api.operation();
@@ -220,6 +221,7 @@ impl HttpProvider {
     /// An embeddings request translated for an upstream of another format: the plan's calls, one
     /// after another (each with the retries of [`HttpProvider::send`]), joined into one answer.
     /// The first call that ends in an error answer ends the request with it.
+    #[inline(never)]
     fn call_embeddings(
         &self,
         ctx: &mut WorkerCtx,
@@ -441,6 +443,7 @@ impl HttpProvider {
 
     /// A non-2xx answer of key `key`: record it with the breaker, apply what it says of the key,
     /// and plan the next step.
+    #[inline(never)]
     fn judge(&self, call: &Call<'_>, key: usize, answer: &Answer, backoff: Duration) -> NextStep {
         let model = call.job.upstream_model.as_str();
         let verdict = UpstreamVerdict::classify(answer.status, &answer.body);
@@ -490,6 +493,7 @@ impl HttpProvider {
 
     /// An attempt that got no answer: a breaker failure unless the client left; transport
     /// failures are retried after `backoff`, anything else ends the call.
+    #[inline(never)]
     fn failed(
         &self,
         call: &Call<'_>,
@@ -726,6 +730,7 @@ impl HttpProvider {
     }
 
     /// A 2xx to a stream request must be an event stream of the adapter's framing.
+    #[inline(never)]
     fn event_stream(
         &self,
         resp: ureq::http::Response<ureq::Body>,
@@ -745,6 +750,7 @@ impl HttpProvider {
 
     /// A 2xx answer, read whole: it must be a JSON object (its usage is counted), translated
     /// for the client when the formats differ. Not scanned for secrets.
+    #[inline(never)]
     fn success_body(
         &self,
         resp: ureq::http::Response<ureq::Body>,
@@ -773,6 +779,7 @@ impl HttpProvider {
 
     /// A non-2xx answer, read whole to pass on, with every provider secret redacted (written
     /// again in the client's format when the formats differ).
+    #[inline(never)]
     fn read_answer(
         &self,
         resp: ureq::http::Response<ureq::Body>,
@@ -802,6 +809,7 @@ impl HttpProvider {
     }
 
     /// Read a whole answer: status, content type, the relayed headers, body.
+    #[inline(never)]
     fn read_whole(&self, mut resp: ureq::http::Response<ureq::Body>) -> Result<Answer, ApiError> {
         let status = resp.status().as_u16();
         let headers = relayed_headers(resp.headers());
@@ -838,6 +846,7 @@ impl HttpProvider {
         )
     }
 
+    #[inline(never)]
     fn invalid_status(&self, status: u16) -> ApiError {
         ApiError::new(
             ErrorKind::UpstreamInvalid,
@@ -849,6 +858,7 @@ impl HttpProvider {
         )
     }
 
+    #[inline(never)]
     fn transport_error(&self, e: ureq::Error) -> ApiError {
         match e {
             ureq::Error::Timeout(_) => ApiError::request_timeout(),
