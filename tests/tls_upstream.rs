@@ -17,6 +17,30 @@ struct TlsUpstream {
     cert_pem: String,
     handshakes_ok: Arc<AtomicUsize>,
     last_auth: Arc<std::sync::Mutex<String>>,
+    /// TCP connections accepted, and TLS handshakes that resumed an earlier session.
+    counts: Arc<Counts>,
+}
+
+#[derive(Default)]
+struct Counts {
+    connections: AtomicUsize,
+    resumed: AtomicUsize,
+    /// Requests asking for a slow answer that were read whole and wait for it.
+    slow_waiting: AtomicUsize,
+}
+
+/// Buffers the gateway's upstream connections hold now (lent from its pool, not yet back).
+fn upstream_buffers_lent(gw: &Gateway) -> u64 {
+    let stats = gw.stats();
+    let pool = stats["objpools"]
+        .as_array()
+        .expect("objpools")
+        .iter()
+        .find(|p| p["name"] == "upstream_buffers")
+        .expect("the upstream buffer pool in /stats")
+        .clone();
+    let n = |k: &str| pool[k].as_u64().unwrap();
+    n("gets") - n("returns") - n("discards")
 }
 
 fn start_tls_upstream() -> TlsUpstream {
@@ -36,11 +60,13 @@ fn start_tls_upstream() -> TlsUpstream {
     let port = listener.local_addr().unwrap().port();
     let handshakes_ok = Arc::new(AtomicUsize::new(0));
     let last_auth = Arc::new(std::sync::Mutex::new(String::new()));
-    let (ok, auth) = (handshakes_ok.clone(), last_auth.clone());
+    let counts = Arc::new(Counts::default());
+    let (ok, auth, c) = (handshakes_ok.clone(), last_auth.clone(), counts.clone());
     std::thread::spawn(move || {
         for tcp in listener.incoming().flatten() {
-            let (config, ok, auth) = (config.clone(), ok.clone(), auth.clone());
-            std::thread::spawn(move || serve_tls(tcp, config, ok, auth));
+            c.connections.fetch_add(1, Ordering::SeqCst);
+            let (config, ok, auth, c) = (config.clone(), ok.clone(), auth.clone(), c.clone());
+            std::thread::spawn(move || serve_tls(tcp, config, ok, auth, c));
         }
     });
     TlsUpstream {
@@ -48,7 +74,31 @@ fn start_tls_upstream() -> TlsUpstream {
         cert_pem: ck.cert.pem(),
         handshakes_ok,
         last_auth,
+        counts,
     }
+}
+
+/// A streamed chat answer: five events in separate TLS records 20 ms apart, then `[DONE]`.
+fn write_stream(tls: &mut impl Write) -> std::io::Result<()> {
+    tls.write_all(
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
+    )?;
+    tls.flush()?;
+    let mut events: Vec<String> = (0..5)
+        .map(|i| {
+            format!(
+                "data: {{\"id\":\"chatcmpl-tls\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"tls-model\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"tok{i} \"}},\"finish_reason\":null}}]}}\n\n"
+            )
+        })
+        .collect();
+    events.push("data: [DONE]\n\n".to_string());
+    for event in events {
+        std::thread::sleep(Duration::from_millis(20));
+        tls.write_all(format!("{:x}\r\n{event}\r\n", event.len()).as_bytes())?;
+        tls.flush()?;
+    }
+    tls.write_all(b"0\r\n\r\n")?;
+    tls.flush()
 }
 
 /// Serve keep-alive requests on one TLS connection until the client closes or fails the handshake.
@@ -57,6 +107,7 @@ fn serve_tls(
     config: Arc<rustls::ServerConfig>,
     ok: Arc<AtomicUsize>,
     auth: Arc<std::sync::Mutex<String>>,
+    counts: Arc<Counts>,
 ) {
     let _ = tcp.set_read_timeout(Some(Duration::from_secs(5)));
     let Ok(conn) = rustls::ServerConnection::new(config) else {
@@ -64,6 +115,7 @@ fn serve_tls(
     };
     let mut tls = rustls::StreamOwned::new(conn, tcp);
     let mut buf = Vec::new();
+    let mut first = true;
     loop {
         let mut chunk = [0u8; 4096];
         let head_end = loop {
@@ -77,6 +129,11 @@ fn serve_tls(
         };
         let Some(head_end) = head_end else { break };
         ok.fetch_add(1, Ordering::SeqCst);
+        if std::mem::take(&mut first)
+            && tls.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
+        {
+            counts.resumed.fetch_add(1, Ordering::SeqCst);
+        }
         let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
         let len: usize = head
             .lines()
@@ -98,7 +155,19 @@ fn serve_tls(
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
             }
         }
-        buf.drain(..(head_end + len).min(buf.len()));
+        let request: Vec<u8> = buf.drain(..(head_end + len).min(buf.len())).collect();
+        let request = String::from_utf8_lossy(&request[head_end..]).to_string();
+        if request.contains("slow") {
+            counts.slow_waiting.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(600));
+            counts.slow_waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+        if request.contains("\"stream\":true") {
+            if write_stream(&mut tls).is_err() {
+                break;
+            }
+            continue;
+        }
         let body = r#"{"id":"chatcmpl-tls","object":"chat.completion","created":1,"model":"tls-model","choices":[{"index":0,"message":{"role":"assistant","content":"over tls"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}"#;
         let resp = format!(
             "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
@@ -141,6 +210,92 @@ fn https_upstream_with_its_ca_file() {
     assert_eq!(
         up.last_auth.lock().unwrap().as_str(),
         "Bearer sk-tls-secret"
+    );
+}
+
+#[test]
+fn https_upstream_streams_keeps_its_connections_and_shares_sessions_between_workers() {
+    let up = start_tls_upstream();
+    let ca =
+        std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("ca-{}.pem", up.port));
+    std::fs::write(&ca, &up.cert_pem).unwrap();
+    let cfg = format!(
+        "{}[providers.secure]\ntype = \"openai\"\nbase_url = \"https://localhost:{}/v1\"\nkeys = [{{ key = \"env:TLS_KEY\" }}]\nca_file = \"{}\"\n[providers.secure.pool]\nworkers = 2\n",
+        base_config(),
+        up.port,
+        ca.display()
+    );
+    let gw = Gateway::start_with_env(&cfg, &[("TLS_KEY", "sk-tls-secret")]);
+    // Answers whole and streamed, one after another: the streamed events come in separate
+    // records 20 ms apart and are relayed as they come.
+    for _ in 0..3 {
+        let r = gw.chat("secure/tls-model", "hi");
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.json()["choices"][0]["message"]["content"], "over tls");
+        let mut conn = Conn::new(gw.api);
+        conn.send(&stream_request("secure/tls-model", "hi", false));
+        let s = conn.sse_response().expect("a streamed answer");
+        assert_eq!(s.status, 200);
+        assert_eq!(s.content(), "tok0 tok1 tok2 tok3 tok4 ");
+        let spread = s.events.last().unwrap().1 - s.events.first().unwrap().1;
+        assert!(
+            spread >= Duration::from_millis(60),
+            "relayed at once: {spread:?}"
+        );
+    }
+    let connections = up.counts.connections.load(Ordering::SeqCst);
+    assert!(
+        (1..=2).contains(&connections),
+        "six answers over kept-alive connections, one per worker at most: {connections}"
+    );
+    // Both workers busy at once: each has its connection, and the later handshake resumes the
+    // session of the earlier one (one TLS configuration for the provider, not one per worker).
+    // While they wait for the answers, neither holds a buffer, plaintext or encrypted.
+    let api = gw.api;
+    let slow = serde_json::json!({
+        "model": "secure/tls-model",
+        "messages": [{"role": "user", "content": "slow"}],
+    })
+    .to_string();
+    std::thread::scope(|s| {
+        let calls: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| {
+                    let headers = [("content-type", "application/json")];
+                    request(
+                        api,
+                        "POST",
+                        "/v1/chat/completions",
+                        &headers,
+                        slow.as_bytes(),
+                    )
+                    .status
+                })
+            })
+            .collect();
+        assert!(
+            eventually(Duration::from_secs(5), || up
+                .counts
+                .slow_waiting
+                .load(Ordering::SeqCst)
+                == 2),
+            "both requests reach the upstream"
+        );
+        assert!(
+            eventually(Duration::from_millis(400), || upstream_buffers_lent(&gw)
+                == 0),
+            "buffers held while waiting: {}",
+            upstream_buffers_lent(&gw)
+        );
+        for call in calls {
+            assert_eq!(call.join().unwrap(), 200);
+        }
+    });
+    assert_eq!(up.counts.connections.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        up.counts.resumed.load(Ordering::SeqCst),
+        1,
+        "the second worker's connection resumed the first's session"
     );
 }
 

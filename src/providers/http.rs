@@ -78,7 +78,10 @@ pub struct HttpProvider {
     /// Extra headers from the config, sent with every request.
     headers: Vec<(String, String)>,
     connect_timeout: Duration,
+    /// ureq's TLS settings, for its own layer in the health probes.
     tls: ureq::tls::TlsConfig,
+    /// The workers' TLS layer's configuration (one for all of them: see `providers::tls`).
+    tls_client: Arc<rustls::ClientConfig>,
     /// What the request encoder may decide when it translates.
     encode: EncodeOptions,
 }
@@ -90,6 +93,7 @@ impl HttpProvider {
         adapter: Box<dyn Adapter>,
         redact: Arc<Redactor>,
     ) -> Result<Self, String> {
+        let (tls, tls_client) = tls_config(cfg)?;
         Ok(HttpProvider {
             name: cfg.name.clone(),
             adapter,
@@ -105,7 +109,8 @@ impl HttpProvider {
             retry: cfg.retry.clone(),
             headers: cfg.headers.clone(),
             connect_timeout: cfg.connect_timeout,
-            tls: tls_config(cfg)?,
+            tls,
+            tls_client,
             encode: EncodeOptions {
                 max_tokens_default: cfg.max_tokens_default,
                 thinking_style: cfg.translation.thinking_style,
@@ -147,12 +152,14 @@ impl HttpProvider {
             .input_buffer_size(UPSTREAM_BUFFER_BYTES)
             .output_buffer_size(UPSTREAM_BUFFER_BYTES)
             .build();
-        use ureq::unversioned::transport::{ConnectProxyConnector, Connector, RustlsConnector};
-        // ureq's default chain (proxy tunnel, TCP, rustls) with our leaner TCP transport.
+        use ureq::unversioned::transport::{ConnectProxyConnector, Connector};
+        // ureq's default chain (proxy tunnel, TCP, rustls) with our leaner TCP and TLS layers.
         let connector =
             ().chain(ConnectProxyConnector::default())
                 .chain(super::transport::LeanTcpConnector)
-                .chain(RustlsConnector::default());
+                .chain(super::tls::LeanTlsConnector::new(Arc::clone(
+                    &self.tls_client,
+                )));
         ureq::Agent::with_parts(config, connector, super::resolve::ThreadResolver)
     }
 
@@ -912,15 +919,24 @@ impl HttpProvider {
 
 /// rustls with the webpki roots, or only the CAs of the provider's `ca_file` (as curl's
 /// `--cacert` does: a private vLLM behind an internal CA trusts only that CA).
-fn tls_config(cfg: &ProviderConfig) -> Result<ureq::tls::TlsConfig, String> {
+fn tls_config(
+    cfg: &ProviderConfig,
+) -> Result<(ureq::tls::TlsConfig, Arc<rustls::ClientConfig>), String> {
     let mut roots = ureq::tls::RootCerts::WebPki;
+    let mut ders = None;
     if let Some(path) = &cfg.ca_file {
         // The same reading and checks as the config's (`--check` accepts only what starts).
         let certs = crate::config::ca_certificates(path)
             .map_err(|e| format!("providers.{}.ca_file: {}: {e}", cfg.name, path.display()))?;
+        ders = Some(certs.iter().map(|c| c.der().to_vec()).collect::<Vec<_>>());
         roots = ureq::tls::RootCerts::Specific(Arc::new(certs));
     }
-    Ok(ureq::tls::TlsConfig::builder().root_certs(roots).build())
+    let client = super::tls::client_config(ders.as_deref())
+        .map_err(|e| format!("providers.{}: {e}", cfg.name))?;
+    Ok((
+        ureq::tls::TlsConfig::builder().root_certs(roots).build(),
+        client,
+    ))
 }
 
 /// A TCP connection to the host and port of `url`.

@@ -23,6 +23,7 @@ pub mod retry;
 pub mod sigv4;
 pub mod sse;
 pub mod status;
+pub mod tls;
 pub mod translate;
 pub mod transport;
 pub mod vertex;

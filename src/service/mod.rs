@@ -217,7 +217,9 @@ impl Service {
             0,
             ReplyChannel::new,
         );
-        let objpools: Vec<Arc<dyn ObjPoolStats>> = vec![buffers.clone(), replies.clone()];
+        // The upstream connections' buffers (process-wide, lent while bytes are in them).
+        let upstream: Arc<dyn ObjPoolStats> = crate::providers::transport::lent_buffers().clone();
+        let objpools: Vec<Arc<dyn ObjPoolStats>> = vec![buffers.clone(), replies.clone(), upstream];
         let gateway = Gateway::new(
             Arc::clone(&config),
             pools,
