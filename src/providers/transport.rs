@@ -34,6 +34,10 @@ use crate::objpool::{ObjPool, Pooled, Recycle};
 
 /// How far an already-set socket timeout may be from the time actually left.
 pub const TIMEOUT_SLACK: Duration = Duration::from_millis(20);
+/// Reads after a request that wait for their first byte with a peek, holding no read buffer;
+/// later reads of the same answer (a stream's events) keep the buffer between them, where a peek
+/// per event would cost more CPU than the buffer's memory is worth.
+const PEEKED_READS: u8 = 4;
 /// Most bytes of a first write held back to go out with the next one.
 const HOLD_BYTES_MAX: usize = 8 * 1024;
 /// Size of the buffers the process-wide pool lends (the gateway's agents use it for both
@@ -327,9 +331,10 @@ pub struct LeanTcpTransport {
     /// An answer was read and nothing written since: the next open-check is ureq's as the
     /// connection goes back to the pool, and the one before its next use follows.
     answer_read: bool,
-    /// A request was written and nothing read since: the wait for its answer is the upstream's
-    /// whole think time, made without a read buffer.
-    awaiting_answer: bool,
+    /// Reads since the last request was written. The first [`PEEKED_READS`] wait for their
+    /// first byte without a read buffer: the wait for the answer is the upstream's whole think
+    /// time, and over TLS a session ticket may come first, alone.
+    reads_since_request: u8,
 }
 
 impl std::fmt::Debug for LeanTcpTransport {
@@ -379,7 +384,7 @@ impl LeanTcpTransport {
             held: Vec::new(),
             first_write: true,
             answer_read: false,
-            awaiting_answer: false,
+            reads_since_request: PEEKED_READS,
         }
     }
 
@@ -464,7 +469,7 @@ impl Transport for LeanTcpTransport {
 
     fn transmit_output(&mut self, amount: usize, timeout: NextTimeout) -> Result<(), ureq::Error> {
         self.answer_read = false;
-        self.awaiting_answer = true;
+        self.reads_since_request = 0;
         let timeout = timeout.for_write();
         if self.first_write && amount <= HOLD_BYTES_MAX {
             self.first_write = false;
@@ -498,10 +503,8 @@ impl Transport for LeanTcpTransport {
             stream.set_read_timeout(t)
         })?;
         let started = std::time::Instant::now();
-        if self.awaiting_answer && self.buffers.input_is_empty() {
-            // Nothing unconsumed: wait for the answer's first byte without a read buffer. (Between
-            // the events of a stream the buffer stays: a peek per event costs more CPU than the
-            // buffer's memory is worth.)
+        if self.reads_since_request < PEEKED_READS && self.buffers.input_is_empty() {
+            // Nothing unconsumed: wait for the first byte without a read buffer.
             self.buffers.release_input();
             let mut byte = [0u8; 1];
             read_within(
@@ -524,7 +527,7 @@ impl Transport for LeanTcpTransport {
         )?;
         self.buffers.input_appended(amount);
         self.answer_read = true;
-        self.awaiting_answer = false;
+        self.reads_since_request = self.reads_since_request.saturating_add(1);
         Ok(amount > 0)
     }
 
@@ -775,8 +778,16 @@ mod tests {
         (&server).write_all(b"xyz").unwrap();
         assert!(t.await_input(NextTimeout::default()).unwrap());
         assert_eq!(t.buffers().input(), b"xyz");
-        // Later reads of the same answer (a stream's events) keep the buffer between them.
+        // The first reads after a request wait without the buffer (a TLS session ticket may
+        // come alone before the answer); later reads of the same answer (a stream's events)
+        // keep it between them.
         t.buffers().input_consume(3);
+        for _ in 1..PEEKED_READS {
+            (&server).write_all(b"part").unwrap();
+            assert!(t.await_input(NextTimeout::default()).unwrap());
+            assert_eq!(t.buffers().input(), b"part");
+            t.buffers().input_consume(4);
+        }
         (&server).write_all(b"more").unwrap();
         assert!(t.await_input(NextTimeout::default()).unwrap());
         assert_eq!(t.buffers().input(), b"more");
