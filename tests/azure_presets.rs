@@ -186,22 +186,7 @@ fn concurrent_first_requests_share_one_token_fetch() {
     let gw = Gateway::start_with_env(&azure_config(&mock), &azure_env());
     let api = gw.api;
     let calls: Vec<_> = (0..8)
-        .map(|i| {
-            std::thread::spawn(move || {
-                let chat = serde_json::json!({"model": "azv1/gpt-4o",
-                    "messages": [{"role": "user", "content": format!("hi {i}")}]});
-                let body = chat.to_string();
-                let headers = [("content-type", "application/json")];
-                request(
-                    api,
-                    "POST",
-                    "/v1/chat/completions",
-                    &headers,
-                    body.as_bytes(),
-                )
-                .status
-            })
-        })
+        .map(|i| std::thread::spawn(move || chat_at(api, "azv1/gpt-4o", &format!("hi {i}")).status))
         .collect();
     let statuses: Vec<u16> = calls.into_iter().map(|c| c.join().unwrap_or(0)).collect();
     assert_eq!(statuses, vec![200; 8]);

@@ -183,6 +183,14 @@ fn serve_tls(
     }
 }
 
+/// The upstream's certificate as a CA file for the gateway's `ca_file`.
+fn write_ca(up: &TlsUpstream) -> std::path::PathBuf {
+    let ca =
+        std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("ca-{}.pem", up.port));
+    std::fs::write(&ca, &up.cert_pem).unwrap();
+    ca
+}
+
 fn gateway_for(up: &TlsUpstream, ca_file: Option<&std::path::Path>) -> Gateway {
     let ca = ca_file.map_or(String::new(), |p| {
         format!("ca_file = \"{}\"\n", p.display())
@@ -198,9 +206,7 @@ fn gateway_for(up: &TlsUpstream, ca_file: Option<&std::path::Path>) -> Gateway {
 #[test]
 fn https_upstream_with_its_ca_file() {
     let up = start_tls_upstream();
-    let ca =
-        std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("ca-{}.pem", up.port));
-    std::fs::write(&ca, &up.cert_pem).unwrap();
+    let ca = write_ca(&up);
     let gw = gateway_for(&up, Some(&ca));
     for _ in 0..3 {
         let r = gw.chat("secure/tls-model", "hi");
@@ -216,9 +222,7 @@ fn https_upstream_with_its_ca_file() {
 #[test]
 fn https_upstream_streams_keeps_its_connections_and_shares_sessions_between_workers() {
     let up = start_tls_upstream();
-    let ca =
-        std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("ca-{}.pem", up.port));
-    std::fs::write(&ca, &up.cert_pem).unwrap();
+    let ca = write_ca(&up);
     let cfg = format!(
         "{}[providers.secure]\ntype = \"openai\"\nbase_url = \"https://localhost:{}/v1\"\nkeys = [{{ key = \"env:TLS_KEY\" }}]\nca_file = \"{}\"\n[providers.secure.pool]\nworkers = 2\n",
         base_config(),
@@ -252,26 +256,9 @@ fn https_upstream_streams_keeps_its_connections_and_shares_sessions_between_work
     // session of the earlier one (one TLS configuration for the provider, not one per worker).
     // While they wait for the answers, neither holds a buffer, plaintext or encrypted.
     let api = gw.api;
-    let slow = serde_json::json!({
-        "model": "secure/tls-model",
-        "messages": [{"role": "user", "content": "slow"}],
-    })
-    .to_string();
     std::thread::scope(|s| {
         let calls: Vec<_> = (0..2)
-            .map(|_| {
-                s.spawn(|| {
-                    let headers = [("content-type", "application/json")];
-                    request(
-                        api,
-                        "POST",
-                        "/v1/chat/completions",
-                        &headers,
-                        slow.as_bytes(),
-                    )
-                    .status
-                })
-            })
+            .map(|_| s.spawn(|| chat_at(api, "secure/tls-model", "slow").status))
             .collect();
         assert!(
             eventually(Duration::from_secs(5), || up
@@ -396,9 +383,7 @@ fn pools_and_connections_at_the_smallest_stacks_survive_the_deepest_calls() {
     let (worker_kb, coroutine_kb) = stack_floors_kb();
     eprintln!("worker_stack_kb = {worker_kb}, coroutine_stack_kb = {coroutine_kb}");
     let up = start_tls_upstream();
-    let ca =
-        std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("ca-{}.pem", up.port));
-    std::fs::write(&ca, &up.cert_pem).unwrap();
+    let ca = write_ca(&up);
     let cfg = format!(
         "{}[providers.secure]\ntype = \"openai\"\nbase_url = \"https://localhost:{}/v1\"\nkeys = [{{ key = \"env:TLS_KEY\" }}]\nca_file = \"{}\"\n[providers.secure.pool]\nworkers = 2\nworker_stack_kb = {worker_kb}\n\
          [providers.mock]\ntype = \"mock\"\n[providers.mock.pool]\nworkers = 2\nworker_stack_kb = {worker_kb}\n",

@@ -185,17 +185,7 @@ impl Gateway {
     }
 
     pub fn chat(&self, model: &str, content: &str) -> Response {
-        let body = serde_json::json!({
-            "model": model,
-            "messages": [{"role": "user", "content": content}],
-        });
-        request(
-            self.api,
-            "POST",
-            "/v1/chat/completions",
-            &[("content-type", "application/json")],
-            body.to_string().as_bytes(),
-        )
+        chat_at(self.api, model, content)
     }
 
     pub fn stats(&self) -> serde_json::Value {
@@ -232,6 +222,21 @@ impl Response {
             .unwrap_or_default()
             .to_string()
     }
+}
+
+/// A one-message chat completion to the gateway's API at `api` (usable from other threads).
+pub fn chat_at(api: SocketAddr, model: &str, content: &str) -> Response {
+    let body = serde_json::json!({
+        "model": model,
+        "messages": [{"role": "user", "content": content}],
+    });
+    request(
+        api,
+        "POST",
+        "/v1/chat/completions",
+        &[("content-type", "application/json")],
+        body.to_string().as_bytes(),
+    )
 }
 
 pub fn connect(addr: SocketAddr) -> TcpStream {
