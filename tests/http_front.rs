@@ -96,6 +96,31 @@ impl BodyStream for Burst {
     fn cancel(&mut self) {}
 }
 
+/// Ends of `/recorded` streams recorded by their `finish`.
+static FINISHED: AtomicUsize = AtomicUsize::new(0);
+
+/// Two chunks, then the end, whose recording (`finish`) takes 150 ms, as post-hooks might.
+struct Recorded {
+    left: usize,
+}
+
+impl BodyStream for Recorded {
+    fn poll(&mut self, _wait: Duration) -> StreamPoll {
+        if self.left == 0 {
+            return StreamPoll::End;
+        }
+        self.left -= 1;
+        StreamPoll::Chunk(b"data: x\n\n".to_vec())
+    }
+
+    fn finish(&mut self) {
+        may::coroutine::sleep(Duration::from_millis(150));
+        FINISHED.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn cancel(&mut self) {}
+}
+
 /// `poll` calls of the `/burst` streams, across all tests.
 static BURST_POLLS: std::sync::LazyLock<Arc<AtomicUsize>> =
     std::sync::LazyLock::new(|| Arc::new(AtomicUsize::new(0)));
@@ -138,6 +163,10 @@ impl Handler for EchoHandler {
                     polls: Arc::clone(&BURST_POLLS),
                 };
                 return Response::stream(200, "text/event-stream", Box::new(burst));
+            }
+            "/recorded" => {
+                let recorded = Recorded { left: 2 };
+                return Response::stream(200, "text/event-stream", Box::new(recorded));
             }
             "/big" => {
                 let mut r = Response::json(200, vec![b'x'; 200 * 1024]);
@@ -1028,6 +1057,31 @@ fn client_leaving_mid_stream_cancels_it() {
     );
     assert!(server.stats().streams_cancelled.load(Ordering::Relaxed) >= 1);
     assert_healthy(&server);
+}
+
+#[test]
+fn a_stream_end_is_recorded_before_the_client_sees_it() {
+    // What a stream's end records (usage, spend) must be in place when the client reads the end
+    // and sends its next request: a budget spent by one stream refuses the next.
+    let server = start(test_limits());
+    let mut c = Client::connect(server.local_addr());
+    for round in 1..=2 {
+        c.send(b"GET /recorded HTTP/1.1\r\nHost: t\r\n\r\n");
+        let end = loop {
+            if let Some(p) = c.buf.windows(5).position(|w| w == b"0\r\n\r\n") {
+                break p + 5;
+            }
+            assert!(c.read_more().expect("reading the stream") > 0, "closed");
+        };
+        let text = String::from_utf8_lossy(&c.buf[..end]).to_string();
+        assert!(text.contains("data: x\n\n"), "{text}");
+        assert_eq!(
+            FINISHED.load(Ordering::SeqCst),
+            round,
+            "end seen before it was recorded"
+        );
+        c.buf.drain(..end);
+    }
 }
 
 #[test]

@@ -44,6 +44,8 @@ pub struct GatewayStream {
     served: Option<Target>,
     /// The usage the worker reported at the stream's end.
     usage: Usage,
+    /// The access record is written and the post-hooks ran ([`GatewayStream::complete`]).
+    completed: bool,
 }
 
 impl GatewayStream {
@@ -70,6 +72,7 @@ impl GatewayStream {
             pending: None,
             served: None,
             usage: Usage::default(),
+            completed: false,
         }
     }
 
@@ -218,6 +221,10 @@ impl BodyStream for GatewayStream {
         self.channel.ctl.give_spare(chunk);
     }
 
+    fn finish(&mut self) {
+        self.complete();
+    }
+
     fn cancel(&mut self) {
         if self.finished {
             return;
@@ -231,8 +238,13 @@ impl BodyStream for GatewayStream {
     }
 }
 
-impl Drop for GatewayStream {
-    fn drop(&mut self) {
+impl GatewayStream {
+    /// The access record and the post-hooks (usage, spend, ledger), once: at the stream's end,
+    /// before its last bytes go out, or when it is dropped early (the client gone, a write failed).
+    fn complete(&mut self) {
+        if std::mem::replace(&mut self.completed, true) {
+            return;
+        }
         self.rec.total_us = self.received_at.elapsed().as_micros() as u64;
         log::access(&self.rec);
         if let Some(pending) = self.pending.take() {
@@ -244,5 +256,11 @@ impl Drop for GatewayStream {
                 ..Outcome::default()
             });
         }
+    }
+}
+
+impl Drop for GatewayStream {
+    fn drop(&mut self) {
+        self.complete();
     }
 }

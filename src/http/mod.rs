@@ -316,6 +316,10 @@ pub trait BodyStream: Send {
     }
     /// A chunk's allocation, back once its bytes are written, for the stream to reuse.
     fn recycle(&mut self, _chunk: Vec<u8>) {}
+    /// The stream yielded [`StreamPoll::End`]: called before its last bytes are written, so that
+    /// what the stream's end records (usage, spend) is in place before the client can see the end
+    /// and send its next request.
+    fn finish(&mut self) {}
     /// The client went away or a write failed: stop producing (free the upstream call).
     fn cancel(&mut self);
 }

@@ -967,6 +967,7 @@ impl<'s> Conn<'s> {
                     }
                     StreamPoll::Pending => {}
                     StreamPoll::End => {
+                        stream.finish();
                         if chunked {
                             lend(&mut self.wbuf, &self.shared.buffers)
                                 .extend_from_slice(b"0\r\n\r\n");
