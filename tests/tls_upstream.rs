@@ -287,6 +287,31 @@ fn https_upstream_streams_keeps_its_connections_and_shares_sessions_between_work
 }
 
 #[test]
+fn a_handshake_that_never_completes_ends_at_the_connect_timeout() {
+    // A listener that takes the connection and never answers the ClientHello.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let held: Vec<_> = listener.incoming().take(1).flatten().collect();
+        std::thread::sleep(Duration::from_secs(5));
+        drop(held);
+    });
+    let cfg = format!(
+        "{}[providers.secure]\ntype = \"openai\"\nbase_url = \"https://localhost:{port}/v1\"\nkeys = [{{ key = \"env:TLS_KEY\" }}]\nconnect_timeout_ms = 300\nmax_retries = 0\n",
+        base_config()
+    );
+    let gw = Gateway::start_with_env(&cfg, &[("TLS_KEY", "sk-tls-secret")]);
+    let started = std::time::Instant::now();
+    let r = gw.chat("secure/tls-model", "hi");
+    let took = started.elapsed();
+    assert!(r.status >= 500, "{}", String::from_utf8_lossy(&r.body));
+    assert!(
+        took < Duration::from_secs(2),
+        "the handshake waited past the connect timeout: {took:?}"
+    );
+}
+
+#[test]
 fn https_upstream_that_cannot_be_verified_is_refused() {
     let up = start_tls_upstream();
     // Without the CA, the self-signed certificate is not trusted by the webpki roots.

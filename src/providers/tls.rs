@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, RootCertStore};
+use ureq::unversioned::transport::time::{Duration, Instant};
 use ureq::unversioned::transport::{
     Buffers, ConnectionDetails, Connector, Either, NextTimeout, Transport, TransportAdapter,
 };
@@ -77,6 +78,16 @@ fn server_name(details: &ConnectionDetails) -> Result<ServerName<'static>, ureq:
     ServerName::try_from(host.to_string()).map_err(|_| ureq::Error::Tls("invalid TLS server name"))
 }
 
+/// The connect timeout as it is left now: counted from when the connection began, so that the
+/// TCP connect and the handshake together keep within it.
+fn connect_time_left(details: &ConnectionDetails) -> NextTimeout {
+    let mut timeout = details.timeout;
+    if let (Duration::Exact(limit), Instant::Exact(began)) = (timeout.after, details.now) {
+        timeout.after = Duration::Exact(limit.saturating_sub(began.elapsed()));
+    }
+    timeout
+}
+
 impl<In: Transport> Connector<In> for LeanTlsConnector {
     type Out = Either<In, LeanTlsTransport>;
 
@@ -93,7 +104,7 @@ impl<In: Transport> Connector<In> for LeanTlsConnector {
         }
         let mut conn = ClientConnection::new(Arc::clone(&self.config), server_name(details)?)?;
         let mut sock = TransportAdapter::new(transport.boxed(), details.current_time.clone());
-        sock.set_timeout(details.timeout);
+        sock.set_timeout(connect_time_left(details));
         conn.complete_io(&mut sock)?;
         let buffers = UpstreamBuffers::new(
             details.config.input_buffer_size(),
@@ -120,13 +131,6 @@ pub struct LeanTlsTransport {
 impl std::fmt::Debug for LeanTlsTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LeanTlsTransport").finish()
-    }
-}
-
-impl LeanTlsTransport {
-    /// Whether a plaintext buffer is held now.
-    pub fn holds_input(&self) -> bool {
-        self.buffers.holds_input()
     }
 }
 
