@@ -75,78 +75,87 @@ pub fn lent_buffers() -> &'static Arc<ObjPool<LentBuf>> {
     })
 }
 
-enum Output {
-    /// Nothing is being written.
+/// One direction's buffer of a connection: held only while bytes are in it.
+enum Held {
     None,
     Lent(Pooled<LentBuf>),
-    /// Another size than the pool's: kept with the connection.
-    Own(Box<[u8]>),
+    /// Another size than the pool's, or the input grown past it (scratch space for a chunked
+    /// request body): kept with the connection.
+    Own(Vec<u8>),
 }
 
-enum Input {
-    /// No unconsumed bytes and no read under way.
-    None,
-    Lent(Pooled<LentBuf>),
-    /// Another size than the pool's, or grown past it (scratch space for a chunked request
-    /// body): kept with the connection.
-    Own(Vec<u8>),
+impl Held {
+    /// The buffer, lent from the pool (or made, for another size) if none is held.
+    fn get(&mut self, size: usize) -> &mut [u8] {
+        if matches!(self, Held::None) {
+            *self = if size == LENT_BUFFER_BYTES {
+                Held::Lent(lent_buffers().get())
+            } else {
+                Held::Own(vec![0; size])
+            };
+        }
+        self.bytes_mut()
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Held::Lent(buf) => &buf.0,
+            Held::Own(buf) => buf,
+            Held::None => &[],
+        }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        match self {
+            Held::Lent(buf) => &mut buf.0,
+            Held::Own(buf) => buf,
+            Held::None => &mut [],
+        }
+    }
+
+    /// A lent buffer goes back to the pool (one of the connection's own stays).
+    fn release(&mut self) {
+        if matches!(self, Held::Lent(_)) {
+            *self = Held::None;
+        }
+    }
+
+    fn is_held(&self) -> bool {
+        !matches!(self, Held::None)
+    }
 }
 
 /// The read and write buffers of one upstream connection ([`Buffers`], as ureq's `LazyBuffers`
 /// behave, with each buffer lent only while bytes are in it).
 pub struct UpstreamBuffers {
     /// At least `input_size` bytes while held; bytes `consumed..filled` are unconsumed.
-    input: Input,
+    input: Held,
     input_size: usize,
     filled: usize,
     consumed: usize,
     /// The last consume took bytes (ureq parses the input again only after progress).
     progress: bool,
     output_size: usize,
-    output: Output,
+    output: Held,
 }
 
 impl UpstreamBuffers {
     pub fn new(input_size: usize, output_size: usize) -> Self {
         UpstreamBuffers {
-            input: Input::None,
+            input: Held::None,
             input_size: input_size.max(1),
             filled: 0,
             consumed: 0,
             progress: false,
             output_size: output_size.max(1),
-            output: Output::None,
+            output: Held::None,
         }
-    }
-
-    /// The input buffer, lent (or made) if none is held.
-    fn input_buf(&mut self) -> &mut [u8] {
-        if matches!(self.input, Input::None) {
-            self.input = if self.input_size == LENT_BUFFER_BYTES {
-                Input::Lent(lent_buffers().get())
-            } else {
-                Input::Own(vec![0; self.input_size])
-            };
-        }
-        match &mut self.input {
-            Input::Lent(buf) => &mut buf.0,
-            Input::Own(buf) => buf,
-            Input::None => &mut [],
-        }
-    }
-
-    /// Grow the input buffer to `len` bytes (it becomes the connection's own).
-    fn grow_input(&mut self, len: usize) {
-        let mut grown = Vec::with_capacity(len);
-        grown.extend_from_slice(self.input_buf());
-        grown.resize(len, 0);
-        self.input = Input::Own(grown);
     }
 
     /// The input's free part, after moving unconsumed bytes to the front when that frees half.
     fn input_free(&mut self) -> &mut [u8] {
         let (consumed, filled) = (self.consumed, self.filled);
-        let input = self.input_buf();
+        let input = self.input.get(self.input_size);
         if consumed > 0 {
             if consumed == filled {
                 (self.consumed, self.filled) = (0, 0);
@@ -156,8 +165,7 @@ impl UpstreamBuffers {
                 self.consumed = 0;
             }
         }
-        let filled = self.filled;
-        &mut self.input_buf()[filled..]
+        &mut self.input.bytes_mut()[self.filled..]
     }
 
     /// Whether unconsumed input is held.
@@ -167,57 +175,35 @@ impl UpstreamBuffers {
 
     /// Nothing unconsumed: a lent input buffer goes back to the pool.
     pub fn release_input(&mut self) {
-        if self.input_is_empty() && matches!(self.input, Input::Lent(_)) {
-            self.input = Input::None;
+        if self.input_is_empty() && matches!(self.input, Held::Lent(_)) {
+            self.input = Held::None;
             (self.consumed, self.filled) = (0, 0);
         }
     }
 
     /// Whether an input buffer is held now.
     pub fn holds_input(&self) -> bool {
-        !matches!(self.input, Input::None)
+        self.input.is_held()
     }
 
     /// The request is written: a lent output buffer goes back to the pool.
     pub fn release_output(&mut self) {
-        if matches!(self.output, Output::Lent(_)) {
-            self.output = Output::None;
-        }
+        self.output.release();
     }
 
     /// Whether an output buffer is held now.
     pub fn holds_output(&self) -> bool {
-        !matches!(self.output, Output::None)
-    }
-}
-
-/// The output buffer, lent (or made) if none is held.
-fn output_of(output: &mut Output, size: usize) -> &mut [u8] {
-    if matches!(output, Output::None) {
-        *output = if size == LENT_BUFFER_BYTES {
-            Output::Lent(lent_buffers().get())
-        } else {
-            Output::Own(vec![0; size].into_boxed_slice())
-        };
-    }
-    match output {
-        Output::Lent(buf) => &mut buf.0,
-        Output::Own(buf) => buf,
-        Output::None => &mut [],
+        self.output.is_held()
     }
 }
 
 impl Buffers for UpstreamBuffers {
     fn output(&mut self) -> &mut [u8] {
-        output_of(&mut self.output, self.output_size)
+        self.output.get(self.output_size)
     }
 
     fn input(&self) -> &[u8] {
-        match &self.input {
-            Input::Lent(buf) => &buf.0[self.consumed..self.filled],
-            Input::Own(buf) => &buf[self.consumed..self.filled],
-            Input::None => &[],
-        }
+        &self.input.bytes()[self.consumed..self.filled]
     }
 
     fn input_append_buf(&mut self) -> &mut [u8] {
@@ -227,7 +213,7 @@ impl Buffers for UpstreamBuffers {
     fn input_appended(&mut self, amount: usize) {
         self.filled += amount;
         assert!(
-            self.filled <= self.input_buf().len(),
+            self.filled <= self.input.bytes().len(),
             "appended past the input buffer"
         );
     }
@@ -241,17 +227,13 @@ impl Buffers for UpstreamBuffers {
     fn tmp_and_output(&mut self) -> (&mut [u8], &mut [u8]) {
         let free = self.input_free().len();
         if free < TMP_BYTES_MIN {
-            let grown = self.input_buf().len() + (TMP_BYTES_MIN - free);
-            self.grow_input(grown);
+            // Grown, the buffer becomes the connection's own.
+            let mut grown = self.input.bytes().to_vec();
+            grown.resize(grown.len() + (TMP_BYTES_MIN - free), 0);
+            self.input = Held::Own(grown);
         }
-        let filled = self.filled;
-        self.input_buf();
-        let input = match &mut self.input {
-            Input::Lent(buf) => &mut buf.0[filled..],
-            Input::Own(buf) => &mut buf[filled..],
-            Input::None => &mut [],
-        };
-        (input, output_of(&mut self.output, self.output_size))
+        let output = self.output.get(self.output_size);
+        (&mut self.input.bytes_mut()[self.filled..], output)
     }
 
     fn can_use_input(&self) -> bool {
@@ -680,7 +662,7 @@ mod tests {
         // Another size than the pool's is the connection's own and kept.
         let (mut t, _server) = pair();
         send(&mut t, b"GET / HTTP/1.1\r\n\r\n");
-        assert!(matches!(t.buffers.output, Output::Own(ref b) if b.len() == 4096));
+        assert!(matches!(t.buffers.output, Held::Own(ref b) if b.len() == 4096));
     }
 
     #[test]
@@ -715,7 +697,7 @@ mod tests {
         let (tmp, out) = b.tmp_and_output();
         assert_eq!((tmp.len(), out.len()), (TMP_BYTES_MIN, 32));
         assert!(
-            matches!(b.input, Input::Own(ref buf) if buf.len() == TMP_BYTES_MIN),
+            matches!(b.input, Held::Own(ref buf) if buf.len() == TMP_BYTES_MIN),
             "grown once to the scratch minimum"
         );
         let mut b = UpstreamBuffers::new(LENT_BUFFER_BYTES, LENT_BUFFER_BYTES);
@@ -727,7 +709,7 @@ mod tests {
             );
             b.release_output();
         }
-        assert!(matches!(b.input, Input::Lent(ref buf) if buf.0.len() == LENT_BUFFER_BYTES));
+        assert!(matches!(b.input, Held::Lent(ref buf) if buf.0.len() == LENT_BUFFER_BYTES));
         // Unconsumed bytes keep the buffer; once they are consumed it can go back.
         b.input_append_buf()[..3].copy_from_slice(b"abc");
         b.input_appended(3);
