@@ -480,6 +480,27 @@ fn connections_hold_buffers_only_while_they_use_them() {
 }
 
 #[test]
+fn new_connections_hold_no_buffer_before_their_first_bytes() {
+    let (server, pool) = start_with_buffers(test_limits());
+    let mut clients: Vec<Client> = (0..16)
+        .map(|_| Client::connect(server.local_addr()))
+        .collect();
+    let active = || server.stats().connections_active.load(Ordering::Relaxed);
+    wait_until("16 connections accepted", READ_TIMEOUT, || active() == 16);
+    // Within the first idle poll (500 ms), a connection that read into its buffer would hold it.
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        buffers_lent(&pool),
+        (0, 0),
+        "no buffer lent to a silent connection"
+    );
+    for (i, c) in clients.iter_mut().enumerate() {
+        let r = c.request(&get(&format!("/first{i}")));
+        assert_eq!(r.json()["path"], format!("/first{i}"));
+    }
+}
+
+#[test]
 fn connection_close_is_honoured() {
     let server = start(test_limits());
     let mut c = Client::connect(server.local_addr());

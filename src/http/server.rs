@@ -483,6 +483,8 @@ struct Conn<'s> {
     body_reserved: usize,
     /// When the current request's body must be complete (`body_timeout` after its head).
     body_deadline: Instant,
+    /// A request was read on this connection (its idle waits may start with the buffer).
+    served: bool,
 }
 
 impl Drop for Conn<'_> {
@@ -511,6 +513,7 @@ impl<'s> Conn<'s> {
             read_timeout: None,
             body_reserved: 0,
             body_deadline: Instant::now(),
+            served: false,
         }
     }
 
@@ -533,6 +536,7 @@ impl<'s> Conn<'s> {
             self.wait_idle()?;
         }
         let head = self.read_head()?;
+        self.served = true;
         let body = match head.body {
             Ok(kind) => kind,
             Err(fault) => return self.fail(fault),
@@ -556,13 +560,16 @@ impl<'s> Conn<'s> {
     }
 
     /// Wait for the first bytes of the next request, up to `idle_timeout`, closing early when the
-    /// server stops. The first wait reads straight into the read buffer (a busy connection's next
-    /// request usually follows at once); after that the buffer goes back to the pool and the
-    /// connection only watches its socket (a peek) until bytes arrive.
+    /// server stops. On a connection that has served a request, the first wait reads straight
+    /// into the read buffer (a busy connection's next request usually follows at once); after
+    /// that the buffer goes back to the pool and the connection only watches its socket (a peek)
+    /// until bytes arrive. A new connection peeks from the start: clients that open connections
+    /// ahead of their requests (a warmed pool, a load tool) would otherwise each hold a buffer
+    /// for the first poll, and the pool keeps what it lent at its peak.
     fn wait_idle(&mut self) -> Result<(), End> {
         debug_assert_eq!(self.rpos, self.rend);
         let deadline = Instant::now() + self.shared.limits.idle_timeout;
-        let mut first = true;
+        let mut first = self.served;
         loop {
             if self.stopping() {
                 return Err(End::Quiet);
@@ -578,7 +585,11 @@ impl<'s> Conn<'s> {
                 self.fill(wait, READ_BUF_BYTES_INITIAL)
             } else {
                 self.rbuf = None;
-                self.peek(wait)
+                // Bytes arrived: read them now (the read does not wait).
+                match self.peek(wait) {
+                    Ok(n) if n > 0 => self.fill(wait, READ_BUF_BYTES_INITIAL),
+                    other => other,
+                }
             };
             match got {
                 Ok(0) => return Err(End::Quiet),
