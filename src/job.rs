@@ -1,5 +1,5 @@
 //! The contract between the front and the workers: a [`Job`] (one request on its way to a
-//! provider), the [`Reply`]s a worker sends back over a `may` channel, the reusable
+//! provider), the [`Reply`]s a worker sends back over a [`crate::handoff`] channel, the reusable
 //! [`ReplyChannel`] they travel on, and [`JobCtl`], the cancellation a waiting coroutine and the
 //! worker share. Nothing here knows a wire format or a provider.
 
@@ -30,8 +30,9 @@ pub struct Timings {
 /// What a worker sends back for a job: one `Full`, or (for `stream: true` answered with an event
 /// stream) `StreamStart`, any number of `Event`s and one `StreamEnd`.
 ///
-/// Large payloads are boxed: every reply channel's queue allocates room for 64 replies at a time,
-/// so the size of `Reply` is paid per channel (32 bytes instead of 120: 2.5 KiB instead of 8 KiB).
+/// Large payloads are boxed: every message on a reply channel is a node of its own (a `Reply`
+/// and a pointer), made and freed once per message, so a small `Reply` keeps that allocation in
+/// the allocator's smallest size classes (32 bytes instead of 120).
 pub enum Reply {
     Full(Box<FullReply>),
     /// The upstream accepted the request and its events follow.
@@ -383,7 +384,7 @@ pub struct Job {
     pub enqueued_at: Instant,
     /// The request must be answered by then.
     pub deadline: Instant,
-    pub reply: may::sync::mpsc::Sender<Reply>,
+    pub reply: crate::handoff::Sender<Reply>,
     pub ctl: Arc<JobCtl>,
 }
 
@@ -397,14 +398,14 @@ impl Job {
 /// A reusable reply channel. Reused only when the previous job's reply was received; a channel whose
 /// waiter gave up is marked single-use so that a late reply can never reach another request.
 pub struct ReplyChannel {
-    pub tx: may::sync::mpsc::Sender<Reply>,
-    pub rx: may::sync::mpsc::Receiver<Reply>,
+    pub tx: crate::handoff::Sender<Reply>,
+    pub rx: crate::handoff::Receiver<Reply>,
     pub ctl: Arc<JobCtl>,
 }
 
 impl ReplyChannel {
     pub fn new() -> Self {
-        let (tx, rx) = may::sync::mpsc::channel();
+        let (tx, rx) = crate::handoff::channel();
         ReplyChannel {
             tx,
             rx,
@@ -465,7 +466,7 @@ mod tests {
 
     #[test]
     fn replies_stay_small() {
-        // Each reply channel's queue holds 64 of them per block (see `Reply`).
+        // Each message on a reply channel is a node of its own (see `Reply`).
         assert!(std::mem::size_of::<super::Reply>() <= 32);
     }
 }

@@ -15,6 +15,7 @@ pub mod config;
 pub mod cost;
 pub mod error;
 pub mod formats;
+pub mod handoff;
 pub mod http;
 pub mod job;
 pub mod log;

@@ -1,9 +1,9 @@
-//! Worker threads hand their replies to the front's coroutines through may's channels, which
-//! queue the woken coroutine on the scheduler's global queue. With thousands of worker threads
-//! on two cores, a thread preempted inside that queue's push (while it installs the queue's next
-//! block, or between reserving a slot and filling it) must not leave every other pusher, and the
-//! scheduler thread that pops, spinning for it: that turned a burst of replies into a livelock
-//! that held both cores for many minutes.
+//! Worker threads hand their replies to the front's coroutines through the gateway's reply
+//! channel (`deepintshield::handoff`), whose wake-up queues the coroutine on may's scheduler's
+//! global queue. With thousands of worker threads on two cores, a thread preempted inside that
+//! queue's push (while it installs the queue's next block, or between reserving a slot and
+//! filling it) must not leave every other pusher, and the scheduler thread that pops, spinning
+//! for it: that turned a burst of replies into a livelock that held both cores for many minutes.
 
 use std::sync::{mpsc, Arc, Barrier};
 use std::time::{Duration, Instant};
@@ -13,7 +13,7 @@ fn burst(threads: usize) -> Duration {
     let (done_tx, done_rx) = mpsc::channel::<usize>();
     let mut senders = Vec::with_capacity(threads);
     for _ in 0..threads {
-        let (tx, rx) = may::sync::mpsc::channel::<usize>();
+        let (tx, rx) = deepintshield::handoff::channel::<usize>();
         let done = done_tx.clone();
         // SAFETY: the coroutine touches no thread-local state.
         unsafe {

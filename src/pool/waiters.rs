@@ -22,7 +22,7 @@ const TICK: Duration = Duration::from_millis(50);
 const SHARDS: usize = 16;
 
 struct Entry {
-    tx: may::sync::mpsc::Sender<Reply>,
+    tx: crate::handoff::Sender<Reply>,
     next: Instant,
 }
 
@@ -97,13 +97,13 @@ pub struct Watch {
 
 /// Register `tx` (the sending half of the channel a coroutine waits on) for nudges. Fails only when
 /// the nudging thread cannot be started.
-pub fn watch(tx: &may::sync::mpsc::Sender<Reply>) -> Result<Watch, String> {
+pub fn watch(tx: &crate::handoff::Sender<Reply>) -> Result<Watch, String> {
     start()?;
     Ok(register(tx, Instant::now() + NUDGE_EVERY))
 }
 
 /// Register `tx` for its first nudge at `next`.
-fn register(tx: &may::sync::mpsc::Sender<Reply>, next: Instant) -> Watch {
+fn register(tx: &crate::handoff::Sender<Reply>, next: Instant) -> Watch {
     let shard = NEXT_SHARD.fetch_add(1, Ordering::Relaxed) % SHARDS;
     let entry = Entry {
         tx: tx.clone(),
@@ -154,9 +154,9 @@ mod tests {
     fn due_waiters_are_nudged_once_per_period_and_a_dropped_watch_never() {
         // Due an hour from now, so the running nudger (if another test started it) never is.
         let first = Instant::now() + Duration::from_secs(3600);
-        let (tx, rx) = may::sync::mpsc::channel();
+        let (tx, rx) = crate::handoff::channel();
         let w = register(&tx, first);
-        let (tx2, rx2) = may::sync::mpsc::channel();
+        let (tx2, rx2) = crate::handoff::channel();
         let w2 = register(&tx2, first + NUDGE_EVERY * 2);
         assert!(registered() >= 2);
         nudge_due(first - TICK);
@@ -178,7 +178,7 @@ mod tests {
     #[test]
     fn freed_slots_are_reused() {
         let first = Instant::now() + Duration::from_secs(3600);
-        let (tx, _rx) = may::sync::mpsc::channel();
+        let (tx, _rx) = crate::handoff::channel();
         let held: Vec<Watch> = (0..SHARDS * 4).map(|_| register(&tx, first)).collect();
         let len_before: usize = (0..SHARDS).map(|s| lock(s).slots.len()).sum();
         drop(held);
