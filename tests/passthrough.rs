@@ -373,6 +373,42 @@ fn openai_request_fields_reach_an_openai_upstream_byte_for_byte() {
 }
 
 #[test]
+fn an_answer_with_a_hundred_header_lines_is_read_and_relayed() {
+    // Up to 48 header lines are parsed with slots on the worker's stack, more with slots on the
+    // heap (vendor/ureq-proto/PATCHES.md): both sides, on one keep-alive upstream connection.
+    for lines in [10usize, 100] {
+        let mut headers = vec![("content-type", "application/json")];
+        for i in 0..lines {
+            let name: &'static str = Box::leak(format!("x-upstream-extra-{i}").into_boxed_str());
+            headers.push((name, "v"));
+        }
+        headers.push(("x-ratelimit-remaining-requests", "42"));
+        let up = Capture::start(Canned {
+            status: 200,
+            headers,
+            body: OPENAI_ANSWER.to_string(),
+        });
+        let gw = gateway("openai", &up);
+        for _ in 0..2 {
+            let r = post(
+                gw.api,
+                "/v1/chat/completions",
+                &[("authorization", &format!("Bearer {CLIENT_KEY}"))],
+                OPENAI_REQUEST,
+            );
+            assert_eq!(
+                r.status,
+                200,
+                "{lines} lines: {}",
+                String::from_utf8_lossy(&r.body)
+            );
+            assert_eq!(String::from_utf8(r.body.clone()).unwrap(), OPENAI_ANSWER);
+            assert_eq!(r.header("x-ratelimit-remaining-requests"), Some("42"));
+        }
+    }
+}
+
+#[test]
 fn openai_stream_fields_pass_through_with_usage_asked_for() {
     // The upstream's events; the usage chunk is not for a client that did not ask for it.
     let events = [

@@ -533,16 +533,29 @@ impl HttpProvider {
         let Some(agent) = ctx.agent.as_ref() else {
             return Err(ApiError::internal());
         };
-        let builder = agent.post(&prepared.url).config();
-        let builder = if stream {
-            builder
-                .timeout_global(None)
-                .timeout_recv_response(Some(remaining))
-                .timeout_recv_body(Some(call.stream_duration_max))
-                .timeout_per_read(Some(call.stream_idle_timeout))
-        } else {
-            builder.timeout_global(Some(remaining))
-        };
+        let request = self.upstream_request(agent, call, prepared, key, stream, remaining)?;
+        agent.run(request).map_err(|e| {
+            if call.job.ctl.is_cancelled() {
+                ApiError::client_cancelled()
+            } else {
+                self.transport_error(e)
+            }
+        })
+    }
+
+    /// The upstream request of one attempt, with its timeouts. Built in a frame of its own: the
+    /// builders are large values moved from step to step, and `attempt`'s frame stays on the
+    /// worker's stack while the answer is awaited and parsed, the deepest a call goes.
+    #[inline(never)]
+    fn upstream_request<'b>(
+        &self,
+        agent: &ureq::Agent,
+        call: &Call<'_>,
+        prepared: &'b Prepared,
+        key: usize,
+        stream: bool,
+        remaining: Duration,
+    ) -> Result<ureq::http::Request<&'b [u8]>, ApiError> {
         let client = &call.job.request;
         let mut headers: Headers = Vec::with_capacity(8 + self.headers.len());
         headers.push(("content-type".into(), "application/json".into()));
@@ -569,17 +582,24 @@ impl HttpProvider {
                 client,
             },
         )?;
-        let mut req = builder.build();
+        let mut req = ureq::http::Request::post(prepared.url.as_str());
         for (name, value) in headers.iter() {
             req = req.header(name.as_ref(), value.as_str());
         }
-        req.send(&prepared.body[..]).map_err(|e| {
-            if call.job.ctl.is_cancelled() {
-                ApiError::client_cancelled()
-            } else {
-                self.transport_error(e)
-            }
-        })
+        let req = req
+            .body(&prepared.body[..])
+            .map_err(|e| self.transport_error(e.into()))?;
+        let config = agent.configure_request(req);
+        let config = if stream {
+            config
+                .timeout_global(None)
+                .timeout_recv_response(Some(remaining))
+                .timeout_recv_body(Some(call.stream_duration_max))
+                .timeout_per_read(Some(call.stream_idle_timeout))
+        } else {
+            config.timeout_global(Some(remaining))
+        };
+        Ok(config.build())
     }
 
     /// A `stream: true` call: events are passed on one by one as the upstream sends them. Every

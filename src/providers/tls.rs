@@ -88,8 +88,12 @@ fn connect_time_left(details: &ConnectionDetails) -> NextTimeout {
     timeout
 }
 
+/// The TLS transport travels boxed, and the handshake is a function of its own: the connector
+/// chain moves the transport from frame to frame, and a plain-HTTP connection passes through
+/// this connector too. Inline and by value, rustls's connection state sized those frames, and a
+/// worker's first connection took its stack a page deeper than any later call does.
 impl<In: Transport> Connector<In> for LeanTlsConnector {
-    type Out = Either<In, LeanTlsTransport>;
+    type Out = Either<In, Box<LeanTlsTransport>>;
 
     fn connect(
         &self,
@@ -102,20 +106,34 @@ impl<In: Transport> Connector<In> for LeanTlsConnector {
         if !details.needs_tls() || transport.is_tls() {
             return Ok(Some(Either::A(transport)));
         }
-        let mut conn = ClientConnection::new(Arc::clone(&self.config), server_name(details)?)?;
-        let mut sock = TransportAdapter::new(transport.boxed(), details.current_time.clone());
-        sock.set_timeout(connect_time_left(details));
-        conn.complete_io(&mut sock)?;
+        self.handshake(details, transport.boxed())
+            .map(|tls| Some(Either::B(tls)))
+    }
+}
+
+impl LeanTlsConnector {
+    #[inline(never)]
+    fn handshake(
+        &self,
+        details: &ConnectionDetails,
+        transport: Box<dyn Transport>,
+    ) -> Result<Box<LeanTlsTransport>, ureq::Error> {
+        let conn = ClientConnection::new(Arc::clone(&self.config), server_name(details)?)?;
+        let sock = TransportAdapter::new(transport, details.current_time.clone());
         let buffers = UpstreamBuffers::new(
             details.config.input_buffer_size(),
             details.config.output_buffer_size(),
         );
-        Ok(Some(Either::B(LeanTlsTransport {
+        let mut tls = Box::new(LeanTlsTransport {
             buffers,
             conn,
             sock,
             awaiting_answer: false,
-        })))
+        });
+        tls.sock.set_timeout(connect_time_left(details));
+        let LeanTlsTransport { conn, sock, .. } = &mut *tls;
+        conn.complete_io(sock)?;
+        Ok(tls)
     }
 }
 
