@@ -88,10 +88,12 @@ impl<T: Send> Sender<T> {
         loop {
             // SAFETY: the node is not yet shared.
             unsafe { (*node).next = head };
+            // AcqRel: a receiver's take before this push (which found nothing, after it stored
+            // its blocker) is seen whole, so the `to_wake` read below sees that blocker.
             match shared.pushed.compare_exchange_weak(
                 head,
                 node,
-                Ordering::Release,
+                Ordering::AcqRel,
                 Ordering::Relaxed,
             ) {
                 Ok(_) => break,
@@ -144,7 +146,8 @@ impl<T: Send> Receiver<T> {
         }
         // Read before the stack is taken: a sender's last message is pushed before it is dropped.
         let senders_left = self.shared.senders.load(Ordering::Acquire);
-        let mut node = self.shared.pushed.swap(ptr::null_mut(), Ordering::Acquire);
+        // AcqRel: see `Sender::send`.
+        let mut node = self.shared.pushed.swap(ptr::null_mut(), Ordering::AcqRel);
         if node.is_null() {
             return Err(if senders_left == 0 {
                 TryRecvError::Disconnected
