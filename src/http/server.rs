@@ -483,8 +483,6 @@ struct Conn<'s> {
     body_reserved: usize,
     /// When the current request's body must be complete (`body_timeout` after its head).
     body_deadline: Instant,
-    /// A request was read on this connection (its idle waits may start with the buffer).
-    served: bool,
 }
 
 impl Drop for Conn<'_> {
@@ -513,7 +511,6 @@ impl<'s> Conn<'s> {
             read_timeout: None,
             body_reserved: 0,
             body_deadline: Instant::now(),
-            served: false,
         }
     }
 
@@ -536,7 +533,6 @@ impl<'s> Conn<'s> {
             self.wait_idle()?;
         }
         let head = self.read_head()?;
-        self.served = true;
         let body = match head.body {
             Ok(kind) => kind,
             Err(fault) => return self.fail(fault),
@@ -560,16 +556,15 @@ impl<'s> Conn<'s> {
     }
 
     /// Wait for the first bytes of the next request, up to `idle_timeout`, closing early when the
-    /// server stops. On a connection that has served a request, the first wait reads straight
-    /// into the read buffer (a busy connection's next request usually follows at once); after
-    /// that the buffer goes back to the pool and the connection only watches its socket (a peek)
-    /// until bytes arrive. A new connection peeks from the start: clients that open connections
-    /// ahead of their requests (a warmed pool, a load tool) would otherwise each hold a buffer
-    /// for the first poll, and the pool keeps what it lent at its peak.
+    /// server stops. The connection holds no buffer while it waits: it watches its socket with a
+    /// peek and borrows the read buffer when bytes are there. (Reading into a lent buffer for a
+    /// first poll made every connection idle after its answer, or new and not yet sent on, hold
+    /// 8 KiB for that poll, and the pool keep what was lent at the peak; the peek's system call
+    /// cost nothing measurable.)
     fn wait_idle(&mut self) -> Result<(), End> {
         debug_assert_eq!(self.rpos, self.rend);
+        self.rbuf = None;
         let deadline = Instant::now() + self.shared.limits.idle_timeout;
-        let mut first = self.served;
         loop {
             if self.stopping() {
                 return Err(End::Quiet);
@@ -580,16 +575,10 @@ impl<'s> Conn<'s> {
                 return Err(End::Quiet);
             }
             let wait = left.min(Duration::from_millis(IDLE_POLL_MS));
-            let got = if first {
-                first = false;
-                self.fill(wait, READ_BUF_BYTES_INITIAL)
-            } else {
-                self.rbuf = None;
-                // Bytes arrived: read them now (the read does not wait).
-                match self.peek(wait) {
-                    Ok(n) if n > 0 => self.fill(wait, READ_BUF_BYTES_INITIAL),
-                    other => other,
-                }
+            // Bytes arrived: read them now (the read does not wait).
+            let got = match self.peek(wait) {
+                Ok(n) if n > 0 => self.fill(wait, READ_BUF_BYTES_INITIAL),
+                other => other,
             };
             match got {
                 Ok(0) => return Err(End::Quiet),
