@@ -1,14 +1,49 @@
 //! What the benchmark reads about another process from /proc: CPU time (user + system, all
-//! threads, from `/proc/PID/stat`) and memory (`VmRSS`, and `VmHWM`, the peak resident set).
+//! threads, from `/proc/PID/stat`, with its child processes' for a server that works in child
+//! processes such as nginx) and memory (`VmRSS`, and `VmHWM`, the peak resident set).
 
 use std::time::Duration;
 
-/// User plus system CPU time of every thread of `pid`, alive or exited.
+/// User plus system CPU time of every thread of `pid`, alive or exited, and of its live child
+/// processes (nginx's workers under its master; the gateway has none).
 pub fn cpu_time(pid: u32) -> Result<Duration, String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map_err(|e| format!("cannot read /proc/{pid}/stat: {e}"))?;
-    let ticks = parse_stat_cpu_ticks(&stat).ok_or_else(|| format!("malformed /proc/{pid}/stat"))?;
+    let mut ticks =
+        parse_stat_cpu_ticks(&stat).ok_or_else(|| format!("malformed /proc/{pid}/stat"))?;
+    ticks += children_cpu_ticks(pid);
     Ok(ticks_to_duration(ticks))
+}
+
+/// utime + stime of the live processes whose parent is `pid` (a scan of /proc: a child that
+/// exits between the scan and the read of its stat is skipped).
+fn children_cpu_ticks(pid: u32) -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut ticks = 0;
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(child) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if child == pid {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        if parse_stat_ppid(&stat) == Some(pid) {
+            ticks += parse_stat_cpu_ticks(&stat).unwrap_or(0);
+        }
+    }
+    ticks
+}
+
+/// The parent's pid (field 4) of a `/proc/PID/stat` line.
+fn parse_stat_ppid(stat: &str) -> Option<u32> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_ascii_whitespace().nth(1)?.parse().ok()
 }
 
 /// Resident memory of `pid`, KiB: (current `VmRSS`, peak `VmHWM`).
@@ -62,6 +97,31 @@ mod tests {
                     250 75 0 0 20 0 9 0 100 1000000 2000 18446744073709551615";
         assert_eq!(parse_stat_cpu_ticks(stat), Some(325));
         assert_eq!(parse_stat_cpu_ticks("garbage"), None);
+        assert_eq!(parse_stat_ppid(stat), Some(1));
+        assert_eq!(parse_stat_ppid("garbage"), None);
+    }
+
+    #[test]
+    fn counts_the_cpu_of_child_processes() {
+        let me = std::process::id();
+        let before = cpu_time(me).unwrap();
+        // A child that spins for about 0.5 s (600,000 rounds of a shell loop), then sleeps.
+        let mut child = std::process::Command::new("sh")
+            .args([
+                "-c",
+                "i=0; while [ $i -lt 600000 ]; do i=$((i+1)); done; sleep 5",
+            ])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(2000));
+        let after = cpu_time(me).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let spent = after.saturating_sub(before);
+        assert!(
+            spent >= Duration::from_millis(300),
+            "children's CPU not counted: {spent:?}"
+        );
     }
 
     #[test]
