@@ -297,6 +297,42 @@ mod tests {
     }
 
     #[test]
+    fn a_coroutine_woken_from_a_thread_resumes_on_the_scheduler_thread_it_waited_on() {
+        const WAKES: u32 = 16;
+        let (tx, rx) = channel::<u32>();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        // SAFETY: the coroutine holds nothing thread-local across its waits (it asks the kernel
+        // for the id of the thread it runs on).
+        unsafe {
+            may::coroutine::Builder::new()
+                .stack_size(16 * 1024 / std::mem::size_of::<usize>())
+                .spawn(move || {
+                    let mut moved = 0;
+                    for _ in 0..WAKES {
+                        let before = libc::gettid();
+                        if rx.recv().is_err() {
+                            break;
+                        }
+                        moved += u32::from(libc::gettid() != before);
+                    }
+                    let _ = done_tx.send(moved);
+                })
+                .expect("spawn a coroutine");
+        }
+        for i in 0..WAKES {
+            // Let the coroutine park first, so that the send wakes it.
+            std::thread::sleep(Duration::from_millis(5));
+            tx.send(i).unwrap();
+        }
+        let moved = done_rx.recv_timeout(Duration::from_secs(10));
+        assert_eq!(
+            moved,
+            Ok(0),
+            "wake-ups that moved the coroutine to another thread"
+        );
+    }
+
+    #[test]
     fn a_send_after_the_receiver_left_fails_and_nothing_leaks() {
         let value = Arc::new(());
         let (tx, rx) = channel();

@@ -1,13 +1,13 @@
 use std::fmt;
 use std::io::ErrorKind;
 use std::ptr;
-use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cancel::Cancel;
 use crate::coroutine_impl::{co_cancel_data, run_coroutine, CoroutineImpl, EventSource};
-use crate::scheduler::get_scheduler;
+use crate::scheduler::{get_scheduler, WORKER_ID};
 use crate::sync::atomic_dur::AtomicDuration;
 use crate::sync::AtomicOption;
 use crate::timeout_list::TimeoutHandle;
@@ -33,6 +33,9 @@ pub struct Park {
     timeout_handle: AtomicPtr<TimeoutHandle<Arc<AtomicOption<CoroutineImpl>>>>,
     // a flag if kernel is entered
     wait_kernel: AtomicBool,
+    // the scheduler thread the waiting coroutine last yielded on (usize::MAX: none known); a
+    // wake-up from a thread outside the scheduler sends it back there
+    home: AtomicUsize,
 }
 
 impl Default for Park {
@@ -51,6 +54,7 @@ impl Park {
             timeout: AtomicDuration::new(None),
             timeout_handle: AtomicPtr::new(ptr::null_mut()),
             wait_kernel: AtomicBool::new(false),
+            home: AtomicUsize::new(usize::MAX),
         }
     }
 
@@ -121,6 +125,15 @@ impl Park {
         if let Some(co) = self.wait_co.take() {
             if b_sync {
                 run_coroutine(co);
+            } else if WORKER_ID.get() == usize::MAX {
+                // Woken by a thread outside the scheduler: back to the scheduler thread the
+                // coroutine waited on (its sockets' selector thread, warm with its state),
+                // not to the next thread in turn.
+                let sched = get_scheduler();
+                match self.home.load(Ordering::Relaxed) {
+                    usize::MAX => sched.schedule_global(co),
+                    home => sched.schedule_global_with_id(co, home),
+                }
             } else {
                 get_scheduler().schedule(co);
             }
@@ -208,6 +221,9 @@ impl EventSource for Park {
         self.set_timeout_handle(timeout_handle);
 
         let _g = self.delay_drop();
+
+        // subscribe runs on the scheduler thread the coroutine yielded on
+        self.home.store(WORKER_ID.get(), Ordering::Relaxed);
 
         // register the coroutine
         self.wait_co.store(co);
