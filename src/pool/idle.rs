@@ -23,7 +23,7 @@ use std::sync::atomic::{fence, AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::Thread;
 
-use crossbeam_channel::Receiver;
+use super::inbox::JobInbox;
 use std::time::Duration;
 
 const BUSY: u8 = 0;
@@ -158,7 +158,7 @@ impl IdleWorkers {
         &self,
         me: &Arc<Parker>,
         timeout: Duration,
-        rx: &Receiver<T>,
+        rx: &JobInbox<T>,
         closed: &AtomicBool,
     ) -> Option<T> {
         me.state.store(WAITING, Ordering::SeqCst);
@@ -171,7 +171,7 @@ impl IdleWorkers {
             }
         }
         fence(Ordering::SeqCst);
-        if let Ok(job) = rx.try_recv() {
+        if let Some(job) = rx.take() {
             // If a submitter had just picked this worker to wake, its job may still be queued
             // with nobody woken for it: pass the wake-up on.
             if me.state.swap(BUSY, Ordering::SeqCst) == WOKEN && !rx.is_empty() {
@@ -186,7 +186,7 @@ impl IdleWorkers {
         std::thread::park_timeout(timeout);
         // After a timeout or a spurious return the entry stays listed; the next wait reuses it.
         me.state.store(BUSY, Ordering::SeqCst);
-        rx.try_recv().ok()
+        rx.take()
     }
 
     /// Drop a worker's entry (it is exiting).
@@ -216,6 +216,7 @@ mod tests {
     fn a_queued_job_wakes_a_parked_worker_at_once() {
         let idle = Arc::new(IdleWorkers::new(&[]));
         let (tx, rx) = bounded::<u32>(16);
+        let rx = JobInbox::new(rx);
         let (done_tx, done_rx) = bounded::<(u32, Duration)>(16);
         let worker = {
             let idle = Arc::clone(&idle);
@@ -223,7 +224,7 @@ mod tests {
                 let me = Parker::current(0);
                 loop {
                     let t0 = Instant::now();
-                    let job = rx.try_recv().ok().or_else(|| {
+                    let job = rx.take().or_else(|| {
                         idle.wait(&me, Duration::from_secs(30), &rx, &AtomicBool::new(false))
                     });
                     if let Some(job) = job {
@@ -259,13 +260,14 @@ mod tests {
         // Two lists, as for a pool on two cores: jobs are never lost between them.
         let idle = Arc::new(IdleWorkers::new(&[0, 1]));
         let (tx, rx) = bounded::<u32>(64);
+        let rx = Arc::new(JobInbox::new(rx));
         let (done_tx, done_rx) = bounded::<u32>(JOBS as usize);
         let stop = Arc::new(AtomicBool::new(false));
         let workers: Vec<_> = (0..WORKERS)
             .map(|w| {
                 let (idle, rx, done_tx, stop) = (
                     Arc::clone(&idle),
-                    rx.clone(),
+                    Arc::clone(&rx),
                     done_tx.clone(),
                     Arc::clone(&stop),
                 );
@@ -274,8 +276,7 @@ mod tests {
                     loop {
                         // A long timeout: a lost wake-up would show as a stuck job.
                         let job = rx
-                            .try_recv()
-                            .ok()
+                            .take()
                             .or_else(|| idle.wait(&me, Duration::from_secs(60), &rx, &stop));
                         match job {
                             Some(job) => done_tx.send(job).unwrap(),

@@ -5,12 +5,13 @@
 
 pub mod breaker;
 mod idle;
+mod inbox;
 mod room;
 mod supervisor;
 pub mod waiters;
 mod worker;
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Sender, TrySendError};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -162,7 +163,7 @@ impl ProviderPool {
             closed: AtomicBool::new(false),
             abandon: AtomicBool::new(false),
             workers_alive: AtomicU64::new(0),
-            rx,
+            rx: inbox::JobInbox::new(rx),
             cores,
             next_worker: AtomicUsize::new(0),
             workers_target: AtomicUsize::new(workers),
@@ -361,7 +362,7 @@ impl ProviderPool {
         for h in handles {
             let _ = h.join();
         }
-        while let Ok(job) = self.shared.rx.try_recv() {
+        while let Some(job) = self.shared.rx.take() {
             let _ = job
                 .reply
                 .send(Reply::full(Err(shutting_down()), Timings::default()));
@@ -447,4 +448,4 @@ pub(crate) fn shutting_down() -> ApiError {
 }
 
 /// Receiving end type of a pool queue (for the worker module).
-pub(crate) type JobReceiver = Receiver<Job>;
+pub(crate) type JobReceiver = inbox::JobInbox<Job>;

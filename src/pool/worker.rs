@@ -95,9 +95,9 @@ fn run(shared: &Shared, slot: &WorkerSlot, n: usize, shard: usize) -> bool {
     let retired = loop {
         // Idle workers sleep until a job comes, the pool closes, or a long poll passes (to
         // retire when scaled down): no busy polling by idle thousands.
-        let next = match rx.try_recv() {
-            Ok(job) => Some(job),
-            Err(_) => shared.idle.wait(&me, WORKER_POLL, rx, &shared.closed),
+        let next = match rx.take() {
+            Some(job) => Some(job),
+            None => shared.idle.wait(&me, WORKER_POLL, rx, &shared.closed),
         };
         match next {
             Some(job) => {
