@@ -31,29 +31,8 @@ else
 fi
 ADMIN_TOKEN=bench-admin-token
 
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+. bench/lib.sh
 
-say() { printf '\n== %s\n' "$*" | tee -a "$OUT/run.log"; }
-run() {
-  echo "+ $*" | tee -a "$OUT/run.log"
-  "$@" 2>&1 | tee -a "$OUT/run.log" || echo "(step failed: exit $?)" | tee -a "$OUT/run.log"
-}
-wait_line() {
-  local i
-  for i in $(seq 300); do
-    if grep -m1 -oE "$2" "$1" 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "no '$2' in $1 after 30 s" >&2
-  cat "$1" >&2
-  return 1
-}
 start_mock() {
   local name=$1; shift
   "$BIN/deepintshield-mock" "$@" > "$OUT/$name.mock.out" 2>&1 &
@@ -70,16 +49,6 @@ start_gateway() {
   urls=$(wait_line "$OUT/$name.gw.out" 'http://127\.0\.0\.1:[0-9]+' | head -2)
   GW_URL=$(echo "$urls" | sed -n 1p)
   GW_ADMIN=$(echo "$urls" | sed -n 2p)
-}
-stop() {
-  local p q keep
-  for p in "$@"; do
-    kill "$p" 2>/dev/null || true
-    wait "$p" 2>/dev/null || true
-    keep=()
-    for q in "${PIDS[@]}"; do [ "$q" = "$p" ] || keep+=("$q"); done
-    PIDS=("${keep[@]}")
-  done
 }
 # governed_config TEMPLATE DB OUT: TEMPLATE with the mock's address, the ledger and governance
 # plugins over DB, an admin token, and a price for every model of `up`.

@@ -16,24 +16,7 @@ mkdir -p "$OUT"
 BIN=${BIN:-target/release}
 RATE=${RATE:-500}
 
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-say() { printf '\n== %s\n' "$*" | tee -a "$OUT/run.log"; }
-wait_line() {
-  local i
-  for i in $(seq 300); do
-    if grep -m1 -oE "$2" "$1" 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "no '$2' in $1 after 30 s" >&2
-  return 1
-}
+. bench/lib.sh
 
 if [ "$BIN" = target/release ]; then
   say "build"

@@ -35,40 +35,7 @@ GATEWAY=${GATEWAY:-$BIN/deepintshield}
 CONFIGS=bench/config
 mkdir -p "$OUT"
 
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-say() { printf '\n== %s\n' "$*" | tee -a "$OUT/run.log"; }
-run() {
-  echo "+ $*" | tee -a "$OUT/run.log"
-  "$@" 2>&1 | tee -a "$OUT/run.log" || echo "(step failed: exit $?)" | tee -a "$OUT/run.log"
-}
-wait_line() {
-  local i
-  for i in $(seq 300); do
-    if grep -m1 -oE "$2" "$1" 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "no '$2' in $1 after 30 s" >&2
-  cat "$1" >&2
-  return 1
-}
-stop() {
-  local p q keep
-  for p in "$@"; do
-    kill "$p" 2>/dev/null || true
-    wait "$p" 2>/dev/null || true
-    keep=()
-    for q in "${PIDS[@]}"; do [ "$q" = "$p" ] || keep+=("$q"); done
-    PIDS=("${keep[@]}")
-  done
-}
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+. bench/lib.sh
 
 if [ "${NO_BUILD:-0}" != 1 ]; then
   say "build"

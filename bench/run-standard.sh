@@ -22,32 +22,7 @@ else
   ROUNDS=3 ROUND=5s WARM=1s SWEEP_STEP_S=4s BIFROST_S=60 TOOL_S=5s STREAMS_N=10000 STREAMS_S=60
 fi
 
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-say() { printf '\n== %s\n' "$*" | tee -a "$OUT/run.log"; }
-# Echo a command, run it, keep its output in the log; a failed step is reported, not fatal.
-run() {
-  echo "+ $*" | tee -a "$OUT/run.log"
-  "$@" 2>&1 | tee -a "$OUT/run.log" || echo "(step failed: exit $?)" | tee -a "$OUT/run.log"
-}
-
-# wait_line FILE REGEX: the first match in FILE within 30 s (the process prints it on start).
-wait_line() {
-  local i
-  for i in $(seq 300); do
-    if grep -m1 -oE "$2" "$1" 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "no '$2' in $1 after 30 s" >&2
-  cat "$1" >&2
-  return 1
-}
+. bench/lib.sh
 
 # start_mock NAME [ARGS...]: sets MOCK_ADDR and MOCK_PID.
 start_mock() {
@@ -69,19 +44,6 @@ start_gateway() {
   GW_URL=$(wait_line "$OUT/$name.gw.out" 'http://127\.0\.0\.1:[0-9]+' | head -1)
 }
 
-# stop PID...: end processes this script started, and forget them (a PID is not reused by
-# mistake: the gateway creates thousands of threads, which wraps PIDs quickly).
-stop() {
-  local p q keep
-  for p in "$@"; do
-    kill "$p" 2>/dev/null || true
-    wait "$p" 2>/dev/null || true
-    keep=()
-    for q in "${PIDS[@]}"; do [ "$q" = "$p" ] || keep+=("$q"); done
-    PIDS=("${keep[@]}")
-  done
-}
-
 # start_nginx: nginx as a bare reverse proxy to MOCK_ADDR (the reference hop), when nginx is
 # installed; sets NGINX_TARGET to a --target argument (empty without nginx) and NGINX_PID.
 start_nginx() {
@@ -90,7 +52,7 @@ start_nginx() {
   local prefix port
   prefix=$(realpath "$OUT")/nginx
   mkdir -p "$prefix"
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  port=$(free_port)
   sed -e "s|@PREFIX@|$prefix|g" -e "s/@PORT@/$port/" -e "s/@MOCK_ADDR@/$MOCK_ADDR/" \
     "$CONFIGS/nginx.conf.template" > "$prefix/nginx.conf"
   echo "+ nginx -c $prefix/nginx.conf   ($(nginx -v 2>&1))" >> "$OUT/run.log"

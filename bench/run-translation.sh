@@ -19,28 +19,8 @@ BIN=target/release
 if [ "$QUICK" = 1 ]; then ROUNDS=1 ROUND=2s; else ROUNDS=3 ROUND=5s; fi
 RATE=${RATE:-1000}
 
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+. bench/lib.sh
 
-say() { printf '\n== %s\n' "$*" | tee -a "$OUT/run.log"; }
-run() {
-  echo "+ $*" | tee -a "$OUT/run.log"
-  "$@" 2>&1 | tee -a "$OUT/run.log" || echo "(step failed: exit $?)" | tee -a "$OUT/run.log"
-}
-wait_line() {
-  local i
-  for i in $(seq 300); do
-    if grep -m1 -oE "$2" "$1" 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "no '$2' in $1 after 30 s" >&2
-  return 1
-}
 # start_gateway NAME BINARY CONFIG: sets GW_URL and GW_PID.
 start_gateway() {
   sed "s/@MOCK_ADDR@/$MOCK_ADDR/" "$3" > "$OUT/$1.toml"

@@ -1,0 +1,51 @@
+# Helpers shared by the bench/run-*.sh scripts (sourced after they `cd` to the repository root
+# and set OUT, the folder of their raw results).
+#
+# Every process a script starts goes into PIDS (or is ended with `stop`); all of them are ended
+# when the script exits, however it exits.
+
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# say TEXT: a step's heading, printed and logged.
+say() { printf '\n== %s\n' "$*" | tee -a "$OUT/run.log"; }
+
+# run COMMAND...: echo a command, run it, keep its output in the log; a failed step is reported,
+# not fatal.
+run() {
+  echo "+ $*" | tee -a "$OUT/run.log"
+  "$@" 2>&1 | tee -a "$OUT/run.log" || echo "(step failed: exit $?)" | tee -a "$OUT/run.log"
+}
+
+# wait_line FILE REGEX: the first match in FILE within 30 s (a process prints it on start).
+wait_line() {
+  local i
+  for i in $(seq 300); do
+    if grep -m1 -oE "$2" "$1" 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "no '$2' in $1 after 30 s" >&2
+  cat "$1" >&2
+  return 1
+}
+
+# stop PID...: end processes the script started, and forget them (a PID is not reused by
+# mistake: the gateway creates thousands of threads, which wraps PIDs quickly).
+stop() {
+  local p q keep
+  for p in "$@"; do
+    kill "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+    keep=()
+    for q in "${PIDS[@]}"; do [ "$q" = "$p" ] || keep+=("$q"); done
+    PIDS=("${keep[@]}")
+  done
+}
+
+# free_port: a TCP port free on 127.0.0.1 now.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
