@@ -49,3 +49,18 @@ stop() {
 
 # free_port: a TCP port free on 127.0.0.1 now.
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# build_release: the gateway and the bench binaries, release profile.
+build_release() {
+  say "build"
+  run cargo build --release -p deepintshield-bench --bins
+  run cargo build --release --bin deepintshield
+}
+
+# machine_lines: the date, commit, kernel and processor of this run (a script adds its own lines).
+machine_lines() {
+  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src Cargo.toml 2>/dev/null || echo ' (gateway sources modified)')"
+  echo "kernel: $(uname -sr)"
+  lscpu 2>/dev/null | grep -E '^(Model name|CPU\(s\)|Thread|Core|Socket|Hypervisor|L3)' || true
+}

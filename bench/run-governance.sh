@@ -83,14 +83,9 @@ threads_cpu() {
   done | awk '{c[$1] += $2} END {for (n in c) printf "  %-20s %.2f s\n", n, c[n]}' | sort -k2 -nr
 }
 
-say "build"
-run cargo build --release -p deepintshield-bench --bins
-run cargo build --release --bin deepintshield
+build_release
 {
-  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-  echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-  echo "kernel: $(uname -sr)"
-  lscpu | grep -E '^(Model name|CPU\(s\))' || true
+  machine_lines
   echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 } | tee "$OUT/machine.txt" | tee -a "$OUT/run.log"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true

@@ -37,18 +37,11 @@ mkdir -p "$OUT"
 
 . bench/lib.sh
 
-if [ "${NO_BUILD:-0}" != 1 ]; then
-  say "build"
-  run cargo build --release -p deepintshield-bench --bins
-  run cargo build --release --bin deepintshield
-fi
+[ "${NO_BUILD:-0}" = 1 ] || build_release
 
 say "machine"
 {
-  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-  echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-  echo "kernel: $(uname -sr)"
-  lscpu 2>/dev/null | grep -E '^(Model name|CPU\(s\)|Thread|Core|Socket|Hypervisor|L3)' || true
+  machine_lines
   echo "cores online: $(nproc --all), this process may use: $(nproc)"
   echo "nginx: $("$NGINX" -v 2>&1)"
   echo "layout: hop on cores 0..N-1, mock on $MOCK_CPUS ($MOCK_THREADS threads), load tool on $TOOL_CPUS ($TOOL_THREADS threads)"

@@ -69,16 +69,11 @@ start_nginx() {
 # memory PID: "rss_kb peak_rss_kb" from /proc.
 memory() { awk '/^VmRSS:/{r=$2} /^VmHWM:/{h=$2} END{print r, h}' "/proc/$1/status"; }
 
-say "build"
-run cargo build --release -p deepintshield-bench --bins
-run cargo build --release --bin deepintshield
+build_release
 
 say "machine"
 {
-  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-  echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src Cargo.toml 2>/dev/null || echo ' (gateway sources modified)')"
-  echo "kernel: $(uname -sr)"
-  lscpu | grep -E '^(Model name|CPU\(s\)|Thread|Core|Socket|Hypervisor|L3)' || true
+  machine_lines
   echo "memory: $(awk '/MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
   echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "rustc: $(rustc --version)"

@@ -277,19 +277,24 @@ mod tests {
         assert_eq!(waiter.join().unwrap(), (Ok(7), Err(RecvError)));
     }
 
+    /// Run `f` on a coroutine of 16 KiB. `f` must hold nothing thread-local across its waits.
+    fn spawn_coroutine(f: impl FnOnce() + Send + 'static) {
+        // SAFETY: the callers' closures hold nothing thread-local across a yield.
+        unsafe {
+            may::coroutine::Builder::new()
+                .stack_size(16 * 1024 / std::mem::size_of::<usize>())
+                .spawn(f)
+                .expect("spawn a coroutine");
+        }
+    }
+
     #[test]
     fn a_waiting_coroutine_is_woken_by_a_send_from_a_thread() {
         let (tx, rx) = channel::<u32>();
         let (done_tx, done_rx) = std::sync::mpsc::channel();
-        // SAFETY: the coroutine touches no thread-local state.
-        unsafe {
-            may::coroutine::Builder::new()
-                .stack_size(16 * 1024 / std::mem::size_of::<usize>())
-                .spawn(move || {
-                    let _ = done_tx.send(rx.recv());
-                })
-                .expect("spawn a coroutine");
-        }
+        spawn_coroutine(move || {
+            let _ = done_tx.send(rx.recv());
+        });
         std::thread::sleep(Duration::from_millis(50));
         tx.send(9).unwrap();
         let got = done_rx.recv_timeout(Duration::from_secs(10));
@@ -301,24 +306,19 @@ mod tests {
         const WAKES: u32 = 16;
         let (tx, rx) = channel::<u32>();
         let (done_tx, done_rx) = std::sync::mpsc::channel();
-        // SAFETY: the coroutine holds nothing thread-local across its waits (it asks the kernel
-        // for the id of the thread it runs on).
-        unsafe {
-            may::coroutine::Builder::new()
-                .stack_size(16 * 1024 / std::mem::size_of::<usize>())
-                .spawn(move || {
-                    let mut moved = 0;
-                    for _ in 0..WAKES {
-                        let before = libc::gettid();
-                        if rx.recv().is_err() {
-                            break;
-                        }
-                        moved += u32::from(libc::gettid() != before);
-                    }
-                    let _ = done_tx.send(moved);
-                })
-                .expect("spawn a coroutine");
-        }
+        // The coroutine asks the kernel for the id of the thread it runs on (nothing thread-local).
+        spawn_coroutine(move || {
+            let mut moved = 0;
+            for _ in 0..WAKES {
+                // SAFETY: gettid takes no arguments.
+                let before = unsafe { libc::gettid() };
+                if rx.recv().is_err() {
+                    break;
+                }
+                moved += u32::from(unsafe { libc::gettid() } != before);
+            }
+            let _ = done_tx.send(moved);
+        });
         for i in 0..WAKES {
             // Let the coroutine park first, so that the send wakes it.
             std::thread::sleep(Duration::from_millis(5));
