@@ -42,8 +42,13 @@ fn children_cpu_ticks(pid: u32) -> u64 {
 
 /// The parent's pid (field 4) of a `/proc/PID/stat` line.
 fn parse_stat_ppid(stat: &str) -> Option<u32> {
-    let after = &stat[stat.rfind(')')? + 1..];
-    after.split_ascii_whitespace().nth(1)?.parse().ok()
+    stat_fields(stat)?.nth(1)?.parse().ok()
+}
+
+/// The fields of a `/proc/PID/stat` line from field 3 (state) on, counted after the command
+/// name's last `)` (the name may hold spaces and parentheses).
+fn stat_fields(stat: &str) -> Option<std::str::SplitAsciiWhitespace<'_>> {
+    Some(stat[stat.rfind(')')? + 1..].split_ascii_whitespace())
 }
 
 /// Resident memory of `pid`, KiB: (current `VmRSS`, peak `VmHWM`).
@@ -62,9 +67,8 @@ pub fn memory_kb(pid: u32) -> Result<(u64, u64), String> {
 /// utime + stime (fields 14 and 15) of a `/proc/PID/stat` line. The command name (field 2) may
 /// hold spaces and parentheses, so fields are counted after its last `)`.
 fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
-    let after = &stat[stat.rfind(')')? + 1..];
-    let mut fields = after.split_ascii_whitespace();
-    // `after` starts at field 3 (state); utime is field 14.
+    let mut fields = stat_fields(stat)?;
+    // The fields start at field 3 (state); utime is field 14.
     let utime: u64 = fields.nth(11)?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
     Some(utime + stime)
