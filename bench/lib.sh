@@ -64,3 +64,33 @@ machine_lines() {
   echo "kernel: $(uname -sr)"
   lscpu 2>/dev/null | grep -E '^(Model name|CPU\(s\)|Thread|Core|Socket|Hypervisor|L3)' || true
 }
+
+# smaps_report PID WORKER_STACK_KB COROUTINE_STACK_KB: where a process's resident memory is, from
+# /proc/PID/smaps: the pool workers' thread stacks (mappings of WORKER_STACK_KB, with how many
+# have how many KiB resident), the connections' coroutine stacks (mappings of
+# COROUTINE_STACK_KB) and the rest (heap, allocator arenas, the binary).
+smaps_report() {
+  python3 - "$@" <<'PY'
+import collections, sys
+pid, worker_kb, co_kb = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+kinds = {"worker": collections.Counter(), "coroutine": collections.Counter(), "rest": collections.Counter()}
+size = 0
+try:
+    for line in open(f"/proc/{pid}/smaps"):
+        field = line.split()
+        if "-" in field[0] and not field[0].endswith(":"):
+            lo, hi = field[0].split("-")
+            size = (int(hi, 16) - int(lo, 16)) // 1024
+        elif field[0] == "Rss:":
+            kind = "worker" if size == worker_kb else "coroutine" if size == co_kb else "rest"
+            kinds[kind][int(field[1])] += 1
+except OSError as e:
+    sys.exit(f"smaps of {pid}: {e}")
+mib = lambda c: sum(k * n for k, n in c.items()) / 1024
+w, c = kinds["worker"], kinds["coroutine"]
+hist = ", ".join(f"{n} x {k} KiB" for k, n in sorted(w.items()))
+print(f"thread stacks of {worker_kb} KiB (pool workers): {sum(w.values())}, {mib(w):.1f} MiB resident ({hist})")
+print(f"coroutine stacks of {co_kb} KiB: {sum(c.values())}, {mib(c):.1f} MiB resident")
+print(f"the rest: {mib(kinds['rest']):.1f} MiB resident")
+PY
+}

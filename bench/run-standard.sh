@@ -150,6 +150,9 @@ echo "gateway before the run: rss_kb=$RSS peak_rss_kb=$HWM" | tee -a "$OUT/run.l
     sleep 1
   done ) > "$OUT/bifrost-hwm.samples" &
 SAMPLER=$!; PIDS+=("$SAMPLER")
+# Where the memory of the calls in flight is, halfway through (bench/config/bifrost.toml's stacks).
+( sleep $((BIFROST_S / 2)); smaps_report "$GW_PID" 256 64 > "$OUT/bifrost-smaps.txt" ) &
+PIDS+=("$!")
 run timeout $((BIFROST_S + 90)) "$BIN/deepintshield-load" run \
   --url "$GW_URL/v1/chat/completions" --rate 5000 --duration "${BIFROST_S}s" --warmup 0s \
   --connections 8500 --timeout 20s --json "$OUT/bifrost.json"
@@ -157,6 +160,8 @@ ALIVE=0; kill -0 "$GW_PID" 2>/dev/null && ALIVE=1
 [ "$ALIVE" = 1 ] && awk '/^VmHWM:/{print $2}' "/proc/$GW_PID/status" >> "$OUT/bifrost-hwm.samples"
 PEAK=$(sort -n "$OUT/bifrost-hwm.samples" | tail -1)
 echo "gateway after the run: alive=$ALIVE peak_rss_kb=${PEAK:-0} idle_rss_kb=$RSS in_flight=7500" | tee -a "$OUT/run.log" | tee "$OUT/bifrost-rss.txt"
+echo "halfway through the run:" | tee -a "$OUT/run.log"
+tee -a "$OUT/run.log" < "$OUT/bifrost-smaps.txt" || true
 [ "$ALIVE" = 1 ] || grep -m3 -E 'panicked|fatal|error' "$OUT/bifrost.gw.err" | tee -a "$OUT/run.log" || true
 stop "$GW_PID" "$MOCK_PID" "$SAMPLER"
 
@@ -173,6 +178,9 @@ read -r RSS HWM <<< "$(memory "$GW_PID")"
     sleep 1
   done ) > "$OUT/streams-hwm.samples" &
 SAMPLER=$!; PIDS+=("$SAMPLER")
+# Where their memory is once all have arrived (bench/config/streams.toml's stacks).
+( sleep $((STREAMS_S / 2 + 5)); smaps_report "$GW_PID" 256 64 > "$OUT/streams-smaps.txt" ) &
+PIDS+=("$!")
 run timeout $((STREAMS_S + 120)) "$BIN/deepintshield-load" run --stream \
   --url "$GW_URL/v1/chat/completions" --rate $((STREAMS_N / 5)) --duration 5s --warmup 0s \
   --connections $((STREAMS_N + 500)) --timeout $((STREAMS_S + 60))s --json "$OUT/streams.json"
@@ -181,6 +189,8 @@ PEAK=$(sort -n "$OUT/streams-hwm.samples" | tail -1 | cut -d' ' -f1)
 THREADS=$(sort -n -k2 "$OUT/streams-hwm.samples" | tail -1 | cut -d' ' -f2)
 echo "gateway: alive=$ALIVE idle_rss_kb=$RSS peak_rss_kb=${PEAK:-0} peak_threads=${THREADS:-0} in_flight=$STREAMS_N" \
   | tee -a "$OUT/run.log" | tee "$OUT/streams-rss.txt"
+echo "with all streams open:" | tee -a "$OUT/run.log"
+tee -a "$OUT/run.log" < "$OUT/streams-smaps.txt" || true
 stop "$GW_PID" "$MOCK_PID" "$SAMPLER"
 
 say "8. scale-up reaction: a burst of 2,000 streams (10 s each) on a pool at workers_min = 8"

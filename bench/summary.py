@@ -37,6 +37,18 @@ def fmt_errors(r):
     return " ".join(f"{k}={v}" for k, v in sorted((r.get("errors") or {}).items())) or "none"
 
 
+def smaps_rows(row, out, name, when):
+    """The lines of bench/lib.sh's smaps_report in NAME as rows: where the resident memory was."""
+    try:
+        lines = open(os.path.join(out, name)).read().splitlines()
+    except OSError:
+        return
+    for line in lines:
+        what, _, measured = line.partition(": ")
+        if measured:
+            row(f"  {what} ({when})", measured, "(README)", None)
+
+
 def main(out):
     rows = []
 
@@ -125,6 +137,7 @@ def main(out):
         if rss.get("idle_rss_kb") and rss.get("in_flight"):
             per = (rss["peak_rss_kb"] - rss["idle_rss_kb"]) / rss["in_flight"]
             row("  memory per call in flight ((peak - before) / 7,500)", f"{per:.0f} KiB", "(README)", None)
+        smaps_rows(row, out, "bifrost-smaps.txt", "halfway")
 
     s = load(out, "streams.json")
     if s:
@@ -139,6 +152,7 @@ def main(out):
         row("  gateway peak RSS (threads at the peak)",
             f"{peak:.0f} MiB ({rss.get('peak_threads', 0)} threads; {per:.0f} KiB per stream)",
             "<= 600 MiB", 0 < peak <= 600 and rss.get("alive", 1) == 1)
+        smaps_rows(row, out, "streams-smaps.txt", "all open")
 
     burst = load(out, "burst.json")
     if burst:

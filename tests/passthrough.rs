@@ -766,3 +766,20 @@ fn stream_answers_carry_the_upstreams_rate_limit_headers() {
         );
     }
 }
+
+#[test]
+fn a_calls_protocol_state_is_a_pointer_in_the_frames_that_move_it() {
+    // ureq moves a call's state from step to step by value, and its `run` keeps a slot for each
+    // step's copy in one frame that stays on the worker's stack while the answer is read: boxed
+    // (vendor/ureq-proto/PATCHES.md), each copy is a pointer, and a worker's deepest point is a
+    // page higher.
+    use std::mem::size_of;
+    use ureq_proto::client::state::{Prepare, RecvBody, RecvResponse, SendBody, SendRequest};
+    use ureq_proto::client::Call;
+    let pointer = size_of::<usize>();
+    assert_eq!(size_of::<Call<Prepare>>(), pointer);
+    assert_eq!(size_of::<Call<SendRequest>>(), pointer);
+    assert_eq!(size_of::<Call<SendBody>>(), pointer);
+    assert_eq!(size_of::<Call<RecvResponse>>(), pointer);
+    assert_eq!(size_of::<Call<RecvBody>>(), pointer);
+}

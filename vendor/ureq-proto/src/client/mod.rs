@@ -288,7 +288,7 @@ use self::state::*;
 /// See the [state graph][crate::client] in the client module documentation for a
 /// visual representation of the state transitions.
 pub struct Call<State> {
-    inner: Inner,
+    inner: Box<Inner>,
     _ph: PhantomData<State>,
 }
 
@@ -368,7 +368,7 @@ impl RequestPhase {
 }
 
 impl<S> Call<S> {
-    fn wrap(inner: Inner) -> Call<S>
+    fn wrap(inner: Box<Inner>) -> Call<S>
     where
         S: Named,
     {

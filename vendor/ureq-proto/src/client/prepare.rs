@@ -36,7 +36,7 @@ impl Call<Prepare> {
             BodyWriter::new_none()
         };
 
-        let inner = Inner {
+        let inner = Box::new(Inner {
             request,
             analyzed: false,
             state: BodyState {
@@ -49,7 +49,7 @@ impl Call<Prepare> {
             await_100_continue,
             status: None,
             location: None,
-        };
+        });
 
         Ok(Call::wrap(inner))
     }
