@@ -217,3 +217,75 @@ fn health_probes_run_at_start_up_and_report_in_stats() {
     // The probe is a GET of the models list, never a (paid) completion.
     assert_eq!(mock.stats()["requests"], 0);
 }
+
+#[test]
+fn no_descriptor_for_an_upstream_connection_is_a_503_and_not_the_providers_fault() {
+    const NOFILE: u64 = 64;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let _up = Mock::start(&["--listen", &listen]);
+    // A breaker that one failure opens for a minute: a shortage of the gateway's own must not.
+    let cfg = format!(
+        "{}[providers.a]\ntype = \"openai\"\nbase_url = \"http://{listen}/v1\"\nkeys = [{{ key = \"env:A_KEY\" }}]\nmax_retries = 2\n\
+         [providers.a.breaker]\nconsecutive_failures = 1\nopen_ms = 60000\n",
+        base_config().replace("[server]\n", "[server]\nclient_keys = []\n")
+    );
+    let (gw, log) = Gateway::start_logged_with(&cfg, |cmd| {
+        use std::os::unix::process::CommandExt;
+        cmd.env("A_KEY", "sk-a");
+        // SAFETY: setrlimit is async-signal-safe and touches only the child being started.
+        unsafe {
+            cmd.pre_exec(|| {
+                let limit = libc::rlimit {
+                    rlim_cur: NOFILE,
+                    rlim_max: NOFILE,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    });
+    // More clients than the gateway has descriptors: it takes what it can (the first ones, in
+    // order), then accept() fails and every descriptor is held by a client connection.
+    let mut clients: Vec<std::net::TcpStream> = (0..NOFILE).map(|_| connect(gw.api)).collect();
+    log.wait_for(Duration::from_secs(10), |l| {
+        l.contains("out of file descriptors")
+    })
+    .expect("the accept loop ran out of descriptors");
+    let body = r#"{"model":"a/m","messages":[{"role":"user","content":"hi"}]}"#;
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    use std::io::Write;
+    clients[0]
+        .write_all(format!("{head}{body}").as_bytes())
+        .unwrap();
+    let r = read_response(&mut clients[0]).expect("an answer");
+    assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.error_code(), "gateway_out_of_resources");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("out of file descriptors to reach provider a"),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    log.wait_for(Duration::from_secs(5), |l| {
+        l.contains("cannot open a connection to the provider") && l.contains("provider=a")
+    })
+    .expect("a log line about the shortage");
+    drop(clients);
+    // Descriptors free again: the provider was never held at fault, so it serves at once.
+    assert!(eventually(Duration::from_secs(5), || gw
+        .chat("a/m", "x")
+        .status
+        == 200));
+    let pool = &gw.stats()["pools"]["a"];
+    assert_eq!(pool["breaker"]["state"], "closed", "{pool}");
+    assert_eq!(pool["counters"]["local_resource_errors"], 1, "{pool}");
+    assert_eq!(pool["counters"]["transport_errors"], 0, "{pool}");
+}

@@ -57,6 +57,7 @@ pub const POOL_REPLY_TIMEOUTS: &str = "deepintshield_pool_reply_timeouts_total";
 pub const POOL_PANICS: &str = "deepintshield_pool_panics_total";
 pub const POOL_UPSTREAM_RESPONSES: &str = "deepintshield_pool_upstream_responses_total";
 pub const POOL_TRANSPORT_ERRORS: &str = "deepintshield_pool_upstream_transport_errors_total";
+pub const POOL_LOCAL_RESOURCE_ERRORS: &str = "deepintshield_pool_local_resource_errors_total";
 pub const POOL_TOKENS: &str = "deepintshield_pool_tokens_total";
 pub const POOL_STREAMS: &str = "deepintshield_pool_streams_total";
 pub const POOL_STREAM_EVENTS: &str = "deepintshield_pool_stream_events_total";
@@ -275,7 +276,7 @@ fn load(c: &AtomicU64) -> u64 {
 
 fn pools(w: &mut Writer, pools: &[Arc<ProviderPool>]) {
     type Counter = fn(&crate::stats::PoolCounters) -> &AtomicU64;
-    let counters: [(&str, &str, Counter); 14] = [
+    let counters: [(&str, &str, Counter); 15] = [
         (
             POOL_ACCEPTED,
             "Requests that entered the pool's queue.",
@@ -320,6 +321,12 @@ fn pools(w: &mut Writer, pools: &[Arc<ProviderPool>]) {
             POOL_TRANSPORT_ERRORS,
             "Connect, TLS, read or write failures talking to the upstream.",
             |c| &c.transport_errors,
+        ),
+        (
+            POOL_LOCAL_RESOURCE_ERRORS,
+            "Upstream connections not opened for want of the gateway's own file descriptors, local \
+             ports or memory (503, not a provider failure).",
+            |c| &c.local_resource_errors,
         ),
         (
             POOL_STREAMS,

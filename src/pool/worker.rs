@@ -233,6 +233,9 @@ fn count_error(counters: &PoolCounters, e: &ApiError) {
         ErrorKind::UpstreamTransport | ErrorKind::UpstreamInvalid => {
             PoolCounters::inc(&counters.transport_errors)
         }
+        // From a worker, only a connection the gateway could not open for want of its own
+        // resources (see `HttpProvider::transport_error`).
+        ErrorKind::Overloaded => PoolCounters::inc(&counters.local_resource_errors),
         _ => {}
     }
 }

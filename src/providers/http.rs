@@ -5,6 +5,7 @@
 //! reading with idle bounds, cancellation, and mapping transport failures to errors.
 
 use std::io::{BufReader, Read};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,7 +25,8 @@ use crate::error::{ApiError, ErrorKind};
 use crate::formats::bedrock::embeddings::{self, INPUT_TOKENS_HEADER};
 use crate::formats::gemini::EmbeddingsDialect;
 use crate::formats::EncodeOptions;
-use crate::job::{Answer, JobCtl, Usage};
+use crate::job::{clock_ms, Answer, JobCtl, Usage};
+use crate::log;
 
 /// Largest upstream response body accepted, in bytes.
 pub const UPSTREAM_BODY_BYTES_MAX: u64 = 64 * 1024 * 1024;
@@ -49,6 +51,11 @@ pub const IDLE_CONNECTION_AGE: Duration = Duration::from_secs(60);
 /// Longest single sleep of a worker waiting (backoff, Retry-After), so a client that leaves is
 /// noticed promptly.
 const PAUSE_SLICE: Duration = Duration::from_millis(20);
+/// `Retry-After` of a 503 for want of the gateway's own resources (descriptors free up as calls
+/// end).
+const LOCAL_SHORTAGE_RETRY_AFTER_S: u32 = 1;
+/// At most one log line per provider this often about them.
+const LOCAL_SHORTAGE_LOG_EVERY_MS: u64 = 10_000;
 
 /// The upstream request of one job, built once and sent by every attempt.
 struct Prepared {
@@ -84,6 +91,8 @@ pub struct HttpProvider {
     tls_client: Arc<rustls::ClientConfig>,
     /// What the request encoder may decide when it translates.
     encode: EncodeOptions,
+    /// When a shortage of the gateway's own resources was last logged ([`clock_ms`]; 0: never).
+    local_shortage_logged_ms: AtomicU64,
 }
 
 impl HttpProvider {
@@ -127,6 +136,7 @@ impl HttpProvider {
                     _ => EmbeddingsDialect::BatchEmbedContents,
                 },
             },
+            local_shortage_logged_ms: AtomicU64::new(0),
         })
     }
 
@@ -507,6 +517,10 @@ impl HttpProvider {
         e: ApiError,
         backoff: Duration,
     ) -> Result<(NextStep, Option<ApiError>), ApiError> {
+        if e.kind == ErrorKind::Overloaded {
+            // The gateway's own shortage: the upstream was not reached, the breaker learns nothing.
+            return Err(e);
+        }
         (call.record_attempt)(!is_breaker_failure(&e));
         if e.kind == ErrorKind::UpstreamTransport && !call.job.ctl.is_cancelled() {
             Ok((NextStep::After(backoff), Some(e)))
@@ -894,6 +908,9 @@ impl HttpProvider {
                 "upstream_unreachable",
                 format!("provider {}: host not found", self.name),
             ),
+            ureq::Error::Io(ref io) if local_shortage(io).is_some() => {
+                self.local_shortage_error(io)
+            }
             ureq::Error::Io(ref io) if is_tls_failure(io) => ApiError::new(
                 ErrorKind::UpstreamTransport,
                 "upstream_tls_error",
@@ -915,6 +932,38 @@ impl HttpProvider {
                 format!("provider {}: invalid response", self.name),
             ),
         }
+    }
+
+    /// The gateway could not open a connection for want of its own resources: the provider is
+    /// not at fault (no breaker failure, no retry that would need the same resources); the client
+    /// gets a 503 with `Retry-After`, as when the front is at a limit of its own. Logged at most
+    /// once every [`LOCAL_SHORTAGE_LOG_EVERY_MS`] per provider.
+    #[cold]
+    fn local_shortage_error(&self, io: &std::io::Error) -> ApiError {
+        let what = local_shortage(io).unwrap_or("resources");
+        let now = clock_ms();
+        let last = self.local_shortage_logged_ms.load(Ordering::Relaxed);
+        if (last == 0 || now.saturating_sub(last) >= LOCAL_SHORTAGE_LOG_EVERY_MS)
+            && self
+                .local_shortage_logged_ms
+                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            log::warn(
+                "cannot open a connection to the provider: the gateway is out of its own \
+                 resources (raise LimitNOFILE or lower the pools' workers_max for descriptors)",
+                &[("provider", &self.name), ("error", &io.to_string())],
+            );
+        }
+        ApiError::new(
+            ErrorKind::Overloaded,
+            "gateway_out_of_resources",
+            format!(
+                "the gateway is out of {what} to reach provider {}; retry later",
+                self.name
+            ),
+        )
+        .with_retry_after(LOCAL_SHORTAGE_RETRY_AFTER_S)
     }
 
     fn read_error(&self, e: std::io::Error) -> ApiError {
@@ -1101,6 +1150,18 @@ impl<R: Read> Read for Activity<'_, R> {
             self.ctl.touch();
         }
         Ok(n)
+    }
+}
+
+/// What the gateway itself ran out of when an upstream connection could not be opened (the
+/// process's or the system's descriptors, local ports for a new connection, kernel memory), or
+/// `None` for a failure of the network or the upstream.
+fn local_shortage(e: &std::io::Error) -> Option<&'static str> {
+    match e.raw_os_error()? {
+        libc::EMFILE | libc::ENFILE => Some("file descriptors"),
+        libc::EADDRNOTAVAIL => Some("local ports"),
+        libc::ENOMEM | libc::ENOBUFS => Some("memory"),
+        _ => None,
     }
 }
 

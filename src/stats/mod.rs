@@ -41,6 +41,9 @@ pub struct PoolCounters {
     pub upstream_5xx: AtomicU64,
     /// Connect, TLS, read or write failures talking to the upstream.
     pub transport_errors: AtomicU64,
+    /// Upstream connections the gateway could not open for want of its own resources (file
+    /// descriptors, local ports, memory): answered 503 and not held against the provider.
+    pub local_resource_errors: AtomicU64,
     /// Workers currently handling a job.
     pub busy_workers: AtomicU64,
     /// Prompt and completion tokens reported by upstream `usage`.
@@ -92,6 +95,7 @@ impl PoolCounters {
             "upstream_4xx": g(&self.upstream_4xx),
             "upstream_5xx": g(&self.upstream_5xx),
             "transport_errors": g(&self.transport_errors),
+            "local_resource_errors": g(&self.local_resource_errors),
             "prompt_tokens": g(&self.prompt_tokens),
             "completion_tokens": g(&self.completion_tokens),
             "streams": g(&self.streams),
