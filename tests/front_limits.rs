@@ -8,7 +8,6 @@ mod common;
 use common::*;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -392,19 +391,7 @@ fn running_out_of_file_descriptors_on_accept_is_counted_and_logged() {
     let path = write_config(&config("", "", ""));
     let mut cmd = Command::new(gateway_bin());
     cmd.arg("--config").arg(&path);
-    // SAFETY: setrlimit is async-signal-safe and touches only the child being started.
-    unsafe {
-        cmd.pre_exec(|| {
-            let limit = libc::rlimit {
-                rlim_cur: NOFILE,
-                rlim_max: NOFILE,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    limit_fds(&mut cmd, NOFILE);
     let (proc, log) = Proc::spawn_logged(cmd, "listening on");
     let addrs: Vec<SocketAddr> = proc
         .first_line

@@ -230,21 +230,8 @@ fn no_descriptor_for_an_upstream_connection_is_a_503_and_not_the_providers_fault
         base_config().replace("[server]\n", "[server]\nclient_keys = []\n")
     );
     let (gw, log) = Gateway::start_logged_with(&cfg, |cmd| {
-        use std::os::unix::process::CommandExt;
         cmd.env("A_KEY", "sk-a");
-        // SAFETY: setrlimit is async-signal-safe and touches only the child being started.
-        unsafe {
-            cmd.pre_exec(|| {
-                let limit = libc::rlimit {
-                    rlim_cur: NOFILE,
-                    rlim_max: NOFILE,
-                };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        limit_fds(cmd, NOFILE);
     });
     // More clients than the gateway has descriptors: it takes what it can (the first ones, in
     // order), then accept() fails and every descriptor is held by a client connection.
