@@ -901,6 +901,11 @@ impl HttpProvider {
 
     #[inline(never)]
     fn transport_error(&self, e: ureq::Error) -> ApiError {
+        if let ureq::Error::Io(io) = &e {
+            if let Some(what) = local_shortage(io) {
+                return self.local_shortage_error(what, io);
+            }
+        }
         match e {
             ureq::Error::Timeout(_) => ApiError::request_timeout(),
             ureq::Error::HostNotFound => ApiError::new(
@@ -908,9 +913,6 @@ impl HttpProvider {
                 "upstream_unreachable",
                 format!("provider {}: host not found", self.name),
             ),
-            ureq::Error::Io(ref io) if local_shortage(io).is_some() => {
-                self.local_shortage_error(io)
-            }
             ureq::Error::Io(ref io) if is_tls_failure(io) => ApiError::new(
                 ErrorKind::UpstreamTransport,
                 "upstream_tls_error",
@@ -939,8 +941,7 @@ impl HttpProvider {
     /// gets a 503 with `Retry-After`, as when the front is at a limit of its own. Logged at most
     /// once every [`LOCAL_SHORTAGE_LOG_EVERY_MS`] per provider.
     #[cold]
-    fn local_shortage_error(&self, io: &std::io::Error) -> ApiError {
-        let what = local_shortage(io).unwrap_or("resources");
+    fn local_shortage_error(&self, what: &str, io: &std::io::Error) -> ApiError {
         let now = clock_ms();
         let last = self.local_shortage_logged_ms.load(Ordering::Relaxed);
         if (last == 0 || now.saturating_sub(last) >= LOCAL_SHORTAGE_LOG_EVERY_MS)

@@ -116,7 +116,6 @@ pub struct Gateway {
     pub config_path: PathBuf,
 }
 
-/// Write `toml` to a fresh file in the test temp dir (see [`auth_off_unless_keyed`]).
 /// Start `cmd` under a descriptor limit of `n`, soft and hard (lowering needs no privilege).
 pub fn limit_fds(cmd: &mut Command, n: u64) {
     use std::os::unix::process::CommandExt;
@@ -135,6 +134,7 @@ pub fn limit_fds(cmd: &mut Command, n: u64) {
     }
 }
 
+/// Write `toml` to a fresh file in the test temp dir (see [`auth_off_unless_keyed`]).
 pub fn write_config(toml: &str) -> PathBuf {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
